@@ -1,0 +1,133 @@
+//! Cluster settings: a small replicated key/value service (the first service on the log).
+//!
+//! Keys are 1..=128 characters of `a-z 0-9 . _ -`; values at most 4 KiB of UTF-8. Each entry
+//! remembers when (proposer time) and at which log index it was last written.
+
+use redb::{ReadTransaction, ReadableTable, WriteTransaction};
+use serde::{Deserialize, Serialize};
+
+use super::command::ServiceId;
+use super::service::{ApplyContext, ApplyError, Rejection, TypedService};
+use super::{StateError, Table};
+
+const SETTINGS: Table = Table::new("settings");
+pub const KEY_LEN_MAX: usize = 128;
+pub const VALUE_LEN_MAX: usize = 4096;
+
+/// The service; stateless itself, its state is the `settings` table.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ClusterSettings;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SettingsCommand {
+    Set { key: String, value: String },
+    Delete { key: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SettingsResponse {
+    Set { previous: Option<String> },
+    Deleted { existed: bool },
+}
+
+/// One stored setting.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Setting {
+    pub value: String,
+    pub updated_ms: u64,
+    pub updated_index: u64,
+}
+
+fn check_key(key: &str) -> Result<(), Rejection> {
+    let ok_chars = key
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'));
+    if key.is_empty() || key.len() > KEY_LEN_MAX || !ok_chars {
+        return Err(Rejection::new(
+            "invalid_argument",
+            format!("setting key {key:?} must be 1..={KEY_LEN_MAX} characters of a-z 0-9 . _ -"),
+        ));
+    }
+    Ok(())
+}
+
+fn decode(bytes: &[u8]) -> Result<Setting, StateError> {
+    postcard::from_bytes(bytes).map_err(|e| StateError::Corrupt(format!("settings entry: {e}")))
+}
+
+impl TypedService for ClusterSettings {
+    const ID: ServiceId = ServiceId(1);
+    const NAME: &'static str = "settings";
+    const VERSION: u16 = 1;
+    type Command = SettingsCommand;
+    type Response = SettingsResponse;
+
+    fn init(&self, txn: &WriteTransaction) -> Result<(), StateError> {
+        txn.open_table(SETTINGS)?;
+        Ok(())
+    }
+
+    fn apply(
+        &self,
+        txn: &WriteTransaction,
+        ctx: &ApplyContext,
+        command: SettingsCommand,
+    ) -> Result<SettingsResponse, ApplyError> {
+        let mut table = txn.open_table(SETTINGS)?;
+        match command {
+            SettingsCommand::Set { key, value } => {
+                check_key(&key)?;
+                if value.len() > VALUE_LEN_MAX {
+                    return Err(Rejection::new(
+                        "invalid_argument",
+                        format!(
+                            "value of {key:?} is {} bytes, over the {VALUE_LEN_MAX}-byte limit",
+                            value.len()
+                        ),
+                    )
+                    .into());
+                }
+                let entry = Setting {
+                    value,
+                    updated_ms: ctx.time_ms,
+                    updated_index: ctx.index,
+                };
+                let bytes =
+                    postcard::to_stdvec(&entry).map_err(|e| StateError::Encode(e.to_string()))?;
+                let previous = match table.insert(key.as_bytes(), bytes.as_slice())? {
+                    Some(old) => Some(decode(old.value())?.value),
+                    None => None,
+                };
+                Ok(SettingsResponse::Set { previous })
+            }
+            SettingsCommand::Delete { key } => {
+                check_key(&key)?;
+                let existed = table.remove(key.as_bytes())?.is_some();
+                Ok(SettingsResponse::Deleted { existed })
+            }
+        }
+    }
+}
+
+impl ClusterSettings {
+    pub fn get(txn: &ReadTransaction, key: &str) -> Result<Option<Setting>, StateError> {
+        let table = txn.open_table(SETTINGS)?;
+        match table.get(key.as_bytes())? {
+            Some(v) => Ok(Some(decode(v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every setting in key order.
+    pub fn list(txn: &ReadTransaction) -> Result<Vec<(String, Setting)>, StateError> {
+        let table = txn.open_table(SETTINGS)?;
+        let mut out = Vec::new();
+        for item in table.iter()? {
+            let (k, v) = item?;
+            let key = String::from_utf8(k.value().to_vec())
+                .map_err(|_| StateError::Corrupt("settings key is not UTF-8".into()))?;
+            out.push((key, decode(v.value())?));
+        }
+        Ok(out)
+    }
+}
