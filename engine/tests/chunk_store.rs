@@ -1,5 +1,8 @@
 //! The chunk store against an in-memory model, and against crashes and damaged files.
 
+// Test code: a panic here is a failed test, which is what unwrap() should cause.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;

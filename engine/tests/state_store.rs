@@ -1,6 +1,9 @@
 //! The state store: registry, cluster settings against a BTreeMap model, determinism,
 //! snapshots, and the fuzz bodies over generated inputs.
 
+// Test code: a panic here is a failed test, which is what unwrap() should cause.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeMap;
 
 use cairn_engine::state::settings::{ClusterSettings, SettingsCommand, SettingsResponse};

@@ -185,7 +185,7 @@ pub(crate) fn recover(
             Err(_) => damaged_record = true,
         }
     }
-    valid.sort_by(|a, b| b.1.seq.cmp(&a.1.seq));
+    valid.sort_by_key(|r| std::cmp::Reverse(r.1.seq));
     let Some(&(cur_slot, cur)) = valid.first() else {
         return Err(RecoverError::BadHeader("no valid state record".into()));
     };

@@ -1,0 +1,419 @@
+//! Configuration: defaults, then a TOML file, then `CAIRN_*` environment variables, then flags
+//! (flags win). Every key is declared once in [`KEYS`]; an unknown key or a bad value is refused
+//! with a message naming the key and where its value came from.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use cairn_engine::chunk::{
+    CHUNK_SIZE_MAX_DEFAULT, ChunkStoreOptions, SealedReads, SyncPolicy,
+    format::CHUNK_SIZE_MAX_LIMIT,
+};
+
+/// A configuration key, by its dotted name (as in the file). What each means is in the
+/// README's configuration table and in `cairn serve --help`.
+pub struct Key {
+    pub name: &'static str,
+}
+
+/// Every configuration key. The environment variable of `a.b_c` is `CAIRN_A_B_C`; the flag is
+/// `--a-b-c` (with `chunks.` shortened to `chunk-`).
+pub const KEYS: &[Key] = &[
+    Key { name: "data" },
+    Key { name: "listen" },
+    Key { name: "log" },
+    Key {
+        name: "chunks.sync",
+    },
+    Key {
+        name: "chunks.sync_batch_bytes",
+    },
+    Key {
+        name: "chunks.size_max",
+    },
+];
+
+pub const DEFAULT_DATA: &str = "./cairn-data";
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9000";
+pub const DEFAULT_LOG: &str = "info";
+const DEFAULT_SYNC_BATCH_BYTES: u64 = 8 << 20;
+
+/// Where a value came from, for error messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    Default,
+    File(PathBuf),
+    Env(String),
+    Flag(String),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Default => write!(f, "the default"),
+            Source::File(p) => write!(f, "config file {}", p.display()),
+            Source::Env(v) => write!(f, "environment variable {v}"),
+            Source::Flag(v) => write!(f, "flag {v}"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid value for `{key}` (from {origin}): {reason}")]
+    BadValue {
+        key: String,
+        origin: Source,
+        reason: String,
+    },
+    #[error("unknown configuration key `{key}` in {origin}")]
+    UnknownKey { key: String, origin: Source },
+    #[error("cannot read config file {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+}
+
+/// The environment variable for a key.
+pub fn env_name(key: &str) -> String {
+    format!("CAIRN_{}", key.to_ascii_uppercase().replace('.', "_"))
+}
+
+/// The flag for a key.
+pub fn flag_name(key: &str) -> String {
+    format!("--{}", key.replace("chunks.", "chunk-").replace('_', "-"))
+}
+
+/// Raw values per key, with their source; later layers overwrite earlier ones.
+#[derive(Debug, Default)]
+pub struct Layers {
+    values: BTreeMap<&'static str, (String, Source)>,
+}
+
+fn known(name: &str) -> Option<&'static str> {
+    KEYS.iter().find(|k| k.name == name).map(|k| k.name)
+}
+
+impl Layers {
+    /// Layer a TOML file's keys.
+    pub fn file(&mut self, path: &Path) -> Result<(), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::File {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        self.table(&table, "", &Source::File(path.to_path_buf()))
+    }
+
+    fn table(
+        &mut self,
+        table: &toml::Table,
+        prefix: &str,
+        source: &Source,
+    ) -> Result<(), ConfigError> {
+        for (k, v) in table {
+            let dotted = format!("{prefix}{k}");
+            if let toml::Value::Table(t) = v
+                && KEYS
+                    .iter()
+                    .any(|key| key.name.starts_with(&format!("{dotted}.")))
+            {
+                self.table(t, &format!("{dotted}."), source)?;
+                continue;
+            }
+            let Some(name) = known(&dotted) else {
+                return Err(ConfigError::UnknownKey {
+                    key: dotted,
+                    origin: source.clone(),
+                });
+            };
+            let raw = match v {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Integer(i) => i.to_string(),
+                other => {
+                    return Err(ConfigError::BadValue {
+                        key: dotted,
+                        origin: source.clone(),
+                        reason: format!(
+                            "expected a string or an integer, found {}",
+                            other.type_str()
+                        ),
+                    });
+                }
+            };
+            self.values.insert(name, (raw, source.clone()));
+        }
+        Ok(())
+    }
+
+    /// Layer `CAIRN_*` variables. Unknown `CAIRN_*` names are refused so a typo is not ignored.
+    pub fn env(
+        &mut self,
+        vars: impl IntoIterator<Item = (String, String)>,
+        ignore: &[&str],
+    ) -> Result<(), ConfigError> {
+        for (var, value) in vars {
+            if !var.starts_with("CAIRN_") || ignore.contains(&var.as_str()) {
+                continue;
+            }
+            let Some(key) = KEYS.iter().find(|k| env_name(k.name) == var) else {
+                return Err(ConfigError::UnknownKey {
+                    key: var.clone(),
+                    origin: Source::Env(var),
+                });
+            };
+            self.values.insert(key.name, (value, Source::Env(var)));
+        }
+        Ok(())
+    }
+
+    /// Layer one flag's value.
+    pub fn flag(&mut self, key: &'static str, value: Option<&str>) {
+        if let Some(v) = value {
+            self.values
+                .insert(key, (v.to_owned(), Source::Flag(flag_name(key))));
+        }
+    }
+
+    fn get(&self, key: &'static str, default: &str) -> (String, Source) {
+        self.values
+            .get(key)
+            .cloned()
+            .unwrap_or_else(|| (default.to_owned(), Source::Default))
+    }
+
+    fn parse<T>(
+        &self,
+        key: &'static str,
+        default: &str,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<T, ConfigError> {
+        let (raw, source) = self.get(key, default);
+        parse(raw.trim()).map_err(|reason| ConfigError::BadValue {
+            key: key.to_owned(),
+            origin: source,
+            reason,
+        })
+    }
+
+    /// Resolve every key into the serve configuration.
+    pub fn resolve(&self) -> Result<ServeConfig, ConfigError> {
+        let data = self.parse("data", DEFAULT_DATA, |s| {
+            if s.is_empty() {
+                Err("must not be empty".into())
+            } else {
+                Ok(PathBuf::from(s))
+            }
+        })?;
+        let listen = self.parse("listen", DEFAULT_LISTEN, |s| {
+            s.parse::<SocketAddr>()
+                .map_err(|_| format!("{s:?} is not an address like 127.0.0.1:9000"))
+        })?;
+        let log = self.parse("log", DEFAULT_LOG, |s| {
+            tracing_subscriber::EnvFilter::try_new(s)
+                .map(|_| s.to_owned())
+                .map_err(|e| format!("{s:?} is not a log filter: {e}"))
+        })?;
+        let batch = self.parse(
+            "chunks.sync_batch_bytes",
+            &DEFAULT_SYNC_BATCH_BYTES.to_string(),
+            |s| {
+                parse_size(s).and_then(|n| {
+                    if n == 0 {
+                        Err("must be at least 1".into())
+                    } else {
+                        Ok(n)
+                    }
+                })
+            },
+        )?;
+        let sync = self.parse("chunks.sync", "always", |s| match s {
+            "always" => Ok(SyncPolicy::Always),
+            "batch" => Ok(SyncPolicy::Batch { bytes_max: batch }),
+            other => Err(format!("{other:?} is not one of: always, batch")),
+        })?;
+        let chunk_size_max = self.parse(
+            "chunks.size_max",
+            &CHUNK_SIZE_MAX_DEFAULT.to_string(),
+            |s| {
+                parse_size(s).and_then(|n| {
+                    if n == 0 || n > CHUNK_SIZE_MAX_LIMIT {
+                        Err(format!("{n} bytes is outside 1 byte ..= 1 GiB"))
+                    } else {
+                        Ok(n)
+                    }
+                })
+            },
+        )?;
+        Ok(ServeConfig {
+            data,
+            listen,
+            log,
+            chunks: ChunkStoreOptions {
+                sync,
+                chunk_size_max,
+                sealed_reads: SealedReads::Mmap,
+            },
+        })
+    }
+}
+
+/// A byte size: a plain number, or a number with B, KiB, MiB or GiB.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 67108864 or 64MiB"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} (use B, KiB, MiB or GiB)"
+            ));
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// Everything `cairn serve` needs.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    pub data: PathBuf,
+    pub listen: SocketAddr,
+    pub log: String,
+    pub chunks: ChunkStoreOptions,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, text: &str) -> PathBuf {
+        let p = dir.join("cairn.toml");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Layers::default().resolve().unwrap();
+        assert_eq!(c.data, PathBuf::from("./cairn-data"));
+        assert_eq!(c.listen.to_string(), "127.0.0.1:9000");
+        assert_eq!(c.chunks.sync, SyncPolicy::Always);
+        assert_eq!(c.chunks.chunk_size_max, 64 << 20);
+    }
+
+    #[test]
+    fn flags_beat_env_beat_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "listen = \"127.0.0.1:1\"\ndata = \"/f\"\nlog = \"debug\"\n[chunks]\nsync = \"batch\"\nsize_max = \"1MiB\"\n",
+        );
+        let mut l = Layers::default();
+        l.file(&p).unwrap();
+        l.env(
+            [
+                ("CAIRN_LISTEN".to_string(), "127.0.0.1:2".to_string()),
+                ("CAIRN_DATA".into(), "/e".into()),
+            ],
+            &[],
+        )
+        .unwrap();
+        l.flag("listen", Some("127.0.0.1:3"));
+        let c = l.resolve().unwrap();
+        assert_eq!(c.listen.port(), 3);
+        assert_eq!(c.data, PathBuf::from("/e"));
+        assert_eq!(c.log, "debug");
+        assert_eq!(c.chunks.sync, SyncPolicy::Batch { bytes_max: 8 << 20 });
+        assert_eq!(c.chunks.chunk_size_max, 1 << 20);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut l = Layers::default();
+        let e = l
+            .file(&write(dir.path(), "[chunks]\nsyncc = \"always\"\n"))
+            .unwrap_err();
+        assert!(e.to_string().contains("`chunks.syncc`"), "{e}");
+        let e = l.file(&write(dir.path(), "lisen = \"x\"\n")).unwrap_err();
+        assert!(e.to_string().contains("`lisen`"), "{e}");
+        let e = l
+            .env([("CAIRN_LISTN".to_string(), "x".to_string())], &[])
+            .unwrap_err();
+        assert!(e.to_string().contains("CAIRN_LISTN"), "{e}");
+        l.env(
+            [
+                ("CAIRN_CONFIG".to_string(), "x".to_string()),
+                ("HOME".into(), "/".into()),
+            ],
+            &["CAIRN_CONFIG"],
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn bad_values_are_named_with_their_source() {
+        let mut l = Layers::default();
+        l.flag("listen", Some("nowhere"));
+        let e = l.resolve().unwrap_err().to_string();
+        assert!(e.contains("`listen`") && e.contains("--listen"), "{e}");
+        let mut l = Layers::default();
+        l.env(
+            [("CAIRN_CHUNKS_SYNC".to_string(), "sometimes".to_string())],
+            &[],
+        )
+        .unwrap();
+        let e = l.resolve().unwrap_err().to_string();
+        assert!(
+            e.contains("`chunks.sync`") && e.contains("CAIRN_CHUNKS_SYNC"),
+            "{e}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let mut l = Layers::default();
+        l.file(&write(dir.path(), "[chunks]\nsize_max = \"2GiB\"\n"))
+            .unwrap();
+        let e = l.resolve().unwrap_err().to_string();
+        assert!(
+            e.contains("`chunks.size_max`") && e.contains("cairn.toml"),
+            "{e}"
+        );
+        let mut l = Layers::default();
+        l.file(&write(dir.path(), "listen = true\n")).unwrap_err();
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("1 GiB"), Ok(1 << 30));
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("MiB").is_err());
+        assert!(parse_size("99999999999999GiB").is_err());
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(
+            env_name("chunks.sync_batch_bytes"),
+            "CAIRN_CHUNKS_SYNC_BATCH_BYTES"
+        );
+        assert_eq!(
+            flag_name("chunks.sync_batch_bytes"),
+            "--chunk-sync-batch-bytes"
+        );
+        assert_eq!(flag_name("listen"), "--listen");
+    }
+}
