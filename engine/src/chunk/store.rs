@@ -25,6 +25,10 @@ use super::{ChunkError, ChunkHandle, ChunkStoreOptions, SealedReads, SyncPolicy}
 const BS: u64 = BLOCK_SIZE as u64;
 /// Piece size used when the store reads a whole chunk itself (verify, digest rebuild).
 const SCAN_PIECE: u64 = 4 << 20;
+/// Appends at least this large are hashed at the next sync rather than at once.
+const DEFERRED_HASH_MIN: u64 = 256 << 10;
+/// Opening a large store logs its progress every this many chunks.
+const RECOVERY_PROGRESS_EVERY: usize = 10_000;
 
 /// What the store knows about one chunk (the heartbeat report's row).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,8 +80,10 @@ struct Writer {
     len: u64,
     tail_crc: u32,
     version: u64,
-    /// Running digest of `[0, len)`; `None` after a reopen until it is rebuilt on demand.
-    hasher: Option<blake3::Hasher>,
+    /// Running digest of `[0, hashed_len)`. It catches up to `len` at every sync (while the
+    /// fsync runs), on `seal` and on `digest`; after a reopen it starts again from 0.
+    hasher: blake3::Hasher,
+    hashed_len: u64,
     unsynced: u64,
     deleted: bool,
 }
@@ -186,6 +192,9 @@ impl ChunkStore {
                     .write(true)
                     .open(&path)
                     .map_err(ChunkError::io(format!("open {}", path.display())))?;
+                if (chunks.len() + 1) % RECOVERY_PROGRESS_EVERY == 0 {
+                    tracing::info!(opened = chunks.len() + 1, dir = %root.display(), "opening chunk store");
+                }
                 match recovery::recover(&file, &path, handle) {
                     Ok(r) => {
                         if let Some(t) = r.truncated.clone() {
@@ -334,7 +343,8 @@ impl ChunkStore {
                 len: 0,
                 tail_crc: 0,
                 version,
-                hasher: Some(blake3::Hasher::new()),
+                hasher: blake3::Hasher::new(),
+                hashed_len: 0,
                 unsynced: 0,
                 deleted: false,
             }),
@@ -380,38 +390,12 @@ impl ChunkStore {
                 durable: w.unsynced == 0,
             });
         }
-        chunk.ensure_hasher(&mut w)?;
-        let ctx = || format!("append to chunk {handle}");
-        chunk
-            .file
-            .write_all_at(data, chunk.layout.data_offset + offset)
-            .map_err(ChunkError::io(ctx()))?;
-
-        // Checksums: continue the partial block's CRC; every block that becomes full gets its
-        // table entry, written as one contiguous run.
-        let mut crc = w.tail_crc;
-        let mut pos = offset;
-        let mut rest = data;
-        let mut entries: Vec<u8> = Vec::new();
-        while !rest.is_empty() {
-            let take = ((BS - pos % BS) as usize).min(rest.len());
-            crc = format::crc_append(crc, &rest[..take]);
-            pos += take as u64;
-            rest = &rest[take..];
-            if pos % BS == 0 {
-                entries.extend_from_slice(&crc.to_le_bytes());
-                crc = 0;
-            }
-        }
-        if !entries.is_empty() {
-            let first_full = offset / BS;
-            chunk
-                .file
-                .write_all_at(&entries, chunk.layout.table_entry_offset(first_full))
-                .map_err(ChunkError::io(ctx()))?;
-        }
-        if let Some(h) = w.hasher.as_mut() {
-            h.update(data);
+        let (pos, crc) = chunk.write_data(offset, w.tail_crc, data)?;
+        // Small appends are hashed now; large ones at the next sync, while the fsync runs
+        // (BLAKE3 costs about as much CPU as the write itself; see BENCHMARKS.md).
+        if w.hashed_len == offset && n < DEFERRED_HASH_MIN {
+            w.hasher.update(data);
+            w.hashed_len = pos;
         }
         w.len = pos;
         w.tail_crc = crc;
@@ -426,7 +410,7 @@ impl ChunkStore {
             SyncPolicy::Batch { bytes_max } => w.unsynced >= bytes_max,
         };
         if durable {
-            chunk.sync_locked(&mut w)?;
+            chunk.sync_locked(&mut w, Some((offset, data)))?;
         }
         Ok(AppendOutcome {
             offset,
@@ -442,7 +426,7 @@ impl ChunkStore {
         if w.deleted {
             return Err(ChunkError::NotFound { chunk: handle });
         }
-        chunk.sync_locked(&mut w)
+        chunk.sync_locked(&mut w, None)
     }
 
     /// Sync every chunk with unsynced appends (shutdown, periodic flush).
@@ -451,7 +435,7 @@ impl ChunkStore {
         for chunk in all {
             let mut w = chunk.writer.lock();
             if !w.deleted && w.unsynced > 0 {
-                chunk.sync_locked(&mut w)?;
+                chunk.sync_locked(&mut w, None)?;
             }
         }
         Ok(())
@@ -465,12 +449,8 @@ impl ChunkStore {
             return Err(ChunkError::NotFound { chunk: handle });
         }
         if !w.record.sealed() {
-            chunk.ensure_hasher(&mut w)?;
-            let digest = w
-                .hasher
-                .as_ref()
-                .map(|h| *h.finalize().as_bytes())
-                .unwrap_or_default();
+            chunk.hash_pending(&mut w, None)?;
+            let digest = *w.hasher.finalize().as_bytes();
             chunk.write_record(&mut w, FLAG_SEALED, digest)?;
             let mut p = chunk.published.write();
             p.sealed = true;
@@ -553,11 +533,8 @@ impl ChunkStore {
         if w.record.sealed() {
             return Ok(w.record.digest);
         }
-        chunk.ensure_hasher(&mut w)?;
-        Ok(w.hasher
-            .as_ref()
-            .map(|h| *h.finalize().as_bytes())
-            .unwrap_or_default())
+        chunk.hash_pending(&mut w, None)?;
+        Ok(*w.hasher.finalize().as_bytes())
     }
 
     /// Sync everything and close the store.
@@ -608,7 +585,8 @@ impl Chunk {
                 len: s.len,
                 tail_crc: s.tail_crc,
                 version: s.version,
-                hasher: None,
+                hasher: blake3::Hasher::new(),
+                hashed_len: 0,
                 unsynced: 0,
                 deleted: false,
             }),
@@ -634,50 +612,132 @@ impl Chunk {
         }
     }
 
-    /// Write the next state record (into the slot not holding the current one) and sync.
-    fn write_record(&self, w: &mut Writer, flags: u32, digest: [u8; 32]) -> Result<(), ChunkError> {
-        let record = StateRecord {
+    /// Write appended bytes at `offset` and the table entries of every block they complete.
+    /// Returns the new length and the running checksum of the new partial block.
+    fn write_data(
+        &self,
+        offset: u64,
+        tail_crc: u32,
+        data: &[u8],
+    ) -> Result<(u64, u32), ChunkError> {
+        let ctx = || format!("append to chunk {}", self.handle);
+        self.file
+            .write_all_at(data, self.layout.data_offset + offset)
+            .map_err(ChunkError::io(ctx()))?;
+        // Continue the partial block's CRC; every block that becomes full gets its table entry,
+        // written as one contiguous run.
+        let mut crc = tail_crc;
+        let mut pos = offset;
+        let mut rest = data;
+        let mut entries: Vec<u8> = Vec::new();
+        while !rest.is_empty() {
+            let take = ((BS - pos % BS) as usize).min(rest.len());
+            crc = format::crc_append(crc, &rest[..take]);
+            pos += take as u64;
+            rest = &rest[take..];
+            if pos.is_multiple_of(BS) {
+                entries.extend_from_slice(&crc.to_le_bytes());
+                crc = 0;
+            }
+        }
+        if !entries.is_empty() {
+            self.file
+                .write_all_at(&entries, self.layout.table_entry_offset(offset / BS))
+                .map_err(ChunkError::io(ctx()))?;
+        }
+        Ok((pos, crc))
+    }
+
+    /// The state record that a sync writes next.
+    fn next_record(w: &Writer, flags: u32, digest: [u8; 32]) -> StateRecord {
+        StateRecord {
             seq: w.record.seq + 1,
             version: w.version,
             len: w.len,
             tail_crc: w.tail_crc,
             flags,
             digest,
-        };
-        let slot = 1 - w.slot;
+        }
+    }
+
+    /// Write `record` into `slot` and fdatasync: after this, everything written before is
+    /// durable and described by `record`.
+    fn persist_record(&self, record: &StateRecord, slot: usize) -> Result<(), ChunkError> {
         let ctx = || format!("sync chunk {}", self.handle);
         self.file
             .write_all_at(&record.encode(), RECORD_OFFSETS[slot])
             .map_err(ChunkError::io(ctx()))?;
-        self.file.sync_data().map_err(ChunkError::io(ctx()))?;
+        self.file.sync_data().map_err(ChunkError::io(ctx()))
+    }
+
+    /// Write the next state record (into the slot not holding the current one) and sync.
+    fn write_record(&self, w: &mut Writer, flags: u32, digest: [u8; 32]) -> Result<(), ChunkError> {
+        let record = Self::next_record(w, flags, digest);
+        let slot = 1 - w.slot;
+        self.persist_record(&record, slot)?;
         w.record = record;
         w.slot = slot;
         w.unsynced = 0;
         Ok(())
     }
 
-    fn sync_locked(&self, w: &mut Writer) -> Result<(), ChunkError> {
+    /// Make the chunk durable. The digest catches up with the data at the same time: on this
+    /// thread while another one waits for the fsync, which leaves a core idle for long enough.
+    /// `fresh` is the append that triggered the sync, if any, to hash without reading it back.
+    fn sync_locked(&self, w: &mut Writer, fresh: Option<(u64, &[u8])>) -> Result<(), ChunkError> {
         if w.unsynced == 0 && w.record.len == w.len {
             return Ok(());
         }
-        let (flags, digest) = (w.record.flags, w.record.digest);
-        self.write_record(w, flags, digest)
+        let record = Self::next_record(w, w.record.flags, w.record.digest);
+        let slot = 1 - w.slot;
+        if w.len - w.hashed_len < DEFERRED_HASH_MIN {
+            self.hash_pending(w, fresh)?;
+            self.persist_record(&record, slot)?;
+        } else {
+            let synced = std::thread::scope(|s| {
+                let syncing = s.spawn(|| self.persist_record(&record, slot));
+                if let Err(e) = self.hash_pending(w, fresh) {
+                    // Not a sync failure: the digest is retried by `seal` and `digest`.
+                    tracing::warn!(chunk = %self.handle, error = %e, "digest catch-up failed");
+                }
+                syncing.join().unwrap_or_else(|_| {
+                    Err(ChunkError::Io {
+                        context: format!("sync chunk {}", self.handle),
+                        source: std::io::Error::other("sync thread panicked"),
+                    })
+                })
+            });
+            synced?;
+        }
+        w.record = record;
+        w.slot = slot;
+        w.unsynced = 0;
+        Ok(())
     }
 
-    /// After a reopen the running digest is gone: rebuild it from the (verified) content.
-    fn ensure_hasher(&self, w: &mut Writer) -> Result<(), ChunkError> {
-        if w.hasher.is_some() {
-            return Ok(());
-        }
+    /// Bring the digest up to `len`: from `fresh` (an append's own bytes) when it starts where
+    /// the digest stops, otherwise from verified reads of the chunk.
+    fn hash_pending(&self, w: &mut Writer, fresh: Option<(u64, &[u8])>) -> Result<(), ChunkError> {
         let p = *self.published.read();
-        let mut hasher = blake3::Hasher::new();
-        let mut offset = 0;
-        while offset < p.len {
-            let n = SCAN_PIECE.min(p.len - offset);
-            hasher.update(&self.read_verified(&p, offset, n, SealedReads::Pread)?);
-            offset += n;
+        while w.hashed_len < w.len {
+            match fresh {
+                Some((at, bytes)) if at == w.hashed_len => {
+                    w.hasher.update(bytes);
+                    w.hashed_len += bytes.len() as u64;
+                }
+                _ => {
+                    // Read back up to where the fresh bytes start (or to the end).
+                    let stop = match fresh {
+                        Some((at, _)) if at > w.hashed_len => at,
+                        _ => w.len,
+                    };
+                    let n = SCAN_PIECE.min(stop - w.hashed_len);
+                    let piece = self.read_verified(&p, w.hashed_len, n, SealedReads::Pread)?;
+                    w.hasher.update(&piece);
+                    w.hashed_len += n;
+                }
+            }
         }
-        w.hasher = Some(hasher);
         Ok(())
     }
 
