@@ -1,6 +1,19 @@
-//! Everything that crosses a process boundary (not built yet; the control-plane issue fills it).
+//! Everything that crosses a process boundary: the cluster's trust (CA and node certificates),
+//! QUIC endpoints with mutual TLS, checksummed frames, and typed RPC clients and servers.
 //!
-//! This crate will own the ids and messages shared by masters, chunkservers and gateways, their
-//! versioned binary codec and frame checksums, and the one place where quinn and rustls are set
-//! up: QUIC endpoints with mutual TLS against the cluster CA, request/response framing with a
-//! length limit, and typed clients with timeouts, retries and connection reuse.
+//! - [`tls`]: cluster CA, node identities, rustls configurations (TLS 1.3, client certs required).
+//! - [`endpoint`]: the one place where quinn is configured (socket buffers, windows, timeouts).
+//! - [`frame`]: the versioned, length-limited, checksummed frame codec.
+//! - [`rpc`]: typed methods, the server loop, and clients with timeouts, retries with backoff and
+//!   jitter, and one reused connection per peer.
+
+pub mod endpoint;
+pub mod frame;
+pub mod rpc;
+pub mod tls;
+
+pub use endpoint::{EndpointError, TransportOptions, endpoint};
+pub use rpc::{
+    Client, ClientOptions, ErrorCode, RemoteError, Router, Rpc, RpcError, ServeOptions, serve,
+};
+pub use tls::{ClusterCa, NodeIdentity, TlsError};

@@ -1,0 +1,113 @@
+//! QUIC endpoints: the one place where quinn is configured.
+//!
+//! Every endpoint serves (mutual TLS, client certificate required) and connects (presenting its
+//! own certificate) on one UDP socket. Settings are made for bulk data too: large socket buffers
+//! (quinn drops packets with the default 208 KiB receive buffer), large flow-control windows, and
+//! GSO/GRO where the kernel offers them (quinn's default).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{EndpointConfig, TransportConfig, VarInt};
+
+use crate::tls::{NodeIdentity, TlsError};
+
+/// Transport tuning. Defaults suit both small RPCs and gigabyte transfers on a LAN.
+#[derive(Clone, Copy, Debug)]
+pub struct TransportOptions {
+    /// Per-stream receive window (bytes in flight per stream).
+    pub stream_window: u32,
+    /// Per-connection receive and send windows.
+    pub connection_window: u32,
+    /// UDP socket send and receive buffer sizes asked of the kernel (it may cap them).
+    pub socket_buffer: usize,
+    /// Concurrent bidirectional streams a peer may open.
+    pub streams_max: u32,
+    /// A connection with no traffic for this long is closed (keep-alives are sent well before).
+    pub idle_timeout: Duration,
+}
+
+impl Default for TransportOptions {
+    fn default() -> Self {
+        TransportOptions {
+            stream_window: 16 << 20,
+            connection_window: 64 << 20,
+            socket_buffer: 8 << 20,
+            streams_max: 1024,
+            idle_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("QUIC TLS configuration: {0}")]
+    Crypto(String),
+    #[error("cannot bind UDP {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn transport(options: &TransportOptions) -> Result<Arc<TransportConfig>, EndpointError> {
+    let mut t = TransportConfig::default();
+    t.stream_receive_window(VarInt::from_u32(options.stream_window))
+        .receive_window(VarInt::from_u32(options.connection_window))
+        .send_window(u64::from(options.connection_window))
+        .max_concurrent_bidi_streams(VarInt::from_u32(options.streams_max))
+        .max_concurrent_uni_streams(VarInt::from_u32(0))
+        .keep_alive_interval(Some(options.idle_timeout / 3))
+        .max_idle_timeout(Some(
+            options
+                .idle_timeout
+                .try_into()
+                .map_err(|_| EndpointError::Crypto("idle timeout out of range".into()))?,
+        ));
+    Ok(Arc::new(t))
+}
+
+fn udp_socket(
+    addr: SocketAddr,
+    options: &TransportOptions,
+) -> Result<std::net::UdpSocket, EndpointError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let bind = |source| EndpointError::Bind { addr, source };
+    let socket =
+        Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(bind)?;
+    // Best effort: the kernel caps these at net.core.{r,w}mem_max.
+    let _ = socket.set_recv_buffer_size(options.socket_buffer);
+    let _ = socket.set_send_buffer_size(options.socket_buffer);
+    socket.bind(&addr.into()).map_err(bind)?;
+    Ok(socket.into())
+}
+
+/// A QUIC endpoint on `addr` that accepts cluster peers and connects to them.
+pub fn endpoint(
+    addr: SocketAddr,
+    identity: &NodeIdentity,
+    options: &TransportOptions,
+) -> Result<quinn::Endpoint, EndpointError> {
+    let transport = transport(options)?;
+    let server_crypto = QuicServerConfig::try_from(identity.server_config()?)
+        .map_err(|e| EndpointError::Crypto(e.to_string()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
+    server.transport_config(transport.clone());
+    let client_crypto = QuicClientConfig::try_from(identity.client_config()?)
+        .map_err(|e| EndpointError::Crypto(e.to_string()))?;
+    let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
+    client.transport_config(transport);
+
+    let socket = udp_socket(addr, options)?;
+    let runtime = Arc::new(quinn::TokioRuntime);
+    let mut endpoint =
+        quinn::Endpoint::new(EndpointConfig::default(), Some(server), socket, runtime)
+            .map_err(|source| EndpointError::Bind { addr, source })?;
+    endpoint.set_default_client_config(client);
+    Ok(endpoint)
+}
