@@ -28,6 +28,67 @@ struct Cli {
 enum Command {
     /// Run everything in one process on a local data folder.
     Serve(ServeArgs),
+    /// Cluster credentials: the cluster CA and node certificates.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// Create a new cluster CA in DIR/tls and a certificate for this node.
+    Init {
+        /// Data folder of the node that will hold the CA.
+        #[arg(long, value_name = "DIR", default_value = config::DEFAULT_DATA)]
+        data: PathBuf,
+        /// This node's name (certificate common name).
+        #[arg(long, default_value = "node-1")]
+        name: String,
+    },
+    /// Issue a certificate for another node, signed by the CA in DIR/tls.
+    IssueCert {
+        /// Data folder holding the cluster CA (its tls/ca.key).
+        #[arg(long, value_name = "DIR", default_value = config::DEFAULT_DATA)]
+        data: PathBuf,
+        /// The new node's name (letters, digits, '-', '.').
+        #[arg(long)]
+        name: String,
+        /// Extra DNS names or IP addresses for the certificate (repeatable).
+        #[arg(long = "san", value_name = "NAME_OR_IP")]
+        sans: Vec<String>,
+        /// Folder to write node.pem, node.key and ca.pem into; copy it to the new node as
+        /// DATA/tls.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+}
+
+fn cluster(command: ClusterCommand) -> Result<String, cairn_proto::TlsError> {
+    match command {
+        ClusterCommand::Init { data, name } => {
+            let tls = data.join("tls");
+            cairn_proto::ClusterCa::create(&tls)?
+                .issue(&name, &[])?
+                .save(&tls)?;
+            Ok(format!(
+                "created a cluster CA and a certificate for {name} in {}\nissue certificates for other nodes with: cairn cluster issue-cert --data {} --name NAME --out DIR",
+                tls.display(),
+                data.display()
+            ))
+        }
+        ClusterCommand::IssueCert {
+            data,
+            name,
+            sans,
+            out,
+        } => {
+            let ca = cairn_proto::ClusterCa::load(&data.join("tls"))?;
+            ca.issue(&name, &sans)?.save(&out)?;
+            Ok(format!(
+                "wrote node.pem, node.key and ca.pem for {name} to {}\ncopy that folder to the new node as DATA/tls (keep node.key private)",
+                out.display()
+            ))
+        }
+    }
 }
 
 /// Flags of `cairn serve`. Each may also come from a `CAIRN_*` variable or the config file;
@@ -83,6 +144,16 @@ fn serve_config(args: &ServeArgs) -> Result<config::ServeConfig, config::ConfigE
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Cluster(command) => match cluster(command) {
+            Ok(message) => {
+                println!("{message}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Serve(args) => {
             let config = match serve_config(&args) {
                 Ok(c) => c,

@@ -144,6 +144,11 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         .with_context(|| format!("create data folder {}", data.display()))?;
     let lock = DataLock::acquire(&data)?;
     tracing::debug!(lock = %lock.path().display(), "data folder locked");
+    // Cluster credentials: a node without any creates the cluster CA on first start.
+    let tls = data.join("tls");
+    if cairn_proto::tls::ensure_identity(&tls, "node-1").context("create cluster credentials")? {
+        tracing::info!(dir = %tls.display(), "created a new cluster CA and node certificate");
+    }
 
     let open_config = config.clone();
     let open_data = data.clone();

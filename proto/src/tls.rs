@@ -53,9 +53,13 @@ pub enum TlsError {
     #[error("{0} already exists; refusing to overwrite cluster credentials")]
     Exists(PathBuf),
     #[error(
-        "no cluster credentials in {0}: run `cairn cluster init` or copy a node certificate from `cairn cluster issue-cert`"
+        "no cluster CA key at {0}: run `cairn cluster init` for a new cluster, or issue certificates on the node that holds the CA"
     )]
-    Missing(PathBuf),
+    MissingCa(PathBuf),
+    #[error(
+        "no node certificate in {0}: get one with `cairn cluster issue-cert` on the node that holds the CA and copy it here"
+    )]
+    MissingIdentity(PathBuf),
     #[error("invalid node name {0:?}: use letters, digits, '-' and '.'")]
     BadName(String),
 }
@@ -153,7 +157,7 @@ impl ClusterCa {
     pub fn load(dir: &Path) -> Result<ClusterCa, TlsError> {
         let key_path = dir.join(CA_KEY);
         if !key_path.exists() {
-            return Err(TlsError::Missing(key_path));
+            return Err(TlsError::MissingCa(key_path));
         }
         let key = KeyPair::from_pem(&read(&key_path)?).map_err(|e| TlsError::Pem {
             path: key_path,
@@ -235,7 +239,7 @@ impl NodeIdentity {
     pub fn load(dir: &Path) -> Result<NodeIdentity, TlsError> {
         let cert_path = dir.join(NODE_CERT);
         if !cert_path.exists() {
-            return Err(TlsError::Missing(dir.to_path_buf()));
+            return Err(TlsError::MissingIdentity(dir.to_path_buf()));
         }
         Ok(NodeIdentity {
             name: String::new(),

@@ -348,3 +348,25 @@ fn first_start_creates_a_ca_with_private_keys_mode_0600() {
     );
     NodeIdentity::load(&tls).unwrap().server_config().unwrap();
 }
+
+mod fuzz_bodies {
+    use cairn_proto::frame::{Frame, Kind, fuzz_decode};
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        // The frame fuzz target's body over generated inputs: random bytes, and real frames with
+        // random damage.
+        #[test]
+        fn fuzz_frame_body(noise in proptest::collection::vec(any::<u8>(), 0..64), body in proptest::collection::vec(any::<u8>(), 0..300), at in 0usize..400) {
+            fuzz_decode(&noise);
+            let mut f = Frame::new(Kind::Request, 3, body).encode();
+            fuzz_decode(&f);
+            let start = at.min(f.len());
+            let end = (start + noise.len()).min(f.len());
+            f[start..end].copy_from_slice(&noise[..end - start]);
+            fuzz_decode(&f);
+        }
+    }
+}
