@@ -2,7 +2,7 @@
 //! QUIC calls, and `cairn serve` creates a cluster CA on first start.
 
 // Test code: a panic here is a failed test, which is what unwrap() should cause.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

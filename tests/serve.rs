@@ -1,7 +1,7 @@
 //! End-to-end: the real `cairn` binary, started as a process, driven over HTTP and signals.
 
 // Test code: a panic here is a failed test, which is what unwrap() should cause.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::Path;
 

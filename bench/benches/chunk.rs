@@ -12,7 +12,7 @@
 //! Files go to `$CAIRN_BENCH_DIR` (default: the system temp folder).
 
 // Benchmark code: a failure to set up is a failed run.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;

@@ -1,7 +1,7 @@
 //! The chunk store against an in-memory model, and against crashes and damaged files.
 
 // Test code: a panic here is a failed test, which is what unwrap() should cause.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;

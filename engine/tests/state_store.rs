@@ -2,7 +2,7 @@
 //! snapshots, and the fuzz bodies over generated inputs.
 
 // Test code: a panic here is a failed test, which is what unwrap() should cause.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
 

@@ -1,7 +1,7 @@
 //! The transport on real QUIC over loopback: mutual TLS, framing, typed RPC, bad input.
 
 // Test code: a panic here is a failed test, which is what unwrap() should cause.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;

@@ -1,5 +1,23 @@
-//! openraft plumbing (not built yet; the control-plane issue fills it).
+//! openraft plumbing: Cairn's one replicated log.
 //!
-//! This crate will own Cairn's openraft type configuration, the Raft log store and vote in redb
-//! with group commit, the state machine that hands committed batches to
-//! `cairn_engine::state::Registry`, snapshots streamed over `cairn-proto`, and the Raft network.
+//! - [`log_store`]: the Raft log and vote in redb, fsynced before anything is reported durable.
+//! - [`state_machine`]: the engine's service registry applied in one redb transaction per batch,
+//!   with the last applied log id and membership; snapshots from one consistent read.
+//! - [`network`]: AppendEntries, Vote and InstallSnapshot over cairn-proto (mutual-TLS QUIC).
+//! - [`node`]: a master node: opens the stores, runs openraft, serves peers and clients.
+
+// openraft's storage traits return its `StorageError` (200+ bytes) by value; the size is
+// openraft's, and our helpers return the same type to avoid conversions on every path.
+#![allow(clippy::result_large_err)]
+
+pub mod log_store;
+pub mod network;
+pub mod node;
+pub mod state_machine;
+pub mod types;
+
+pub use node::{
+    AdminRequest, ClientRequest, Consistency, MasterClient, NodeError, NodeStatus, ProposeError,
+    RaftNode, RaftOptions,
+};
+pub use types::{Applied, NodeId, Proposal, TypeConfig};

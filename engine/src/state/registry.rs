@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use redb::ReadableTable;
+use redb::{ReadableDatabase, ReadableTable};
 
 use super::command::{Command, ServiceId};
 use super::service::{ApplyContext, ApplyError, Rejection, Service};
@@ -59,6 +59,19 @@ impl Registry {
         entries: impl IntoIterator<Item = (u64, &'a [u8])>,
     ) -> Result<Vec<Outcome>, StateError> {
         let txn = store.db().begin_write()?;
+        let outcomes = self.apply_in(&txn, entries)?;
+        txn.commit()?;
+        Ok(outcomes)
+    }
+
+    /// Apply entries inside the caller's transaction (the Raft state machine adds its own
+    /// bookkeeping to the same transaction), recording the last applied index. Nothing is
+    /// committed here.
+    pub fn apply_in<'a>(
+        &self,
+        txn: &redb::WriteTransaction,
+        entries: impl IntoIterator<Item = (u64, &'a [u8])>,
+    ) -> Result<Vec<Outcome>, StateError> {
         let mut last = {
             let meta = txn.open_table(META)?;
             read_u64(meta.get(META_LAST_APPLIED)?.as_ref().map(|v| v.value()))?
@@ -72,12 +85,32 @@ impl Registry {
                 });
             }
             last = index;
-            outcomes.push(self.apply_one(&txn, index, bytes)?);
+            outcomes.push(self.apply_one(txn, index, bytes)?);
         }
         txn.open_table(META)?
             .insert(META_LAST_APPLIED, last.to_le_bytes().as_slice())?;
-        txn.commit()?;
         Ok(outcomes)
+    }
+
+    /// Answer a read-only query for `service` from the store's current state.
+    pub fn query(
+        &self,
+        store: &StateStore,
+        service: ServiceId,
+        payload: &[u8],
+    ) -> Result<Outcome, StateError> {
+        let Some(s) = self.services.get(&service) else {
+            return Ok(Err(Rejection::new(
+                "unknown_service",
+                format!("no {service} in this build"),
+            )));
+        };
+        let txn = store.db().begin_read()?;
+        match s.query(&txn, payload) {
+            Ok(r) => Ok(Ok(r)),
+            Err(ApplyError::Rejected(r)) => Ok(Err(r)),
+            Err(ApplyError::Storage(e)) => Err(e),
+        }
     }
 
     fn apply_one(

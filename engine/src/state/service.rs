@@ -6,7 +6,7 @@
 
 use std::cell::Cell;
 
-use redb::WriteTransaction;
+use redb::{ReadTransaction, WriteTransaction};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -107,6 +107,8 @@ pub trait Service: Send + Sync {
         version: u16,
         payload: &[u8],
     ) -> Result<Vec<u8>, ApplyError>;
+    /// Answer a read-only query from a read transaction.
+    fn query(&self, txn: &ReadTransaction, payload: &[u8]) -> Result<Vec<u8>, ApplyError>;
 }
 
 /// A service with typed commands and responses, encoded with postcard.
@@ -117,6 +119,8 @@ pub trait TypedService: Send + Sync + 'static {
     const VERSION: u16;
     type Command: Serialize + DeserializeOwned;
     type Response: Serialize + DeserializeOwned;
+    type Query: Serialize + DeserializeOwned;
+    type QueryResponse: Serialize + DeserializeOwned;
 
     fn init(&self, txn: &WriteTransaction) -> Result<(), StateError>;
     fn apply(
@@ -125,6 +129,11 @@ pub trait TypedService: Send + Sync + 'static {
         ctx: &ApplyContext,
         command: Self::Command,
     ) -> Result<Self::Response, ApplyError>;
+    fn query(
+        &self,
+        txn: &ReadTransaction,
+        query: Self::Query,
+    ) -> Result<Self::QueryResponse, ApplyError>;
 
     /// Decode a payload written at `version`. The default reads only the current version.
     fn decode(version: u16, payload: &[u8]) -> Result<Self::Command, Rejection> {
@@ -155,6 +164,16 @@ pub trait TypedService: Send + Sync + 'static {
             id_seed,
             payload: postcard::to_stdvec(command).map_err(|e| StateError::Encode(e.to_string()))?,
         })
+    }
+
+    /// Encode a query for [`crate::state::Registry::query`].
+    fn encode_query(query: &Self::Query) -> Result<Vec<u8>, StateError> {
+        postcard::to_stdvec(query).map_err(|e| StateError::Encode(e.to_string()))
+    }
+
+    /// Decode the bytes a successful query returned.
+    fn query_response(bytes: &[u8]) -> Result<Self::QueryResponse, StateError> {
+        postcard::from_bytes(bytes).map_err(|e| StateError::Encode(e.to_string()))
     }
 
     /// Decode the bytes a successful `apply` returned.
@@ -189,6 +208,14 @@ impl<T: TypedService> Service for Typed<T> {
     ) -> Result<Vec<u8>, ApplyError> {
         let command = T::decode(version, payload)?;
         let response = self.0.apply(txn, ctx, command)?;
+        postcard::to_stdvec(&response)
+            .map_err(|e| ApplyError::Storage(StateError::Encode(e.to_string())))
+    }
+
+    fn query(&self, txn: &ReadTransaction, payload: &[u8]) -> Result<Vec<u8>, ApplyError> {
+        let query: T::Query = postcard::from_bytes(payload)
+            .map_err(|e| Rejection::new("malformed", format!("{} query: {e}", T::NAME)))?;
+        let response = self.0.query(txn, query)?;
         postcard::to_stdvec(&response)
             .map_err(|e| ApplyError::Storage(StateError::Encode(e.to_string())))
     }

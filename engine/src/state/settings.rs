@@ -24,6 +24,19 @@ pub enum SettingsCommand {
     Delete { key: String },
 }
 
+/// Read-only questions about the settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SettingsQuery {
+    Get { key: String },
+    List,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SettingsQueryResponse {
+    Value(Option<Setting>),
+    All(Vec<(String, Setting)>),
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SettingsResponse {
     Set { previous: Option<String> },
@@ -61,6 +74,21 @@ impl TypedService for ClusterSettings {
     const VERSION: u16 = 1;
     type Command = SettingsCommand;
     type Response = SettingsResponse;
+    type Query = SettingsQuery;
+    type QueryResponse = SettingsQueryResponse;
+
+    fn query(
+        &self,
+        txn: &ReadTransaction,
+        query: SettingsQuery,
+    ) -> Result<SettingsQueryResponse, ApplyError> {
+        Ok(match query {
+            SettingsQuery::Get { key } => {
+                SettingsQueryResponse::Value(ClusterSettings::get(txn, &key)?)
+            }
+            SettingsQuery::List => SettingsQueryResponse::All(ClusterSettings::list(txn)?),
+        })
+    }
 
     fn init(&self, txn: &WriteTransaction) -> Result<(), StateError> {
         txn.open_table(SETTINGS)?;

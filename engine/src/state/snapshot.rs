@@ -123,7 +123,20 @@ impl<R: Read> Hashed<R> {
 impl StateStore {
     /// Write the whole state to `out` from one read transaction.
     pub fn export_snapshot(&self, out: impl Write) -> Result<SnapshotSummary, SnapshotError> {
+        self.export_snapshot_with(out, |_| Ok(()))
+            .map(|(summary, ())| summary)
+    }
+
+    /// Like [`Self::export_snapshot`], also returning what `read` finds in the same read
+    /// transaction (the Raft layer reads the snapshot's last applied log id this way, so the
+    /// two can never disagree).
+    pub fn export_snapshot_with<T>(
+        &self,
+        out: impl Write,
+        read: impl FnOnce(&redb::ReadTransaction) -> Result<T, StateError>,
+    ) -> Result<(SnapshotSummary, T), SnapshotError> {
         let txn = self.db().begin_read().map_err(st)?;
+        let extra = read(&txn)?;
         let mut names: Vec<String> = txn
             .list_tables()
             .map_err(st)?
@@ -160,11 +173,12 @@ impl StateStore {
         let digest = *w.hasher.finalize().as_bytes();
         w.inner.write_all(&digest)?;
         w.inner.flush()?;
-        Ok(SnapshotSummary {
+        let summary = SnapshotSummary {
             tables: names.len() as u64,
             entries,
             digest,
-        })
+        };
+        Ok((summary, extra))
     }
 
     /// Replace the whole state with the snapshot read from `input`. Atomic: on any error

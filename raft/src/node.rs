@@ -1,0 +1,510 @@
+//! A master node: the stores, openraft, and the RPCs peers and clients call, on one QUIC
+//! endpoint; and [`MasterClient`], which finds the leader and follows its hints.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_engine::state::{Outcome, Registry, ServiceId, StateError, StateStore};
+use cairn_proto::{
+    Client, ClientOptions, NodeIdentity, RemoteError as WireError, Router, Rpc, RpcError,
+    ServeOptions, TransportOptions,
+};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, Config, ServerState, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
+
+use crate::log_store::LogStore;
+use crate::network::{self, Network};
+use crate::state_machine::StateMachine;
+use crate::types::{NodeId, Proposal, Raft};
+
+/// Raft timing and compaction.
+#[derive(Clone, Copy, Debug)]
+pub struct RaftOptions {
+    pub heartbeat: Duration,
+    pub election_timeout_min: Duration,
+    pub election_timeout_max: Duration,
+    /// Build a snapshot (and allow purging the log) after this many entries.
+    pub snapshot_after_entries: u64,
+    /// Entries kept in the log behind a snapshot, for followers that are only a little behind.
+    pub entries_kept_after_snapshot: u64,
+    /// Size of the pieces a snapshot is streamed in.
+    pub snapshot_chunk_bytes: u64,
+}
+
+impl Default for RaftOptions {
+    fn default() -> Self {
+        RaftOptions {
+            heartbeat: Duration::from_millis(200),
+            election_timeout_min: Duration::from_millis(1000),
+            election_timeout_max: Duration::from_millis(2000),
+            snapshot_after_entries: 10_000,
+            entries_kept_after_snapshot: 1_000,
+            snapshot_chunk_bytes: 4 << 20,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Endpoint(#[from] cairn_proto::EndpointError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("raft log store: {0}")]
+    Log(String),
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// Why a proposal or a linearizable query did not go through.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ProposeError {
+    #[error("not the leader; the leader is {leader:?}")]
+    NotLeader { leader: Option<(NodeId, String)> },
+    /// Transient: no quorum answered right now (an election or a slow peer); retry.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// A query's consistency.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Consistency {
+    /// Confirmed with a quorum (openraft read-index) before reading: sees every write
+    /// acknowledged before the query started.
+    Linearizable,
+    /// Read this node's state as it is (may lag the leader).
+    Stale,
+}
+
+/// Requests a client sends to any master.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ClientRequest {
+    Propose(Proposal),
+    Query {
+        service: ServiceId,
+        payload: Vec<u8>,
+        consistency: Consistency,
+    },
+}
+
+struct ClientRpc;
+impl Rpc for ClientRpc {
+    const METHOD: u16 = 110;
+    const NAME: &'static str = "master.client";
+    type Request = ClientRequest;
+    type Response = Result<Outcome, ProposeError>;
+}
+
+struct StatusRpc;
+impl Rpc for StatusRpc {
+    const METHOD: u16 = 111;
+    const NAME: &'static str = "master.status";
+    type Request = ();
+    type Response = NodeStatus;
+}
+
+/// Membership changes, sent to the leader.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum AdminRequest {
+    /// Add a learner and wait until it has caught up with the log.
+    AddLearner { id: NodeId, addr: String },
+    /// Make exactly these nodes the voters (learners not listed stay learners).
+    SetVoters(BTreeSet<NodeId>),
+}
+
+struct AdminRpc;
+impl Rpc for AdminRpc {
+    const METHOD: u16 = 112;
+    const NAME: &'static str = "master.admin";
+    type Request = AdminRequest;
+    type Response = Result<(), ProposeError>;
+}
+
+/// What one node reports about itself and the group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub id: NodeId,
+    pub addr: String,
+    pub state: String,
+    pub term: u64,
+    pub leader: Option<NodeId>,
+    pub last_log_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    pub snapshot_index: Option<u64>,
+    pub voters: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
+    pub nodes: BTreeMap<NodeId, String>,
+    /// On the leader: each follower's matched log index.
+    pub replication: BTreeMap<NodeId, Option<u64>>,
+}
+
+/// A running master node.
+#[derive(Clone)]
+pub struct RaftNode {
+    pub id: NodeId,
+    pub addr: SocketAddr,
+    pub raft: Raft,
+    pub state: StateMachine,
+    pub log: LogStore,
+    registry: Arc<Registry>,
+    endpoint: quinn::Endpoint,
+}
+
+impl std::fmt::Debug for RaftNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftNode")
+            .field("id", &self.id)
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+fn not_leader(e: &RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Option<ProposeError> {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            Some(ProposeError::NotLeader {
+                leader: f
+                    .leader_id
+                    .zip(f.leader_node.as_ref().map(|n| n.addr.clone())),
+            })
+        }
+        _ => None,
+    }
+}
+
+impl RaftNode {
+    /// Open the stores in `data`, start openraft, and serve on `listen` (QUIC, mutual TLS).
+    /// `registry` builds the services (called twice: one registry applies, one answers queries).
+    pub async fn start(
+        id: NodeId,
+        data: &Path,
+        listen: SocketAddr,
+        identity: &NodeIdentity,
+        registry: impl Fn() -> Result<Registry, StateError>,
+        options: RaftOptions,
+    ) -> Result<RaftNode, NodeError> {
+        let endpoint = cairn_proto::endpoint(listen, identity, &TransportOptions::default())?;
+        let addr = endpoint
+            .local_addr()
+            .map_err(|e| NodeError::Raft(e.to_string()))?;
+        std::fs::create_dir_all(data)
+            .map_err(|e| NodeError::Log(format!("create {}: {e}", data.display())))?;
+        let log = LogStore::open(&data.join("raft-log.redb"))
+            .map_err(|e| NodeError::Log(e.to_string()))?;
+        let store = StateStore::open(data.join("state.redb"))?;
+        let applying = registry()?;
+        applying.init(&store)?;
+        let state = StateMachine::new(store, applying)?;
+        let config = Config {
+            cluster_name: "cairn".into(),
+            heartbeat_interval: options.heartbeat.as_millis() as u64,
+            election_timeout_min: options.election_timeout_min.as_millis() as u64,
+            election_timeout_max: options.election_timeout_max.as_millis() as u64,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(options.snapshot_after_entries),
+            max_in_snapshot_log_to_keep: options.entries_kept_after_snapshot,
+            snapshot_max_chunk_size: options.snapshot_chunk_bytes,
+            ..Config::default()
+        }
+        .validate()
+        .map_err(|e| NodeError::Raft(e.to_string()))?;
+        let raft = Raft::new(
+            id,
+            Arc::new(config),
+            Network::new(endpoint.clone()),
+            log.clone(),
+            state.clone(),
+        )
+        .await
+        .map_err(|e| NodeError::Raft(e.to_string()))?;
+        let node = RaftNode {
+            id,
+            addr,
+            raft: raft.clone(),
+            state,
+            log,
+            registry: Arc::new(registry()?),
+            endpoint: endpoint.clone(),
+        };
+        let router = node.routes(network::routes(Router::new(), raft));
+        tokio::spawn(cairn_proto::serve(
+            endpoint,
+            router,
+            ServeOptions::default(),
+        ));
+        Ok(node)
+    }
+
+    fn routes(&self, router: Router) -> Router {
+        let (a, b, c) = (self.clone(), self.clone(), self.clone());
+        router
+            .route::<ClientRpc, _, _>(move |req| {
+                let node = a.clone();
+                async move { Ok::<_, WireError>(node.handle(req).await) }
+            })
+            .route::<StatusRpc, _, _>(move |()| {
+                let node = b.clone();
+                async move { Ok::<_, WireError>(node.status()) }
+            })
+            .route::<AdminRpc, _, _>(move |req| {
+                let node = c.clone();
+                async move { Ok::<_, WireError>(node.admin(req).await) }
+            })
+    }
+
+    /// Make this node a one-node cluster if no cluster state exists yet (first start).
+    pub async fn initialize_if_new(&self) -> Result<bool, NodeError> {
+        if self
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?
+        {
+            return Ok(false);
+        }
+        let members = BTreeMap::from([(self.id, BasicNode::new(self.addr.to_string()))]);
+        self.raft
+            .initialize(members)
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?;
+        Ok(true)
+    }
+
+    /// Propose a command on this node (it must be the leader).
+    pub async fn propose(&self, proposal: Proposal) -> Result<Outcome, ProposeError> {
+        match self.raft.client_write(proposal).await {
+            Ok(r) => Ok(r.data.0),
+            Err(e) => Err(not_leader(&e).unwrap_or_else(|| ProposeError::Failed(e.to_string()))),
+        }
+    }
+
+    /// Answer a query from this node's state, after a read-index round if linearizable.
+    pub async fn query(
+        &self,
+        service: ServiceId,
+        payload: Vec<u8>,
+        consistency: Consistency,
+    ) -> Result<Outcome, ProposeError> {
+        if consistency == Consistency::Linearizable {
+            self.raft.ensure_linearizable().await.map_err(|e| match e {
+                RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f)) => {
+                    ProposeError::NotLeader {
+                        leader: f
+                            .leader_id
+                            .zip(f.leader_node.as_ref().map(|n| n.addr.clone())),
+                    }
+                }
+                RaftError::APIError(openraft::error::CheckIsLeaderError::QuorumNotEnough(q)) => {
+                    ProposeError::Unavailable(q.to_string())
+                }
+                other => ProposeError::Failed(other.to_string()),
+            })?;
+        }
+        let node = self.clone();
+        tokio::task::spawn_blocking(move || {
+            node.registry.query(node.state.store(), service, &payload)
+        })
+        .await
+        .map_err(|e| ProposeError::Failed(e.to_string()))?
+        .map_err(|e| ProposeError::Failed(e.to_string()))
+    }
+
+    async fn handle(&self, req: ClientRequest) -> Result<Outcome, ProposeError> {
+        match req {
+            ClientRequest::Propose(p) => self.propose(p).await,
+            ClientRequest::Query {
+                service,
+                payload,
+                consistency,
+            } => self.query(service, payload, consistency).await,
+        }
+    }
+
+    async fn admin(&self, req: AdminRequest) -> Result<(), ProposeError> {
+        let result = match req {
+            AdminRequest::AddLearner { id, addr } => self
+                .raft
+                .add_learner(id, BasicNode::new(addr), true)
+                .await
+                .map(|_| ()),
+            AdminRequest::SetVoters(voters) => {
+                self.raft.change_membership(voters, false).await.map(|_| ())
+            }
+        };
+        result.map_err(|e| not_leader(&e).unwrap_or_else(|| ProposeError::Failed(e.to_string())))
+    }
+
+    /// This node's view of itself and the group.
+    pub fn status(&self) -> NodeStatus {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: Vec<NodeId> = membership.voter_ids().collect();
+        let learners: Vec<NodeId> = membership.learner_ids().collect();
+        let nodes = membership
+            .nodes()
+            .map(|(id, n)| (*id, n.addr.clone()))
+            .collect();
+        let replication = m
+            .replication
+            .as_ref()
+            .map(|r| r.iter().map(|(id, l)| (*id, l.map(|l| l.index))).collect())
+            .unwrap_or_default();
+        NodeStatus {
+            id: self.id,
+            addr: self.addr.to_string(),
+            state: match m.state {
+                ServerState::Leader => "leader",
+                ServerState::Follower => "follower",
+                ServerState::Candidate => "candidate",
+                ServerState::Learner => "learner",
+                ServerState::Shutdown => "shutdown",
+            }
+            .into(),
+            term: m.current_term,
+            leader: m.current_leader,
+            last_log_index: m.last_log_index,
+            applied_index: m.last_applied.map(|l| l.index),
+            snapshot_index: m.snapshot.map(|l| l.index),
+            voters,
+            learners,
+            nodes,
+            replication,
+        }
+    }
+
+    /// Stop Raft and the endpoint.
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+        self.endpoint.close(
+            quinn::VarInt::from_u32(cairn_proto::rpc::CLOSE_SHUTDOWN),
+            b"shutdown",
+        );
+    }
+}
+
+/// Talks to a master group: sends proposals to the leader, following hints and trying other
+/// masters when one is unreachable.
+#[derive(Clone, Debug)]
+pub struct MasterClient {
+    client: Client,
+    masters: Vec<SocketAddr>,
+    leader: Arc<parking_lot::Mutex<Option<SocketAddr>>>,
+    /// How long to keep looking for a leader (elections take seconds).
+    pub patience: Duration,
+}
+
+impl MasterClient {
+    pub fn new(endpoint: quinn::Endpoint, masters: Vec<SocketAddr>) -> MasterClient {
+        let options = ClientOptions {
+            attempts: 2,
+            attempt_timeout: Duration::from_secs(5),
+            ..ClientOptions::default()
+        };
+        MasterClient {
+            client: Client::new(endpoint, options),
+            masters,
+            leader: Arc::new(parking_lot::Mutex::new(None)),
+            patience: Duration::from_secs(20),
+        }
+    }
+
+    /// Propose a command; returns the service's outcome once committed and applied.
+    pub async fn propose(&self, proposal: Proposal) -> Result<Outcome, ProposeError> {
+        self.send(ClientRequest::Propose(proposal)).await
+    }
+
+    pub async fn query(
+        &self,
+        service: ServiceId,
+        payload: Vec<u8>,
+        consistency: Consistency,
+    ) -> Result<Outcome, ProposeError> {
+        self.send(ClientRequest::Query {
+            service,
+            payload,
+            consistency,
+        })
+        .await
+    }
+
+    async fn send(&self, req: ClientRequest) -> Result<Outcome, ProposeError> {
+        let deadline = tokio::time::Instant::now() + self.patience;
+        let mut next = 0usize;
+        let mut last_error = ProposeError::Failed("no masters configured".into());
+        while tokio::time::Instant::now() < deadline && !self.masters.is_empty() {
+            let target = match *self.leader.lock() {
+                Some(l) => l,
+                None => {
+                    next += 1;
+                    self.masters[next % self.masters.len()]
+                }
+            };
+            match self.client.call::<ClientRpc>(target, &req).await {
+                Ok(Ok(outcome)) => {
+                    *self.leader.lock() = Some(target);
+                    return Ok(outcome);
+                }
+                Ok(Err(ProposeError::NotLeader { leader })) => {
+                    let hint = leader.and_then(|(_, addr)| addr.parse().ok());
+                    *self.leader.lock() = hint;
+                    last_error = ProposeError::NotLeader { leader: None };
+                    if hint.is_none() {
+                        // An election is running: give it a moment.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+                Ok(Err(e @ ProposeError::Unavailable(_))) => {
+                    last_error = e;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(e) => {
+                    *self.leader.lock() = None;
+                    last_error = ProposeError::Failed(e.to_string());
+                    if !e.is_retryable() {
+                        return Err(last_error);
+                    }
+                }
+            }
+        }
+        Err(last_error)
+    }
+
+    /// One master's status.
+    pub async fn status(&self, addr: SocketAddr) -> Result<NodeStatus, RpcError> {
+        self.client.call::<StatusRpc>(addr, &()).await
+    }
+
+    /// Send a membership change to the leader.
+    pub async fn admin(&self, req: AdminRequest) -> Result<(), ProposeError> {
+        let deadline = tokio::time::Instant::now() + self.patience;
+        let mut next = 0usize;
+        loop {
+            let target = self.leader.lock().unwrap_or_else(|| {
+                next += 1;
+                self.masters[next % self.masters.len().max(1)]
+            });
+            match self.client.call::<AdminRpc>(target, &req).await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(ProposeError::NotLeader { leader }))
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    *self.leader.lock() = leader.and_then(|(_, a)| a.parse().ok());
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
+                    *self.leader.lock() = None
+                }
+                Err(e) => return Err(ProposeError::Failed(e.to_string())),
+            }
+        }
+    }
+}

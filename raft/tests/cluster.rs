@@ -1,0 +1,269 @@
+//! Raft groups of real nodes (real redb files, real mutual-TLS QUIC on loopback) in one process.
+
+// Test code: a panic here is a failed test, which is what unwrap() should cause.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use cairn_engine::state::settings::{
+    ClusterSettings, SettingsCommand, SettingsQuery, SettingsQueryResponse,
+};
+use cairn_engine::state::{Registry, StateError, Typed, TypedService};
+use cairn_proto::{ClusterCa, TransportOptions};
+use cairn_raft::{AdminRequest, Consistency, MasterClient, Proposal, RaftNode, RaftOptions};
+
+fn registry() -> Result<Registry, StateError> {
+    let mut r = Registry::new();
+    r.register(Typed(ClusterSettings))?;
+    Ok(r)
+}
+
+fn options() -> RaftOptions {
+    RaftOptions {
+        heartbeat: Duration::from_millis(100),
+        election_timeout_min: Duration::from_millis(500),
+        election_timeout_max: Duration::from_millis(1000),
+        snapshot_after_entries: 60,
+        entries_kept_after_snapshot: 10,
+        ..RaftOptions::default()
+    }
+}
+
+struct Harness {
+    ca: ClusterCa,
+    dir: tempfile::TempDir,
+}
+
+impl Harness {
+    fn new() -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ClusterCa::create(&dir.path().join("ca")).unwrap();
+        Harness { ca, dir }
+    }
+
+    fn data(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("node-{id}"))
+    }
+
+    async fn start(&self, id: u64, addr: SocketAddr) -> RaftNode {
+        let identity = self.ca.issue(&format!("node-{id}"), &[]).unwrap();
+        // A restarted node reuses its address; the old endpoint may take a moment to let go.
+        let mut tries = 0;
+        loop {
+            match RaftNode::start(id, &self.data(id), addr, &identity, registry, options()).await {
+                Ok(n) => return n,
+                Err(e) if tries < 100 => {
+                    tries += 1;
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("start node {id}: {e}"),
+            }
+        }
+    }
+
+    fn client(&self, masters: Vec<SocketAddr>) -> MasterClient {
+        let identity = self.ca.issue("client", &[]).unwrap();
+        let ep = cairn_proto::endpoint(
+            "127.0.0.1:0".parse().unwrap(),
+            &identity,
+            &TransportOptions::default(),
+        )
+        .unwrap();
+        MasterClient::new(ep, masters)
+    }
+}
+
+fn set(key: &str, value: &str, n: u64) -> Proposal {
+    let c = SettingsCommand::Set {
+        key: key.into(),
+        value: value.into(),
+    };
+    let mut seed = [0u8; 16];
+    seed[..8].copy_from_slice(&n.to_le_bytes());
+    Proposal(
+        ClusterSettings::command(&c, 1_700_000_000_000 + n, seed)
+            .unwrap()
+            .encode(),
+    )
+}
+
+async fn all_settings(client: &MasterClient, consistency: Consistency) -> BTreeMap<String, String> {
+    let q = ClusterSettings::encode_query(&SettingsQuery::List).unwrap();
+    let out = client
+        .query(ClusterSettings::ID, q, consistency)
+        .await
+        .unwrap()
+        .unwrap();
+    match ClusterSettings::query_response(&out).unwrap() {
+        SettingsQueryResponse::All(all) => all.into_iter().map(|(k, s)| (k, s.value)).collect(),
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn wait_for(what: &str, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !f().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gave up waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn free_addr() -> SocketAddr {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn local_settings(data: &Path) -> usize {
+    let store = cairn_engine::state::StateStore::open(data.join("state.redb")).unwrap();
+    let txn = redb::ReadableDatabase::begin_read(store.db()).unwrap();
+    ClusterSettings::list(&txn).unwrap().len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_masters_elect_replicate_fail_over_and_catch_up() {
+    let h = Harness::new();
+    let addrs: Vec<SocketAddr> = (0..4).map(|_| free_addr()).collect();
+    let n1 = h.start(1, addrs[0]).await;
+    assert!(n1.initialize_if_new().await.unwrap());
+    let n2 = h.start(2, addrs[1]).await;
+    let n3 = h.start(3, addrs[2]).await;
+    let client = h.client(addrs[..3].to_vec());
+
+    // Grow the group: learners catch up, then become voters.
+    client
+        .admin(AdminRequest::AddLearner {
+            id: 2,
+            addr: addrs[1].to_string(),
+        })
+        .await
+        .unwrap();
+    client
+        .admin(AdminRequest::AddLearner {
+            id: 3,
+            addr: addrs[2].to_string(),
+        })
+        .await
+        .unwrap();
+    client
+        .admin(AdminRequest::SetVoters(BTreeSet::from([1, 2, 3])))
+        .await
+        .unwrap();
+    assert_eq!(n1.status().voters, vec![1, 2, 3]);
+
+    // Writes succeed, concurrently (they share fsyncs through openraft's batching).
+    let mut acked = BTreeMap::new();
+    let writes = (0..100u64).map(|i| {
+        let c = client.clone();
+        tokio::spawn(async move {
+            (
+                i,
+                c.propose(set(&format!("k{i}"), &format!("v{i}"), i)).await,
+            )
+        })
+    });
+    for w in writes.collect::<Vec<_>>() {
+        let (i, r) = w.await.unwrap();
+        r.unwrap().unwrap();
+        acked.insert(format!("k{i}"), format!("v{i}"));
+    }
+    assert_eq!(
+        all_settings(&client, Consistency::Linearizable).await,
+        acked
+    );
+
+    // Kill the leader: a new one is elected and every acknowledged write is still there.
+    let leader = n1.status().leader.unwrap();
+    let (old, nodes): (Vec<RaftNode>, Vec<RaftNode>) =
+        [n1, n2, n3].into_iter().partition(|n| n.id == leader);
+    for n in old {
+        n.shutdown().await;
+    }
+    let survivors: Vec<&RaftNode> = nodes.iter().collect();
+    wait_for("a new leader", async || {
+        survivors
+            .iter()
+            .any(|n| n.status().state == "leader" && n.status().leader != Some(leader))
+    })
+    .await;
+    for i in 100..160u64 {
+        client
+            .propose(set(&format!("k{i}"), &format!("v{i}"), i))
+            .await
+            .unwrap()
+            .unwrap();
+        acked.insert(format!("k{i}"), format!("v{i}"));
+    }
+    assert_eq!(
+        all_settings(&client, Consistency::Linearizable).await,
+        acked
+    );
+
+    // The old leader restarts from its files and catches up.
+    let idx = (leader - 1) as usize;
+    let back = h.start(leader, addrs[idx]).await;
+    let target = survivors[0].status().last_log_index;
+    wait_for("the restarted node to catch up", async || {
+        back.status().applied_index >= target
+    })
+    .await;
+
+    // A node that missed many entries (the log was compacted past them) arrives by snapshot.
+    let n4 = h.start(4, addrs[3]).await;
+    client
+        .admin(AdminRequest::AddLearner {
+            id: 4,
+            addr: addrs[3].to_string(),
+        })
+        .await
+        .unwrap();
+    wait_for("node 4 to catch up", async || {
+        n4.status().applied_index >= target
+    })
+    .await;
+    assert!(
+        n4.status().snapshot_index.is_some(),
+        "node 4 should have been sent a snapshot"
+    );
+    let n4_data = h.data(4);
+    n4.shutdown().await;
+    drop(n4);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(local_settings(&n4_data), acked.len());
+
+    // Remove a member under write load: writes keep succeeding.
+    let writer = {
+        let c = client.clone();
+        tokio::spawn(async move {
+            for i in 160..200u64 {
+                c.propose(set(&format!("k{i}"), &format!("v{i}"), i))
+                    .await
+                    .unwrap()
+                    .unwrap();
+            }
+        })
+    };
+    // Voters become the two survivors: the restarted old leader is removed.
+    let keep: BTreeSet<u64> = nodes.iter().map(|n| n.id).collect();
+    client.admin(AdminRequest::SetVoters(keep)).await.unwrap();
+    writer.await.unwrap();
+    for i in 160..200u64 {
+        acked.insert(format!("k{i}"), format!("v{i}"));
+    }
+    assert_eq!(
+        all_settings(&client, Consistency::Linearizable).await,
+        acked
+    );
+    back.shutdown().await;
+    for n in &nodes {
+        n.shutdown().await;
+    }
+}
