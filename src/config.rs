@@ -33,11 +33,15 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "chunks.size_max",
     },
+    Key {
+        name: "cluster.listen",
+    },
 ];
 
 pub const DEFAULT_DATA: &str = "./cairn-data";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9000";
 pub const DEFAULT_LOG: &str = "info";
+pub const DEFAULT_CLUSTER_LISTEN: &str = "127.0.0.1:7070";
 const DEFAULT_SYNC_BATCH_BYTES: u64 = 8 << 20;
 
 /// Where a value came from, for error messages.
@@ -81,7 +85,10 @@ pub fn env_name(key: &str) -> String {
 
 /// The flag for a key.
 pub fn flag_name(key: &str) -> String {
-    format!("--{}", key.replace("chunks.", "chunk-").replace('_', "-"))
+    format!(
+        "--{}",
+        key.replace("chunks.", "chunk-").replace(['.', '_'], "-")
+    )
 }
 
 /// Raw values per key, with their source; later layers overwrite earlier ones.
@@ -250,9 +257,14 @@ impl Layers {
                 })
             },
         )?;
+        let cluster_listen = self.parse("cluster.listen", DEFAULT_CLUSTER_LISTEN, |s| {
+            s.parse::<SocketAddr>()
+                .map_err(|_| format!("{s:?} is not an address like 127.0.0.1:7070"))
+        })?;
         Ok(ServeConfig {
             data,
             listen,
+            cluster_listen,
             log,
             chunks: ChunkStoreOptions {
                 sync,
@@ -291,6 +303,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 pub struct ServeConfig {
     pub data: PathBuf,
     pub listen: SocketAddr,
+    /// QUIC address of the in-process master.
+    pub cluster_listen: SocketAddr,
     pub log: String,
     pub chunks: ChunkStoreOptions,
 }

@@ -3,9 +3,11 @@
 
 mod config;
 mod lock;
+mod master;
 mod serve;
 
 use std::io::IsTerminal;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -31,6 +33,75 @@ enum Command {
     /// Cluster credentials: the cluster CA and node certificates.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Run one master of the replicated control plane.
+    Master(MasterArgs),
+    /// Operate a running cluster.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+#[derive(Debug, Args)]
+struct MasterArgs {
+    /// This master's id (unique in the group, never reused).
+    #[arg(long)]
+    id: u64,
+    /// QUIC address peers and clients reach this master on.
+    #[arg(long, value_name = "ADDR")]
+    listen: SocketAddr,
+    /// Data folder (tls/ credentials, master/ Raft log and state).
+    #[arg(long, value_name = "DIR", default_value = config::DEFAULT_DATA)]
+    data: PathBuf,
+    /// Log filter.
+    #[arg(long, default_value = config::DEFAULT_LOG)]
+    log: String,
+}
+
+/// Where the admin commands find masters and their credentials.
+#[derive(Debug, Args)]
+struct AdminTarget {
+    /// A master's QUIC address (repeatable; any member will do).
+    #[arg(long = "master", value_name = "ADDR", required = true)]
+    masters: Vec<SocketAddr>,
+    /// Folder with a certificate from the cluster CA (node.pem, node.key, ca.pem).
+    #[arg(long, value_name = "DIR", default_value = "./cairn-data/tls")]
+    tls: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Members, leader, term, log and applied index, lag and health of each master.
+    Status {
+        #[command(flatten)]
+        target: AdminTarget,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change the master group.
+    #[command(subcommand)]
+    Cluster(AdminClusterCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminClusterCommand {
+    /// Add a master: joins as a learner, catches up, then becomes a voter.
+    AddMaster {
+        #[command(flatten)]
+        target: AdminTarget,
+        /// The new master's id.
+        #[arg(long)]
+        id: u64,
+        /// The new master's QUIC address.
+        addr: SocketAddr,
+    },
+    /// Demote and remove a master.
+    RemoveMaster {
+        #[command(flatten)]
+        target: AdminTarget,
+        /// The id of the master to remove.
+        #[arg(long)]
+        id: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -117,6 +188,9 @@ struct ServeArgs {
     /// Size limit of new chunks [default: 64MiB] (CAIRN_CHUNKS_SIZE_MAX).
     #[arg(long, value_name = "SIZE")]
     chunk_size_max: Option<String>,
+    /// QUIC address of the in-process master [default: 127.0.0.1:7070] (CAIRN_CLUSTER_LISTEN).
+    #[arg(long, value_name = "ADDR")]
+    cluster_listen: Option<String>,
 }
 
 fn serve_config(args: &ServeArgs) -> Result<config::ServeConfig, config::ConfigError> {
@@ -138,6 +212,7 @@ fn serve_config(args: &ServeArgs) -> Result<config::ServeConfig, config::ConfigE
         args.chunk_sync_batch_bytes.as_deref(),
     );
     layers.flag("chunks.size_max", args.chunk_size_max.as_deref());
+    layers.flag("cluster.listen", args.cluster_listen.as_deref());
     layers.resolve()
 }
 
@@ -154,6 +229,30 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Master(args) => {
+            init_logging(&args.log);
+            block_on(master::run(args.id, args.data, args.listen))
+        }
+        Command::Admin(command) => {
+            init_logging("warn");
+            block_on(async move {
+                match command {
+                    AdminCommand::Status { target, json } => {
+                        if master::status(&target.tls, &target.masters, json).await? {
+                            Ok(())
+                        } else {
+                            anyhow::bail!("the master group is not healthy")
+                        }
+                    }
+                    AdminCommand::Cluster(AdminClusterCommand::AddMaster { target, id, addr }) => {
+                        master::add_master(&target.tls, &target.masters, id, addr).await
+                    }
+                    AdminCommand::Cluster(AdminClusterCommand::RemoveMaster { target, id }) => {
+                        master::remove_master(&target.tls, &target.masters, id).await
+                    }
+                }
+            })
+        }
         Command::Serve(args) => {
             let config = match serve_config(&args) {
                 Ok(c) => c,
@@ -162,25 +261,41 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            tracing_subscriber::fmt()
-                .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log))
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::stderr().is_terminal())
-                .init();
-            let runtime = match tokio::runtime::Runtime::new() {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("error: cannot start the async runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match runtime.block_on(serve::run(config)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+            init_logging(&config.log);
+            block_on(serve::run(config))
+        }
+    }
+}
+
+fn init_logging(filter: &str) {
+    // openraft logs every failed heartbeat at ERROR while a peer is down, which is expected
+    // during failover and restarts: its logs are off unless the filter names it
+    // (e.g. `--log info,openraft=info`).
+    let filter = if filter.contains("openraft") {
+        filter.to_owned()
+    } else {
+        format!("{filter},openraft=off")
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+fn block_on(work: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(work) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }

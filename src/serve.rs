@@ -12,8 +12,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use cairn_engine::chunk::ChunkStore;
-use cairn_engine::state::settings::ClusterSettings;
-use cairn_engine::state::{Registry, StateStore, Typed};
+use cairn_raft::RaftNode;
 use serde_json::json;
 
 use crate::config::ServeConfig;
@@ -24,16 +23,21 @@ use crate::lock::DataLock;
 pub struct Node {
     /// Chunk files (`DATA/chunks/`).
     pub chunks: ChunkStore,
-    /// Replicated state (`DATA/state.redb`), with every service's tables created. The Raft
-    /// log that applies commands to it comes with the control plane.
-    pub state: StateStore,
+    /// The in-process master: a one-node Raft group (`DATA/master/`), the same code path as
+    /// `cairn master`.
+    pub master: RaftNode,
 }
 
 impl Node {
-    /// Open the engine stores in `data`, recovering what a crash left behind.
-    pub fn open(data: &Path, config: &ServeConfig) -> anyhow::Result<Node> {
-        let (chunks, report) = ChunkStore::open(data.join("chunks"), config.chunks)
-            .with_context(|| format!("open chunk store in {}", data.display()))?;
+    /// Open the engine stores in `data`, recovering what a crash left behind, and start the
+    /// in-process master.
+    pub async fn open(data: &Path, config: &ServeConfig) -> anyhow::Result<Node> {
+        let chunk_dir = data.join("chunks");
+        let chunk_options = config.chunks;
+        let (chunks, report) =
+            tokio::task::spawn_blocking(move || ChunkStore::open(chunk_dir, chunk_options))
+                .await?
+                .with_context(|| format!("open chunk store in {}", data.display()))?;
         if report.is_clean() {
             tracing::info!(chunks = report.chunks, "chunk store open");
         } else {
@@ -45,19 +49,16 @@ impl Node {
                 "chunk store recovered damage (details above)"
             );
         }
-        let state = StateStore::open(data.join("state.redb"))
-            .with_context(|| format!("open state store in {}", data.display()))?;
-        let mut registry = Registry::new();
-        registry.register(Typed(ClusterSettings))?;
-        registry.init(&state)?;
-        tracing::info!(last_applied = state.last_applied()?, "state store open");
-        Ok(Node { chunks, state })
+        let master = crate::master::start_node(1, data, config.cluster_listen, "node-1").await?;
+        Ok(Node { chunks, master })
     }
 
     /// Flush and close the stores.
-    pub fn close(self) -> anyhow::Result<()> {
-        self.chunks.close().context("sync chunk store")?;
-        drop(self.state);
+    pub async fn close(self) -> anyhow::Result<()> {
+        self.master.shutdown().await;
+        tokio::task::spawn_blocking(move || self.chunks.close())
+            .await?
+            .context("sync chunk store")?;
         Ok(())
     }
 }
@@ -73,11 +74,16 @@ async fn ready(State(node): State<Arc<Node>>) -> impl IntoResponse {
             Err(e) => json!({"status": "down", "error": e}),
         };
         let chunk = node.chunks.check().map_err(|e| e.to_string());
-        let state = node.state.check().map_err(|e| e.to_string());
-        let all_ok = chunk.is_ok() && state.is_ok();
+        let state = node.master.state.store().check().map_err(|e| e.to_string());
+        let status = node.master.status();
+        let master = match status.leader {
+            Some(_) => Ok(()),
+            None => Err(format!("no leader (state {}, term {})", status.state, status.term)),
+        };
+        let all_ok = chunk.is_ok() && state.is_ok() && master.is_ok();
         (
             all_ok,
-            json!({"chunk_store": check(chunk), "state_store": check(state)}),
+            json!({"chunk_store": check(chunk), "state_store": check(state), "master": check(master)}),
         )
     })
     .await;
@@ -113,7 +119,7 @@ pub fn router(node: Arc<Node>) -> Router {
 }
 
 /// Resolves when SIGINT or SIGTERM arrives.
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let term = async {
         match signal(SignalKind::terminate()) {
@@ -144,16 +150,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         .with_context(|| format!("create data folder {}", data.display()))?;
     let lock = DataLock::acquire(&data)?;
     tracing::debug!(lock = %lock.path().display(), "data folder locked");
-    // Cluster credentials: a node without any creates the cluster CA on first start.
-    let tls = data.join("tls");
-    if cairn_proto::tls::ensure_identity(&tls, "node-1").context("create cluster credentials")? {
-        tracing::info!(dir = %tls.display(), "created a new cluster CA and node certificate");
-    }
-
-    let open_config = config.clone();
-    let open_data = data.clone();
-    let node = tokio::task::spawn_blocking(move || Node::open(&open_data, &open_config)).await??;
-    let node = Arc::new(node);
+    let node = Arc::new(Node::open(&data, &config).await?);
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -180,13 +177,14 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
             }
             Err(shared) => {
                 tracing::warn!("requests still hold the stores at shutdown; syncing them in place");
+                shared.master.shutdown().await;
                 shared.chunks.sync_all().context("sync chunk store")?;
                 break None;
             }
         }
     };
     if let Some(node) = node {
-        tokio::task::spawn_blocking(move || node.close()).await??;
+        node.close().await?;
     }
     drop(lock);
     tracing::info!("shutdown complete");

@@ -12,9 +12,30 @@ const BIN: &str = env!("CARGO_BIN_EXE_cairn");
 
 fn serve(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> CairnProcess {
     let data = data.to_str().unwrap();
-    let mut args = vec!["serve", "--data", data, "--listen", "127.0.0.1:0"];
+    let mut args = vec![
+        "serve",
+        "--data",
+        data,
+        "--listen",
+        "127.0.0.1:0",
+        "--cluster-listen",
+        "127.0.0.1:0",
+    ];
     args.extend_from_slice(extra);
     CairnProcess::start(Path::new(BIN), &args, env, Path::new("/")).unwrap()
+}
+
+/// Readiness includes an elected master, which takes a moment after start.
+async fn wait_ready(addr: std::net::SocketAddr) -> Value {
+    let deadline = std::time::Instant::now() + cairn_tests::PATIENCE;
+    loop {
+        let (status, body) = get(addr, "/ready").await;
+        if status == 200 {
+            return body;
+        }
+        assert!(std::time::Instant::now() < deadline, "never ready: {body}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, Value) {
@@ -41,9 +62,9 @@ async fn serve_answers_health_and_readiness_and_stops_cleanly() {
         get(addr, "/health").await,
         (200, serde_json::json!({"status": "ok"}))
     );
-    let (status, ready) = get(addr, "/ready").await;
-    assert_eq!(status, 200, "{ready}");
+    let ready = wait_ready(addr).await;
     assert_eq!(ready["status"], "ready");
+    assert_eq!(ready["checks"]["master"]["status"], "ok");
     assert_eq!(ready["checks"]["chunk_store"]["status"], "ok");
     assert_eq!(ready["checks"]["state_store"]["status"], "ok");
     let (status, body) = get(addr, "/no/such/route").await;
@@ -58,7 +79,7 @@ async fn serve_answers_health_and_readiness_and_stops_cleanly() {
     assert_eq!(ready["checks"]["state_store"]["status"], "ok");
     assert_eq!(get(addr, "/health").await.0, 200);
     std::fs::rename(data.join("chunks.away"), data.join("chunks")).unwrap();
-    assert_eq!(get(addr, "/ready").await.0, 200);
+    wait_ready(addr).await;
 
     p.signal(libc::SIGTERM).unwrap();
     let status = p.wait().unwrap();
@@ -69,6 +90,7 @@ async fn serve_answers_health_and_readiness_and_stops_cleanly() {
     let mut again = serve(&data, &[], &[]);
     let addr = again.wait_listening().unwrap();
     assert_eq!(get(addr, "/health").await.0, 200);
+    wait_ready(addr).await;
     again.signal(libc::SIGINT).unwrap();
     assert!(again.wait().unwrap().success(), "{}", again.log());
 }
@@ -81,7 +103,15 @@ fn second_serve_on_the_same_folder_is_refused() {
     let data = dir.path().to_str().unwrap();
     let (status, _, err) = run(
         Path::new(BIN),
-        &["serve", "--data", data, "--listen", "127.0.0.1:0"],
+        &[
+            "serve",
+            "--data",
+            data,
+            "--listen",
+            "127.0.0.1:0",
+            "--cluster-listen",
+            "127.0.0.1:0",
+        ],
         &[],
         Path::new("/"),
     )
@@ -106,14 +136,21 @@ fn default_data_folder_is_cairn_data_in_the_working_directory() {
     let dir = tempfile::tempdir().unwrap();
     let mut p = CairnProcess::start(
         Path::new(BIN),
-        &["serve", "--listen", "127.0.0.1:0"],
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--cluster-listen",
+            "127.0.0.1:0",
+        ],
         &[],
         dir.path(),
     )
     .unwrap();
     p.wait_listening().unwrap();
     assert!(dir.path().join("cairn-data/LOCK").exists());
-    assert!(dir.path().join("cairn-data/state.redb").exists());
+    assert!(dir.path().join("cairn-data/master/state.redb").exists());
+    assert!(dir.path().join("cairn-data/master/raft-log.redb").exists());
     assert!(dir.path().join("cairn-data/chunks").is_dir());
 }
 
@@ -206,6 +243,8 @@ async fn flags_win_over_environment_and_file() {
             "--data",
             data.to_str().unwrap(),
             "--listen",
+            "127.0.0.1:0",
+            "--cluster-listen",
             "127.0.0.1:0",
         ],
         &[("CAIRN_LISTEN", "192.0.2.1:2")],

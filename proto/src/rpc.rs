@@ -294,11 +294,15 @@ impl Default for ClientOptions {
     }
 }
 
+/// One peer's connection, behind its own lock: concurrent callers of the same peer share one
+/// handshake, while a slow or dead peer never holds up calls to the others.
+type Slot = Arc<Mutex<Option<quinn::Connection>>>;
+
 /// Calls peers over one endpoint, keeping one connection per peer.
 #[derive(Debug, Clone)]
 pub struct Client {
     endpoint: quinn::Endpoint,
-    connections: Arc<Mutex<HashMap<SocketAddr, quinn::Connection>>>,
+    connections: Arc<parking_lot::Mutex<HashMap<SocketAddr, Slot>>>,
     options: ClientOptions,
 }
 
@@ -306,7 +310,7 @@ impl Client {
     pub fn new(endpoint: quinn::Endpoint, options: ClientOptions) -> Client {
         Client {
             endpoint,
-            connections: Arc::new(Mutex::new(HashMap::new())),
+            connections: Arc::new(parking_lot::Mutex::new(HashMap::new())),
             options,
         }
     }
@@ -344,7 +348,7 @@ impl Client {
                 }
                 Err(e) if e.is_retryable() && attempt < self.options.attempts => {
                     if !matches!(e, RpcError::Remote { .. }) {
-                        self.connections.lock().await.remove(&addr);
+                        self.forget(addr);
                     }
                     let pause =
                         Duration::from_micros(rand::random_range(0..=backoff.as_micros() as u64));
@@ -360,7 +364,7 @@ impl Client {
                             | RpcError::Refused { .. }
                             | RpcError::Timeout { .. }
                     ) {
-                        self.connections.lock().await.remove(&addr);
+                        self.forget(addr);
                     }
                     return Err(e);
                 }
@@ -368,9 +372,15 @@ impl Client {
         }
     }
 
+    /// Drop the cached connection to `addr` (the next call reconnects).
+    fn forget(&self, addr: SocketAddr) {
+        self.connections.lock().remove(&addr);
+    }
+
     async fn connection(&self, addr: SocketAddr) -> Result<quinn::Connection, RpcError> {
-        let mut conns = self.connections.lock().await;
-        if let Some(c) = conns.get(&addr)
+        let slot = self.connections.lock().entry(addr).or_default().clone();
+        let mut conn = slot.lock().await;
+        if let Some(c) = conn.as_ref()
             && c.close_reason().is_none()
         {
             return Ok(c.clone());
@@ -380,9 +390,9 @@ impl Client {
             .endpoint
             .connect(addr, CLUSTER_SERVER_NAME)
             .map_err(|e| connect_err(e.to_string()))?;
-        let conn = connecting.await.map_err(|e| connect_err(e.to_string()))?;
-        conns.insert(addr, conn.clone());
-        Ok(conn)
+        let c = connecting.await.map_err(|e| connect_err(e.to_string()))?;
+        *conn = Some(c.clone());
+        Ok(c)
     }
 
     async fn attempt(&self, addr: SocketAddr, method: u16, body: Bytes) -> Result<Bytes, RpcError> {
