@@ -15,7 +15,7 @@ use cairn_engine::state::settings::{
     ClusterSettings, SettingsCommand, SettingsQuery, SettingsQueryResponse,
 };
 use cairn_proto::{NodeIdentity, TransportOptions};
-use cairn_raft::{Consistency, MasterClient, Proposal};
+use cairn_raft::{Consistency, MasterClient};
 use cairn_tests::{CairnProcess, PATIENCE, run};
 use serde_json::Value;
 
@@ -71,18 +71,16 @@ fn status_json(tls: &Path, master: SocketAddr, cwd: &Path) -> (bool, Value) {
     (ok, v)
 }
 
-fn set(i: u64) -> Proposal {
+fn set(i: u64) -> Vec<u8> {
     let c = SettingsCommand::Set {
         key: format!("k{i}"),
         value: format!("v{i}"),
     };
     let mut seed = [0u8; 16];
     seed[..8].copy_from_slice(&i.to_le_bytes());
-    Proposal(
-        ClusterSettings::command(&c, 1_700_000_000_000 + i, seed)
-            .unwrap()
-            .encode(),
-    )
+    ClusterSettings::command(&c, 1_700_000_000_000 + i, seed)
+        .unwrap()
+        .encode()
 }
 
 async fn settings(client: &MasterClient) -> BTreeMap<String, String> {

@@ -1,15 +1,21 @@
 //! The Raft log and vote in redb (`raft-log.redb`), apart from the state machine's database so
 //! that appends and applies never wait for each other's write transaction.
 //!
-//! Durability: every append, truncate, purge and vote is one redb write transaction committed
-//! with `Durability::Immediate` (fsynced) before it is reported done. openraft hands each
-//! append all the entries that queued up meanwhile, so concurrent proposals share one fsync
-//! (group commit).
+//! Durability and group commit: every write (append, truncate, purge, vote, committed) goes
+//! through one writer thread, in order, as openraft requires. `append` queues its entries and
+//! returns at once (they stay readable from memory); the writer drains everything queued,
+//! writes it in one redb transaction committed with `Durability::Immediate` (one fsync), and
+//! only then reports each append durable through openraft's callback. Concurrent proposals
+//! therefore share fsyncs instead of queueing behind one fsync each.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::mpsc;
+
+use parking_lot::RwLock;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{RaftLogReader, StorageIOError};
@@ -23,10 +29,116 @@ const VOTE: &str = "vote";
 const PURGED: &str = "last_purged";
 const COMMITTED: &str = "committed";
 
-/// The log store; clones share the database (the log reader is a clone).
+/// The log store; clones share the database, the writer and the pending entries (the log
+/// reader is a clone).
 #[derive(Clone, Debug)]
 pub struct LogStore {
     db: Arc<Database>,
+    /// Entries queued for the writer but not yet committed, readable meanwhile.
+    pending: Arc<RwLock<BTreeMap<u64, Arc<Vec<u8>>>>>,
+    writer: mpsc::Sender<Op>,
+}
+
+/// A write other than an append, run alone in one transaction on the writer thread.
+type Write = Box<dyn FnOnce(&redb::WriteTransaction) -> Result<(), StorageError> + Send>;
+
+/// Work for the writer thread, executed in the order sent.
+enum Op {
+    Append {
+        entries: Vec<(u64, Arc<Vec<u8>>)>,
+        done: LogFlushed<TypeConfig>,
+    },
+    /// Any other write: runs alone in its own transaction; the result goes back on `done`.
+    Other {
+        write: Write,
+        done: tokio::sync::oneshot::Sender<Result<(), StorageError>>,
+    },
+}
+
+impl std::fmt::Debug for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Op::Append { entries, .. } => write!(f, "Append({} entries)", entries.len()),
+            Op::Other { .. } => write!(f, "Other"),
+        }
+    }
+}
+
+/// Upper bound on the entries one group commit takes from the queue.
+const GROUP_ENTRIES_MAX: usize = 4096;
+
+fn writer_loop(
+    db: Arc<Database>,
+    pending: Arc<RwLock<BTreeMap<u64, Arc<Vec<u8>>>>>,
+    ops: mpsc::Receiver<Op>,
+) {
+    let mut carry: Option<Op> = None;
+    loop {
+        let first = match carry.take() {
+            Some(op) => op,
+            None => match ops.recv() {
+                Ok(op) => op,
+                Err(_) => return, // every LogStore handle is gone
+            },
+        };
+        match first {
+            Op::Other { write, done } => {
+                let result = (|| {
+                    let txn = db.begin_write().map_err(write_err)?;
+                    write(&txn)?;
+                    txn.commit().map_err(write_err)
+                })();
+                let _ = done.send(result);
+            }
+            Op::Append { entries, done } => {
+                // Group commit: take every append already queued behind this one.
+                let mut group = vec![(entries, done)];
+                let mut count = group[0].0.len();
+                while count < GROUP_ENTRIES_MAX {
+                    match ops.try_recv() {
+                        Ok(Op::Append { entries, done }) => {
+                            count += entries.len();
+                            group.push((entries, done));
+                        }
+                        Ok(other) => {
+                            carry = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let result = (|| {
+                    let txn = db.begin_write().map_err(write_err)?;
+                    {
+                        let mut table = txn.open_table(LOG).map_err(write_err)?;
+                        for (entries, _) in &group {
+                            for (index, bytes) in entries {
+                                table.insert(*index, bytes.as_slice()).map_err(write_err)?;
+                            }
+                        }
+                    }
+                    txn.commit().map_err(write_err)
+                })();
+                {
+                    // Committed entries are now read from redb.
+                    let mut p = pending.write();
+                    for (entries, _) in &group {
+                        for (index, bytes) in entries {
+                            if p.get(index).is_some_and(|b| Arc::ptr_eq(b, bytes)) {
+                                p.remove(index);
+                            }
+                        }
+                    }
+                }
+                for (_, done) in group {
+                    match &result {
+                        Ok(()) => done.log_io_completed(Ok(())),
+                        Err(e) => done.log_io_completed(Err(std::io::Error::other(e.to_string()))),
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn read_err(e: impl std::fmt::Display) -> StorageError {
@@ -50,7 +162,34 @@ impl LogStore {
         txn.open_table(LOG).map_err(write_err)?;
         txn.open_table(META).map_err(write_err)?;
         txn.commit().map_err(write_err)?;
-        Ok(LogStore { db: Arc::new(db) })
+        let db = Arc::new(db);
+        let pending = Arc::new(RwLock::new(BTreeMap::new()));
+        let (writer, ops) = mpsc::channel();
+        let (wdb, wpending) = (db.clone(), pending.clone());
+        std::thread::Builder::new()
+            .name("raft-log-writer".into())
+            .spawn(move || writer_loop(wdb, wpending, ops))
+            .map_err(write_err)?;
+        Ok(LogStore {
+            db,
+            pending,
+            writer,
+        })
+    }
+
+    /// Run a write on the writer thread, after everything queued before it.
+    async fn write(
+        &self,
+        write: impl FnOnce(&redb::WriteTransaction) -> Result<(), StorageError> + Send + 'static,
+    ) -> Result<(), StorageError> {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        self.writer
+            .send(Op::Other {
+                write: Box::new(write),
+                done,
+            })
+            .map_err(|_| write_err("log writer stopped"))?;
+        wait.await.map_err(|_| write_err("log writer stopped"))?
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(
@@ -65,17 +204,23 @@ impl LogStore {
         }
     }
 
-    fn put_meta<T: serde::Serialize>(&self, key: &str, value: &T) -> Result<(), StorageError> {
+    async fn put_meta<T: serde::Serialize>(
+        &self,
+        key: &'static str,
+        value: &T,
+    ) -> Result<(), StorageError> {
         let bytes = postcard::to_stdvec(value).map_err(write_err)?;
-        let txn = self.db.begin_write().map_err(write_err)?;
-        txn.open_table(META)
-            .map_err(write_err)?
-            .insert(key, bytes.as_slice())
-            .map_err(write_err)?;
-        txn.commit().map_err(write_err)
+        self.write(move |txn| {
+            txn.open_table(META)
+                .map_err(write_err)?
+                .insert(key, bytes.as_slice())
+                .map_err(write_err)?;
+            Ok(())
+        })
+        .await
     }
 
-    /// Number of entries currently held (for status and tests).
+    /// Number of entries committed to the log file (for status and tests).
     pub fn len(&self) -> Result<u64, StorageError> {
         let txn = self.db.begin_read().map_err(read_err)?;
         use redb::ReadableTableMetadata;
@@ -101,24 +246,37 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Unbounded => 0,
         };
         let end = match range.end_bound() {
-            Bound::Included(&e) => Some(e + 1),
-            Bound::Excluded(&e) => Some(e),
-            Bound::Unbounded => None,
+            Bound::Included(&e) => e.saturating_add(1),
+            Bound::Excluded(&e) => e,
+            Bound::Unbounded => u64::MAX,
         };
+        if end <= start {
+            return Ok(Vec::new());
+        }
+        // Pending entries first (snapshot them), then what redb holds; pending wins on overlap.
+        let pending: BTreeMap<u64, Arc<Vec<u8>>> = self
+            .pending
+            .read()
+            .range(start..end)
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
         let db = self.db.clone();
         blocking(move || {
+            let mut raw: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
             let txn = db.begin_read().map_err(read_err)?;
             let table = txn.open_table(LOG).map_err(read_err)?;
-            let iter = match end {
-                Some(e) if e <= start => return Ok(Vec::new()),
-                Some(e) => table.range(start..e),
-                None => table.range(start..),
+            for item in table.range(start..end).map_err(read_err)? {
+                let (k, v) = item.map_err(read_err)?;
+                raw.insert(k.value(), v.value().to_vec());
             }
-            .map_err(read_err)?;
-            let mut out = Vec::new();
-            for item in iter {
-                let (_, v) = item.map_err(read_err)?;
-                out.push(postcard::from_bytes(v.value()).map_err(read_err)?);
+            let mut out = Vec::with_capacity(raw.len() + pending.len());
+            let mut merged: BTreeMap<u64, &[u8]> =
+                raw.iter().map(|(k, v)| (*k, v.as_slice())).collect();
+            for (k, v) in &pending {
+                merged.insert(*k, v.as_slice());
+            }
+            for (_, bytes) in merged {
+                out.push(postcard::from_bytes(bytes).map_err(read_err)?);
             }
             Ok(out)
         })
@@ -131,11 +289,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged: Option<LogId> = self.get_meta(PURGED)?;
-        let txn = self.db.begin_read().map_err(read_err)?;
-        let table = txn.open_table(LOG).map_err(read_err)?;
-        let last = match table.last().map_err(read_err)? {
-            Some((_, v)) => {
-                let e: Entry = postcard::from_bytes(v.value()).map_err(read_err)?;
+        let pending_last = self.pending.read().last_key_value().map(|(_, v)| v.clone());
+        let last_bytes = match pending_last {
+            Some(b) => Some(b.as_ref().clone()),
+            None => {
+                let txn = self.db.begin_read().map_err(read_err)?;
+                let table = txn.open_table(LOG).map_err(read_err)?;
+                table
+                    .last()
+                    .map_err(read_err)?
+                    .map(|(_, v)| v.value().to_vec())
+            }
+        };
+        let last = match last_bytes {
+            Some(b) => {
+                let e: Entry = postcard::from_bytes(&b).map_err(read_err)?;
                 Some(e.log_id)
             }
             None => last_purged,
@@ -151,9 +319,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        let store = self.clone();
-        let vote = *vote;
-        blocking(move || store.put_meta(VOTE, &vote)).await
+        self.put_meta(VOTE, vote).await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
@@ -161,8 +327,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        let store = self.clone();
-        blocking(move || store.put_meta(COMMITTED, &committed)).await
+        self.put_meta(COMMITTED, &committed).await
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
@@ -180,46 +345,42 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut encoded = Vec::new();
         for e in entries {
-            encoded.push((e.log_id.index, postcard::to_stdvec(&e).map_err(write_err)?));
+            encoded.push((
+                e.log_id.index,
+                Arc::new(postcard::to_stdvec(&e).map_err(write_err)?),
+            ));
         }
-        let db = self.db.clone();
-        let result = blocking(move || {
-            let txn = db.begin_write().map_err(write_err)?;
-            {
-                let mut table = txn.open_table(LOG).map_err(write_err)?;
-                for (index, bytes) in &encoded {
-                    table.insert(*index, bytes.as_slice()).map_err(write_err)?;
-                }
+        // Readable at once; durable when the writer calls back.
+        {
+            let mut p = self.pending.write();
+            for (index, bytes) in &encoded {
+                p.insert(*index, bytes.clone());
             }
-            txn.commit().map_err(write_err)
-        })
-        .await;
-        // The entries are durable (or the append failed) before openraft hears about it.
-        match &result {
-            Ok(()) => callback.log_io_completed(Ok(())),
-            Err(e) => callback.log_io_completed(Err(std::io::Error::other(e.to_string()))),
         }
-        result
+        self.writer
+            .send(Op::Append {
+                entries: encoded,
+                done: callback,
+            })
+            .map_err(|_| write_err("log writer stopped"))
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let db = self.db.clone();
-        blocking(move || {
-            let txn = db.begin_write().map_err(write_err)?;
+        self.pending
+            .write()
+            .retain(|index, _| *index < log_id.index);
+        self.write(move |txn| {
             txn.open_table(LOG)
                 .map_err(write_err)?
                 .retain_in(log_id.index.., |_, _| false)
-                .map_err(write_err)?;
-            txn.commit().map_err(write_err)
+                .map_err(write_err)
         })
         .await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let db = self.db.clone();
-        blocking(move || {
-            let bytes = postcard::to_stdvec(&log_id).map_err(write_err)?;
-            let txn = db.begin_write().map_err(write_err)?;
+        let bytes = postcard::to_stdvec(&log_id).map_err(write_err)?;
+        self.write(move |txn| {
             txn.open_table(META)
                 .map_err(write_err)?
                 .insert(PURGED, bytes.as_slice())
@@ -227,9 +388,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             txn.open_table(LOG)
                 .map_err(write_err)?
                 .retain_in(..=log_id.index, |_, _| false)
-                .map_err(write_err)?;
-            txn.commit().map_err(write_err)
+                .map_err(write_err)
         })
-        .await
+        .await?;
+        self.pending
+            .write()
+            .retain(|index, _| *index > log_id.index);
+        Ok(())
     }
 }

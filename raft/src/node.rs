@@ -85,7 +85,8 @@ pub enum Consistency {
 /// Requests a client sends to any master.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum ClientRequest {
-    Propose(Proposal),
+    /// One engine command envelope, to be committed (grouped with others) and applied.
+    Propose(Vec<u8>),
     Query {
         service: ServiceId,
         payload: Vec<u8>,
@@ -144,6 +145,70 @@ pub struct NodeStatus {
     pub replication: BTreeMap<NodeId, Option<u64>>,
 }
 
+/// A client command waiting for its group to commit.
+type Waiting = (
+    Vec<u8>,
+    tokio::sync::oneshot::Sender<Result<Outcome, ProposeError>>,
+);
+
+/// Most commands one log entry carries.
+const GROUP_COMMANDS_MAX: usize = 1024;
+/// Most command bytes one log entry carries.
+const GROUP_BYTES_MAX: usize = 4 << 20;
+/// Groups being committed at once. While they are in flight, new commands queue up and form
+/// the next group, so the group size follows the load.
+const GROUPS_IN_FLIGHT: usize = 2;
+/// Commands that may wait for a group (worst case ~GROUP_BYTES_MAX × this / GROUP_COMMANDS_MAX).
+const WAITING_MAX: usize = 16 * 1024;
+
+/// Groups concurrent client commands into log entries (group commit above openraft, which
+/// appends, commits and applies entry by entry).
+async fn group_commit(raft: Raft, mut queue: tokio::sync::mpsc::Receiver<Waiting>) {
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(GROUPS_IN_FLIGHT));
+    while let Some(first) = queue.recv().await {
+        // Take a slot first: commands arriving meanwhile join this group.
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let mut bytes = first.0.len();
+        let mut group = vec![first];
+        while group.len() < GROUP_COMMANDS_MAX && bytes < GROUP_BYTES_MAX {
+            match queue.try_recv() {
+                Ok(w) => {
+                    bytes += w.0.len();
+                    group.push(w);
+                }
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let (commands, waiters): (Vec<Vec<u8>>, Vec<_>) = group.into_iter().unzip();
+            let result = raft.client_write(Proposal(commands)).await;
+            drop(permit);
+            match result {
+                Ok(r) => {
+                    let mut outcomes = r.data.0.into_iter();
+                    for w in waiters {
+                        let o = outcomes.next().ok_or_else(|| {
+                            ProposeError::Failed(
+                                "the state machine returned too few outcomes".into(),
+                            )
+                        });
+                        let _ = w.send(o);
+                    }
+                }
+                Err(e) => {
+                    let err = not_leader(&e).unwrap_or_else(|| ProposeError::Failed(e.to_string()));
+                    for w in waiters {
+                        let _ = w.send(Err(err.clone()));
+                    }
+                }
+            }
+        });
+    }
+}
+
 /// A running master node.
 #[derive(Clone)]
 pub struct RaftNode {
@@ -154,6 +219,7 @@ pub struct RaftNode {
     pub log: LogStore,
     registry: Arc<Registry>,
     endpoint: quinn::Endpoint,
+    commands: tokio::sync::mpsc::Sender<Waiting>,
 }
 
 impl std::fmt::Debug for RaftNode {
@@ -222,7 +288,10 @@ impl RaftNode {
         )
         .await
         .map_err(|e| NodeError::Raft(e.to_string()))?;
+        let (commands, queue) = tokio::sync::mpsc::channel(WAITING_MAX);
+        tokio::spawn(group_commit(raft.clone(), queue));
         let node = RaftNode {
+            commands,
             id,
             addr,
             raft: raft.clone(),
@@ -275,12 +344,17 @@ impl RaftNode {
         Ok(true)
     }
 
-    /// Propose a command on this node (it must be the leader).
-    pub async fn propose(&self, proposal: Proposal) -> Result<Outcome, ProposeError> {
-        match self.raft.client_write(proposal).await {
-            Ok(r) => Ok(r.data.0),
-            Err(e) => Err(not_leader(&e).unwrap_or_else(|| ProposeError::Failed(e.to_string()))),
-        }
+    /// Commit one command envelope on this node (it must be the leader) and return the
+    /// service's outcome. Concurrent commands are committed together in one log entry.
+    pub async fn propose(&self, command: Vec<u8>) -> Result<Outcome, ProposeError> {
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        self.commands
+            .send((command, done))
+            .await
+            .map_err(|_| ProposeError::Failed("node is shutting down".into()))?;
+        outcome
+            .await
+            .map_err(|_| ProposeError::Failed("node is shutting down".into()))?
     }
 
     /// Answer a query from this node's state, after a read-index round if linearizable.
@@ -415,9 +489,9 @@ impl MasterClient {
         }
     }
 
-    /// Propose a command; returns the service's outcome once committed and applied.
-    pub async fn propose(&self, proposal: Proposal) -> Result<Outcome, ProposeError> {
-        self.send(ClientRequest::Propose(proposal)).await
+    /// Commit one command envelope; returns the service's outcome once committed and applied.
+    pub async fn propose(&self, command: Vec<u8>) -> Result<Outcome, ProposeError> {
+        self.send(ClientRequest::Propose(command)).await
     }
 
     pub async fn query(

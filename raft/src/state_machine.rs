@@ -155,30 +155,22 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 return Ok(Vec::new());
             };
             let txn = inner.store.db().begin_write().map_err(sm_write)?;
-            // Service commands in log order, in this transaction.
-            let normal = entries.iter().filter_map(|e| match &e.payload {
-                EntryPayload::Normal(p) => Some((e.log_id.index, p.0.as_slice())),
-                _ => None,
-            });
-            let mut outcomes = inner
-                .registry
-                .apply_in(&txn, normal)
-                .map_err(sm_write)?
-                .into_iter();
+            // Every entry's commands in log order, all in this one transaction.
             let mut membership: Option<Membership> = None;
             let mut out = Vec::with_capacity(entries.len());
             for e in &entries {
                 match &e.payload {
-                    EntryPayload::Normal(_) => {
-                        let outcome = outcomes
-                            .next()
-                            .ok_or_else(|| sm_write("registry returned too few outcomes"))?;
-                        out.push(Applied(outcome));
+                    EntryPayload::Normal(p) => {
+                        let outcomes = inner
+                            .registry
+                            .apply_group_in(&txn, e.log_id.index, &p.0)
+                            .map_err(sm_write)?;
+                        out.push(Applied(outcomes));
                     }
-                    EntryPayload::Blank => out.push(Applied(Ok(Vec::new()))),
+                    EntryPayload::Blank => out.push(Applied(Vec::new())),
                     EntryPayload::Membership(m) => {
                         membership = Some(StoredMembership::new(Some(e.log_id), m.clone()));
-                        out.push(Applied(Ok(Vec::new())));
+                        out.push(Applied(Vec::new()));
                     }
                 }
             }

@@ -5,21 +5,23 @@ use std::io::Cursor;
 use cairn_engine::state::Outcome;
 use serde::{Deserialize, Serialize};
 
-/// A proposal: one engine command envelope (`cairn_engine::state::Command::encode`), already
-/// stamped with the proposer's time and id seed.
+/// One log entry's payload: a group of engine command envelopes
+/// (`cairn_engine::state::Command::encode`, each stamped with its proposer's time and id seed),
+/// collected from concurrent clients and committed together (group commit above openraft,
+/// which appends and applies entry by entry).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Proposal(pub Vec<u8>);
+pub struct Proposal(pub Vec<Vec<u8>>);
 
 impl std::fmt::Display for Proposal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "proposal({} bytes)", self.0.len())
+        write!(f, "proposal({} commands)", self.0.len())
     }
 }
 
-/// The outcome of applying one log entry: the service's response or its rejection. Blank and
-/// membership entries answer with an empty response.
+/// The outcomes of one entry's commands, in order: each a response or a rejection. Blank and
+/// membership entries have none.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Applied(pub Outcome);
+pub struct Applied(pub Vec<Outcome>);
 
 openraft::declare_raft_types!(
     /// Cairn's Raft types: node ids are u64, a node is its QUIC address, snapshots are the

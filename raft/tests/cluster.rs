@@ -13,7 +13,7 @@ use cairn_engine::state::settings::{
 };
 use cairn_engine::state::{Registry, StateError, Typed, TypedService};
 use cairn_proto::{ClusterCa, TransportOptions};
-use cairn_raft::{AdminRequest, Consistency, MasterClient, Proposal, RaftNode, RaftOptions};
+use cairn_raft::{AdminRequest, Consistency, MasterClient, RaftNode, RaftOptions};
 
 fn registry() -> Result<Registry, StateError> {
     let mut r = Registry::new();
@@ -77,18 +77,16 @@ impl Harness {
     }
 }
 
-fn set(key: &str, value: &str, n: u64) -> Proposal {
+fn set(key: &str, value: &str, n: u64) -> Vec<u8> {
     let c = SettingsCommand::Set {
         key: key.into(),
         value: value.into(),
     };
     let mut seed = [0u8; 16];
     seed[..8].copy_from_slice(&n.to_le_bytes());
-    Proposal(
-        ClusterSettings::command(&c, 1_700_000_000_000 + n, seed)
-            .unwrap()
-            .encode(),
-    )
+    ClusterSettings::command(&c, 1_700_000_000_000 + n, seed)
+        .unwrap()
+        .encode()
 }
 
 async fn all_settings(client: &MasterClient, consistency: Consistency) -> BTreeMap<String, String> {

@@ -92,6 +92,34 @@ impl Registry {
         Ok(outcomes)
     }
 
+    /// Apply the commands of one log entry (a group of client commands committed together) in
+    /// the caller's transaction. They share the entry's log index, which must follow the last
+    /// applied one; each gets its own outcome.
+    pub fn apply_group_in<C: AsRef<[u8]>>(
+        &self,
+        txn: &redb::WriteTransaction,
+        index: u64,
+        commands: &[C],
+    ) -> Result<Vec<Outcome>, StateError> {
+        let last = {
+            let meta = txn.open_table(META)?;
+            read_u64(meta.get(META_LAST_APPLIED)?.as_ref().map(|v| v.value()))?
+        };
+        if index <= last {
+            return Err(StateError::IndexNotAfter {
+                index,
+                last_applied: last,
+            });
+        }
+        let mut outcomes = Vec::with_capacity(commands.len());
+        for c in commands {
+            outcomes.push(self.apply_one(txn, index, c.as_ref())?);
+        }
+        txn.open_table(META)?
+            .insert(META_LAST_APPLIED, index.to_le_bytes().as_slice())?;
+        Ok(outcomes)
+    }
+
     /// Answer a read-only query for `service` from the store's current state.
     pub fn query(
         &self,
