@@ -64,6 +64,9 @@ impl std::fmt::Debug for Op {
     }
 }
 
+/// Page cache of the log database.
+const LOG_CACHE_BYTES: usize = 32 << 20;
+
 /// Upper bound on the entries one group commit takes from the queue.
 const GROUP_ENTRIES_MAX: usize = 4096;
 
@@ -157,7 +160,11 @@ async fn blocking<T: Send + 'static>(
 
 impl LogStore {
     pub fn open(path: &Path) -> Result<LogStore, StorageError> {
-        let db = Database::create(path).map_err(write_err)?;
+        // Only the log's tail is hot: a small cache bounds the master's memory.
+        let db = redb::Builder::new()
+            .set_cache_size(LOG_CACHE_BYTES)
+            .create(path)
+            .map_err(write_err)?;
         let txn = db.begin_write().map_err(write_err)?;
         txn.open_table(LOG).map_err(write_err)?;
         txn.open_table(META).map_err(write_err)?;

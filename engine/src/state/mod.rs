@@ -23,6 +23,10 @@ pub use registry::{Outcome, Registry};
 pub use service::{ApplyContext, ApplyError, Rejection, Service, Typed, TypedService};
 pub use snapshot::{SNAPSHOT_FORMAT_VERSION, SnapshotError, SnapshotSummary};
 
+/// Default page cache of a state store (64 MiB): bounds a master's memory whatever the size of
+/// its state; hot metadata stays cached, the rest is read from the page cache of the OS.
+pub const STATE_CACHE_BYTES_DEFAULT: usize = 64 << 20;
+
 /// The byte-keyed table type every table in the state store has.
 pub type Table = TableDefinition<'static, &'static [u8], &'static [u8]>;
 
@@ -70,10 +74,21 @@ pub struct StateStore {
 }
 
 impl StateStore {
-    /// Open or create the database file at `path`.
+    /// Open or create the database file at `path`, with the default page cache.
     pub fn open(path: impl AsRef<Path>) -> Result<StateStore, StateError> {
+        StateStore::open_with_cache(path, STATE_CACHE_BYTES_DEFAULT)
+    }
+
+    /// Open or create the database file at `path` with a page cache of `cache_bytes` (redb's
+    /// own default is 1 GiB, which would let a master's memory grow with its state).
+    pub fn open_with_cache(
+        path: impl AsRef<Path>,
+        cache_bytes: usize,
+    ) -> Result<StateStore, StateError> {
         let path = path.as_ref().to_path_buf();
-        let db = Database::create(&path)?;
+        let db = redb::Builder::new()
+            .set_cache_size(cache_bytes)
+            .create(&path)?;
         let txn = db.begin_write()?;
         txn.open_table(META)?;
         txn.commit()?;
