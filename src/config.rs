@@ -36,6 +36,10 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "cluster.listen",
     },
+    Key { name: "master.id" },
+    Key {
+        name: "master.snapshot_after_entries",
+    },
 ];
 
 pub const DEFAULT_DATA: &str = "./cairn-data";
@@ -74,6 +78,8 @@ pub enum ConfigError {
     },
     #[error("unknown configuration key `{key}` in {origin}")]
     UnknownKey { key: String, origin: Source },
+    #[error("missing `{key}`: {hint}")]
+    Missing { key: String, hint: String },
     #[error("cannot read config file {path}: {reason}")]
     File { path: PathBuf, reason: String },
 }
@@ -187,6 +193,11 @@ impl Layers {
         }
     }
 
+    /// Whether any layer gave `key` a value.
+    pub fn is_set(&self, key: &str) -> bool {
+        self.values.contains_key(key)
+    }
+
     fn get(&self, key: &'static str, default: &str) -> (String, Source) {
         self.values
             .get(key)
@@ -261,10 +272,22 @@ impl Layers {
             s.parse::<SocketAddr>()
                 .map_err(|_| format!("{s:?} is not an address like 127.0.0.1:7070"))
         })?;
+        let master_id = self.parse("master.id", "1", |s| match s.parse::<u64>() {
+            Ok(0) | Err(_) => Err(format!("{s:?} is not a master id (a number from 1)")),
+            Ok(n) => Ok(n),
+        })?;
+        let snapshot_after_entries = self.parse("master.snapshot_after_entries", "10000", |s| {
+            match s.parse::<u64>() {
+                Ok(n) if n >= 100 => Ok(n),
+                _ => Err(format!("{s:?} is not a number of entries (at least 100)")),
+            }
+        })?;
         Ok(ServeConfig {
             data,
             listen,
             cluster_listen,
+            master_id,
+            snapshot_after_entries,
             log,
             chunks: ChunkStoreOptions {
                 sync,
@@ -303,8 +326,12 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 pub struct ServeConfig {
     pub data: PathBuf,
     pub listen: SocketAddr,
-    /// QUIC address of the in-process master.
+    /// QUIC address of the master (in-process for `serve`).
     pub cluster_listen: SocketAddr,
+    /// This master's id in the group.
+    pub master_id: u64,
+    /// Log compaction: build a snapshot after this many entries.
+    pub snapshot_after_entries: u64,
     pub log: String,
     pub chunks: ChunkStoreOptions,
 }

@@ -40,20 +40,57 @@ enum Command {
     Admin(AdminCommand),
 }
 
+/// Flags of `cairn master`. Each may also come from a `CAIRN_*` variable or the config file
+/// (keys `master.id`, `cluster.listen`, `data`, `log`, `master.snapshot_after_entries`).
 #[derive(Debug, Args)]
 struct MasterArgs {
-    /// This master's id (unique in the group, never reused).
+    /// TOML config file (also CAIRN_CONFIG).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// This master's id, unique in the group and never reused (CAIRN_MASTER_ID).
     #[arg(long)]
-    id: u64,
-    /// QUIC address peers and clients reach this master on.
+    id: Option<String>,
+    /// QUIC (UDP) address peers and clients reach this master on (CAIRN_CLUSTER_LISTEN).
     #[arg(long, value_name = "ADDR")]
-    listen: SocketAddr,
-    /// Data folder (tls/ credentials, master/ Raft log and state).
-    #[arg(long, value_name = "DIR", default_value = config::DEFAULT_DATA)]
-    data: PathBuf,
-    /// Log filter.
-    #[arg(long, default_value = config::DEFAULT_LOG)]
-    log: String,
+    listen: Option<String>,
+    /// Data folder: tls/ credentials, master/ Raft log and state (CAIRN_DATA).
+    #[arg(long, value_name = "DIR")]
+    data: Option<String>,
+    /// Log filter (CAIRN_LOG).
+    #[arg(long)]
+    log: Option<String>,
+    /// Build a snapshot after this many log entries [default: 10000]
+    /// (CAIRN_MASTER_SNAPSHOT_AFTER_ENTRIES).
+    #[arg(long, value_name = "N")]
+    snapshot_after_entries: Option<String>,
+}
+
+fn master_config(args: &MasterArgs) -> Result<config::ServeConfig, config::ConfigError> {
+    let mut layers = Layers::default();
+    let file = args
+        .config
+        .clone()
+        .or_else(|| std::env::var_os("CAIRN_CONFIG").map(PathBuf::from));
+    if let Some(path) = file {
+        layers.file(&path)?;
+    }
+    layers.env(std::env::vars(), &["CAIRN_CONFIG"])?;
+    layers.flag("master.id", args.id.as_deref());
+    layers.flag("cluster.listen", args.listen.as_deref());
+    layers.flag("data", args.data.as_deref());
+    layers.flag("log", args.log.as_deref());
+    layers.flag(
+        "master.snapshot_after_entries",
+        args.snapshot_after_entries.as_deref(),
+    );
+    // Two masters with one id would corrupt the group: the id has no default here.
+    if !layers.is_set("master.id") {
+        return Err(config::ConfigError::Missing {
+            key: "master.id".into(),
+            hint: "give it with --id, CAIRN_MASTER_ID or master.id in the config file".into(),
+        });
+    }
+    layers.resolve()
 }
 
 /// Where the admin commands find masters and their credentials.
@@ -230,8 +267,15 @@ fn main() -> ExitCode {
             }
         },
         Command::Master(args) => {
-            init_logging(&args.log);
-            block_on(master::run(args.id, args.data, args.listen))
+            let config = match master_config(&args) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_logging(&config.log);
+            block_on(master::run(config))
         }
         Command::Admin(command) => {
             init_logging("warn");

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -28,6 +28,7 @@ pub async fn start_node(
     data: &Path,
     listen: SocketAddr,
     name: &str,
+    snapshot_after_entries: u64,
 ) -> anyhow::Result<RaftNode> {
     let tls = data.join("tls");
     let created = cairn_proto::tls::ensure_identity(&tls, name).context("cluster credentials")?;
@@ -35,13 +36,18 @@ pub async fn start_node(
         tracing::info!(dir = %tls.display(), "created a new cluster CA and node certificate");
     }
     let identity = NodeIdentity::load(&tls)?;
+    let options = RaftOptions {
+        snapshot_after_entries,
+        entries_kept_after_snapshot: (snapshot_after_entries / 10).max(10),
+        ..RaftOptions::default()
+    };
     let node = RaftNode::start(
         id,
         &data.join("master"),
         listen,
         &identity,
         registry,
-        RaftOptions::default(),
+        options,
     )
     .await?;
     // The node holding the cluster CA starts the group; nodes with issued certificates wait to
@@ -54,11 +60,20 @@ pub async fn start_node(
 }
 
 /// `cairn master`: run one master until SIGINT/SIGTERM.
-pub async fn run(id: u64, data: PathBuf, listen: SocketAddr) -> anyhow::Result<()> {
+pub async fn run(config: crate::config::ServeConfig) -> anyhow::Result<()> {
+    let (id, data) = (config.master_id, config.data);
     std::fs::create_dir_all(&data)
         .with_context(|| format!("create data folder {}", data.display()))?;
     let _lock = DataLock::acquire(&data)?;
-    let node = start_node(id, &data, listen, &format!("master-{id}")).await?;
+    let name = format!("master-{id}");
+    let node = start_node(
+        id,
+        &data,
+        config.cluster_listen,
+        &name,
+        config.snapshot_after_entries,
+    )
+    .await?;
     crate::serve::shutdown_signal().await;
     node.shutdown().await;
     tracing::info!("shutdown complete");

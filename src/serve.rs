@@ -49,7 +49,14 @@ impl Node {
                 "chunk store recovered damage (details above)"
             );
         }
-        let master = crate::master::start_node(1, data, config.cluster_listen, "node-1").await?;
+        let master = crate::master::start_node(
+            config.master_id,
+            data,
+            config.cluster_listen,
+            "node-1",
+            config.snapshot_after_entries,
+        )
+        .await?;
         Ok(Node { chunks, master })
     }
 

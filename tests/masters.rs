@@ -137,7 +137,38 @@ async fn three_master_processes_fail_over_and_keep_every_acknowledged_write() {
         assert!(ok, "{err}");
     }
     procs.insert(2, start_master(2, &data[1], addrs[1]));
-    procs.insert(3, start_master(3, &data[2], addrs[2]));
+    // Master 3 takes everything from a config file.
+    let m3_config = root.join("m3.toml");
+    std::fs::write(
+        &m3_config,
+        format!(
+            "data = {:?}\n[master]\nid = 3\n[cluster]\nlisten = \"{}\"\n",
+            data[2].to_str().unwrap(),
+            addrs[2]
+        ),
+    )
+    .unwrap();
+    let mut m3 = CairnProcess::start(
+        Path::new(BIN),
+        &["master", "--config", m3_config.to_str().unwrap()],
+        &[],
+        root,
+    )
+    .unwrap();
+    m3.wait_for_line("master listening on quic://").unwrap();
+    procs.insert(3, m3);
+    // Without an id a master refuses to start.
+    let (ok, _, err) = cairn(
+        &[
+            "master",
+            "--listen",
+            "127.0.0.1:1",
+            "--data",
+            root.join("noid").to_str().unwrap(),
+        ],
+        root,
+    );
+    assert!(!ok && err.contains("missing `master.id`"), "{err}");
     let m1 = addrs[0].to_string();
     let tls = admin.to_str().unwrap();
     for (id, addr) in [(2, addrs[1]), (3, addrs[2])] {
