@@ -35,6 +35,18 @@ struct Inner {
     /// The latest snapshot built or installed, kept for followers that need it.
     current: Mutex<Option<(Meta, Arc<Vec<u8>>)>>,
     built: Mutex<u64>,
+    /// Apply batches committed without fsync since the last durable commit.
+    lazy_applies: Mutex<u32>,
+}
+
+/// Every this many apply batches, one is committed durably (bounds redb's un-synced growth and
+/// the log to replay after a crash).
+const DURABLE_APPLY_EVERY: u32 = 64;
+
+/// Make every apply committed so far durable (an empty durable commit persists all before it).
+fn make_durable(store: &StateStore) -> Result<(), StorageError> {
+    let txn = store.db().begin_write().map_err(sm_write)?;
+    txn.commit().map_err(sm_write)
 }
 
 fn sm_read(e: impl std::fmt::Display) -> StorageError {
@@ -85,6 +97,7 @@ impl StateMachine {
                 registry,
                 current: Mutex::new(None),
                 built: Mutex::new(0),
+                lazy_applies: Mutex::new(0),
             }),
         })
     }
@@ -105,6 +118,10 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let inner = self.inner.clone();
         blocking(move || {
+            // A snapshot lets openraft purge the log up to it: first make sure the state it
+            // covers is on disk, so the log is never purged past what a restart can rebuild.
+            make_durable(&inner.store)?;
+            *inner.lazy_applies.lock() = 0;
             let mut data = Vec::new();
             let (_, (last, membership)) = inner
                 .store
@@ -154,7 +171,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let Some(last) = entries.last().map(|e| e.log_id) else {
                 return Ok(Vec::new());
             };
-            let txn = inner.store.db().begin_write().map_err(sm_write)?;
+            let mut txn = inner.store.db().begin_write().map_err(sm_write)?;
+            // The log is the durable record of every committed command: applies are committed
+            // without fsync (a restart re-applies from the last durable one), except one batch in
+            // DURABLE_APPLY_EVERY, and before every snapshot.
+            {
+                let mut lazy = inner.lazy_applies.lock();
+                if *lazy + 1 < DURABLE_APPLY_EVERY {
+                    *lazy += 1;
+                    txn.set_durability(redb::Durability::None)
+                        .map_err(sm_write)?;
+                } else {
+                    *lazy = 0;
+                }
+            }
             // Every entry's commands in log order, all in this one transaction.
             let mut membership: Option<Membership> = None;
             let mut out = Vec::with_capacity(entries.len());
