@@ -398,10 +398,16 @@ impl Client {
     async fn attempt(&self, addr: SocketAddr, method: u16, body: Bytes) -> Result<Bytes, RpcError> {
         let conn = self.connection(addr).await?;
         let lost = |e: quinn::ConnectionError| match e {
-            quinn::ConnectionError::ApplicationClosed(close) => RpcError::Refused {
-                addr,
-                reason: String::from_utf8_lossy(&close.reason).into_owned(),
-            },
+            // Only a protocol-violation close is a refusal; any other close (a node shutting
+            // down) means this peer went away, which another attempt or master can survive.
+            quinn::ConnectionError::ApplicationClosed(close)
+                if close.error_code == quinn::VarInt::from_u32(CLOSE_PROTOCOL_VIOLATION) =>
+            {
+                RpcError::Refused {
+                    addr,
+                    reason: String::from_utf8_lossy(&close.reason).into_owned(),
+                }
+            }
             other => RpcError::Connection {
                 addr,
                 reason: other.to_string(),

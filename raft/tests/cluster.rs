@@ -338,3 +338,59 @@ async fn state_after_restart_equals_state_before() {
     assert_eq!(settings(&sa), settings(&sb));
     again.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_masters_survive_two_failures() {
+    let h = Harness::new();
+    let addrs: Vec<SocketAddr> = (0..5).map(|_| free_addr()).collect();
+    let mut nodes = Vec::new();
+    for (i, a) in addrs.iter().enumerate() {
+        nodes.push(h.start(i as u64 + 1, *a).await);
+    }
+    nodes[0].initialize_if_new().await.unwrap();
+    let client = h.client(addrs.clone());
+    for (i, a) in addrs.iter().enumerate().skip(1) {
+        client
+            .admin(AdminRequest::AddLearner {
+                id: i as u64 + 1,
+                addr: a.to_string(),
+            })
+            .await
+            .unwrap();
+    }
+    client
+        .admin(AdminRequest::SetVoters((1..=5).collect()))
+        .await
+        .unwrap();
+    assert_eq!(nodes[0].status().voters, vec![1, 2, 3, 4, 5]);
+    let mut acked = BTreeMap::new();
+    for i in 0..30u64 {
+        client
+            .propose(set(&format!("k{i}"), "v", i))
+            .await
+            .unwrap()
+            .unwrap();
+        acked.insert(format!("k{i}"), "v".to_string());
+    }
+    // Two of five fail, the leader among them: the other three still form a majority.
+    let leader = nodes[0].status().leader.unwrap();
+    let other = (1..=5u64).find(|id| *id != leader).unwrap();
+    for n in nodes.iter().filter(|n| n.id == leader || n.id == other) {
+        n.shutdown().await;
+    }
+    for i in 30..60u64 {
+        client
+            .propose(set(&format!("k{i}"), "v", i))
+            .await
+            .unwrap()
+            .unwrap();
+        acked.insert(format!("k{i}"), "v".to_string());
+    }
+    assert_eq!(
+        all_settings(&client, Consistency::Linearizable).await,
+        acked
+    );
+    for n in &nodes {
+        n.shutdown().await;
+    }
+}
