@@ -49,7 +49,8 @@ enum Command {
         #[arg(long)]
         dir: Option<std::path::PathBuf>,
     },
-    /// Resident memory of a one-node master after writing N keys.
+    /// Resident memory of a master after writing N keys: an in-process one-node master, or a
+    /// running `cairn master` (`--master`, `--tls`, `--pid`), measured alone.
     RaftMemory {
         #[arg(long, default_value_t = 1_000_000)]
         keys: u64,
@@ -58,6 +59,15 @@ enum Command {
         clients: usize,
         #[arg(long)]
         dir: Option<std::path::PathBuf>,
+        /// QUIC address of a running master to write to instead.
+        #[arg(long, requires_all = ["tls", "pid"])]
+        master: Option<SocketAddr>,
+        /// Folder with a certificate from that cluster's CA.
+        #[arg(long)]
+        tls: Option<std::path::PathBuf>,
+        /// Process id of that master, whose RSS is reported.
+        #[arg(long)]
+        pid: Option<u32>,
     },
 }
 
@@ -245,7 +255,11 @@ async fn raft(
 }
 
 fn rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    rss_of("self")
+}
+
+fn rss_of(pid: &str) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
@@ -255,10 +269,33 @@ async fn raft_memory(
     keys: u64,
     clients: usize,
     dir: Option<std::path::PathBuf>,
+    external: Option<(SocketAddr, std::path::PathBuf, u32)>,
 ) -> anyhow::Result<()> {
     let base = dir.unwrap_or_else(std::env::temp_dir);
     let tmp = tempfile::tempdir_in(&base)?;
-    let (nodes, client) = group(tmp.path(), 1).await?;
+    let (nodes, client, measured) = match &external {
+        None => {
+            let (nodes, client) = group(tmp.path(), 1).await?;
+            (nodes, client, "process RSS (master + client)".to_string())
+        }
+        Some((addr, tls, pid)) => {
+            let identity = cairn_proto::NodeIdentity::load(tls)?;
+            let ep = cairn_proto::endpoint(
+                "127.0.0.1:0".parse()?,
+                &identity,
+                &TransportOptions::default(),
+            )?;
+            (
+                Vec::new(),
+                MasterClient::new(ep, vec![*addr]),
+                format!("master (pid {pid}) RSS"),
+            )
+        }
+    };
+    let rss = || match &external {
+        None => rss_mib(),
+        Some((_, _, pid)) => rss_of(&pid.to_string()),
+    };
     let written = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let start = Instant::now();
     let per = keys.div_ceil(clients as u64);
@@ -294,10 +331,10 @@ async fn raft_memory(
     }
     let n = written.load(std::sync::atomic::Ordering::Relaxed);
     println!(
-        "{n} keys in {:.0} s ({:.0} commands/s); process RSS (master + client) {:.0} MiB",
+        "{n} keys in {:.0} s ({:.0} commands/s); {measured} {:.0} MiB",
         start.elapsed().as_secs_f64(),
         n as f64 / start.elapsed().as_secs_f64(),
-        rss_mib().unwrap_or(0.0)
+        rss().unwrap_or(0.0)
     );
     for node in &nodes {
         node.shutdown().await;
@@ -322,7 +359,20 @@ fn main() -> ExitCode {
                 nodes,
                 dir,
             } => raft(seconds, clients, nodes, dir).await,
-            Command::RaftMemory { keys, clients, dir } => raft_memory(keys, clients, dir).await,
+            Command::RaftMemory {
+                keys,
+                clients,
+                dir,
+                master,
+                tls,
+                pid,
+            } => {
+                let external = match (master, tls, pid) {
+                    (Some(m), Some(t), Some(p)) => Some((m, t, p)),
+                    _ => None,
+                };
+                raft_memory(keys, clients, dir, external).await
+            }
         }
     });
     match result {
