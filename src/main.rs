@@ -71,15 +71,7 @@ struct MasterArgs {
 }
 
 fn master_config(args: &MasterArgs) -> Result<config::ServeConfig, config::ConfigError> {
-    let mut layers = Layers::default();
-    let file = args
-        .config
-        .clone()
-        .or_else(|| std::env::var_os("CAIRN_CONFIG").map(PathBuf::from));
-    if let Some(path) = file {
-        layers.file(&path)?;
-    }
-    layers.env(std::env::vars(), &["CAIRN_CONFIG"])?;
+    let mut layers = file_and_env(args.config.as_ref())?;
     layers.flag("master.id", args.id.as_deref());
     layers.flag("cluster.listen", args.listen.as_deref());
     layers.flag("data", args.data.as_deref());
@@ -235,16 +227,22 @@ struct ServeArgs {
     cluster_listen: Option<String>,
 }
 
-fn serve_config(args: &ServeArgs) -> Result<config::ServeConfig, config::ConfigError> {
+/// The configuration layers below the flags: the file (`--config` or `CAIRN_CONFIG`), then the
+/// `CAIRN_*` variables.
+fn file_and_env(config: Option<&PathBuf>) -> Result<Layers, config::ConfigError> {
     let mut layers = Layers::default();
-    let file = args
-        .config
-        .clone()
+    let file = config
+        .cloned()
         .or_else(|| std::env::var_os("CAIRN_CONFIG").map(PathBuf::from));
     if let Some(path) = file {
         layers.file(&path)?;
     }
     layers.env(std::env::vars(), &["CAIRN_CONFIG"])?;
+    Ok(layers)
+}
+
+fn serve_config(args: &ServeArgs) -> Result<config::ServeConfig, config::ConfigError> {
+    let mut layers = file_and_env(args.config.as_ref())?;
     layers.flag("data", args.data.as_deref());
     layers.flag("listen", args.listen.as_deref());
     layers.flag("log", args.log.as_deref());

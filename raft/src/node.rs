@@ -231,15 +231,18 @@ impl std::fmt::Debug for RaftNode {
     }
 }
 
+/// The leader hint a follower answers with.
+fn forward(f: &openraft::error::ForwardToLeader<NodeId, BasicNode>) -> ProposeError {
+    ProposeError::NotLeader {
+        leader: f
+            .leader_id
+            .zip(f.leader_node.as_ref().map(|n| n.addr.clone())),
+    }
+}
+
 fn not_leader(e: &RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Option<ProposeError> {
     match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
-            Some(ProposeError::NotLeader {
-                leader: f
-                    .leader_id
-                    .zip(f.leader_node.as_ref().map(|n| n.addr.clone())),
-            })
-        }
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Some(forward(f)),
         _ => None,
     }
 }
@@ -367,11 +370,7 @@ impl RaftNode {
         if consistency == Consistency::Linearizable {
             self.raft.ensure_linearizable().await.map_err(|e| match e {
                 RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f)) => {
-                    ProposeError::NotLeader {
-                        leader: f
-                            .leader_id
-                            .zip(f.leader_node.as_ref().map(|n| n.addr.clone())),
-                    }
+                    forward(&f)
                 }
                 RaftError::APIError(openraft::error::CheckIsLeaderError::QuorumNotEnough(q)) => {
                     ProposeError::Unavailable(q.to_string())
