@@ -557,12 +557,15 @@ impl MasterClient {
 
     /// Send a membership change to the leader.
     pub async fn admin(&self, req: AdminRequest) -> Result<(), ProposeError> {
+        if self.masters.is_empty() {
+            return Err(ProposeError::Failed("no masters configured".into()));
+        }
         let deadline = tokio::time::Instant::now() + self.patience;
         let mut next = 0usize;
         loop {
             let target = self.leader.lock().unwrap_or_else(|| {
                 next += 1;
-                self.masters[next % self.masters.len().max(1)]
+                self.masters[next % self.masters.len()]
             });
             match self.client.call::<AdminRpc>(target, &req).await {
                 Ok(Ok(())) => return Ok(()),

@@ -111,6 +111,9 @@ fn free_addr() -> std::io::Result<SocketAddr> {
 
 /// Start an `n`-node group in `dir`; returns the nodes and a client.
 async fn group(dir: &Path, n: u64) -> anyhow::Result<(Vec<RaftNode>, MasterClient)> {
+    if n == 0 {
+        anyhow::bail!("a group needs at least one node");
+    }
     let ca = ClusterCa::create(&dir.join("ca"))?;
     let mut nodes = Vec::new();
     for id in 1..=n {
