@@ -102,6 +102,16 @@ impl Rpc for ClientRpc {
     type Response = Result<Outcome, ProposeError>;
 }
 
+/// Many commands in one call (a client coalescing its concurrent proposals); one result per
+/// command, so a partial failure retries only the commands that were not appended.
+struct ProposeManyRpc;
+impl Rpc for ProposeManyRpc {
+    const METHOD: u16 = 113;
+    const NAME: &'static str = "master.propose_many";
+    type Request = Vec<Vec<u8>>;
+    type Response = Vec<Result<Outcome, ProposeError>>;
+}
+
 struct StatusRpc;
 impl Rpc for StatusRpc {
     const METHOD: u16 = 111;
@@ -313,8 +323,12 @@ impl RaftNode {
     }
 
     fn routes(&self, router: Router) -> Router {
-        let (a, b, c) = (self.clone(), self.clone(), self.clone());
+        let (a, b, c, d) = (self.clone(), self.clone(), self.clone(), self.clone());
         router
+            .route::<ProposeManyRpc, _, _>(move |commands: Vec<Vec<u8>>| {
+                let node = d.clone();
+                async move { Ok::<_, WireError>(node.propose_many(commands).await) }
+            })
             .route::<ClientRpc, _, _>(move |req| {
                 let node = a.clone();
                 async move { Ok::<_, WireError>(node.handle(req).await) }
@@ -385,6 +399,26 @@ impl RaftNode {
         .await
         .map_err(|e| ProposeError::Failed(e.to_string()))?
         .map_err(|e| ProposeError::Failed(e.to_string()))
+    }
+
+    /// Commit several commands (they join the same group-commit queue); one result each.
+    pub async fn propose_many(&self, commands: Vec<Vec<u8>>) -> Vec<Result<Outcome, ProposeError>> {
+        let mut waiting = Vec::with_capacity(commands.len());
+        for command in commands {
+            let (done, outcome) = tokio::sync::oneshot::channel();
+            if self.commands.send((command, done)).await.is_err() {
+                break;
+            }
+            waiting.push(outcome);
+        }
+        let mut results = Vec::with_capacity(waiting.len());
+        for w in waiting {
+            results.push(
+                w.await
+                    .unwrap_or_else(|_| Err(ProposeError::Failed("node is shutting down".into()))),
+            );
+        }
+        results
     }
 
     async fn handle(&self, req: ClientRequest) -> Result<Outcome, ProposeError> {
@@ -471,6 +505,37 @@ pub struct MasterClient {
     leader: Arc<parking_lot::Mutex<Option<SocketAddr>>>,
     /// How long to keep looking for a leader (elections take seconds).
     pub patience: Duration,
+    /// Coalesces this client's concurrent proposals into `ProposeManyRpc` calls (started on
+    /// first use, ends when every clone of this client is gone).
+    proposals: Arc<tokio::sync::OnceCell<tokio::sync::mpsc::Sender<Waiting>>>,
+}
+
+/// Proposal calls a client keeps in flight; proposals arriving meanwhile form the next call.
+const CLIENT_CALLS_IN_FLIGHT: usize = 4;
+
+async fn client_batches(core: MasterClient, mut queue: tokio::sync::mpsc::Receiver<Waiting>) {
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(CLIENT_CALLS_IN_FLIGHT));
+    while let Some(first) = queue.recv().await {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let mut bytes = first.0.len();
+        let mut group = vec![first];
+        while group.len() < GROUP_COMMANDS_MAX && bytes < GROUP_BYTES_MAX {
+            match queue.try_recv() {
+                Ok(w) => {
+                    bytes += w.0.len();
+                    group.push(w);
+                }
+                Err(_) => break,
+            }
+        }
+        let core = core.clone();
+        tokio::spawn(async move {
+            core.propose_group(group).await;
+            drop(permit);
+        });
+    }
 }
 
 impl MasterClient {
@@ -485,12 +550,99 @@ impl MasterClient {
             masters,
             leader: Arc::new(parking_lot::Mutex::new(None)),
             patience: Duration::from_secs(20),
+            proposals: Arc::new(tokio::sync::OnceCell::new()),
         }
     }
 
     /// Commit one command envelope; returns the service's outcome once committed and applied.
+    /// Concurrent proposals through clones of this client travel together.
     pub async fn propose(&self, command: Vec<u8>) -> Result<Outcome, ProposeError> {
-        self.send(ClientRequest::Propose(command)).await
+        let queue = self
+            .proposals
+            .get_or_init(|| async {
+                let (tx, rx) = tokio::sync::mpsc::channel(WAITING_MAX);
+                // The batching task holds a clone without the queue, so it ends with the client.
+                let core = MasterClient {
+                    proposals: Arc::new(tokio::sync::OnceCell::new()),
+                    ..self.clone()
+                };
+                tokio::spawn(client_batches(core, rx));
+                tx
+            })
+            .await;
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        queue
+            .send((command, done))
+            .await
+            .map_err(|_| ProposeError::Failed("client is shutting down".into()))?;
+        outcome
+            .await
+            .map_err(|_| ProposeError::Failed("client is shutting down".into()))?
+    }
+
+    /// Send a group of proposals to the leader; commands answered "not the leader" (never
+    /// appended) go again to the leader hinted, the others get their results.
+    async fn propose_group(&self, mut group: Vec<Waiting>) {
+        let deadline = tokio::time::Instant::now() + self.patience;
+        let mut next = 0usize;
+        loop {
+            if self.masters.is_empty() {
+                for (_, w) in group {
+                    let _ = w.send(Err(ProposeError::Failed("no masters configured".into())));
+                }
+                return;
+            }
+            let target = match *self.leader.lock() {
+                Some(l) => l,
+                None => {
+                    next += 1;
+                    self.masters[next % self.masters.len()]
+                }
+            };
+            let commands: Vec<Vec<u8>> = group.iter().map(|(c, _)| c.clone()).collect();
+            match self.client.call::<ProposeManyRpc>(target, &commands).await {
+                Ok(results) => {
+                    *self.leader.lock() = Some(target);
+                    let mut retry = Vec::new();
+                    let mut results = results.into_iter();
+                    for (command, w) in group {
+                        match results.next() {
+                            Some(Err(ProposeError::NotLeader { leader }))
+                                if tokio::time::Instant::now() < deadline =>
+                            {
+                                *self.leader.lock() = leader.and_then(|(_, a)| a.parse().ok());
+                                retry.push((command, w));
+                            }
+                            Some(r) => {
+                                let _ = w.send(r);
+                            }
+                            None => {
+                                let _ = w.send(Err(ProposeError::Failed(
+                                    "the master returned too few results".into(),
+                                )));
+                            }
+                        }
+                    }
+                    if retry.is_empty() {
+                        return;
+                    }
+                    if self.leader.lock().is_none() {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    group = retry;
+                }
+                Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
+                    *self.leader.lock() = None;
+                }
+                Err(e) => {
+                    let e = ProposeError::Failed(e.to_string());
+                    for (_, w) in group {
+                        let _ = w.send(Err(e.clone()));
+                    }
+                    return;
+                }
+            }
+        }
     }
 
     pub async fn query(
