@@ -171,6 +171,22 @@ const GROUPS_IN_FLIGHT: usize = 2;
 /// Commands that may wait for a group (worst case ~GROUP_BYTES_MAX × this / GROUP_COMMANDS_MAX).
 const WAITING_MAX: usize = 16 * 1024;
 
+/// `first` and whatever else is already queued, up to a group's limits.
+fn take_group(first: Waiting, queue: &mut tokio::sync::mpsc::Receiver<Waiting>) -> Vec<Waiting> {
+    let mut bytes = first.0.len();
+    let mut group = vec![first];
+    while group.len() < GROUP_COMMANDS_MAX && bytes < GROUP_BYTES_MAX {
+        match queue.try_recv() {
+            Ok(w) => {
+                bytes += w.0.len();
+                group.push(w);
+            }
+            Err(_) => break,
+        }
+    }
+    group
+}
+
 /// Groups concurrent client commands into log entries (group commit above openraft, which
 /// appends, commits and applies entry by entry).
 async fn group_commit(raft: Raft, mut queue: tokio::sync::mpsc::Receiver<Waiting>) {
@@ -180,17 +196,7 @@ async fn group_commit(raft: Raft, mut queue: tokio::sync::mpsc::Receiver<Waiting
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
         };
-        let mut bytes = first.0.len();
-        let mut group = vec![first];
-        while group.len() < GROUP_COMMANDS_MAX && bytes < GROUP_BYTES_MAX {
-            match queue.try_recv() {
-                Ok(w) => {
-                    bytes += w.0.len();
-                    group.push(w);
-                }
-                Err(_) => break,
-            }
-        }
+        let group = take_group(first, &mut queue);
         let raft = raft.clone();
         tokio::spawn(async move {
             let (commands, waiters): (Vec<Vec<u8>>, Vec<_>) = group.into_iter().unzip();
@@ -519,17 +525,7 @@ async fn client_batches(core: MasterClient, mut queue: tokio::sync::mpsc::Receiv
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
         };
-        let mut bytes = first.0.len();
-        let mut group = vec![first];
-        while group.len() < GROUP_COMMANDS_MAX && bytes < GROUP_BYTES_MAX {
-            match queue.try_recv() {
-                Ok(w) => {
-                    bytes += w.0.len();
-                    group.push(w);
-                }
-                Err(_) => break,
-            }
-        }
+        let group = take_group(first, &mut queue);
         let core = core.clone();
         tokio::spawn(async move {
             core.propose_group(group).await;
