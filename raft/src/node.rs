@@ -187,21 +187,38 @@ fn take_group(first: Waiting, queue: &mut tokio::sync::mpsc::Receiver<Waiting>) 
     group
 }
 
-/// Groups concurrent client commands into log entries (group commit above openraft, which
-/// appends, commits and applies entry by entry).
-async fn group_commit(raft: Raft, mut queue: tokio::sync::mpsc::Receiver<Waiting>) {
-    let in_flight = Arc::new(tokio::sync::Semaphore::new(GROUPS_IN_FLIGHT));
+/// Runs `handle` on groups taken from `queue`, at most `in_flight` at a time. A slot is taken
+/// before the group: commands arriving while all slots are busy join the next group, so group
+/// size follows the load. Ends when the queue's senders are gone.
+async fn run_groups<F, Fut>(
+    mut queue: tokio::sync::mpsc::Receiver<Waiting>,
+    in_flight: usize,
+    handle: F,
+) where
+    F: Fn(Vec<Waiting>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let slots = Arc::new(tokio::sync::Semaphore::new(in_flight));
     while let Some(first) = queue.recv().await {
-        // Take a slot first: commands arriving meanwhile join this group.
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
-        let group = take_group(first, &mut queue);
-        let raft = raft.clone();
+        let work = handle(take_group(first, &mut queue));
         tokio::spawn(async move {
+            work.await;
+            drop(permit);
+        });
+    }
+}
+
+/// Groups concurrent client commands into log entries (group commit above openraft, which
+/// appends, commits and applies entry by entry).
+async fn group_commit(raft: Raft, queue: tokio::sync::mpsc::Receiver<Waiting>) {
+    run_groups(queue, GROUPS_IN_FLIGHT, move |group| {
+        let raft = raft.clone();
+        async move {
             let (commands, waiters): (Vec<Vec<u8>>, Vec<_>) = group.into_iter().unzip();
             let result = raft.client_write(Proposal(commands)).await;
-            drop(permit);
             match result {
                 Ok(r) => {
                     let mut outcomes = r.data.0.into_iter();
@@ -221,8 +238,9 @@ async fn group_commit(raft: Raft, mut queue: tokio::sync::mpsc::Receiver<Waiting
                     }
                 }
             }
-        });
-    }
+        }
+    })
+    .await;
 }
 
 /// A running master node.
@@ -519,19 +537,12 @@ pub struct MasterClient {
 /// Proposal calls a client keeps in flight; proposals arriving meanwhile form the next call.
 const CLIENT_CALLS_IN_FLIGHT: usize = 4;
 
-async fn client_batches(core: MasterClient, mut queue: tokio::sync::mpsc::Receiver<Waiting>) {
-    let in_flight = Arc::new(tokio::sync::Semaphore::new(CLIENT_CALLS_IN_FLIGHT));
-    while let Some(first) = queue.recv().await {
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
-            return;
-        };
-        let group = take_group(first, &mut queue);
+async fn client_batches(core: MasterClient, queue: tokio::sync::mpsc::Receiver<Waiting>) {
+    run_groups(queue, CLIENT_CALLS_IN_FLIGHT, move |group| {
         let core = core.clone();
-        tokio::spawn(async move {
-            core.propose_group(group).await;
-            drop(permit);
-        });
-    }
+        async move { core.propose_group(group).await }
+    })
+    .await;
 }
 
 impl MasterClient {
