@@ -292,6 +292,20 @@ impl RaftNode {
         registry: impl Fn() -> Result<Registry, StateError>,
         options: RaftOptions,
     ) -> Result<RaftNode, NodeError> {
+        Self::start_with_routes(id, data, listen, identity, registry, options, |_, r| r).await
+    }
+
+    /// [`RaftNode::start`], also serving the routes `extra` adds (services that run beside
+    /// the log on the same endpoint, such as the data plane).
+    pub async fn start_with_routes(
+        id: NodeId,
+        data: &Path,
+        listen: SocketAddr,
+        identity: &NodeIdentity,
+        registry: impl Fn() -> Result<Registry, StateError>,
+        options: RaftOptions,
+        extra: impl FnOnce(&RaftNode, Router) -> Router,
+    ) -> Result<RaftNode, NodeError> {
         let endpoint = cairn_proto::endpoint(listen, identity, &TransportOptions::default())?;
         let addr = endpoint
             .local_addr()
@@ -337,7 +351,7 @@ impl RaftNode {
             registry: Arc::new(registry()?),
             endpoint: endpoint.clone(),
         };
-        let router = node.routes(network::routes(Router::new(), raft));
+        let router = extra(&node, node.routes(network::routes(Router::new(), raft)));
         tokio::spawn(cairn_proto::serve(
             endpoint,
             router,

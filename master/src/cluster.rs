@@ -1,0 +1,326 @@
+//! The leader's soft state, as in GFS: which chunkserver holds which replica, who is alive, how
+//! full and busy each one is, and the work queued for each. Nothing here is logged; a new leader
+//! starts empty and rebuilds it from full reports within one heartbeat interval.
+//!
+//! Time here is a monotonic millisecond count chosen by the caller (liveness is local).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use cairn_engine::chunk::ChunkHandle;
+
+use crate::chunks::ChunkRecord;
+use crate::planner::{self, Limits, PlacementError, Plan, PlanInput, ReplicaView, ServerView};
+use crate::protocol::{
+    DataStatus, Heartbeat, HeartbeatReply, ServerId, ServerInfo, ServerStatus, Task,
+};
+
+/// How long a planned copy may run before it is planned again.
+const COPY_TIMEOUT_MS: u64 = 120_000;
+/// How long an allocation's chain stands in for replica reports.
+const EXPECTED_MS: u64 = 600_000;
+
+#[derive(Debug)]
+struct ServerEntry {
+    info: ServerInfo,
+    last_seen_ms: u64,
+    /// Whether the master has this server's complete replica list.
+    known: bool,
+    tasks: Vec<Task>,
+    /// Bytes of chunks placed on it since its last report (so a burst of allocations spreads).
+    assigned: u64,
+}
+
+/// The leader's map of the data plane.
+#[derive(Debug, Default)]
+pub struct ClusterMap {
+    servers: BTreeMap<ServerId, ServerEntry>,
+    replicas: HashMap<ChunkHandle, BTreeMap<ServerId, ReplicaView>>,
+    /// Chains handed to writers, until replicas are reported.
+    expected: HashMap<ChunkHandle, (Vec<ServerId>, u64)>,
+    /// Copies running: chunk → (target, deadline).
+    copies: HashMap<ChunkHandle, (ServerId, u64)>,
+    /// When this leader started listening (reports are trusted one dead-interval later).
+    since_ms: u64,
+    term: u64,
+    last_plan: (u64, u64, u64),
+}
+
+impl ClusterMap {
+    pub fn new(term: u64, now_ms: u64) -> ClusterMap {
+        ClusterMap {
+            term,
+            since_ms: now_ms,
+            ..ClusterMap::default()
+        }
+    }
+
+    pub fn term(&self) -> u64 {
+        self.term
+    }
+
+    /// Take in a heartbeat; answer with the server's queued work.
+    pub fn heartbeat(&mut self, hb: Heartbeat, now_ms: u64) -> HeartbeatReply {
+        let id = hb.server.id;
+        let entry = self.servers.entry(id).or_insert_with(|| ServerEntry {
+            info: hb.server.clone(),
+            last_seen_ms: now_ms,
+            known: false,
+            tasks: Vec::new(),
+            assigned: 0,
+        });
+        entry.info = hb.server;
+        entry.last_seen_ms = now_ms;
+        if hb.full {
+            entry.known = true;
+            entry.assigned = 0;
+            for reps in self.replicas.values_mut() {
+                reps.remove(&id);
+            }
+            self.replicas.retain(|_, r| !r.is_empty());
+        } else if !entry.known {
+            return HeartbeatReply {
+                full_report: true,
+                tasks: Vec::new(),
+            };
+        }
+        let tasks = std::mem::take(&mut entry.tasks);
+        for r in hb.replicas.iter().filter(|r| r.sealed) {
+            self.replicas.entry(r.handle).or_default().insert(
+                id,
+                ReplicaView {
+                    version: r.version,
+                    len: r.len,
+                    sealed: r.sealed,
+                },
+            );
+            if self.copies.get(&r.handle).is_some_and(|(to, _)| *to == id) {
+                self.copies.remove(&r.handle);
+            }
+            self.expected.remove(&r.handle);
+        }
+        for h in hb.removed.iter().chain(&hb.corrupt) {
+            if let Some(reps) = self.replicas.get_mut(h) {
+                reps.remove(&id);
+                if reps.is_empty() {
+                    self.replicas.remove(h);
+                }
+            }
+        }
+        for h in &hb.corrupt {
+            tracing::warn!(chunk = %h, server = id, "chunkserver reported a corrupt replica");
+        }
+        HeartbeatReply {
+            full_report: false,
+            tasks,
+        }
+    }
+
+    fn alive(&self, e: &ServerEntry, now_ms: u64, dead_after_ms: u64) -> bool {
+        e.known && now_ms.saturating_sub(e.last_seen_ms) <= dead_after_ms
+    }
+
+    fn held(&self) -> HashMap<ServerId, (u64, u64)> {
+        let mut held: HashMap<ServerId, (u64, u64)> = HashMap::new();
+        for reps in self.replicas.values() {
+            for (id, r) in reps {
+                let e = held.entry(*id).or_default();
+                e.0 += 1;
+                e.1 += r.len;
+            }
+        }
+        held
+    }
+
+    fn views(&self, now_ms: u64, dead_after_ms: u64) -> BTreeMap<ServerId, ServerView> {
+        let held = self.held();
+        let mut copies_in: HashMap<ServerId, u32> = HashMap::new();
+        for (to, _) in self.copies.values() {
+            *copies_in.entry(*to).or_default() += 1;
+        }
+        self.servers
+            .iter()
+            .map(|(id, e)| {
+                (
+                    *id,
+                    ServerView {
+                        zone: e.info.zone.clone(),
+                        capacity: e.info.capacity,
+                        free: e.info.free,
+                        load: e.info.load,
+                        alive: self.alive(e, now_ms, dead_after_ms),
+                        held: held.get(id).map_or(0, |h| h.1) + e.assigned,
+                        copies_in: copies_in.get(id).copied().unwrap_or(0),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Choose a chain for a new chunk of up to `size` bytes.
+    pub fn place(
+        &mut self,
+        r: usize,
+        exclude: &BTreeSet<ServerId>,
+        size: u64,
+        now_ms: u64,
+        dead_after_ms: u64,
+        free_min: u64,
+    ) -> Result<Vec<(ServerId, String)>, PlacementError> {
+        let views = self.views(now_ms, dead_after_ms);
+        let chosen = planner::place(&views, r, exclude, &BTreeSet::new(), free_min)?;
+        Ok(chosen
+            .into_iter()
+            .filter_map(|id| {
+                let e = self.servers.get_mut(&id)?;
+                e.assigned += size;
+                Some((id, e.info.addr.clone()))
+            })
+            .collect())
+    }
+
+    /// Remember the chain a writer was given (stands in for replica reports meanwhile).
+    pub fn expect(&mut self, handle: ChunkHandle, chain: Vec<ServerId>, now_ms: u64) {
+        self.expected.insert(handle, (chain, now_ms + EXPECTED_MS));
+    }
+
+    /// Live replicas of `handle` at `version` or newer, least loaded first; the writer's chain
+    /// when nothing is reported yet.
+    pub fn locate(
+        &self,
+        handle: ChunkHandle,
+        version: u64,
+        now_ms: u64,
+        dead_after_ms: u64,
+    ) -> Vec<(ServerId, String)> {
+        let live = |id: &ServerId| {
+            self.servers
+                .get(id)
+                .filter(|e| self.alive(e, now_ms, dead_after_ms))
+        };
+        let mut out: Vec<(u32, ServerId, String)> = self
+            .replicas
+            .get(&handle)
+            .into_iter()
+            .flatten()
+            .filter(|(_, r)| r.sealed && r.version >= version)
+            .filter_map(|(id, _)| live(id).map(|e| (e.info.load, *id, e.info.addr.clone())))
+            .collect();
+        if out.is_empty()
+            && let Some((chain, _)) = self.expected.get(&handle)
+        {
+            out = chain
+                .iter()
+                .filter_map(|id| live(id).map(|e| (e.info.load, *id, e.info.addr.clone())))
+                .collect();
+        }
+        out.sort();
+        out.into_iter().map(|(_, id, a)| (id, a)).collect()
+    }
+
+    /// A reader found `server`'s replica bad: forget it and have the server delete it.
+    pub fn bad_replica(&mut self, handle: ChunkHandle, server: ServerId) {
+        let held = self
+            .replicas
+            .get_mut(&handle)
+            .is_some_and(|reps| reps.remove(&server).is_some());
+        if held && let Some(e) = self.servers.get_mut(&server) {
+            e.tasks.push(Task::Delete { handle });
+        }
+    }
+
+    /// Run the planners and queue their work; returns the chunk records to forget.
+    pub fn tick(
+        &mut self,
+        now_ms: u64,
+        wall_ms: u64,
+        records: &[(ChunkHandle, ChunkRecord)],
+        next_handle: u64,
+        limits: &Limits,
+        dead_after_ms: u64,
+    ) -> Plan {
+        self.copies.retain(|_, (_, deadline)| *deadline > now_ms);
+        self.expected.retain(|_, (_, deadline)| *deadline > now_ms);
+        let views = self.views(now_ms, dead_after_ms);
+        // A dead server's queued work is stale by the time it returns.
+        for (id, e) in &mut self.servers {
+            if !views.get(id).is_some_and(|v| v.alive) {
+                e.tasks.clear();
+            }
+        }
+        let copying: HashSet<ChunkHandle> = self.copies.keys().copied().collect();
+        let plan = planner::plan(
+            &PlanInput {
+                now_ms: wall_ms,
+                servers: &views,
+                records,
+                next_handle,
+                replicas: &self.replicas,
+                copying: &copying,
+                settled: now_ms.saturating_sub(self.since_ms) > dead_after_ms,
+            },
+            limits,
+        );
+        for c in &plan.copies {
+            let Some(from) = self.servers.get(&c.from).map(|e| e.info.addr.clone()) else {
+                continue;
+            };
+            if let Some(e) = self.servers.get_mut(&c.to) {
+                e.tasks.push(Task::Copy {
+                    handle: c.handle,
+                    version: c.version,
+                    from,
+                });
+                self.copies
+                    .insert(c.handle, (c.to, now_ms + COPY_TIMEOUT_MS));
+                tracing::info!(chunk = %c.handle, from = c.from, to = c.to, "copy planned");
+            }
+        }
+        for (sid, h, reason) in &plan.deletes {
+            if let Some(e) = self.servers.get_mut(sid) {
+                e.tasks.push(Task::Delete { handle: *h });
+                tracing::info!(chunk = %h, server = sid, ?reason, "replica deletion planned");
+            }
+            if let Some(reps) = self.replicas.get_mut(h) {
+                reps.remove(sid);
+                if reps.is_empty() {
+                    self.replicas.remove(h);
+                }
+            }
+        }
+        self.last_plan = (plan.under_replicated, plan.lost, records.len() as u64);
+        plan
+    }
+
+    /// What `cairn admin status` shows.
+    pub fn status(&self, now_ms: u64, dead_after_ms: u64, replication_default: u8) -> DataStatus {
+        let held = self.held();
+        DataStatus {
+            servers: self
+                .servers
+                .iter()
+                .map(|(id, e)| ServerStatus {
+                    info: e.info.clone(),
+                    alive: self.alive(e, now_ms, dead_after_ms),
+                    last_heartbeat_ms_ago: now_ms.saturating_sub(e.last_seen_ms),
+                    chunks: held.get(id).map_or(0, |h| h.0),
+                    bytes: held.get(id).map_or(0, |h| h.1),
+                })
+                .collect(),
+            replication_default,
+            chunks: self.last_plan.2,
+            under_replicated: self.last_plan.0,
+            lost: self.last_plan.1,
+            copies_in_flight: self.copies.len() as u64,
+            deletes_queued: self
+                .servers
+                .values()
+                .map(|e| {
+                    e.tasks
+                        .iter()
+                        .filter(|t| matches!(t, Task::Delete { .. }))
+                        .count() as u64
+                })
+                .sum(),
+        }
+    }
+}

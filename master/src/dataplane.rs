@@ -1,0 +1,320 @@
+//! The master's side of the data plane: heartbeat, allocation, location and status RPCs, and
+//! the planner tick, all on the Raft leader. Followers answer with a leader hint.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use cairn_engine::chunk::ChunkHandle;
+use cairn_engine::state::{StateError, TypedService};
+use cairn_proto::{RemoteError, Router};
+use cairn_raft::{ProposeError, RaftNode};
+use parking_lot::Mutex;
+use redb::ReadableDatabase;
+
+use crate::chunks::{ChunkCommand, ChunkResponse, ChunkService};
+use crate::cluster::ClusterMap;
+use crate::planner::Limits;
+use crate::protocol::{
+    AllocateRequest, AllocateRpc, Allocation, BadReplicaRpc, DataStatus, DataStatusRpc,
+    HeartbeatRpc, LocateRpc, Location,
+};
+
+/// Data-plane settings of the master group.
+#[derive(Clone, Copy, Debug)]
+pub struct DataOptions {
+    /// Replicas per chunk unless a writer asks otherwise.
+    pub replication: u8,
+    /// A chunkserver silent this long is dead (its replicas no longer count).
+    pub dead_after: Duration,
+    /// How often the planners run.
+    pub tick: Duration,
+    /// Largest chunk a writer fills.
+    pub chunk_size: u64,
+    pub limits: Limits,
+}
+
+impl Default for DataOptions {
+    fn default() -> Self {
+        DataOptions {
+            replication: 3,
+            dead_after: Duration::from_secs(5),
+            tick: Duration::from_secs(1),
+            chunk_size: cairn_engine::chunk::CHUNK_SIZE_MAX_DEFAULT,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Wall-clock milliseconds, as stamped into commands.
+pub fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Frame a typed command for the log, stamped with this node's time and a random id seed.
+pub fn command<S: TypedService>(c: &S::Command) -> Result<Vec<u8>, ProposeError> {
+    S::command(c, wall_ms(), rand::random())
+        .map(|c| c.encode())
+        .map_err(|e| ProposeError::Failed(e.to_string()))
+}
+
+/// The data-plane service running beside a master node.
+#[derive(Clone)]
+pub struct DataPlane {
+    node: RaftNode,
+    map: Arc<Mutex<ClusterMap>>,
+    options: DataOptions,
+    epoch: Instant,
+}
+
+impl std::fmt::Debug for DataPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataPlane")
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+impl DataPlane {
+    /// Start the planner tick for `node` (it acts only while the node leads).
+    pub fn start(node: RaftNode, options: DataOptions) -> DataPlane {
+        let dp = DataPlane {
+            node,
+            map: Arc::new(Mutex::new(ClusterMap::default())),
+            options,
+            epoch: Instant::now(),
+        };
+        let ticker = dp.clone();
+        tokio::spawn(async move { ticker.run_ticks().await });
+        dp
+    }
+
+    pub fn options(&self) -> DataOptions {
+        self.options
+    }
+
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn dead_ms(&self) -> u64 {
+        self.options.dead_after.as_millis() as u64
+    }
+
+    /// The current term if this node leads; otherwise the hint to answer with.
+    fn leading(&self) -> Result<u64, ProposeError> {
+        let m = self.node.raft.metrics().borrow().clone();
+        if m.current_leader == Some(self.node.id) {
+            return Ok(m.current_term);
+        }
+        let leader = m.current_leader.and_then(|id| {
+            m.membership_config
+                .membership()
+                .get_node(&id)
+                .map(|n| (id, n.addr.clone()))
+        });
+        Err(ProposeError::NotLeader { leader })
+    }
+
+    /// The map, reset when this node has become leader in a new term.
+    fn map(&self) -> Result<parking_lot::MutexGuard<'_, ClusterMap>, ProposeError> {
+        let term = self.leading()?;
+        let mut map = self.map.lock();
+        if map.term() != term {
+            tracing::info!(
+                term,
+                "leading the data plane; rebuilding the chunk map from reports"
+            );
+            *map = ClusterMap::new(term, self.now());
+        }
+        Ok(map)
+    }
+
+    /// Routes for the master's endpoint.
+    pub fn routes(&self, router: Router) -> Router {
+        let (a, b, c, d, e) = (
+            self.clone(),
+            self.clone(),
+            self.clone(),
+            self.clone(),
+            self.clone(),
+        );
+        router
+            .route::<HeartbeatRpc, _, _>(move |hb| {
+                let dp = a.clone();
+                async move {
+                    let now = dp.now();
+                    Ok::<_, RemoteError>(dp.map().map(|mut m| m.heartbeat(hb, now)))
+                }
+            })
+            .route::<AllocateRpc, _, _>(move |req| {
+                let dp = b.clone();
+                async move { Ok::<_, RemoteError>(dp.allocate(req).await) }
+            })
+            .route::<LocateRpc, _, _>(move |handles| {
+                let dp = c.clone();
+                async move { Ok::<_, RemoteError>(dp.locate(handles).await) }
+            })
+            .route::<BadReplicaRpc, _, _>(move |bad| {
+                let dp = d.clone();
+                async move {
+                    tracing::warn!(chunk = %bad.handle, server = bad.server, reason = %bad.reason, "reader reported a bad replica");
+                    Ok::<_, RemoteError>(dp.map().map(|mut m| m.bad_replica(bad.handle, bad.server)))
+                }
+            })
+            .route::<DataStatusRpc, _, _>(move |()| {
+                let dp = e.clone();
+                async move { Ok::<_, RemoteError>(dp.status()) }
+            })
+    }
+
+    pub fn status(&self) -> Result<DataStatus, ProposeError> {
+        let now = self.now();
+        Ok(self
+            .map()?
+            .status(now, self.dead_ms(), self.options.replication))
+    }
+
+    async fn allocate(&self, req: AllocateRequest) -> Result<Allocation, ProposeError> {
+        let r = req.replication.unwrap_or(self.options.replication);
+        let exclude: BTreeSet<_> = req.exclude.into_iter().collect();
+        let chain = {
+            let now = self.now();
+            self.map()?
+                .place(
+                    usize::from(r),
+                    &exclude,
+                    self.options.chunk_size,
+                    now,
+                    self.dead_ms(),
+                    self.options.limits.free_min.min(self.options.chunk_size),
+                )
+                .map_err(|e| ProposeError::Unavailable(e.to_string()))?
+        };
+        let bytes = command::<ChunkService>(&ChunkCommand::Allocate {
+            count: 1,
+            replication: r,
+        })?;
+        let outcome = self.node.propose(bytes).await?;
+        let response = outcome
+            .map_err(|rej| ProposeError::Failed(rej.to_string()))
+            .and_then(|b| {
+                ChunkService::response(&b).map_err(|e| ProposeError::Failed(e.to_string()))
+            })?;
+        let ChunkResponse::Allocated { handles, version } = response else {
+            return Err(ProposeError::Failed(
+                "unexpected allocation response".into(),
+            ));
+        };
+        let handle = *handles
+            .first()
+            .ok_or_else(|| ProposeError::Failed("no handle allocated".into()))?;
+        let now = self.now();
+        self.map()?
+            .expect(handle, chain.iter().map(|(id, _)| *id).collect(), now);
+        Ok(Allocation {
+            handle,
+            version,
+            chain,
+            size_max: self.options.chunk_size,
+        })
+    }
+
+    async fn locate(&self, handles: Vec<ChunkHandle>) -> Result<Vec<Location>, ProposeError> {
+        self.leading()?;
+        // Versions come from the log (the replicas' own claims are not trusted for this).
+        let node = self.node.clone();
+        let hs = handles.clone();
+        let records = tokio::task::spawn_blocking(move || {
+            let txn = node
+                .state
+                .store()
+                .db()
+                .begin_read()
+                .map_err(StateError::from)?;
+            hs.iter()
+                .map(|h| ChunkService::get(&txn, *h))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .map_err(|e| ProposeError::Failed(e.to_string()))?
+        .map_err(|e| ProposeError::Failed(e.to_string()))?;
+        let now = self.now();
+        let map = self.map()?;
+        Ok(handles
+            .into_iter()
+            .zip(records)
+            .map(|(handle, rec)| match rec {
+                Some(rec) => Location {
+                    handle,
+                    version: rec.version,
+                    replicas: map.locate(handle, rec.version, now, self.dead_ms()),
+                },
+                None => Location {
+                    handle,
+                    version: 0,
+                    replicas: Vec::new(),
+                },
+            })
+            .collect())
+    }
+
+    async fn run_ticks(&self) {
+        let mut interval = tokio::time::interval(self.options.tick);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            if self.leading().is_err() {
+                continue;
+            }
+            if let Err(e) = self.tick().await {
+                tracing::warn!(error = %e, "planner tick failed");
+            }
+        }
+    }
+
+    async fn tick(&self) -> Result<(), ProposeError> {
+        let node = self.node.clone();
+        let (records, next) = tokio::task::spawn_blocking(move || {
+            let txn = node
+                .state
+                .store()
+                .db()
+                .begin_read()
+                .map_err(StateError::from)?;
+            let records = ChunkService::scan(&txn, None, usize::MAX)?;
+            let next = ChunkService::next_handle(&txn)?;
+            Ok::<_, StateError>((records, next))
+        })
+        .await
+        .map_err(|e| ProposeError::Failed(e.to_string()))?
+        .map_err(|e| ProposeError::Failed(e.to_string()))?;
+        let plan = {
+            let now = self.now();
+            self.map()?.tick(
+                now,
+                wall_ms(),
+                &records,
+                next,
+                &self.options.limits,
+                self.dead_ms(),
+            )
+        };
+        if !plan.forget.is_empty() {
+            let cutoff_ms = wall_ms().saturating_sub(self.options.limits.grace_ms);
+            let bytes = command::<ChunkService>(&ChunkCommand::Forget {
+                handles: plan.forget,
+                cutoff_ms,
+            })?;
+            let outcome = self.node.propose(bytes).await?;
+            if let Ok(b) = outcome
+                && let Ok(ChunkResponse::Forgotten { handles }) = ChunkService::response(&b)
+            {
+                tracing::info!(chunks = handles.len(), "garbage chunks forgotten");
+            }
+        }
+        Ok(())
+    }
+}
