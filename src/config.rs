@@ -40,6 +40,30 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "master.snapshot_after_entries",
     },
+    Key {
+        name: "master.replication",
+    },
+    Key {
+        name: "master.dead_after_ms",
+    },
+    Key {
+        name: "master.gc_grace_ms",
+    },
+    Key {
+        name: "master.tick_ms",
+    },
+    Key {
+        name: "chunkserver.masters",
+    },
+    Key {
+        name: "chunkserver.zone",
+    },
+    Key {
+        name: "chunkserver.heartbeat_ms",
+    },
+    Key {
+        name: "chunkserver.scrub_rate",
+    },
 ];
 
 pub const DEFAULT_DATA: &str = "./cairn-data";
@@ -282,7 +306,63 @@ impl Layers {
                 _ => Err(format!("{s:?} is not a number of entries (at least 100)")),
             }
         })?;
+        let replication = if self.is_set("master.replication") {
+            Some(
+                self.parse("master.replication", "3", |s| match s.parse::<u8>() {
+                    Ok(n) if (1..=7).contains(&n) => Ok(n),
+                    _ => Err(format!("{s:?} is not a replication factor (1 to 7)")),
+                })?,
+            )
+        } else {
+            None
+        };
+        let millis = |key: &'static str, default: &str, min: u64| {
+            self.parse(key, default, |s| match s.parse::<u64>() {
+                Ok(n) if n >= min => Ok(n),
+                _ => Err(format!(
+                    "{s:?} is not a number of milliseconds (at least {min})"
+                )),
+            })
+        };
+        let dead_after_ms = millis("master.dead_after_ms", "5000", 100)?;
+        let gc_grace_ms = millis("master.gc_grace_ms", "3600000", 0)?;
+        let tick_ms = millis("master.tick_ms", "1000", 10)?;
+        let heartbeat_ms = millis("chunkserver.heartbeat_ms", "1000", 10)?;
+        let masters = self.parse("chunkserver.masters", "", |s| {
+            s.split(',')
+                .map(str::trim)
+                .filter(|a| !a.is_empty())
+                .map(|a| {
+                    a.parse::<SocketAddr>()
+                        .map_err(|_| format!("{a:?} is not an address like 10.0.0.1:7070"))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })?;
+        let zone = self.parse("chunkserver.zone", "", |s| {
+            if s.len() > 64
+                || !s
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+            {
+                Err(format!(
+                    "{s:?} is not a zone name (up to 64 letters, digits, - _ .)"
+                ))
+            } else if s.is_empty() {
+                Ok(None)
+            } else {
+                Ok(Some(s.to_owned()))
+            }
+        })?;
+        let scrub_rate = self.parse("chunkserver.scrub_rate", "32MiB", parse_size)?;
         Ok(ServeConfig {
+            replication,
+            dead_after_ms,
+            gc_grace_ms,
+            tick_ms,
+            masters,
+            zone,
+            heartbeat_ms,
+            scrub_rate,
             data,
             listen,
             cluster_listen,
@@ -334,6 +414,21 @@ pub struct ServeConfig {
     pub snapshot_after_entries: u64,
     pub log: String,
     pub chunks: ChunkStoreOptions,
+    /// Replicas per chunk (master); `None` for the role's default (3, or the number of
+    /// chunkservers of `cairn serve`).
+    pub replication: Option<u8>,
+    /// A chunkserver silent this long is dead.
+    pub dead_after_ms: u64,
+    /// Unreferenced chunks are reclaimed this long after they stopped being used.
+    pub gc_grace_ms: u64,
+    /// Planner interval.
+    pub tick_ms: u64,
+    /// Master addresses a chunkserver reports to.
+    pub masters: Vec<SocketAddr>,
+    pub zone: Option<String>,
+    pub heartbeat_ms: u64,
+    /// Scrubber rate in bytes per second (0: off).
+    pub scrub_rate: u64,
 }
 
 #[cfg(test)]

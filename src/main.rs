@@ -1,6 +1,7 @@
 //! `cairn`: one binary for every role. `cairn serve` runs everything in one process on a local
 //! data folder; later issues add `master`, `chunkserver` and `gateway` roles for a cluster.
 
+mod chunkserver;
 mod config;
 mod lock;
 mod master;
@@ -40,6 +41,8 @@ enum Command {
     Cluster(ClusterCommand),
     /// Run one master of the replicated control plane.
     Master(MasterArgs),
+    /// Run one chunkserver of the data plane.
+    Chunkserver(ChunkserverArgs),
     /// Operate a running cluster.
     #[command(subcommand)]
     Admin(AdminCommand),
@@ -68,6 +71,69 @@ struct MasterArgs {
     /// (CAIRN_MASTER_SNAPSHOT_AFTER_ENTRIES).
     #[arg(long, value_name = "N")]
     snapshot_after_entries: Option<String>,
+    /// Replicas per chunk, 1 to 7 [default: 3] (CAIRN_MASTER_REPLICATION).
+    #[arg(long, value_name = "R")]
+    replication: Option<String>,
+    /// A chunkserver silent this long is dead [default: 5000] (CAIRN_MASTER_DEAD_AFTER_MS).
+    #[arg(long, value_name = "MS")]
+    dead_after_ms: Option<String>,
+    /// Unreferenced chunks are reclaimed after this grace period [default: 3600000]
+    /// (CAIRN_MASTER_GC_GRACE_MS).
+    #[arg(long, value_name = "MS")]
+    gc_grace_ms: Option<String>,
+    /// Chunk size the master hands writers [default: 64MiB] (CAIRN_CHUNKS_SIZE_MAX).
+    #[arg(long, value_name = "SIZE")]
+    chunk_size_max: Option<String>,
+}
+
+/// Flags of `cairn chunkserver`. Each may also come from a `CAIRN_*` variable or the config
+/// file (keys `chunkserver.masters`, `cluster.listen`, `data`, `chunkserver.zone`...).
+#[derive(Debug, Args)]
+struct ChunkserverArgs {
+    /// TOML config file (also CAIRN_CONFIG).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// A master's QUIC address (repeatable; CAIRN_CHUNKSERVER_MASTERS, comma-separated).
+    #[arg(long = "master", value_name = "ADDR")]
+    masters: Vec<String>,
+    /// QUIC (UDP) address for the chunk protocol (CAIRN_CLUSTER_LISTEN).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Data folder: tls/ credentials and chunks/ (CAIRN_DATA).
+    #[arg(long, value_name = "DIR")]
+    data: Option<String>,
+    /// Failure domain (rack, room...); replicas go to distinct zones (CAIRN_CHUNKSERVER_ZONE).
+    #[arg(long)]
+    zone: Option<String>,
+    /// Heartbeat interval [default: 1000] (CAIRN_CHUNKSERVER_HEARTBEAT_MS).
+    #[arg(long, value_name = "MS")]
+    heartbeat_ms: Option<String>,
+    /// Scrubber rate, e.g. 32MiB (per second; 0 turns it off) (CAIRN_CHUNKSERVER_SCRUB_RATE).
+    #[arg(long, value_name = "SIZE")]
+    scrub_rate: Option<String>,
+    /// Log filter (CAIRN_LOG).
+    #[arg(long)]
+    log: Option<String>,
+    /// Largest chunk accepted [default: 64MiB] (CAIRN_CHUNKS_SIZE_MAX).
+    #[arg(long, value_name = "SIZE")]
+    chunk_size_max: Option<String>,
+}
+
+fn chunkserver_config(args: &ChunkserverArgs) -> Result<config::ServeConfig, config::ConfigError> {
+    let mut layers = file_and_env(args.config.as_ref())?;
+    let masters = args.masters.join(",");
+    layers.flag(
+        "chunkserver.masters",
+        (!masters.is_empty()).then_some(masters.as_str()),
+    );
+    layers.flag("cluster.listen", args.listen.as_deref());
+    layers.flag("data", args.data.as_deref());
+    layers.flag("chunkserver.zone", args.zone.as_deref());
+    layers.flag("chunkserver.heartbeat_ms", args.heartbeat_ms.as_deref());
+    layers.flag("chunkserver.scrub_rate", args.scrub_rate.as_deref());
+    layers.flag("log", args.log.as_deref());
+    layers.flag("chunks.size_max", args.chunk_size_max.as_deref());
+    layers.resolve()
 }
 
 fn master_config(args: &MasterArgs) -> Result<config::ServeConfig, config::ConfigError> {
@@ -80,6 +146,10 @@ fn master_config(args: &MasterArgs) -> Result<config::ServeConfig, config::Confi
         "master.snapshot_after_entries",
         args.snapshot_after_entries.as_deref(),
     );
+    layers.flag("master.replication", args.replication.as_deref());
+    layers.flag("master.dead_after_ms", args.dead_after_ms.as_deref());
+    layers.flag("master.gc_grace_ms", args.gc_grace_ms.as_deref());
+    layers.flag("chunks.size_max", args.chunk_size_max.as_deref());
     // Two masters with one id would corrupt the group: the id has no default here.
     if !layers.is_set("master.id") {
         return Err(config::ConfigError::Missing {
@@ -279,6 +349,17 @@ fn main() -> ExitCode {
             };
             init_logging(&config.log);
             block_on(master::run(config))
+        }
+        Command::Chunkserver(args) => {
+            let config = match chunkserver_config(&args) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_logging(&config.log);
+            block_on(chunkserver::run(config))
         }
         Command::Admin(command) => {
             init_logging("warn");

@@ -8,6 +8,11 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use cairn_engine::state::settings::ClusterSettings;
 use cairn_engine::state::{Registry, StateError, Typed};
+use cairn_master::chunks::ChunkService;
+use cairn_master::objects::ObjectService;
+use cairn_master::planner::Limits;
+use cairn_master::protocol::{DataStatus, DataStatusRpc};
+use cairn_master::{DataOptions, DataPlane};
 use cairn_proto::{NodeIdentity, TransportOptions};
 use cairn_raft::{AdminRequest, MasterClient, NodeStatus, RaftNode, RaftOptions};
 
@@ -17,19 +22,36 @@ use crate::lock::DataLock;
 pub fn registry() -> Result<Registry, StateError> {
     let mut r = Registry::new();
     r.register(Typed(ClusterSettings))?;
+    r.register(Typed(ChunkService))?;
+    r.register(Typed(ObjectService))?;
     Ok(r)
 }
 
 /// Start a master node on `data`: credentials (a new cluster CA on a node's very first start),
 /// the Raft stores, openraft and the QUIC endpoint. The node that holds the CA initialises a
 /// one-node group if none exists; a node started with issued credentials waits to be added.
+/// The data-plane settings in a configuration (`replication` when the config names none).
+pub fn data_options(config: &crate::config::ServeConfig, replication: u8) -> DataOptions {
+    DataOptions {
+        replication: config.replication.unwrap_or(replication),
+        dead_after: Duration::from_millis(config.dead_after_ms),
+        tick: Duration::from_millis(config.tick_ms),
+        chunk_size: config.chunks.chunk_size_max,
+        limits: Limits {
+            grace_ms: config.gc_grace_ms,
+            ..Limits::default()
+        },
+    }
+}
+
 pub async fn start_node(
     id: u64,
     data: &Path,
     listen: SocketAddr,
     name: &str,
     snapshot_after_entries: u64,
-) -> anyhow::Result<RaftNode> {
+    data_options: DataOptions,
+) -> anyhow::Result<(RaftNode, DataPlane)> {
     let tls = data.join("tls");
     let created = cairn_proto::tls::ensure_identity(&tls, name).context("cluster credentials")?;
     if created {
@@ -41,37 +63,46 @@ pub async fn start_node(
         entries_kept_after_snapshot: (snapshot_after_entries / 10).max(10),
         ..RaftOptions::default()
     };
-    let node = RaftNode::start(
+    let mut plane = None;
+    let node = RaftNode::start_with_routes(
         id,
         &data.join("master"),
         listen,
         &identity,
         registry,
         options,
+        |node, router| {
+            let dp = DataPlane::start(node.clone(), data_options);
+            let router = dp.routes(router);
+            plane = Some(dp);
+            router
+        },
     )
     .await?;
+    let plane = plane.context("data plane did not start")?;
     // The node holding the cluster CA starts the group; nodes with issued certificates wait to
     // be added (`cairn admin cluster add-master`).
     if cairn_proto::ClusterCa::exists(&tls) && node.initialize_if_new().await? {
         tracing::info!(id, addr = %node.addr, "initialised a new one-node master group");
     }
     tracing::info!(id, "master listening on quic://{}", node.addr);
-    Ok(node)
+    Ok((node, plane))
 }
 
 /// `cairn master`: run one master until SIGINT/SIGTERM.
 pub async fn run(config: crate::config::ServeConfig) -> anyhow::Result<()> {
-    let (id, data) = (config.master_id, config.data);
+    let (id, data) = (config.master_id, config.data.clone());
     std::fs::create_dir_all(&data)
         .with_context(|| format!("create data folder {}", data.display()))?;
     let _lock = DataLock::acquire(&data)?;
     let name = format!("master-{id}");
-    let node = start_node(
+    let (node, _plane) = start_node(
         id,
         &data,
         config.cluster_listen,
         &name,
         config.snapshot_after_entries,
+        data_options(&config, 3),
     )
     .await?;
     crate::serve::shutdown_signal().await;
@@ -164,10 +195,7 @@ pub async fn status(tls: &Path, masters: &[SocketAddr], json: bool) -> anyhow::R
         }
     }
     let healthy = leader_last.is_some() && rows.iter().all(|r| r.healthy);
-    if json {
-        let out = serde_json::json!({"healthy": healthy, "members": rows});
-        println!("{}", serde_json::to_string_pretty(&out)?);
-    } else {
+    if !json {
         println!(
             "ID   ADDRESS                STATE      TERM  LEADER   LAST LOG    APPLIED    LAG  HEALTH"
         );
@@ -195,6 +223,17 @@ pub async fn status(tls: &Path, masters: &[SocketAddr], json: bool) -> anyhow::R
             );
         }
         println!("group: {}", if healthy { "healthy" } else { "UNHEALTHY" });
+    }
+    let data = if healthy {
+        client.call_leader::<DataStatusRpc, _>(&()).await.ok()
+    } else {
+        None
+    };
+    if json {
+        let out = serde_json::json!({"healthy": healthy, "members": rows, "data": data});
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else if let Some(d) = &data {
+        print_data_status(d);
     }
     Ok(healthy)
 }
@@ -251,4 +290,40 @@ async fn current_voters(client: &MasterClient, masters: &[SocketAddr]) -> anyhow
         }
     }
     bail!("no master answered at {masters:?}")
+}
+
+fn gib(bytes: u64) -> String {
+    format!("{:.1} GiB", bytes as f64 / f64::from(1u32 << 30))
+}
+
+fn print_data_status(d: &DataStatus) {
+    println!();
+    println!(
+        "CHUNKSERVER       ADDRESS                ZONE       STATE   CHUNKS        DATA        FREE    CAPACITY  LOAD"
+    );
+    for s in &d.servers {
+        println!(
+            "{:016x}  {:<22} {:<10} {:<7} {:>6} {:>11} {:>11} {:>11} {:>5}",
+            s.info.id,
+            s.info.addr,
+            s.info.zone.as_deref().unwrap_or("-"),
+            if s.alive { "alive" } else { "DEAD" },
+            s.chunks,
+            gib(s.bytes),
+            gib(s.info.free),
+            gib(s.info.capacity),
+            s.info.load,
+        );
+    }
+    let alive = d.servers.iter().filter(|s| s.alive).count();
+    println!(
+        "chunkservers: {alive} alive of {}; replication {}; chunks {}; under-replicated {}; lost {}; copies running {}; deletions queued {}",
+        d.servers.len(),
+        d.replication_default,
+        d.chunks,
+        d.under_replicated,
+        d.lost,
+        d.copies_in_flight,
+        d.deletes_queued,
+    );
 }

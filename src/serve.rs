@@ -1,5 +1,5 @@
-//! `cairn serve`: the all-in-one role. Today it opens the engine's stores in the data folder and
-//! serves health and readiness; later issues add the master, chunkserver and S3 gateway here.
+//! `cairn serve`: the all-in-one role: a one-master group and a chunkserver in one process on
+//! one data folder, with health and readiness over HTTP (the S3 gateway joins here next).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,7 +11,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use cairn_engine::chunk::ChunkStore;
+use cairn_chunkserver::Chunkserver;
+use cairn_master::DataPlane;
 use cairn_raft::RaftNode;
 use serde_json::json;
 
@@ -21,51 +22,46 @@ use crate::lock::DataLock;
 /// Everything the running process holds; the one place the roles are wired together.
 #[derive(Debug)]
 pub struct Node {
-    /// Chunk files (`DATA/chunks/`).
-    pub chunks: ChunkStore,
     /// The in-process master: a one-node Raft group (`DATA/master/`), the same code path as
-    /// `cairn master`.
+    /// `cairn master`, with its data-plane service.
     pub master: RaftNode,
+    pub plane: DataPlane,
+    /// The in-process chunkserver (`DATA/chunks/`), reporting to the master over QUIC like any
+    /// other.
+    pub chunkserver: Chunkserver,
 }
 
 impl Node {
-    /// Open the engine stores in `data`, recovering what a crash left behind, and start the
-    /// in-process master.
+    /// Start the in-process master, then the chunkserver (which recovers the chunk files a
+    /// crash left behind).
     pub async fn open(data: &Path, config: &ServeConfig) -> anyhow::Result<Node> {
-        let chunk_dir = data.join("chunks");
-        let chunk_options = config.chunks;
-        let (chunks, report) =
-            tokio::task::spawn_blocking(move || ChunkStore::open(chunk_dir, chunk_options))
-                .await?
-                .with_context(|| format!("open chunk store in {}", data.display()))?;
-        if report.is_clean() {
-            tracing::info!(chunks = report.chunks, "chunk store open");
-        } else {
-            tracing::warn!(
-                chunks = report.chunks,
-                truncated = report.truncated.len(),
-                quarantined = report.quarantined.len(),
-                damaged_records = report.damaged_records.len(),
-                "chunk store recovered damage (details above)"
-            );
-        }
-        let master = crate::master::start_node(
+        let (master, plane) = crate::master::start_node(
             config.master_id,
             data,
             config.cluster_listen,
             "node-1",
             config.snapshot_after_entries,
+            crate::master::data_options(config, 1),
         )
         .await?;
-        Ok(Node { chunks, master })
+        let identity = cairn_proto::NodeIdentity::load(&data.join("tls"))?;
+        let mut options = crate::chunkserver::options(config);
+        options.masters = vec![master.addr];
+        options.listen = std::net::SocketAddr::new(config.cluster_listen.ip(), 0);
+        let chunkserver = Chunkserver::start(data, &identity, options)
+            .await
+            .with_context(|| format!("open chunk store in {}", data.display()))?;
+        Ok(Node {
+            master,
+            plane,
+            chunkserver,
+        })
     }
 
     /// Flush and close the stores.
     pub async fn close(self) -> anyhow::Result<()> {
+        self.chunkserver.shutdown().await;
         self.master.shutdown().await;
-        tokio::task::spawn_blocking(move || self.chunks.close())
-            .await?
-            .context("sync chunk store")?;
         Ok(())
     }
 }
@@ -80,17 +76,22 @@ async fn ready(State(node): State<Arc<Node>>) -> impl IntoResponse {
             Ok(()) => json!({"status": "ok"}),
             Err(e) => json!({"status": "down", "error": e}),
         };
-        let chunk = node.chunks.check().map_err(|e| e.to_string());
+        let chunk = node.chunkserver.store().check().map_err(|e| e.to_string());
         let state = node.master.state.store().check().map_err(|e| e.to_string());
         let status = node.master.status();
         let master = match status.leader {
             Some(_) => Ok(()),
             None => Err(format!("no leader (state {}, term {})", status.state, status.term)),
         };
-        let all_ok = chunk.is_ok() && state.is_ok() && master.is_ok();
+        let data = match node.plane.status() {
+            Ok(d) if d.servers.iter().any(|s| s.alive) => Ok(()),
+            Ok(_) => Err("no chunkserver has reported yet".to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let all_ok = chunk.is_ok() && state.is_ok() && master.is_ok() && data.is_ok();
         (
             all_ok,
-            json!({"chunk_store": check(chunk), "state_store": check(state), "master": check(master)}),
+            json!({"chunk_store": check(chunk), "state_store": check(state), "master": check(master), "data_plane": check(data)}),
         )
     })
     .await;
@@ -184,8 +185,8 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
             }
             Err(shared) => {
                 tracing::warn!("requests still hold the stores at shutdown; syncing them in place");
+                shared.chunkserver.shutdown().await;
                 shared.master.shutdown().await;
-                shared.chunks.sync_all().context("sync chunk store")?;
                 break None;
             }
         }

@@ -1,6 +1,13 @@
-//! The data plane (not built yet; the data-plane issue fills it).
+//! Cairn's data plane: chunkservers that store replicated, checksummed chunks, and the client
+//! that streams objects through them.
 //!
-//! This crate will own the chunk protocol server over QUIC on top of
-//! `cairn_engine::chunk::ChunkStore`: pipelined replication chains, range reads that stream
-//! without buffering whole chunks, replica-to-replica copies, heartbeats to the master group and
-//! the rate-limited background scrubber.
+//! - [`protocol`]: the chunk protocol (pipelined chain writes, verified reads) on QUIC streams.
+//! - [`server`]: the chunkserver: protocol server, heartbeats and tasks, scrubber.
+//! - [`client`]: `put`/`read` through chains and replicas, with failover.
+
+pub mod client;
+pub mod protocol;
+pub mod server;
+
+pub use client::{DataClient, DataError, Written};
+pub use server::{Chunkserver, ChunkserverOptions, StartError};

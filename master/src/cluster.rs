@@ -39,6 +39,8 @@ pub struct ClusterMap {
     expected: HashMap<ChunkHandle, (Vec<ServerId>, u64)>,
     /// Copies running: chunk → (target, deadline).
     copies: HashMap<ChunkHandle, (ServerId, u64)>,
+    /// Rebalancing moves: chunk → the server to drop it from once the copy has landed.
+    moves: HashMap<ChunkHandle, ServerId>,
     /// When this leader started listening (reports are trusted one dead-interval later).
     since_ms: u64,
     term: u64,
@@ -70,9 +72,10 @@ impl ClusterMap {
         });
         entry.info = hb.server;
         entry.last_seen_ms = now_ms;
+        // Chunks placed since the last report are now reported (or still being written).
+        entry.assigned = 0;
         if hb.full {
             entry.known = true;
-            entry.assigned = 0;
             for reps in self.replicas.values_mut() {
                 reps.remove(&id);
             }
@@ -239,6 +242,10 @@ impl ClusterMap {
         dead_after_ms: u64,
     ) -> Plan {
         self.copies.retain(|_, (_, deadline)| *deadline > now_ms);
+        let copies = &self.copies;
+        self.moves.retain(|h, _| {
+            copies.contains_key(h) || self.replicas.get(h).is_some_and(|r| r.len() > 1)
+        });
         self.expected.retain(|_, (_, deadline)| *deadline > now_ms);
         let views = self.views(now_ms, dead_after_ms);
         // A dead server's queued work is stale by the time it returns.
@@ -256,6 +263,7 @@ impl ClusterMap {
                 next_handle,
                 replicas: &self.replicas,
                 copying: &copying,
+                moving: &self.moves,
                 settled: now_ms.saturating_sub(self.since_ms) > dead_after_ms,
             },
             limits,
@@ -265,6 +273,9 @@ impl ClusterMap {
                 continue;
             };
             if let Some(e) = self.servers.get_mut(&c.to) {
+                // A deletion still queued for the same chunk would remove the new copy.
+                e.tasks
+                    .retain(|t| !matches!(t, Task::Delete { handle } if *handle == c.handle));
                 e.tasks.push(Task::Copy {
                     handle: c.handle,
                     version: c.version,
@@ -272,10 +283,16 @@ impl ClusterMap {
                 });
                 self.copies
                     .insert(c.handle, (c.to, now_ms + COPY_TIMEOUT_MS));
+                if c.moves {
+                    self.moves.insert(c.handle, c.from);
+                }
                 tracing::info!(chunk = %c.handle, from = c.from, to = c.to, "copy planned");
             }
         }
         for (sid, h, reason) in &plan.deletes {
+            if *reason == crate::planner::DeleteReason::Surplus {
+                self.moves.remove(h);
+            }
             if let Some(e) = self.servers.get_mut(sid) {
                 e.tasks.push(Task::Delete { handle: *h });
                 tracing::info!(chunk = %h, server = sid, ?reason, "replica deletion planned");

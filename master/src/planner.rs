@@ -73,6 +73,9 @@ pub struct PlanInput<'a> {
     pub replicas: &'a HashMap<ChunkHandle, BTreeMap<ServerId, ReplicaView>>,
     /// Chunks with a copy running.
     pub copying: &'a HashSet<ChunkHandle>,
+    /// Chunks being moved by rebalancing: the server to drop the replica from once the new
+    /// copy has landed.
+    pub moving: &'a HashMap<ChunkHandle, ServerId>,
     /// Whether every live server has reported since this leader took over. Until then only
     /// garbage collection of records runs: an unreported replica is not a missing one.
     pub settled: bool,
@@ -85,6 +88,8 @@ pub struct CopyPlan {
     pub version: u64,
     pub from: ServerId,
     pub to: ServerId,
+    /// A move (rebalancing): `from`'s replica is to be dropped once the copy has landed.
+    pub moves: bool,
 }
 
 /// Why a replica is to be deleted.
@@ -226,9 +231,14 @@ pub fn plan(input: &PlanInput<'_>, limits: &Limits) -> Plan {
                 missing: want - good_len,
             });
         } else if good_len > want {
+            // A move drops its source; otherwise the fullest servers give up their replicas.
+            let source = input.moving.get(h).filter(|id| good.contains(id));
             let mut by_fullness = good;
             by_fullness.sort_by_key(|id| {
-                std::cmp::Reverse(servers.get(id).map(fullness).unwrap_or_default())
+                (
+                    Some(id) != source,
+                    std::cmp::Reverse(servers.get(id).map(fullness).unwrap_or_default()),
+                )
             });
             for sid in by_fullness.into_iter().take(good_len - want) {
                 out.deletes.push((sid, *h, DeleteReason::Surplus));
@@ -280,6 +290,7 @@ pub fn plan(input: &PlanInput<'_>, limits: &Limits) -> Plan {
                 version,
                 from,
                 to,
+                moves: false,
             });
         }
     }
@@ -386,6 +397,7 @@ fn rebalance(
             version: rec.version,
             from: full,
             to: empty,
+            moves: true,
         });
         if let Some(s) = servers.get_mut(&full) {
             s.held = s.held.saturating_sub(len);
@@ -437,6 +449,7 @@ mod tests {
         records: Vec<(ChunkHandle, ChunkRecord)>,
         replicas: HashMap<ChunkHandle, BTreeMap<ServerId, ReplicaView>>,
         copying: HashSet<ChunkHandle>,
+        moving: HashMap<ChunkHandle, ServerId>,
         now_ms: u64,
         next_handle: u64,
     }
@@ -448,6 +461,7 @@ mod tests {
                 records: Vec::new(),
                 replicas: HashMap::new(),
                 copying: HashSet::new(),
+                moving: HashMap::new(),
                 now_ms: 10_000_000,
                 next_handle: 1,
             }
@@ -468,6 +482,7 @@ mod tests {
                     next_handle: self.next_handle,
                     replicas: &self.replicas,
                     copying: &self.copying,
+                    moving: &self.moving,
                     settled: true,
                 },
                 &Limits::default(),
@@ -522,7 +537,7 @@ mod tests {
         let mut servers: BTreeMap<_, _> = [
             (1, server(None, 5 * MB)),
             (2, server(None, 5 * MB)),
-            (3, server(None, 1 * MB)),
+            (3, server(None, MB)),
         ]
         .into_iter()
         .collect();
@@ -684,11 +699,33 @@ mod tests {
                 next_handle: w.next_handle,
                 replicas: &w.replicas,
                 copying: &w.copying,
+                moving: &w.moving,
                 settled: false,
             },
             &Limits::default(),
         );
         assert_eq!(p, Plan::default());
+    }
+
+    #[test]
+    fn a_move_drops_its_source_not_the_new_copy() {
+        let mut w = World::new(&[
+            (1, server(None, 10 * MB)),
+            (2, server(None, 2 * MB)),
+            (3, server(None, 30 * MB)),
+        ]);
+        w.chunk(1, live(2), &[(1, rep(1)), (2, rep(1)), (3, rep(1))]);
+        assert_eq!(
+            w.plan().deletes,
+            vec![(3, ChunkHandle(1), DeleteReason::Surplus)],
+            "without a move, the fullest gives it up"
+        );
+        w.moving.insert(ChunkHandle(1), 1);
+        assert_eq!(
+            w.plan().deletes,
+            vec![(1, ChunkHandle(1), DeleteReason::Surplus)],
+            "the move's source gives it up"
+        );
     }
 
     #[test]
@@ -703,7 +740,7 @@ mod tests {
         }
         let p = w.plan();
         assert_eq!(p.copies.len(), 2, "bounded per tick");
-        assert!(p.copies.iter().all(|c| c.to == 3));
+        assert!(p.copies.iter().all(|c| c.to == 3 && c.moves));
         assert_ne!(
             p.copies[0].from, p.copies[1].from,
             "from the fullest each time"
@@ -712,7 +749,7 @@ mod tests {
         let mut w = World::new(&[
             (1, server(None, 2 * MB)),
             (2, server(None, 2 * MB)),
-            (3, server(None, 1 * MB)),
+            (3, server(None, MB)),
         ]);
         w.chunk(1, live(2), &[(1, rep(1)), (2, rep(1))]);
         assert!(w.plan().copies.is_empty());

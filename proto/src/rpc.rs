@@ -104,11 +104,14 @@ impl RpcError {
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 type Handler = Arc<dyn Fn(Bytes) -> BoxFuture<Result<Bytes, RemoteError>> + Send + Sync>;
+type StreamHandler =
+    Arc<dyn Fn(Bytes, quinn::SendStream, quinn::RecvStream) -> BoxFuture<()> + Send + Sync>;
 
 /// Maps methods to handlers.
 #[derive(Default, Clone)]
 pub struct Router {
     handlers: HashMap<u16, (&'static str, Handler)>,
+    streams: HashMap<u16, (&'static str, StreamHandler)>,
 }
 
 impl std::fmt::Debug for Router {
@@ -147,6 +150,22 @@ impl Router {
             })
         });
         self.handlers.insert(R::METHOD, (R::NAME, erased));
+        self
+    }
+
+    /// Route `method` to a stream handler: it gets the request frame's body and both halves of
+    /// the stream, and speaks its own protocol on them from there (bulk transfers).
+    pub fn route_stream<F, Fut>(mut self, method: u16, name: &'static str, handler: F) -> Router
+    where
+        F: Fn(Bytes, quinn::SendStream, quinn::RecvStream) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let handler = Arc::new(handler);
+        let erased: StreamHandler = Arc::new(move |body, send, recv| {
+            let handler = handler.clone();
+            Box::pin(async move { handler(body, send, recv).await })
+        });
+        self.streams.insert(method, (name, erased));
         self
     }
 }
@@ -230,6 +249,9 @@ async fn serve_stream(
         }
         Ok(Ok(f)) => f,
     };
+    if let Some((_, handler)) = router.streams.get(&request.method) {
+        return handler(request.body, send, recv).await;
+    }
     let reply = match router.handlers.get(&request.method) {
         None => Err(RemoteError::new(
             ErrorCode::UnknownMethod,
@@ -393,6 +415,53 @@ impl Client {
         let c = connecting.await.map_err(|e| connect_err(e.to_string()))?;
         *conn = Some(c.clone());
         Ok(c)
+    }
+
+    /// Open a stream to `addr` for a stream method: sends the request frame and hands back both
+    /// halves (the caller finishes the send half). Connection failures are retried like calls.
+    pub async fn open_stream(
+        &self,
+        addr: SocketAddr,
+        method: u16,
+        body: Bytes,
+    ) -> Result<(quinn::SendStream, quinn::RecvStream), RpcError> {
+        let mut backoff = self.options.backoff;
+        let mut attempt = 1;
+        loop {
+            let opened = tokio::time::timeout(self.options.attempt_timeout, async {
+                let conn = self.connection(addr).await?;
+                let lost = |e: quinn::ConnectionError| RpcError::Connection {
+                    addr,
+                    reason: e.to_string(),
+                };
+                let (mut send, recv) = conn.open_bi().await.map_err(lost)?;
+                let request = Frame::new(Kind::Request, method, body.clone());
+                frame::write_frame(&mut send, &request)
+                    .await
+                    .map_err(|e| RpcError::Frame { addr, error: e })?;
+                Ok((send, recv))
+            })
+            .await
+            .unwrap_or(Err(RpcError::Timeout {
+                addr,
+                after: self.options.attempt_timeout,
+            }));
+            match opened {
+                Ok(s) => return Ok(s),
+                Err(e) if e.is_retryable() && attempt < self.options.attempts => {
+                    self.forget(addr);
+                    let pause =
+                        Duration::from_micros(rand::random_range(0..=backoff.as_micros() as u64));
+                    tokio::time::sleep(pause).await;
+                    backoff = (backoff * 2).min(self.options.backoff_max);
+                    attempt += 1;
+                }
+                Err(e) => {
+                    self.forget(addr);
+                    return Err(e);
+                }
+            }
+        }
     }
 
     async fn attempt(&self, addr: SocketAddr, method: u16, body: Bytes) -> Result<Bytes, RpcError> {

@@ -723,13 +723,12 @@ impl MasterClient {
         Err(last_error)
     }
 
-    /// One master's status.
-    pub async fn status(&self, addr: SocketAddr) -> Result<NodeStatus, RpcError> {
-        self.client.call::<StatusRpc>(addr, &()).await
-    }
-
-    /// Send a membership change to the leader.
-    pub async fn admin(&self, req: AdminRequest) -> Result<(), ProposeError> {
+    /// Call a leader-only method `R`, following leader hints and trying other masters while
+    /// there is no leader (up to the client's patience).
+    pub async fn call_leader<R, T>(&self, req: &R::Request) -> Result<T, ProposeError>
+    where
+        R: Rpc<Response = Result<T, ProposeError>>,
+    {
         if self.masters.is_empty() {
             return Err(ProposeError::Failed("no masters configured".into()));
         }
@@ -740,20 +739,41 @@ impl MasterClient {
                 next += 1;
                 self.masters[next % self.masters.len()]
             });
-            match self.client.call::<AdminRpc>(target, &req).await {
-                Ok(Ok(())) => return Ok(()),
-                Ok(Err(ProposeError::NotLeader { leader }))
-                    if tokio::time::Instant::now() < deadline =>
-                {
-                    *self.leader.lock() = leader.and_then(|(_, a)| a.parse().ok());
+            let late = tokio::time::Instant::now() >= deadline;
+            match self.client.call::<R>(target, req).await {
+                Ok(Ok(v)) => {
+                    *self.leader.lock() = Some(target);
+                    return Ok(v);
+                }
+                Ok(Err(ProposeError::NotLeader { leader })) if !late => {
+                    let hint = leader.and_then(|(_, a)| a.parse().ok());
+                    *self.leader.lock() = hint;
+                    if hint.is_none() {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+                Ok(Err(ProposeError::Unavailable(_))) if !late => {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Ok(Err(e)) => return Err(e),
-                Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
-                    *self.leader.lock() = None
-                }
+                Err(e) if e.is_retryable() && !late => *self.leader.lock() = None,
                 Err(e) => return Err(ProposeError::Failed(e.to_string())),
             }
         }
+    }
+
+    /// The RPC client this master client calls through (shared connections).
+    pub fn rpc(&self) -> &Client {
+        &self.client
+    }
+
+    /// One master's status.
+    pub async fn status(&self, addr: SocketAddr) -> Result<NodeStatus, RpcError> {
+        self.client.call::<StatusRpc>(addr, &()).await
+    }
+
+    /// Send a membership change to the leader.
+    pub async fn admin(&self, req: AdminRequest) -> Result<(), ProposeError> {
+        self.call_leader::<AdminRpc, ()>(&req).await
     }
 }

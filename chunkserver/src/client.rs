@@ -1,0 +1,706 @@
+//! The data client: streams objects into chunks through replication chains and reads them back
+//! from live replicas, failing over on errors. Memory per transfer is bounded: a write keeps at
+//! most the chunk being written (to resend it on a fresh chain), a read one piece.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use cairn_engine::chunk::ChunkHandle;
+use cairn_engine::state::TypedService;
+use cairn_master::dataplane::command;
+use cairn_master::objects::{
+    Extent, ObjectCommand, ObjectQuery, ObjectQueryResponse, ObjectRecord, ObjectResponse,
+    ObjectService,
+};
+use cairn_master::protocol::{
+    AllocateRequest, AllocateRpc, Allocation, BadReplica, BadReplicaRpc, DataStatus, DataStatusRpc,
+    LocateRpc, Location, ServerId,
+};
+use cairn_proto::frame::{self, Frame, Kind};
+use cairn_proto::{Client, ClientOptions};
+use cairn_raft::{Consistency, MasterClient, ProposeError};
+use parking_lot::Mutex;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::protocol::{
+    ChunkFailure, METHOD_READ, METHOD_WRITE, METHOD_WRITE_DATA, METHOD_WRITE_END, PIECE,
+    RESET_CORRUPT, ReadHeader, ReadRequest, WriteAck, WriteEnd, WriteHeader,
+};
+
+/// Fresh chains tried for one chunk before a write gives up.
+const CHAIN_ATTEMPTS: usize = 4;
+/// Rounds of (locate, try every replica) before a read gives up.
+const READ_ROUNDS: usize = 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("master: {0}")]
+    Master(#[from] ProposeError),
+    #[error("writing chunk {chunk}: every chain failed; last: {last}")]
+    Write { chunk: String, last: String },
+    #[error("reading chunk {chunk}: no replica could serve it; last: {last}")]
+    Read { chunk: String, last: String },
+    #[error("reading the source: {0}")]
+    Source(std::io::Error),
+    #[error("writing the output: {0}")]
+    Sink(std::io::Error),
+    #[error("range {offset}+{len} is outside the object's {size} bytes")]
+    Range { offset: u64, len: u64, size: u64 },
+    #[error("{0}")]
+    Rejected(String),
+}
+
+/// An object's bytes as stored: what `put` returns and `commit` records.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Written {
+    pub size: u64,
+    pub blake3: [u8; 32],
+    pub extents: Vec<Extent>,
+}
+
+/// Client of the data plane (and of the object service that names what it stores).
+#[derive(Clone, Debug)]
+pub struct DataClient {
+    master: MasterClient,
+    /// Chunkserver connections: one attempt with a short limit, since another replica or a
+    /// fresh chain is the retry.
+    peers: Client,
+    /// Chunkservers that failed recently, tried last until the master stops listing them.
+    suspects: Arc<Mutex<HashMap<String, Instant>>>,
+    /// Replicas per chunk; the cluster default when `None`.
+    pub replication: Option<u8>,
+}
+
+/// Longest wait for a chain's acknowledgement after the last byte (every replica syncs).
+const ACK_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a failed chunkserver is tried last.
+const SUSPECT_FOR: Duration = Duration::from_secs(10);
+/// Longest wait for a chunkserver to start answering or to send the next bytes.
+const PEER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why reading from one replica failed.
+enum ReadFail {
+    /// The caller's output failed: not the replica's fault, no failover.
+    Sink(std::io::Error),
+    Replica {
+        corrupt: bool,
+        message: String,
+    },
+}
+
+/// Handles per locate call.
+const ALLOCATE_BATCH: usize = 1024;
+
+/// Why one chain attempt failed.
+struct ChainError {
+    /// The chunkserver to avoid next time, if known.
+    server: Option<String>,
+    message: String,
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> Bytes {
+    Bytes::from(postcard::to_stdvec(v).unwrap_or_default())
+}
+
+/// Read up to `PIECE` bytes from `source` (fewer only at the end).
+async fn read_piece(source: &mut (impl AsyncRead + Unpin)) -> Result<Bytes, DataError> {
+    let mut buf = BytesMut::zeroed(PIECE);
+    let mut filled = 0;
+    while filled < PIECE {
+        let n = source
+            .read(&mut buf[filled..])
+            .await
+            .map_err(DataError::Source)?;
+        if n == 0 {
+            break;
+        }
+        filled += n;
+    }
+    buf.truncate(filled);
+    Ok(buf.freeze())
+}
+
+/// One chain write in progress.
+struct ChainWrite {
+    alloc: Allocation,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    sent: u64,
+}
+
+impl DataClient {
+    /// A client on `master`'s endpoint (the same QUIC socket and certificate).
+    pub fn new(master: MasterClient, endpoint: quinn::Endpoint) -> DataClient {
+        let peers = Client::new(
+            endpoint,
+            ClientOptions {
+                attempts: 1,
+                attempt_timeout: PEER_TIMEOUT,
+                ..ClientOptions::default()
+            },
+        );
+        DataClient {
+            master,
+            peers,
+            suspects: Arc::new(Mutex::new(HashMap::new())),
+            replication: None,
+        }
+    }
+
+    fn suspect(&self, addr: &str) {
+        self.suspects.lock().insert(addr.to_owned(), Instant::now());
+    }
+
+    /// Replicas in the master's order, recently failed ones last.
+    fn ordered(&self, replicas: &[(ServerId, String)]) -> Vec<(ServerId, String)> {
+        let mut suspects = self.suspects.lock();
+        suspects.retain(|_, at| at.elapsed() < SUSPECT_FOR);
+        let (mut good, bad): (Vec<_>, Vec<_>) = replicas
+            .iter()
+            .cloned()
+            .partition(|(_, a)| !suspects.contains_key(a));
+        good.extend(bad);
+        good
+    }
+
+    pub fn master(&self) -> &MasterClient {
+        &self.master
+    }
+
+    /// The data plane as the master leader sees it.
+    pub async fn status(&self) -> Result<DataStatus, DataError> {
+        Ok(self.master.call_leader::<DataStatusRpc, _>(&()).await?)
+    }
+
+    async fn allocate(&self, exclude: &BTreeSet<ServerId>) -> Result<Allocation, DataError> {
+        let req = AllocateRequest {
+            replication: self.replication,
+            exclude: exclude.iter().copied().collect(),
+        };
+        Ok(self.master.call_leader::<AllocateRpc, _>(&req).await?)
+    }
+
+    async fn open_chain(&self, alloc: Allocation) -> Result<ChainWrite, (Allocation, ChainError)> {
+        let Some((_, first)) = alloc.chain.first().cloned() else {
+            return Err((
+                alloc,
+                ChainError {
+                    server: None,
+                    message: "empty chain".into(),
+                },
+            ));
+        };
+        let fail = |alloc, message: String| {
+            Err((
+                alloc,
+                ChainError {
+                    server: Some(first.clone()),
+                    message,
+                },
+            ))
+        };
+        let addr: SocketAddr = match first.parse() {
+            Ok(a) => a,
+            Err(_) => return fail(alloc, format!("bad address {first:?}")),
+        };
+        let header = WriteHeader {
+            handle: alloc.handle,
+            version: alloc.version,
+            chain: alloc.chain[1..].iter().map(|(_, a)| a.clone()).collect(),
+        };
+        match self
+            .peers
+            .open_stream(addr, METHOD_WRITE, encode(&header))
+            .await
+        {
+            Ok((send, recv)) => Ok(ChainWrite {
+                alloc,
+                send,
+                recv,
+                sent: 0,
+            }),
+            Err(e) => fail(alloc, e.to_string()),
+        }
+    }
+
+    /// Where a broken chain write failed: the acknowledgement names the replica when one
+    /// answered, otherwise blame the first.
+    async fn chain_failure(w: &mut ChainWrite, cause: String) -> ChainError {
+        let first = w.alloc.chain.first().map(|(_, a)| a.clone());
+        match tokio::time::timeout(
+            Duration::from_secs(5),
+            frame::read_frame(&mut w.recv, 1 << 20),
+        )
+        .await
+        {
+            Ok(Ok(f)) => match postcard::from_bytes::<Result<WriteAck, ChunkFailure>>(&f.body) {
+                Ok(Err(fail)) => ChainError {
+                    server: Some(fail.server),
+                    message: fail.message,
+                },
+                _ => ChainError {
+                    server: first,
+                    message: cause,
+                },
+            },
+            _ => ChainError {
+                server: first,
+                message: cause,
+            },
+        }
+    }
+
+    async fn send_piece(w: &mut ChainWrite, piece: &Bytes) -> Result<(), ChainError> {
+        let f = Frame::new(Kind::Request, METHOD_WRITE_DATA, piece.clone());
+        let sent = tokio::time::timeout(PEER_TIMEOUT, frame::write_frame(&mut w.send, &f))
+            .await
+            .unwrap_or(Err(frame::FrameError::Io(format!(
+                "stalled for {PEER_TIMEOUT:?}"
+            ))));
+        if let Err(e) = sent {
+            return Err(Self::chain_failure(w, e.to_string()).await);
+        }
+        w.sent += piece.len() as u64;
+        Ok(())
+    }
+
+    async fn end_chain(
+        mut w: ChainWrite,
+    ) -> Result<(Allocation, WriteAck), (Allocation, ChainError)> {
+        let end = Frame::new(
+            Kind::Request,
+            METHOD_WRITE_END,
+            encode(&WriteEnd { len: w.sent }),
+        );
+        if let Err(e) = frame::write_frame(&mut w.send, &end).await {
+            let err = Self::chain_failure(&mut w, e.to_string()).await;
+            return Err((w.alloc, err));
+        }
+        let _ = w.send.finish();
+        let first = w.alloc.chain.first().map(|(_, a)| a.clone());
+        let reply = match tokio::time::timeout(ACK_TIMEOUT, frame::read_frame(&mut w.recv, 1 << 20))
+            .await
+            .unwrap_or(Err(frame::FrameError::Io(
+                "no acknowledgement in time".into(),
+            ))) {
+            Ok(f) => f,
+            Err(e) => {
+                return Err((
+                    w.alloc,
+                    ChainError {
+                        server: first,
+                        message: format!("no acknowledgement: {e}"),
+                    },
+                ));
+            }
+        };
+        match postcard::from_bytes::<Result<WriteAck, ChunkFailure>>(&reply.body) {
+            Ok(Ok(ack)) if ack.stored_on.len() == w.alloc.chain.len() && ack.len == w.sent => {
+                Ok((w.alloc, ack))
+            }
+            Ok(Ok(ack)) => Err((
+                w.alloc,
+                ChainError {
+                    server: None,
+                    message: format!(
+                        "acknowledged by {} of the chain with {} bytes",
+                        ack.stored_on.len(),
+                        ack.len
+                    ),
+                },
+            )),
+            Ok(Err(fail)) => Err((
+                w.alloc,
+                ChainError {
+                    server: Some(fail.server),
+                    message: fail.message,
+                },
+            )),
+            Err(e) => Err((
+                w.alloc,
+                ChainError {
+                    server: first,
+                    message: format!("bad acknowledgement: {e}"),
+                },
+            )),
+        }
+    }
+
+    /// Write one chunk's worth of data from `source` (starting with `first`): stream it into a
+    /// chain as it is read, keeping it to resend on a fresh chain if that one fails. Returns the
+    /// extent, the bytes read past the chunk's end (they start the next chunk), and whether the
+    /// source ended.
+    async fn put_chunk(
+        &self,
+        first: Bytes,
+        source: &mut (impl AsyncRead + Unpin),
+        hasher: &mut blake3::Hasher,
+    ) -> Result<(Extent, Option<Bytes>, bool), DataError> {
+        let mut exclude = BTreeSet::new();
+        let mut kept: Vec<Bytes> = Vec::new();
+        let mut kept_len: u64 = 0;
+        let mut pending = Some(first);
+        let mut carry = None;
+        let mut complete = false;
+        let mut at_end = false;
+        let mut last = String::new();
+        let mut handle = String::new();
+        for _ in 0..CHAIN_ATTEMPTS {
+            let alloc = self.allocate(&exclude).await?;
+            handle = alloc.handle.to_string();
+            let size_max = alloc.size_max.max(1);
+            let mut w = match self.open_chain(alloc).await {
+                Ok(w) => w,
+                Err((alloc, e)) => {
+                    self.exclude(&alloc, &e, &mut exclude);
+                    last = e.message;
+                    continue;
+                }
+            };
+            let mut failed = None;
+            for piece in &kept {
+                if let Err(e) = Self::send_piece(&mut w, piece).await {
+                    failed = Some(e);
+                    break;
+                }
+            }
+            while failed.is_none() && !complete {
+                let piece = match pending.take() {
+                    Some(p) => p,
+                    None => {
+                        let p = read_piece(source).await?;
+                        if p.is_empty() {
+                            at_end = true;
+                            complete = true;
+                            break;
+                        }
+                        p
+                    }
+                };
+                // A piece never straddles two chunks.
+                let room = size_max - kept_len;
+                let now = if piece.len() as u64 > room {
+                    carry = Some(piece.slice(room as usize..));
+                    piece.slice(..room as usize)
+                } else {
+                    piece
+                };
+                hasher.update(&now);
+                kept_len += now.len() as u64;
+                kept.push(now.clone());
+                complete = kept_len == size_max;
+                if let Err(e) = Self::send_piece(&mut w, &now).await {
+                    failed = Some(e);
+                }
+            }
+            let result = match failed {
+                None => Self::end_chain(w).await,
+                Some(e) => Err((w.alloc, e)),
+            };
+            match result {
+                Ok((alloc, ack)) => {
+                    let extent = Extent {
+                        handle: alloc.handle,
+                        offset: 0,
+                        len: ack.len,
+                    };
+                    return Ok((extent, carry, at_end));
+                }
+                Err((alloc, e)) => {
+                    self.exclude(&alloc, &e, &mut exclude);
+                    last = e.message;
+                }
+            }
+        }
+        Err(DataError::Write {
+            chunk: handle,
+            last,
+        })
+    }
+
+    /// Store everything `source` yields; returns its size, BLAKE3 and extents once every replica
+    /// of every chunk has acknowledged. Nothing is visible until [`DataClient::commit`].
+    pub async fn put(&self, source: &mut (impl AsyncRead + Unpin)) -> Result<Written, DataError> {
+        let mut hasher = blake3::Hasher::new();
+        let mut extents = Vec::new();
+        let mut size = 0;
+        let mut carry: Option<Bytes> = None;
+        loop {
+            let first = match carry.take() {
+                Some(b) => b,
+                None => {
+                    let p = read_piece(source).await?;
+                    if p.is_empty() {
+                        break;
+                    }
+                    p
+                }
+            };
+            let (extent, rest, ended) = self.put_chunk(first, source, &mut hasher).await?;
+            size += extent.len;
+            extents.push(extent);
+            carry = rest;
+            if ended && carry.is_none() {
+                break;
+            }
+        }
+        Ok(Written {
+            size,
+            blake3: *hasher.finalize().as_bytes(),
+            extents,
+        })
+    }
+
+    /// Record `written` under `key` (replacing any previous object atomically).
+    pub async fn commit(&self, key: &str, written: &Written) -> Result<ObjectResponse, DataError> {
+        let cmd = ObjectCommand::Put {
+            key: key.to_owned(),
+            size: written.size,
+            blake3: written.blake3,
+            extents: written.extents.clone(),
+        };
+        self.object_command(&cmd).await
+    }
+
+    /// `put` then `commit`.
+    pub async fn put_object(
+        &self,
+        key: &str,
+        source: &mut (impl AsyncRead + Unpin),
+    ) -> Result<Written, DataError> {
+        let written = self.put(source).await?;
+        self.commit(key, &written).await?;
+        Ok(written)
+    }
+
+    pub async fn delete_object(&self, key: &str) -> Result<bool, DataError> {
+        match self
+            .object_command(&ObjectCommand::Delete {
+                key: key.to_owned(),
+            })
+            .await?
+        {
+            ObjectResponse::Deleted { existed } => Ok(existed),
+            ObjectResponse::Put { .. } => Err(DataError::Rejected("unexpected response".into())),
+        }
+    }
+
+    async fn object_command(&self, cmd: &ObjectCommand) -> Result<ObjectResponse, DataError> {
+        let outcome = self.master.propose(command::<ObjectService>(cmd)?).await?;
+        let bytes = outcome.map_err(|r| DataError::Rejected(r.to_string()))?;
+        ObjectService::response(&bytes).map_err(|e| DataError::Rejected(e.to_string()))
+    }
+
+    /// An object's record (linearizable).
+    pub async fn stat(&self, key: &str) -> Result<Option<ObjectRecord>, DataError> {
+        let q = ObjectService::encode_query(&ObjectQuery::Get {
+            key: key.to_owned(),
+        })
+        .map_err(|e| DataError::Rejected(e.to_string()))?;
+        let bytes = self
+            .master
+            .query(ObjectService::ID, q, Consistency::Linearizable)
+            .await?
+            .map_err(|r| DataError::Rejected(r.to_string()))?;
+        match ObjectService::query_response(&bytes) {
+            Ok(ObjectQueryResponse::Object(o)) => Ok(o),
+            Ok(_) => Err(DataError::Rejected("unexpected response".into())),
+            Err(e) => Err(DataError::Rejected(e.to_string())),
+        }
+    }
+
+    /// Stream the whole object `key` into `out`; `None` if there is no such object.
+    pub async fn get_object(
+        &self,
+        key: &str,
+        out: &mut (impl AsyncWrite + Unpin),
+    ) -> Result<Option<ObjectRecord>, DataError> {
+        let Some(record) = self.stat(key).await? else {
+            return Ok(None);
+        };
+        self.read(&record.extents, 0, record.size, out).await?;
+        Ok(Some(record))
+    }
+
+    async fn locate(&self, handles: Vec<ChunkHandle>) -> Result<Vec<Location>, DataError> {
+        Ok(self.master.call_leader::<LocateRpc, _>(&handles).await?)
+    }
+
+    /// Stream `len` bytes at `offset` of the object made of `extents` into `out`.
+    pub async fn read(
+        &self,
+        extents: &[Extent],
+        offset: u64,
+        len: u64,
+        out: &mut (impl AsyncWrite + Unpin),
+    ) -> Result<u64, DataError> {
+        let size: u64 = extents.iter().map(|e| e.len).sum();
+        if offset.checked_add(len).is_none_or(|end| end > size) {
+            return Err(DataError::Range { offset, len, size });
+        }
+        // The pieces of the wanted range, extent by extent.
+        let mut segments = Vec::new();
+        let mut at = 0u64;
+        for e in extents {
+            let (start, end) = (at, at + e.len);
+            at = end;
+            let lo = offset.max(start);
+            let hi = (offset + len).min(end);
+            if lo < hi {
+                segments.push((e.handle, e.offset + (lo - start), hi - lo));
+            }
+        }
+        let mut handles: Vec<ChunkHandle> = segments.iter().map(|s| s.0).collect();
+        handles.sort_unstable();
+        handles.dedup();
+        let mut locations = std::collections::HashMap::new();
+        for batch in handles.chunks(ALLOCATE_BATCH) {
+            for loc in self.locate(batch.to_vec()).await? {
+                locations.insert(loc.handle, loc);
+            }
+        }
+        for (handle, off, n) in segments {
+            let loc = locations.get(&handle).cloned().unwrap_or(Location {
+                handle,
+                version: 0,
+                replicas: Vec::new(),
+            });
+            self.read_segment(loc, off, n, out).await?;
+        }
+        out.flush().await.map_err(DataError::Sink)?;
+        Ok(len)
+    }
+
+    async fn read_segment(
+        &self,
+        mut loc: Location,
+        off: u64,
+        n: u64,
+        out: &mut (impl AsyncWrite + Unpin),
+    ) -> Result<(), DataError> {
+        let mut done = 0u64;
+        let mut last = "no live replica".to_string();
+        for round in 0..READ_ROUNDS {
+            if round > 0 {
+                tokio::time::sleep(Duration::from_millis(250 * round as u64)).await;
+                if let Some(l) = self.locate(vec![loc.handle]).await?.into_iter().next() {
+                    loc = l;
+                }
+            }
+            for (server, addr) in &self.ordered(&loc.replicas) {
+                match self
+                    .read_from(addr, &loc, off + done, n - done, out, &mut done)
+                    .await
+                {
+                    Ok(()) => return Ok(()),
+                    Err(ReadFail::Sink(e)) => return Err(DataError::Sink(e)),
+                    Err(ReadFail::Replica { corrupt, message }) => {
+                        tracing::warn!(chunk = %loc.handle, %addr, corrupt, error = %message, "replica read failed; trying another");
+                        if !corrupt {
+                            self.suspect(addr);
+                        }
+                        if corrupt {
+                            let bad = BadReplica {
+                                handle: loc.handle,
+                                server: *server,
+                                reason: message.clone(),
+                            };
+                            let _ = self.master.call_leader::<BadReplicaRpc, _>(&bad).await;
+                        }
+                        last = message;
+                    }
+                }
+            }
+        }
+        Err(DataError::Read {
+            chunk: loc.handle.to_string(),
+            last,
+        })
+    }
+
+    async fn read_from(
+        &self,
+        addr: &str,
+        loc: &Location,
+        off: u64,
+        n: u64,
+        out: &mut (impl AsyncWrite + Unpin),
+        done: &mut u64,
+    ) -> Result<(), ReadFail> {
+        let replica = |message: String| ReadFail::Replica {
+            corrupt: false,
+            message,
+        };
+        let peer: SocketAddr = addr
+            .parse()
+            .map_err(|_| replica(format!("bad address {addr:?}")))?;
+        let req = ReadRequest {
+            handle: loc.handle,
+            version: loc.version,
+            offset: off,
+            len: n,
+        };
+        let (mut send, mut recv) = self
+            .peers
+            .open_stream(peer, METHOD_READ, encode(&req))
+            .await
+            .map_err(|e| replica(e.to_string()))?;
+        let _ = send.finish();
+        let f = tokio::time::timeout(PEER_TIMEOUT, frame::read_frame(&mut recv, 1 << 20))
+            .await
+            .map_err(|_| replica(format!("no answer within {PEER_TIMEOUT:?}")))?
+            .map_err(|e| replica(e.to_string()))?;
+        let header: Result<ReadHeader, ChunkFailure> =
+            postcard::from_bytes(&f.body).map_err(|e| replica(e.to_string()))?;
+        let header = header.map_err(|e| ReadFail::Replica {
+            corrupt: e.corrupt,
+            message: e.to_string(),
+        })?;
+        if header.len != n {
+            return Err(replica(format!(
+                "replica holds {} bytes of the range, {n} wanted",
+                header.len
+            )));
+        }
+        let mut left = n;
+        while left > 0 {
+            let next = tokio::time::timeout(PEER_TIMEOUT, recv.read_chunk(PIECE, true))
+                .await
+                .map_err(|_| replica(format!("stalled for {PEER_TIMEOUT:?}")))?;
+            match next {
+                Ok(Some(chunk)) => {
+                    let take = (chunk.bytes.len() as u64).min(left) as usize;
+                    out.write_all(&chunk.bytes[..take])
+                        .await
+                        .map_err(ReadFail::Sink)?;
+                    left -= take as u64;
+                    *done += take as u64;
+                }
+                Ok(None) => return Err(replica("stream ended early".into())),
+                Err(quinn::ReadError::Reset(code)) => {
+                    return Err(ReadFail::Replica {
+                        corrupt: code == quinn::VarInt::from_u32(RESET_CORRUPT),
+                        message: format!("replica stopped the read (code {code})"),
+                    });
+                }
+                Err(e) => return Err(replica(e.to_string())),
+            }
+        }
+        Ok(())
+    }
+
+    fn exclude(&self, alloc: &Allocation, e: &ChainError, exclude: &mut BTreeSet<ServerId>) {
+        if let Some(addr) = &e.server {
+            self.suspect(addr);
+        }
+        tracing::warn!(chunk = %alloc.handle, server = ?e.server, error = %e.message, "chain write failed; abandoning the chunk");
+        if let Some(addr) = &e.server
+            && let Some((id, _)) = alloc.chain.iter().find(|(_, a)| a == addr)
+        {
+            exclude.insert(*id);
+        }
+    }
+}

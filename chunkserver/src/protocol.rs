@@ -1,0 +1,82 @@
+//! The chunk protocol: stream methods on the cluster's mutual-TLS QUIC endpoint.
+//!
+//! Write (method 300), one stream per chunk, through a replication chain:
+//! ```text
+//! writer → cs1: Request frame  WriteHeader { handle, version, chain: [cs2, cs3] }
+//!               Request frames method 310, one per piece of data (≤ 1 MiB, CRC-checked)
+//!               Request frame  method 311, WriteEnd { len }
+//!          cs1 → cs2 the same, with chain [cs3], forwarded piece by piece while cs1 writes
+//! cs3 → cs2 → cs1 → writer: Response frame Result<WriteAck, ChunkFailure> once every replica
+//!               down the chain has fsynced and sealed the chunk
+//! ```
+//! Read (method 301): Request frame ReadRequest; Response frame Result<ReadHeader, ChunkFailure>,
+//! then exactly `len` raw bytes. A block that fails its checksum mid-stream resets the stream with
+//! [`RESET_CORRUPT`] (the replica is dropped and reported; the reader fails over).
+
+use cairn_engine::chunk::ChunkHandle;
+use serde::{Deserialize, Serialize};
+
+pub const METHOD_WRITE: u16 = 300;
+pub const METHOD_READ: u16 = 301;
+pub const METHOD_WRITE_DATA: u16 = 310;
+pub const METHOD_WRITE_END: u16 = 311;
+/// Size of the pieces data travels in.
+pub const PIECE: usize = 1 << 20;
+/// Stream reset code: the replica failed a checksum.
+pub const RESET_CORRUPT: u32 = 0x43;
+/// Stream reset code: the server failed to read its replica for another reason.
+pub const RESET_READ_FAILED: u32 = 0x44;
+/// Longest replication chain accepted.
+pub const CHAIN_MAX: usize = 7;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteHeader {
+    pub handle: ChunkHandle,
+    pub version: u64,
+    /// The replicas after the receiving one, in order (QUIC addresses).
+    pub chain: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteEnd {
+    /// Bytes sent in the data frames (a cross-check against lost frames).
+    pub len: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteAck {
+    /// Every replica that stored and synced the chunk, in chain order.
+    pub stored_on: Vec<String>,
+    pub len: u64,
+}
+
+/// Why a chunk operation failed, and at which replica.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{server}: {message}")]
+pub struct ChunkFailure {
+    /// The chunkserver that failed (its address).
+    pub server: String,
+    pub message: String,
+    /// The failure is the data's (corrupt replica), not the server's availability.
+    pub corrupt: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadRequest {
+    pub handle: ChunkHandle,
+    /// The version the reader expects (older replicas are stale and refuse).
+    pub version: u64,
+    pub offset: u64,
+    /// Bytes wanted; `u64::MAX` for the rest of the chunk.
+    pub len: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadHeader {
+    /// Raw bytes that follow.
+    pub len: u64,
+    pub chunk_len: u64,
+    pub version: u64,
+    /// BLAKE3 of the whole chunk, when the whole sealed chunk is read (copies verify it).
+    pub digest: Option<[u8; 32]>,
+}
