@@ -11,8 +11,7 @@ use crate::lock::DataLock;
 
 /// The chunkserver options in a configuration.
 pub fn options(config: &ServeConfig) -> ChunkserverOptions {
-    let mut store = ChunkserverOptions::default().store;
-    store.chunk_size_max = config.chunks.chunk_size_max;
+    let store = config.chunks;
     ChunkserverOptions {
         listen: config.cluster_listen,
         masters: config.masters.clone(),

@@ -274,7 +274,7 @@ impl Layers {
                 })
             },
         )?;
-        let sync = self.parse("chunks.sync", "always", |s| match s {
+        let sync = self.parse("chunks.sync", "batch", |s| match s {
             "always" => Ok(SyncPolicy::Always),
             "batch" => Ok(SyncPolicy::Batch { bytes_max: batch }),
             other => Err(format!("{other:?} is not one of: always, batch")),
@@ -446,7 +446,7 @@ mod tests {
         let c = Layers::default().resolve().unwrap();
         assert_eq!(c.data, PathBuf::from("./cairn-data"));
         assert_eq!(c.listen.to_string(), "127.0.0.1:9000");
-        assert_eq!(c.chunks.sync, SyncPolicy::Always);
+        assert_eq!(c.chunks.sync, SyncPolicy::Batch { bytes_max: 8 << 20 });
         assert_eq!(c.chunks.chunk_size_max, 64 << 20);
     }
 

@@ -282,7 +282,8 @@ struct ServeArgs {
     /// Log filter, e.g. info or cairn=debug [default: info] (CAIRN_LOG).
     #[arg(long, value_name = "FILTER")]
     log: Option<String>,
-    /// When chunk appends reach the disk: always | batch [default: always] (CAIRN_CHUNKS_SYNC).
+    /// When chunk appends reach the disk: batch | always [default: batch]; a chunk is synced
+    /// before its write is acknowledged either way (CAIRN_CHUNKS_SYNC).
     #[arg(long, value_name = "POLICY")]
     chunk_sync: Option<String>,
     /// With batch sync, sync after this many unsynced bytes [default: 8MiB]

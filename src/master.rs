@@ -6,10 +6,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use cairn_engine::state::settings::ClusterSettings;
-use cairn_engine::state::{Registry, StateError, Typed};
-use cairn_master::chunks::ChunkService;
-use cairn_master::objects::ObjectService;
 use cairn_master::planner::Limits;
 use cairn_master::protocol::{DataStatus, DataStatusRpc};
 use cairn_master::{DataOptions, DataPlane};
@@ -18,18 +14,6 @@ use cairn_raft::{AdminRequest, MasterClient, NodeStatus, RaftNode, RaftOptions};
 
 use crate::lock::DataLock;
 
-/// Every service on the replicated log, in one place.
-pub fn registry() -> Result<Registry, StateError> {
-    let mut r = Registry::new();
-    r.register(Typed(ClusterSettings))?;
-    r.register(Typed(ChunkService))?;
-    r.register(Typed(ObjectService))?;
-    Ok(r)
-}
-
-/// Start a master node on `data`: credentials (a new cluster CA on a node's very first start),
-/// the Raft stores, openraft and the QUIC endpoint. The node that holds the CA initialises a
-/// one-node group if none exists; a node started with issued credentials waits to be added.
 /// The data-plane settings in a configuration (`replication` when the config names none).
 pub fn data_options(config: &crate::config::ServeConfig, replication: u8) -> DataOptions {
     DataOptions {
@@ -63,23 +47,15 @@ pub async fn start_node(
         entries_kept_after_snapshot: (snapshot_after_entries / 10).max(10),
         ..RaftOptions::default()
     };
-    let mut plane = None;
-    let node = RaftNode::start_with_routes(
+    let (node, plane) = cairn_master::start(
         id,
         &data.join("master"),
         listen,
         &identity,
-        registry,
         options,
-        |node, router| {
-            let dp = DataPlane::start(node.clone(), data_options);
-            let router = dp.routes(router);
-            plane = Some(dp);
-            router
-        },
+        data_options,
     )
     .await?;
-    let plane = plane.context("data plane did not start")?;
     // The node holding the cluster CA starts the group; nodes with issued certificates wait to
     // be added (`cairn admin cluster add-master`).
     if cairn_proto::ClusterCa::exists(&tls) && node.initialize_if_new().await? {

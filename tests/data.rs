@@ -5,7 +5,7 @@
 //! killed with SIGKILL (reads go on, its chunks are re-replicated) and restarted (its surplus
 //! replicas are removed); replicas are corrupted on disk (the read path and the scrubber find
 //! them, they are replaced); deleted objects and abandoned writes are reclaimed after the grace
-//! period; the master is killed in the middle of a write (the object is complete or absent).
+//! period (10 s here); the master is killed in the middle of a write (the object is complete or absent).
 //!
 //! Waits are liveness bounds; the times they took are printed, never asserted.
 
@@ -81,7 +81,7 @@ impl Cluster {
                 "--dead-after-ms",
                 "2000",
                 "--gc-grace-ms",
-                "3000",
+                "10000",
             ],
             &[("CAIRN_MASTER_TICK_MS", "250")],
             root,
@@ -279,6 +279,39 @@ async fn chunkservers_store_heal_scrub_and_collect() {
         s.servers.iter().filter(|s| s.alive).count() == 4
     })
     .await;
+
+    // `cairn admin status` lists the chunkservers and their capacity.
+    let m = master_addr.to_string();
+    let tls = client_tls.to_str().unwrap();
+    let (ok, out, err) = run(
+        Path::new(BIN),
+        &["admin", "status", "--master", &m, "--tls", tls, "--json"],
+        &[],
+        &root,
+    )
+    .unwrap();
+    assert!(ok.success(), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let servers = v["data"]["servers"].as_array().unwrap();
+    assert_eq!(servers.len(), 4, "{v:#}");
+    assert!(
+        servers
+            .iter()
+            .all(|s| s["alive"] == true && s["info"]["capacity"].as_u64() > Some(0))
+    );
+    assert_eq!(v["data"]["under_replicated"], 0);
+    let (ok, table, err) = run(
+        Path::new(BIN),
+        &["admin", "status", "--master", &m, "--tls", tls],
+        &[],
+        &root,
+    )
+    .unwrap();
+    assert!(
+        ok.success() && table.contains("chunkservers: 4 alive of 4"),
+        "{table}{err}"
+    );
+    println!("{table}");
 
     // Awkward sizes around the block (64 KiB) and chunk (64 MiB) boundaries.
     let sizes = [
@@ -505,7 +538,7 @@ async fn chunkservers_store_heal_scrub_and_collect() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     println!(
-        "garbage reclaimed {:?} after the delete (grace 3 s)",
+        "garbage reclaimed {:?} after the delete (grace 10 s)",
         t.elapsed()
     );
     check_all(client.clone(), objects.clone()).await;

@@ -32,6 +32,10 @@ use crate::protocol::{
 
 /// Fresh chains tried for one chunk before a write gives up.
 const CHAIN_ATTEMPTS: usize = 4;
+/// Bytes one read stream fetches at a time.
+const READ_SPAN: u64 = 8 << 20;
+/// Read streams one `read` keeps going.
+const READ_PARALLEL: usize = 4;
 /// Rounds of (locate, try every replica) before a read gives up.
 const READ_ROUNDS: usize = 4;
 
@@ -51,6 +55,8 @@ pub enum DataError {
     Range { offset: u64, len: u64, size: u64 },
     #[error("{0}")]
     Rejected(String),
+    #[error("transfer task failed: {0}")]
+    Task(String),
 }
 
 /// An object's bytes as stored: what `put` returns and `commit` records.
@@ -81,6 +87,30 @@ const SUSPECT_FOR: Duration = Duration::from_secs(10);
 /// Longest wait for a chunkserver to start answering or to send the next bytes.
 const PEER_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A chunk whose data has been read from the source and streamed into a chain.
+struct StreamedChunk {
+    /// The chain, if it took every piece; `None` if it broke (the pieces are resent).
+    chain: Option<ChainWrite>,
+    kept: Vec<Bytes>,
+    /// Bytes read past this chunk's end.
+    carry: Option<Bytes>,
+    at_end: bool,
+}
+
+fn extent(alloc: &Allocation, ack: &WriteAck) -> Extent {
+    Extent {
+        handle: alloc.handle,
+        offset: 0,
+        len: ack.len,
+    }
+}
+
+async fn join(
+    task: tokio::task::JoinHandle<Result<Extent, DataError>>,
+) -> Result<Extent, DataError> {
+    task.await.map_err(|e| DataError::Task(e.to_string()))?
+}
+
 /// Why reading from one replica failed.
 enum ReadFail {
     /// The caller's output failed: not the replica's fault, no failover.
@@ -107,19 +137,18 @@ fn encode<T: serde::Serialize>(v: &T) -> Bytes {
 
 /// Read up to `PIECE` bytes from `source` (fewer only at the end).
 async fn read_piece(source: &mut (impl AsyncRead + Unpin)) -> Result<Bytes, DataError> {
-    let mut buf = BytesMut::zeroed(PIECE);
-    let mut filled = 0;
-    while filled < PIECE {
-        let n = source
-            .read(&mut buf[filled..])
+    let mut buf = BytesMut::with_capacity(PIECE);
+    while buf.len() < PIECE {
+        let want = (PIECE - buf.len()) as u64;
+        let n = (&mut *source)
+            .take(want)
+            .read_buf(&mut buf)
             .await
             .map_err(DataError::Source)?;
         if n == 0 {
             break;
         }
-        filled += n;
     }
-    buf.truncate(filled);
     Ok(buf.freeze())
 }
 
@@ -150,7 +179,12 @@ impl DataClient {
         }
     }
 
+    /// Try `addr` last for a while, and reconnect to it next time (a stalled connection may
+    /// belong to a peer that restarted).
     fn suspect(&self, addr: &str) {
+        if let Ok(a) = addr.parse::<SocketAddr>() {
+            self.peers.forget(a);
+        }
         self.suspects.lock().insert(addr.to_owned(), Instant::now());
     }
 
@@ -255,7 +289,7 @@ impl DataClient {
 
     async fn send_piece(w: &mut ChainWrite, piece: &Bytes) -> Result<(), ChainError> {
         let f = Frame::new(Kind::Request, METHOD_WRITE_DATA, piece.clone());
-        let sent = tokio::time::timeout(PEER_TIMEOUT, frame::write_frame(&mut w.send, &f))
+        let sent = tokio::time::timeout(PEER_TIMEOUT, frame::write_frame_quic(&mut w.send, &f))
             .await
             .unwrap_or(Err(frame::FrameError::Io(format!(
                 "stalled for {PEER_TIMEOUT:?}"
@@ -329,29 +363,93 @@ impl DataClient {
         }
     }
 
-    /// Write one chunk's worth of data from `source` (starting with `first`): stream it into a
-    /// chain as it is read, keeping it to resend on a fresh chain if that one fails. Returns the
-    /// extent, the bytes read past the chunk's end (they start the next chunk), and whether the
-    /// source ended.
-    async fn put_chunk(
+    /// Stream one chunk's worth of data from `source` (starting with `first`) into a fresh chain
+    /// as it is read, keeping the pieces. If the chain breaks, the rest of the chunk is still
+    /// read (and kept) so [`DataClient::finish_chunk`] can resend it. Returns the chain (if it
+    /// is still whole and has been sent everything), the kept pieces, the bytes read past the
+    /// chunk's end, and whether the source ended.
+    async fn stream_chunk(
         &self,
         first: Bytes,
         source: &mut (impl AsyncRead + Unpin),
         hasher: &mut blake3::Hasher,
-    ) -> Result<(Extent, Option<Bytes>, bool), DataError> {
-        let mut exclude = BTreeSet::new();
+        exclude: &mut BTreeSet<ServerId>,
+    ) -> Result<StreamedChunk, DataError> {
+        let alloc = self.allocate(exclude).await?;
+        let size_max = alloc.size_max.max(1);
+        let mut chain = match self.open_chain(alloc).await {
+            Ok(w) => Some(w),
+            Err((alloc, e)) => {
+                self.exclude(&alloc, &e, exclude);
+                None
+            }
+        };
         let mut kept: Vec<Bytes> = Vec::new();
         let mut kept_len: u64 = 0;
         let mut pending = Some(first);
         let mut carry = None;
-        let mut complete = false;
         let mut at_end = false;
-        let mut last = String::new();
+        while kept_len < size_max {
+            let piece = match pending.take() {
+                Some(p) => p,
+                None => {
+                    let p = read_piece(source).await?;
+                    if p.is_empty() {
+                        at_end = true;
+                        break;
+                    }
+                    p
+                }
+            };
+            // A piece never straddles two chunks.
+            let room = size_max - kept_len;
+            let now = if piece.len() as u64 > room {
+                carry = Some(piece.slice(room as usize..));
+                piece.slice(..room as usize)
+            } else {
+                piece
+            };
+            hasher.update(&now);
+            kept_len += now.len() as u64;
+            kept.push(now.clone());
+            if let Some(w) = chain.as_mut()
+                && let Err(e) = Self::send_piece(w, &now).await
+            {
+                self.exclude(&w.alloc, &e, exclude);
+                chain = None;
+            }
+        }
+        Ok(StreamedChunk {
+            chain,
+            kept,
+            carry,
+            at_end,
+        })
+    }
+
+    /// Wait for a streamed chunk's acknowledgement; if its chain broke, resend the kept pieces
+    /// on fresh chains (the broken chunk is abandoned and becomes garbage).
+    async fn finish_chunk(
+        &self,
+        chain: Option<ChainWrite>,
+        kept: Vec<Bytes>,
+        mut exclude: BTreeSet<ServerId>,
+    ) -> Result<Extent, DataError> {
+        let mut last = String::from("the chain broke while streaming");
         let mut handle = String::new();
-        for _ in 0..CHAIN_ATTEMPTS {
+        if let Some(w) = chain {
+            handle = w.alloc.handle.to_string();
+            match Self::end_chain(w).await {
+                Ok((alloc, ack)) => return Ok(extent(&alloc, &ack)),
+                Err((alloc, e)) => {
+                    self.exclude(&alloc, &e, &mut exclude);
+                    last = e.message;
+                }
+            }
+        }
+        for _ in 1..CHAIN_ATTEMPTS {
             let alloc = self.allocate(&exclude).await?;
             handle = alloc.handle.to_string();
-            let size_max = alloc.size_max.max(1);
             let mut w = match self.open_chain(alloc).await {
                 Ok(w) => w,
                 Err((alloc, e)) => {
@@ -367,48 +465,12 @@ impl DataClient {
                     break;
                 }
             }
-            while failed.is_none() && !complete {
-                let piece = match pending.take() {
-                    Some(p) => p,
-                    None => {
-                        let p = read_piece(source).await?;
-                        if p.is_empty() {
-                            at_end = true;
-                            complete = true;
-                            break;
-                        }
-                        p
-                    }
-                };
-                // A piece never straddles two chunks.
-                let room = size_max - kept_len;
-                let now = if piece.len() as u64 > room {
-                    carry = Some(piece.slice(room as usize..));
-                    piece.slice(..room as usize)
-                } else {
-                    piece
-                };
-                hasher.update(&now);
-                kept_len += now.len() as u64;
-                kept.push(now.clone());
-                complete = kept_len == size_max;
-                if let Err(e) = Self::send_piece(&mut w, &now).await {
-                    failed = Some(e);
-                }
-            }
             let result = match failed {
                 None => Self::end_chain(w).await,
                 Some(e) => Err((w.alloc, e)),
             };
             match result {
-                Ok((alloc, ack)) => {
-                    let extent = Extent {
-                        handle: alloc.handle,
-                        offset: 0,
-                        len: ack.len,
-                    };
-                    return Ok((extent, carry, at_end));
-                }
+                Ok((alloc, ack)) => return Ok(extent(&alloc, &ack)),
                 Err((alloc, e)) => {
                     self.exclude(&alloc, &e, &mut exclude);
                     last = e.message;
@@ -423,11 +485,15 @@ impl DataClient {
 
     /// Store everything `source` yields; returns its size, BLAKE3 and extents once every replica
     /// of every chunk has acknowledged. Nothing is visible until [`DataClient::commit`].
+    ///
+    /// While one chunk's replicas sync and acknowledge, the next chunk is already streaming: at
+    /// most two chunks are held in memory.
     pub async fn put(&self, source: &mut (impl AsyncRead + Unpin)) -> Result<Written, DataError> {
         let mut hasher = blake3::Hasher::new();
         let mut extents = Vec::new();
-        let mut size = 0;
         let mut carry: Option<Bytes> = None;
+        let mut exclude = BTreeSet::new();
+        let mut acking: Option<tokio::task::JoinHandle<Result<Extent, DataError>>> = None;
         loop {
             let first = match carry.take() {
                 Some(b) => b,
@@ -439,16 +505,29 @@ impl DataClient {
                     p
                 }
             };
-            let (extent, rest, ended) = self.put_chunk(first, source, &mut hasher).await?;
-            size += extent.len;
-            extents.push(extent);
-            carry = rest;
-            if ended && carry.is_none() {
+            let streamed = self
+                .stream_chunk(first, source, &mut hasher, &mut exclude)
+                .await?;
+            if let Some(previous) = acking.take() {
+                extents.push(join(previous).await?);
+            }
+            let client = self.clone();
+            let excluded = exclude.clone();
+            acking = Some(tokio::spawn(async move {
+                client
+                    .finish_chunk(streamed.chain, streamed.kept, excluded)
+                    .await
+            }));
+            carry = streamed.carry;
+            if streamed.at_end && carry.is_none() {
                 break;
             }
         }
+        if let Some(previous) = acking.take() {
+            extents.push(join(previous).await?);
+        }
         Ok(Written {
-            size,
+            size: extents.iter().map(|e| e.len).sum(),
             blake3: *hasher.finalize().as_bytes(),
             extents,
         })
@@ -562,13 +641,41 @@ impl DataClient {
                 locations.insert(loc.handle, loc);
             }
         }
+        // Pieces of at most READ_SPAN bytes, READ_PARALLEL fetched at once (each on its own
+        // stream), written out in order: memory stays under READ_PARALLEL × READ_SPAN.
+        let mut spans = std::collections::VecDeque::new();
         for (handle, off, n) in segments {
-            let loc = locations.get(&handle).cloned().unwrap_or(Location {
-                handle,
-                version: 0,
-                replicas: Vec::new(),
-            });
-            self.read_segment(loc, off, n, out).await?;
+            let mut at = 0;
+            while at < n {
+                let len = (n - at).min(READ_SPAN);
+                spans.push_back((handle, off + at, len));
+                at += len;
+            }
+        }
+        let mut running = std::collections::VecDeque::new();
+        loop {
+            while running.len() < READ_PARALLEL
+                && let Some((handle, off, n)) = spans.pop_front()
+            {
+                let loc = locations.get(&handle).cloned().unwrap_or(Location {
+                    handle,
+                    version: 0,
+                    replicas: Vec::new(),
+                });
+                let client = self.clone();
+                running.push_back(tokio::spawn(async move {
+                    let mut buf = Vec::with_capacity(n as usize);
+                    client
+                        .read_segment(loc, off, n, &mut buf)
+                        .await
+                        .map(|()| buf)
+                }));
+            }
+            let Some(next) = running.pop_front() else {
+                break;
+            };
+            let bytes = next.await.map_err(|e| DataError::Task(e.to_string()))??;
+            out.write_all(&bytes).await.map_err(DataError::Sink)?;
         }
         out.flush().await.map_err(DataError::Sink)?;
         Ok(len)

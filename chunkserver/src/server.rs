@@ -98,6 +98,8 @@ struct Inner {
     load: AtomicU32,
     /// Replicas found corrupt (already deleted), for the next heartbeat.
     corrupt: Mutex<Vec<ChunkHandle>>,
+    /// Copies that failed, for the next heartbeat.
+    copies_failed: Mutex<Vec<ChunkHandle>>,
     /// Chunks being written or copied in (not reported until sealed; not scrubbed).
     busy: Mutex<HashMap<ChunkHandle, ()>>,
 }
@@ -254,6 +256,7 @@ impl Chunkserver {
             options,
             load: AtomicU32::new(0),
             corrupt: Mutex::new(Vec::new()),
+            copies_failed: Mutex::new(Vec::new()),
             busy: Mutex::new(HashMap::new()),
         });
         let cs = Chunkserver { inner };
@@ -363,6 +366,12 @@ impl Chunkserver {
             .map_err(|e| failure(&me, e.to_string()))?
             .map_err(|e| failure(&me, e.to_string()))?;
         let result = self.write_pieces(&h, recv).await;
+        if let Err(e) = &result
+            && let Ok(peer) = e.server.parse::<SocketAddr>()
+            && peer != self.inner.addr
+        {
+            self.inner.peers.forget(peer);
+        }
         if result.is_err() {
             let inner = self.inner.clone();
             let _ = tokio::task::spawn_blocking(move || inner.store.delete(handle)).await;
@@ -411,7 +420,7 @@ impl Chunkserver {
                         return Err(failure(&me, format!("chunk exceeds {size_max} bytes")));
                     }
                     if let Some((addr, send, _)) = next.as_mut() {
-                        tokio::time::timeout(FORWARD_TIMEOUT, frame::write_frame(send, &f))
+                        tokio::time::timeout(FORWARD_TIMEOUT, frame::write_frame_quic(send, &f))
                             .await
                             .map_err(|_| failure(addr, "forwarding stalled"))?
                             .map_err(|e| failure(addr, format!("forwarding: {e}")))?;
@@ -424,7 +433,7 @@ impl Chunkserver {
                     let end: WriteEnd = postcard::from_bytes(&f.body)
                         .map_err(|e| failure(&me, format!("bad write end: {e}")))?;
                     if let Some((addr, send, _)) = next.as_mut() {
-                        frame::write_frame(send, &f)
+                        frame::write_frame_quic(send, &f)
                             .await
                             .map_err(|e| failure(addr, format!("forwarding: {e}")))?;
                         let _ = send.finish();
@@ -619,9 +628,19 @@ impl Chunkserver {
             .await
             .map_err(|e| e.to_string())?;
         let _ = send.finish();
-        let f = frame::read_frame(&mut recv, 1 << 20)
+        let f = match tokio::time::timeout(FORWARD_TIMEOUT, frame::read_frame(&mut recv, 1 << 20))
             .await
-            .map_err(|e| e.to_string())?;
+        {
+            Ok(Ok(f)) => f,
+            Ok(Err(e)) => {
+                self.inner.peers.forget(peer);
+                return Err(e.to_string());
+            }
+            Err(_) => {
+                self.inner.peers.forget(peer);
+                return Err(format!("{from} did not answer within {FORWARD_TIMEOUT:?}"));
+            }
+        };
         let header: Result<ReadHeader, ChunkFailure> =
             postcard::from_bytes(&f.body).map_err(|e| e.to_string())?;
         let header = header.map_err(|e| e.to_string())?;
@@ -637,6 +656,7 @@ impl Chunkserver {
             .copy_pieces(handle, header.len, digest, &mut recv)
             .await;
         if result.is_err() {
+            self.inner.peers.forget(peer);
             let inner = self.inner.clone();
             let _ = tokio::task::spawn_blocking(move || inner.store.delete(handle)).await;
         }
@@ -654,8 +674,23 @@ impl Chunkserver {
         let mut left = len;
         while left > 0 {
             let n = left.min(PIECE as u64) as usize;
-            let mut buf = BytesMut::zeroed(n);
-            recv.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
+            let mut buf = BytesMut::with_capacity(n);
+            while buf.len() < n {
+                let want = (n - buf.len()) as u64;
+                let got = tokio::time::timeout(
+                    FORWARD_TIMEOUT,
+                    tokio::io::AsyncReadExt::read_buf(
+                        &mut tokio::io::AsyncReadExt::take(&mut *recv, want),
+                        &mut buf,
+                    ),
+                )
+                .await
+                .map_err(|_| format!("the source stalled for {FORWARD_TIMEOUT:?}"))?
+                .map_err(|e| e.to_string())?;
+                if got == 0 {
+                    return Err("the source ended early".into());
+                }
+            }
             if !writer.push(buf.freeze()).await {
                 break;
             }
@@ -717,6 +752,7 @@ impl Chunkserver {
         loop {
             let mut now = self.replicas();
             let corrupt = std::mem::take(&mut *self.inner.corrupt.lock());
+            let copies_failed = std::mem::take(&mut *self.inner.copies_failed.lock());
             // The master forgets a corrupt replica; if a fresh copy is here again by now, it
             // must be reported as new.
             if let Some(before) = reported.as_mut() {
@@ -745,6 +781,7 @@ impl Chunkserver {
                 replicas,
                 removed,
                 corrupt: corrupt.clone(),
+                copies_failed: copies_failed.clone(),
             };
             match self.inner.master.call_leader::<HeartbeatRpc, _>(&hb).await {
                 Ok(reply) => {
@@ -769,6 +806,7 @@ impl Chunkserver {
                 Err(e) => {
                     tracing::debug!(error = %e, "heartbeat failed");
                     self.inner.corrupt.lock().extend(corrupt);
+                    self.inner.copies_failed.lock().extend(copies_failed);
                     reported = None;
                 }
             }
@@ -796,7 +834,10 @@ impl Chunkserver {
                 from,
             } => match self.copy_from(handle, version, &from).await {
                 Ok(()) => tracing::info!(chunk = %handle, %from, "replica copied"),
-                Err(e) => tracing::warn!(chunk = %handle, %from, error = %e, "copy failed"),
+                Err(e) => {
+                    tracing::warn!(chunk = %handle, %from, error = %e, "copy failed");
+                    self.inner.copies_failed.lock().push(handle);
+                }
             },
         }
     }

@@ -112,6 +112,11 @@ impl ClusterMap {
         for h in &hb.corrupt {
             tracing::warn!(chunk = %h, server = id, "chunkserver reported a corrupt replica");
         }
+        for h in &hb.copies_failed {
+            if self.copies.get(h).is_some_and(|(to, _)| *to == id) {
+                self.copies.remove(h);
+            }
+        }
         HeartbeatReply {
             full_report: false,
             tasks,

@@ -17,3 +17,42 @@ pub mod planner;
 pub mod protocol;
 
 pub use dataplane::{DataOptions, DataPlane};
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use cairn_engine::state::settings::ClusterSettings;
+use cairn_engine::state::{Registry, StateError, Typed};
+use cairn_proto::NodeIdentity;
+use cairn_raft::{NodeError, RaftNode, RaftOptions};
+
+/// Every service on the replicated log, in one place.
+pub fn registry() -> Result<Registry, StateError> {
+    let mut r = Registry::new();
+    r.register(Typed(ClusterSettings))?;
+    r.register(Typed(chunks::ChunkService))?;
+    r.register(Typed(objects::ObjectService))?;
+    Ok(r)
+}
+
+/// Start a master node with every service and the data plane beside it, serving on `listen`.
+pub async fn start(
+    id: u64,
+    dir: &Path,
+    listen: SocketAddr,
+    identity: &NodeIdentity,
+    raft: RaftOptions,
+    data: DataOptions,
+) -> Result<(RaftNode, DataPlane), NodeError> {
+    let mut plane = None;
+    let node =
+        RaftNode::start_with_routes(id, dir, listen, identity, registry, raft, |node, router| {
+            let dp = DataPlane::start(node.clone(), data);
+            let router = dp.routes(router);
+            plane = Some(dp);
+            router
+        })
+        .await?;
+    let plane = plane.ok_or_else(|| NodeError::Raft("the data plane did not start".into()))?;
+    Ok((node, plane))
+}

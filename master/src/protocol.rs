@@ -45,6 +45,8 @@ pub struct Heartbeat {
     pub removed: Vec<ChunkHandle>,
     /// Replicas found corrupt (and already deleted) by reads or the scrubber.
     pub corrupt: Vec<ChunkHandle>,
+    /// Copies the master asked for that failed (it may plan them again at once).
+    pub copies_failed: Vec<ChunkHandle>,
 }
 
 /// Work the master hands a chunkserver in a heartbeat reply.

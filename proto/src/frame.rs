@@ -163,8 +163,19 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     }
     r.read_exact(&mut h[1..]).await.map_err(io_err)?;
     let (kind, method, len) = decode_header(&h, max_body)?;
-    let mut body = BytesMut::zeroed(len as usize);
-    r.read_exact(&mut body).await.map_err(io_err)?;
+    // Filled without zeroing first (bodies are up to megabytes on the data path).
+    let mut body = BytesMut::with_capacity(len as usize);
+    while body.len() < len as usize {
+        let want = len as u64 - body.len() as u64;
+        let n = (&mut *r)
+            .take(want)
+            .read_buf(&mut body)
+            .await
+            .map_err(io_err)?;
+        if n == 0 {
+            return Err(FrameError::Truncated);
+        }
+    }
     let mut crc = [0u8; 4];
     r.read_exact(&mut crc).await.map_err(io_err)?;
     if crc32c::crc32c(&body) != u32::from_le_bytes(crc) {
@@ -185,6 +196,17 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
     let io = |e: std::io::Error| FrameError::Io(e.to_string());
     w.write_all(&frame.encode_header()).await.map_err(io)?;
     w.write_all(&frame.body).await.map_err(io)?;
+    w.write_all(&crc32c::crc32c(&frame.body).to_le_bytes())
+        .await
+        .map_err(io)?;
+    Ok(())
+}
+
+/// Write one frame to a QUIC stream, handing the body to quinn without copying it.
+pub async fn write_frame_quic(w: &mut quinn::SendStream, frame: &Frame) -> Result<(), FrameError> {
+    let io = |e: quinn::WriteError| FrameError::Io(e.to_string());
+    w.write_all(&frame.encode_header()).await.map_err(io)?;
+    w.write_chunk(frame.body.clone()).await.map_err(io)?;
     w.write_all(&crc32c::crc32c(&frame.body).to_le_bytes())
         .await
         .map_err(io)?;

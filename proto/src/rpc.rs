@@ -394,8 +394,10 @@ impl Client {
         }
     }
 
-    /// Drop the cached connection to `addr` (the next call reconnects).
-    fn forget(&self, addr: SocketAddr) {
+    /// Drop the cached connection to `addr` (the next call reconnects). For callers that saw
+    /// a stream stall: a peer that restarted on the same address leaves the old connection
+    /// open until its idle timeout.
+    pub fn forget(&self, addr: SocketAddr) {
         self.connections.lock().remove(&addr);
     }
 

@@ -6,6 +6,10 @@
 //! fsync rate measured in the same run (4 KiB append + fdatasync loop).
 //!
 //! `cairn-bench raft-memory --keys N`: resident memory of a one-node master holding N keys.
+//!
+//! `cairn-bench data`: sequential write and read of one object through the data client, with
+//! R=1 and R=3 (three chunkservers on this machine's one disk), beside raw disk write+fsync, raw
+//! read and raw TCP loopback measured in the same run; and the process's peak RSS.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -69,6 +73,32 @@ enum Command {
         #[arg(long)]
         pid: Option<u32>,
     },
+    /// Data-plane throughput: 1 GiB write and read through the client at R=1 and R=3.
+    Data {
+        /// Object size (e.g. 1GiB).
+        #[arg(long, default_value = "1GiB", value_parser = parse_size)]
+        size: u64,
+        /// Replication factors to measure (comma-separated; three chunkservers run).
+        #[arg(long, value_delimiter = ',', default_value = "1,3")]
+        replication: Vec<u8>,
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size"))?;
+    let mult = match unit {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => return Err(format!("unknown unit {other:?}")),
+    };
+    n.checked_mul(mult).ok_or_else(|| "too large".to_string())
 }
 
 fn registry() -> Result<Registry, StateError> {
@@ -345,6 +375,8 @@ async fn raft_memory(
     Ok(())
 }
 
+mod data;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
@@ -362,6 +394,11 @@ fn main() -> ExitCode {
                 nodes,
                 dir,
             } => raft(seconds, clients, nodes, dir).await,
+            Command::Data {
+                size,
+                replication,
+                dir,
+            } => data::run(size, replication, dir).await,
             Command::RaftMemory {
                 keys,
                 clients,

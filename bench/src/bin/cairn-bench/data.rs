@@ -1,0 +1,260 @@
+//! `cairn-bench data`: the data plane against the machine's own limits, in one run.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use cairn_chunkserver::{Chunkserver, ChunkserverOptions, DataClient};
+use cairn_master::DataOptions;
+use cairn_proto::{ClusterCa, TransportOptions};
+use cairn_raft::{MasterClient, RaftOptions};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
+
+const MIB: usize = 1 << 20;
+
+/// An endless source of incompressible bytes (a 4 MiB random block, each MiB of it stamped with
+/// a counter) that holds no more than that block in memory.
+struct Source {
+    block: Vec<u8>,
+    left: u64,
+    at: usize,
+    counter: u64,
+}
+
+impl Source {
+    fn new(len: u64) -> Source {
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let block = (0..4 * MIB)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        Source {
+            block,
+            left: len,
+            at: 0,
+            counter: 0,
+        }
+    }
+}
+
+impl AsyncRead for Source {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let n = (buf.remaining() as u64)
+            .min(self.left)
+            .min((self.block.len() - self.at) as u64) as usize;
+        if n > 0 {
+            let at = self.at;
+            if at.is_multiple_of(MIB) {
+                self.counter += 1;
+                let c = self.counter.to_le_bytes();
+                self.block[at..at + 8].copy_from_slice(&c);
+            }
+            buf.put_slice(&self.block[at..at + n]);
+            self.at = (at + n) % self.block.len();
+            self.left -= n as u64;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+fn gib_s(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / d.as_secs_f64() / f64::from(1u32 << 30)
+}
+
+/// Sequential 1 MiB writes then one fdatasync; then reading the file back.
+fn raw_disk(dir: &Path, size: u64) -> std::io::Result<(f64, f64)> {
+    let path = dir.join("raw-disk-probe");
+    let block = vec![0x5au8; MIB];
+    let start = Instant::now();
+    let mut f = std::fs::File::create(&path)?;
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(MIB as u64) as usize;
+        f.write_all(&block[..n])?;
+        left -= n as u64;
+    }
+    f.sync_data()?;
+    let write = gib_s(size, start.elapsed());
+    drop(f);
+    let start = Instant::now();
+    let mut f = std::fs::File::open(&path)?;
+    let mut buf = vec![0u8; MIB];
+    while f.read(&mut buf)? > 0 {}
+    let read = gib_s(size, start.elapsed());
+    std::fs::remove_file(&path)?;
+    Ok((write, read))
+}
+
+/// `size` bytes over one loopback TCP connection in 1 MiB writes.
+async fn raw_tcp(size: u64) -> anyhow::Result<f64> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let receiver = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await?;
+        let mut buf = vec![0u8; MIB];
+        let mut got = 0u64;
+        loop {
+            let n = s.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            got += n as u64;
+        }
+        Ok::<_, std::io::Error>(got)
+    });
+    let start = Instant::now();
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    let block = vec![0xa5u8; MIB];
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(MIB as u64) as usize;
+        s.write_all(&block[..n]).await?;
+        left -= n as u64;
+    }
+    s.shutdown().await?;
+    drop(s);
+    let got = receiver.await??;
+    anyhow::ensure!(got == size, "TCP probe moved {got} of {size} bytes");
+    Ok(gib_s(size, start.elapsed()))
+}
+
+/// Anonymous resident memory (heap, buffers) in MiB. Mapped chunk files (sealed chunks are read
+/// through mmap) are page cache the kernel can drop at will, so they are left out.
+fn anon_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("RssAnon:"))?.to_owned();
+            line.split_whitespace().nth(1)?.parse::<f64>().ok()
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// Samples `anon_mib` every 20 ms; returns the peak when stopped.
+fn sample_peak() -> (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tokio::task::JoinHandle<f64>,
+) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s = stop.clone();
+    let task = tokio::spawn(async move {
+        let mut peak: f64 = 0.0;
+        while !s.load(std::sync::atomic::Ordering::Relaxed) {
+            peak = peak.max(anon_mib());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        peak
+    });
+    (stop, task)
+}
+
+pub async fn run(
+    size: u64,
+    replication: Vec<u8>,
+    dir: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
+    let base = dir.unwrap_or_else(std::env::temp_dir);
+    let tmp = tempfile::tempdir_in(&base)?;
+    let root = tmp.path();
+    let (disk_write, disk_read) = raw_disk(root, size)?;
+    let tcp = raw_tcp(size).await?;
+    let gib = size as f64 / f64::from(1u32 << 30);
+    println!(
+        "Object: {gib:.2} GiB. Same run: raw disk write+fsync {disk_write:.2} GiB/s, raw read {disk_read:.2} GiB/s, raw TCP loopback {tcp:.2} GiB/s.\n"
+    );
+    println!(
+        "| R | write GiB/s | vs target base | read GiB/s | vs min(raw read, TCP) | peak anon RSS |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for r in replication {
+        let dir = root.join(format!("r{r}"));
+        let ca = ClusterCa::create(&dir.join("ca"))?;
+        let master_id = ca.issue("master", &[])?;
+        let (node, _plane) = cairn_master::start(
+            1,
+            &dir.join("master"),
+            "127.0.0.1:0".parse()?,
+            &master_id,
+            RaftOptions::default(),
+            DataOptions {
+                replication: r,
+                ..DataOptions::default()
+            },
+        )
+        .await?;
+        node.initialize_if_new().await?;
+        let mut servers = Vec::new();
+        for i in 0..3 {
+            let id = ca.issue(&format!("cs-{i}"), &[])?;
+            let options = ChunkserverOptions {
+                masters: vec![node.addr],
+                heartbeat: Duration::from_millis(200),
+                scrub_rate: 0,
+                ..ChunkserverOptions::default()
+            };
+            servers.push(Chunkserver::start(&dir.join(format!("cs{i}")), &id, options).await?);
+        }
+        let client_id = ca.issue("client", &[])?;
+        let ep = cairn_proto::endpoint(
+            "127.0.0.1:0".parse()?,
+            &client_id,
+            &TransportOptions::default(),
+        )?;
+        let client = DataClient::new(MasterClient::new(ep.clone(), vec![node.addr]), ep);
+        // Wait for the three chunkservers to report.
+        let start = Instant::now();
+        loop {
+            if let Ok(s) = client.status().await
+                && s.servers.iter().filter(|s| s.alive).count() == 3
+            {
+                break;
+            }
+            anyhow::ensure!(
+                start.elapsed() < Duration::from_secs(30),
+                "chunkservers did not report"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (stop, peak) = sample_peak();
+        let start = Instant::now();
+        let written = client.put(&mut Source::new(size)).await?;
+        let write = gib_s(size, start.elapsed());
+        let start = Instant::now();
+        let mut sink = tokio::io::sink();
+        client
+            .read(&written.extents, 0, written.size, &mut sink)
+            .await?;
+        let read = gib_s(size, start.elapsed());
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let peak = peak.await.unwrap_or(0.0);
+        let write_base = disk_write / f64::from(r);
+        println!(
+            "| {r} | {write:.2} | {:.0}% of raw write{} | {read:.2} | {:.0}% | {peak:.0} MiB |",
+            100.0 * write / write_base,
+            if r > 1 {
+                format!(" / {r}")
+            } else {
+                String::new()
+            },
+            100.0 * read / disk_read.min(tcp),
+        );
+        for s in &servers {
+            s.shutdown().await;
+        }
+        node.shutdown().await;
+    }
+    println!(
+        "\nPeak anonymous RSS is of this whole process: master, 3 chunkservers and the client."
+    );
+    Ok(())
+}
