@@ -121,9 +121,6 @@ enum ReadFail {
     },
 }
 
-/// Handles per locate call.
-const ALLOCATE_BATCH: usize = 1024;
-
 /// Why one chain attempt failed.
 struct ChainError {
     /// The chunkserver to avoid next time, if known.
@@ -636,7 +633,7 @@ impl DataClient {
         handles.sort_unstable();
         handles.dedup();
         let mut locations = std::collections::HashMap::new();
-        for batch in handles.chunks(ALLOCATE_BATCH) {
+        for batch in handles.chunks(cairn_master::dataplane::LOCATE_MAX) {
             for loc in self.locate(batch.to_vec()).await? {
                 locations.insert(loc.handle, loc);
             }

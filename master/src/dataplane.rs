@@ -20,6 +20,9 @@ use crate::protocol::{
     HeartbeatRpc, LocateRpc, Location,
 };
 
+/// Most chunks one locate call may name.
+pub const LOCATE_MAX: usize = 1024;
+
 /// Data-plane settings of the master group.
 #[derive(Clone, Copy, Debug)]
 pub struct DataOptions {
@@ -224,23 +227,21 @@ impl DataPlane {
 
     async fn locate(&self, handles: Vec<ChunkHandle>) -> Result<Vec<Location>, ProposeError> {
         self.leading()?;
+        if handles.len() > LOCATE_MAX {
+            return Err(ProposeError::Failed(format!(
+                "locate at most {LOCATE_MAX} chunks per call, not {}",
+                handles.len()
+            )));
+        }
         // Versions come from the log (the replicas' own claims are not trusted for this).
-        let node = self.node.clone();
         let hs = handles.clone();
-        let records = tokio::task::spawn_blocking(move || {
-            let txn = node
-                .state
-                .store()
-                .db()
-                .begin_read()
-                .map_err(StateError::from)?;
-            hs.iter()
-                .map(|h| ChunkService::get(&txn, *h))
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .await
-        .map_err(|e| ProposeError::Failed(e.to_string()))?
-        .map_err(|e| ProposeError::Failed(e.to_string()))?;
+        let records = self
+            .read_state(move |txn| {
+                hs.iter()
+                    .map(|h| ChunkService::get(txn, *h))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .await?;
         let now = self.now();
         let map = self.map()?;
         Ok(handles
@@ -261,6 +262,26 @@ impl DataPlane {
             .collect())
     }
 
+    /// Run `read` on a read transaction of this node's state, on a blocking thread.
+    async fn read_state<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&redb::ReadTransaction) -> Result<T, StateError> + Send + 'static,
+    ) -> Result<T, ProposeError> {
+        let node = self.node.clone();
+        tokio::task::spawn_blocking(move || {
+            let txn = node
+                .state
+                .store()
+                .db()
+                .begin_read()
+                .map_err(StateError::from)?;
+            read(&txn)
+        })
+        .await
+        .map_err(|e| ProposeError::Failed(e.to_string()))?
+        .map_err(|e| ProposeError::Failed(e.to_string()))
+    }
+
     async fn run_ticks(&self) {
         let mut interval = tokio::time::interval(self.options.tick);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -276,21 +297,12 @@ impl DataPlane {
     }
 
     async fn tick(&self) -> Result<(), ProposeError> {
-        let node = self.node.clone();
-        let (records, next) = tokio::task::spawn_blocking(move || {
-            let txn = node
-                .state
-                .store()
-                .db()
-                .begin_read()
-                .map_err(StateError::from)?;
-            let records = ChunkService::scan(&txn, None, usize::MAX)?;
-            let next = ChunkService::next_handle(&txn)?;
-            Ok::<_, StateError>((records, next))
-        })
-        .await
-        .map_err(|e| ProposeError::Failed(e.to_string()))?
-        .map_err(|e| ProposeError::Failed(e.to_string()))?;
+        let (records, next) = self
+            .read_state(|txn| {
+                let records = ChunkService::scan(txn, None, usize::MAX)?;
+                Ok((records, ChunkService::next_handle(txn)?))
+            })
+            .await?;
         let plan = {
             let now = self.now();
             self.map()?.tick(
