@@ -28,7 +28,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_cairn");
 const MIB: usize = 1 << 20;
 const KIB: usize = 1 << 10;
 /// Liveness bound for convergence waits.
-const CONVERGE: Duration = Duration::from_secs(40);
+const CONVERGE: Duration = Duration::from_secs(90);
 
 fn free_udp() -> SocketAddr {
     std::net::UdpSocket::bind("127.0.0.1:0")

@@ -23,6 +23,8 @@ use crate::protocol::{
     RESET_CORRUPT, RESET_READ_FAILED, ReadHeader, ReadRequest, WriteAck, WriteEnd, WriteHeader,
 };
 
+/// Heartbeats between two full replica reports.
+const FULL_REPORT_EVERY: u64 = 300;
 /// Longest a forward to the next replica may stall.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest wait for the rest of the chain to acknowledge after the last byte.
@@ -100,6 +102,9 @@ struct Inner {
     corrupt: Mutex<Vec<ChunkHandle>>,
     /// Copies that failed, for the next heartbeat.
     copies_failed: Mutex<Vec<ChunkHandle>>,
+    /// Replicas to report again even if unchanged (a copy found the chunk already here: the
+    /// master asked because its map lacks it).
+    rereport: Mutex<Vec<ChunkHandle>>,
     /// Chunks being written or copied in (not reported until sealed; not scrubbed).
     busy: Mutex<HashMap<ChunkHandle, ()>>,
 }
@@ -257,6 +262,7 @@ impl Chunkserver {
             load: AtomicU32::new(0),
             corrupt: Mutex::new(Vec::new()),
             copies_failed: Mutex::new(Vec::new()),
+            rereport: Mutex::new(Vec::new()),
             busy: Mutex::new(HashMap::new()),
         });
         let cs = Chunkserver { inner };
@@ -749,14 +755,22 @@ impl Chunkserver {
     /// Report to the master group every interval and carry out what it answers.
     async fn heartbeats(&self) {
         let mut reported: Option<HashMap<ChunkHandle, Replica>> = None;
+        let mut beats: u64 = 0;
         loop {
+            beats += 1;
+            // A full report now and then repairs anything a lost reply left the master
+            // believing (its map is soft state).
+            if beats.is_multiple_of(FULL_REPORT_EVERY) {
+                reported = None;
+            }
             let mut now = self.replicas();
             let corrupt = std::mem::take(&mut *self.inner.corrupt.lock());
             let copies_failed = std::mem::take(&mut *self.inner.copies_failed.lock());
             // The master forgets a corrupt replica; if a fresh copy is here again by now, it
             // must be reported as new.
+            let rereport = std::mem::take(&mut *self.inner.rereport.lock());
             if let Some(before) = reported.as_mut() {
-                for h in &corrupt {
+                for h in corrupt.iter().chain(&rereport) {
                     before.remove(h);
                 }
             }
@@ -833,7 +847,10 @@ impl Chunkserver {
                 version,
                 from,
             } => match self.copy_from(handle, version, &from).await {
-                Ok(()) => tracing::info!(chunk = %handle, %from, "replica copied"),
+                Ok(()) => {
+                    tracing::info!(chunk = %handle, %from, "replica copied");
+                    self.inner.rereport.lock().push(handle);
+                }
                 Err(e) => {
                     tracing::warn!(chunk = %handle, %from, error = %e, "copy failed");
                     self.inner.copies_failed.lock().push(handle);

@@ -15,7 +15,7 @@ use crate::protocol::{
 };
 
 /// How long a planned copy may run before it is planned again.
-const COPY_TIMEOUT_MS: u64 = 120_000;
+const COPY_TIMEOUT_MS: u64 = 30_000;
 /// How long an allocation's chain stands in for replica reports.
 const EXPECTED_MS: u64 = 600_000;
 
