@@ -27,7 +27,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::protocol::{
     ChunkFailure, METHOD_READ, METHOD_WRITE, METHOD_WRITE_DATA, METHOD_WRITE_END, PIECE,
-    RESET_CORRUPT, ReadHeader, ReadRequest, WriteAck, WriteEnd, WriteHeader,
+    RESET_CORRUPT, ReadHeader, ReadRequest, WriteAck, WriteEnd, WriteHeader, encode,
 };
 
 /// Fresh chains tried for one chunk before a write gives up.
@@ -126,10 +126,6 @@ struct ChainError {
     /// The chunkserver to avoid next time, if known.
     server: Option<String>,
     message: String,
-}
-
-fn encode<T: serde::Serialize>(v: &T) -> Bytes {
-    Bytes::from(postcard::to_stdvec(v).unwrap_or_default())
 }
 
 /// Read up to `PIECE` bytes from `source` (fewer only at the end).

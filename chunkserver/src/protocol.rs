@@ -13,8 +13,15 @@
 //! then exactly `len` raw bytes. A block that fails its checksum mid-stream resets the stream with
 //! [`RESET_CORRUPT`] (the replica is dropped and reported; the reader fails over).
 
+use bytes::Bytes;
 use cairn_engine::chunk::ChunkHandle;
 use serde::{Deserialize, Serialize};
+
+/// A protocol message as a frame body. The messages are plain structs, which postcard always
+/// encodes.
+pub(crate) fn encode<T: Serialize>(v: &T) -> Bytes {
+    Bytes::from(postcard::to_stdvec(v).unwrap_or_default())
+}
 
 pub const METHOD_WRITE: u16 = 300;
 pub const METHOD_READ: u16 = 301;

@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use crate::protocol::{
     CHAIN_MAX, ChunkFailure, METHOD_READ, METHOD_WRITE, METHOD_WRITE_DATA, METHOD_WRITE_END, PIECE,
     RESET_CORRUPT, RESET_READ_FAILED, ReadHeader, ReadRequest, WriteAck, WriteEnd, WriteHeader,
+    encode,
 };
 
 /// Heartbeats between two full replica reports.
@@ -155,11 +156,6 @@ fn failure(server: &str, message: impl Into<String>) -> ChunkFailure {
         message: message.into(),
         corrupt: false,
     }
-}
-
-fn encode<T: serde::Serialize>(v: &T) -> Bytes {
-    // Plain structs always encode with postcard.
-    Bytes::from(postcard::to_stdvec(v).unwrap_or_default())
 }
 
 /// Appends pieces to a new local chunk on a blocking thread, then seals it (which fsyncs).
