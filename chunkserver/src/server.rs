@@ -2,7 +2,7 @@
 //! heartbeat loop that reports replicas and carries out the master's tasks (delete, copy), and
 //! the scrubber.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -107,7 +107,7 @@ struct Inner {
     /// master asked because its map lacks it).
     rereport: Mutex<Vec<ChunkHandle>>,
     /// Chunks being written or copied in (not reported until sealed; not scrubbed).
-    busy: Mutex<HashMap<ChunkHandle, ()>>,
+    busy: Mutex<HashSet<ChunkHandle>>,
 }
 
 /// Counts a transfer in the server's load while alive.
@@ -259,7 +259,7 @@ impl Chunkserver {
             corrupt: Mutex::new(Vec::new()),
             copies_failed: Mutex::new(Vec::new()),
             rereport: Mutex::new(Vec::new()),
-            busy: Mutex::new(HashMap::new()),
+            busy: Mutex::new(HashSet::new()),
         });
         let cs = Chunkserver { inner };
         tokio::spawn(cairn_proto::serve(
@@ -327,7 +327,7 @@ impl Chunkserver {
             Err(e) => Err(failure(&self.me(), format!("bad write header: {e}"))),
             Ok(h) => {
                 let handle = h.handle;
-                if self.inner.busy.lock().insert(handle, ()).is_some() {
+                if !self.inner.busy.lock().insert(handle) {
                     Err(failure(
                         &self.me(),
                         format!("chunk {handle} is already being written"),
@@ -597,7 +597,7 @@ impl Chunkserver {
     /// next heartbeat.
     async fn copy_from(&self, handle: ChunkHandle, version: u64, from: &str) -> Result<(), String> {
         let _load = LoadGuard::new(&self.inner.load);
-        if self.inner.busy.lock().insert(handle, ()).is_some() {
+        if !self.inner.busy.lock().insert(handle) {
             return Err("the chunk is already being written here".into());
         }
         let result = self.copy_in(handle, version, from).await;
@@ -733,7 +733,7 @@ impl Chunkserver {
             .store
             .list()
             .into_iter()
-            .filter(|i| i.sealed && !busy.contains_key(&i.handle))
+            .filter(|i| i.sealed && !busy.contains(&i.handle))
             .map(|i| {
                 (
                     i.handle,
@@ -827,7 +827,7 @@ impl Chunkserver {
     async fn run_task(&self, task: Task) {
         match task {
             Task::Delete { handle } => {
-                if self.inner.busy.lock().contains_key(&handle) {
+                if self.inner.busy.lock().contains(&handle) {
                     return;
                 }
                 let inner = self.inner.clone();
@@ -865,7 +865,7 @@ impl Chunkserver {
                 continue;
             }
             for info in chunks.into_iter().filter(|i| i.sealed) {
-                if self.inner.busy.lock().contains_key(&info.handle) {
+                if self.inner.busy.lock().contains(&info.handle) {
                     continue;
                 }
                 let inner = self.inner.clone();

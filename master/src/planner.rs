@@ -177,11 +177,7 @@ pub fn plan(input: &PlanInput<'_>, limits: &Limits) -> Plan {
     let alive = |id: &ServerId| input.servers.get(id).is_some_and(|s| s.alive);
     let cutoff = input.now_ms.saturating_sub(limits.grace_ms);
     let empty = BTreeMap::new();
-    let mut copies_in: HashMap<ServerId, u32> = input
-        .servers
-        .iter()
-        .map(|(id, s)| (*id, s.copies_in))
-        .collect();
+    // The servers as this tick leaves them: copies planned here count against the bounds.
     let mut servers = input.servers.clone();
     let mut needs: Vec<Need> = Vec::new();
 
@@ -266,9 +262,9 @@ pub fn plan(input: &PlanInput<'_>, limits: &Limits) -> Plan {
             .iter()
             .copied()
             .chain(
-                copies_in
+                servers
                     .iter()
-                    .filter(|(_, n)| **n >= limits.copies_per_server)
+                    .filter(|(_, s)| s.copies_in >= limits.copies_per_server)
                     .map(|(id, _)| *id),
             )
             .collect();
@@ -281,7 +277,6 @@ pub fn plan(input: &PlanInput<'_>, limits: &Limits) -> Plan {
             continue;
         };
         for to in targets {
-            *copies_in.entry(to).or_default() += 1;
             if let Some(s) = servers.get_mut(&to) {
                 s.copies_in += 1;
             }
@@ -309,7 +304,7 @@ pub fn plan(input: &PlanInput<'_>, limits: &Limits) -> Plan {
         }
         out.deletes.sort_by_key(|(sid, h, _)| (*sid, *h));
         if out.copies.is_empty() && out.under_replicated == 0 {
-            rebalance(input, limits, &mut servers, &copies_in, &mut out);
+            rebalance(input, limits, &mut servers, &mut out);
         }
     }
     out
@@ -332,7 +327,6 @@ fn rebalance(
     input: &PlanInput<'_>,
     limits: &Limits,
     servers: &mut BTreeMap<ServerId, ServerView>,
-    copies_in: &HashMap<ServerId, u32>,
     out: &mut Plan,
 ) {
     let surplus: HashSet<ChunkHandle> = out
@@ -356,8 +350,9 @@ fn rebalance(
         let Some(&(empty, empty_held)) = live
             .iter()
             .filter(|(id, _)| {
-                copies_in.get(id).copied().unwrap_or(0) < limits.copies_per_server
-                    && servers.get(id).is_some_and(|s| s.free >= limits.free_min)
+                servers.get(id).is_some_and(|s| {
+                    s.copies_in < limits.copies_per_server && s.free >= limits.free_min
+                })
             })
             .min_by_key(|(id, held)| (*held, *id))
         else {
