@@ -64,6 +64,21 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "chunkserver.scrub_rate",
     },
+    Key {
+        name: "master.lifecycle_ms",
+    },
+    Key {
+        name: "serve.chunkservers",
+    },
+    Key {
+        name: "gateway.masters",
+    },
+    Key {
+        name: "gateway.region",
+    },
+    Key {
+        name: "gateway.inline_max",
+    },
 ];
 
 pub const DEFAULT_DATA: &str = "./cairn-data";
@@ -354,7 +369,47 @@ impl Layers {
             }
         })?;
         let scrub_rate = self.parse("chunkserver.scrub_rate", "32MiB", parse_size)?;
+        let lifecycle_ms = millis("master.lifecycle_ms", "60000", 10)?;
+        let chunkservers = self.parse("serve.chunkservers", "1", |s| match s.parse::<u8>() {
+            Ok(n) if (1..=16).contains(&n) => Ok(n),
+            _ => Err(format!("{s:?} is not a number of chunkservers (1 to 16)")),
+        })?;
+        let gateway_masters = self.parse("gateway.masters", "", |s| {
+            s.split(',')
+                .map(str::trim)
+                .filter(|a| !a.is_empty())
+                .map(|a| {
+                    a.parse::<SocketAddr>()
+                        .map_err(|_| format!("{a:?} is not an address like 10.0.0.1:7070"))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })?;
+        let region = self.parse("gateway.region", "us-east-1", |s| {
+            if !s.is_empty()
+                && s.len() <= 32
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            {
+                Ok(s.to_owned())
+            } else {
+                Err(format!("{s:?} is not a region name like us-east-1"))
+            }
+        })?;
+        let inline_max = self.parse("gateway.inline_max", "16KiB", |s| {
+            parse_size(s).and_then(|n| {
+                if n > 1 << 20 {
+                    Err("at most 1MiB (inline objects live in the replicated metadata)".into())
+                } else {
+                    Ok(n as usize)
+                }
+            })
+        })?;
         Ok(ServeConfig {
+            lifecycle_ms,
+            chunkservers,
+            gateway_masters,
+            region,
+            inline_max,
             replication,
             dead_after_ms,
             gc_grace_ms,
@@ -429,6 +484,16 @@ pub struct ServeConfig {
     pub heartbeat_ms: u64,
     /// Scrubber rate in bytes per second (0: off).
     pub scrub_rate: u64,
+    /// How often the master carries out bucket lifecycle rules.
+    pub lifecycle_ms: u64,
+    /// Chunkservers `cairn serve` runs in-process.
+    pub chunkservers: u8,
+    /// Master addresses a gateway talks to.
+    pub gateway_masters: Vec<SocketAddr>,
+    /// The S3 region the gateway reports.
+    pub region: String,
+    /// Objects up to this size live inline in the metadata.
+    pub inline_max: usize,
 }
 
 #[cfg(test)]

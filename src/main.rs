@@ -1,8 +1,9 @@
 //! `cairn`: one binary for every role. `cairn serve` runs everything in one process on a local
-//! data folder; later issues add `master`, `chunkserver` and `gateway` roles for a cluster.
+//! data folder; `master`, `chunkserver` and `gateway` run the roles of a cluster apart.
 
 mod chunkserver;
 mod config;
+mod gateway;
 mod lock;
 mod master;
 mod serve;
@@ -43,6 +44,8 @@ enum Command {
     Master(MasterArgs),
     /// Run one chunkserver of the data plane.
     Chunkserver(ChunkserverArgs),
+    /// Run an S3 gateway in front of a cluster.
+    Gateway(GatewayArgs),
     /// Operate a running cluster.
     #[command(subcommand)]
     Admin(AdminCommand),
@@ -117,6 +120,49 @@ struct ChunkserverArgs {
     /// Largest chunk accepted [default: 64MiB] (CAIRN_CHUNKS_SIZE_MAX).
     #[arg(long, value_name = "SIZE")]
     chunk_size_max: Option<String>,
+}
+
+/// Flags of `cairn gateway`. Each may also come from a `CAIRN_*` variable or the config file
+/// (keys `gateway.masters`, `listen`, `data`, `gateway.region`, `gateway.inline_max`).
+#[derive(Debug, Args)]
+struct GatewayArgs {
+    /// TOML config file (also CAIRN_CONFIG).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// A master's QUIC address (repeatable; CAIRN_GATEWAY_MASTERS, comma-separated).
+    #[arg(long = "master", value_name = "ADDR")]
+    masters: Vec<String>,
+    /// HTTP address for S3, health and metrics [default: 127.0.0.1:9000] (CAIRN_LISTEN).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Data folder holding tls/ (node certificate and the cluster secrets key) (CAIRN_DATA).
+    #[arg(long, value_name = "DIR")]
+    data: Option<String>,
+    /// S3 region to report [default: us-east-1] (CAIRN_GATEWAY_REGION).
+    #[arg(long)]
+    region: Option<String>,
+    /// Objects up to this size are kept inline in the metadata [default: 16KiB]
+    /// (CAIRN_GATEWAY_INLINE_MAX).
+    #[arg(long, value_name = "SIZE")]
+    inline_max: Option<String>,
+    /// Log filter (CAIRN_LOG).
+    #[arg(long)]
+    log: Option<String>,
+}
+
+fn gateway_config(args: &GatewayArgs) -> Result<config::ServeConfig, config::ConfigError> {
+    let mut layers = file_and_env(args.config.as_ref())?;
+    let masters = args.masters.join(",");
+    layers.flag(
+        "gateway.masters",
+        (!masters.is_empty()).then_some(masters.as_str()),
+    );
+    layers.flag("listen", args.listen.as_deref());
+    layers.flag("data", args.data.as_deref());
+    layers.flag("gateway.region", args.region.as_deref());
+    layers.flag("gateway.inline_max", args.inline_max.as_deref());
+    layers.flag("log", args.log.as_deref());
+    layers.resolve()
 }
 
 fn chunkserver_config(args: &ChunkserverArgs) -> Result<config::ServeConfig, config::ConfigError> {
@@ -258,8 +304,14 @@ fn cluster(command: ClusterCommand) -> Result<String, cairn_proto::TlsError> {
         } => {
             let ca = cairn_proto::ClusterCa::load(&data.join("tls"))?;
             ca.issue(&name, &sans)?.save(&out)?;
+            cairn_proto::SecretsKey::ensure(&data.join("tls"))
+                .and_then(|k| k.save_copy(&out))
+                .map_err(|e| cairn_proto::TlsError::Io {
+                    context: "copy the cluster secrets key".into(),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
             Ok(format!(
-                "wrote node.pem, node.key and ca.pem for {name} to {}\ncopy that folder to the new node as DATA/tls (keep node.key private)",
+                "wrote node.pem, node.key, ca.pem and secrets.key for {name} to {}\ncopy that folder to the new node as DATA/tls (keep node.key and secrets.key private)",
                 out.display()
             ))
         }
@@ -296,6 +348,16 @@ struct ServeArgs {
     /// QUIC address of the in-process master [default: 127.0.0.1:7070] (CAIRN_CLUSTER_LISTEN).
     #[arg(long, value_name = "ADDR")]
     cluster_listen: Option<String>,
+    /// Chunkservers to run in-process, 1 to 16 [default: 1] (CAIRN_SERVE_CHUNKSERVERS).
+    #[arg(long, value_name = "N")]
+    chunkservers: Option<String>,
+    /// Replicas per chunk, 1 to the number of chunkservers [default: min(3, N)]
+    /// (CAIRN_MASTER_REPLICATION).
+    #[arg(long, value_name = "R")]
+    replication: Option<String>,
+    /// S3 region to report [default: us-east-1] (CAIRN_GATEWAY_REGION).
+    #[arg(long)]
+    region: Option<String>,
 }
 
 /// The configuration layers below the flags: the file (`--config` or `CAIRN_CONFIG`), then the
@@ -308,7 +370,14 @@ fn file_and_env(config: Option<&PathBuf>) -> Result<Layers, config::ConfigError>
     if let Some(path) = file {
         layers.file(&path)?;
     }
-    layers.env(std::env::vars(), &["CAIRN_CONFIG"])?;
+    layers.env(
+        std::env::vars(),
+        &[
+            "CAIRN_CONFIG",
+            "CAIRN_ROOT_ACCESS_KEY",
+            "CAIRN_ROOT_SECRET_KEY",
+        ],
+    )?;
     Ok(layers)
 }
 
@@ -324,6 +393,9 @@ fn serve_config(args: &ServeArgs) -> Result<config::ServeConfig, config::ConfigE
     );
     layers.flag("chunks.size_max", args.chunk_size_max.as_deref());
     layers.flag("cluster.listen", args.cluster_listen.as_deref());
+    layers.flag("serve.chunkservers", args.chunkservers.as_deref());
+    layers.flag("master.replication", args.replication.as_deref());
+    layers.flag("gateway.region", args.region.as_deref());
     layers.resolve()
 }
 
@@ -361,6 +433,17 @@ fn main() -> ExitCode {
             };
             init_logging(&config.log);
             block_on(chunkserver::run(config))
+        }
+        Command::Gateway(args) => {
+            let config = match gateway_config(&args) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_logging(&config.log);
+            block_on(gateway::run(config))
         }
         Command::Admin(command) => {
             init_logging("warn");

@@ -25,6 +25,7 @@ pub fn data_options(config: &crate::config::ServeConfig, replication: u8) -> Dat
             grace_ms: config.gc_grace_ms,
             ..Limits::default()
         },
+        lifecycle: Duration::from_millis(config.lifecycle_ms),
     }
 }
 

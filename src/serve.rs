@@ -1,5 +1,5 @@
-//! `cairn serve`: the all-in-one role: a one-master group and a chunkserver in one process on
-//! one data folder, with health and readiness over HTTP (the S3 gateway joins here next).
+//! `cairn serve`: the all-in-one role: a one-master group, one or more chunkservers and the S3
+//! gateway in one process on one data folder.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -29,45 +29,71 @@ pub struct Node {
     /// The in-process chunkserver (`DATA/chunks/`), reporting to the master over QUIC like any
     /// other.
     pub chunkserver: Chunkserver,
+    /// More in-process chunkservers with `--chunkservers N` (`DATA/chunkservers/<i>/`).
+    pub more_chunkservers: Vec<Chunkserver>,
+    pub gateway: Arc<cairn_api::Gateway>,
 }
 
 impl Node {
     /// Start the in-process master, then the chunkserver (which recovers the chunk files a
     /// crash left behind).
     pub async fn open(data: &Path, config: &ServeConfig) -> anyhow::Result<Node> {
+        let n = config.chunkservers;
+        let replication = config.replication.unwrap_or(n.min(3));
+        if replication > n {
+            anyhow::bail!(
+                "replication {replication} needs at least {replication} chunkservers; this serve runs {n} (--chunkservers)"
+            );
+        }
         let (master, plane) = crate::master::start_node(
             config.master_id,
             data,
             config.cluster_listen,
             "node-1",
             config.snapshot_after_entries,
-            crate::master::data_options(config, 1),
+            crate::master::data_options(config, replication),
         )
         .await?;
-        let identity = cairn_proto::NodeIdentity::load(&data.join("tls"))?;
+        let tls = data.join("tls");
+        let identity = cairn_proto::NodeIdentity::load(&tls)?;
+        // Data folders from before the gateway have a CA but no secrets key yet.
+        if cairn_proto::ClusterCa::exists(&tls) {
+            cairn_proto::SecretsKey::ensure(&tls).context("the cluster secrets key")?;
+        }
         let mut options = crate::chunkserver::options(config);
         options.masters = vec![master.addr];
         options.listen = std::net::SocketAddr::new(config.cluster_listen.ip(), 0);
-        let chunkserver = Chunkserver::start(data, &identity, options)
+        let chunkserver = Chunkserver::start(data, &identity, options.clone())
             .await
             .with_context(|| format!("open chunk store in {}", data.display()))?;
+        let mut more_chunkservers = Vec::new();
+        for i in 2..=n {
+            let dir = data.join("chunkservers").join(i.to_string());
+            std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+            let cs = Chunkserver::start(&dir, &identity, options.clone())
+                .await
+                .with_context(|| format!("open chunk store in {}", dir.display()))?;
+            more_chunkservers.push(cs);
+        }
+        let gateway = crate::gateway::build(&tls, &[master.addr], crate::gateway::options(config))?;
         Ok(Node {
             master,
             plane,
             chunkserver,
+            more_chunkservers,
+            gateway,
         })
     }
 
     /// Flush and close the stores.
     pub async fn close(self) -> anyhow::Result<()> {
+        for cs in self.more_chunkservers {
+            cs.shutdown().await;
+        }
         self.chunkserver.shutdown().await;
         self.master.shutdown().await;
         Ok(())
     }
-}
-
-async fn health() -> impl IntoResponse {
-    Json(json!({"status": "ok"}))
 }
 
 async fn ready(State(node): State<Arc<Node>>) -> impl IntoResponse {
@@ -111,19 +137,10 @@ async fn ready(State(node): State<Arc<Node>>) -> impl IntoResponse {
     }
 }
 
-async fn not_found() -> impl IntoResponse {
-    (
-        StatusCode::NOT_FOUND,
-        Json(json!({"error": "no such route"})),
-    )
-}
-
+/// The gateway's router (S3, `/health`, `/metrics`) with this process's fuller readiness
+/// check (stores, master, data plane).
 pub fn router(node: Arc<Node>) -> Router {
-    Router::new()
-        .route("/health", get(health))
-        .route("/ready", get(ready))
-        .fallback(not_found)
-        .with_state(node)
+    cairn_api::router(node.gateway.clone(), Some(get(ready).with_state(node)))
 }
 
 /// Resolves when SIGINT or SIGTERM arrives.
@@ -160,16 +177,11 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     tracing::debug!(lock = %lock.path().display(), "data folder locked");
     let node = Arc::new(Node::open(&data, &config).await?);
 
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let addr = listener.local_addr().context("read the bound address")?;
-    tracing::info!(data = %data.display(), "listening on http://{addr}");
-
-    axum::serve(listener, router(node.clone()))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("HTTP server")?;
+    let (listener, addr) = crate::gateway::bind(config.listen).await?;
+    let url = format!("http://{addr}");
+    crate::gateway::ensure_root_key(&node.gateway, &url).await?;
+    tracing::info!(data = %data.display(), "S3 endpoint listening on {url}");
+    crate::gateway::serve_http(listener, router(node.clone())).await?;
 
     // Connection tasks drop their handles on the node just after the server returns: wait for
     // them (bounded), so the stores are closed by their owner, not at process exit.
@@ -185,6 +197,9 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
             }
             Err(shared) => {
                 tracing::warn!("requests still hold the stores at shutdown; syncing them in place");
+                for cs in &shared.more_chunkservers {
+                    cs.shutdown().await;
+                }
                 shared.chunkserver.shutdown().await;
                 shared.master.shutdown().await;
                 break None;

@@ -67,9 +67,22 @@ async fn serve_answers_health_and_readiness_and_stops_cleanly() {
     assert_eq!(ready["checks"]["master"]["status"], "ok");
     assert_eq!(ready["checks"]["chunk_store"]["status"], "ok");
     assert_eq!(ready["checks"]["state_store"]["status"], "ok");
-    let (status, body) = get(addr, "/no/such/route").await;
-    assert_eq!(status, 404);
-    assert!(body["error"].is_string());
+    // Everything else is S3: an unsigned request is refused with an S3 error carrying the
+    // request id, which is also on every response.
+    let resp = reqwest::get(format!("http://{addr}/nosuchbucket/some/key"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 403);
+    let id = resp.headers()["x-amz-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body = resp.text().await.unwrap();
+    assert!(body.contains("<Code>AccessDenied</Code>"), "{body}");
+    assert!(
+        body.contains(&format!("<RequestId>{id}</RequestId>")),
+        "{body}"
+    );
 
     // A component going away turns readiness to 503 and names it; health stays up.
     std::fs::rename(data.join("chunks"), data.join("chunks.away")).unwrap();

@@ -1,5 +1,146 @@
-//! The gateway (not built yet; the S3-gateway, identity and namespace issues fill it).
+//! The gateway: the S3 API (through s3s, with SigV4), health, readiness and metrics over HTTP.
 //!
-//! This crate will own the S3 API (through s3s, with SigV4), the JSON REST API under `/api`,
-//! namespace sharing URLs, authentication and authorisation, metrics and the console. The S3 XML
-//! and REST JSON shapes live here, apart from the internal wire types in `cairn-proto`.
+//! A gateway is stateless: bucket and object metadata live in the master group (the bucket
+//! service, `cairn_master::buckets`), bytes on chunkservers (`cairn_chunkserver::DataClient`).
+//! Any number of gateways can serve one cluster; `cairn serve` runs one in-process.
+//!
+//! - [`s3`]: the S3 operations.
+//! - [`auth`]: SigV4 secrets from the key service, and who may do what.
+//! - [`body`]: request and response body streams (hashing on the way in, bounded on the way out).
+//! - [`http`]: the axum router: request ids, access logs, metrics, `/health`, `/ready`, CORS.
+
+pub mod auth;
+pub mod body;
+pub mod http;
+pub mod metrics;
+pub mod s3;
+
+use std::sync::Arc;
+
+use cairn_chunkserver::DataClient;
+use cairn_engine::state::TypedService;
+use cairn_master::buckets::{
+    BucketCommand, BucketQuery, BucketQueryResponse, BucketResponse, BucketService,
+};
+use cairn_master::dataplane::command;
+use cairn_proto::SecretsKey;
+use cairn_raft::{Consistency, ProposeError};
+use s3s::{S3Error, S3ErrorCode};
+
+pub use http::router;
+
+/// Gateway settings.
+#[derive(Clone, Debug)]
+pub struct GatewayOptions {
+    /// The region the gateway reports and SigV4 scopes name.
+    pub region: String,
+    /// Objects up to this size are stored inline in the metadata (one log entry, no chunk
+    /// round trips); larger ones go to chunkservers.
+    pub inline_max: usize,
+    /// Largest single PUT (S3's limit is 5 GiB).
+    pub put_max: u64,
+}
+
+impl Default for GatewayOptions {
+    fn default() -> Self {
+        GatewayOptions {
+            region: "us-east-1".into(),
+            inline_max: 16 * 1024,
+            put_max: 5 << 30,
+        }
+    }
+}
+
+/// What every request handler shares.
+#[derive(Debug)]
+pub struct Gateway {
+    pub data: DataClient,
+    pub secrets: Arc<SecretsKey>,
+    pub options: GatewayOptions,
+    pub metrics: metrics::Metrics,
+}
+
+/// The S3 error for a refusal from the bucket service.
+pub fn rejection_error(code: &str, message: &str) -> S3Error {
+    let c = match code {
+        "no_such_bucket" => S3ErrorCode::NoSuchBucket,
+        "bucket_not_empty" => S3ErrorCode::BucketNotEmpty,
+        "bucket_exists" => S3ErrorCode::BucketAlreadyExists,
+        "bucket_owned_by_you" => S3ErrorCode::BucketAlreadyOwnedByYou,
+        "invalid_bucket_name" => S3ErrorCode::InvalidBucketName,
+        "invalid_key" => S3ErrorCode::KeyTooLongError,
+        "precondition_failed" => S3ErrorCode::PreconditionFailed,
+        "no_such_upload" => S3ErrorCode::NoSuchUpload,
+        "invalid_part" => S3ErrorCode::InvalidPart,
+        "invalid_part_order" => S3ErrorCode::InvalidPartOrder,
+        "entity_too_small" => S3ErrorCode::EntityTooSmall,
+        "malformed_xml" => S3ErrorCode::MalformedXML,
+        "no_such_key" => S3ErrorCode::NoSuchKey,
+        "no_such_version" => S3ErrorCode::NoSuchVersion,
+        "invalid_tag" => S3ErrorCode::InvalidTag,
+        "method_not_allowed" => S3ErrorCode::MethodNotAllowed,
+        "too_many_versions" => S3ErrorCode::InvalidRequest,
+        "chunk_gone" => S3ErrorCode::InternalError,
+        _ => S3ErrorCode::InvalidArgument,
+    };
+    S3Error::with_message(c, message.to_owned())
+}
+
+/// The S3 error for a control-plane failure: no quorum or leader right now is a 503 the client
+/// retries; anything else is a 500.
+pub fn propose_error(e: &ProposeError) -> S3Error {
+    match e {
+        ProposeError::Unavailable(m) => S3Error::with_message(
+            S3ErrorCode::ServiceUnavailable,
+            format!("metadata quorum unavailable: {m}"),
+        ),
+        ProposeError::NotLeader { .. } => S3Error::with_message(
+            S3ErrorCode::ServiceUnavailable,
+            "no master leader reachable right now",
+        ),
+        ProposeError::Failed(m) => {
+            tracing::warn!(error = %m, "metadata request failed");
+            S3Error::with_message(S3ErrorCode::InternalError, "metadata request failed")
+        }
+    }
+}
+
+impl Gateway {
+    pub fn new(data: DataClient, secrets: Arc<SecretsKey>, options: GatewayOptions) -> Gateway {
+        Gateway {
+            data,
+            secrets,
+            options,
+            metrics: metrics::Metrics::default(),
+        }
+    }
+
+    /// Commit one bucket-service command.
+    pub async fn command(&self, c: &BucketCommand) -> Result<BucketResponse, S3Error> {
+        let bytes = command::<BucketService>(c).map_err(|e| propose_error(&e))?;
+        let outcome = self
+            .data
+            .master()
+            .propose(bytes)
+            .await
+            .map_err(|e| propose_error(&e))?;
+        let bytes = outcome.map_err(|r| rejection_error(&r.code, &r.message))?;
+        BucketService::response(&bytes)
+            .map_err(|e| S3Error::with_message(S3ErrorCode::InternalError, e.to_string()))
+    }
+
+    /// A linearizable bucket-service query.
+    pub async fn query(&self, q: &BucketQuery) -> Result<BucketQueryResponse, S3Error> {
+        let payload = BucketService::encode_query(q)
+            .map_err(|e| S3Error::with_message(S3ErrorCode::InternalError, e.to_string()))?;
+        let outcome = self
+            .data
+            .master()
+            .query(BucketService::ID, payload, Consistency::Linearizable)
+            .await
+            .map_err(|e| propose_error(&e))?;
+        let bytes = outcome.map_err(|r| rejection_error(&r.code, &r.message))?;
+        BucketService::query_response(&bytes)
+            .map_err(|e| S3Error::with_message(S3ErrorCode::InternalError, e.to_string()))
+    }
+}

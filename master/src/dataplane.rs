@@ -35,6 +35,8 @@ pub struct DataOptions {
     /// Largest chunk a writer fills.
     pub chunk_size: u64,
     pub limits: Limits,
+    /// How often bucket lifecycle rules are carried out.
+    pub lifecycle: Duration,
 }
 
 impl Default for DataOptions {
@@ -45,6 +47,7 @@ impl Default for DataOptions {
             tick: Duration::from_secs(1),
             chunk_size: cairn_engine::chunk::CHUNK_SIZE_MAX_DEFAULT,
             limits: Limits::default(),
+            lifecycle: Duration::from_secs(60),
         }
     }
 }
@@ -91,6 +94,8 @@ impl DataPlane {
         };
         let ticker = dp.clone();
         tokio::spawn(async move { ticker.run_ticks().await });
+        let lifecycle = dp.clone();
+        tokio::spawn(async move { lifecycle.run_lifecycle().await });
         dp
     }
 
@@ -294,6 +299,72 @@ impl DataPlane {
                 tracing::warn!(error = %e, "planner tick failed");
             }
         }
+    }
+
+    /// The lifecycle planner: on the leader, every `lifecycle` interval, each bucket with rules
+    /// gets `Expire` commands (bounded batches) until nothing is due.
+    async fn run_lifecycle(&self) {
+        let mut interval = tokio::time::interval(self.options.lifecycle);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            if self.leading().is_err() {
+                continue;
+            }
+            if let Err(e) = self.lifecycle_pass().await {
+                tracing::warn!(error = %e, "lifecycle pass failed");
+            }
+        }
+    }
+
+    async fn lifecycle_pass(&self) -> Result<(), ProposeError> {
+        use crate::buckets::{
+            BucketCommand, BucketQuery, BucketQueryResponse, BucketResponse, BucketService,
+        };
+        let buckets = self
+            .read_state(|txn| match BucketService.query(txn, BucketQuery::Buckets) {
+                Ok(BucketQueryResponse::Buckets(b)) => Ok(b
+                    .into_iter()
+                    .filter(|(_, r)| {
+                        r.lifecycle
+                            .as_ref()
+                            .is_some_and(|l| l.iter().any(|x| x.enabled))
+                    })
+                    .map(|(n, _)| n)
+                    .collect::<Vec<_>>()),
+                Ok(_) => Ok(Vec::new()),
+                Err(cairn_engine::state::ApplyError::Storage(e)) => Err(e),
+                Err(cairn_engine::state::ApplyError::Rejected(r)) => {
+                    Err(cairn_engine::state::StateError::Corrupt(r.to_string()))
+                }
+            })
+            .await?;
+        for bucket in buckets {
+            for _ in 0..100 {
+                let bytes = command::<BucketService>(&BucketCommand::Expire {
+                    bucket: bucket.clone(),
+                })?;
+                match self.node.propose(bytes).await? {
+                    Ok(b) => match BucketService::response(&b) {
+                        Ok(BucketResponse::Expired { removed, more }) => {
+                            if removed > 0 {
+                                tracing::info!(
+                                    bucket,
+                                    removed,
+                                    "lifecycle expired versions and uploads"
+                                );
+                            }
+                            if !more {
+                                break;
+                            }
+                        }
+                        _ => break,
+                    },
+                    Err(_) => break,
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn tick(&self) -> Result<(), ProposeError> {

@@ -4,14 +4,18 @@
 //!
 //! - [`chunks`]: chunk records (handle, version, replication, life state), service 2.
 //! - [`objects`]: object key → extents, service 3; commits reference chunks atomically.
+//! - [`buckets`]: S3 buckets, versions, multipart uploads, lifecycle, service 4.
+//! - [`keys`]: S3 access keys with sealed secrets, service 5.
 //! - [`protocol`]: the RPCs chunkservers and data clients send to the master group.
 //! - [`planner`]: pure planning functions (placement, re-replication, GC, rebalancing).
 //! - [`cluster`]: the leader's map of chunkservers and replicas, rebuilt from heartbeats.
 //! - [`dataplane`]: the RPC handlers and the planner tick on a master node.
 
+pub mod buckets;
 pub mod chunks;
 pub mod cluster;
 pub mod dataplane;
+pub mod keys;
 pub mod objects;
 pub mod planner;
 pub mod protocol;
@@ -32,6 +36,8 @@ pub fn registry() -> Result<Registry, StateError> {
     r.register(Typed(ClusterSettings))?;
     r.register(Typed(chunks::ChunkService))?;
     r.register(Typed(objects::ObjectService))?;
+    r.register(Typed(buckets::BucketService))?;
+    r.register(Typed(keys::KeyService))?;
     Ok(r)
 }
 

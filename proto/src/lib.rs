@@ -10,10 +10,12 @@
 pub mod endpoint;
 pub mod frame;
 pub mod rpc;
+pub mod secrets;
 pub mod tls;
 
 pub use endpoint::{EndpointError, TransportOptions, endpoint};
 pub use rpc::{
     Client, ClientOptions, ErrorCode, RemoteError, Router, Rpc, RpcError, ServeOptions, serve,
 };
+pub use secrets::{SecretsError, SecretsKey};
 pub use tls::{ClusterCa, NodeIdentity, TlsError};

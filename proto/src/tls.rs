@@ -91,6 +91,11 @@ fn write_new(path: &Path, contents: &str, mode: u32) -> Result<(), TlsError> {
     f.sync_all().map_err(io(ctx()))
 }
 
+/// Write a new private file (mode 0600), refusing to overwrite.
+pub(crate) fn write_private(path: &Path, contents: &str) -> Result<(), TlsError> {
+    write_new(path, contents, 0o600)
+}
+
 fn read(path: &Path) -> Result<String, TlsError> {
     fs::read_to_string(path).map_err(io(format!("read {}", path.display())))
 }
@@ -150,6 +155,13 @@ impl ClusterCa {
         };
         write_new(&dir.join(CA_KEY), &ca.key.serialize_pem(), 0o600)?;
         write_new(&dir.join(CA_CERT), &ca.cert_pem, 0o644)?;
+        // The cluster secrets key is born with the CA and travels with issued certificates.
+        if !dir.join(crate::secrets::SECRETS_KEY).exists() {
+            crate::secrets::SecretsKey::create(dir).map_err(|e| TlsError::Io {
+                context: format!("create the secrets key in {}", dir.display()),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        }
         Ok(ca)
     }
 

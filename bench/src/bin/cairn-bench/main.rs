@@ -7,6 +7,10 @@
 //!
 //! `cairn-bench raft-memory --keys N`: resident memory of a one-node master holding N keys.
 //!
+//! `cairn-bench s3 --endpoint URL`: S3 PUT/GET throughput, ops/s and latency against any S3
+//! endpoint, beside a null endpoint (`cairn-bench null-server`) and the raw disk, the ceilings
+//! measured in the same run with the same client.
+//!
 //! `cairn-bench data`: sequential write and read of one object through the data client, with
 //! R=1 and R=3 (three chunkservers on this machine's one disk), beside raw disk write+fsync, raw
 //! read and raw TCP loopback measured in the same run; and the process's peak RSS.
@@ -72,6 +76,48 @@ enum Command {
         /// Process id of that master, whose RSS is reported.
         #[arg(long)]
         pid: Option<u32>,
+    },
+    /// S3 load against any endpoint, beside a null endpoint and the raw disk (the ceilings).
+    S3 {
+        /// The S3 endpoint, e.g. http://127.0.0.1:9000.
+        #[arg(long)]
+        endpoint: String,
+        #[arg(long, env = "AWS_ACCESS_KEY_ID")]
+        access_key: String,
+        #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
+        secret_key: String,
+        /// Bucket to use (created if missing).
+        #[arg(long, default_value = "cairn-bench")]
+        bucket: String,
+        /// Size of the large objects.
+        #[arg(long, default_value = "64MiB", value_parser = parse_size)]
+        large_size: u64,
+        /// How many large objects.
+        #[arg(long, default_value_t = 16)]
+        large_count: usize,
+        /// Large objects in flight.
+        #[arg(long, default_value_t = 4)]
+        large_concurrency: usize,
+        /// Size of the small objects.
+        #[arg(long, default_value = "4KiB", value_parser = parse_size)]
+        small_size: u64,
+        /// Small requests in flight.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Seconds of small PUTs, then of small GETs.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Folder on the disk the endpoint stores to, for the raw-disk ceiling.
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+        /// Print one JSON document instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A null S3 endpoint (answers GETs with bytes, drops PUTs): the client's ceiling.
+    NullServer {
+        #[arg(long, default_value = "127.0.0.1:9999")]
+        listen: SocketAddr,
     },
     /// Data-plane throughput: 1 GiB write and read through the client at R=1 and R=3.
     Data {
@@ -376,6 +422,7 @@ async fn raft_memory(
 }
 
 mod data;
+mod s3;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -399,6 +446,32 @@ fn main() -> ExitCode {
                 replication,
                 dir,
             } => data::run(size, replication, dir).await,
+            Command::S3 {
+                endpoint,
+                access_key,
+                secret_key,
+                bucket,
+                large_size,
+                large_count,
+                large_concurrency,
+                small_size,
+                concurrency,
+                seconds,
+                dir,
+                json,
+            } => {
+                let load = s3::Load {
+                    bucket,
+                    large_size,
+                    large_count,
+                    large_concurrency,
+                    small_size,
+                    concurrency,
+                    seconds,
+                };
+                s3::run(endpoint, access_key, secret_key, load, dir, json).await
+            }
+            Command::NullServer { listen } => s3::null_server(listen).await,
             Command::RaftMemory {
                 keys,
                 clients,

@@ -1,0 +1,173 @@
+//! Bodies: request bytes hashed (MD5 for the ETag, the S3 checksums the client asked for) on
+//! their way into the data plane, and object bytes streamed out of it with bounded memory.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use cairn_chunkserver::DataClient;
+use cairn_master::objects::Extent;
+use futures::Stream;
+use s3s::checksum::ChecksumHasher;
+use s3s::crypto::{Checksum, Md5};
+use s3s::dto::StreamingBlob;
+use tokio::io::AsyncRead;
+
+/// Hashes and counts what flows through; fails the stream once more than `limit` bytes came.
+pub struct Hashing {
+    inner: Option<StreamingBlob>,
+    pub md5: Md5,
+    pub checksums: ChecksumHasher,
+    pub len: u64,
+    pub limit: u64,
+    /// The body was larger than `limit`.
+    pub too_large: bool,
+}
+
+impl std::fmt::Debug for Hashing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hashing").field("len", &self.len).finish()
+    }
+}
+
+impl Hashing {
+    pub fn new(body: Option<StreamingBlob>, checksums: ChecksumHasher, limit: u64) -> Hashing {
+        Hashing {
+            inner: body,
+            md5: Md5::new(),
+            checksums,
+            len: 0,
+            limit,
+            too_large: false,
+        }
+    }
+
+    /// The hex MD5 and the checksums of everything that passed.
+    pub fn finish(self) -> (String, s3s::dto::Checksum) {
+        (
+            cairn_master::buckets::hex(&self.md5.finalize()),
+            self.checksums.finalize(),
+        )
+    }
+}
+
+impl Stream for Hashing {
+    type Item = std::io::Result<Bytes>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_next(cx) {
+            Poll::Ready(Some(Ok(b))) => {
+                this.len += b.len() as u64;
+                if this.len > this.limit {
+                    this.too_large = true;
+                    this.inner = None;
+                    return Poll::Ready(Some(Err(std::io::Error::other("body too large"))));
+                }
+                this.md5.update(&b);
+                this.checksums.update(&b);
+                Poll::Ready(Some(Ok(b)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.inner = None;
+                Poll::Ready(Some(Err(std::io::Error::other(e.to_string()))))
+            }
+            Poll::Ready(None) => {
+                this.inner = None;
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// Read up to `max + 1` bytes from `src` into one buffer: the whole body if it is small.
+pub async fn read_prefix(
+    src: &mut (impl AsyncRead + Unpin),
+    max: usize,
+) -> std::io::Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::with_capacity(max.min(64 * 1024) + 1);
+    (&mut *src)
+        .take(max as u64 + 1)
+        .read_to_end(&mut buf)
+        .await?;
+    Ok(buf)
+}
+
+/// A reader over `prefix` then the rest of `rest`.
+pub fn chain_prefix<R: AsyncRead + Unpin>(prefix: Vec<u8>, rest: R) -> impl AsyncRead + Unpin {
+    use tokio::io::AsyncReadExt;
+    std::io::Cursor::new(prefix).chain(rest)
+}
+
+/// Bytes held per object stream between the data plane and the HTTP connection.
+const PIPE: usize = 1 << 20;
+
+/// Stream `len` bytes at `offset` of an object's extents. A reader task fetches from the data
+/// plane (at most its few parallel spans in memory) into a bounded pipe; a failure mid-stream
+/// ends the body with an error instead of a silently short object.
+pub fn object_stream(
+    data: &DataClient,
+    extents: Arc<Vec<Extent>>,
+    offset: u64,
+    len: u64,
+) -> StreamingBlob {
+    let (mut writer, reader) = tokio::io::duplex(PIPE);
+    let data = data.clone();
+    let failed = Arc::new(parking_lot::Mutex::new(None::<String>));
+    let failed_w = failed.clone();
+    tokio::spawn(async move {
+        if let Err(e) = data.read(&extents, offset, len, &mut writer).await {
+            tracing::warn!(error = %e, "object read failed mid-stream");
+            *failed_w.lock() = Some(e.to_string());
+        }
+    });
+    let stream = ExactStream {
+        inner: tokio_util::io::ReaderStream::with_capacity(reader, 256 * 1024),
+        remaining: len,
+        failed,
+    };
+    StreamingBlob::wrap(stream)
+}
+
+struct ExactStream<R> {
+    inner: tokio_util::io::ReaderStream<R>,
+    remaining: u64,
+    failed: Arc<parking_lot::Mutex<Option<String>>>,
+}
+
+impl<R: AsyncRead + Unpin> Stream for ExactStream<R> {
+    type Item = std::io::Result<Bytes>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_next(cx) {
+            Poll::Ready(Some(Ok(b))) => {
+                this.remaining = this.remaining.saturating_sub(b.len() as u64);
+                Poll::Ready(Some(Ok(b)))
+            }
+            Poll::Ready(None) if this.remaining > 0 => {
+                let why = this
+                    .failed
+                    .lock()
+                    .clone()
+                    .unwrap_or_else(|| "reader stopped".into());
+                this.remaining = 0;
+                Poll::Ready(Some(Err(std::io::Error::other(format!(
+                    "object stream ended early: {why}"
+                )))))
+            }
+            other => other,
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = usize::try_from(self.remaining).unwrap_or(usize::MAX);
+        (n, Some(n))
+    }
+}

@@ -1,0 +1,383 @@
+//! The gateway's HTTP face: S3 (s3s) as the fallback service, `/health`, `/ready`,
+//! `/metrics`, and one middleware that gives every response a request id, logs it, counts it,
+//! and answers CORS.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, get};
+use cairn_master::buckets::{BucketQuery, BucketQueryResponse, CorsRule};
+use s3s::service::S3ServiceBuilder;
+use serde_json::json;
+
+use crate::Gateway;
+use crate::auth::{Access, KeyAuth};
+use crate::s3::CairnS3;
+
+/// Names the gateway serves itself: buckets cannot take them.
+pub const RESERVED: &[&str] = &["health", "ready", "metrics", "api", "storage"];
+
+/// Largest error body the middleware rewrites to carry the request id.
+const ERROR_BODY_MAX: usize = 64 * 1024;
+
+/// The whole gateway as an axum router. `ready` replaces the default readiness check (the
+/// master group has a leader and a chunkserver is alive).
+pub fn router(gateway: Arc<Gateway>, ready: Option<MethodRouter>) -> Router {
+    let s3 = {
+        let mut b = S3ServiceBuilder::new(CairnS3::new(gateway.clone()));
+        b.set_auth(KeyAuth::new(gateway.clone()));
+        b.set_access(Access::new(gateway.clone()));
+        b.build()
+    };
+    let s3 = axum::error_handling::HandleError::new(s3, |e: s3s::HttpError| async move {
+        tracing::error!(error = ?e, "S3 service error");
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "application/xml")],
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>InternalError</Code><Message>internal error</Message></Error>",
+        )
+    });
+    let ready = ready.unwrap_or_else(|| get(default_ready).with_state(gateway.clone()));
+    Router::new()
+        .route(
+            "/health",
+            get(|| async { axum::Json(json!({"status": "ok"})) }),
+        )
+        .route("/ready", ready)
+        .route("/metrics", get(metrics).with_state(gateway.clone()))
+        .fallback_service(s3)
+        .layer(axum::middleware::from_fn_with_state(gateway, observe))
+}
+
+async fn default_ready(State(g): State<Arc<Gateway>>) -> Response {
+    match g.data.status().await {
+        Ok(s) if s.servers.iter().any(|s| s.alive) => (
+            StatusCode::OK,
+            axum::Json(json!({"status": "ready", "chunkservers_alive": s.servers.iter().filter(|s| s.alive).count()})),
+        )
+            .into_response(),
+        Ok(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"status": "unavailable", "error": "no chunkserver is alive"})),
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"status": "unavailable", "error": e.to_string()})),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(State(g): State<Arc<Gateway>>) -> Response {
+    let mut extra = Vec::new();
+    if let Ok(s) = g.data.status().await {
+        extra.push((
+            "cairn_chunks_under_replicated",
+            "Live chunks with fewer replicas than wanted (replication backlog).",
+            s.under_replicated as f64,
+        ));
+        extra.push((
+            "cairn_chunks_lost",
+            "Live chunks with no good replica.",
+            s.lost as f64,
+        ));
+        extra.push((
+            "cairn_copies_in_flight",
+            "Replica copies under way.",
+            s.copies_in_flight as f64,
+        ));
+        extra.push((
+            "cairn_chunkservers_alive",
+            "Chunkservers heartbeating.",
+            s.servers.iter().filter(|s| s.alive).count() as f64,
+        ));
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        g.metrics.render(&extra),
+    )
+        .into_response()
+}
+
+/// A short label for metrics: the method, what the path names and the first sub-resource.
+fn operation(method: &Method, path: &str, query: Option<&str>, headers: &HeaderMap) -> String {
+    let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
+    if RESERVED.contains(&first) {
+        return format!("{method} /{first}");
+    }
+    let depth = match path.trim_start_matches('/').split_once('/') {
+        _ if path == "/" || path.is_empty() => "service",
+        None => "bucket",
+        Some((_, "")) => "bucket",
+        Some(_) => "object",
+    };
+    const SUBS: &[&str] = &[
+        "uploads",
+        "uploadId",
+        "versions",
+        "versioning",
+        "lifecycle",
+        "cors",
+        "tagging",
+        "location",
+        "acl",
+        "delete",
+        "list-type",
+    ];
+    let sub = query
+        .unwrap_or("")
+        .split('&')
+        .map(|kv| kv.split('=').next().unwrap_or(""))
+        .find(|k| SUBS.contains(k));
+    let copy = headers.contains_key("x-amz-copy-source");
+    let mut op = format!("{method} {depth}");
+    if let Some(s) = sub {
+        op.push('?');
+        op.push_str(s);
+    }
+    if copy {
+        op.push_str(" copy");
+    }
+    op
+}
+
+fn request_id() -> String {
+    format!("{:016X}", rand::random::<u64>())
+}
+
+fn bucket_of(path: &str) -> Option<&str> {
+    let p = path.trim_start_matches('/');
+    let b = p.split('/').next().unwrap_or("");
+    (!b.is_empty() && !RESERVED.contains(&b)).then_some(b)
+}
+
+fn origin_allowed(rule: &CorsRule, origin: &str) -> bool {
+    rule.allowed_origins.iter().any(|o| {
+        if o == "*" {
+            return true;
+        }
+        match o.split_once('*') {
+            Some((pre, post)) => origin.starts_with(pre) && origin.ends_with(post),
+            None => o == origin,
+        }
+    })
+}
+
+/// The CORS rule that allows `origin` to use `method` with `headers`, if any.
+fn cors_match<'a>(
+    rules: &'a [CorsRule],
+    origin: &str,
+    method: &str,
+    headers: &[String],
+) -> Option<&'a CorsRule> {
+    rules.iter().find(|r| {
+        origin_allowed(r, origin)
+            && r.allowed_methods
+                .iter()
+                .any(|m| m.eq_ignore_ascii_case(method))
+            && headers.iter().all(|h| {
+                r.allowed_headers
+                    .iter()
+                    .any(|a| a == "*" || a.eq_ignore_ascii_case(h))
+            })
+    })
+}
+
+async fn bucket_cors(g: &Gateway, bucket: &str) -> Option<Vec<CorsRule>> {
+    match g
+        .query(&BucketQuery::Bucket {
+            name: bucket.to_owned(),
+        })
+        .await
+    {
+        Ok(BucketQueryResponse::Bucket(Some(b))) => b.cors,
+        _ => None,
+    }
+}
+
+fn cors_headers(h: &mut HeaderMap, rule: &CorsRule, origin: &str) {
+    let allow_origin = if rule.allowed_origins.iter().any(|o| o == "*") {
+        "*"
+    } else {
+        origin
+    };
+    if let Ok(v) = HeaderValue::from_str(allow_origin) {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&rule.allowed_methods.join(", ")) {
+        h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, v);
+    }
+    if !rule.expose_headers.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&rule.expose_headers.join(", "))
+    {
+        h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, v);
+    }
+    if let Some(age) = rule.max_age_seconds
+        && let Ok(v) = HeaderValue::from_str(&age.to_string())
+    {
+        h.insert(header::ACCESS_CONTROL_MAX_AGE, v);
+    }
+    h.append(header::VARY, HeaderValue::from_static("Origin"));
+}
+
+fn s3_error_xml(status: StatusCode, code: &str, message: &str, id: &str) -> Response {
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>{message}</Message><RequestId>{id}</RequestId></Error>"
+    );
+    (status, [(header::CONTENT_TYPE, "application/xml")], body).into_response()
+}
+
+/// A CORS preflight (`OPTIONS` with `Origin` and `Access-Control-Request-Method`).
+async fn preflight(g: &Gateway, h: &HeaderMap, path: &str, id: &str) -> Response {
+    let origin = h
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let method = h
+        .get(header::ACCESS_CONTROL_REQUEST_METHOD)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let wanted: Vec<String> = h
+        .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| {
+            s.split(',')
+                .map(|x| x.trim().to_owned())
+                .filter(|x| !x.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    let Some(bucket) = bucket_of(path) else {
+        return s3_error_xml(
+            StatusCode::FORBIDDEN,
+            "AccessForbidden",
+            "CORSResponse: no bucket named",
+            id,
+        );
+    };
+    let rules = bucket_cors(g, bucket).await.unwrap_or_default();
+    match cors_match(&rules, origin, method, &wanted) {
+        Some(rule) => {
+            let mut resp = StatusCode::OK.into_response();
+            let hs = resp.headers_mut();
+            cors_headers(hs, rule, origin);
+            if !wanted.is_empty()
+                && let Ok(v) = HeaderValue::from_str(&wanted.join(", "))
+            {
+                hs.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, v);
+            }
+            resp
+        }
+        None => s3_error_xml(
+            StatusCode::FORBIDDEN,
+            "AccessForbidden",
+            "CORSResponse: This CORS request is not allowed. This is usually because the evalution of Origin, request method / Access-Control-Request-Method or Access-Control-Request-Headers are not whitelisted by the resource's CORS spec.",
+            id,
+        ),
+    }
+}
+
+/// Put `<RequestId>` into an S3 error body that lacks one.
+async fn with_request_id(resp: Response, id: &str) -> Response {
+    let (parts, body) = resp.into_parts();
+    match axum::body::to_bytes(body, ERROR_BODY_MAX).await {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let body = if text.contains("<Error>") && !text.contains("<RequestId>") {
+                text.replacen(
+                    "</Error>",
+                    &format!("<RequestId>{id}</RequestId></Error>"),
+                    1,
+                )
+            } else {
+                text.into_owned()
+            };
+            let mut parts = parts;
+            parts.headers.remove(header::CONTENT_LENGTH);
+            Response::from_parts(parts, Body::from(body))
+        }
+        Err(_) => Response::from_parts(parts, Body::empty()),
+    }
+}
+
+/// The response body's length, if known (a header, or the body's exact size).
+fn body_len(resp: &Response) -> Option<u64> {
+    use axum::body::HttpBody;
+    resp.headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .or_else(|| resp.body().size_hint().exact())
+}
+
+async fn observe(State(g): State<Arc<Gateway>>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let id = request_id();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let op = operation(&method, &path, req.uri().query(), req.headers());
+    let bytes_in = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let mut resp = if method == Method::OPTIONS && origin.is_some() {
+        let headers = req.headers().clone();
+        drop(req);
+        preflight(&g, &headers, &path, &id).await
+    } else {
+        next.run(req).await
+    };
+    let status = resp.status();
+    let is_xml = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/xml"));
+    let small = body_len(&resp).is_some_and(|n| n <= ERROR_BODY_MAX as u64);
+    if status.as_u16() >= 400 && is_xml && small {
+        resp = with_request_id(resp, &id).await;
+    }
+    if let Some(origin) = origin
+        && method != Method::OPTIONS
+        && let Some(bucket) = bucket_of(&path)
+        && let Some(rules) = bucket_cors(&g, bucket).await
+        && let Some(rule) = cors_match(&rules, &origin, method.as_str(), &[])
+    {
+        cors_headers(resp.headers_mut(), rule, &origin);
+    }
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-amz-request-id", v.clone());
+        resp.headers_mut().insert("x-amz-id-2", v);
+    }
+    resp.headers_mut()
+        .insert(header::SERVER, HeaderValue::from_static("Cairn"));
+    let bytes_out = body_len(&resp).unwrap_or(0);
+    let took = started.elapsed();
+    g.metrics.record(&op, status.as_u16(), took);
+    g.metrics.bytes(bytes_in, bytes_out);
+    tracing::info!(
+        target: "cairn::access",
+        request_id = %id,
+        %method,
+        path = %path,
+        op = %op,
+        status = status.as_u16(),
+        bytes_in,
+        bytes_out,
+        ms = took.as_secs_f64() * 1000.0,
+    );
+    resp
+}

@@ -1,0 +1,2328 @@
+//! The S3 operations over the bucket service and the data plane.
+//!
+//! Each mutation is one bucket-service command (atomic, with its chunk references); bytes
+//! stream through the data plane with bounded memory. Small objects (up to
+//! `GatewayOptions::inline_max`) skip chunkservers and live in the metadata itself.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use cairn_master::buckets::{
+    BucketChange, BucketCommand, BucketQuery, BucketQueryResponse, BucketRecord, BucketResponse,
+    Conditions, Content, CorsRule, LifecycleRule, ListPage, ListRequest, ObjectData, ObjectMeta,
+    Version, VersionRef, Versioning, parse_upload, upload_string, version_string,
+};
+use cairn_master::objects::Extent;
+use futures::StreamExt;
+use s3s::checksum::ChecksumHasher;
+use s3s::crypto::{Checksum as _, Md5};
+use s3s::dto::*;
+use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, TrailingHeaders, s3_error};
+
+use crate::Gateway;
+use crate::body::{Hashing, chain_prefix, object_stream, read_prefix};
+
+#[derive(Debug, Clone)]
+pub struct CairnS3 {
+    g: Arc<Gateway>,
+}
+
+impl CairnS3 {
+    pub fn new(g: Arc<Gateway>) -> CairnS3 {
+        CairnS3 { g }
+    }
+}
+
+fn ts(ms: u64) -> Timestamp {
+    Timestamp::from(SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
+}
+
+fn ms_of(t: &Timestamp) -> i64 {
+    let odt: time::OffsetDateTime = t.clone().into();
+    i64::try_from(odt.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
+fn ts_signed(ms: i64) -> Timestamp {
+    if ms >= 0 {
+        ts(ms as u64)
+    } else {
+        Timestamp::from(SystemTime::UNIX_EPOCH - Duration::from_millis(ms.unsigned_abs()))
+    }
+}
+
+fn etag(s: &str) -> ETag {
+    ETag::Strong(s.to_owned())
+}
+
+fn internal(e: impl std::fmt::Display) -> S3Error {
+    S3Error::with_message(S3ErrorCode::InternalError, e.to_string())
+}
+
+/// An S3 error code s3s does not list, with its status.
+fn custom_error(code: &'static str, status: http::StatusCode, message: &'static str) -> S3Error {
+    let mut e = S3Error::with_message(S3ErrorCode::Custom(code.into()), message);
+    e.set_status_code(status);
+    e
+}
+
+fn parse_version(v: Option<&str>) -> S3Result<Option<VersionRef>> {
+    match v {
+        None => Ok(None),
+        Some(s) => VersionRef::parse(s)
+            .map(Some)
+            .ok_or_else(|| s3_error!(InvalidArgument, "Invalid version id specified")),
+    }
+}
+
+fn condition_strings(c: &Option<ETagCondition>) -> Option<Vec<String>> {
+    c.as_ref().map(|c| match c {
+        ETagCondition::Any => vec!["*".to_owned()],
+        ETagCondition::ETag(e) => vec![e.value().to_owned()],
+    })
+}
+
+fn write_conditions(
+    if_match: &Option<ETagCondition>,
+    if_none_match: &Option<ETagCondition>,
+) -> S3Result<Conditions> {
+    let if_none_match_any = match if_none_match {
+        None => false,
+        Some(ETagCondition::Any) => true,
+        Some(ETagCondition::ETag(_)) => {
+            return Err(s3_error!(
+                NotImplemented,
+                "If-None-Match on a write supports only *"
+            ));
+        }
+    };
+    Ok(Conditions {
+        if_match: condition_strings(if_match),
+        if_none_match_any,
+    })
+}
+
+/// `k1=v1&k2=v2` (URL-encoded), as in `x-amz-tagging`.
+fn parse_tagging(s: Option<&str>) -> S3Result<Vec<(String, String)>> {
+    let Some(s) = s.filter(|s| !s.is_empty()) else {
+        return Ok(Vec::new());
+    };
+    let dec = |x: &str| {
+        urlencoding::decode(&x.replace('+', " "))
+            .map(|c| c.into_owned())
+            .map_err(|_| s3_error!(InvalidTag, "tags are not valid URL encoding"))
+    };
+    s.split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            Ok((dec(k)?, dec(v)?))
+        })
+        .collect()
+}
+
+fn tag_set(tags: &[(String, String)]) -> TagSet {
+    tags.iter()
+        .map(|(k, v)| Tag {
+            key: Some(k.clone()),
+            value: Some(v.clone()),
+        })
+        .collect()
+}
+
+fn tags_from(set: TagSet) -> S3Result<Vec<(String, String)>> {
+    set.into_iter()
+        .map(|t| match t.key {
+            Some(k) => Ok((k, t.value.unwrap_or_default())),
+            None => Err(s3_error!(InvalidTag, "a tag has no key")),
+        })
+        .collect()
+}
+
+fn enc(s: &str, url: bool) -> String {
+    if url {
+        urlencoding::encode(s).into_owned()
+    } else {
+        s.to_owned()
+    }
+}
+
+fn wants_url(e: &Option<EncodingType>) -> S3Result<bool> {
+    match e {
+        None => Ok(false),
+        Some(e) if e.as_str() == EncodingType::URL => Ok(true),
+        Some(_) => Err(s3_error!(
+            InvalidArgument,
+            "Invalid Encoding Method specified in Request"
+        )),
+    }
+}
+
+fn max_keys(n: Option<i32>) -> S3Result<u32> {
+    match n {
+        None => Ok(1000),
+        Some(n) if n < 0 => Err(s3_error!(InvalidArgument, "max-keys must be non-negative")),
+        Some(n) => Ok((n as u32).min(1000)),
+    }
+}
+
+fn hex_token(s: &str) -> String {
+    cairn_master::buckets::hex(s.as_bytes())
+}
+
+fn unhex_token(s: &str) -> S3Result<String> {
+    let bad = || {
+        s3_error!(
+            InvalidArgument,
+            "The continuation token provided is incorrect"
+        )
+    };
+    if !s.len().is_multiple_of(2) {
+        return Err(bad());
+    }
+    let bytes: Option<Vec<u8>> = (0..s.len())
+        .step_by(2)
+        .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .collect();
+    String::from_utf8(bytes.ok_or_else(bad)?).map_err(|_| bad())
+}
+
+/// The standard headers and user metadata of a write request.
+#[allow(clippy::too_many_arguments)]
+fn meta(
+    content_type: Option<String>,
+    content_encoding: Option<String>,
+    content_disposition: Option<String>,
+    content_language: Option<String>,
+    cache_control: Option<String>,
+    expires: Option<&Timestamp>,
+    user: Option<Metadata>,
+) -> S3Result<ObjectMeta> {
+    let mut user: Vec<(String, String)> = user.unwrap_or_default().into_iter().collect();
+    user.sort();
+    let size: usize = user.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if size > 2048 {
+        return Err(s3_error!(
+            MetadataTooLarge,
+            "user metadata is limited to 2 KB"
+        ));
+    }
+    Ok(ObjectMeta {
+        content_type,
+        content_encoding,
+        content_disposition,
+        content_language,
+        cache_control,
+        expires_ms: expires.map(ms_of),
+        user,
+        checksum: None,
+    })
+}
+
+fn user_metadata(m: &ObjectMeta) -> Option<Metadata> {
+    (!m.user.is_empty()).then(|| m.user.iter().cloned().collect::<HashMap<_, _>>())
+}
+
+const CHECKSUMS: [(&str, &str); 5] = [
+    ("CRC32", "x-amz-checksum-crc32"),
+    ("CRC32C", "x-amz-checksum-crc32c"),
+    ("CRC64NVME", "x-amz-checksum-crc64nvme"),
+    ("SHA1", "x-amz-checksum-sha1"),
+    ("SHA256", "x-amz-checksum-sha256"),
+];
+
+fn header_str<'a>(h: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The checksums a write asks for: a value header, the SDK's algorithm header, or a trailer.
+fn checksum_plan(h: &http::HeaderMap) -> ChecksumHasher {
+    let mut c = ChecksumHasher::default();
+    let algo = header_str(h, "x-amz-sdk-checksum-algorithm").map(str::to_ascii_uppercase);
+    let trailer = header_str(h, "x-amz-trailer").map(str::to_ascii_lowercase);
+    for (alg, name) in CHECKSUMS {
+        let on = h.contains_key(name)
+            || algo.as_deref() == Some(alg)
+            || trailer
+                .as_deref()
+                .is_some_and(|t| t.split(',').any(|x| x.trim() == name));
+        if on {
+            match alg {
+                "CRC32" => c.crc32 = Some(Default::default()),
+                "CRC32C" => c.crc32c = Some(Default::default()),
+                "CRC64NVME" => c.crc64nvme = Some(Default::default()),
+                "SHA1" => c.sha1 = Some(Default::default()),
+                _ => c.sha256 = Some(Default::default()),
+            }
+        }
+    }
+    c
+}
+
+fn computed<'a>(c: &'a s3s::dto::Checksum, alg: &str) -> Option<&'a String> {
+    match alg {
+        "CRC32" => c.checksum_crc32.as_ref(),
+        "CRC32C" => c.checksum_crc32c.as_ref(),
+        "CRC64NVME" => c.checksum_crc64nvme.as_ref(),
+        "SHA1" => c.checksum_sha1.as_ref(),
+        _ => c.checksum_sha256.as_ref(),
+    }
+}
+
+/// Check every checksum the client sent (header or trailer) against the bytes received;
+/// returns the one to keep with the object.
+fn verify_checksums(
+    sums: &s3s::dto::Checksum,
+    h: &http::HeaderMap,
+    trailers: Option<&http::HeaderMap>,
+) -> S3Result<Option<(String, String)>> {
+    let mut keep = None;
+    for (alg, name) in CHECKSUMS {
+        let sent = trailers
+            .and_then(|t| header_str(t, name))
+            .or_else(|| header_str(h, name));
+        let got = computed(sums, alg);
+        if let Some(sent) = sent
+            && got.map(String::as_str) != Some(sent.trim())
+        {
+            return Err(S3Error::with_message(
+                S3ErrorCode::BadDigest,
+                format!("The {alg} you specified did not match the calculated checksum."),
+            ));
+        }
+        if keep.is_none()
+            && let Some(g) = got
+        {
+            keep = Some((alg.to_owned(), g.clone()));
+        }
+    }
+    Ok(keep)
+}
+
+fn decode_base64(s: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(s.trim())
+        .ok()
+}
+
+/// What a stored body turned into.
+struct Stored {
+    size: u64,
+    md5: String,
+    checksum: Option<(String, String)>,
+    content: Content,
+}
+
+/// Sub-extents covering `len` bytes at `offset` of an object made of `extents`.
+fn slice_extents(extents: &[Extent], offset: u64, len: u64) -> Vec<Extent> {
+    let mut out = Vec::new();
+    let mut at = 0u64;
+    let end = offset + len;
+    for e in extents {
+        let (s, t) = (at, at + e.len);
+        at = t;
+        let lo = offset.max(s);
+        let hi = end.min(t);
+        if lo < hi {
+            out.push(Extent {
+                handle: e.handle,
+                offset: e.offset + (lo - s),
+                len: hi - lo,
+            });
+        }
+    }
+    out
+}
+
+/// An `AsyncWrite` that only hashes (for the MD5 of copied ranges).
+struct Md5Sink(Md5);
+
+impl tokio::io::AsyncWrite for Md5Sink {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.0.update(buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// Evaluate the read preconditions (RFC 7232 order, as S3 does).
+fn read_conditions(
+    etag_now: &str,
+    modified_ms: u64,
+    if_match: &Option<ETagCondition>,
+    if_none_match: &Option<ETagCondition>,
+    if_modified_since: &Option<Timestamp>,
+    if_unmodified_since: &Option<Timestamp>,
+) -> S3Result<()> {
+    let matches = |c: &ETagCondition| match c {
+        ETagCondition::Any => true,
+        ETagCondition::ETag(e) => e.value() == etag_now,
+    };
+    // HTTP dates have whole seconds.
+    let modified_s = (modified_ms / 1000) as i64;
+    if let Some(c) = if_match {
+        if !matches(c) {
+            return Err(s3_error!(
+                PreconditionFailed,
+                "At least one of the pre-conditions you specified did not hold"
+            ));
+        }
+    } else if let Some(t) = if_unmodified_since
+        && modified_s > ms_of(t) / 1000
+    {
+        return Err(s3_error!(
+            PreconditionFailed,
+            "At least one of the pre-conditions you specified did not hold"
+        ));
+    }
+    if let Some(c) = if_none_match {
+        if matches(c) {
+            return Err(S3Error::new(S3ErrorCode::NotModified));
+        }
+    } else if let Some(t) = if_modified_since
+        && modified_s <= ms_of(t) / 1000
+    {
+        return Err(S3Error::new(S3ErrorCode::NotModified));
+    }
+    Ok(())
+}
+
+fn not_found_marker(v: &Version, versioned_request: bool) -> S3Error {
+    let mut e = if versioned_request {
+        s3_error!(
+            MethodNotAllowed,
+            "The specified method is not allowed against this resource."
+        )
+    } else {
+        s3_error!(NoSuchKey, "The specified key does not exist.")
+    };
+    let mut h = http::HeaderMap::new();
+    h.insert(
+        "x-amz-delete-marker",
+        http::HeaderValue::from_static("true"),
+    );
+    if let Ok(val) = http::HeaderValue::from_str(&version_string(v.id)) {
+        h.insert("x-amz-version-id", val);
+    }
+    e.set_headers(h);
+    e
+}
+
+impl CairnS3 {
+    async fn bucket(&self, name: &str) -> S3Result<BucketRecord> {
+        match self
+            .g
+            .query(&BucketQuery::Bucket {
+                name: name.to_owned(),
+            })
+            .await?
+        {
+            BucketQueryResponse::Bucket(Some(b)) => Ok(b),
+            BucketQueryResponse::Bucket(None) => Err(s3_error!(
+                NoSuchBucket,
+                "The specified bucket does not exist"
+            )),
+            _ => Err(internal("unexpected answer")),
+        }
+    }
+
+    /// A key's version (the newest if `version` is `None`); delete markers included.
+    async fn version(
+        &self,
+        bucket: &str,
+        key: &str,
+        version: Option<VersionRef>,
+    ) -> S3Result<Version> {
+        match self
+            .g
+            .query(&BucketQuery::Object {
+                bucket: bucket.to_owned(),
+                key: key.to_owned(),
+                version,
+            })
+            .await?
+        {
+            BucketQueryResponse::Object(None) => Err(s3_error!(
+                NoSuchBucket,
+                "The specified bucket does not exist"
+            )),
+            BucketQueryResponse::Object(Some(None)) => Err(if version.is_some() {
+                s3_error!(NoSuchVersion, "The specified version does not exist.")
+            } else {
+                s3_error!(NoSuchKey, "The specified key does not exist.")
+            }),
+            BucketQueryResponse::Object(Some(Some(v))) => Ok(v),
+            _ => Err(internal("unexpected answer")),
+        }
+    }
+
+    /// The object data of a key's version; delete markers answer as S3 does.
+    async fn object(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: Option<&str>,
+    ) -> S3Result<(Version, ObjectData)> {
+        let r = parse_version(version_id)?;
+        let v = self.version(bucket, key, r).await?;
+        match v.data().cloned() {
+            Some(d) => Ok((v, d)),
+            None => Err(not_found_marker(&v, r.is_some())),
+        }
+    }
+
+    /// Stream a request body into storage, hashing it on the way.
+    async fn store_body(
+        &self,
+        body: Option<StreamingBlob>,
+        headers: &http::HeaderMap,
+        trailers: Option<TrailingHeaders>,
+        replication: Option<u8>,
+        allow_inline: bool,
+    ) -> S3Result<Stored> {
+        let inline_max = if allow_inline {
+            self.g.options.inline_max
+        } else {
+            0
+        };
+        let mut hashing = Hashing::new(body, checksum_plan(headers), self.g.options.put_max);
+        let body_error = |hashing: &Hashing, e: &dyn std::fmt::Display| {
+            let text = e.to_string();
+            if hashing.too_large {
+                s3_error!(
+                    EntityTooLarge,
+                    "Your proposed upload exceeds the maximum allowed object size."
+                )
+            } else if text.contains("Sha256Mismatch") {
+                custom_error(
+                    "XAmzContentSHA256Mismatch",
+                    http::StatusCode::BAD_REQUEST,
+                    "The provided 'x-amz-content-sha256' header does not match what was computed.",
+                )
+            } else if text.contains("SignatureMismatch") || text.contains("signature") {
+                S3Error::with_message(
+                    S3ErrorCode::SignatureDoesNotMatch,
+                    format!("a chunk of the request body is not signed right: {text}"),
+                )
+            } else {
+                S3Error::with_message(
+                    S3ErrorCode::IncompleteBody,
+                    format!("reading the request body: {e}"),
+                )
+            }
+        };
+        let content = {
+            let mut reader = tokio_util::io::StreamReader::new(&mut hashing);
+            let prefix = match read_prefix(&mut reader, inline_max).await {
+                Ok(p) => p,
+                Err(e) => {
+                    drop(reader);
+                    return Err(body_error(&hashing, &e));
+                }
+            };
+            if allow_inline && prefix.len() <= inline_max {
+                drop(reader);
+                Content::Inline(prefix)
+            } else {
+                let mut src = chain_prefix(prefix, reader);
+                let mut dc = self.g.data.clone();
+                dc.replication = replication;
+                let written = dc.put(&mut src).await;
+                drop(src);
+                match written {
+                    Ok(w) => Content::Chunks(w.extents),
+                    Err(cairn_chunkserver::DataError::Source(e)) => {
+                        return Err(body_error(&hashing, &e));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "storing a body failed");
+                        return Err(S3Error::with_message(
+                            S3ErrorCode::ServiceUnavailable,
+                            format!("the data plane could not store the body: {e}"),
+                        ));
+                    }
+                }
+            }
+        };
+        let size = hashing.len;
+        let (md5, sums) = hashing.finish();
+        if let Some(sent) = header_str(headers, "content-md5") {
+            let raw = decode_base64(sent)
+                .filter(|r| r.len() == 16)
+                .ok_or_else(|| {
+                    s3_error!(InvalidDigest, "The Content-MD5 you specified was invalid.")
+                })?;
+            if cairn_master::buckets::hex(&raw) != md5 {
+                return Err(s3_error!(
+                    BadDigest,
+                    "The Content-MD5 you specified did not match what we received."
+                ));
+            }
+        }
+        let trailer_map = trailers.and_then(|t| t.take());
+        let checksum = verify_checksums(&sums, headers, trailer_map.as_ref())?;
+        Ok(Stored {
+            size,
+            md5,
+            checksum,
+            content,
+        })
+    }
+
+    fn body_of(&self, d: &ObjectData, offset: u64, len: u64) -> StreamingBlob {
+        match &d.content {
+            Content::Inline(b) => {
+                let lo = usize::try_from(offset).unwrap_or(usize::MAX).min(b.len());
+                let hi = usize::try_from(offset + len)
+                    .unwrap_or(usize::MAX)
+                    .min(b.len());
+                let bytes = Bytes::copy_from_slice(&b[lo..hi]);
+                StreamingBlob::wrap(futures::stream::once(async move {
+                    Ok::<_, std::io::Error>(bytes)
+                }))
+            }
+            Content::Chunks(e) => object_stream(&self.g.data, Arc::new(e.clone()), offset, len),
+        }
+    }
+
+    /// The byte range a GET/HEAD asks for: (offset, len, Content-Range, parts count).
+    fn range_of(
+        d: &ObjectData,
+        range: Option<Range>,
+        part_number: Option<i32>,
+    ) -> S3Result<(u64, u64, Option<String>, Option<i32>)> {
+        if let Some(n) = part_number {
+            if range.is_some() {
+                return Err(s3_error!(
+                    InvalidRequest,
+                    "Cannot specify both Range header and partNumber query parameter"
+                ));
+            }
+            let sizes: Vec<u64> = if d.parts.is_empty() {
+                vec![d.size]
+            } else {
+                d.parts.clone()
+            };
+            let idx = usize::try_from(n)
+                .ok()
+                .filter(|&i| i >= 1 && i <= sizes.len())
+                .ok_or_else(|| {
+                    custom_error(
+                        "InvalidPartNumber",
+                        http::StatusCode::RANGE_NOT_SATISFIABLE,
+                        "The requested partnumber is not satisfiable",
+                    )
+                })?;
+            let offset: u64 = sizes[..idx - 1].iter().sum();
+            let len = sizes[idx - 1];
+            let cr = (len > 0).then(|| format!("bytes {}-{}/{}", offset, offset + len - 1, d.size));
+            return Ok((offset, len, cr, Some(sizes.len() as i32)));
+        }
+        match range {
+            None => Ok((0, d.size, None, None)),
+            Some(r) => {
+                let rr = r.check(d.size).map_err(|_| {
+                    let mut e = s3_error!(InvalidRange, "The requested range is not satisfiable");
+                    let mut h = http::HeaderMap::new();
+                    if let Ok(v) = http::HeaderValue::from_str(&format!("bytes */{}", d.size)) {
+                        h.insert(http::header::CONTENT_RANGE, v);
+                    }
+                    e.set_headers(h);
+                    e
+                })?;
+                let cr = format!("bytes {}-{}/{}", rr.start, rr.end - 1, d.size);
+                Ok((rr.start, rr.end - rr.start, Some(cr), None))
+            }
+        }
+    }
+
+    fn list_request(
+        bucket: &str,
+        prefix: Option<String>,
+        delimiter: Option<String>,
+        after: Option<String>,
+        limit: u32,
+    ) -> ListRequest {
+        ListRequest {
+            bucket: bucket.to_owned(),
+            prefix: prefix.unwrap_or_default(),
+            delimiter,
+            after: after.filter(|a| !a.is_empty()),
+            limit,
+            ..ListRequest::default()
+        }
+    }
+
+    async fn page(&self, q: BucketQuery) -> S3Result<ListPage> {
+        match self.g.query(&q).await? {
+            BucketQueryResponse::Page(p) => Ok(p),
+            _ => Err(internal("unexpected answer")),
+        }
+    }
+
+    async fn configure(&self, bucket: &str, change: BucketChange) -> S3Result<()> {
+        self.g
+            .command(&BucketCommand::Configure {
+                name: bucket.to_owned(),
+                change,
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+fn owner(id: &str) -> Owner {
+    Owner {
+        display_name: Some(id.to_owned()),
+        id: Some(id.to_owned()),
+    }
+}
+
+fn lifecycle_to_rules(cfg: BucketLifecycleConfiguration) -> S3Result<Vec<LifecycleRule>> {
+    let mut out = Vec::new();
+    for r in cfg.rules {
+        if r.transitions.as_ref().is_some_and(|t| !t.is_empty())
+            || r.noncurrent_version_transitions
+                .as_ref()
+                .is_some_and(|t| !t.is_empty())
+        {
+            return Err(s3_error!(
+                NotImplemented,
+                "Cairn has one storage class: transitions are not supported"
+            ));
+        }
+        let mut prefix = r.prefix.clone().unwrap_or_default();
+        if let Some(f) = &r.filter {
+            if f.tag.is_some()
+                || f.object_size_greater_than.is_some()
+                || f.object_size_less_than.is_some()
+                || f.and.as_ref().is_some_and(|a| {
+                    a.tags.as_ref().is_some_and(|t| !t.is_empty())
+                        || a.object_size_greater_than.is_some()
+                        || a.object_size_less_than.is_some()
+                })
+            {
+                return Err(s3_error!(
+                    NotImplemented,
+                    "lifecycle filters on tags or sizes are not supported; filter by prefix"
+                ));
+            }
+            if let Some(p) = &f.prefix {
+                prefix = p.clone();
+            } else if let Some(p) = f.and.as_ref().and_then(|a| a.prefix.clone()) {
+                prefix = p;
+            }
+        }
+        let days = |d: Option<i32>, what: &str| -> S3Result<Option<u32>> {
+            match d {
+                None => Ok(None),
+                Some(d) if d > 0 => Ok(Some(d as u32)),
+                Some(_) => Err(S3Error::with_message(
+                    S3ErrorCode::InvalidArgument,
+                    format!("{what} must be a positive number of days"),
+                )),
+            }
+        };
+        let exp = r.expiration.as_ref();
+        let rule = LifecycleRule {
+            id: r.id.clone(),
+            enabled: r.status.as_str() == ExpirationStatus::ENABLED,
+            prefix,
+            expiration_days: days(exp.and_then(|e| e.days), "Expiration Days")?,
+            expiration_date_ms: exp.and_then(|e| e.date.as_ref()).map(ms_of),
+            expired_object_delete_marker: exp
+                .and_then(|e| e.expired_object_delete_marker)
+                .unwrap_or(false),
+            noncurrent_days: days(
+                r.noncurrent_version_expiration
+                    .as_ref()
+                    .and_then(|n| n.noncurrent_days),
+                "NoncurrentDays",
+            )?,
+            abort_incomplete_days: days(
+                r.abort_incomplete_multipart_upload
+                    .as_ref()
+                    .and_then(|a| a.days_after_initiation),
+                "DaysAfterInitiation",
+            )?,
+        };
+        if rule.expiration_days.is_none()
+            && rule.expiration_date_ms.is_none()
+            && !rule.expired_object_delete_marker
+            && rule.noncurrent_days.is_none()
+            && rule.abort_incomplete_days.is_none()
+        {
+            return Err(s3_error!(
+                MalformedXML,
+                "a lifecycle rule needs at least one action"
+            ));
+        }
+        out.push(rule);
+    }
+    Ok(out)
+}
+
+fn rules_to_lifecycle(rules: &[LifecycleRule]) -> Vec<s3s::dto::LifecycleRule> {
+    rules
+        .iter()
+        .map(|r| {
+            let expiration = (r.expiration_days.is_some()
+                || r.expiration_date_ms.is_some()
+                || r.expired_object_delete_marker)
+                .then(|| LifecycleExpiration {
+                    date: r.expiration_date_ms.map(ts_signed),
+                    days: r.expiration_days.map(|d| d as i32),
+                    expired_object_delete_marker: r.expired_object_delete_marker.then_some(true),
+                });
+            s3s::dto::LifecycleRule {
+                abort_incomplete_multipart_upload: r.abort_incomplete_days.map(|d| {
+                    AbortIncompleteMultipartUpload {
+                        days_after_initiation: Some(d as i32),
+                    }
+                }),
+                expiration,
+                filter: Some(LifecycleRuleFilter {
+                    prefix: Some(r.prefix.clone()),
+                    ..Default::default()
+                }),
+                id: r.id.clone(),
+                noncurrent_version_expiration: r.noncurrent_days.map(|d| {
+                    NoncurrentVersionExpiration {
+                        newer_noncurrent_versions: None,
+                        noncurrent_days: Some(d as i32),
+                    }
+                }),
+                noncurrent_version_transitions: None,
+                prefix: None,
+                status: ExpirationStatus::from_static(if r.enabled {
+                    ExpirationStatus::ENABLED
+                } else {
+                    ExpirationStatus::DISABLED
+                }),
+                transitions: None,
+            }
+        })
+        .collect()
+}
+
+#[async_trait::async_trait]
+impl S3 for CairnS3 {
+    async fn list_buckets(
+        &self,
+        req: S3Request<ListBucketsInput>,
+    ) -> S3Result<S3Response<ListBucketsOutput>> {
+        let who = req.credentials.map(|c| c.access_key).unwrap_or_default();
+        let all = match self.g.query(&BucketQuery::Buckets).await? {
+            BucketQueryResponse::Buckets(b) => b,
+            _ => return Err(internal("unexpected answer")),
+        };
+        let prefix = req.input.prefix.unwrap_or_default();
+        let buckets = all
+            .into_iter()
+            .filter(|(n, _)| n.starts_with(&prefix))
+            .map(|(name, b)| Bucket {
+                bucket_region: Some(self.g.options.region.clone()),
+                creation_date: Some(ts(b.created_ms)),
+                name: Some(name),
+            })
+            .collect();
+        Ok(S3Response::new(ListBucketsOutput {
+            buckets: Some(buckets),
+            continuation_token: None,
+            owner: Some(owner(&who)),
+            prefix: (!prefix.is_empty()).then_some(prefix),
+        }))
+    }
+
+    async fn create_bucket(
+        &self,
+        req: S3Request<CreateBucketInput>,
+    ) -> S3Result<S3Response<CreateBucketOutput>> {
+        let input = req.input;
+        if crate::http::RESERVED.contains(&input.bucket.as_str()) {
+            return Err(s3_error!(
+                InvalidBucketName,
+                "this bucket name is reserved by the gateway"
+            ));
+        }
+        if let Some(lc) = input
+            .create_bucket_configuration
+            .as_ref()
+            .and_then(|c| c.location_constraint.as_ref())
+            && lc.as_str() != self.g.options.region
+            && !lc.as_str().is_empty()
+        {
+            return Err(S3Error::with_message(
+                S3ErrorCode::IllegalLocationConstraintException,
+                format!("this endpoint serves region {}", self.g.options.region),
+            ));
+        }
+        let public_read = match input.acl.as_ref().map(BucketCannedACL::as_str) {
+            None | Some(BucketCannedACL::PRIVATE) => false,
+            Some(BucketCannedACL::PUBLIC_READ) => true,
+            Some(other) => {
+                return Err(S3Error::with_message(
+                    S3ErrorCode::NotImplemented,
+                    format!("canned ACL {other} is not supported (private or public-read)"),
+                ));
+            }
+        };
+        let who = req.credentials.map(|c| c.access_key).unwrap_or_default();
+        self.g
+            .command(&BucketCommand::CreateBucket {
+                name: input.bucket.clone(),
+                owner: who,
+                public_read,
+            })
+            .await?;
+        Ok(S3Response::new(CreateBucketOutput {
+            location: Some(format!("/{}", input.bucket)),
+        }))
+    }
+
+    async fn head_bucket(
+        &self,
+        req: S3Request<HeadBucketInput>,
+    ) -> S3Result<S3Response<HeadBucketOutput>> {
+        self.bucket(&req.input.bucket).await?;
+        Ok(S3Response::new(HeadBucketOutput {
+            bucket_region: Some(self.g.options.region.clone()),
+            ..Default::default()
+        }))
+    }
+
+    async fn delete_bucket(
+        &self,
+        req: S3Request<DeleteBucketInput>,
+    ) -> S3Result<S3Response<DeleteBucketOutput>> {
+        self.g
+            .command(&BucketCommand::DeleteBucket {
+                name: req.input.bucket,
+            })
+            .await?;
+        Ok(S3Response::new(DeleteBucketOutput {}))
+    }
+
+    async fn get_bucket_location(
+        &self,
+        req: S3Request<GetBucketLocationInput>,
+    ) -> S3Result<S3Response<GetBucketLocationOutput>> {
+        self.bucket(&req.input.bucket).await?;
+        // us-east-1 answers with an empty LocationConstraint, as S3 does.
+        let region = &self.g.options.region;
+        Ok(S3Response::new(GetBucketLocationOutput {
+            location_constraint: (region != "us-east-1")
+                .then(|| BucketLocationConstraint::from(region.clone())),
+        }))
+    }
+
+    async fn get_bucket_versioning(
+        &self,
+        req: S3Request<GetBucketVersioningInput>,
+    ) -> S3Result<S3Response<GetBucketVersioningOutput>> {
+        let b = self.bucket(&req.input.bucket).await?;
+        let status = match b.versioning {
+            Versioning::Unversioned => None,
+            Versioning::Enabled => Some(BucketVersioningStatus::from_static(
+                BucketVersioningStatus::ENABLED,
+            )),
+            Versioning::Suspended => Some(BucketVersioningStatus::from_static(
+                BucketVersioningStatus::SUSPENDED,
+            )),
+        };
+        Ok(S3Response::new(GetBucketVersioningOutput {
+            mfa_delete: None,
+            status,
+        }))
+    }
+
+    async fn put_bucket_versioning(
+        &self,
+        req: S3Request<PutBucketVersioningInput>,
+    ) -> S3Result<S3Response<PutBucketVersioningOutput>> {
+        let input = req.input;
+        let v = match input
+            .versioning_configuration
+            .status
+            .as_ref()
+            .map(BucketVersioningStatus::as_str)
+        {
+            Some(BucketVersioningStatus::ENABLED) => Versioning::Enabled,
+            Some(BucketVersioningStatus::SUSPENDED) => Versioning::Suspended,
+            _ => {
+                return Err(s3_error!(
+                    MalformedXML,
+                    "Status must be Enabled or Suspended"
+                ));
+            }
+        };
+        self.configure(&input.bucket, BucketChange::Versioning(v))
+            .await?;
+        Ok(S3Response::new(PutBucketVersioningOutput {}))
+    }
+
+    async fn get_bucket_lifecycle_configuration(
+        &self,
+        req: S3Request<GetBucketLifecycleConfigurationInput>,
+    ) -> S3Result<S3Response<GetBucketLifecycleConfigurationOutput>> {
+        let b = self.bucket(&req.input.bucket).await?;
+        let rules = b.lifecycle.ok_or_else(|| {
+            s3_error!(
+                NoSuchLifecycleConfiguration,
+                "The lifecycle configuration does not exist"
+            )
+        })?;
+        Ok(S3Response::new(GetBucketLifecycleConfigurationOutput {
+            rules: Some(rules_to_lifecycle(&rules)),
+            transition_default_minimum_object_size: None,
+        }))
+    }
+
+    async fn put_bucket_lifecycle_configuration(
+        &self,
+        req: S3Request<PutBucketLifecycleConfigurationInput>,
+    ) -> S3Result<S3Response<PutBucketLifecycleConfigurationOutput>> {
+        let input = req.input;
+        let cfg = input
+            .lifecycle_configuration
+            .ok_or_else(|| s3_error!(MalformedXML, "no lifecycle configuration"))?;
+        let rules = lifecycle_to_rules(cfg)?;
+        self.configure(&input.bucket, BucketChange::Lifecycle(Some(rules)))
+            .await?;
+        Ok(S3Response::new(
+            PutBucketLifecycleConfigurationOutput::default(),
+        ))
+    }
+
+    async fn delete_bucket_lifecycle(
+        &self,
+        req: S3Request<DeleteBucketLifecycleInput>,
+    ) -> S3Result<S3Response<DeleteBucketLifecycleOutput>> {
+        self.configure(&req.input.bucket, BucketChange::Lifecycle(None))
+            .await?;
+        Ok(S3Response::new(DeleteBucketLifecycleOutput {}))
+    }
+
+    async fn get_bucket_cors(
+        &self,
+        req: S3Request<GetBucketCorsInput>,
+    ) -> S3Result<S3Response<GetBucketCorsOutput>> {
+        let b = self.bucket(&req.input.bucket).await?;
+        let rules = b.cors.ok_or_else(|| {
+            s3_error!(
+                NoSuchCORSConfiguration,
+                "The CORS configuration does not exist"
+            )
+        })?;
+        Ok(S3Response::new(GetBucketCorsOutput {
+            cors_rules: Some(
+                rules
+                    .into_iter()
+                    .map(|r| CORSRule {
+                        allowed_headers: (!r.allowed_headers.is_empty())
+                            .then_some(r.allowed_headers),
+                        allowed_methods: r.allowed_methods,
+                        allowed_origins: r.allowed_origins,
+                        expose_headers: (!r.expose_headers.is_empty()).then_some(r.expose_headers),
+                        id: r.id,
+                        max_age_seconds: r.max_age_seconds,
+                    })
+                    .collect(),
+            ),
+        }))
+    }
+
+    async fn put_bucket_cors(
+        &self,
+        req: S3Request<PutBucketCorsInput>,
+    ) -> S3Result<S3Response<PutBucketCorsOutput>> {
+        let input = req.input;
+        let mut rules = Vec::new();
+        for r in input.cors_configuration.cors_rules {
+            for m in &r.allowed_methods {
+                if !["GET", "PUT", "POST", "DELETE", "HEAD"].contains(&m.as_str()) {
+                    return Err(S3Error::with_message(
+                        S3ErrorCode::InvalidRequest,
+                        format!(
+                            "Found unsupported HTTP method in CORS config. Unsupported method is {m}"
+                        ),
+                    ));
+                }
+            }
+            rules.push(CorsRule {
+                id: r.id,
+                allowed_origins: r.allowed_origins,
+                allowed_methods: r.allowed_methods,
+                allowed_headers: r.allowed_headers.unwrap_or_default(),
+                expose_headers: r.expose_headers.unwrap_or_default(),
+                max_age_seconds: r.max_age_seconds,
+            });
+        }
+        self.configure(&input.bucket, BucketChange::Cors(Some(rules)))
+            .await?;
+        Ok(S3Response::new(PutBucketCorsOutput {}))
+    }
+
+    async fn delete_bucket_cors(
+        &self,
+        req: S3Request<DeleteBucketCorsInput>,
+    ) -> S3Result<S3Response<DeleteBucketCorsOutput>> {
+        self.configure(&req.input.bucket, BucketChange::Cors(None))
+            .await?;
+        Ok(S3Response::new(DeleteBucketCorsOutput {}))
+    }
+
+    async fn get_bucket_tagging(
+        &self,
+        req: S3Request<GetBucketTaggingInput>,
+    ) -> S3Result<S3Response<GetBucketTaggingOutput>> {
+        let b = self.bucket(&req.input.bucket).await?;
+        let tags = b
+            .tags
+            .ok_or_else(|| s3_error!(NoSuchTagSet, "The TagSet does not exist"))?;
+        Ok(S3Response::new(GetBucketTaggingOutput {
+            tag_set: tag_set(&tags),
+        }))
+    }
+
+    async fn put_bucket_tagging(
+        &self,
+        req: S3Request<PutBucketTaggingInput>,
+    ) -> S3Result<S3Response<PutBucketTaggingOutput>> {
+        let input = req.input;
+        let tags = tags_from(input.tagging.tag_set)?;
+        self.configure(&input.bucket, BucketChange::Tags(Some(tags)))
+            .await?;
+        Ok(S3Response::new(PutBucketTaggingOutput {}))
+    }
+
+    async fn delete_bucket_tagging(
+        &self,
+        req: S3Request<DeleteBucketTaggingInput>,
+    ) -> S3Result<S3Response<DeleteBucketTaggingOutput>> {
+        self.configure(&req.input.bucket, BucketChange::Tags(None))
+            .await?;
+        Ok(S3Response::new(DeleteBucketTaggingOutput {}))
+    }
+
+    async fn put_bucket_acl(
+        &self,
+        req: S3Request<PutBucketAclInput>,
+    ) -> S3Result<S3Response<PutBucketAclOutput>> {
+        let input = req.input;
+        let public = match input.acl.as_ref().map(BucketCannedACL::as_str) {
+            Some(BucketCannedACL::PRIVATE) => false,
+            Some(BucketCannedACL::PUBLIC_READ) => true,
+            _ => {
+                return Err(s3_error!(
+                    NotImplemented,
+                    "only the canned ACLs private and public-read are supported"
+                ));
+            }
+        };
+        self.configure(&input.bucket, BucketChange::PublicRead(public))
+            .await?;
+        Ok(S3Response::new(PutBucketAclOutput {}))
+    }
+
+    async fn get_bucket_acl(
+        &self,
+        req: S3Request<GetBucketAclInput>,
+    ) -> S3Result<S3Response<GetBucketAclOutput>> {
+        let b = self.bucket(&req.input.bucket).await?;
+        let mut grants = vec![Grant {
+            grantee: Some(Grantee {
+                display_name: Some(b.owner.clone()),
+                email_address: None,
+                id: Some(b.owner.clone()),
+                type_: Type::from_static(Type::CANONICAL_USER),
+                uri: None,
+            }),
+            permission: Some(Permission::from_static(Permission::FULL_CONTROL)),
+        }];
+        if b.public_read {
+            grants.push(Grant {
+                grantee: Some(Grantee {
+                    display_name: None,
+                    email_address: None,
+                    id: None,
+                    type_: Type::from_static(Type::GROUP),
+                    uri: Some("http://acs.amazonaws.com/groups/global/AllUsers".into()),
+                }),
+                permission: Some(Permission::from_static(Permission::READ)),
+            });
+        }
+        Ok(S3Response::new(GetBucketAclOutput {
+            grants: Some(grants),
+            owner: Some(owner(&b.owner)),
+        }))
+    }
+
+    async fn put_object(
+        &self,
+        req: S3Request<PutObjectInput>,
+    ) -> S3Result<S3Response<PutObjectOutput>> {
+        let headers = req.headers;
+        let trailers = req.trailing_headers;
+        let input = req.input;
+        if let Some(len) = input.content_length
+            && u64::try_from(len).is_ok_and(|l| l > self.g.options.put_max)
+        {
+            return Err(s3_error!(
+                EntityTooLarge,
+                "Your proposed upload exceeds the maximum allowed object size."
+            ));
+        }
+        let conditions = write_conditions(&input.if_match, &input.if_none_match)?;
+        let b = self.bucket(&input.bucket).await?;
+        if conditions.if_none_match_any {
+            // Cheap early refusal; the command checks again atomically.
+            if let Ok(v) = self.version(&input.bucket, &input.key, None).await
+                && v.data().is_some()
+            {
+                return Err(s3_error!(
+                    PreconditionFailed,
+                    "At least one of the pre-conditions you specified did not hold"
+                ));
+            }
+        }
+        let mut m = meta(
+            input.content_type.clone(),
+            input.content_encoding.clone(),
+            input.content_disposition.clone(),
+            input.content_language.clone(),
+            input.cache_control.clone(),
+            input.expires.as_ref(),
+            input.metadata.clone(),
+        )?;
+        let tags = parse_tagging(input.tagging.as_deref())?;
+        let stored = self
+            .store_body(input.body, &headers, trailers, b.replication, true)
+            .await?;
+        m.checksum = stored.checksum.clone();
+        let resp = self
+            .g
+            .command(&BucketCommand::PutObject {
+                bucket: input.bucket.clone(),
+                key: input.key.clone(),
+                data: ObjectData {
+                    size: stored.size,
+                    etag: stored.md5.clone(),
+                    parts: Vec::new(),
+                    content: stored.content,
+                    meta: m,
+                    tags,
+                },
+                conditions,
+            })
+            .await?;
+        let version = match resp {
+            BucketResponse::Put { version, .. } => version,
+            _ => None,
+        };
+        let mut out = PutObjectOutput {
+            e_tag: Some(etag(&stored.md5)),
+            version_id: version.map(|v| version_string(Some(v))),
+            size: i64::try_from(stored.size).ok(),
+            ..Default::default()
+        };
+        if b.versioning == Versioning::Suspended {
+            out.version_id = Some("null".into());
+        }
+        if let Some((alg, v)) = stored.checksum {
+            match alg.as_str() {
+                "CRC32" => out.checksum_crc32 = Some(v),
+                "CRC32C" => out.checksum_crc32c = Some(v),
+                "CRC64NVME" => out.checksum_crc64nvme = Some(v),
+                "SHA1" => out.checksum_sha1 = Some(v),
+                _ => out.checksum_sha256 = Some(v),
+            }
+        }
+        Ok(S3Response::new(out))
+    }
+
+    async fn get_object(
+        &self,
+        req: S3Request<GetObjectInput>,
+    ) -> S3Result<S3Response<GetObjectOutput>> {
+        let input = req.input;
+        let (v, d) = self
+            .object(&input.bucket, &input.key, input.version_id.as_deref())
+            .await?;
+        read_conditions(
+            &d.etag,
+            v.modified_ms,
+            &input.if_match,
+            &input.if_none_match,
+            &input.if_modified_since,
+            &input.if_unmodified_since,
+        )?;
+        let (offset, len, content_range, parts_count) =
+            Self::range_of(&d, input.range, input.part_number)?;
+        let body = self.body_of(&d, offset, len);
+        let whole = content_range.is_none();
+        let m = &d.meta;
+        let mut out = GetObjectOutput {
+            accept_ranges: Some("bytes".into()),
+            body: Some(body),
+            cache_control: input
+                .response_cache_control
+                .or_else(|| m.cache_control.clone()),
+            content_disposition: input
+                .response_content_disposition
+                .or_else(|| m.content_disposition.clone()),
+            content_encoding: input
+                .response_content_encoding
+                .or_else(|| m.content_encoding.clone()),
+            content_language: input
+                .response_content_language
+                .or_else(|| m.content_language.clone()),
+            content_length: i64::try_from(len).ok(),
+            content_range,
+            content_type: input
+                .response_content_type
+                .or_else(|| m.content_type.clone())
+                .or_else(|| Some("binary/octet-stream".into())),
+            e_tag: Some(etag(&d.etag)),
+            expires: input
+                .response_expires
+                .or_else(|| m.expires_ms.map(ts_signed)),
+            last_modified: Some(ts(v.modified_ms)),
+            metadata: user_metadata(m),
+            parts_count,
+            tag_count: (!d.tags.is_empty()).then_some(d.tags.len() as i32),
+            version_id: v.id.map(|x| version_string(Some(x))),
+            ..Default::default()
+        };
+        if whole
+            && input
+                .checksum_mode
+                .as_ref()
+                .is_some_and(|c| c.as_str() == ChecksumMode::ENABLED)
+            && let Some((alg, val)) = &m.checksum
+        {
+            match alg.as_str() {
+                "CRC32" => out.checksum_crc32 = Some(val.clone()),
+                "CRC32C" => out.checksum_crc32c = Some(val.clone()),
+                "CRC64NVME" => out.checksum_crc64nvme = Some(val.clone()),
+                "SHA1" => out.checksum_sha1 = Some(val.clone()),
+                _ => out.checksum_sha256 = Some(val.clone()),
+            }
+        }
+        let mut resp = S3Response::new(out);
+        if !whole {
+            resp.status = Some(http::StatusCode::PARTIAL_CONTENT);
+        }
+        Ok(resp)
+    }
+
+    async fn head_object(
+        &self,
+        req: S3Request<HeadObjectInput>,
+    ) -> S3Result<S3Response<HeadObjectOutput>> {
+        let input = req.input;
+        let (v, d) = self
+            .object(&input.bucket, &input.key, input.version_id.as_deref())
+            .await?;
+        read_conditions(
+            &d.etag,
+            v.modified_ms,
+            &input.if_match,
+            &input.if_none_match,
+            &input.if_modified_since,
+            &input.if_unmodified_since,
+        )?;
+        let (_, len, content_range, parts_count) =
+            Self::range_of(&d, input.range, input.part_number)?;
+        let m = &d.meta;
+        let partial = content_range.is_some();
+        let out = HeadObjectOutput {
+            accept_ranges: Some("bytes".into()),
+            cache_control: input
+                .response_cache_control
+                .or_else(|| m.cache_control.clone()),
+            content_disposition: input
+                .response_content_disposition
+                .or_else(|| m.content_disposition.clone()),
+            content_encoding: input
+                .response_content_encoding
+                .or_else(|| m.content_encoding.clone()),
+            content_language: input
+                .response_content_language
+                .or_else(|| m.content_language.clone()),
+            content_length: i64::try_from(len).ok(),
+            content_range,
+            content_type: input
+                .response_content_type
+                .or_else(|| m.content_type.clone())
+                .or_else(|| Some("binary/octet-stream".into())),
+            e_tag: Some(etag(&d.etag)),
+            expires: input
+                .response_expires
+                .or_else(|| m.expires_ms.map(ts_signed)),
+            last_modified: Some(ts(v.modified_ms)),
+            metadata: user_metadata(m),
+            parts_count,
+            version_id: v.id.map(|x| version_string(Some(x))),
+            ..Default::default()
+        };
+        let mut resp = S3Response::new(out);
+        if partial {
+            resp.status = Some(http::StatusCode::PARTIAL_CONTENT);
+        }
+        Ok(resp)
+    }
+
+    async fn delete_object(
+        &self,
+        req: S3Request<DeleteObjectInput>,
+    ) -> S3Result<S3Response<DeleteObjectOutput>> {
+        let input = req.input;
+        let version = parse_version(input.version_id.as_deref())?;
+        let r = self
+            .g
+            .command(&BucketCommand::DeleteObject {
+                bucket: input.bucket,
+                key: input.key,
+                version,
+            })
+            .await?;
+        let out = match r {
+            BucketResponse::Deleted { version, marker } => DeleteObjectOutput {
+                delete_marker: marker.then_some(true),
+                version_id: version.map(version_string),
+                ..Default::default()
+            },
+            _ => DeleteObjectOutput::default(),
+        };
+        Ok(S3Response::new(out))
+    }
+
+    async fn delete_objects(
+        &self,
+        req: S3Request<DeleteObjectsInput>,
+    ) -> S3Result<S3Response<DeleteObjectsOutput>> {
+        let input = req.input;
+        if input.delete.objects.len() > 1000 {
+            return Err(s3_error!(
+                MalformedXML,
+                "at most 1000 keys per DeleteObjects request"
+            ));
+        }
+        self.bucket(&input.bucket).await?;
+        let quiet = input.delete.quiet.unwrap_or(false);
+        let bucket = input.bucket.clone();
+        let results: Vec<(ObjectIdentifier, S3Result<BucketResponse>)> =
+            futures::stream::iter(input.delete.objects.into_iter().map(|o| {
+                let bucket = bucket.clone();
+                async move {
+                    let r = match parse_version(o.version_id.as_deref()) {
+                        Ok(version) => {
+                            self.g
+                                .command(&BucketCommand::DeleteObject {
+                                    bucket,
+                                    key: o.key.clone(),
+                                    version,
+                                })
+                                .await
+                        }
+                        Err(e) => Err(e),
+                    };
+                    (o, r)
+                }
+            }))
+            .buffered(32)
+            .collect()
+            .await;
+        let mut deleted = Vec::new();
+        let mut errors = Vec::new();
+        for (o, r) in results {
+            match r {
+                Ok(BucketResponse::Deleted { version, marker }) => {
+                    if !quiet {
+                        deleted.push(DeletedObject {
+                            delete_marker: marker.then_some(true),
+                            delete_marker_version_id: if marker {
+                                version.map(version_string)
+                            } else {
+                                None
+                            },
+                            key: Some(o.key),
+                            version_id: if marker { None } else { o.version_id },
+                        });
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => errors.push(s3s::dto::Error {
+                    code: Some(e.code().as_str().to_owned()),
+                    key: Some(o.key),
+                    message: e.message().map(str::to_owned),
+                    version_id: o.version_id,
+                }),
+            }
+        }
+        Ok(S3Response::new(DeleteObjectsOutput {
+            deleted: Some(deleted),
+            errors: (!errors.is_empty()).then_some(errors),
+            request_charged: None,
+        }))
+    }
+
+    async fn copy_object(
+        &self,
+        req: S3Request<CopyObjectInput>,
+    ) -> S3Result<S3Response<CopyObjectOutput>> {
+        let input = req.input;
+        let (src_bucket, src_key, src_version) = match &input.copy_source {
+            CopySource::Bucket {
+                bucket,
+                key,
+                version_id,
+            } => (
+                bucket.to_string(),
+                key.to_string(),
+                version_id.as_ref().map(|v| v.to_string()),
+            ),
+            CopySource::AccessPoint { .. } | CopySource::Outpost { .. } => {
+                return Err(s3_error!(NotImplemented, "access points are not supported"));
+            }
+        };
+        let (sv, sd) = self
+            .object(&src_bucket, &src_key, src_version.as_deref())
+            .await?;
+        // Source conditions answer 412 (never 304) on a copy.
+        read_conditions(
+            &sd.etag,
+            sv.modified_ms,
+            &input.copy_source_if_match,
+            &input.copy_source_if_none_match,
+            &input.copy_source_if_modified_since,
+            &input.copy_source_if_unmodified_since,
+        )
+        .map_err(|e| {
+            if *e.code() == S3ErrorCode::NotModified {
+                s3_error!(
+                    PreconditionFailed,
+                    "At least one of the pre-conditions you specified did not hold"
+                )
+            } else {
+                e
+            }
+        })?;
+        let replace_meta = input
+            .metadata_directive
+            .as_ref()
+            .is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
+        let replace_tags = input
+            .tagging_directive
+            .as_ref()
+            .is_some_and(|d| d.as_str() == TaggingDirective::REPLACE);
+        if src_bucket == input.bucket
+            && src_key == input.key
+            && src_version.is_none()
+            && !replace_meta
+            && !replace_tags
+        {
+            return Err(s3_error!(
+                InvalidRequest,
+                "This copy request is illegal because it is trying to copy an object to itself without changing the object's metadata, storage class, website redirect location or encryption attributes."
+            ));
+        }
+        let dest = self.bucket(&input.bucket).await?;
+        let mut m = if replace_meta {
+            meta(
+                input.content_type.clone(),
+                input.content_encoding.clone(),
+                input.content_disposition.clone(),
+                input.content_language.clone(),
+                input.cache_control.clone(),
+                input.expires.as_ref(),
+                input.metadata.clone(),
+            )?
+        } else {
+            sd.meta.clone()
+        };
+        m.checksum = sd.meta.checksum.clone();
+        let tags = if replace_tags {
+            parse_tagging(input.tagging.as_deref())?
+        } else {
+            sd.tags.clone()
+        };
+        let r = self
+            .g
+            .command(&BucketCommand::PutObject {
+                bucket: input.bucket.clone(),
+                key: input.key.clone(),
+                data: ObjectData {
+                    size: sd.size,
+                    etag: sd.etag.clone(),
+                    parts: sd.parts.clone(),
+                    content: sd.content.clone(),
+                    meta: m,
+                    tags,
+                },
+                conditions: Conditions::default(),
+            })
+            .await
+            .map_err(|e| {
+                if e.message().is_some_and(|m| m.contains("chunk")) {
+                    s3_error!(NoSuchKey, "the source object was deleted during the copy")
+                } else {
+                    e
+                }
+            })?;
+        let (version, modified) = match r {
+            BucketResponse::Put { version, .. } => (version, crate_now_ms()),
+            _ => (None, crate_now_ms()),
+        };
+        Ok(S3Response::new(CopyObjectOutput {
+            copy_object_result: Some(CopyObjectResult {
+                e_tag: Some(etag(&sd.etag)),
+                last_modified: Some(ts(modified)),
+                ..Default::default()
+            }),
+            copy_source_version_id: sv.id.map(|x| version_string(Some(x))),
+            version_id: if dest.versioning == Versioning::Enabled {
+                version.map(|v| version_string(Some(v)))
+            } else {
+                None
+            },
+            ..Default::default()
+        }))
+    }
+
+    async fn get_object_tagging(
+        &self,
+        req: S3Request<GetObjectTaggingInput>,
+    ) -> S3Result<S3Response<GetObjectTaggingOutput>> {
+        let input = req.input;
+        let (v, d) = self
+            .object(&input.bucket, &input.key, input.version_id.as_deref())
+            .await?;
+        Ok(S3Response::new(GetObjectTaggingOutput {
+            tag_set: tag_set(&d.tags),
+            version_id: v.id.map(|x| version_string(Some(x))),
+        }))
+    }
+
+    async fn put_object_tagging(
+        &self,
+        req: S3Request<PutObjectTaggingInput>,
+    ) -> S3Result<S3Response<PutObjectTaggingOutput>> {
+        let input = req.input;
+        let version = parse_version(input.version_id.as_deref())?;
+        let tags = tags_from(input.tagging.tag_set)?;
+        self.g
+            .command(&BucketCommand::SetObjectTags {
+                bucket: input.bucket,
+                key: input.key,
+                version,
+                tags,
+            })
+            .await?;
+        Ok(S3Response::new(PutObjectTaggingOutput {
+            version_id: input.version_id,
+        }))
+    }
+
+    async fn delete_object_tagging(
+        &self,
+        req: S3Request<DeleteObjectTaggingInput>,
+    ) -> S3Result<S3Response<DeleteObjectTaggingOutput>> {
+        let input = req.input;
+        let version = parse_version(input.version_id.as_deref())?;
+        self.g
+            .command(&BucketCommand::SetObjectTags {
+                bucket: input.bucket,
+                key: input.key,
+                version,
+                tags: Vec::new(),
+            })
+            .await?;
+        Ok(S3Response::new(DeleteObjectTaggingOutput {
+            version_id: input.version_id,
+        }))
+    }
+
+    async fn list_objects(
+        &self,
+        req: S3Request<ListObjectsInput>,
+    ) -> S3Result<S3Response<ListObjectsOutput>> {
+        let input = req.input;
+        let url = wants_url(&input.encoding_type)?;
+        let limit = max_keys(input.max_keys)?;
+        let page = self
+            .page(BucketQuery::List(Self::list_request(
+                &input.bucket,
+                input.prefix.clone(),
+                input.delimiter.clone(),
+                input.marker.clone(),
+                limit,
+            )))
+            .await?;
+        let contents: Vec<Object> = page
+            .objects
+            .iter()
+            .filter_map(|o| {
+                let d = o.version.data()?;
+                Some(Object {
+                    e_tag: Some(etag(&d.etag)),
+                    key: Some(enc(&o.key, url)),
+                    last_modified: Some(ts(o.version.modified_ms)),
+                    size: i64::try_from(d.size).ok(),
+                    storage_class: Some(ObjectStorageClass::from_static(
+                        ObjectStorageClass::STANDARD,
+                    )),
+                    ..Default::default()
+                })
+            })
+            .collect();
+        let prefixes: Vec<CommonPrefix> = page
+            .prefixes
+            .iter()
+            .map(|p| CommonPrefix {
+                prefix: Some(enc(p, url)),
+            })
+            .collect();
+        Ok(S3Response::new(ListObjectsOutput {
+            name: Some(input.bucket),
+            prefix: Some(enc(&input.prefix.unwrap_or_default(), url)),
+            marker: Some(enc(&input.marker.unwrap_or_default(), url)),
+            max_keys: Some(limit as i32),
+            is_truncated: Some(page.truncated),
+            contents: (!contents.is_empty()).then_some(contents),
+            common_prefixes: (!prefixes.is_empty()).then_some(prefixes),
+            delimiter: input.delimiter.map(|d| enc(&d, url)),
+            next_marker: page.next.map(|n| enc(&n, url)),
+            encoding_type: input.encoding_type,
+            request_charged: None,
+        }))
+    }
+
+    async fn list_objects_v2(
+        &self,
+        req: S3Request<ListObjectsV2Input>,
+    ) -> S3Result<S3Response<ListObjectsV2Output>> {
+        let input = req.input;
+        let url = wants_url(&input.encoding_type)?;
+        let limit = max_keys(input.max_keys)?;
+        let after = match &input.continuation_token {
+            Some(t) => Some(unhex_token(t)?),
+            None => input.start_after.clone(),
+        };
+        let page = self
+            .page(BucketQuery::List(Self::list_request(
+                &input.bucket,
+                input.prefix.clone(),
+                input.delimiter.clone(),
+                after,
+                limit,
+            )))
+            .await?;
+        let fetch_owner = input.fetch_owner.unwrap_or(false);
+        let contents: Vec<Object> = page
+            .objects
+            .iter()
+            .filter_map(|o| {
+                let d = o.version.data()?;
+                Some(Object {
+                    e_tag: Some(etag(&d.etag)),
+                    key: Some(enc(&o.key, url)),
+                    last_modified: Some(ts(o.version.modified_ms)),
+                    size: i64::try_from(d.size).ok(),
+                    storage_class: Some(ObjectStorageClass::from_static(
+                        ObjectStorageClass::STANDARD,
+                    )),
+                    owner: fetch_owner.then(|| owner("cairn")),
+                    ..Default::default()
+                })
+            })
+            .collect();
+        let prefixes: Vec<CommonPrefix> = page
+            .prefixes
+            .iter()
+            .map(|p| CommonPrefix {
+                prefix: Some(enc(p, url)),
+            })
+            .collect();
+        let key_count = (contents.len() + prefixes.len()) as i32;
+        Ok(S3Response::new(ListObjectsV2Output {
+            name: Some(input.bucket),
+            prefix: Some(enc(&input.prefix.unwrap_or_default(), url)),
+            max_keys: Some(limit as i32),
+            key_count: Some(key_count),
+            continuation_token: input.continuation_token,
+            is_truncated: Some(page.truncated),
+            next_continuation_token: page.next.as_deref().map(hex_token),
+            contents: (!contents.is_empty()).then_some(contents),
+            common_prefixes: (!prefixes.is_empty()).then_some(prefixes),
+            delimiter: input.delimiter.map(|d| enc(&d, url)),
+            encoding_type: input.encoding_type,
+            start_after: input.start_after.map(|s| enc(&s, url)),
+            request_charged: None,
+        }))
+    }
+
+    async fn list_object_versions(
+        &self,
+        req: S3Request<ListObjectVersionsInput>,
+    ) -> S3Result<S3Response<ListObjectVersionsOutput>> {
+        let input = req.input;
+        let url = wants_url(&input.encoding_type)?;
+        let limit = max_keys(input.max_keys)?;
+        let mut lr = Self::list_request(
+            &input.bucket,
+            input.prefix.clone(),
+            input.delimiter.clone(),
+            input.key_marker.clone(),
+            limit,
+        );
+        if let Some(vm) = input.version_id_marker.as_deref().filter(|s| !s.is_empty()) {
+            if lr.after.is_none() {
+                return Err(s3_error!(
+                    InvalidArgument,
+                    "A version-id marker cannot be specified without a key marker."
+                ));
+            }
+            lr.version_after = Some(
+                VersionRef::parse(vm)
+                    .ok_or_else(|| s3_error!(InvalidArgument, "Invalid version id specified"))?,
+            );
+        }
+        let page = self.page(BucketQuery::Versions(lr)).await?;
+        let mut versions = Vec::new();
+        let mut markers = Vec::new();
+        for o in &page.objects {
+            let vid = Some(version_string(o.version.id));
+            match o.version.data() {
+                Some(d) => versions.push(ObjectVersion {
+                    e_tag: Some(etag(&d.etag)),
+                    is_latest: Some(o.latest),
+                    key: Some(enc(&o.key, url)),
+                    last_modified: Some(ts(o.version.modified_ms)),
+                    owner: Some(owner("cairn")),
+                    size: i64::try_from(d.size).ok(),
+                    storage_class: Some(ObjectVersionStorageClass::from_static(
+                        ObjectVersionStorageClass::STANDARD,
+                    )),
+                    version_id: vid,
+                    ..Default::default()
+                }),
+                None => markers.push(DeleteMarkerEntry {
+                    is_latest: Some(o.latest),
+                    key: Some(enc(&o.key, url)),
+                    last_modified: Some(ts(o.version.modified_ms)),
+                    owner: Some(owner("cairn")),
+                    version_id: vid,
+                }),
+            }
+        }
+        let prefixes: Vec<CommonPrefix> = page
+            .prefixes
+            .iter()
+            .map(|p| CommonPrefix {
+                prefix: Some(enc(p, url)),
+            })
+            .collect();
+        Ok(S3Response::new(ListObjectVersionsOutput {
+            common_prefixes: (!prefixes.is_empty()).then_some(prefixes),
+            delete_markers: (!markers.is_empty()).then_some(markers),
+            delimiter: input.delimiter.map(|d| enc(&d, url)),
+            encoding_type: input.encoding_type,
+            is_truncated: Some(page.truncated),
+            key_marker: Some(enc(&input.key_marker.unwrap_or_default(), url)),
+            max_keys: Some(limit as i32),
+            name: Some(input.bucket),
+            next_key_marker: page.next.map(|n| enc(&n, url)),
+            next_version_id_marker: page.next_version.map(|v| match v {
+                VersionRef::Null => "null".to_owned(),
+                VersionRef::Id(x) => version_string(Some(x)),
+            }),
+            prefix: Some(enc(&input.prefix.unwrap_or_default(), url)),
+            request_charged: None,
+            version_id_marker: input.version_id_marker,
+            versions: (!versions.is_empty()).then_some(versions),
+        }))
+    }
+
+    async fn create_multipart_upload(
+        &self,
+        req: S3Request<CreateMultipartUploadInput>,
+    ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
+        let who = req.credentials.map(|c| c.access_key).unwrap_or_default();
+        let input = req.input;
+        let m = meta(
+            input.content_type.clone(),
+            input.content_encoding.clone(),
+            input.content_disposition.clone(),
+            input.content_language.clone(),
+            input.cache_control.clone(),
+            input.expires.as_ref(),
+            input.metadata.clone(),
+        )?;
+        let tags = parse_tagging(input.tagging.as_deref())?;
+        let r = self
+            .g
+            .command(&BucketCommand::CreateUpload {
+                bucket: input.bucket.clone(),
+                key: input.key.clone(),
+                owner: who,
+                meta: m,
+                tags,
+            })
+            .await?;
+        let BucketResponse::Upload { id } = r else {
+            return Err(internal("unexpected answer"));
+        };
+        Ok(S3Response::new(CreateMultipartUploadOutput {
+            bucket: Some(input.bucket),
+            key: Some(input.key),
+            upload_id: Some(upload_string(id)),
+            ..Default::default()
+        }))
+    }
+
+    async fn upload_part(
+        &self,
+        req: S3Request<UploadPartInput>,
+    ) -> S3Result<S3Response<UploadPartOutput>> {
+        let headers = req.headers;
+        let trailers = req.trailing_headers;
+        let input = req.input;
+        let upload = parse_upload(&input.upload_id)
+            .ok_or_else(|| s3_error!(NoSuchUpload, "The specified upload does not exist."))?;
+        let number = u32::try_from(input.part_number)
+            .ok()
+            .filter(|n| (1..=cairn_master::buckets::PART_NUMBER_MAX).contains(n))
+            .ok_or_else(|| {
+                s3_error!(
+                    InvalidArgument,
+                    "Part number must be an integer between 1 and 10000, inclusive"
+                )
+            })?;
+        // The upload must exist before any byte is stored.
+        match self
+            .g
+            .query(&BucketQuery::Upload {
+                bucket: input.bucket.clone(),
+                key: input.key.clone(),
+                upload,
+            })
+            .await?
+        {
+            BucketQueryResponse::Upload(Some(_)) => {}
+            _ => {
+                return Err(s3_error!(
+                    NoSuchUpload,
+                    "The specified upload does not exist."
+                ));
+            }
+        }
+        let b = self.bucket(&input.bucket).await?;
+        let stored = self
+            .store_body(input.body, &headers, trailers, b.replication, false)
+            .await?;
+        let extents = match stored.content {
+            Content::Chunks(e) => e,
+            Content::Inline(_) => Vec::new(),
+        };
+        self.g
+            .command(&BucketCommand::PutPart {
+                bucket: input.bucket,
+                key: input.key,
+                upload,
+                number,
+                etag: stored.md5.clone(),
+                size: stored.size,
+                extents,
+            })
+            .await?;
+        let mut out = UploadPartOutput {
+            e_tag: Some(etag(&stored.md5)),
+            ..Default::default()
+        };
+        if let Some((alg, v)) = stored.checksum {
+            match alg.as_str() {
+                "CRC32" => out.checksum_crc32 = Some(v),
+                "CRC32C" => out.checksum_crc32c = Some(v),
+                "CRC64NVME" => out.checksum_crc64nvme = Some(v),
+                "SHA1" => out.checksum_sha1 = Some(v),
+                _ => out.checksum_sha256 = Some(v),
+            }
+        }
+        Ok(S3Response::new(out))
+    }
+
+    async fn upload_part_copy(
+        &self,
+        req: S3Request<UploadPartCopyInput>,
+    ) -> S3Result<S3Response<UploadPartCopyOutput>> {
+        let input = req.input;
+        let upload = parse_upload(&input.upload_id)
+            .ok_or_else(|| s3_error!(NoSuchUpload, "The specified upload does not exist."))?;
+        let number = u32::try_from(input.part_number)
+            .ok()
+            .filter(|n| (1..=cairn_master::buckets::PART_NUMBER_MAX).contains(n))
+            .ok_or_else(|| {
+                s3_error!(
+                    InvalidArgument,
+                    "Part number must be an integer between 1 and 10000, inclusive"
+                )
+            })?;
+        let (src_bucket, src_key, src_version) = match &input.copy_source {
+            CopySource::Bucket {
+                bucket,
+                key,
+                version_id,
+            } => (
+                bucket.to_string(),
+                key.to_string(),
+                version_id.as_ref().map(|v| v.to_string()),
+            ),
+            _ => return Err(s3_error!(NotImplemented, "access points are not supported")),
+        };
+        let (sv, sd) = self
+            .object(&src_bucket, &src_key, src_version.as_deref())
+            .await?;
+        read_conditions(
+            &sd.etag,
+            sv.modified_ms,
+            &input.copy_source_if_match,
+            &input.copy_source_if_none_match,
+            &input.copy_source_if_modified_since,
+            &input.copy_source_if_unmodified_since,
+        )
+        .map_err(|e| {
+            if *e.code() == S3ErrorCode::NotModified {
+                s3_error!(
+                    PreconditionFailed,
+                    "At least one of the pre-conditions you specified did not hold"
+                )
+            } else {
+                e
+            }
+        })?;
+        let (offset, len) = match input.copy_source_range.as_deref() {
+            None => (0, sd.size),
+            Some(r) => {
+                let bad = || {
+                    s3_error!(
+                        InvalidArgument,
+                        "The x-amz-copy-source-range value must be of the form bytes=first-last where first and last are the zero-based offsets of the first and last bytes to copy"
+                    )
+                };
+                let (a, b) = r
+                    .strip_prefix("bytes=")
+                    .and_then(|s| s.split_once('-'))
+                    .ok_or_else(bad)?;
+                let a: u64 = a.parse().map_err(|_| bad())?;
+                let b: u64 = b.parse().map_err(|_| bad())?;
+                if a > b || b >= sd.size {
+                    return Err(S3Error::with_message(
+                        S3ErrorCode::InvalidRange,
+                        format!(
+                            "Range specified is not valid for source object of size: {}",
+                            sd.size
+                        ),
+                    ));
+                }
+                (a, b - a + 1)
+            }
+        };
+        match self
+            .g
+            .query(&BucketQuery::Upload {
+                bucket: input.bucket.clone(),
+                key: input.key.clone(),
+                upload,
+            })
+            .await?
+        {
+            BucketQueryResponse::Upload(Some(_)) => {}
+            _ => {
+                return Err(s3_error!(
+                    NoSuchUpload,
+                    "The specified upload does not exist."
+                ));
+            }
+        }
+        // The part shares the source's chunks; its ETag is the MD5 of the copied bytes.
+        let (md5, extents) = match &sd.content {
+            Content::Inline(b) => {
+                let lo = offset as usize;
+                let bytes = b.get(lo..lo + len as usize).unwrap_or(&[]).to_vec();
+                let md5 = cairn_master::buckets::hex(&Md5::checksum(&bytes));
+                let extents = if bytes.is_empty() {
+                    Vec::new()
+                } else {
+                    let dest = self.bucket(&input.bucket).await?;
+                    let mut dc = self.g.data.clone();
+                    dc.replication = dest.replication;
+                    dc.put(&mut std::io::Cursor::new(bytes))
+                        .await
+                        .map_err(|e| {
+                            S3Error::with_message(S3ErrorCode::ServiceUnavailable, e.to_string())
+                        })?
+                        .extents
+                };
+                (md5, extents)
+            }
+            Content::Chunks(e) => {
+                let mut sink = Md5Sink(Md5::new());
+                if len > 0 {
+                    self.g
+                        .data
+                        .read(e, offset, len, &mut sink)
+                        .await
+                        .map_err(|e| {
+                            S3Error::with_message(S3ErrorCode::ServiceUnavailable, e.to_string())
+                        })?;
+                }
+                (
+                    cairn_master::buckets::hex(&sink.0.finalize()),
+                    slice_extents(e, offset, len),
+                )
+            }
+        };
+        self.g
+            .command(&BucketCommand::PutPart {
+                bucket: input.bucket,
+                key: input.key,
+                upload,
+                number,
+                etag: md5.clone(),
+                size: len,
+                extents,
+            })
+            .await?;
+        Ok(S3Response::new(UploadPartCopyOutput {
+            copy_part_result: Some(CopyPartResult {
+                e_tag: Some(etag(&md5)),
+                last_modified: Some(ts(crate_now_ms())),
+                ..Default::default()
+            }),
+            copy_source_version_id: sv.id.map(|x| version_string(Some(x))),
+            ..Default::default()
+        }))
+    }
+
+    async fn complete_multipart_upload(
+        &self,
+        req: S3Request<CompleteMultipartUploadInput>,
+    ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+        let input = req.input;
+        let upload = parse_upload(&input.upload_id)
+            .ok_or_else(|| s3_error!(NoSuchUpload, "The specified upload does not exist."))?;
+        let listed = input
+            .multipart_upload
+            .and_then(|m| m.parts)
+            .ok_or_else(|| s3_error!(MalformedXML, "The XML you provided was not well-formed or did not validate against our published schema."))?;
+        let mut parts = Vec::with_capacity(listed.len());
+        for p in listed {
+            let n = p
+                .part_number
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| s3_error!(InvalidPart, "a part has no valid part number"))?;
+            let e = p
+                .e_tag
+                .map(|e| e.value().to_owned())
+                .ok_or_else(|| s3_error!(InvalidPart, "a part has no ETag"))?;
+            parts.push((n, e));
+        }
+        let conditions = write_conditions(&input.if_match, &input.if_none_match)?;
+        let r = self
+            .g
+            .command(&BucketCommand::CompleteUpload {
+                bucket: input.bucket.clone(),
+                key: input.key.clone(),
+                upload,
+                parts,
+                conditions,
+            })
+            .await?;
+        let BucketResponse::Put { version, etag: tag } = r else {
+            return Err(internal("unexpected answer"));
+        };
+        Ok(S3Response::new(CompleteMultipartUploadOutput {
+            bucket: Some(input.bucket.clone()),
+            e_tag: Some(etag(&tag)),
+            key: Some(input.key.clone()),
+            location: Some(format!("/{}/{}", input.bucket, input.key)),
+            version_id: version.map(|v| version_string(Some(v))),
+            ..Default::default()
+        }))
+    }
+
+    async fn abort_multipart_upload(
+        &self,
+        req: S3Request<AbortMultipartUploadInput>,
+    ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
+        let input = req.input;
+        let upload = parse_upload(&input.upload_id)
+            .ok_or_else(|| s3_error!(NoSuchUpload, "The specified upload does not exist."))?;
+        self.g
+            .command(&BucketCommand::AbortUpload {
+                bucket: input.bucket,
+                key: input.key,
+                upload,
+            })
+            .await?;
+        Ok(S3Response::new(AbortMultipartUploadOutput::default()))
+    }
+
+    async fn list_parts(
+        &self,
+        req: S3Request<ListPartsInput>,
+    ) -> S3Result<S3Response<ListPartsOutput>> {
+        let input = req.input;
+        let upload = parse_upload(&input.upload_id)
+            .ok_or_else(|| s3_error!(NoSuchUpload, "The specified upload does not exist."))?;
+        let limit = match input.max_parts {
+            None => 1000,
+            Some(n) if n < 0 => {
+                return Err(s3_error!(InvalidArgument, "max-parts must be non-negative"));
+            }
+            Some(n) => (n as u32).min(1000),
+        };
+        let after = input
+            .part_number_marker
+            .and_then(|m| u32::try_from(m).ok())
+            .unwrap_or(0);
+        self.bucket(&input.bucket).await?;
+        let parts = match self
+            .g
+            .query(&BucketQuery::Parts {
+                bucket: input.bucket.clone(),
+                key: input.key.clone(),
+                upload,
+                after,
+                limit,
+            })
+            .await?
+        {
+            BucketQueryResponse::Parts(Some(p)) => p,
+            _ => {
+                return Err(s3_error!(
+                    NoSuchUpload,
+                    "The specified upload does not exist."
+                ));
+            }
+        };
+        let truncated = parts.len() > limit as usize;
+        let shown: Vec<_> = parts.into_iter().take(limit as usize).collect();
+        let next = if truncated {
+            shown.last().map(|(n, _)| *n as i32)
+        } else {
+            None
+        };
+        Ok(S3Response::new(ListPartsOutput {
+            bucket: Some(input.bucket),
+            is_truncated: Some(truncated),
+            key: Some(input.key),
+            max_parts: Some(limit as i32),
+            next_part_number_marker: next,
+            part_number_marker: input.part_number_marker,
+            parts: Some(
+                shown
+                    .into_iter()
+                    .map(|(n, p)| Part {
+                        e_tag: Some(etag(&p.etag)),
+                        last_modified: Some(ts(p.modified_ms)),
+                        part_number: Some(n as i32),
+                        size: i64::try_from(p.size).ok(),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            upload_id: Some(input.upload_id),
+            storage_class: Some(StorageClass::from_static(StorageClass::STANDARD)),
+            ..Default::default()
+        }))
+    }
+
+    async fn list_multipart_uploads(
+        &self,
+        req: S3Request<ListMultipartUploadsInput>,
+    ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
+        let input = req.input;
+        let url = wants_url(&input.encoding_type)?;
+        let limit = match input.max_uploads {
+            None => 1000,
+            Some(n) if n < 0 => {
+                return Err(s3_error!(
+                    InvalidArgument,
+                    "max-uploads must be non-negative"
+                ));
+            }
+            Some(n) => (n as u32).min(1000),
+        };
+        let mut lr = Self::list_request(
+            &input.bucket,
+            input.prefix.clone(),
+            input.delimiter.clone(),
+            input.key_marker.clone(),
+            limit,
+        );
+        lr.upload_after = input.upload_id_marker.as_deref().and_then(parse_upload);
+        let page = self.page(BucketQuery::Uploads(lr)).await?;
+        let uploads: Vec<MultipartUpload> = page
+            .uploads
+            .iter()
+            .map(|u| MultipartUpload {
+                initiated: Some(ts(u.upload.initiated_ms)),
+                initiator: Some(Initiator {
+                    display_name: Some(u.upload.owner.clone()),
+                    id: Some(u.upload.owner.clone()),
+                }),
+                key: Some(enc(&u.key, url)),
+                owner: Some(owner(&u.upload.owner)),
+                storage_class: Some(StorageClass::from_static(StorageClass::STANDARD)),
+                upload_id: Some(upload_string(u.id)),
+                ..Default::default()
+            })
+            .collect();
+        let prefixes: Vec<CommonPrefix> = page
+            .prefixes
+            .iter()
+            .map(|p| CommonPrefix {
+                prefix: Some(enc(p, url)),
+            })
+            .collect();
+        Ok(S3Response::new(ListMultipartUploadsOutput {
+            bucket: Some(input.bucket),
+            common_prefixes: (!prefixes.is_empty()).then_some(prefixes),
+            delimiter: input.delimiter,
+            encoding_type: input.encoding_type,
+            is_truncated: Some(page.truncated),
+            key_marker: input.key_marker,
+            max_uploads: Some(limit as i32),
+            next_key_marker: page.next.map(|n| enc(&n, url)),
+            next_upload_id_marker: page.next_upload.map(upload_string),
+            prefix: input.prefix,
+            request_charged: None,
+            upload_id_marker: input.upload_id_marker,
+            uploads: (!uploads.is_empty()).then_some(uploads),
+        }))
+    }
+}
+
+fn crate_now_ms() -> u64 {
+    cairn_master::dataplane::wall_ms()
+}
