@@ -22,9 +22,12 @@ pub fn options(config: &ServeConfig) -> GatewayOptions {
 }
 
 /// A gateway talking to `masters` with the credentials in `tls`.
+/// With `local`, calls go straight to that in-process master while it leads.
 pub fn build(
     tls: &Path,
     masters: &[SocketAddr],
+    local: Option<cairn_raft::RaftNode>,
+    local_chunkservers: &[cairn_chunkserver::Chunkserver],
     options: GatewayOptions,
 ) -> anyhow::Result<Arc<Gateway>> {
     let identity = NodeIdentity::load(tls).with_context(|| {
@@ -40,8 +43,14 @@ pub fn build(
         &identity,
         &TransportOptions::default(),
     )?;
-    let master = MasterClient::new(endpoint.clone(), masters.to_vec());
-    let data = DataClient::new(master, endpoint);
+    let mut master = MasterClient::new(endpoint.clone(), masters.to_vec());
+    if let Some(node) = local {
+        master = master.with_local(node);
+    }
+    let mut data = DataClient::new(master, endpoint);
+    for cs in local_chunkservers {
+        data = data.with_local(cs.clone());
+    }
     Ok(Arc::new(Gateway::new(data, Arc::new(secrets), options)))
 }
 
@@ -140,6 +149,8 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     let g = build(
         &config.data.join("tls"),
         &config.gateway_masters,
+        None,
+        &[],
         options(&config),
     )?;
     let (listener, addr) = bind(config.listen).await?;

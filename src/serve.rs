@@ -75,7 +75,15 @@ impl Node {
                 .with_context(|| format!("open chunk store in {}", dir.display()))?;
             more_chunkservers.push(cs);
         }
-        let gateway = crate::gateway::build(&tls, &[master.addr], crate::gateway::options(config))?;
+        let mut local = vec![chunkserver.clone()];
+        local.extend(more_chunkservers.iter().cloned());
+        let gateway = crate::gateway::build(
+            &tls,
+            &[master.addr],
+            Some(master.clone()),
+            &local,
+            crate::gateway::options(config),
+        )?;
         Ok(Node {
             master,
             plane,

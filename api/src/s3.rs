@@ -494,7 +494,7 @@ impl CairnS3 {
         body: Option<StreamingBlob>,
         headers: &http::HeaderMap,
         trailers: Option<TrailingHeaders>,
-        replication: Option<u8>,
+        bucket: &str,
         allow_inline: bool,
     ) -> S3Result<Stored> {
         let inline_max = if allow_inline {
@@ -541,6 +541,15 @@ impl CairnS3 {
                 drop(reader);
                 Content::Inline(prefix)
             } else {
+                // Large body: the bucket must exist before any chunk is written (a small one
+                // needs no lookup: the commit itself refuses a missing bucket).
+                let replication = match self.bucket(bucket).await {
+                    Ok(b) => b.replication,
+                    Err(e) => {
+                        drop(reader);
+                        return Err(e);
+                    }
+                };
                 let mut src = chain_prefix(prefix, reader);
                 let mut dc = self.g.data.clone();
                 dc.replication = replication;
@@ -1191,7 +1200,6 @@ impl S3 for CairnS3 {
             ));
         }
         let conditions = write_conditions(&input.if_match, &input.if_none_match)?;
-        let b = self.bucket(&input.bucket).await?;
         if conditions.if_none_match_any {
             // Cheap early refusal; the command checks again atomically.
             if let Ok(v) = self.version(&input.bucket, &input.key, None).await
@@ -1214,7 +1222,7 @@ impl S3 for CairnS3 {
         )?;
         let tags = parse_tagging(input.tagging.as_deref())?;
         let stored = self
-            .store_body(input.body, &headers, trailers, b.replication, true)
+            .store_body(input.body, &headers, trailers, &input.bucket, true)
             .await?;
         m.checksum = stored.checksum.clone();
         let resp = self
@@ -1243,9 +1251,6 @@ impl S3 for CairnS3 {
             size: i64::try_from(stored.size).ok(),
             ..Default::default()
         };
-        if b.versioning == Versioning::Suspended {
-            out.version_id = Some("null".into());
-        }
         if let Some((alg, v)) = stored.checksum {
             match alg.as_str() {
                 "CRC32" => out.checksum_crc32 = Some(v),
@@ -1935,9 +1940,8 @@ impl S3 for CairnS3 {
                 ));
             }
         }
-        let b = self.bucket(&input.bucket).await?;
         let stored = self
-            .store_body(input.body, &headers, trailers, b.replication, false)
+            .store_body(input.body, &headers, trailers, &input.bucket, false)
             .await?;
         let extents = match stored.content {
             Content::Chunks(e) => e,

@@ -78,6 +78,8 @@ pub struct DataClient {
     suspects: Arc<Mutex<HashMap<String, Instant>>>,
     /// Replicas per chunk; the cluster default when `None`.
     pub replication: Option<u8>,
+    /// Chunkservers in this process: their replicas are read straight from their stores.
+    local: Vec<crate::server::Chunkserver>,
 }
 
 /// Longest wait for a chain's acknowledgement after the last byte (every replica syncs).
@@ -169,6 +171,7 @@ impl DataClient {
             peers,
             suspects: Arc::new(Mutex::new(HashMap::new())),
             replication: None,
+            local: Vec::new(),
         }
     }
 
@@ -191,6 +194,13 @@ impl DataClient {
             .partition(|(_, a)| !suspects.contains_key(a));
         good.extend(bad);
         good
+    }
+
+    /// Read replicas held by `cs` (a chunkserver in this process) from its store directly,
+    /// without a QUIC round trip (a short-circuit read, as HDFS does for local replicas).
+    pub fn with_local(mut self, cs: crate::server::Chunkserver) -> DataClient {
+        self.local.push(cs);
+        self
     }
 
     pub fn master(&self) -> &MasterClient {
@@ -743,6 +753,15 @@ impl DataClient {
             offset: off,
             len: n,
         };
+        if let Some(cs) = self.local.iter().find(|cs| cs.addr() == peer) {
+            return cs.read_local(req, out, done).await.map_err(|e| match e {
+                crate::server::LocalReadError::Sink(e) => ReadFail::Sink(e),
+                crate::server::LocalReadError::Replica(f) => ReadFail::Replica {
+                    corrupt: f.corrupt,
+                    message: f.to_string(),
+                },
+            });
+        }
         let (mut send, mut recv) = self
             .peers
             .open_stream(peer, METHOD_READ, encode(&req))

@@ -111,6 +111,16 @@ struct Inner {
 }
 
 /// Counts a transfer in the server's load while alive.
+/// Bytes one blocking read of a short-circuit (local) read takes at a time.
+const LOCAL_PIECE: u64 = 4 << 20;
+
+/// How a short-circuit read failed.
+#[derive(Debug)]
+pub(crate) enum LocalReadError {
+    Replica(ChunkFailure),
+    Sink(std::io::Error),
+}
+
 struct LoadGuard<'a>(&'a AtomicU32);
 impl<'a> LoadGuard<'a> {
     fn new(load: &'a AtomicU32) -> LoadGuard<'a> {
@@ -287,6 +297,62 @@ impl Chunkserver {
 
     pub fn store(&self) -> &ChunkStore {
         &self.inner.store
+    }
+
+    /// Read `n` verified bytes at `offset` of a sealed chunk straight from this process's store
+    /// (a data client's short-circuit read: no QUIC hop when the replica is local). The same
+    /// checks as a remote read: sealed, not stale, in range; a corrupt block drops the replica.
+    pub(crate) async fn read_local(
+        &self,
+        req: ReadRequest,
+        out: &mut (impl tokio::io::AsyncWrite + Unpin),
+        done: &mut u64,
+    ) -> Result<(), LocalReadError> {
+        use tokio::io::AsyncWriteExt;
+        let header = self.read_header(req).map_err(LocalReadError::Replica)?;
+        if header.len != req.len {
+            return Err(LocalReadError::Replica(failure(
+                &self.me(),
+                format!(
+                    "replica holds {} bytes of the range, {} wanted",
+                    header.len, req.len
+                ),
+            )));
+        }
+        let mut offset = req.offset;
+        let end = req.offset + header.len;
+        while offset < end {
+            let n = (end - offset).min(LOCAL_PIECE);
+            let inner = self.inner.clone();
+            let piece = {
+                let _load = LoadGuard::new(&self.inner.load);
+                tokio::task::spawn_blocking(move || inner.store.read(req.handle, offset, n)).await
+            };
+            match piece {
+                Ok(Ok(bytes)) => {
+                    out.write_all(&bytes).await.map_err(LocalReadError::Sink)?;
+                    *done += n;
+                }
+                Ok(Err(ChunkError::Corrupt { block, .. })) => {
+                    tracing::error!(chunk = %req.handle, block, "corrupt block found while reading");
+                    self.drop_corrupt(req.handle).await;
+                    let mut f = failure(
+                        &self.me(),
+                        format!("block {block} of {} is corrupt", req.handle),
+                    );
+                    f.corrupt = true;
+                    return Err(LocalReadError::Replica(f));
+                }
+                Ok(Err(e)) => {
+                    return Err(LocalReadError::Replica(failure(&self.me(), e.to_string())));
+                }
+                Err(e) => {
+                    return Err(LocalReadError::Replica(failure(&self.me(), e.to_string())));
+                }
+            }
+            offset += n;
+        }
+        Ok(())
     }
 
     /// Stop serving and sync the store.
@@ -533,7 +599,7 @@ impl Chunkserver {
         let _ = send.stopped().await;
     }
 
-    fn read_header(&self, req: ReadRequest) -> Result<ReadHeader, ChunkFailure> {
+    pub(crate) fn read_header(&self, req: ReadRequest) -> Result<ReadHeader, ChunkFailure> {
         let me = self.me();
         let info = self
             .inner
@@ -579,7 +645,7 @@ impl Chunkserver {
     }
 
     /// A replica failed its checksums: delete it (never serve it again) and report it.
-    async fn drop_corrupt(&self, handle: ChunkHandle) {
+    pub(crate) async fn drop_corrupt(&self, handle: ChunkHandle) {
         let inner = self.inner.clone();
         match tokio::task::spawn_blocking(move || inner.store.delete(handle)).await {
             Ok(Ok(())) | Ok(Err(ChunkError::NotFound { .. })) => {}

@@ -10,3 +10,4 @@
 pub mod chunk;
 pub mod fuzzing;
 pub mod state;
+pub mod wire;

@@ -119,7 +119,7 @@ pub struct ObjectMeta {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Content {
     /// Small objects live in the metadata itself: one log entry, no chunk round trips.
-    Inline(Vec<u8>),
+    Inline(#[serde(with = "serde_bytes")] Vec<u8>),
     Chunks(Vec<Extent>),
 }
 

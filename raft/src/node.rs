@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_engine::state::{Outcome, Registry, ServiceId, StateError, StateStore};
+use cairn_engine::wire::WireOutcome;
 use cairn_proto::{
     Client, ClientOptions, NodeIdentity, RemoteError as WireError, Router, Rpc, RpcError,
     ServeOptions, TransportOptions,
@@ -86,20 +87,25 @@ pub enum Consistency {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum ClientRequest {
     /// One engine command envelope, to be committed (grouped with others) and applied.
-    Propose(Vec<u8>),
+    Propose(#[serde(with = "serde_bytes")] Vec<u8>),
     Query {
         service: ServiceId,
+        #[serde(with = "serde_bytes")]
         payload: Vec<u8>,
         consistency: Consistency,
     },
 }
+
+/// Command envelopes of one `ProposeManyRpc` call.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct ManyCommands(#[serde(with = "cairn_engine::wire::bytes_vec")] Vec<Vec<u8>>);
 
 struct ClientRpc;
 impl Rpc for ClientRpc {
     const METHOD: u16 = 110;
     const NAME: &'static str = "master.client";
     type Request = ClientRequest;
-    type Response = Result<Outcome, ProposeError>;
+    type Response = Result<WireOutcome, ProposeError>;
 }
 
 /// Many commands in one call (a client coalescing its concurrent proposals); one result per
@@ -108,8 +114,8 @@ struct ProposeManyRpc;
 impl Rpc for ProposeManyRpc {
     const METHOD: u16 = 113;
     const NAME: &'static str = "master.propose_many";
-    type Request = Vec<Vec<u8>>;
-    type Response = Vec<Result<Outcome, ProposeError>>;
+    type Request = ManyCommands;
+    type Response = Vec<Result<WireOutcome, ProposeError>>;
 }
 
 struct StatusRpc;
@@ -363,13 +369,16 @@ impl RaftNode {
     fn routes(&self, router: Router) -> Router {
         let (a, b, c, d) = (self.clone(), self.clone(), self.clone(), self.clone());
         router
-            .route::<ProposeManyRpc, _, _>(move |commands: Vec<Vec<u8>>| {
+            .route::<ProposeManyRpc, _, _>(move |commands: ManyCommands| {
                 let node = d.clone();
-                async move { Ok::<_, WireError>(node.propose_many(commands).await) }
+                async move {
+                    let results = node.propose_many(commands.0).await;
+                    Ok::<_, WireError>(results.into_iter().map(|r| r.map(WireOutcome)).collect())
+                }
             })
             .route::<ClientRpc, _, _>(move |req| {
                 let node = a.clone();
-                async move { Ok::<_, WireError>(node.handle(req).await) }
+                async move { Ok::<_, WireError>(node.handle(req).await.map(WireOutcome)) }
             })
             .route::<StatusRpc, _, _>(move |()| {
                 let node = b.clone();
@@ -430,13 +439,11 @@ impl RaftNode {
                 other => ProposeError::Failed(other.to_string()),
             })?;
         }
-        let node = self.clone();
-        tokio::task::spawn_blocking(move || {
-            node.registry.query(node.state.store(), service, &payload)
-        })
-        .await
-        .map_err(|e| ProposeError::Failed(e.to_string()))?
-        .map_err(|e| ProposeError::Failed(e.to_string()))
+        // Read in place: a query is one short redb read transaction over (mostly cached)
+        // pages, cheaper than the thread hand-off a blocking task would cost per request.
+        self.registry
+            .query(self.state.store(), service, &payload)
+            .map_err(|e| ProposeError::Failed(e.to_string()))
     }
 
     /// Commit several commands (they join the same group-commit queue); one result each.
@@ -546,6 +553,28 @@ pub struct MasterClient {
     /// Coalesces this client's concurrent proposals into `ProposeManyRpc` calls (started on
     /// first use, ends when every clone of this client is gone).
     proposals: Arc<tokio::sync::OnceCell<tokio::sync::mpsc::Sender<Waiting>>>,
+    /// A master in this process: while it leads, calls go to it directly (no QUIC round trip,
+    /// no serialization), as `cairn serve`'s gateway does.
+    local: Option<LocalNode>,
+}
+
+/// The in-process master of a [`MasterClient`].
+#[derive(Clone)]
+struct LocalNode(RaftNode);
+
+impl std::fmt::Debug for LocalNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LocalNode({})", self.0.id)
+    }
+}
+
+impl LocalNode {
+    /// The node, if it leads right now.
+    fn leading(&self) -> Option<&RaftNode> {
+        let m = self.0.raft.metrics();
+        let leads = m.borrow().current_leader == Some(self.0.id);
+        leads.then_some(&self.0)
+    }
 }
 
 /// Proposal calls a client keeps in flight; proposals arriving meanwhile form the next call.
@@ -572,12 +601,26 @@ impl MasterClient {
             leader: Arc::new(parking_lot::Mutex::new(None)),
             patience: Duration::from_secs(20),
             proposals: Arc::new(tokio::sync::OnceCell::new()),
+            local: None,
         }
+    }
+
+    /// Send calls straight to `node` (a master in this process) while it leads; the network
+    /// path stays for when it does not.
+    pub fn with_local(mut self, node: RaftNode) -> MasterClient {
+        self.local = Some(LocalNode(node));
+        self
     }
 
     /// Commit one command envelope; returns the service's outcome once committed and applied.
     /// Concurrent proposals through clones of this client travel together.
     pub async fn propose(&self, command: Vec<u8>) -> Result<Outcome, ProposeError> {
+        if let Some(node) = self.local.as_ref().and_then(LocalNode::leading) {
+            match node.propose(command.clone()).await {
+                Err(ProposeError::NotLeader { .. }) => {}
+                other => return other,
+            }
+        }
         let queue = self
             .proposals
             .get_or_init(|| async {
@@ -620,7 +663,7 @@ impl MasterClient {
                     self.masters[next % self.masters.len()]
                 }
             };
-            let commands: Vec<Vec<u8>> = group.iter().map(|(c, _)| c.clone()).collect();
+            let commands = ManyCommands(group.iter().map(|(c, _)| c.clone()).collect());
             match self.client.call::<ProposeManyRpc>(target, &commands).await {
                 Ok(results) => {
                     *self.leader.lock() = Some(target);
@@ -635,7 +678,7 @@ impl MasterClient {
                                 retry.push((command, w));
                             }
                             Some(r) => {
-                                let _ = w.send(r);
+                                let _ = w.send(r.map(|o| o.0));
                             }
                             None => {
                                 let _ = w.send(Err(ProposeError::Failed(
@@ -672,6 +715,12 @@ impl MasterClient {
         payload: Vec<u8>,
         consistency: Consistency,
     ) -> Result<Outcome, ProposeError> {
+        if let Some(node) = self.local.as_ref().and_then(LocalNode::leading) {
+            match node.query(service, payload.clone(), consistency).await {
+                Err(ProposeError::NotLeader { .. }) => {}
+                other => return other,
+            }
+        }
         self.send(ClientRequest::Query {
             service,
             payload,
@@ -695,7 +744,7 @@ impl MasterClient {
             match self.client.call::<ClientRpc>(target, &req).await {
                 Ok(Ok(outcome)) => {
                     *self.leader.lock() = Some(target);
-                    return Ok(outcome);
+                    return Ok(outcome.0);
                 }
                 Ok(Err(ProposeError::NotLeader { leader })) => {
                     let hint = leader.and_then(|(_, addr)| addr.parse().ok());

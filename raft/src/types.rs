@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 /// collected from concurrent clients and committed together (group commit above openraft,
 /// which appends and applies entry by entry).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Proposal(pub Vec<Vec<u8>>);
+pub struct Proposal(#[serde(with = "cairn_engine::wire::bytes_vec")] pub Vec<Vec<u8>>);
 
 impl std::fmt::Display for Proposal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
