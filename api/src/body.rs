@@ -105,53 +105,56 @@ pub fn chain_prefix<R: AsyncRead + Unpin>(prefix: Vec<u8>, rest: R) -> impl Asyn
     std::io::Cursor::new(prefix).chain(rest)
 }
 
-/// Bytes held per object stream between the data plane and the HTTP connection.
-const PIPE: usize = 1 << 20;
+/// Buffers queued per object stream between the data plane and the HTTP connection (each up
+/// to a chunk piece).
+const QUEUED: usize = 8;
 
 /// Stream `len` bytes at `offset` of an object's extents. A reader task fetches from the data
-/// plane (at most its few parallel spans in memory) into a bounded pipe; a failure mid-stream
-/// ends the body with an error instead of a silently short object.
+/// plane (at most its few parallel spans in memory) and hands the replicas' buffers on without
+/// copying; a failure mid-stream ends the body with an error instead of a silently short object.
 pub fn object_stream(
     data: &DataClient,
     extents: Arc<Vec<Extent>>,
     offset: u64,
     len: u64,
 ) -> StreamingBlob {
-    let (mut writer, reader) = tokio::io::duplex(PIPE);
+    let (mut tx, rx) = tokio::sync::mpsc::channel::<Bytes>(QUEUED);
     let data = data.clone();
     let failed = Arc::new(parking_lot::Mutex::new(None::<String>));
     let failed_w = failed.clone();
     tokio::spawn(async move {
-        if let Err(e) = data.read(&extents, offset, len, &mut writer).await {
+        if let Err(e) = data.read_into(&extents, offset, len, &mut tx).await {
             tracing::warn!(error = %e, "object read failed mid-stream");
             *failed_w.lock() = Some(e.to_string());
         }
     });
-    let stream = ExactStream {
-        inner: tokio_util::io::ReaderStream::with_capacity(reader, 256 * 1024),
+    StreamingBlob::wrap(ExactStream {
+        rx,
         remaining: len,
         failed,
-    };
-    StreamingBlob::wrap(stream)
+    })
 }
 
-struct ExactStream<R> {
-    inner: tokio_util::io::ReaderStream<R>,
+struct ExactStream {
+    rx: tokio::sync::mpsc::Receiver<Bytes>,
     remaining: u64,
     failed: Arc<parking_lot::Mutex<Option<String>>>,
 }
 
-impl<R: AsyncRead + Unpin> Stream for ExactStream<R> {
+impl Stream for ExactStream {
     type Item = std::io::Result<Bytes>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_next(cx) {
-            Poll::Ready(Some(Ok(b))) => {
+        if this.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        match this.rx.poll_recv(cx) {
+            Poll::Ready(Some(b)) => {
                 this.remaining = this.remaining.saturating_sub(b.len() as u64);
                 Poll::Ready(Some(Ok(b)))
             }
-            Poll::Ready(None) if this.remaining > 0 => {
+            Poll::Ready(None) => {
                 let why = this
                     .failed
                     .lock()
@@ -162,12 +165,7 @@ impl<R: AsyncRead + Unpin> Stream for ExactStream<R> {
                     "object stream ended early: {why}"
                 )))))
             }
-            other => other,
+            Poll::Pending => Poll::Pending,
         }
-    }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        let n = usize::try_from(self.remaining).unwrap_or(usize::MAX);
-        (n, Some(n))
     }
 }

@@ -113,14 +113,37 @@ async fn join(
     task.await.map_err(|e| DataError::Task(e.to_string()))?
 }
 
+/// Where `DataClient::read_into` delivers an object's bytes, in order.
+pub trait ChunkSink {
+    fn emit(&mut self, bytes: Bytes) -> impl std::future::Future<Output = std::io::Result<()>>;
+}
+
+/// A [`ChunkSink`] over any `AsyncWrite` (a copy per buffer).
+#[derive(Debug)]
+pub struct WriteSink<'a, W>(pub &'a mut W);
+
+impl<W: AsyncWrite + Unpin> ChunkSink for WriteSink<'_, W> {
+    async fn emit(&mut self, bytes: Bytes) -> std::io::Result<()> {
+        self.0.write_all(&bytes).await
+    }
+}
+
+/// A [`ChunkSink`] that passes the buffers on (no copy); a closed receiver is an error.
+impl ChunkSink for tokio::sync::mpsc::Sender<Bytes> {
+    async fn emit(&mut self, bytes: Bytes) -> std::io::Result<()> {
+        self.send(bytes)
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "reader went away"))
+    }
+}
+
+/// The buffers of one read span.
+#[derive(Default)]
+pub(crate) struct Pieces(pub(crate) Vec<Bytes>);
+
 /// Why reading from one replica failed.
 enum ReadFail {
-    /// The caller's output failed: not the replica's fault, no failover.
-    Sink(std::io::Error),
-    Replica {
-        corrupt: bool,
-        message: String,
-    },
+    Replica { corrupt: bool, message: String },
 }
 
 /// Why one chain attempt failed.
@@ -619,6 +642,22 @@ impl DataClient {
         len: u64,
         out: &mut (impl AsyncWrite + Unpin),
     ) -> Result<u64, DataError> {
+        let mut sink = WriteSink(out);
+        let n = self.read_into(extents, offset, len, &mut sink).await?;
+        sink.0.flush().await.map_err(DataError::Sink)?;
+        Ok(n)
+    }
+
+    /// Stream `len` bytes at `offset` of the object made of `extents` into `sink`, in order, as
+    /// the byte buffers the replicas produced (no copy: local replicas hand out mapped chunk
+    /// pages, remote ones QUIC's receive buffers).
+    pub async fn read_into(
+        &self,
+        extents: &[Extent],
+        offset: u64,
+        len: u64,
+        sink: &mut impl ChunkSink,
+    ) -> Result<u64, DataError> {
         let size: u64 = extents.iter().map(|e| e.len).sum();
         if offset.checked_add(len).is_none_or(|end| end > size) {
             return Err(DataError::Range { offset, len, size });
@@ -667,20 +706,21 @@ impl DataClient {
                 });
                 let client = self.clone();
                 running.push_back(tokio::spawn(async move {
-                    let mut buf = Vec::with_capacity(n as usize);
+                    let mut buf = Pieces::default();
                     client
                         .read_segment(loc, off, n, &mut buf)
                         .await
-                        .map(|()| buf)
+                        .map(|()| buf.0)
                 }));
             }
             let Some(next) = running.pop_front() else {
                 break;
             };
-            let bytes = next.await.map_err(|e| DataError::Task(e.to_string()))??;
-            out.write_all(&bytes).await.map_err(DataError::Sink)?;
+            let pieces = next.await.map_err(|e| DataError::Task(e.to_string()))??;
+            for b in pieces {
+                sink.emit(b).await.map_err(DataError::Sink)?;
+            }
         }
-        out.flush().await.map_err(DataError::Sink)?;
         Ok(len)
     }
 
@@ -689,7 +729,7 @@ impl DataClient {
         mut loc: Location,
         off: u64,
         n: u64,
-        out: &mut (impl AsyncWrite + Unpin),
+        out: &mut Pieces,
     ) -> Result<(), DataError> {
         let mut done = 0u64;
         let mut last = "no live replica".to_string();
@@ -706,7 +746,6 @@ impl DataClient {
                     .await
                 {
                     Ok(()) => return Ok(()),
-                    Err(ReadFail::Sink(e)) => return Err(DataError::Sink(e)),
                     Err(ReadFail::Replica { corrupt, message }) => {
                         tracing::warn!(chunk = %loc.handle, %addr, corrupt, error = %message, "replica read failed; trying another");
                         if !corrupt {
@@ -737,7 +776,7 @@ impl DataClient {
         loc: &Location,
         off: u64,
         n: u64,
-        out: &mut (impl AsyncWrite + Unpin),
+        out: &mut Pieces,
         done: &mut u64,
     ) -> Result<(), ReadFail> {
         let replica = |message: String| ReadFail::Replica {
@@ -755,7 +794,6 @@ impl DataClient {
         };
         if let Some(cs) = self.local.iter().find(|cs| cs.addr() == peer) {
             return cs.read_local(req, out, done).await.map_err(|e| match e {
-                crate::server::LocalReadError::Sink(e) => ReadFail::Sink(e),
                 crate::server::LocalReadError::Replica(f) => ReadFail::Replica {
                     corrupt: f.corrupt,
                     message: f.to_string(),
@@ -792,9 +830,7 @@ impl DataClient {
             match next {
                 Ok(Some(chunk)) => {
                     let take = (chunk.bytes.len() as u64).min(left) as usize;
-                    out.write_all(&chunk.bytes[..take])
-                        .await
-                        .map_err(ReadFail::Sink)?;
+                    out.0.push(chunk.bytes.slice(..take));
                     left -= take as u64;
                     *done += take as u64;
                 }

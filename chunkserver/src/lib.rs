@@ -9,5 +9,5 @@ pub mod client;
 pub mod protocol;
 pub mod server;
 
-pub use client::{DataClient, DataError, Written};
+pub use client::{ChunkSink, DataClient, DataError, WriteSink, Written};
 pub use server::{Chunkserver, ChunkserverOptions, StartError};

@@ -118,7 +118,6 @@ const LOCAL_PIECE: u64 = 4 << 20;
 #[derive(Debug)]
 pub(crate) enum LocalReadError {
     Replica(ChunkFailure),
-    Sink(std::io::Error),
 }
 
 struct LoadGuard<'a>(&'a AtomicU32);
@@ -305,10 +304,9 @@ impl Chunkserver {
     pub(crate) async fn read_local(
         &self,
         req: ReadRequest,
-        out: &mut (impl tokio::io::AsyncWrite + Unpin),
+        out: &mut crate::client::Pieces,
         done: &mut u64,
     ) -> Result<(), LocalReadError> {
-        use tokio::io::AsyncWriteExt;
         let header = self.read_header(req).map_err(LocalReadError::Replica)?;
         if header.len != req.len {
             return Err(LocalReadError::Replica(failure(
@@ -330,7 +328,7 @@ impl Chunkserver {
             };
             match piece {
                 Ok(Ok(bytes)) => {
-                    out.write_all(&bytes).await.map_err(LocalReadError::Sink)?;
+                    out.0.push(bytes);
                     *done += n;
                 }
                 Ok(Err(ChunkError::Corrupt { block, .. })) => {
