@@ -2404,3 +2404,86 @@ async fn cluster_of_processes_with_r3_survives_a_chunkserver_loss() {
     }
     master.kill().unwrap();
 }
+
+/// `cairn serve --chunkservers 3`: three in-process chunkservers, three replicas of every chunk.
+#[tokio::test]
+async fn serve_with_three_chunkservers_keeps_three_replicas() {
+    let s = serve(&["--chunkservers", "3"], &[]);
+    let deadline = std::time::Instant::now() + cairn_tests::PATIENCE;
+    let data = s._dir.path().join("data");
+    let c = client(s.addr);
+    // Ready once a chunkserver reports; writes need all three (R=3), so retry until they have.
+    wait_ready(s.addr).await;
+    loop {
+        match c.create_bucket().bucket("three").send().await {
+            Ok(_) => break,
+            Err(e) => assert!(std::time::Instant::now() < deadline, "{e:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let big = pattern(3, 3 << 20);
+    loop {
+        match c
+            .put_object()
+            .bucket("three")
+            .key("big")
+            .body(ByteStream::from(big.clone()))
+            .send()
+            .await
+        {
+            Ok(_) => break,
+            Err(e) => assert!(std::time::Instant::now() < deadline, "{e:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(get_bytes(&c, "three", "big").await, big);
+    // One chunk, one sealed replica file in each chunkserver's folder.
+    let count = |dir: &Path| -> usize {
+        let mut n = 0;
+        if let Ok(subs) = std::fs::read_dir(dir) {
+            for sub in subs.flatten() {
+                if let Ok(files) = std::fs::read_dir(sub.path()) {
+                    n += files
+                        .flatten()
+                        .filter(|f| f.file_name().to_string_lossy().ends_with(".chunk"))
+                        .count();
+                }
+            }
+        }
+        n
+    };
+    for dir in [
+        data.join("chunks"),
+        data.join("chunkservers/2/chunks"),
+        data.join("chunkservers/3/chunks"),
+    ] {
+        assert_eq!(count(&dir), 1, "{}", dir.display());
+    }
+    // R cannot exceed the chunkservers.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let (st, _, err) = cairn_tests::run(
+        Path::new(BIN),
+        &[
+            "serve",
+            "--data",
+            d,
+            "--listen",
+            "127.0.0.1:0",
+            "--cluster-listen",
+            "127.0.0.1:0",
+            "--chunkservers",
+            "2",
+            "--replication",
+            "3",
+        ],
+        &[],
+        Path::new("/"),
+    )
+    .unwrap();
+    assert!(!st.success());
+    assert!(
+        err.contains("replication 3 needs at least 3 chunkservers"),
+        "{err}"
+    );
+}
