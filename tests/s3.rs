@@ -1093,6 +1093,30 @@ async fn auth_presigned_urls_anonymous_access_and_bad_input() {
     assert!(m.contains("cairn_request_seconds_bucket"));
     assert!(m.contains("cairn_bytes_in_total"));
     assert!(m.contains("cairn_chunks_under_replicated"));
+
+    // The secret key is stored sealed: no file of the data folder (Raft log, state, chunks)
+    // holds it in the clear.
+    fn files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                files(&p, out);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    let mut all = Vec::new();
+    files(&s._dir.path().join("data"), &mut all);
+    assert!(all.iter().any(|p| p.ends_with("raft-log.redb")));
+    for p in all {
+        let bytes = std::fs::read(&p).unwrap_or_default();
+        assert!(
+            !bytes.windows(SK.len()).any(|w| w == SK.as_bytes()),
+            "{} holds the secret key in the clear",
+            p.display()
+        );
+    }
 }
 
 #[tokio::test]

@@ -174,12 +174,9 @@ pub async fn create_key(
     Ok(())
 }
 
-/// Whether an access key exists.
-pub async fn key_exists(gateway: &Gateway, access_key: &str) -> Result<bool, String> {
-    let q = KeyService::encode_query(&KeyQuery::Get {
-        access_key: access_key.to_owned(),
-    })
-    .map_err(|e| e.to_string())?;
+/// A linearizable key-service query.
+async fn key_query(gateway: &Gateway, q: &KeyQuery) -> Result<KeyQueryResponse, String> {
+    let q = KeyService::encode_query(q).map_err(|e| e.to_string())?;
     let bytes = gateway
         .data
         .master()
@@ -187,7 +184,15 @@ pub async fn key_exists(gateway: &Gateway, access_key: &str) -> Result<bool, Str
         .await
         .map_err(|e| e.to_string())?
         .map_err(|r| r.to_string())?;
-    match KeyService::query_response(&bytes).map_err(|e| e.to_string())? {
+    KeyService::query_response(&bytes).map_err(|e| e.to_string())
+}
+
+/// Whether an access key exists.
+pub async fn key_exists(gateway: &Gateway, access_key: &str) -> Result<bool, String> {
+    let q = KeyQuery::Get {
+        access_key: access_key.to_owned(),
+    };
+    match key_query(gateway, &q).await? {
         KeyQueryResponse::Key(k) => Ok(k.is_some()),
         KeyQueryResponse::Count(_) => Err("unexpected answer".into()),
     }
@@ -195,15 +200,7 @@ pub async fn key_exists(gateway: &Gateway, access_key: &str) -> Result<bool, Str
 
 /// How many access keys exist.
 pub async fn key_count(gateway: &Gateway) -> Result<u64, String> {
-    let q = KeyService::encode_query(&KeyQuery::Count).map_err(|e| e.to_string())?;
-    let bytes = gateway
-        .data
-        .master()
-        .query(KeyService::ID, q, Consistency::Linearizable)
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|r| r.to_string())?;
-    match KeyService::query_response(&bytes).map_err(|e| e.to_string())? {
+    match key_query(gateway, &KeyQuery::Count).await? {
         KeyQueryResponse::Count(n) => Ok(n),
         KeyQueryResponse::Key(_) => Err("unexpected answer".into()),
     }

@@ -425,7 +425,144 @@ fn not_found_marker(v: &Version, versioned_request: bool) -> S3Error {
     e
 }
 
+/// Put a kept checksum, `Option<(algorithm, value)>`, into the output field its algorithm
+/// names (the put, part and get outputs share these field names).
+macro_rules! set_checksum {
+    ($out:expr, $sum:expr) => {
+        if let Some((alg, v)) = $sum {
+            match alg.as_str() {
+                "CRC32" => $out.checksum_crc32 = Some(v),
+                "CRC32C" => $out.checksum_crc32c = Some(v),
+                "CRC64NVME" => $out.checksum_crc64nvme = Some(v),
+                "SHA1" => $out.checksum_sha1 = Some(v),
+                _ => $out.checksum_sha256 = Some(v),
+            }
+        }
+    };
+}
+
+/// The headers GET and HEAD share (stored values, or the request's `response-*` overrides).
+macro_rules! read_output {
+    ($ty:ident, $input:ident, $plan:ident, $($field:ident: $val:expr),* $(,)?) => {{
+        let m = &$plan.data.meta;
+        $ty {
+            accept_ranges: Some("bytes".into()),
+            cache_control: $input.response_cache_control.or_else(|| m.cache_control.clone()),
+            content_disposition: $input
+                .response_content_disposition
+                .or_else(|| m.content_disposition.clone()),
+            content_encoding: $input
+                .response_content_encoding
+                .or_else(|| m.content_encoding.clone()),
+            content_language: $input
+                .response_content_language
+                .or_else(|| m.content_language.clone()),
+            content_length: i64::try_from($plan.len).ok(),
+            content_range: $plan.content_range.clone(),
+            content_type: $input
+                .response_content_type
+                .or_else(|| m.content_type.clone())
+                .or_else(|| Some("binary/octet-stream".into())),
+            e_tag: Some(etag(&$plan.data.etag)),
+            expires: $input.response_expires.or_else(|| m.expires_ms.map(ts_signed)),
+            last_modified: Some(ts($plan.version.modified_ms)),
+            metadata: user_metadata(m),
+            parts_count: $plan.parts_count,
+            version_id: $plan.version.id.map(|x| version_string(Some(x))),
+            $($field: $val,)*
+            ..Default::default()
+        }
+    }};
+}
+
+/// What a GET or HEAD answers, before any byte is read.
+struct ReadPlan {
+    version: Version,
+    data: ObjectData,
+    offset: u64,
+    len: u64,
+    content_range: Option<String>,
+    parts_count: Option<i32>,
+}
+
+/// A read's preconditions: If-Match, If-None-Match, If-Modified-Since, If-Unmodified-Since.
+type ReadConditions<'a> = (
+    &'a Option<ETagCondition>,
+    &'a Option<ETagCondition>,
+    &'a Option<Timestamp>,
+    &'a Option<Timestamp>,
+);
+
 impl CairnS3 {
+    /// Find the version, check the preconditions, resolve the range or part.
+    async fn plan_read(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: Option<&str>,
+        conditions: ReadConditions<'_>,
+        range: Option<Range>,
+        part_number: Option<i32>,
+    ) -> S3Result<ReadPlan> {
+        let (version, data) = self.object(bucket, key, version_id).await?;
+        let (if_match, if_none_match, since, unmodified_since) = conditions;
+        read_conditions(
+            &data.etag,
+            version.modified_ms,
+            if_match,
+            if_none_match,
+            since,
+            unmodified_since,
+        )?;
+        let (offset, len, content_range, parts_count) = Self::range_of(&data, range, part_number)?;
+        Ok(ReadPlan {
+            version,
+            data,
+            offset,
+            len,
+            content_range,
+            parts_count,
+        })
+    }
+
+    /// The source of a copy (version, data, bucket, key), its conditions checked: a failed
+    /// condition answers 412, never 304, on a copy.
+    async fn copy_source(
+        &self,
+        source: &CopySource,
+        conditions: ReadConditions<'_>,
+    ) -> S3Result<(Version, ObjectData, String, String)> {
+        let CopySource::Bucket {
+            bucket,
+            key,
+            version_id,
+        } = source
+        else {
+            return Err(s3_error!(NotImplemented, "access points are not supported"));
+        };
+        let (version, data) = self.object(bucket, key, version_id.as_deref()).await?;
+        let (if_match, if_none_match, since, unmodified_since) = conditions;
+        read_conditions(
+            &data.etag,
+            version.modified_ms,
+            if_match,
+            if_none_match,
+            since,
+            unmodified_since,
+        )
+        .map_err(|e| {
+            if *e.code() == S3ErrorCode::NotModified {
+                s3_error!(
+                    PreconditionFailed,
+                    "At least one of the pre-conditions you specified did not hold"
+                )
+            } else {
+                e
+            }
+        })?;
+        Ok((version, data, bucket.to_string(), key.to_string()))
+    }
+
     async fn bucket(&self, name: &str) -> S3Result<BucketRecord> {
         match self
             .g
@@ -1251,15 +1388,7 @@ impl S3 for CairnS3 {
             size: i64::try_from(stored.size).ok(),
             ..Default::default()
         };
-        if let Some((alg, v)) = stored.checksum {
-            match alg.as_str() {
-                "CRC32" => out.checksum_crc32 = Some(v),
-                "CRC32C" => out.checksum_crc32c = Some(v),
-                "CRC64NVME" => out.checksum_crc64nvme = Some(v),
-                "SHA1" => out.checksum_sha1 = Some(v),
-                _ => out.checksum_sha256 = Some(v),
-            }
-        }
+        set_checksum!(out, stored.checksum);
         Ok(S3Response::new(out))
     }
 
@@ -1268,68 +1397,35 @@ impl S3 for CairnS3 {
         req: S3Request<GetObjectInput>,
     ) -> S3Result<S3Response<GetObjectOutput>> {
         let input = req.input;
-        let (v, d) = self
-            .object(&input.bucket, &input.key, input.version_id.as_deref())
+        let plan = self
+            .plan_read(
+                &input.bucket,
+                &input.key,
+                input.version_id.as_deref(),
+                (
+                    &input.if_match,
+                    &input.if_none_match,
+                    &input.if_modified_since,
+                    &input.if_unmodified_since,
+                ),
+                input.range,
+                input.part_number,
+            )
             .await?;
-        read_conditions(
-            &d.etag,
-            v.modified_ms,
-            &input.if_match,
-            &input.if_none_match,
-            &input.if_modified_since,
-            &input.if_unmodified_since,
-        )?;
-        let (offset, len, content_range, parts_count) =
-            Self::range_of(&d, input.range, input.part_number)?;
-        let body = self.body_of(&d, offset, len);
-        let whole = content_range.is_none();
-        let m = &d.meta;
-        let mut out = GetObjectOutput {
-            accept_ranges: Some("bytes".into()),
+        let body = self.body_of(&plan.data, plan.offset, plan.len);
+        let whole = plan.content_range.is_none();
+        let checksum = plan.data.meta.checksum.clone();
+        let mut out = read_output!(GetObjectOutput, input, plan,
             body: Some(body),
-            cache_control: input
-                .response_cache_control
-                .or_else(|| m.cache_control.clone()),
-            content_disposition: input
-                .response_content_disposition
-                .or_else(|| m.content_disposition.clone()),
-            content_encoding: input
-                .response_content_encoding
-                .or_else(|| m.content_encoding.clone()),
-            content_language: input
-                .response_content_language
-                .or_else(|| m.content_language.clone()),
-            content_length: i64::try_from(len).ok(),
-            content_range,
-            content_type: input
-                .response_content_type
-                .or_else(|| m.content_type.clone())
-                .or_else(|| Some("binary/octet-stream".into())),
-            e_tag: Some(etag(&d.etag)),
-            expires: input
-                .response_expires
-                .or_else(|| m.expires_ms.map(ts_signed)),
-            last_modified: Some(ts(v.modified_ms)),
-            metadata: user_metadata(m),
-            parts_count,
-            tag_count: (!d.tags.is_empty()).then_some(d.tags.len() as i32),
-            version_id: v.id.map(|x| version_string(Some(x))),
-            ..Default::default()
-        };
+            tag_count: (!plan.data.tags.is_empty()).then_some(plan.data.tags.len() as i32),
+        );
         if whole
             && input
                 .checksum_mode
                 .as_ref()
                 .is_some_and(|c| c.as_str() == ChecksumMode::ENABLED)
-            && let Some((alg, val)) = &m.checksum
         {
-            match alg.as_str() {
-                "CRC32" => out.checksum_crc32 = Some(val.clone()),
-                "CRC32C" => out.checksum_crc32c = Some(val.clone()),
-                "CRC64NVME" => out.checksum_crc64nvme = Some(val.clone()),
-                "SHA1" => out.checksum_sha1 = Some(val.clone()),
-                _ => out.checksum_sha256 = Some(val.clone()),
-            }
+            set_checksum!(out, checksum);
         }
         let mut resp = S3Response::new(out);
         if !whole {
@@ -1343,51 +1439,23 @@ impl S3 for CairnS3 {
         req: S3Request<HeadObjectInput>,
     ) -> S3Result<S3Response<HeadObjectOutput>> {
         let input = req.input;
-        let (v, d) = self
-            .object(&input.bucket, &input.key, input.version_id.as_deref())
+        let plan = self
+            .plan_read(
+                &input.bucket,
+                &input.key,
+                input.version_id.as_deref(),
+                (
+                    &input.if_match,
+                    &input.if_none_match,
+                    &input.if_modified_since,
+                    &input.if_unmodified_since,
+                ),
+                input.range,
+                input.part_number,
+            )
             .await?;
-        read_conditions(
-            &d.etag,
-            v.modified_ms,
-            &input.if_match,
-            &input.if_none_match,
-            &input.if_modified_since,
-            &input.if_unmodified_since,
-        )?;
-        let (_, len, content_range, parts_count) =
-            Self::range_of(&d, input.range, input.part_number)?;
-        let m = &d.meta;
-        let partial = content_range.is_some();
-        let out = HeadObjectOutput {
-            accept_ranges: Some("bytes".into()),
-            cache_control: input
-                .response_cache_control
-                .or_else(|| m.cache_control.clone()),
-            content_disposition: input
-                .response_content_disposition
-                .or_else(|| m.content_disposition.clone()),
-            content_encoding: input
-                .response_content_encoding
-                .or_else(|| m.content_encoding.clone()),
-            content_language: input
-                .response_content_language
-                .or_else(|| m.content_language.clone()),
-            content_length: i64::try_from(len).ok(),
-            content_range,
-            content_type: input
-                .response_content_type
-                .or_else(|| m.content_type.clone())
-                .or_else(|| Some("binary/octet-stream".into())),
-            e_tag: Some(etag(&d.etag)),
-            expires: input
-                .response_expires
-                .or_else(|| m.expires_ms.map(ts_signed)),
-            last_modified: Some(ts(v.modified_ms)),
-            metadata: user_metadata(m),
-            parts_count,
-            version_id: v.id.map(|x| version_string(Some(x))),
-            ..Default::default()
-        };
+        let partial = plan.content_range.is_some();
+        let out = read_output!(HeadObjectOutput, input, plan,);
         let mut resp = S3Response::new(out);
         if partial {
             resp.status = Some(http::StatusCode::PARTIAL_CONTENT);
@@ -1495,42 +1563,17 @@ impl S3 for CairnS3 {
         req: S3Request<CopyObjectInput>,
     ) -> S3Result<S3Response<CopyObjectOutput>> {
         let input = req.input;
-        let (src_bucket, src_key, src_version) = match &input.copy_source {
-            CopySource::Bucket {
-                bucket,
-                key,
-                version_id,
-            } => (
-                bucket.to_string(),
-                key.to_string(),
-                version_id.as_ref().map(|v| v.to_string()),
-            ),
-            CopySource::AccessPoint { .. } | CopySource::Outpost { .. } => {
-                return Err(s3_error!(NotImplemented, "access points are not supported"));
-            }
-        };
-        let (sv, sd) = self
-            .object(&src_bucket, &src_key, src_version.as_deref())
+        let (sv, sd, src_bucket, src_key) = self
+            .copy_source(
+                &input.copy_source,
+                (
+                    &input.copy_source_if_match,
+                    &input.copy_source_if_none_match,
+                    &input.copy_source_if_modified_since,
+                    &input.copy_source_if_unmodified_since,
+                ),
+            )
             .await?;
-        // Source conditions answer 412 (never 304) on a copy.
-        read_conditions(
-            &sd.etag,
-            sv.modified_ms,
-            &input.copy_source_if_match,
-            &input.copy_source_if_none_match,
-            &input.copy_source_if_modified_since,
-            &input.copy_source_if_unmodified_since,
-        )
-        .map_err(|e| {
-            if *e.code() == S3ErrorCode::NotModified {
-                s3_error!(
-                    PreconditionFailed,
-                    "At least one of the pre-conditions you specified did not hold"
-                )
-            } else {
-                e
-            }
-        })?;
         let replace_meta = input
             .metadata_directive
             .as_ref()
@@ -1541,7 +1584,13 @@ impl S3 for CairnS3 {
             .is_some_and(|d| d.as_str() == TaggingDirective::REPLACE);
         if src_bucket == input.bucket
             && src_key == input.key
-            && src_version.is_none()
+            && matches!(
+                &input.copy_source,
+                CopySource::Bucket {
+                    version_id: None,
+                    ..
+                }
+            )
             && !replace_meta
             && !replace_tags
         {
@@ -1962,15 +2011,7 @@ impl S3 for CairnS3 {
             e_tag: Some(etag(&stored.md5)),
             ..Default::default()
         };
-        if let Some((alg, v)) = stored.checksum {
-            match alg.as_str() {
-                "CRC32" => out.checksum_crc32 = Some(v),
-                "CRC32C" => out.checksum_crc32c = Some(v),
-                "CRC64NVME" => out.checksum_crc64nvme = Some(v),
-                "SHA1" => out.checksum_sha1 = Some(v),
-                _ => out.checksum_sha256 = Some(v),
-            }
-        }
+        set_checksum!(out, stored.checksum);
         Ok(S3Response::new(out))
     }
 
@@ -1990,39 +2031,17 @@ impl S3 for CairnS3 {
                     "Part number must be an integer between 1 and 10000, inclusive"
                 )
             })?;
-        let (src_bucket, src_key, src_version) = match &input.copy_source {
-            CopySource::Bucket {
-                bucket,
-                key,
-                version_id,
-            } => (
-                bucket.to_string(),
-                key.to_string(),
-                version_id.as_ref().map(|v| v.to_string()),
-            ),
-            _ => return Err(s3_error!(NotImplemented, "access points are not supported")),
-        };
-        let (sv, sd) = self
-            .object(&src_bucket, &src_key, src_version.as_deref())
+        let (sv, sd, _, _) = self
+            .copy_source(
+                &input.copy_source,
+                (
+                    &input.copy_source_if_match,
+                    &input.copy_source_if_none_match,
+                    &input.copy_source_if_modified_since,
+                    &input.copy_source_if_unmodified_since,
+                ),
+            )
             .await?;
-        read_conditions(
-            &sd.etag,
-            sv.modified_ms,
-            &input.copy_source_if_match,
-            &input.copy_source_if_none_match,
-            &input.copy_source_if_modified_since,
-            &input.copy_source_if_unmodified_since,
-        )
-        .map_err(|e| {
-            if *e.code() == S3ErrorCode::NotModified {
-                s3_error!(
-                    PreconditionFailed,
-                    "At least one of the pre-conditions you specified did not hold"
-                )
-            } else {
-                e
-            }
-        })?;
         let (offset, len) = match input.copy_source_range.as_deref() {
             None => (0, sd.size),
             Some(r) => {

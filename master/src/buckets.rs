@@ -26,7 +26,7 @@ use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use crate::chunks::ChunkService;
-use crate::objects::Extent;
+use crate::objects::{Extent, check_extents, handles};
 
 const BUCKETS: Table = Table::new("s3.buckets");
 const OBJECTS: Table = Table::new("s3.objects");
@@ -436,13 +436,6 @@ fn decode<T: serde::de::DeserializeOwned>(what: &str, b: &[u8]) -> Result<T, Sta
     postcard::from_bytes(b).map_err(|e| StateError::Corrupt(format!("{what}: {e}")))
 }
 
-fn handles(extents: &[Extent]) -> Vec<ChunkHandle> {
-    let mut h: Vec<ChunkHandle> = extents.iter().map(|e| e.handle).collect();
-    h.sort_unstable();
-    h.dedup();
-    h
-}
-
 /// S3 bucket naming rules (the common subset: 3-63 of `a-z 0-9 . -`, starting and ending with
 /// a letter or digit, no `..`, not an IPv4 address).
 pub fn check_bucket_name(name: &str) -> Result<(), Rejection> {
@@ -501,28 +494,6 @@ fn after_prefix(p: &[u8]) -> Vec<u8> {
     let mut v = p.to_vec();
     v.push(0xFF);
     v
-}
-
-fn check_extents(size: u64, extents: &[Extent]) -> Result<(), Rejection> {
-    if extents.len() > crate::objects::EXTENTS_MAX {
-        return Err(Rejection::new("invalid_argument", "too many extents"));
-    }
-    let mut total: u64 = 0;
-    for e in extents {
-        if e.len == 0 {
-            return Err(Rejection::new("invalid_argument", "empty extent"));
-        }
-        total = total
-            .checked_add(e.len)
-            .ok_or_else(|| Rejection::new("invalid_argument", "extent lengths overflow"))?;
-    }
-    if total != size {
-        return Err(Rejection::new(
-            "invalid_argument",
-            format!("extents hold {total} bytes but the size is {size}"),
-        ));
-    }
-    Ok(())
 }
 
 fn check_data(data: &ObjectData) -> Result<(), Rejection> {
@@ -594,6 +565,17 @@ fn hex_decode(s: &str) -> Option<Vec<u8>> {
         .step_by(2)
         .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
         .collect()
+}
+
+/// A query on a bucket that must exist.
+fn require_bucket(txn: &ReadTransaction, name: &str) -> Result<(), ApplyError> {
+    if txn.open_table(BUCKETS)?.get(name.as_bytes())?.is_none() {
+        return Err(reject(
+            "no_such_bucket",
+            format!("bucket {name} does not exist"),
+        ));
+    }
+    Ok(())
 }
 
 struct Tx<'a> {
@@ -910,16 +892,7 @@ impl BucketService {
         req: &ListRequest,
         versions: bool,
     ) -> Result<ListPage, ApplyError> {
-        if txn
-            .open_table(BUCKETS)?
-            .get(req.bucket.as_bytes())?
-            .is_none()
-        {
-            return Err(reject(
-                "no_such_bucket",
-                format!("bucket {} does not exist", req.bucket),
-            ));
-        }
+        require_bucket(txn, &req.bucket)?;
         let t = txn.open_table(OBJECTS)?;
         let base = object_key(&req.bucket, "");
         let limit = (req.limit as usize).min(LIST_MAX);
@@ -1045,16 +1018,7 @@ impl BucketService {
         txn: &ReadTransaction,
         req: &ListRequest,
     ) -> Result<ListPage, ApplyError> {
-        if txn
-            .open_table(BUCKETS)?
-            .get(req.bucket.as_bytes())?
-            .is_none()
-        {
-            return Err(reject(
-                "no_such_bucket",
-                format!("bucket {} does not exist", req.bucket),
-            ));
-        }
+        require_bucket(txn, &req.bucket)?;
         let t = txn.open_table(UPLOADS)?;
         let base = object_key(&req.bucket, "");
         let full_prefix = object_key(&req.bucket, &req.prefix);

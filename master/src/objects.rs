@@ -95,7 +95,7 @@ fn decode(bytes: &[u8]) -> Result<ObjectRecord, StateError> {
 }
 
 /// Extents must be non-empty pieces that add up to the size.
-fn check_extents(size: u64, extents: &[Extent]) -> Result<(), Rejection> {
+pub(crate) fn check_extents(size: u64, extents: &[Extent]) -> Result<(), Rejection> {
     if extents.len() > EXTENTS_MAX {
         return Err(Rejection::new(
             "invalid_argument",
@@ -120,7 +120,8 @@ fn check_extents(size: u64, extents: &[Extent]) -> Result<(), Rejection> {
     Ok(())
 }
 
-fn handles(extents: &[Extent]) -> Vec<ChunkHandle> {
+/// The distinct chunks `extents` name (one reference each per record).
+pub(crate) fn handles(extents: &[Extent]) -> Vec<ChunkHandle> {
     let mut h: Vec<ChunkHandle> = extents.iter().map(|e| e.handle).collect();
     h.sort_unstable();
     h.dedup();
