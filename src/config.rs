@@ -79,6 +79,9 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "gateway.inline_max",
     },
+    Key {
+        name: "gateway.domain",
+    },
 ];
 
 pub const DEFAULT_DATA: &str = "./cairn-data";
@@ -404,7 +407,23 @@ impl Layers {
                 }
             })
         })?;
+        let domain = self.parse("gateway.domain", "", |s| {
+            let ok = s.len() <= 253
+                && s.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                });
+            if s.is_empty() {
+                Ok(None)
+            } else if ok {
+                Ok(Some(s.to_ascii_lowercase()))
+            } else {
+                Err(format!("{s:?} is not a domain name like s3.example.com"))
+            }
+        })?;
         Ok(ServeConfig {
+            domain,
             lifecycle_ms,
             chunkservers,
             gateway_masters,
@@ -494,6 +513,8 @@ pub struct ServeConfig {
     pub region: String,
     /// Objects up to this size live inline in the metadata.
     pub inline_max: usize,
+    /// Domain for virtual-hosted-style addressing (`BUCKET.DOMAIN`).
+    pub domain: Option<String>,
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ pub fn options(config: &ServeConfig) -> GatewayOptions {
     GatewayOptions {
         region: config.region.clone(),
         inline_max: config.inline_max,
+        domain: config.domain.clone(),
         ..GatewayOptions::default()
     }
 }

@@ -141,6 +141,10 @@ struct GatewayArgs {
     /// S3 region to report [default: us-east-1] (CAIRN_GATEWAY_REGION).
     #[arg(long)]
     region: Option<String>,
+    /// Domain for virtual-hosted-style requests, e.g. s3.example.com: BUCKET.s3.example.com
+    /// then names a bucket (CAIRN_GATEWAY_DOMAIN).
+    #[arg(long)]
+    domain: Option<String>,
     /// Objects up to this size are kept inline in the metadata [default: 16KiB]
     /// (CAIRN_GATEWAY_INLINE_MAX).
     #[arg(long, value_name = "SIZE")]
@@ -160,6 +164,7 @@ fn gateway_config(args: &GatewayArgs) -> Result<config::ServeConfig, config::Con
     layers.flag("listen", args.listen.as_deref());
     layers.flag("data", args.data.as_deref());
     layers.flag("gateway.region", args.region.as_deref());
+    layers.flag("gateway.domain", args.domain.as_deref());
     layers.flag("gateway.inline_max", args.inline_max.as_deref());
     layers.flag("log", args.log.as_deref());
     layers.resolve()
@@ -358,6 +363,10 @@ struct ServeArgs {
     /// S3 region to report [default: us-east-1] (CAIRN_GATEWAY_REGION).
     #[arg(long)]
     region: Option<String>,
+    /// Domain for virtual-hosted-style requests, e.g. s3.example.com: BUCKET.s3.example.com
+    /// then names a bucket (CAIRN_GATEWAY_DOMAIN).
+    #[arg(long)]
+    domain: Option<String>,
 }
 
 /// The configuration layers below the flags: the file (`--config` or `CAIRN_CONFIG`), then the
@@ -396,6 +405,7 @@ fn serve_config(args: &ServeArgs) -> Result<config::ServeConfig, config::ConfigE
     layers.flag("serve.chunkservers", args.chunkservers.as_deref());
     layers.flag("master.replication", args.replication.as_deref());
     layers.flag("gateway.region", args.region.as_deref());
+    layers.flag("gateway.domain", args.domain.as_deref());
     layers.resolve()
 }
 

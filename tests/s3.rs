@@ -2511,3 +2511,62 @@ async fn serve_with_three_chunkservers_keeps_three_replicas() {
         "{err}"
     );
 }
+
+/// `--domain`: `BUCKET.DOMAIN` addresses a bucket (virtual-hosted style); path style keeps
+/// working on every host.
+#[tokio::test]
+async fn virtual_hosted_style_requests() {
+    let s = serve(&["--domain", "s3.cairn.test"], &[]);
+    wait_ready(s.addr).await;
+    let c = client(s.addr);
+    c.create_bucket().bucket("pics").send().await.unwrap();
+    let port = s.addr.port();
+    let http = reqwest::Client::builder()
+        .resolve("pics.s3.cairn.test", s.addr)
+        .resolve("s3.cairn.test", s.addr)
+        .build()
+        .unwrap();
+    let vhost = format!("http://pics.s3.cairn.test:{port}/dir/hello.txt");
+    let r = signed(&http, "PUT", &vhost, b"virtual".to_vec()).await;
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+    assert_eq!(get_bytes(&c, "pics", "dir/hello.txt").await, b"virtual");
+    let r = signed(&http, "GET", &vhost, Vec::new()).await;
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), b"virtual");
+    // Listing the bucket at its own host.
+    let r = signed(
+        &http,
+        "GET",
+        &format!("http://pics.s3.cairn.test:{port}/?list-type=2"),
+        Vec::new(),
+    )
+    .await;
+    let text = r.text().await.unwrap();
+    assert!(text.contains("<Key>dir/hello.txt</Key>"), "{text}");
+    // Path style on the bare domain, and on the address.
+    let r = signed(
+        &http,
+        "GET",
+        &format!("http://s3.cairn.test:{port}/pics/dir/hello.txt"),
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(r.status().as_u16(), 200);
+    let r = signed(
+        &http,
+        "GET",
+        &format!("http://{}/pics/dir/hello.txt", s.addr),
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(r.status().as_u16(), 200);
+    // A bucket that does not exist, by host.
+    let r = signed(
+        &http,
+        "GET",
+        &format!("http://{}/nosuch/x", s.addr),
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(r.status().as_u16(), 404);
+}

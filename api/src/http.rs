@@ -33,6 +33,11 @@ pub fn router(gateway: Arc<Gateway>, ready: Option<MethodRouter>) -> Router {
         let mut b = S3ServiceBuilder::new(CairnS3::new(gateway.clone()));
         b.set_auth(KeyAuth::new(gateway.clone()));
         b.set_access(Access::new(gateway.clone()));
+        if let Some(domain) = &gateway.options.domain {
+            b.set_host(VirtualHosts {
+                domain: domain.to_ascii_lowercase(),
+            });
+        }
         b.build()
     };
     let s3 = axum::error_handling::HandleError::new(s3, |e: s3s::HttpError| async move {
@@ -53,6 +58,31 @@ pub fn router(gateway: Arc<Gateway>, ready: Option<MethodRouter>) -> Router {
         .route("/metrics", get(metrics).with_state(gateway.clone()))
         .fallback_service(s3)
         .layer(axum::middleware::from_fn_with_state(gateway, observe))
+}
+
+/// Virtual-hosted-style addressing under one domain: `BUCKET.DOMAIN[:port]` names a bucket;
+/// any other host (the domain itself, `localhost`, an address) is path style.
+#[derive(Debug)]
+struct VirtualHosts {
+    domain: String,
+}
+
+impl s3s::host::S3Host for VirtualHosts {
+    fn parse_host_header<'a>(&'a self, host: &'a str) -> s3s::S3Result<s3s::host::VirtualHost<'a>> {
+        let name = match host.rsplit_once(':') {
+            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => host,
+        };
+        let name = name.to_ascii_lowercase();
+        let vh = s3s::host::VirtualHost::new(self.domain.as_str());
+        match name
+            .strip_suffix(self.domain.as_str())
+            .and_then(|p| p.strip_suffix('.'))
+        {
+            Some(bucket) if !bucket.is_empty() => Ok(vh.with_bucket(bucket.to_owned())),
+            _ => Ok(vh),
+        }
+    }
 }
 
 async fn default_ready(State(g): State<Arc<Gateway>>) -> Response {
@@ -317,11 +347,35 @@ fn body_len(resp: &Response) -> Option<u64> {
         .or_else(|| resp.body().size_hint().exact())
 }
 
+/// The request path as path style would have it: `/BUCKET/KEY` also for a virtual-hosted
+/// request (`BUCKET.DOMAIN/KEY`), so CORS, metrics and logs see the bucket either way.
+fn path_style(g: &Gateway, headers: &HeaderMap, path: &str) -> String {
+    let Some(domain) = &g.options.domain else {
+        return path.to_owned();
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let name = match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+    .to_ascii_lowercase();
+    match name
+        .strip_suffix(domain.to_ascii_lowercase().as_str())
+        .and_then(|p| p.strip_suffix('.'))
+    {
+        Some(bucket) if !bucket.is_empty() => format!("/{bucket}{path}"),
+        _ => path.to_owned(),
+    }
+}
+
 async fn observe(State(g): State<Arc<Gateway>>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let id = request_id();
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
+    let path = path_style(&g, req.headers(), req.uri().path());
     let op = operation(&method, &path, req.uri().query(), req.headers());
     let bytes_in = req
         .headers()

@@ -39,6 +39,9 @@ pub struct GatewayOptions {
     pub inline_max: usize,
     /// Largest single PUT (S3's limit is 5 GiB).
     pub put_max: u64,
+    /// With a domain (e.g. `s3.example.com`), requests to `BUCKET.s3.example.com` address that
+    /// bucket (virtual-hosted style); path style works on every host either way.
+    pub domain: Option<String>,
 }
 
 impl Default for GatewayOptions {
@@ -47,6 +50,7 @@ impl Default for GatewayOptions {
             region: "us-east-1".into(),
             inline_max: 16 * 1024,
             put_max: 5 << 30,
+            domain: None,
         }
     }
 }
