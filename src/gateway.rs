@@ -134,10 +134,13 @@ pub async fn serve_http(
             tracing::debug!(error = %e, "TCP_NODELAY");
         }
     });
-    axum::serve(listener, router)
-        .with_graceful_shutdown(crate::serve::shutdown_signal())
-        .await
-        .context("HTTP server")
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(crate::serve::shutdown_signal())
+    .await
+    .context("HTTP server")
 }
 
 /// `cairn gateway`: serve S3 in front of a cluster until SIGINT/SIGTERM.

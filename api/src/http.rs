@@ -56,6 +56,7 @@ pub fn router(gateway: Arc<Gateway>, ready: Option<MethodRouter>) -> Router {
         )
         .route("/ready", ready)
         .route("/metrics", get(metrics).with_state(gateway.clone()))
+        .nest("/api", crate::rest::router(gateway.clone()))
         .fallback_service(s3)
         .layer(axum::middleware::from_fn_with_state(gateway, observe))
 }

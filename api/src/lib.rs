@@ -8,11 +8,13 @@
 //! - [`auth`]: SigV4 secrets from the key service, and who may do what.
 //! - [`body`]: request and response body streams (hashing on the way in, bounded on the way out).
 //! - [`http`]: the axum router: request ids, access logs, metrics, `/health`, `/ready`, CORS.
+//! - [`rest`]: the JSON REST API under `/api` (users and sessions so far).
 
 pub mod auth;
 pub mod body;
 pub mod http;
 pub mod metrics;
+pub mod rest;
 pub mod s3;
 
 use std::sync::Arc;
@@ -62,6 +64,8 @@ pub struct Gateway {
     pub secrets: Arc<SecretsKey>,
     pub options: GatewayOptions,
     pub metrics: metrics::Metrics,
+    /// The access-token signing key, opened from the replicated state on first use.
+    pub jwt_key: parking_lot::Mutex<Option<Vec<u8>>>,
 }
 
 /// The S3 error for a refusal from the bucket service.
@@ -116,6 +120,7 @@ impl Gateway {
             secrets,
             options,
             metrics: metrics::Metrics::default(),
+            jwt_key: parking_lot::Mutex::new(None),
         }
     }
 

@@ -6,6 +6,7 @@
 //! - [`objects`]: object key → extents, service 3; commits reference chunks atomically.
 //! - [`buckets`]: S3 buckets, versions, multipart uploads, lifecycle, service 4.
 //! - [`keys`]: S3 access keys with sealed secrets, service 5.
+//! - [`identity`]: users, login sessions and the token signing key, service 6.
 //! - [`protocol`]: the RPCs chunkservers and data clients send to the master group.
 //! - [`planner`]: pure planning functions (placement, re-replication, GC, rebalancing).
 //! - [`cluster`]: the leader's map of chunkservers and replicas, rebuilt from heartbeats.
@@ -15,6 +16,7 @@ pub mod buckets;
 pub mod chunks;
 pub mod cluster;
 pub mod dataplane;
+pub mod identity;
 pub mod keys;
 pub mod objects;
 pub mod planner;
@@ -38,6 +40,7 @@ pub fn registry() -> Result<Registry, StateError> {
     r.register(Typed(objects::ObjectService))?;
     r.register(Typed(buckets::BucketService))?;
     r.register(Typed(keys::KeyService))?;
+    r.register(Typed(identity::IdentityService))?;
     Ok(r)
 }
 

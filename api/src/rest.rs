@@ -1,0 +1,596 @@
+//! The JSON REST API under `/api`: users and sessions (`/api/auth/...`).
+//!
+//! Errors are `{"error": "..."}` with a precise 4xx status; nothing a caller sends can produce a
+//! 5xx. Passwords are hashed with argon2id (on the blocking pool, never in the state machine);
+//! access tokens are short-lived HS256 JWTs signed with a key kept sealed in the replicated
+//! state; refresh tokens are `SESSION.SECRET`, stored as the secret's SHA-256 and rotated on
+//! every use; presenting a rotated one revokes the session (token theft).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use argon2::password_hash::phc::PasswordHash;
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use axum::Router;
+use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use cairn_engine::state::TypedService;
+use cairn_master::dataplane::{command, wall_ms};
+use cairn_master::identity::{
+    IdentityCommand, IdentityQuery, IdentityQueryResponse, IdentityResponse, IdentityService,
+    Session, User,
+};
+use cairn_raft::{Consistency, ProposeError};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::Gateway;
+
+/// Access tokens live this long.
+pub const ACCESS_TTL_S: u64 = 15 * 60;
+/// Refresh tokens (sessions) live this long after their last use.
+pub const REFRESH_TTL_MS: u64 = 30 * 24 * 3600 * 1000;
+/// Largest JSON body the auth routes read.
+const BODY_MAX: usize = 64 * 1024;
+/// Passwords are 8 to 1024 bytes.
+const PASSWORD_MIN: usize = 8;
+const PASSWORD_MAX: usize = 1024;
+/// The purpose the JWT key is sealed under.
+const JWT_KEY_PURPOSE: &str = "cairn jwt signing key";
+
+/// A REST error: a status and a message, answered as `{"error": "..."}`.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+    fn bad(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+    fn unauthorized(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, message)
+    }
+    fn internal(e: impl std::fmt::Display) -> ApiError {
+        tracing::warn!(error = %e, "REST request failed");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+    }
+}
+
+impl From<ProposeError> for ApiError {
+    fn from(e: ProposeError) -> ApiError {
+        match e {
+            ProposeError::Unavailable(_) | ProposeError::NotLeader { .. } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the metadata quorum is unavailable; retry",
+            ),
+            ProposeError::Failed(m) => ApiError::internal(m),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(json!({"error": self.message}))).into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Commit an identity command; a refusal maps to its status.
+async fn propose(g: &Gateway, c: &IdentityCommand) -> ApiResult<IdentityResponse> {
+    let bytes = command::<IdentityService>(c)?;
+    match g.data.master().propose(bytes).await? {
+        Ok(b) => IdentityService::response(&b).map_err(ApiError::internal),
+        Err(r) => Err(match r.code.as_str() {
+            "setup_done" => ApiError::new(StatusCode::CONFLICT, r.message),
+            "invalid_email" | "invalid_name" | "invalid_argument" => ApiError::bad(r.message),
+            "no_such_session" | "session_ended" | "bad_token" => {
+                ApiError::unauthorized("the refresh token is not valid")
+            }
+            "no_such_user" => ApiError::new(StatusCode::NOT_FOUND, r.message),
+            _ => ApiError::bad(r.message),
+        }),
+    }
+}
+
+async fn ask(g: &Gateway, q: &IdentityQuery) -> ApiResult<IdentityQueryResponse> {
+    let payload = IdentityService::encode_query(q).map_err(ApiError::internal)?;
+    let bytes = g
+        .data
+        .master()
+        .query(IdentityService::ID, payload, Consistency::Linearizable)
+        .await?
+        .map_err(|r| ApiError::internal(r.message))?;
+    IdentityService::query_response(&bytes).map_err(ApiError::internal)
+}
+
+/// Read a JSON body (at most 64 KiB) into `T`; every failure is a 400 that says why.
+async fn json_body<T: serde::de::DeserializeOwned>(req: Request) -> ApiResult<T> {
+    let bytes = axum::body::to_bytes(req.into_body(), BODY_MAX)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body is larger than {BODY_MAX} bytes"),
+            )
+        })?;
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::bad(format!("invalid JSON body: {e}")))
+}
+
+fn hex_id(id: u128) -> String {
+    format!("{id:032x}")
+}
+
+fn parse_id(s: &str) -> Option<u128> {
+    (s.len() == 32)
+        .then(|| u128::from_str_radix(s, 16).ok())
+        .flatten()
+}
+
+fn sha256(b: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, b);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+fn random32() -> ApiResult<[u8; 32]> {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 32];
+    ring::rand::SystemRandom::new()
+        .fill(&mut b)
+        .map_err(|_| ApiError::internal("system randomness failed"))?;
+    Ok(b)
+}
+
+fn hex(b: &[u8]) -> String {
+    cairn_master::buckets::hex(b)
+}
+
+fn unhex32(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+async fn hash_password(password: String) -> ApiResult<String> {
+    tokio::task::spawn_blocking(move || {
+        argon2::Argon2::default()
+            .hash_password(password.as_bytes())
+            .map(|h| h.to_string())
+            .map_err(ApiError::internal)
+    })
+    .await
+    .map_err(ApiError::internal)?
+}
+
+/// Whether `password` matches `hash` (argon2, on the blocking pool).
+async fn verify_password(password: String, hash: String) -> ApiResult<bool> {
+    tokio::task::spawn_blocking(move || {
+        let parsed = PasswordHash::new(&hash).map_err(ApiError::internal)?;
+        Ok(argon2::Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok())
+    })
+    .await
+    .map_err(ApiError::internal)?
+}
+
+fn check_password(p: &str) -> ApiResult<()> {
+    if p.len() < PASSWORD_MIN || p.len() > PASSWORD_MAX {
+        return Err(ApiError::bad(format!(
+            "passwords are {PASSWORD_MIN} to {PASSWORD_MAX} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// The JWT signing key, opened from the replicated state once and kept.
+async fn jwt_key(g: &Gateway) -> ApiResult<Vec<u8>> {
+    if let Some(k) = g.jwt_key.lock().clone() {
+        return Ok(k);
+    }
+    let sealed = match ask(g, &IdentityQuery::SealedJwtKey).await? {
+        IdentityQueryResponse::Key(Some(k)) => k,
+        _ => {
+            return Err(ApiError::unauthorized(
+                "no user exists yet: run setup first",
+            ));
+        }
+    };
+    let key = g
+        .secrets
+        .open(JWT_KEY_PURPOSE, &sealed)
+        .map_err(ApiError::internal)?;
+    *g.jwt_key.lock() = Some(key.clone());
+    Ok(key)
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    sid: String,
+    iat: u64,
+    exp: u64,
+    iss: String,
+}
+
+fn user_json(id: u128, u: &User) -> serde_json::Value {
+    json!({
+        "id": hex_id(id),
+        "email": u.email,
+        "name": u.name,
+        "admin": u.admin,
+        "created_at": u.created_ms / 1000,
+    })
+}
+
+/// Open a session for `user` and answer with its tokens.
+async fn login_answer(
+    g: &Gateway,
+    id: u128,
+    user: &User,
+    headers: &HeaderMap,
+    ip: &str,
+) -> ApiResult<serde_json::Value> {
+    let secret = random32()?;
+    let agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let sid = match propose(
+        g,
+        &IdentityCommand::CreateSession {
+            user: id,
+            refresh_hash: sha256(&secret),
+            expires_ms: wall_ms() + REFRESH_TTL_MS,
+            ip: ip.to_owned(),
+            agent,
+        },
+    )
+    .await?
+    {
+        IdentityResponse::Session { id } => id,
+        _ => return Err(ApiError::internal("unexpected answer")),
+    };
+    tokens(g, id, sid, &secret, Some(user)).await
+}
+
+async fn tokens(
+    g: &Gateway,
+    user: u128,
+    sid: u128,
+    secret: &[u8; 32],
+    u: Option<&User>,
+) -> ApiResult<serde_json::Value> {
+    let now = wall_ms() / 1000;
+    let claims = Claims {
+        sub: hex_id(user),
+        sid: hex_id(sid),
+        iat: now,
+        exp: now + ACCESS_TTL_S,
+        iss: "cairn".into(),
+    };
+    let key = jwt_key(g).await?;
+    let access = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(&key),
+    )
+    .map_err(ApiError::internal)?;
+    let mut out = json!({
+        "access_token": access,
+        "refresh_token": format!("{}.{}", hex_id(sid), hex(secret)),
+        "token_type": "Bearer",
+        "expires_in": ACCESS_TTL_S,
+    });
+    if let Some(u) = u {
+        out["user"] = user_json(user, u);
+    }
+    Ok(out)
+}
+
+/// Who is calling: a valid access token of a live session. Revocation counts at once.
+struct Caller {
+    user: u128,
+    session: u128,
+    record: User,
+}
+
+async fn authenticate(g: &Gateway, headers: &HeaderMap) -> ApiResult<Caller> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer token"))?;
+    let key = jwt_key(g).await?;
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    validation.leeway = 5;
+    validation.set_issuer(&["cairn"]);
+    let data = jsonwebtoken::decode::<Claims>(
+        token.trim(),
+        &jsonwebtoken::DecodingKey::from_secret(&key),
+        &validation,
+    )
+    .map_err(|e| ApiError::unauthorized(format!("invalid access token: {e}")))?;
+    let (user, session) = match (parse_id(&data.claims.sub), parse_id(&data.claims.sid)) {
+        (Some(u), Some(s)) => (u, s),
+        _ => return Err(ApiError::unauthorized("invalid access token")),
+    };
+    match ask(g, &IdentityQuery::Session { id: session }).await? {
+        IdentityQueryResponse::Session(Some(s))
+            if !s.revoked && s.user == user && s.expires_ms > wall_ms() => {}
+        _ => return Err(ApiError::unauthorized("the session has ended")),
+    }
+    match ask(g, &IdentityQuery::User { id: user }).await? {
+        IdentityQueryResponse::User(Some((_, record))) => Ok(Caller {
+            user,
+            session,
+            record,
+        }),
+        _ => Err(ApiError::unauthorized("the user no longer exists")),
+    }
+}
+
+fn client_ip(req: &Request) -> String {
+    req.extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_default()
+}
+
+#[derive(Deserialize)]
+struct SetupBody {
+    email: String,
+    password: String,
+    name: String,
+}
+
+async fn setup(State(g): State<Arc<Gateway>>, req: Request) -> ApiResult<Response> {
+    let headers = req.headers().clone();
+    let ip = client_ip(&req);
+    let body: SetupBody = json_body(req).await?;
+    check_password(&body.password)?;
+    if let IdentityQueryResponse::Count(n) = ask(&g, &IdentityQuery::UserCount).await?
+        && n > 0
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "setup is done: a user exists",
+        ));
+    }
+    let hash = hash_password(body.password).await?;
+    let key = random32()?;
+    let sealed = g
+        .secrets
+        .seal(JWT_KEY_PURPOSE, &key)
+        .map_err(ApiError::internal)?;
+    let id = match propose(
+        &g,
+        &IdentityCommand::Setup {
+            email: body.email,
+            name: body.name,
+            password_hash: hash,
+            sealed_jwt_key: sealed,
+        },
+    )
+    .await?
+    {
+        IdentityResponse::User { id } => id,
+        _ => return Err(ApiError::internal("unexpected answer")),
+    };
+    let user = match ask(&g, &IdentityQuery::User { id }).await? {
+        IdentityQueryResponse::User(Some((_, u))) => u,
+        _ => return Err(ApiError::internal("the new user is missing")),
+    };
+    let out = login_answer(&g, id, &user, &headers, &ip).await?;
+    Ok((StatusCode::CREATED, axum::Json(out)).into_response())
+}
+
+#[derive(Deserialize)]
+struct LoginBody {
+    email: String,
+    password: String,
+}
+
+/// A fixed argon2 hash to verify against when the email is unknown, so both failures cost the
+/// same time.
+const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$1YqDEK9WSJyvCfoqIXjLqJ4GCCCFuUeknP0y3mhzNVU";
+
+async fn login(State(g): State<Arc<Gateway>>, req: Request) -> ApiResult<Response> {
+    let headers = req.headers().clone();
+    let ip = client_ip(&req);
+    let body: LoginBody = json_body(req).await?;
+    let denied = || ApiError::unauthorized("invalid email or password");
+    if body.password.len() > PASSWORD_MAX {
+        return Err(denied());
+    }
+    let found = match ask(
+        &g,
+        &IdentityQuery::UserByEmail {
+            email: body.email.clone(),
+        },
+    )
+    .await?
+    {
+        IdentityQueryResponse::User(u) => u,
+        _ => None,
+    };
+    let Some((id, user)) = found else {
+        let _ = verify_password(body.password, DUMMY_HASH.into()).await;
+        return Err(denied());
+    };
+    if !verify_password(body.password, user.password_hash.clone()).await? {
+        return Err(denied());
+    }
+    Ok(axum::Json(login_answer(&g, id, &user, &headers, &ip).await?).into_response())
+}
+
+#[derive(Deserialize)]
+struct RefreshBody {
+    refresh_token: String,
+}
+
+async fn refresh(State(g): State<Arc<Gateway>>, req: Request) -> ApiResult<Response> {
+    let body: RefreshBody = json_body(req).await?;
+    let invalid = || ApiError::unauthorized("the refresh token is not valid");
+    let (sid, secret) = body
+        .refresh_token
+        .trim()
+        .split_once('.')
+        .ok_or_else(invalid)?;
+    let sid = parse_id(sid).ok_or_else(invalid)?;
+    let presented = sha256(&unhex32(secret).ok_or_else(invalid)?);
+    let user = match ask(&g, &IdentityQuery::Session { id: sid }).await? {
+        IdentityQueryResponse::Session(Some(Session { user, .. })) => user,
+        _ => return Err(invalid()),
+    };
+    let next = random32()?;
+    match propose(
+        &g,
+        &IdentityCommand::Refresh {
+            session: sid,
+            presented,
+            next: sha256(&next),
+            expires_ms: wall_ms() + REFRESH_TTL_MS,
+        },
+    )
+    .await?
+    {
+        IdentityResponse::Refreshed => {
+            Ok(axum::Json(tokens(&g, user, sid, &next, None).await?).into_response())
+        }
+        IdentityResponse::Reused => {
+            tracing::warn!(session = %hex_id(sid), "a rotated refresh token was reused; session revoked");
+            Err(ApiError::unauthorized(
+                "this refresh token was already used; the session is revoked",
+            ))
+        }
+        _ => Err(invalid()),
+    }
+}
+
+async fn logout(State(g): State<Arc<Gateway>>, headers: HeaderMap) -> ApiResult<Response> {
+    let caller = authenticate(&g, &headers).await?;
+    propose(
+        &g,
+        &IdentityCommand::Revoke {
+            session: caller.session,
+        },
+    )
+    .await?;
+    Ok(axum::Json(json!({"status": "logged out"})).into_response())
+}
+
+async fn me(State(g): State<Arc<Gateway>>, headers: HeaderMap) -> ApiResult<Response> {
+    let caller = authenticate(&g, &headers).await?;
+    Ok(axum::Json(user_json(caller.user, &caller.record)).into_response())
+}
+
+#[derive(Deserialize)]
+struct ChangePasswordBody {
+    current_password: String,
+    new_password: String,
+}
+
+async fn change_password(State(g): State<Arc<Gateway>>, req: Request) -> ApiResult<Response> {
+    let caller = authenticate(&g, req.headers()).await?;
+    let body: ChangePasswordBody = json_body(req).await?;
+    check_password(&body.new_password)?;
+    if body.current_password.len() > PASSWORD_MAX
+        || !verify_password(body.current_password, caller.record.password_hash.clone()).await?
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "the current password is wrong",
+        ));
+    }
+    let hash = hash_password(body.new_password).await?;
+    propose(
+        &g,
+        &IdentityCommand::ChangePassword {
+            user: caller.user,
+            password_hash: hash,
+            keep_session: caller.session,
+        },
+    )
+    .await?;
+    Ok(axum::Json(json!({"status": "password changed; other sessions revoked"})).into_response())
+}
+
+async fn sessions(State(g): State<Arc<Gateway>>, headers: HeaderMap) -> ApiResult<Response> {
+    let caller = authenticate(&g, &headers).await?;
+    let list = match ask(&g, &IdentityQuery::Sessions { user: caller.user }).await? {
+        IdentityQueryResponse::Sessions(s) => s,
+        _ => Vec::new(),
+    };
+    let now = wall_ms();
+    let items: Vec<serde_json::Value> = list
+        .into_iter()
+        .filter(|(_, s)| !s.revoked && s.expires_ms > now)
+        .map(|(id, s)| {
+            json!({
+                "id": hex_id(id),
+                "created_at": s.created_ms / 1000,
+                "last_used_at": s.refreshed_ms / 1000,
+                "expires_at": s.expires_ms / 1000,
+                "ip": s.ip,
+                "user_agent": s.agent,
+                "current": id == caller.session,
+            })
+        })
+        .collect();
+    Ok(axum::Json(json!({"sessions": items})).into_response())
+}
+
+async fn revoke_session(
+    State(g): State<Arc<Gateway>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let caller = authenticate(&g, &headers).await?;
+    let not_found = || ApiError::new(StatusCode::NOT_FOUND, "no such session");
+    let sid = parse_id(&id).ok_or_else(not_found)?;
+    // Only one's own sessions; another user's id answers as if it did not exist.
+    match ask(&g, &IdentityQuery::Session { id: sid }).await? {
+        IdentityQueryResponse::Session(Some(s)) if s.user == caller.user => {}
+        _ => return Err(not_found()),
+    }
+    propose(&g, &IdentityCommand::Revoke { session: sid }).await?;
+    Ok(axum::Json(json!({"status": "revoked"})).into_response())
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no such route")
+}
+
+/// The `/api` routes (mounted under `/api`).
+pub fn router(g: Arc<Gateway>) -> Router {
+    Router::new()
+        .route("/auth/setup", post(setup))
+        .route("/auth/login", post(login))
+        .route("/auth/refresh", post(refresh))
+        .route("/auth/logout", post(logout))
+        .route("/auth/me", get(me))
+        .route("/auth/change-password", post(change_password))
+        .route("/auth/sessions", get(sessions))
+        .route("/auth/sessions/{id}", delete(revoke_session))
+        .fallback(not_found)
+        .with_state(g)
+}

@@ -1,0 +1,430 @@
+//! The identity service (service 6): users, login sessions and the token signing key.
+//!
+//! Everything secret arrives already protected: passwords as argon2 PHC strings (hashed by the
+//! gateway, never in `apply`), refresh tokens as SHA-256 digests, the JWT signing key sealed
+//! with the cluster secrets key. The log and the state never hold a password, a token or a key
+//! in the clear.
+//!
+//! Tables (values postcard):
+//! - `id.users`: user id (u128 BE) → [`User`]
+//! - `id.emails`: lowercased email → user id (u128 BE)
+//! - `id.sessions`: session id (u128 BE) → [`Session`]
+//! - `id.user_sessions`: user id ‖ session id → empty (the index of a user's sessions)
+//! - `id.meta`: `jwt_key` → the sealed signing key
+
+use cairn_engine::state::{
+    ApplyContext, ApplyError, Rejection, ServiceId, StateError, Table, TypedService,
+};
+use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransaction};
+use serde::{Deserialize, Serialize};
+
+const USERS: Table = Table::new("id.users");
+const EMAILS: Table = Table::new("id.emails");
+const SESSIONS: Table = Table::new("id.sessions");
+/// user id ‖ session id → nothing: a user's sessions without a scan.
+const USER_SESSIONS: Table = Table::new("id.user_sessions");
+const META: Table = Table::new("id.meta");
+const JWT_KEY: &[u8] = b"jwt_key";
+
+/// Most sessions listed at once.
+pub const SESSIONS_LIST_MAX: usize = 1000;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub email: String,
+    pub name: String,
+    /// argon2id PHC string.
+    pub password_hash: String,
+    pub admin: bool,
+    pub created_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    pub user: u128,
+    /// SHA-256 of the current refresh token's secret.
+    pub refresh_hash: [u8; 32],
+    /// SHA-256 of the refresh secret it replaced: presenting it again is token theft.
+    pub previous_hash: Option<[u8; 32]>,
+    pub created_ms: u64,
+    pub refreshed_ms: u64,
+    pub expires_ms: u64,
+    pub revoked: bool,
+    pub ip: String,
+    pub agent: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IdentityCommand {
+    /// Create the first user, an admin, and store the signing key; refused once a user exists.
+    Setup {
+        email: String,
+        name: String,
+        password_hash: String,
+        sealed_jwt_key: Vec<u8>,
+    },
+    /// Open a session for `user`.
+    CreateSession {
+        user: u128,
+        refresh_hash: [u8; 32],
+        expires_ms: u64,
+        ip: String,
+        agent: String,
+    },
+    /// Rotate a session's refresh token if `presented` is its current one.
+    Refresh {
+        session: u128,
+        presented: [u8; 32],
+        next: [u8; 32],
+        expires_ms: u64,
+    },
+    Revoke {
+        session: u128,
+    },
+    /// Set a new password; every other session of the user is revoked.
+    ChangePassword {
+        user: u128,
+        password_hash: String,
+        keep_session: u128,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IdentityResponse {
+    Done,
+    User {
+        id: u128,
+    },
+    Session {
+        id: u128,
+    },
+    Refreshed,
+    /// The refresh token was one already rotated away: the session is now revoked.
+    Reused,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IdentityQuery {
+    UserCount,
+    UserByEmail { email: String },
+    User { id: u128 },
+    Session { id: u128 },
+    Sessions { user: u128 },
+    SealedJwtKey,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IdentityQueryResponse {
+    Count(u64),
+    User(Option<(u128, User)>),
+    Session(Option<Session>),
+    Sessions(Vec<(u128, Session)>),
+    Key(Option<Vec<u8>>),
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IdentityService;
+
+fn reject(code: &str, message: impl Into<String>) -> ApplyError {
+    Rejection::new(code, message).into()
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StateError> {
+    postcard::to_stdvec(v).map_err(|e| StateError::Encode(e.to_string()))
+}
+
+fn decode<T: serde::de::DeserializeOwned>(what: &str, b: &[u8]) -> Result<T, StateError> {
+    postcard::from_bytes(b).map_err(|e| StateError::Corrupt(format!("{what}: {e}")))
+}
+
+fn id_of(b: &[u8]) -> Result<u128, StateError> {
+    let a: [u8; 16] = b
+        .try_into()
+        .map_err(|_| StateError::Corrupt("identity id is not 16 bytes".into()))?;
+    Ok(u128::from_be_bytes(a))
+}
+
+/// Emails are compared lowercased and trimmed.
+pub fn normalize_email(email: &str) -> String {
+    email.trim().to_lowercase()
+}
+
+/// A plausible email: one `@`, something before it, a dot in the domain, at most 254 bytes.
+pub fn check_email(email: &str) -> Result<(), Rejection> {
+    let ok = email.len() <= 254
+        && !email.chars().any(char::is_whitespace)
+        && email
+            .split_once('@')
+            .is_some_and(|(l, d)| !l.is_empty() && d.contains('.') && !d.contains('@'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Rejection::new("invalid_email", "not a valid email address"))
+    }
+}
+
+fn check_name(name: &str) -> Result<(), Rejection> {
+    if name.trim().is_empty() || name.chars().count() > 200 {
+        return Err(Rejection::new(
+            "invalid_name",
+            "names are 1 to 200 characters",
+        ));
+    }
+    Ok(())
+}
+
+fn check_hash(hash: &str) -> Result<(), Rejection> {
+    if !hash.starts_with("$argon2") || hash.len() > 512 {
+        return Err(Rejection::new(
+            "invalid_argument",
+            "passwords are stored as argon2 hashes",
+        ));
+    }
+    Ok(())
+}
+
+fn pair(user: u128, session: u128) -> [u8; 32] {
+    let mut k = [0u8; 32];
+    k[..16].copy_from_slice(&user.to_be_bytes());
+    k[16..].copy_from_slice(&session.to_be_bytes());
+    k
+}
+
+/// The session ids of `user`, from the index.
+fn sessions_of(
+    t: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    user: u128,
+) -> Result<Vec<u128>, StateError> {
+    let start = pair(user, 0);
+    let mut out = Vec::new();
+    for item in t.range(start.as_slice()..)? {
+        let (k, _) = item?;
+        let k = k.value();
+        if k.len() != 32 || k[..16] != start[..16] {
+            break;
+        }
+        out.push(id_of(&k[16..])?);
+    }
+    Ok(out)
+}
+
+fn session(txn: &WriteTransaction, id: u128) -> Result<Session, ApplyError> {
+    let t = txn.open_table(SESSIONS)?;
+    let v = t.get(id.to_be_bytes().as_slice())?;
+    match v {
+        Some(v) => Ok(decode("session", v.value())?),
+        None => Err(reject("no_such_session", "no such session")),
+    }
+}
+
+fn put_session(txn: &WriteTransaction, id: u128, s: &Session) -> Result<(), ApplyError> {
+    txn.open_table(SESSIONS)?
+        .insert(id.to_be_bytes().as_slice(), encode(s)?.as_slice())?;
+    Ok(())
+}
+
+impl TypedService for IdentityService {
+    const ID: ServiceId = ServiceId(6);
+    const NAME: &'static str = "identity";
+    const VERSION: u16 = 1;
+    type Command = IdentityCommand;
+    type Response = IdentityResponse;
+    type Query = IdentityQuery;
+    type QueryResponse = IdentityQueryResponse;
+
+    fn init(&self, txn: &WriteTransaction) -> Result<(), StateError> {
+        txn.open_table(USERS)?;
+        txn.open_table(EMAILS)?;
+        txn.open_table(SESSIONS)?;
+        txn.open_table(USER_SESSIONS)?;
+        txn.open_table(META)?;
+        Ok(())
+    }
+
+    fn apply(
+        &self,
+        txn: &WriteTransaction,
+        ctx: &ApplyContext,
+        command: IdentityCommand,
+    ) -> Result<IdentityResponse, ApplyError> {
+        match command {
+            IdentityCommand::Setup {
+                email,
+                name,
+                password_hash,
+                sealed_jwt_key,
+            } => {
+                let email = normalize_email(&email);
+                check_email(&email)?;
+                check_name(&name)?;
+                check_hash(&password_hash)?;
+                if txn.open_table(USERS)?.len()? > 0 {
+                    return Err(reject("setup_done", "setup is done: a user exists"));
+                }
+                let id = ctx.fresh_id();
+                let user = User {
+                    email: email.clone(),
+                    name,
+                    password_hash,
+                    admin: true,
+                    created_ms: ctx.time_ms,
+                };
+                txn.open_table(USERS)?
+                    .insert(id.to_be_bytes().as_slice(), encode(&user)?.as_slice())?;
+                txn.open_table(EMAILS)?
+                    .insert(email.as_bytes(), id.to_be_bytes().as_slice())?;
+                let mut meta = txn.open_table(META)?;
+                if meta.get(JWT_KEY)?.is_none() {
+                    meta.insert(JWT_KEY, sealed_jwt_key.as_slice())?;
+                }
+                Ok(IdentityResponse::User { id })
+            }
+            IdentityCommand::CreateSession {
+                user,
+                refresh_hash,
+                expires_ms,
+                ip,
+                agent,
+            } => {
+                if txn
+                    .open_table(USERS)?
+                    .get(user.to_be_bytes().as_slice())?
+                    .is_none()
+                {
+                    return Err(reject("no_such_user", "no such user"));
+                }
+                let id = ctx.fresh_id();
+                txn.open_table(USER_SESSIONS)?
+                    .insert(pair(user, id).as_slice(), [].as_slice())?;
+                put_session(
+                    txn,
+                    id,
+                    &Session {
+                        user,
+                        refresh_hash,
+                        previous_hash: None,
+                        created_ms: ctx.time_ms,
+                        refreshed_ms: ctx.time_ms,
+                        expires_ms,
+                        revoked: false,
+                        ip: ip.chars().take(64).collect(),
+                        agent: agent.chars().take(256).collect(),
+                    },
+                )?;
+                Ok(IdentityResponse::Session { id })
+            }
+            IdentityCommand::Refresh {
+                session: sid,
+                presented,
+                next,
+                expires_ms,
+            } => {
+                let mut s = session(txn, sid)?;
+                if s.revoked || s.expires_ms <= ctx.time_ms {
+                    return Err(reject("session_ended", "the session is revoked or expired"));
+                }
+                if presented == s.refresh_hash {
+                    s.previous_hash = Some(s.refresh_hash);
+                    s.refresh_hash = next;
+                    s.refreshed_ms = ctx.time_ms;
+                    s.expires_ms = expires_ms;
+                    put_session(txn, sid, &s)?;
+                    Ok(IdentityResponse::Refreshed)
+                } else if s.previous_hash == Some(presented) {
+                    s.revoked = true;
+                    put_session(txn, sid, &s)?;
+                    Ok(IdentityResponse::Reused)
+                } else {
+                    Err(reject("bad_token", "the refresh token is not valid"))
+                }
+            }
+            IdentityCommand::Revoke { session: sid } => {
+                let mut s = session(txn, sid)?;
+                s.revoked = true;
+                put_session(txn, sid, &s)?;
+                Ok(IdentityResponse::Done)
+            }
+            IdentityCommand::ChangePassword {
+                user,
+                password_hash,
+                keep_session,
+            } => {
+                check_hash(&password_hash)?;
+                let mut u: User = {
+                    let t = txn.open_table(USERS)?;
+                    let v = t.get(user.to_be_bytes().as_slice())?;
+                    match v {
+                        Some(v) => decode("user", v.value())?,
+                        None => return Err(reject("no_such_user", "no such user")),
+                    }
+                };
+                u.password_hash = password_hash;
+                txn.open_table(USERS)?
+                    .insert(user.to_be_bytes().as_slice(), encode(&u)?.as_slice())?;
+                let ids = {
+                    let t = txn.open_table(USER_SESSIONS)?;
+                    sessions_of(&t, user)?
+                };
+                for id in ids.into_iter().filter(|id| *id != keep_session) {
+                    let mut s = session(txn, id)?;
+                    if !s.revoked {
+                        s.revoked = true;
+                        put_session(txn, id, &s)?;
+                    }
+                }
+                Ok(IdentityResponse::Done)
+            }
+        }
+    }
+
+    fn query(
+        &self,
+        txn: &ReadTransaction,
+        query: IdentityQuery,
+    ) -> Result<IdentityQueryResponse, ApplyError> {
+        let user = |id: u128| -> Result<Option<(u128, User)>, ApplyError> {
+            let t = txn.open_table(USERS)?;
+            let v = t.get(id.to_be_bytes().as_slice())?;
+            Ok(match v {
+                Some(v) => Some((id, decode("user", v.value())?)),
+                None => None,
+            })
+        };
+        Ok(match query {
+            IdentityQuery::UserCount => IdentityQueryResponse::Count(txn.open_table(USERS)?.len()?),
+            IdentityQuery::UserByEmail { email } => {
+                let id = {
+                    let t = txn.open_table(EMAILS)?;
+                    let v = t.get(normalize_email(&email).as_bytes())?;
+                    v.map(|v| id_of(v.value())).transpose()?
+                };
+                IdentityQueryResponse::User(match id {
+                    Some(id) => user(id)?,
+                    None => None,
+                })
+            }
+            IdentityQuery::User { id } => IdentityQueryResponse::User(user(id)?),
+            IdentityQuery::Session { id } => {
+                let t = txn.open_table(SESSIONS)?;
+                let v = t.get(id.to_be_bytes().as_slice())?;
+                IdentityQueryResponse::Session(v.map(|v| decode("session", v.value())).transpose()?)
+            }
+            IdentityQuery::Sessions { user } => {
+                let ids = sessions_of(&txn.open_table(USER_SESSIONS)?, user)?;
+                let t = txn.open_table(SESSIONS)?;
+                let mut out = Vec::new();
+                for id in ids.into_iter().rev().take(SESSIONS_LIST_MAX) {
+                    if let Some(v) = t.get(id.to_be_bytes().as_slice())? {
+                        out.push((id, decode("session", v.value())?));
+                    }
+                }
+                IdentityQueryResponse::Sessions(out)
+            }
+            IdentityQuery::SealedJwtKey => {
+                let t = txn.open_table(META)?;
+                let v = t.get(JWT_KEY)?;
+                IdentityQueryResponse::Key(v.map(|v| v.value().to_vec()))
+            }
+        })
+    }
+}

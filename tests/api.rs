@@ -1,0 +1,364 @@
+//! End-to-end: the REST API under `/api` on a real `cairn serve`: first-boot setup, login,
+//! refresh-token rotation and reuse detection, sessions and revocation, password change, and
+//! bad input answered with precise `{"error": ...}` 4xx responses.
+
+// Test code: a panic here is a failed test, which is what unwrap() should cause.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::Path;
+
+use cairn_tests::CairnProcess;
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_cairn");
+
+struct Api {
+    _p: CairnProcess,
+    base: String,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl Api {
+    fn start() -> Api {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let mut p = CairnProcess::start(
+            Path::new(BIN),
+            &[
+                "serve",
+                "--data",
+                data.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+                "--cluster-listen",
+                "127.0.0.1:0",
+            ],
+            &[
+                ("CAIRN_ROOT_ACCESS_KEY", "CAIRNAPITESTKEY00001"),
+                ("CAIRN_ROOT_SECRET_KEY", "api-test-secret"),
+                ("CAIRN_LOG", "info,openraft=off"),
+            ],
+            Path::new("/"),
+        )
+        .unwrap();
+        let addr = p.wait_listening().unwrap();
+        Api {
+            _p: p,
+            base: format!("http://{addr}/api"),
+            http: reqwest::Client::new(),
+            _dir: dir,
+        }
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method.parse().unwrap(), format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        let v =
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"));
+        (status, v)
+    }
+
+    async fn raw(&self, path: &str, body: &'static str) -> (u16, Value) {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap())
+    }
+}
+
+fn error_of(v: &Value) -> &str {
+    v["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error field in {v}"))
+}
+
+#[tokio::test]
+async fn first_boot_login_refresh_sessions_and_revocation() {
+    let api = Api::start();
+    // Wait for the master (the first call may race the election).
+    let deadline = std::time::Instant::now() + cairn_tests::PATIENCE;
+    let admin =
+        json!({"email": "Admin@Example.com", "password": "correct horse battery", "name": "Ada"});
+    let (status, setup) = loop {
+        let (s, v) = api
+            .call("POST", "/auth/setup", None, Some(admin.clone()))
+            .await;
+        if s != 503 {
+            break (s, v);
+        }
+        assert!(std::time::Instant::now() < deadline, "never available: {v}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(status, 201, "{setup}");
+    assert_eq!(setup["user"]["email"], "admin@example.com");
+    assert_eq!(setup["user"]["admin"], true);
+    assert_eq!(setup["token_type"], "Bearer");
+    assert!(setup["expires_in"].as_u64().unwrap() > 0);
+    // Setup happens once.
+    let (status, v) = api
+        .call("POST", "/auth/setup", None, Some(admin.clone()))
+        .await;
+    assert_eq!(status, 409, "{v}");
+    error_of(&v);
+
+    // Bad input: precise 4xx JSON, never 5xx.
+    for (body, want) in [
+        (r#"{"email": "a@b.c"}"#, 400),
+        (r#"{"email": 5, "password": "x"}"#, 400),
+        ("not json", 400),
+        ("", 400),
+    ] {
+        let (status, v) = api.raw("/auth/login", body).await;
+        assert_eq!(status, want, "{body}: {v}");
+        error_of(&v);
+    }
+    let huge = format!(
+        r#"{{"email": "a@b.c", "password": "{}"}}"#,
+        "x".repeat(100_000)
+    );
+    let resp = api
+        .http
+        .post(format!("{}/auth/login", api.base))
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 413);
+    let (status, v) = api.call("GET", "/no/such/route", None, None).await;
+    assert_eq!(status, 404);
+    error_of(&v);
+
+    // Login: wrong password and unknown email look the same.
+    let (s1, v1) = api
+        .call(
+            "POST",
+            "/auth/login",
+            None,
+            Some(json!({"email": "admin@example.com", "password": "wrong password"})),
+        )
+        .await;
+    let (s2, v2) = api
+        .call(
+            "POST",
+            "/auth/login",
+            None,
+            Some(json!({"email": "nobody@example.com", "password": "wrong password"})),
+        )
+        .await;
+    assert_eq!((s1, s2), (401, 401));
+    assert_eq!(error_of(&v1), error_of(&v2));
+    let (status, a) = api
+        .call(
+            "POST",
+            "/auth/login",
+            None,
+            Some(json!({"email": "ADMIN@example.com ", "password": "correct horse battery"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{a}");
+    let access_a = a["access_token"].as_str().unwrap().to_owned();
+    let refresh_a = a["refresh_token"].as_str().unwrap().to_owned();
+
+    // The access token works; a tampered one does not; none at all neither.
+    let (status, me) = api.call("GET", "/auth/me", Some(&access_a), None).await;
+    assert_eq!(status, 200, "{me}");
+    assert_eq!(me["name"], "Ada");
+    let mut tampered = access_a.clone();
+    let last = tampered.pop().unwrap();
+    tampered.push(if last == 'A' { 'B' } else { 'A' });
+    assert_eq!(
+        api.call("GET", "/auth/me", Some(&tampered), None).await.0,
+        401
+    );
+    assert_eq!(api.call("GET", "/auth/me", None, None).await.0, 401);
+
+    // Refresh rotates; the old refresh token used again revokes the session.
+    let (status, r) = api
+        .call(
+            "POST",
+            "/auth/refresh",
+            None,
+            Some(json!({"refresh_token": refresh_a})),
+        )
+        .await;
+    assert_eq!(status, 200, "{r}");
+    let access_a2 = r["access_token"].as_str().unwrap().to_owned();
+    let refresh_a2 = r["refresh_token"].as_str().unwrap().to_owned();
+    assert_ne!(refresh_a2, refresh_a);
+    assert_eq!(
+        api.call("GET", "/auth/me", Some(&access_a2), None).await.0,
+        200
+    );
+    let (status, v) = api
+        .call(
+            "POST",
+            "/auth/refresh",
+            None,
+            Some(json!({"refresh_token": refresh_a})),
+        )
+        .await;
+    assert_eq!(status, 401, "{v}");
+    assert!(error_of(&v).contains("revoked"));
+    assert_eq!(
+        api.call("GET", "/auth/me", Some(&access_a2), None).await.0,
+        401
+    );
+    assert_eq!(
+        api.call(
+            "POST",
+            "/auth/refresh",
+            None,
+            Some(json!({"refresh_token": refresh_a2}))
+        )
+        .await
+        .0,
+        401
+    );
+    assert_eq!(
+        api.call(
+            "POST",
+            "/auth/refresh",
+            None,
+            Some(json!({"refresh_token": "garbage"}))
+        )
+        .await
+        .0,
+        401
+    );
+
+    // Two more sessions; one revokes the other, which stops working at once.
+    let login = || {
+        api.call(
+            "POST",
+            "/auth/login",
+            None,
+            Some(json!({"email": "admin@example.com", "password": "correct horse battery"})),
+        )
+    };
+    let (_, b) = login().await;
+    let (_, c) = login().await;
+    let (access_b, access_c) = (
+        b["access_token"].as_str().unwrap().to_owned(),
+        c["access_token"].as_str().unwrap().to_owned(),
+    );
+    let (status, list) = api
+        .call("GET", "/auth/sessions", Some(&access_b), None)
+        .await;
+    assert_eq!(status, 200);
+    // Setup's session, b and c (a's was revoked).
+    let sessions = list["sessions"].as_array().unwrap();
+    assert_eq!(sessions.len(), 3, "{list}");
+    let setup_access = setup["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        api.call("GET", "/auth/me", Some(&setup_access), None)
+            .await
+            .0,
+        200
+    );
+    for s in sessions.iter().filter(|s| s["current"] == false) {
+        let id = s["id"].as_str().unwrap();
+        let path = format!("/auth/sessions/{id}");
+        assert_eq!(
+            api.call("DELETE", &path, Some(&access_b), None).await.0,
+            200
+        );
+    }
+    assert_eq!(
+        api.call("GET", "/auth/me", Some(&setup_access), None)
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        api.call("GET", "/auth/me", Some(&access_c), None).await.0,
+        401
+    );
+    assert_eq!(
+        api.call(
+            "DELETE",
+            "/auth/sessions/00000000000000000000000000000000",
+            Some(&access_b),
+            None
+        )
+        .await
+        .0,
+        404
+    );
+
+    // Password change: the current password is checked, other sessions end.
+    let (_, d) = login().await;
+    let access_d = d["access_token"].as_str().unwrap().to_owned();
+    let (status, v) = api
+        .call(
+            "POST",
+            "/auth/change-password",
+            Some(&access_b),
+            Some(json!({"current_password": "nope nope nope", "new_password": "another long one"})),
+        )
+        .await;
+    assert_eq!(status, 403, "{v}");
+    let (status, v) = api
+        .call(
+            "POST",
+            "/auth/change-password",
+            Some(&access_b),
+            Some(json!({"current_password": "correct horse battery", "new_password": "short"})),
+        )
+        .await;
+    assert_eq!(status, 400, "{v}");
+    let (status, v) = api.call("POST", "/auth/change-password", Some(&access_b), Some(json!({"current_password": "correct horse battery", "new_password": "another long one"}))).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        api.call("GET", "/auth/me", Some(&access_d), None).await.0,
+        401
+    );
+    assert_eq!(
+        api.call("GET", "/auth/me", Some(&access_b), None).await.0,
+        200
+    );
+    assert_eq!(login().await.0, 401);
+    let (status, _) = api
+        .call(
+            "POST",
+            "/auth/login",
+            None,
+            Some(json!({"email": "admin@example.com", "password": "another long one"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+
+    // Logout ends the session.
+    assert_eq!(
+        api.call("POST", "/auth/logout", Some(&access_b), None)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        api.call("GET", "/auth/me", Some(&access_b), None).await.0,
+        401
+    );
+}
