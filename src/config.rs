@@ -82,6 +82,9 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "gateway.domain",
     },
+    Key {
+        name: "api.auth_rate_limit",
+    },
 ];
 
 pub const DEFAULT_DATA: &str = "./cairn-data";
@@ -422,7 +425,12 @@ impl Layers {
                 Err(format!("{s:?} is not a domain name like s3.example.com"))
             }
         })?;
+        let auth_rate_limit = self.parse("api.auth_rate_limit", "5", |s| {
+            s.parse::<u32>()
+                .map_err(|_| format!("{s:?} is not a number of requests per minute"))
+        })?;
         Ok(ServeConfig {
+            auth_rate_limit,
             domain,
             lifecycle_ms,
             chunkservers,
@@ -515,6 +523,8 @@ pub struct ServeConfig {
     pub inline_max: usize,
     /// Domain for virtual-hosted-style addressing (`BUCKET.DOMAIN`).
     pub domain: Option<String>,
+    /// Credential requests per minute per client address (0: off).
+    pub auth_rate_limit: u32,
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ pub fn options(config: &ServeConfig) -> GatewayOptions {
         region: config.region.clone(),
         inline_max: config.inline_max,
         domain: config.domain.clone(),
+        auth_rate_limit: config.auth_rate_limit,
         ..GatewayOptions::default()
     }
 }

@@ -14,13 +14,14 @@ const BIN: &str = env!("CARGO_BIN_EXE_cairn");
 
 struct Api {
     _p: CairnProcess,
+    addr: std::net::SocketAddr,
     base: String,
     http: reqwest::Client,
     _dir: tempfile::TempDir,
 }
 
 impl Api {
-    fn start() -> Api {
+    fn start(env: &[(&str, &str)]) -> Api {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let mut p = CairnProcess::start(
@@ -35,16 +36,21 @@ impl Api {
                 "127.0.0.1:0",
             ],
             &[
-                ("CAIRN_ROOT_ACCESS_KEY", "CAIRNAPITESTKEY00001"),
-                ("CAIRN_ROOT_SECRET_KEY", "api-test-secret"),
-                ("CAIRN_LOG", "info,openraft=off"),
-            ],
+                &[
+                    ("CAIRN_ROOT_ACCESS_KEY", "CAIRNAPITESTKEY00001"),
+                    ("CAIRN_ROOT_SECRET_KEY", "api-test-secret"),
+                    ("CAIRN_LOG", "info,openraft=off"),
+                ],
+                env,
+            ]
+            .concat(),
             Path::new("/"),
         )
         .unwrap();
         let addr = p.wait_listening().unwrap();
         Api {
             _p: p,
+            addr,
             base: format!("http://{addr}/api"),
             http: reqwest::Client::new(),
             _dir: dir,
@@ -97,7 +103,8 @@ fn error_of(v: &Value) -> &str {
 
 #[tokio::test]
 async fn first_boot_login_refresh_sessions_and_revocation() {
-    let api = Api::start();
+    // Many logins from one address: lift the per-address limit for this test.
+    let api = Api::start(&[("CAIRN_API_AUTH_RATE_LIMIT", "1000")]);
     // Wait for the master (the first call may race the election).
     let deadline = std::time::Instant::now() + cairn_tests::PATIENCE;
     let admin =
@@ -361,4 +368,134 @@ async fn first_boot_login_refresh_sessions_and_revocation() {
         api.call("GET", "/auth/me", Some(&access_b), None).await.0,
         401
     );
+}
+
+/// Set up the first admin (retrying while the master elects itself); its login answer.
+async fn first_admin(api: &Api) -> Value {
+    let deadline = std::time::Instant::now() + cairn_tests::PATIENCE;
+    let admin =
+        json!({"email": "root@example.com", "password": "correct horse battery", "name": "Root"});
+    loop {
+        let (s, v) = api
+            .call("POST", "/auth/setup", None, Some(admin.clone()))
+            .await;
+        if s == 201 {
+            return v;
+        }
+        assert_eq!(s, 503, "{v}");
+        assert!(std::time::Instant::now() < deadline, "never available: {v}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn credential_routes_are_rate_limited_per_address() {
+    let api = Api::start(&[]);
+    first_admin(&api).await; // one request of the five
+    let wrong = json!({"email": "root@example.com", "password": "not the password"});
+    for left in (0..4).rev() {
+        let resp = api
+            .http
+            .post(format!("{}/auth/login", api.base))
+            .json(&wrong)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 401);
+        assert_eq!(resp.headers()["x-ratelimit-limit"], "5");
+        assert_eq!(
+            resp.headers()["x-ratelimit-remaining"],
+            left.to_string().as_str()
+        );
+        assert!(resp.headers().contains_key("x-request-id"));
+    }
+    // The sixth attempt in the minute is refused before the password is even looked at.
+    let right = json!({"email": "root@example.com", "password": "correct horse battery"});
+    let resp = api
+        .http
+        .post(format!("{}/auth/login", api.base))
+        .json(&right)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 429);
+    let retry: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry));
+    let v: Value = resp.json().await.unwrap();
+    assert!(error_of(&v).contains("too many"));
+}
+
+#[tokio::test]
+async fn users_own_their_s3_keys() {
+    use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let api = Api::start(&[]);
+    let login = first_admin(&api).await;
+    let token = login["access_token"].as_str().unwrap().to_owned();
+    let (status, key) = api.call("POST", "/s3-keys", Some(&token), None).await;
+    assert_eq!(status, 201, "{key}");
+    let (ak, sk) = (
+        key["access_key"].as_str().unwrap().to_owned(),
+        key["secret_key"].as_str().unwrap().to_owned(),
+    );
+    // The key works over S3.
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .endpoint_url(format!("http://{}", api.addr))
+            .credentials_provider(Credentials::new(&ak, &sk, None, None, "test"))
+            .force_path_style(true)
+            .build(),
+    );
+    s3.create_bucket()
+        .bucket("users-bucket")
+        .send()
+        .await
+        .unwrap();
+    // Listed without its secret; the root key is not the user's.
+    let (status, list) = api.call("GET", "/s3-keys", Some(&token), None).await;
+    assert_eq!(status, 200);
+    let keys = list["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 1, "{list}");
+    assert_eq!(keys[0]["access_key"], ak.as_str());
+    assert!(keys[0].get("secret_key").is_none());
+    assert_eq!(
+        api.call(
+            "DELETE",
+            "/s3-keys/CAIRNAPITESTKEY00001",
+            Some(&token),
+            None
+        )
+        .await
+        .0,
+        404
+    );
+    assert_eq!(api.call("GET", "/s3-keys", None, None).await.0, 401);
+    // Deleted, it stops working (gateways keep an opened secret for at most 5 s).
+    assert_eq!(
+        api.call("DELETE", &format!("/s3-keys/{ak}"), Some(&token), None)
+            .await
+            .0,
+        200
+    );
+    let deadline = std::time::Instant::now() + cairn_tests::PATIENCE;
+    loop {
+        match s3.list_buckets().send().await {
+            Err(e) => {
+                use aws_sdk_s3::error::ProvideErrorMetadata;
+                assert_eq!(e.code(), Some("InvalidAccessKeyId"), "{e:?}");
+                break;
+            }
+            Ok(_) => assert!(
+                std::time::Instant::now() < deadline,
+                "the deleted key still works"
+            ),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
 }

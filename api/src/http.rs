@@ -415,7 +415,8 @@ async fn observe(State(g): State<Arc<Gateway>>, req: Request, next: Next) -> Res
     }
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-amz-request-id", v.clone());
-        resp.headers_mut().insert("x-amz-id-2", v);
+        resp.headers_mut().insert("x-amz-id-2", v.clone());
+        resp.headers_mut().insert("x-request-id", v);
     }
     resp.headers_mut()
         .insert(header::SERVER, HeaderValue::from_static("Cairn"));

@@ -44,6 +44,8 @@ pub struct GatewayOptions {
     /// With a domain (e.g. `s3.example.com`), requests to `BUCKET.s3.example.com` address that
     /// bucket (virtual-hosted style); path style works on every host either way.
     pub domain: Option<String>,
+    /// Requests per minute per client address on the credential routes (0: no limit).
+    pub auth_rate_limit: u32,
 }
 
 impl Default for GatewayOptions {
@@ -53,6 +55,7 @@ impl Default for GatewayOptions {
             inline_max: 16 * 1024,
             put_max: 5 << 30,
             domain: None,
+            auth_rate_limit: 5,
         }
     }
 }
@@ -66,6 +69,7 @@ pub struct Gateway {
     pub metrics: metrics::Metrics,
     /// The access-token signing key, opened from the replicated state on first use.
     pub jwt_key: parking_lot::Mutex<Option<Vec<u8>>>,
+    pub auth_limiter: rest::RateLimiter,
 }
 
 /// The S3 error for a refusal from the bucket service.
@@ -121,6 +125,7 @@ impl Gateway {
             options,
             metrics: metrics::Metrics::default(),
             jwt_key: parking_lot::Mutex::new(None),
+            auth_limiter: rest::RateLimiter::default(),
         }
     }
 

@@ -1,4 +1,5 @@
-//! The JSON REST API under `/api`: users and sessions (`/api/auth/...`).
+//! The JSON REST API under `/api`: users and sessions (`/api/auth/...`) and per-user S3 keys
+//! (`/api/s3-keys`).
 //!
 //! Errors are `{"error": "..."}` with a precise 4xx status; nothing a caller sends can produce a
 //! 5xx. Passwords are hashed with argon2id (on the blocking pool, never in the state machine);
@@ -576,21 +577,198 @@ async fn revoke_session(
     Ok(axum::Json(json!({"status": "revoked"})).into_response())
 }
 
+/// Fixed one-minute windows of requests per client address, for the credential routes.
+#[derive(Debug, Default)]
+pub struct RateLimiter {
+    windows:
+        parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, (std::time::Instant, u32)>>,
+}
+
+impl RateLimiter {
+    /// Count a request from `ip`: the requests left in its window, or the seconds until it may
+    /// try again.
+    pub fn hit(&self, ip: std::net::IpAddr, limit: u32) -> Result<u32, u64> {
+        const WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+        let now = std::time::Instant::now();
+        let mut w = self.windows.lock();
+        if w.len() > 100_000 {
+            w.retain(|_, (start, _)| now.duration_since(*start) < WINDOW);
+        }
+        let entry = w.entry(ip).or_insert((now, 0));
+        if now.duration_since(entry.0) >= WINDOW {
+            *entry = (now, 0);
+        }
+        if entry.1 >= limit {
+            let left = WINDOW.saturating_sub(now.duration_since(entry.0));
+            return Err(left.as_secs().max(1));
+        }
+        entry.1 += 1;
+        Ok(limit - entry.1)
+    }
+}
+
+/// The credential routes (setup, login, refresh, password change) take at most
+/// `GatewayOptions::auth_rate_limit` requests per minute per client address.
+async fn limit_auth(
+    State(g): State<Arc<Gateway>>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let limit = g.options.auth_rate_limit;
+    if limit == 0 {
+        return next.run(req).await;
+    }
+    let ip = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
+    let limit_header = (
+        header::HeaderName::from_static("x-ratelimit-limit"),
+        header::HeaderValue::from(limit),
+    );
+    match g.auth_limiter.hit(ip, limit) {
+        Ok(remaining) => {
+            let mut resp = next.run(req).await;
+            resp.headers_mut().insert(limit_header.0, limit_header.1);
+            resp.headers_mut().insert(
+                header::HeaderName::from_static("x-ratelimit-remaining"),
+                header::HeaderValue::from(remaining),
+            );
+            resp
+        }
+        Err(retry) => {
+            let mut resp = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("too many attempts from this address; retry in {retry} s"),
+            )
+            .into_response();
+            let h = resp.headers_mut();
+            h.insert(limit_header.0, limit_header.1);
+            h.insert(
+                header::HeaderName::from_static("x-ratelimit-remaining"),
+                header::HeaderValue::from(0u32),
+            );
+            h.insert(header::RETRY_AFTER, header::HeaderValue::from(retry));
+            resp
+        }
+    }
+}
+
+fn random_string(n: usize, alphabet: &[u8]) -> ApiResult<String> {
+    use ring::rand::SecureRandom;
+    let rng = ring::rand::SystemRandom::new();
+    let mut out = String::with_capacity(n);
+    while out.len() < n {
+        let mut b = [0u8; 1];
+        rng.fill(&mut b)
+            .map_err(|_| ApiError::internal("system randomness failed"))?;
+        // Rejection sampling keeps every symbol equally likely.
+        let limit = 256 - 256 % alphabet.len();
+        if usize::from(b[0]) < limit {
+            out.push(char::from(alphabet[usize::from(b[0]) % alphabet.len()]));
+        }
+    }
+    Ok(out)
+}
+
+/// `POST /api/s3-keys`: a new S3 key for the caller; the secret is shown once.
+async fn create_s3_key(State(g): State<Arc<Gateway>>, headers: HeaderMap) -> ApiResult<Response> {
+    let caller = authenticate(&g, &headers).await?;
+    let access = format!(
+        "CAIRN{}",
+        random_string(15, b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567")?
+    );
+    let secret = random_string(
+        40,
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789",
+    )?;
+    crate::auth::create_key(&g, &access, &secret, &hex_id(caller.user))
+        .await
+        .map_err(ApiError::internal)?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({
+            "id": access,
+            "access_key": access,
+            "secret_key": secret,
+            "created_at": wall_ms() / 1000,
+        })),
+    )
+        .into_response())
+}
+
+async fn my_s3_keys(g: &Gateway, user: u128) -> ApiResult<Vec<(String, u64)>> {
+    match crate::auth::key_query(
+        g,
+        &cairn_master::keys::KeyQuery::ByOwner {
+            owner: hex_id(user),
+        },
+    )
+    .await
+    .map_err(ApiError::internal)?
+    {
+        cairn_master::keys::KeyQueryResponse::Keys(k) => {
+            Ok(k.into_iter().map(|(id, r)| (id, r.created_ms)).collect())
+        }
+        _ => Err(ApiError::internal("unexpected answer")),
+    }
+}
+
+/// `GET /api/s3-keys`: the caller's S3 keys (never their secrets).
+async fn list_s3_keys(State(g): State<Arc<Gateway>>, headers: HeaderMap) -> ApiResult<Response> {
+    let caller = authenticate(&g, &headers).await?;
+    let keys: Vec<serde_json::Value> = my_s3_keys(&g, caller.user)
+        .await?
+        .into_iter()
+        .map(|(id, created)| json!({"id": id, "access_key": id, "created_at": created / 1000}))
+        .collect();
+    Ok(axum::Json(json!({"keys": keys})).into_response())
+}
+
+/// `DELETE /api/s3-keys/{id}`: one of the caller's keys (another user's answers 404).
+async fn delete_s3_key(
+    State(g): State<Arc<Gateway>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let caller = authenticate(&g, &headers).await?;
+    if !my_s3_keys(&g, caller.user)
+        .await?
+        .iter()
+        .any(|(k, _)| *k == id)
+    {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "no such key"));
+    }
+    let c = cairn_master::keys::KeyCommand::Delete { access_key: id };
+    let bytes = command::<cairn_master::keys::KeyService>(&c)?;
+    g.data
+        .master()
+        .propose(bytes)
+        .await?
+        .map_err(|r| ApiError::internal(r.message))?;
+    Ok(axum::Json(json!({"status": "deleted"})).into_response())
+}
+
 async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "no such route")
 }
 
 /// The `/api` routes (mounted under `/api`).
 pub fn router(g: Arc<Gateway>) -> Router {
-    Router::new()
+    let credentials = Router::new()
         .route("/auth/setup", post(setup))
         .route("/auth/login", post(login))
         .route("/auth/refresh", post(refresh))
+        .route("/auth/change-password", post(change_password))
+        .route_layer(axum::middleware::from_fn_with_state(g.clone(), limit_auth));
+    Router::new()
+        .merge(credentials)
         .route("/auth/logout", post(logout))
         .route("/auth/me", get(me))
-        .route("/auth/change-password", post(change_password))
         .route("/auth/sessions", get(sessions))
         .route("/auth/sessions/{id}", delete(revoke_session))
+        .route("/s3-keys", get(list_s3_keys).post(create_s3_key))
+        .route("/s3-keys/{id}", delete(delete_s3_key))
         .fallback(not_found)
         .with_state(g)
 }

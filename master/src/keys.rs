@@ -35,14 +35,21 @@ pub enum KeyCommand {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KeyQuery {
-    Get { access_key: String },
+    Get {
+        access_key: String,
+    },
     Count,
+    /// The keys of one owner (a scan of the key table; owners have few keys).
+    ByOwner {
+        owner: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KeyQueryResponse {
     Key(Option<AccessKey>),
     Count(u64),
+    Keys(Vec<(String, AccessKey)>),
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -125,6 +132,21 @@ impl TypedService for KeyService {
             KeyQuery::Count => {
                 use redb::ReadableTableMetadata;
                 KeyQueryResponse::Count(t.len()?)
+            }
+            KeyQuery::ByOwner { owner } => {
+                let mut out = Vec::new();
+                for item in t.iter()? {
+                    let (k, v) = item?;
+                    let rec: AccessKey = postcard::from_bytes(v.value())
+                        .map_err(|e| StateError::Corrupt(format!("access key: {e}")))?;
+                    if rec.owner == owner {
+                        let id = String::from_utf8(k.value().to_vec()).map_err(|_| {
+                            StateError::Corrupt("access key id is not UTF-8".into())
+                        })?;
+                        out.push((id, rec));
+                    }
+                }
+                KeyQueryResponse::Keys(out)
             }
         })
     }
