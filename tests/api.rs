@@ -499,3 +499,149 @@ async fn users_own_their_s3_keys() {
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
 }
+
+/// A TOTP code for `secret` (base32) at `time`.
+fn code_at(secret: &str, time: u64) -> String {
+    let bytes = totp_rs::Secret::try_from_base32(secret).unwrap();
+    totp_rs::Builder::new()
+        .with_secret(bytes)
+        .build()
+        .unwrap()
+        .generate(time)
+        .to_string()
+}
+
+fn now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[tokio::test]
+async fn registration_switch_and_two_factor_login() {
+    let api = Api::start(&[("CAIRN_API_AUTH_RATE_LIMIT", "1000")]);
+    let admin = first_admin(&api).await;
+    let admin_token = admin["access_token"].as_str().unwrap().to_owned();
+    let user = json!({"email": "user@example.com", "password": "user password 1", "name": "Uma"});
+    // Self-registration is off until an admin turns it on.
+    let (status, v) = api
+        .call("POST", "/auth/register", None, Some(user.clone()))
+        .await;
+    assert_eq!(status, 403, "{v}");
+    let on = json!({"enabled": true});
+    assert_eq!(
+        api.call("PUT", "/auth/registration", None, Some(on.clone()))
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        api.call(
+            "PUT",
+            "/auth/registration",
+            Some(&admin_token),
+            Some(on.clone())
+        )
+        .await
+        .0,
+        200
+    );
+    let (status, reg) = api
+        .call("POST", "/auth/register", None, Some(user.clone()))
+        .await;
+    assert_eq!(status, 201, "{reg}");
+    assert_eq!(reg["user"]["admin"], false);
+    assert_eq!(
+        api.call("POST", "/auth/register", None, Some(user.clone()))
+            .await
+            .0,
+        409
+    );
+    let token = reg["access_token"].as_str().unwrap().to_owned();
+    // Only admins flip the switch.
+    assert_eq!(
+        api.call(
+            "PUT",
+            "/auth/registration",
+            Some(&token),
+            Some(json!({"enabled": false}))
+        )
+        .await
+        .0,
+        403
+    );
+
+    // 2FA: a secret, a wrong code refused, the right one turns it on.
+    let (status, t) = api
+        .call("POST", "/auth/totp/enable", Some(&token), None)
+        .await;
+    assert_eq!(status, 200, "{t}");
+    let secret = t["secret"].as_str().unwrap().to_owned();
+    assert!(
+        t["otpauth_uri"]
+            .as_str()
+            .unwrap()
+            .starts_with("otpauth://totp/Cairn:user%40example.com?secret=")
+    );
+    assert_eq!(
+        api.call(
+            "POST",
+            "/auth/totp/verify",
+            Some(&token),
+            Some(json!({"code": "000000"}))
+        )
+        .await
+        .0,
+        400
+    );
+    let now_code = code_at(&secret, now_s());
+    let (status, v) = api
+        .call(
+            "POST",
+            "/auth/totp/verify",
+            Some(&token),
+            Some(json!({"code": now_code})),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let (_, me) = api.call("GET", "/auth/me", Some(&token), None).await;
+    assert_eq!(me["totp_enabled"], true);
+
+    // Login now needs a code, and each code works once.
+    let creds = |code: Option<&str>| {
+        let mut b = json!({"email": "user@example.com", "password": "user password 1"});
+        if let Some(c) = code {
+            b["totp_code"] = json!(c);
+        }
+        b
+    };
+    let (status, v) = api
+        .call("POST", "/auth/login", None, Some(creds(None)))
+        .await;
+    assert_eq!(status, 401);
+    assert!(error_of(&v).contains("TOTP code is required"), "{v}");
+    assert_eq!(
+        api.call("POST", "/auth/login", None, Some(creds(Some("123456"))))
+            .await
+            .0,
+        401
+    );
+    let (status, v) = api
+        .call("POST", "/auth/login", None, Some(creds(Some(&now_code))))
+        .await;
+    assert_eq!(
+        status, 401,
+        "the code used to verify cannot log in again: {v}"
+    );
+    let next_code = code_at(&secret, now_s() + 30);
+    let (status, v) = api
+        .call("POST", "/auth/login", None, Some(creds(Some(&next_code))))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = api
+        .call("POST", "/auth/login", None, Some(creds(Some(&next_code))))
+        .await;
+    assert_eq!(status, 401, "{v}");
+    assert!(error_of(&v).contains("already used"), "{v}");
+}

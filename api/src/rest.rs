@@ -238,6 +238,7 @@ fn user_json(id: u128, u: &User) -> serde_json::Value {
         "name": u.name,
         "admin": u.admin,
         "created_at": u.created_ms / 1000,
+        "totp_enabled": u.totp.is_some(),
     })
 }
 
@@ -408,6 +409,28 @@ async fn setup(State(g): State<Arc<Gateway>>, req: Request) -> ApiResult<Respons
 struct LoginBody {
     email: String,
     password: String,
+    #[serde(default)]
+    totp_code: Option<String>,
+}
+
+/// The purpose TOTP secrets are sealed under.
+const TOTP_PURPOSE: &str = "cairn totp secret";
+
+fn totp_of(secret: Vec<u8>) -> ApiResult<totp_rs::Totp> {
+    totp_rs::Builder::new()
+        .with_secret(secret)
+        .build()
+        .map_err(ApiError::internal)
+}
+
+/// The step a code is valid for (now, or one step either side), if it is valid.
+fn totp_step(g: &Gateway, sealed: &[u8], code: &str) -> ApiResult<Option<u64>> {
+    let secret = g
+        .secrets
+        .open(TOTP_PURPOSE, sealed)
+        .map_err(ApiError::internal)?;
+    let totp = totp_of(secret)?;
+    Ok(totp.check(code.trim(), wall_ms() / 1000))
 }
 
 /// A fixed argon2 hash to verify against when the email is unknown, so both failures cost the
@@ -439,6 +462,22 @@ async fn login(State(g): State<Arc<Gateway>>, req: Request) -> ApiResult<Respons
     };
     if !verify_password(body.password, user.password_hash.clone()).await? {
         return Err(denied());
+    }
+    if let Some(sealed) = &user.totp {
+        let Some(code) = body.totp_code.as_deref().filter(|c| !c.trim().is_empty()) else {
+            return Err(ApiError::unauthorized(
+                "a TOTP code is required (totp_code)",
+            ));
+        };
+        let step = totp_step(&g, sealed, code)?
+            .ok_or_else(|| ApiError::unauthorized("the TOTP code is wrong"))?;
+        match propose(&g, &IdentityCommand::TotpUse { user: id, step }).await {
+            Ok(_) => {}
+            Err(e) if e.status == StatusCode::BAD_REQUEST => {
+                return Err(ApiError::unauthorized("this TOTP code was already used"));
+            }
+            Err(e) => return Err(e),
+        }
     }
     Ok(axum::Json(login_answer(&g, id, &user, &headers, &ip).await?).into_response())
 }
@@ -575,6 +614,120 @@ async fn revoke_session(
     }
     propose(&g, &IdentityCommand::Revoke { session: sid }).await?;
     Ok(axum::Json(json!({"status": "revoked"})).into_response())
+}
+
+/// `POST /api/auth/register`: a new user, when an admin has turned self-registration on.
+async fn register(State(g): State<Arc<Gateway>>, req: Request) -> ApiResult<Response> {
+    let headers = req.headers().clone();
+    let ip = client_ip(&req);
+    let body: SetupBody = json_body(req).await?;
+    check_password(&body.password)?;
+    if let IdentityQueryResponse::Flag(false) = ask(&g, &IdentityQuery::Registration).await? {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "self-registration is off",
+        ));
+    }
+    let hash = hash_password(body.password).await?;
+    let cmd = IdentityCommand::Register {
+        email: body.email,
+        name: body.name,
+        password_hash: hash,
+    };
+    let bytes = command::<IdentityService>(&cmd)?;
+    let id = match g.data.master().propose(bytes).await? {
+        Ok(b) => match IdentityService::response(&b).map_err(ApiError::internal)? {
+            IdentityResponse::User { id } => id,
+            _ => return Err(ApiError::internal("unexpected answer")),
+        },
+        Err(r) => {
+            return Err(match r.code.as_str() {
+                "registration_closed" => ApiError::new(StatusCode::FORBIDDEN, r.message),
+                "email_taken" => ApiError::new(StatusCode::CONFLICT, r.message),
+                _ => ApiError::bad(r.message),
+            });
+        }
+    };
+    let user = match ask(&g, &IdentityQuery::User { id }).await? {
+        IdentityQueryResponse::User(Some((_, u))) => u,
+        _ => return Err(ApiError::internal("the new user is missing")),
+    };
+    let out = login_answer(&g, id, &user, &headers, &ip).await?;
+    Ok((StatusCode::CREATED, axum::Json(out)).into_response())
+}
+
+#[derive(Deserialize)]
+struct RegistrationBody {
+    enabled: bool,
+}
+
+/// `PUT /api/auth/registration` (admins): turn self-registration on or off.
+async fn set_registration(State(g): State<Arc<Gateway>>, req: Request) -> ApiResult<Response> {
+    let caller = authenticate(&g, req.headers()).await?;
+    if !caller.record.admin {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "admins only"));
+    }
+    let body: RegistrationBody = json_body(req).await?;
+    propose(
+        &g,
+        &IdentityCommand::SetRegistration {
+            enabled: body.enabled,
+        },
+    )
+    .await?;
+    Ok(axum::Json(json!({"registration": body.enabled})).into_response())
+}
+
+/// `POST /api/auth/totp/enable`: a new TOTP secret for the caller (2FA turns on once a code
+/// from it is verified).
+async fn totp_enable(State(g): State<Arc<Gateway>>, headers: HeaderMap) -> ApiResult<Response> {
+    let caller = authenticate(&g, &headers).await?;
+    let secret = random32()?[..20].to_vec();
+    let sealed = g
+        .secrets
+        .seal(TOTP_PURPOSE, &secret)
+        .map_err(ApiError::internal)?;
+    propose(
+        &g,
+        &IdentityCommand::TotpPending {
+            user: caller.user,
+            sealed,
+        },
+    )
+    .await?;
+    let b32 = totp_rs::Secret::from(secret).to_base32();
+    let uri = format!(
+        "otpauth://totp/Cairn:{}?secret={b32}&issuer=Cairn&algorithm=SHA1&digits=6&period=30",
+        urlencoding::encode(&caller.record.email)
+    );
+    Ok(axum::Json(json!({"secret": b32, "otpauth_uri": uri})).into_response())
+}
+
+#[derive(Deserialize)]
+struct TotpBody {
+    code: String,
+}
+
+/// `POST /api/auth/totp/verify`: a code from the pending secret turns 2FA on.
+async fn totp_verify(State(g): State<Arc<Gateway>>, req: Request) -> ApiResult<Response> {
+    let caller = authenticate(&g, req.headers()).await?;
+    let body: TotpBody = json_body(req).await?;
+    let Some(sealed) = &caller.record.totp_pending else {
+        return Err(ApiError::bad(
+            "no TOTP secret is pending: call totp/enable first",
+        ));
+    };
+    let step = totp_step(&g, sealed, &body.code)?
+        .ok_or_else(|| ApiError::bad("the TOTP code is wrong"))?;
+    propose(
+        &g,
+        &IdentityCommand::TotpEnable {
+            user: caller.user,
+            step,
+        },
+    )
+    .await?;
+    Ok(axum::Json(json!({"totp_enabled": true})).into_response())
 }
 
 /// Fixed one-minute windows of requests per client address, for the credential routes.
@@ -758,12 +911,16 @@ pub fn router(g: Arc<Gateway>) -> Router {
     let credentials = Router::new()
         .route("/auth/setup", post(setup))
         .route("/auth/login", post(login))
+        .route("/auth/register", post(register))
+        .route("/auth/totp/verify", post(totp_verify))
         .route("/auth/refresh", post(refresh))
         .route("/auth/change-password", post(change_password))
         .route_layer(axum::middleware::from_fn_with_state(g.clone(), limit_auth));
     Router::new()
         .merge(credentials)
         .route("/auth/logout", post(logout))
+        .route("/auth/registration", axum::routing::put(set_registration))
+        .route("/auth/totp/enable", post(totp_enable))
         .route("/auth/me", get(me))
         .route("/auth/sessions", get(sessions))
         .route("/auth/sessions/{id}", delete(revoke_session))

@@ -25,6 +25,7 @@ const SESSIONS: Table = Table::new("id.sessions");
 const USER_SESSIONS: Table = Table::new("id.user_sessions");
 const META: Table = Table::new("id.meta");
 const JWT_KEY: &[u8] = b"jwt_key";
+const REGISTRATION: &[u8] = b"registration";
 
 /// Most sessions listed at once.
 pub const SESSIONS_LIST_MAX: usize = 1000;
@@ -37,6 +38,12 @@ pub struct User {
     pub password_hash: String,
     pub admin: bool,
     pub created_ms: u64,
+    /// The TOTP secret, sealed with the cluster secrets key, once 2FA is on.
+    pub totp: Option<Vec<u8>>,
+    /// A TOTP secret handed out by `enable`, waiting for its first code.
+    pub totp_pending: Option<Vec<u8>>,
+    /// The last 30-second step a code was accepted for: each code works once.
+    pub totp_last_step: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,6 +88,31 @@ pub enum IdentityCommand {
     Revoke {
         session: u128,
     },
+    /// A new (non-admin) user, if self-registration is on.
+    Register {
+        email: String,
+        name: String,
+        password_hash: String,
+    },
+    /// Turn self-registration on or off.
+    SetRegistration {
+        enabled: bool,
+    },
+    /// Hand a user a pending TOTP secret (sealed).
+    TotpPending {
+        user: u128,
+        sealed: Vec<u8>,
+    },
+    /// The pending secret proved itself with a code of `step`: 2FA is on.
+    TotpEnable {
+        user: u128,
+        step: u64,
+    },
+    /// A code of `step` was used (login): refused unless newer than the last one.
+    TotpUse {
+        user: u128,
+        step: u64,
+    },
     /// Set a new password; every other session of the user is revoked.
     ChangePassword {
         user: u128,
@@ -106,6 +138,7 @@ pub enum IdentityResponse {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum IdentityQuery {
     UserCount,
+    Registration,
     UserByEmail { email: String },
     User { id: u128 },
     Session { id: u128 },
@@ -116,6 +149,7 @@ pub enum IdentityQuery {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum IdentityQueryResponse {
     Count(u64),
+    Flag(bool),
     User(Option<(u128, User)>),
     Session(Option<Session>),
     Sessions(Vec<(u128, Session)>),
@@ -180,6 +214,21 @@ fn check_hash(hash: &str) -> Result<(), Rejection> {
             "passwords are stored as argon2 hashes",
         ));
     }
+    Ok(())
+}
+
+fn load_user(txn: &WriteTransaction, id: u128) -> Result<User, ApplyError> {
+    let t = txn.open_table(USERS)?;
+    let v = t.get(id.to_be_bytes().as_slice())?;
+    match v {
+        Some(v) => Ok(decode("user", v.value())?),
+        None => Err(reject("no_such_user", "no such user")),
+    }
+}
+
+fn store_user(txn: &WriteTransaction, id: u128, u: &User) -> Result<(), ApplyError> {
+    txn.open_table(USERS)?
+        .insert(id.to_be_bytes().as_slice(), encode(u)?.as_slice())?;
     Ok(())
 }
 
@@ -268,6 +317,9 @@ impl TypedService for IdentityService {
                     password_hash,
                     admin: true,
                     created_ms: ctx.time_ms,
+                    totp: None,
+                    totp_pending: None,
+                    totp_last_step: 0,
                 };
                 txn.open_table(USERS)?
                     .insert(id.to_be_bytes().as_slice(), encode(&user)?.as_slice())?;
@@ -278,6 +330,72 @@ impl TypedService for IdentityService {
                     meta.insert(JWT_KEY, sealed_jwt_key.as_slice())?;
                 }
                 Ok(IdentityResponse::User { id })
+            }
+            IdentityCommand::Register {
+                email,
+                name,
+                password_hash,
+            } => {
+                let email = normalize_email(&email);
+                check_email(&email)?;
+                check_name(&name)?;
+                check_hash(&password_hash)?;
+                let open = txn
+                    .open_table(META)?
+                    .get(REGISTRATION)?
+                    .is_some_and(|v| v.value() == [1]);
+                if !open {
+                    return Err(reject("registration_closed", "self-registration is off"));
+                }
+                if txn.open_table(EMAILS)?.get(email.as_bytes())?.is_some() {
+                    return Err(reject("email_taken", "an account with this email exists"));
+                }
+                let id = ctx.fresh_id();
+                let user = User {
+                    email: email.clone(),
+                    name,
+                    password_hash,
+                    admin: false,
+                    created_ms: ctx.time_ms,
+                    totp: None,
+                    totp_pending: None,
+                    totp_last_step: 0,
+                };
+                txn.open_table(USERS)?
+                    .insert(id.to_be_bytes().as_slice(), encode(&user)?.as_slice())?;
+                txn.open_table(EMAILS)?
+                    .insert(email.as_bytes(), id.to_be_bytes().as_slice())?;
+                Ok(IdentityResponse::User { id })
+            }
+            IdentityCommand::SetRegistration { enabled } => {
+                txn.open_table(META)?
+                    .insert(REGISTRATION, [u8::from(enabled)].as_slice())?;
+                Ok(IdentityResponse::Done)
+            }
+            IdentityCommand::TotpPending { user, sealed } => {
+                let mut u = load_user(txn, user)?;
+                u.totp_pending = Some(sealed);
+                store_user(txn, user, &u)?;
+                Ok(IdentityResponse::Done)
+            }
+            IdentityCommand::TotpEnable { user, step } => {
+                let mut u = load_user(txn, user)?;
+                let Some(pending) = u.totp_pending.take() else {
+                    return Err(reject("no_pending_totp", "start with totp/enable"));
+                };
+                u.totp = Some(pending);
+                u.totp_last_step = step;
+                store_user(txn, user, &u)?;
+                Ok(IdentityResponse::Done)
+            }
+            IdentityCommand::TotpUse { user, step } => {
+                let mut u = load_user(txn, user)?;
+                if step <= u.totp_last_step {
+                    return Err(reject("totp_reused", "this code was already used"));
+                }
+                u.totp_last_step = step;
+                store_user(txn, user, &u)?;
+                Ok(IdentityResponse::Done)
             }
             IdentityCommand::CreateSession {
                 user,
@@ -350,17 +468,9 @@ impl TypedService for IdentityService {
                 keep_session,
             } => {
                 check_hash(&password_hash)?;
-                let mut u: User = {
-                    let t = txn.open_table(USERS)?;
-                    let v = t.get(user.to_be_bytes().as_slice())?;
-                    match v {
-                        Some(v) => decode("user", v.value())?,
-                        None => return Err(reject("no_such_user", "no such user")),
-                    }
-                };
+                let mut u = load_user(txn, user)?;
                 u.password_hash = password_hash;
-                txn.open_table(USERS)?
-                    .insert(user.to_be_bytes().as_slice(), encode(&u)?.as_slice())?;
+                store_user(txn, user, &u)?;
                 let ids = {
                     let t = txn.open_table(USER_SESSIONS)?;
                     sessions_of(&t, user)?
@@ -392,6 +502,11 @@ impl TypedService for IdentityService {
         };
         Ok(match query {
             IdentityQuery::UserCount => IdentityQueryResponse::Count(txn.open_table(USERS)?.len()?),
+            IdentityQuery::Registration => IdentityQueryResponse::Flag(
+                txn.open_table(META)?
+                    .get(REGISTRATION)?
+                    .is_some_and(|v| v.value() == [1]),
+            ),
             IdentityQuery::UserByEmail { email } => {
                 let id = {
                     let t = txn.open_table(EMAILS)?;
