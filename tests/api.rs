@@ -645,3 +645,120 @@ async fn registration_switch_and_two_factor_login() {
     assert_eq!(status, 401, "{v}");
     assert!(error_of(&v).contains("already used"), "{v}");
 }
+
+/// Wait (bounded) until `key` is refused.
+async fn until_refused(api: &Api, key: &str) {
+    let deadline = std::time::Instant::now() + cairn_tests::PATIENCE;
+    while api.call("GET", "/auth/me", Some(key), None).await.0 != 401 {
+        assert!(std::time::Instant::now() < deadline, "key still accepted");
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test]
+async fn api_keys_work_as_bearer_tokens_and_can_be_rotated_and_deleted() {
+    let api = Api::start(&[("CAIRN_API_AUTH_RATE_LIMIT", "1000")]);
+    let admin = first_admin(&api).await;
+    let token = admin["access_token"].as_str().unwrap().to_owned();
+    let (status, v) = api
+        .call(
+            "POST",
+            "/keys",
+            Some(&token),
+            Some(json!({"name": "ci", "scopes": ["bogus"]})),
+        )
+        .await;
+    assert_eq!(status, 400, "{v}");
+    let (status, created) = api
+        .call(
+            "POST",
+            "/keys",
+            Some(&token),
+            Some(json!({"name": "ci", "scopes": ["storage:read"]})),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let key = created["key"].as_str().unwrap().to_owned();
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert!(key.starts_with(&format!("cairn_{id}_")));
+    // The key is a Bearer token for the same user.
+    let (status, me) = api.call("GET", "/auth/me", Some(&key), None).await;
+    assert_eq!(status, 200, "{me}");
+    assert_eq!(me["email"], "root@example.com");
+    // Listed without the key itself, with its last use.
+    let (_, list) = api.call("GET", "/keys", Some(&token), None).await;
+    let keys = list["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 1);
+    assert!(keys[0].get("key").is_none());
+    assert_eq!(keys[0]["scopes"], json!(["storage:read"]));
+    assert!(keys[0]["last_used_at"].is_u64(), "{list}");
+    // A key cannot manage the account, nor act as admin without the admin scope.
+    assert_eq!(
+        api.call("POST", "/keys", Some(&key), Some(json!({"name": "x"})))
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        api.call(
+            "PUT",
+            "/auth/registration",
+            Some(&key),
+            Some(json!({"enabled": true}))
+        )
+        .await
+        .0,
+        403
+    );
+    // A wrong secret behind a real id, and garbage, are refused.
+    let forged = format!("cairn_{id}_{}", "0".repeat(64));
+    assert_eq!(
+        api.call("GET", "/auth/me", Some(&forged), None).await.0,
+        401
+    );
+    assert_eq!(
+        api.call("GET", "/auth/me", Some("cairn_nonsense"), None)
+            .await
+            .0,
+        401
+    );
+
+    // Rotation: the new key works, the old one stops (within the 5 s gateways trust a key).
+    let (status, rotated) = api
+        .call("POST", &format!("/keys/{id}/rotate"), Some(&token), None)
+        .await;
+    assert_eq!(status, 200, "{rotated}");
+    let new_key = rotated["key"].as_str().unwrap().to_owned();
+    assert_eq!(
+        api.call("GET", "/auth/me", Some(&new_key), None).await.0,
+        200
+    );
+    until_refused(&api, &key).await;
+    // Deleted: refused too; other users' ids answer 404.
+    assert_eq!(
+        api.call("DELETE", "/keys/0000000000000000", Some(&token), None)
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        api.call("DELETE", &format!("/keys/{id}"), Some(&token), None)
+            .await
+            .0,
+        200
+    );
+    until_refused(&api, &new_key).await;
+
+    // An expiring key stops at its expiry.
+    let (_, short) = api
+        .call(
+            "POST",
+            "/keys",
+            Some(&token),
+            Some(json!({"name": "short", "expires_in": 1})),
+        )
+        .await;
+    let short_key = short["key"].as_str().unwrap().to_owned();
+    assert!(short["expires_at"].is_u64());
+    until_refused(&api, &short_key).await;
+}

@@ -70,6 +70,7 @@ pub struct Gateway {
     /// The access-token signing key, opened from the replicated state on first use.
     pub jwt_key: parking_lot::Mutex<Option<Vec<u8>>>,
     pub auth_limiter: rest::RateLimiter,
+    pub api_keys: rest::ApiKeyCache,
 }
 
 /// The S3 error for a refusal from the bucket service.
@@ -126,6 +127,7 @@ impl Gateway {
             metrics: metrics::Metrics::default(),
             jwt_key: parking_lot::Mutex::new(None),
             auth_limiter: rest::RateLimiter::default(),
+            api_keys: rest::ApiKeyCache::default(),
         }
     }
 

@@ -308,11 +308,136 @@ async fn tokens(
     Ok(out)
 }
 
-/// Who is calling: a valid access token of a live session. Revocation counts at once.
+/// Who is calling: a valid access token of a live session, or an API key. Revocation counts at
+/// once for sessions, within 5 s for API keys.
 struct Caller {
     user: u128,
     session: u128,
     record: User,
+    /// The scopes of the API key the caller used; `None` for a login session.
+    key_scopes: Option<Vec<String>>,
+}
+
+impl Caller {
+    /// Routes that manage the account itself take a login session, not an API key.
+    fn session_only(&self) -> ApiResult<()> {
+        if self.key_scopes.is_some() {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "this route needs a login session, not an API key",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Admin routes: an admin's session, or an admin's key with the `admin` scope.
+    fn admin(&self) -> ApiResult<()> {
+        let scoped = self
+            .key_scopes
+            .as_ref()
+            .is_none_or(|s| s.iter().any(|x| x == "admin"));
+        if self.record.admin && scoped {
+            Ok(())
+        } else {
+            Err(ApiError::new(StatusCode::FORBIDDEN, "admins only"))
+        }
+    }
+}
+
+/// How long a verified API key is trusted without checking the state again.
+const API_KEY_CACHE: std::time::Duration = std::time::Duration::from_secs(5);
+/// A key's last use is recorded at most this often.
+const API_KEY_TOUCH_MS: u64 = 60_000;
+
+/// Verified API keys (by the SHA-256 of the raw key) and when each was last recorded as used.
+#[derive(Debug, Default)]
+pub struct ApiKeyCache {
+    #[allow(clippy::type_complexity)]
+    verified: parking_lot::Mutex<
+        std::collections::HashMap<[u8; 32], (u128, Vec<String>, Option<u64>, std::time::Instant)>,
+    >,
+    touched: parking_lot::Mutex<std::collections::HashMap<String, u64>>,
+}
+
+/// `cairn_ID_SECRET`: the id (16 hex digits) is the lookup prefix, the secret 64 hex digits.
+fn split_api_key(token: &str) -> Option<(&str, &str)> {
+    let rest = token.strip_prefix("cairn_")?;
+    let (id, secret) = rest.split_once('_')?;
+    (id.len() == 16
+        && secret.len() == 64
+        && id
+            .bytes()
+            .chain(secret.bytes())
+            .all(|b| b.is_ascii_hexdigit()))
+    .then_some((id, secret))
+}
+
+async fn authenticate_key(g: &Gateway, token: &str) -> ApiResult<Caller> {
+    let invalid = || ApiError::unauthorized("invalid API key");
+    let (id, secret) = split_api_key(token).ok_or_else(invalid)?;
+    let digest = sha256(token.as_bytes());
+    let cached = g
+        .api_keys
+        .verified
+        .lock()
+        .get(&digest)
+        .filter(|(_, _, _, at)| at.elapsed() < API_KEY_CACHE)
+        .map(|(u, s, e, _)| (*u, s.clone(), *e));
+    let (user, scopes) = match cached {
+        Some((_, _, Some(e))) if e <= wall_ms() => {
+            return Err(ApiError::unauthorized("the API key has expired"));
+        }
+        Some((u, s, _)) => (u, s),
+        None => {
+            let key = match ask(g, &IdentityQuery::ApiKey { id: id.to_owned() }).await? {
+                IdentityQueryResponse::ApiKey(Some(k)) => k,
+                _ => return Err(invalid()),
+            };
+            if key.expires_ms.is_some_and(|e| e <= wall_ms()) {
+                return Err(ApiError::unauthorized("the API key has expired"));
+            }
+            if !verify_password(secret.to_owned(), key.hash.clone()).await? {
+                return Err(invalid());
+            }
+            let mut v = g.api_keys.verified.lock();
+            if v.len() > 10_000 {
+                v.clear();
+            }
+            v.insert(
+                digest,
+                (
+                    key.user,
+                    key.scopes.clone(),
+                    key.expires_ms,
+                    std::time::Instant::now(),
+                ),
+            );
+            (key.user, key.scopes)
+        }
+    };
+    let now = wall_ms();
+    let touch = {
+        let mut t = g.api_keys.touched.lock();
+        let due = t
+            .get(id)
+            .is_none_or(|at| now.saturating_sub(*at) >= API_KEY_TOUCH_MS);
+        if due {
+            t.insert(id.to_owned(), now);
+        }
+        due
+    };
+    if touch {
+        let _ = propose(g, &IdentityCommand::TouchApiKey { id: id.to_owned() }).await;
+    }
+    match ask(g, &IdentityQuery::User { id: user }).await? {
+        IdentityQueryResponse::User(Some((_, record))) => Ok(Caller {
+            user,
+            session: 0,
+            record,
+            key_scopes: Some(scopes),
+        }),
+        _ => Err(ApiError::unauthorized("the user no longer exists")),
+    }
 }
 
 async fn authenticate(g: &Gateway, headers: &HeaderMap) -> ApiResult<Caller> {
@@ -320,7 +445,11 @@ async fn authenticate(g: &Gateway, headers: &HeaderMap) -> ApiResult<Caller> {
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer token"))?;
+        .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer token"))?
+        .trim();
+    if token.starts_with("cairn_") {
+        return authenticate_key(g, token).await;
+    }
     let key = jwt_key(g).await?;
     let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
     validation.leeway = 5;
@@ -345,6 +474,7 @@ async fn authenticate(g: &Gateway, headers: &HeaderMap) -> ApiResult<Caller> {
             user,
             session,
             record,
+            key_scopes: None,
         }),
         _ => Err(ApiError::unauthorized("the user no longer exists")),
     }
@@ -528,6 +658,7 @@ async fn refresh(State(g): State<Arc<Gateway>>, req: Request) -> ApiResult<Respo
 
 async fn logout(State(g): State<Arc<Gateway>>, headers: HeaderMap) -> ApiResult<Response> {
     let caller = authenticate(&g, &headers).await?;
+    caller.session_only()?;
     propose(
         &g,
         &IdentityCommand::Revoke {
@@ -551,6 +682,7 @@ struct ChangePasswordBody {
 
 async fn change_password(State(g): State<Arc<Gateway>>, req: Request) -> ApiResult<Response> {
     let caller = authenticate(&g, req.headers()).await?;
+    caller.session_only()?;
     let body: ChangePasswordBody = json_body(req).await?;
     check_password(&body.new_password)?;
     if body.current_password.len() > PASSWORD_MAX
@@ -576,6 +708,7 @@ async fn change_password(State(g): State<Arc<Gateway>>, req: Request) -> ApiResu
 
 async fn sessions(State(g): State<Arc<Gateway>>, headers: HeaderMap) -> ApiResult<Response> {
     let caller = authenticate(&g, &headers).await?;
+    caller.session_only()?;
     let list = match ask(&g, &IdentityQuery::Sessions { user: caller.user }).await? {
         IdentityQueryResponse::Sessions(s) => s,
         _ => Vec::new(),
@@ -605,6 +738,7 @@ async fn revoke_session(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let caller = authenticate(&g, &headers).await?;
+    caller.session_only()?;
     let not_found = || ApiError::new(StatusCode::NOT_FOUND, "no such session");
     let sid = parse_id(&id).ok_or_else(not_found)?;
     // Only one's own sessions; another user's id answers as if it did not exist.
@@ -664,9 +798,7 @@ struct RegistrationBody {
 /// `PUT /api/auth/registration` (admins): turn self-registration on or off.
 async fn set_registration(State(g): State<Arc<Gateway>>, req: Request) -> ApiResult<Response> {
     let caller = authenticate(&g, req.headers()).await?;
-    if !caller.record.admin {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "admins only"));
-    }
+    caller.admin()?;
     let body: RegistrationBody = json_body(req).await?;
     propose(
         &g,
@@ -682,6 +814,7 @@ async fn set_registration(State(g): State<Arc<Gateway>>, req: Request) -> ApiRes
 /// from it is verified).
 async fn totp_enable(State(g): State<Arc<Gateway>>, headers: HeaderMap) -> ApiResult<Response> {
     let caller = authenticate(&g, &headers).await?;
+    caller.session_only()?;
     let secret = random32()?[..20].to_vec();
     let sealed = g
         .secrets
@@ -711,6 +844,7 @@ struct TotpBody {
 /// `POST /api/auth/totp/verify`: a code from the pending secret turns 2FA on.
 async fn totp_verify(State(g): State<Arc<Gateway>>, req: Request) -> ApiResult<Response> {
     let caller = authenticate(&g, req.headers()).await?;
+    caller.session_only()?;
     let body: TotpBody = json_body(req).await?;
     let Some(sealed) = &caller.record.totp_pending else {
         return Err(ApiError::bad(
@@ -827,6 +961,7 @@ fn random_string(n: usize, alphabet: &[u8]) -> ApiResult<String> {
 /// `POST /api/s3-keys`: a new S3 key for the caller; the secret is shown once.
 async fn create_s3_key(State(g): State<Arc<Gateway>>, headers: HeaderMap) -> ApiResult<Response> {
     let caller = authenticate(&g, &headers).await?;
+    caller.session_only()?;
     let access = format!(
         "CAIRN{}",
         random_string(15, b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567")?
@@ -902,6 +1037,120 @@ async fn delete_s3_key(
     Ok(axum::Json(json!({"status": "deleted"})).into_response())
 }
 
+#[derive(Deserialize)]
+struct NewApiKey {
+    name: String,
+    #[serde(default)]
+    scopes: Vec<String>,
+    /// Seconds until the key expires; never when absent.
+    #[serde(default)]
+    expires_in: Option<u64>,
+}
+
+fn api_key_json(id: &str, k: &cairn_master::identity::ApiKey) -> serde_json::Value {
+    json!({
+        "id": id,
+        "name": k.name,
+        "scopes": k.scopes,
+        "prefix": format!("cairn_{id}_"),
+        "created_at": k.created_ms / 1000,
+        "expires_at": k.expires_ms.map(|e| e / 1000),
+        "last_used_at": k.last_used_ms.map(|e| e / 1000),
+    })
+}
+
+/// A fresh key for `id`: (raw key, argon2 hash of its secret).
+async fn new_api_secret(id: &str) -> ApiResult<(String, String)> {
+    let secret = hex(&random32()?);
+    let hash = hash_password(secret.clone()).await?;
+    Ok((format!("cairn_{id}_{secret}"), hash))
+}
+
+/// `POST /api/keys`: a new API key; the raw key is shown once.
+async fn create_api_key(State(g): State<Arc<Gateway>>, req: Request) -> ApiResult<Response> {
+    let caller = authenticate(&g, req.headers()).await?;
+    caller.session_only()?;
+    let body: NewApiKey = json_body(req).await?;
+    let id = hex(&random32()?[..8]);
+    let (raw, hash) = new_api_secret(&id).await?;
+    let expires_ms = match body.expires_in {
+        None => None,
+        Some(s) if s > 0 && s <= 10 * 365 * 24 * 3600 => Some(wall_ms() + s * 1000),
+        Some(_) => return Err(ApiError::bad("expires_in is 1 second to 10 years")),
+    };
+    propose(
+        &g,
+        &IdentityCommand::CreateApiKey {
+            id: id.clone(),
+            user: caller.user,
+            name: body.name,
+            scopes: body.scopes,
+            hash,
+            expires_ms,
+        },
+    )
+    .await?;
+    let key = match ask(&g, &IdentityQuery::ApiKey { id: id.clone() }).await? {
+        IdentityQueryResponse::ApiKey(Some(k)) => k,
+        _ => return Err(ApiError::internal("the new key is missing")),
+    };
+    let mut out = api_key_json(&id, &key);
+    out["key"] = json!(raw);
+    Ok((StatusCode::CREATED, axum::Json(out)).into_response())
+}
+
+async fn own_api_key(g: &Gateway, caller: &Caller, id: &str) -> ApiResult<()> {
+    match ask(g, &IdentityQuery::ApiKey { id: id.to_owned() }).await? {
+        IdentityQueryResponse::ApiKey(Some(k)) if k.user == caller.user => Ok(()),
+        _ => Err(ApiError::new(StatusCode::NOT_FOUND, "no such key")),
+    }
+}
+
+/// `GET /api/keys`: the caller's API keys (never the keys themselves).
+async fn list_api_keys(State(g): State<Arc<Gateway>>, headers: HeaderMap) -> ApiResult<Response> {
+    let caller = authenticate(&g, &headers).await?;
+    let keys = match ask(&g, &IdentityQuery::ApiKeys { user: caller.user }).await? {
+        IdentityQueryResponse::ApiKeys(k) => k,
+        _ => Vec::new(),
+    };
+    let items: Vec<_> = keys.iter().map(|(id, k)| api_key_json(id, k)).collect();
+    Ok(axum::Json(json!({"keys": items})).into_response())
+}
+
+/// `DELETE /api/keys/{id}`.
+async fn delete_api_key(
+    State(g): State<Arc<Gateway>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let caller = authenticate(&g, &headers).await?;
+    caller.session_only()?;
+    own_api_key(&g, &caller, &id).await?;
+    propose(&g, &IdentityCommand::DeleteApiKey { id }).await?;
+    Ok(axum::Json(json!({"status": "deleted"})).into_response())
+}
+
+/// `POST /api/keys/{id}/rotate`: a new secret for the key; the old one stops working.
+async fn rotate_api_key(
+    State(g): State<Arc<Gateway>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let caller = authenticate(&g, &headers).await?;
+    caller.session_only()?;
+    own_api_key(&g, &caller, &id).await?;
+    let (raw, hash) = new_api_secret(&id).await?;
+    propose(
+        &g,
+        &IdentityCommand::RotateApiKey {
+            id: id.clone(),
+            hash,
+        },
+    )
+    .await?;
+    Ok(axum::Json(json!({"id": id, "key": raw})).into_response())
+}
+
 async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "no such route")
 }
@@ -924,6 +1173,9 @@ pub fn router(g: Arc<Gateway>) -> Router {
         .route("/auth/me", get(me))
         .route("/auth/sessions", get(sessions))
         .route("/auth/sessions/{id}", delete(revoke_session))
+        .route("/keys", get(list_api_keys).post(create_api_key))
+        .route("/keys/{id}", delete(delete_api_key))
+        .route("/keys/{id}/rotate", post(rotate_api_key))
         .route("/s3-keys", get(list_s3_keys).post(create_s3_key))
         .route("/s3-keys/{id}", delete(delete_s3_key))
         .fallback(not_found)

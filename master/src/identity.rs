@@ -10,7 +10,8 @@
 //! - `id.emails`: lowercased email → user id (u128 BE)
 //! - `id.sessions`: session id (u128 BE) → [`Session`]
 //! - `id.user_sessions`: user id ‖ session id → empty (the index of a user's sessions)
-//! - `id.meta`: `jwt_key` → the sealed signing key
+//! - `id.meta`: `jwt_key` → the sealed signing key; `registration` → 1 when open
+//! - `id.api_keys`: key id (its lookup prefix) → [`ApiKey`]
 
 use cairn_engine::state::{
     ApplyContext, ApplyError, Rejection, ServiceId, StateError, Table, TypedService,
@@ -24,6 +25,8 @@ const SESSIONS: Table = Table::new("id.sessions");
 /// user id ‖ session id → nothing: a user's sessions without a scan.
 const USER_SESSIONS: Table = Table::new("id.user_sessions");
 const META: Table = Table::new("id.meta");
+/// API key id → [`ApiKey`].
+const API_KEYS: Table = Table::new("id.api_keys");
 const JWT_KEY: &[u8] = b"jwt_key";
 const REGISTRATION: &[u8] = b"registration";
 
@@ -60,6 +63,22 @@ pub struct Session {
     pub ip: String,
     pub agent: String,
 }
+
+/// An API key: a Bearer token for scripts, stored as an argon2 hash behind its id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKey {
+    pub user: u128,
+    pub name: String,
+    pub scopes: Vec<String>,
+    /// argon2id PHC string of the key's secret part.
+    pub hash: String,
+    pub created_ms: u64,
+    pub expires_ms: Option<u64>,
+    pub last_used_ms: Option<u64>,
+}
+
+/// Scopes an API key may carry.
+pub const SCOPES: &[&str] = &["storage:read", "storage:write", "admin"];
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum IdentityCommand {
@@ -113,6 +132,25 @@ pub enum IdentityCommand {
         user: u128,
         step: u64,
     },
+    CreateApiKey {
+        id: String,
+        user: u128,
+        name: String,
+        scopes: Vec<String>,
+        hash: String,
+        expires_ms: Option<u64>,
+    },
+    RotateApiKey {
+        id: String,
+        hash: String,
+    },
+    DeleteApiKey {
+        id: String,
+    },
+    /// Record a use (the gateway sends at most one a minute per key).
+    TouchApiKey {
+        id: String,
+    },
     /// Set a new password; every other session of the user is revoked.
     ChangePassword {
         user: u128,
@@ -144,6 +182,8 @@ pub enum IdentityQuery {
     Session { id: u128 },
     Sessions { user: u128 },
     SealedJwtKey,
+    ApiKey { id: String },
+    ApiKeys { user: u128 },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,6 +194,8 @@ pub enum IdentityQueryResponse {
     Session(Option<Session>),
     Sessions(Vec<(u128, Session)>),
     Key(Option<Vec<u8>>),
+    ApiKey(Option<ApiKey>),
+    ApiKeys(Vec<(String, ApiKey)>),
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -226,6 +268,15 @@ fn load_user(txn: &WriteTransaction, id: u128) -> Result<User, ApplyError> {
     }
 }
 
+fn load_api_key(txn: &WriteTransaction, id: &str) -> Result<ApiKey, ApplyError> {
+    let t = txn.open_table(API_KEYS)?;
+    let v = t.get(id.as_bytes())?;
+    match v {
+        Some(v) => Ok(decode("api key", v.value())?),
+        None => Err(reject("no_such_key", "no such API key")),
+    }
+}
+
 fn store_user(txn: &WriteTransaction, id: u128, u: &User) -> Result<(), ApplyError> {
     txn.open_table(USERS)?
         .insert(id.to_be_bytes().as_slice(), encode(u)?.as_slice())?;
@@ -287,6 +338,7 @@ impl TypedService for IdentityService {
         txn.open_table(SESSIONS)?;
         txn.open_table(USER_SESSIONS)?;
         txn.open_table(META)?;
+        txn.open_table(API_KEYS)?;
         Ok(())
     }
 
@@ -462,6 +514,66 @@ impl TypedService for IdentityService {
                 put_session(txn, sid, &s)?;
                 Ok(IdentityResponse::Done)
             }
+            IdentityCommand::CreateApiKey {
+                id,
+                user,
+                name,
+                scopes,
+                hash,
+                expires_ms,
+            } => {
+                check_hash(&hash)?;
+                if id.len() != 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(reject("invalid_argument", "API key ids are 16 hex digits"));
+                }
+                if name.trim().is_empty() || name.chars().count() > 100 {
+                    return Err(reject(
+                        "invalid_argument",
+                        "key names are 1 to 100 characters",
+                    ));
+                }
+                if let Some(bad) = scopes.iter().find(|s| !SCOPES.contains(&s.as_str())) {
+                    return Err(reject(
+                        "invalid_argument",
+                        format!("unknown scope {bad:?} (known: {})", SCOPES.join(", ")),
+                    ));
+                }
+                load_user(txn, user)?;
+                let mut t = txn.open_table(API_KEYS)?;
+                if t.get(id.as_bytes())?.is_some() {
+                    return Err(reject("key_exists", "that key id exists"));
+                }
+                let key = ApiKey {
+                    user,
+                    name,
+                    scopes,
+                    hash,
+                    created_ms: ctx.time_ms,
+                    expires_ms,
+                    last_used_ms: None,
+                };
+                t.insert(id.as_bytes(), encode(&key)?.as_slice())?;
+                Ok(IdentityResponse::Done)
+            }
+            IdentityCommand::RotateApiKey { id, hash } => {
+                check_hash(&hash)?;
+                let mut key = load_api_key(txn, &id)?;
+                key.hash = hash;
+                txn.open_table(API_KEYS)?
+                    .insert(id.as_bytes(), encode(&key)?.as_slice())?;
+                Ok(IdentityResponse::Done)
+            }
+            IdentityCommand::DeleteApiKey { id } => {
+                txn.open_table(API_KEYS)?.remove(id.as_bytes())?;
+                Ok(IdentityResponse::Done)
+            }
+            IdentityCommand::TouchApiKey { id } => {
+                let mut key = load_api_key(txn, &id)?;
+                key.last_used_ms = Some(ctx.time_ms);
+                txn.open_table(API_KEYS)?
+                    .insert(id.as_bytes(), encode(&key)?.as_slice())?;
+                Ok(IdentityResponse::Done)
+            }
             IdentityCommand::ChangePassword {
                 user,
                 password_hash,
@@ -534,6 +646,25 @@ impl TypedService for IdentityService {
                     }
                 }
                 IdentityQueryResponse::Sessions(out)
+            }
+            IdentityQuery::ApiKey { id } => {
+                let t = txn.open_table(API_KEYS)?;
+                let v = t.get(id.as_bytes())?;
+                IdentityQueryResponse::ApiKey(v.map(|v| decode("api key", v.value())).transpose()?)
+            }
+            IdentityQuery::ApiKeys { user } => {
+                let t = txn.open_table(API_KEYS)?;
+                let mut out = Vec::new();
+                for item in t.iter()? {
+                    let (k, v) = item?;
+                    let key: ApiKey = decode("api key", v.value())?;
+                    if key.user == user {
+                        let id = String::from_utf8(k.value().to_vec())
+                            .map_err(|_| StateError::Corrupt("API key id is not UTF-8".into()))?;
+                        out.push((id, key));
+                    }
+                }
+                IdentityQueryResponse::ApiKeys(out)
             }
             IdentityQuery::SealedJwtKey => {
                 let t = txn.open_table(META)?;
