@@ -762,3 +762,90 @@ async fn api_keys_work_as_bearer_tokens_and_can_be_rotated_and_deleted() {
     assert!(short["expires_at"].is_u64());
     until_refused(&api, &short_key).await;
 }
+
+#[tokio::test]
+async fn audit_log_records_every_change_and_cannot_be_altered() {
+    let api = Api::start(&[("CAIRN_API_AUTH_RATE_LIMIT", "1000")]);
+    let admin = first_admin(&api).await;
+    let token = admin["access_token"].as_str().unwrap().to_owned();
+    let admin_id = admin["user"]["id"].as_str().unwrap().to_owned();
+    let bad = json!({"email": "root@example.com", "password": "wrong password"});
+    assert_eq!(
+        api.call("POST", "/auth/login", None, Some(bad)).await.0,
+        401
+    );
+    let (_, key) = api
+        .call("POST", "/keys", Some(&token), Some(json!({"name": "k"})))
+        .await;
+    let key_id = key["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        api.call("DELETE", &format!("/keys/{key_id}"), Some(&token), None)
+            .await
+            .0,
+        200
+    );
+
+    let (status, log) = api.call("GET", "/audit/logs", Some(&token), None).await;
+    assert_eq!(status, 200, "{log}");
+    let entries = log["entries"].as_array().unwrap();
+    let find = |action: &str, outcome: &str| {
+        entries
+            .iter()
+            .find(|e| e["action"] == action && e["outcome"] == outcome)
+            .unwrap_or_else(|| panic!("no {action} {outcome} in {log}"))
+    };
+    assert_eq!(
+        find("POST /api/auth/setup", "success")["actor"],
+        admin_id.as_str()
+    );
+    assert_eq!(
+        find("POST /api/auth/login", "denied")["actor"],
+        "root@example.com"
+    );
+    let created = find("POST /api/keys", "success");
+    assert_eq!(created["actor"], admin_id.as_str());
+    assert_eq!(created["ip"], "127.0.0.1");
+    let deleted = find("DELETE /api/keys/{id}", "success");
+    assert_eq!(deleted["resource"], format!("/api/keys/{key_id}").as_str());
+    // Newest first, numbered in log order.
+    let ids: Vec<u64> = entries.iter().map(|e| e["id"].as_u64().unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] > w[1]), "{ids:?}");
+    // Filters.
+    let (_, only) = api
+        .call(
+            "GET",
+            "/audit/logs?actor=root%40example.com",
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(only["entries"].as_array().unwrap().len(), 1, "{only}");
+    let (_, page) = api
+        .call("GET", "/audit/logs?limit=1&offset=1", Some(&token), None)
+        .await;
+    assert_eq!(page["entries"][0]["id"].as_u64().unwrap(), ids[1]);
+    let (status, v) = api
+        .call("GET", "/audit/logs?limit=lots", Some(&token), None)
+        .await;
+    assert_eq!(status, 400, "{v}");
+    // Nothing can change or delete an entry, and only admins read them.
+    let (status, v) = api.call("DELETE", "/audit/logs", Some(&token), None).await;
+    assert_eq!(status, 405, "{v}");
+    error_of(&v);
+    assert_eq!(api.call("GET", "/audit/logs", None, None).await.0, 401);
+    let (_, plain) = api
+        .call(
+            "POST",
+            "/keys",
+            Some(&token),
+            Some(json!({"name": "plain"})),
+        )
+        .await;
+    let plain_key = plain["key"].as_str().unwrap().to_owned();
+    assert_eq!(
+        api.call("GET", "/audit/logs", Some(&plain_key), None)
+            .await
+            .0,
+        403
+    );
+}

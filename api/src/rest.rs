@@ -87,6 +87,122 @@ impl IntoResponse for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
+tokio::task_local! {
+    /// Who the current `/api` request acts for, as far as it is known (for the audit log).
+    static ACTOR: Arc<parking_lot::Mutex<Option<String>>>;
+}
+
+/// Name the actor of the current request in its audit entry.
+fn set_actor(actor: impl Into<String>) {
+    let actor = actor.into();
+    let _ = ACTOR.try_with(|a| *a.lock() = Some(actor));
+}
+
+/// Every state-changing `/api` request (any method but GET and HEAD) leaves an audit entry:
+/// actor, action (`METHOD /api/route/{param}`), resource (the path), client address, time and
+/// outcome (`success` for 2xx, `denied` for 401/403/429, `failure` otherwise), appended to the
+/// replicated log before the answer goes out.
+async fn audit_layer(
+    State(g): State<Arc<Gateway>>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let method = req.method().clone();
+    if method == axum::http::Method::GET || method == axum::http::Method::HEAD {
+        return next.run(req).await;
+    }
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| req.uri().path().to_owned(), |m| m.as_str().to_owned());
+    // The full path (a nested router sees it without the `/api` prefix).
+    let resource = req
+        .extensions()
+        .get::<axum::extract::OriginalUri>()
+        .map_or_else(|| req.uri().path().to_owned(), |u| u.path().to_owned());
+    let ip = client_ip(&req);
+    let actor = Arc::new(parking_lot::Mutex::new(None));
+    let resp = ACTOR.scope(actor.clone(), next.run(req)).await;
+    let status = resp.status();
+    let outcome = if status.is_success() {
+        "success"
+    } else if matches!(status.as_u16(), 401 | 403 | 429) {
+        "denied"
+    } else {
+        "failure"
+    };
+    let entry = cairn_master::audit::NewEntry {
+        actor: actor.lock().clone().unwrap_or_else(|| "anonymous".into()),
+        action: format!("{method} {route}"),
+        resource,
+        ip,
+        outcome: outcome.into(),
+    };
+    let cmd = cairn_master::audit::AuditCommand::Append(vec![entry]);
+    match command::<cairn_master::audit::AuditService>(&cmd) {
+        Ok(bytes) => {
+            if let Err(e) = g.data.master().propose(bytes).await {
+                tracing::error!(error = %e, "could not append to the audit log");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "could not encode an audit entry"),
+    }
+    resp
+}
+
+#[derive(Deserialize)]
+struct AuditParams {
+    actor: Option<String>,
+    action: Option<String>,
+    resource: Option<String>,
+    /// Unix seconds.
+    from: Option<u64>,
+    to: Option<u64>,
+    limit: Option<u32>,
+    offset: Option<u32>,
+}
+
+/// `GET /api/audit/logs` (admins): entries newest first, filtered.
+async fn audit_logs(State(g): State<Arc<Gateway>>, req: Request) -> ApiResult<Response> {
+    let caller = authenticate(&g, req.headers()).await?;
+    caller.admin()?;
+    let p: AuditParams = serde_urlencoded::from_str(req.uri().query().unwrap_or(""))
+        .map_err(|e| ApiError::bad(format!("invalid query: {e}")))?;
+    let filter = cairn_master::audit::AuditFilter {
+        actor: p.actor,
+        action: p.action,
+        resource: p.resource,
+        from_ms: p.from.map(|s| s.saturating_mul(1000)),
+        to_ms: p.to.map(|s| s.saturating_mul(1000).saturating_add(999)),
+        limit: p.limit.unwrap_or(100).min(cairn_master::audit::LIST_MAX),
+        offset: p.offset.unwrap_or(0),
+    };
+    let q = cairn_master::audit::AuditService::encode_query(
+        &cairn_master::audit::AuditQuery::List(filter),
+    )
+    .map_err(ApiError::internal)?;
+    let bytes = g
+        .data
+        .master()
+        .query(
+            cairn_master::audit::AuditService::ID,
+            q,
+            Consistency::Linearizable,
+        )
+        .await?
+        .map_err(|r| ApiError::internal(r.message))?;
+    let entries =
+        cairn_master::audit::AuditService::query_response(&bytes).map_err(ApiError::internal)?;
+    let items: Vec<_> = entries
+        .into_iter()
+        .map(|(id, e)| {
+            json!({"id": id, "time": e.time_ms / 1000, "actor": e.actor, "action": e.action,
+                   "resource": e.resource, "ip": e.ip, "outcome": e.outcome})
+        })
+        .collect();
+    Ok(axum::Json(json!({"entries": items})).into_response())
+}
+
 /// Commit an identity command; a refusal maps to its status.
 async fn propose(g: &Gateway, c: &IdentityCommand) -> ApiResult<IdentityResponse> {
     let bytes = command::<IdentityService>(c)?;
@@ -429,6 +545,7 @@ async fn authenticate_key(g: &Gateway, token: &str) -> ApiResult<Caller> {
     if touch {
         let _ = propose(g, &IdentityCommand::TouchApiKey { id: id.to_owned() }).await;
     }
+    set_actor(hex_id(user));
     match ask(g, &IdentityQuery::User { id: user }).await? {
         IdentityQueryResponse::User(Some((_, record))) => Ok(Caller {
             user,
@@ -469,6 +586,7 @@ async fn authenticate(g: &Gateway, headers: &HeaderMap) -> ApiResult<Caller> {
             if !s.revoked && s.user == user && s.expires_ms > wall_ms() => {}
         _ => return Err(ApiError::unauthorized("the session has ended")),
     }
+    set_actor(hex_id(user));
     match ask(g, &IdentityQuery::User { id: user }).await? {
         IdentityQueryResponse::User(Some((_, record))) => Ok(Caller {
             user,
@@ -527,6 +645,7 @@ async fn setup(State(g): State<Arc<Gateway>>, req: Request) -> ApiResult<Respons
         IdentityResponse::User { id } => id,
         _ => return Err(ApiError::internal("unexpected answer")),
     };
+    set_actor(hex_id(id));
     let user = match ask(&g, &IdentityQuery::User { id }).await? {
         IdentityQueryResponse::User(Some((_, u))) => u,
         _ => return Err(ApiError::internal("the new user is missing")),
@@ -571,6 +690,7 @@ async fn login(State(g): State<Arc<Gateway>>, req: Request) -> ApiResult<Respons
     let headers = req.headers().clone();
     let ip = client_ip(&req);
     let body: LoginBody = json_body(req).await?;
+    set_actor(cairn_master::identity::normalize_email(&body.email));
     let denied = || ApiError::unauthorized("invalid email or password");
     if body.password.len() > PASSWORD_MAX {
         return Err(denied());
@@ -593,6 +713,7 @@ async fn login(State(g): State<Arc<Gateway>>, req: Request) -> ApiResult<Respons
     if !verify_password(body.password, user.password_hash.clone()).await? {
         return Err(denied());
     }
+    set_actor(hex_id(id));
     if let Some(sealed) = &user.totp {
         let Some(code) = body.totp_code.as_deref().filter(|c| !c.trim().is_empty()) else {
             return Err(ApiError::unauthorized(
@@ -631,6 +752,7 @@ async fn refresh(State(g): State<Arc<Gateway>>, req: Request) -> ApiResult<Respo
         IdentityQueryResponse::Session(Some(Session { user, .. })) => user,
         _ => return Err(invalid()),
     };
+    set_actor(hex_id(user));
     let next = random32()?;
     match propose(
         &g,
@@ -782,6 +904,7 @@ async fn register(State(g): State<Arc<Gateway>>, req: Request) -> ApiResult<Resp
             });
         }
     };
+    set_actor(hex_id(id));
     let user = match ask(&g, &IdentityQuery::User { id }).await? {
         IdentityQueryResponse::User(Some((_, u))) => u,
         _ => return Err(ApiError::internal("the new user is missing")),
@@ -1151,6 +1274,24 @@ async fn rotate_api_key(
     Ok(axum::Json(json!({"id": id, "key": raw})).into_response())
 }
 
+/// A known route with a method it does not take: 405 with a JSON body like every other error.
+async fn json_method_errors(req: Request, next: axum::middleware::Next) -> Response {
+    let resp = next.run(req).await;
+    if resp.status() == StatusCode::METHOD_NOT_ALLOWED {
+        let allow = resp.headers().get(header::ALLOW).cloned();
+        let mut out = ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed on this route",
+        )
+        .into_response();
+        if let Some(a) = allow {
+            out.headers_mut().insert(header::ALLOW, a);
+        }
+        return out;
+    }
+    resp
+}
+
 async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "no such route")
 }
@@ -1178,6 +1319,9 @@ pub fn router(g: Arc<Gateway>) -> Router {
         .route("/keys/{id}/rotate", post(rotate_api_key))
         .route("/s3-keys", get(list_s3_keys).post(create_s3_key))
         .route("/s3-keys/{id}", delete(delete_s3_key))
+        .route("/audit/logs", get(audit_logs))
+        .layer(axum::middleware::from_fn_with_state(g.clone(), audit_layer))
+        .layer(axum::middleware::from_fn(json_method_errors))
         .fallback(not_found)
         .with_state(g)
 }

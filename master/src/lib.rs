@@ -7,11 +7,13 @@
 //! - [`buckets`]: S3 buckets, versions, multipart uploads, lifecycle, service 4.
 //! - [`keys`]: S3 access keys with sealed secrets, service 5.
 //! - [`identity`]: users, login sessions and the token signing key, service 6.
+//! - [`audit`]: the append-only audit log, service 7.
 //! - [`protocol`]: the RPCs chunkservers and data clients send to the master group.
 //! - [`planner`]: pure planning functions (placement, re-replication, GC, rebalancing).
 //! - [`cluster`]: the leader's map of chunkservers and replicas, rebuilt from heartbeats.
 //! - [`dataplane`]: the RPC handlers and the planner tick on a master node.
 
+pub mod audit;
 pub mod buckets;
 pub mod chunks;
 pub mod cluster;
@@ -41,6 +43,7 @@ pub fn registry() -> Result<Registry, StateError> {
     r.register(Typed(buckets::BucketService))?;
     r.register(Typed(keys::KeyService))?;
     r.register(Typed(identity::IdentityService))?;
+    r.register(Typed(audit::AuditService))?;
     Ok(r)
 }
 
