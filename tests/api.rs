@@ -849,3 +849,81 @@ async fn audit_log_records_every_change_and_cannot_be_altered() {
         403
     );
 }
+
+#[tokio::test]
+async fn forgotten_passwords_reset_through_an_admin() {
+    let api = Api::start(&[("CAIRN_API_AUTH_RATE_LIMIT", "1000")]);
+    let admin = first_admin(&api).await;
+    let token = admin["access_token"].as_str().unwrap().to_owned();
+    // The same answer for a known and an unknown email.
+    let (s1, v1) = api
+        .call(
+            "POST",
+            "/auth/forgot-password",
+            None,
+            Some(json!({"email": "root@example.com"})),
+        )
+        .await;
+    let (s2, v2) = api
+        .call(
+            "POST",
+            "/auth/forgot-password",
+            None,
+            Some(json!({"email": "ghost@example.com"})),
+        )
+        .await;
+    assert_eq!((s1, s2), (202, 202));
+    assert_eq!(v1, v2);
+    // With no mail server, the admin sees the pending token.
+    let (status, resets) = api
+        .call("GET", "/auth/password-resets", Some(&token), None)
+        .await;
+    assert_eq!(status, 200, "{resets}");
+    let list = resets["resets"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "{resets}");
+    assert_eq!(list[0]["email"], "root@example.com");
+    let reset = list[0]["token"].as_str().unwrap().to_owned();
+    // A wrong token is refused; the right one sets the password and ends every session.
+    let (status, v) = api
+        .call(
+            "POST",
+            "/auth/reset-password",
+            None,
+            Some(json!({"token": "00.11", "new_password": "brand new password"})),
+        )
+        .await;
+    assert_eq!(status, 400, "{v}");
+    let (status, v) = api
+        .call(
+            "POST",
+            "/auth/reset-password",
+            None,
+            Some(json!({"token": reset, "new_password": "brand new password"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(api.call("GET", "/auth/me", Some(&token), None).await.0, 401);
+    // Used once only.
+    let (status, _) = api
+        .call(
+            "POST",
+            "/auth/reset-password",
+            None,
+            Some(json!({"token": reset, "new_password": "yet another password"})),
+        )
+        .await;
+    assert_eq!(status, 400);
+    let old = json!({"email": "root@example.com", "password": "correct horse battery"});
+    assert_eq!(
+        api.call("POST", "/auth/login", None, Some(old)).await.0,
+        401
+    );
+    let new = json!({"email": "root@example.com", "password": "brand new password"});
+    let (status, fresh) = api.call("POST", "/auth/login", None, Some(new)).await;
+    assert_eq!(status, 200);
+    let fresh_token = fresh["access_token"].as_str().unwrap().to_owned();
+    let (_, after) = api
+        .call("GET", "/auth/password-resets", Some(&fresh_token), None)
+        .await;
+    assert!(after["resets"].as_array().unwrap().is_empty(), "{after}");
+}

@@ -1274,6 +1274,112 @@ async fn rotate_api_key(
     Ok(axum::Json(json!({"id": id, "key": raw})).into_response())
 }
 
+/// Reset tokens live this long.
+const RESET_TTL_MS: u64 = 3600 * 1000;
+/// The purpose reset tokens are sealed under.
+const RESET_PURPOSE: &str = "cairn password reset token";
+
+#[derive(Deserialize)]
+struct ForgotBody {
+    email: String,
+}
+
+/// `POST /api/auth/forgot-password`: the same answer whether or not the account exists. With no
+/// mail server configured, the token is recorded for an admin to hand over
+/// (`GET /api/auth/password-resets`).
+async fn forgot_password(State(g): State<Arc<Gateway>>, req: Request) -> ApiResult<Response> {
+    let body: ForgotBody = json_body(req).await?;
+    set_actor(cairn_master::identity::normalize_email(&body.email));
+    let found = match ask(&g, &IdentityQuery::UserByEmail { email: body.email }).await? {
+        IdentityQueryResponse::User(u) => u,
+        _ => None,
+    };
+    if let Some((user, _)) = found {
+        let id = u128::from_be_bytes(
+            random32()?[..16]
+                .try_into()
+                .map_err(|_| ApiError::internal("id"))?,
+        );
+        let secret = random32()?;
+        let token = format!("{}.{}", hex_id(id), hex(&secret));
+        let sealed = g
+            .secrets
+            .seal(RESET_PURPOSE, token.as_bytes())
+            .map_err(ApiError::internal)?;
+        propose(
+            &g,
+            &IdentityCommand::CreateReset {
+                id,
+                user,
+                hash: sha256(&secret),
+                sealed_token: sealed,
+                expires_ms: wall_ms() + RESET_TTL_MS,
+            },
+        )
+        .await?;
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(json!({"status": "if an account has this email, a reset token was issued; an administrator can hand it over"})),
+    )
+        .into_response())
+}
+
+/// `GET /api/auth/password-resets` (admins): the pending reset tokens, to hand to their users.
+async fn password_resets(State(g): State<Arc<Gateway>>, headers: HeaderMap) -> ApiResult<Response> {
+    let caller = authenticate(&g, &headers).await?;
+    caller.admin()?;
+    let resets = match ask(&g, &IdentityQuery::PendingResets { now_ms: wall_ms() }).await? {
+        IdentityQueryResponse::Resets(r) => r,
+        _ => Vec::new(),
+    };
+    let mut items = Vec::new();
+    for (_, r, u) in resets {
+        let token = g
+            .secrets
+            .open(RESET_PURPOSE, &r.sealed_token)
+            .map_err(ApiError::internal)?;
+        items.push(json!({
+            "email": u.email,
+            "token": String::from_utf8_lossy(&token),
+            "created_at": r.created_ms / 1000,
+            "expires_at": r.expires_ms / 1000,
+        }));
+    }
+    Ok(axum::Json(json!({"resets": items})).into_response())
+}
+
+#[derive(Deserialize)]
+struct ResetBody {
+    token: String,
+    new_password: String,
+}
+
+/// `POST /api/auth/reset-password`: a valid, unused token sets a new password and ends every
+/// session of the account.
+async fn reset_password(State(g): State<Arc<Gateway>>, req: Request) -> ApiResult<Response> {
+    let body: ResetBody = json_body(req).await?;
+    check_password(&body.new_password)?;
+    let invalid = || ApiError::bad("the reset token is not valid (unknown, used or expired)");
+    let (id, secret) = body.token.trim().split_once('.').ok_or_else(invalid)?;
+    let id = parse_id(id).ok_or_else(invalid)?;
+    let presented = sha256(&unhex32(secret).ok_or_else(invalid)?);
+    let hash = hash_password(body.new_password).await?;
+    let cmd = IdentityCommand::UseReset {
+        id,
+        presented,
+        password_hash: hash,
+    };
+    let bytes = command::<IdentityService>(&cmd)?;
+    match g.data.master().propose(bytes).await? {
+        Ok(_) => Ok(
+            axum::Json(json!({"status": "password changed; every session ended"})).into_response(),
+        ),
+        Err(r) if r.code == "bad_reset" => Err(invalid()),
+        Err(r) => Err(ApiError::bad(r.message)),
+    }
+}
+
 /// A known route with a method it does not take: 405 with a JSON body like every other error.
 async fn json_method_errors(req: Request, next: axum::middleware::Next) -> Response {
     let resp = next.run(req).await;
@@ -1303,6 +1409,8 @@ pub fn router(g: Arc<Gateway>) -> Router {
         .route("/auth/login", post(login))
         .route("/auth/register", post(register))
         .route("/auth/totp/verify", post(totp_verify))
+        .route("/auth/forgot-password", post(forgot_password))
+        .route("/auth/reset-password", post(reset_password))
         .route("/auth/refresh", post(refresh))
         .route("/auth/change-password", post(change_password))
         .route_layer(axum::middleware::from_fn_with_state(g.clone(), limit_auth));
@@ -1310,6 +1418,7 @@ pub fn router(g: Arc<Gateway>) -> Router {
         .merge(credentials)
         .route("/auth/logout", post(logout))
         .route("/auth/registration", axum::routing::put(set_registration))
+        .route("/auth/password-resets", get(password_resets))
         .route("/auth/totp/enable", post(totp_enable))
         .route("/auth/me", get(me))
         .route("/auth/sessions", get(sessions))

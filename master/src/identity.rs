@@ -12,6 +12,7 @@
 //! - `id.user_sessions`: user id ‖ session id → empty (the index of a user's sessions)
 //! - `id.meta`: `jwt_key` → the sealed signing key; `registration` → 1 when open
 //! - `id.api_keys`: key id (its lookup prefix) → [`ApiKey`]
+//! - `id.resets`: reset id (u128 BE) → [`PasswordReset`]
 
 use cairn_engine::state::{
     ApplyContext, ApplyError, Rejection, ServiceId, StateError, Table, TypedService,
@@ -27,6 +28,8 @@ const USER_SESSIONS: Table = Table::new("id.user_sessions");
 const META: Table = Table::new("id.meta");
 /// API key id → [`ApiKey`].
 const API_KEYS: Table = Table::new("id.api_keys");
+/// Password reset id → [`PasswordReset`].
+const RESETS: Table = Table::new("id.resets");
 const JWT_KEY: &[u8] = b"jwt_key";
 const REGISTRATION: &[u8] = b"registration";
 
@@ -75,6 +78,20 @@ pub struct ApiKey {
     pub created_ms: u64,
     pub expires_ms: Option<u64>,
     pub last_used_ms: Option<u64>,
+}
+
+/// A password reset token waiting to be used.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PasswordReset {
+    pub user: u128,
+    /// SHA-256 of the token's secret.
+    pub hash: [u8; 32],
+    /// The whole token sealed with the cluster secrets key, for an admin to hand over (there
+    /// is no mail server to send it).
+    pub sealed_token: Vec<u8>,
+    pub created_ms: u64,
+    pub expires_ms: u64,
+    pub used: bool,
 }
 
 /// Scopes an API key may carry.
@@ -151,6 +168,19 @@ pub enum IdentityCommand {
     TouchApiKey {
         id: String,
     },
+    CreateReset {
+        id: u128,
+        user: u128,
+        hash: [u8; 32],
+        sealed_token: Vec<u8>,
+        expires_ms: u64,
+    },
+    /// Use a reset token: the password changes and every session of the user ends.
+    UseReset {
+        id: u128,
+        presented: [u8; 32],
+        password_hash: String,
+    },
     /// Set a new password; every other session of the user is revoked.
     ChangePassword {
         user: u128,
@@ -177,13 +207,29 @@ pub enum IdentityResponse {
 pub enum IdentityQuery {
     UserCount,
     Registration,
-    UserByEmail { email: String },
-    User { id: u128 },
-    Session { id: u128 },
-    Sessions { user: u128 },
+    UserByEmail {
+        email: String,
+    },
+    User {
+        id: u128,
+    },
+    Session {
+        id: u128,
+    },
+    Sessions {
+        user: u128,
+    },
     SealedJwtKey,
-    ApiKey { id: String },
-    ApiKeys { user: u128 },
+    ApiKey {
+        id: String,
+    },
+    ApiKeys {
+        user: u128,
+    },
+    /// Unused, unexpired reset tokens at `now_ms`, with their users.
+    PendingResets {
+        now_ms: u64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -196,6 +242,7 @@ pub enum IdentityQueryResponse {
     Key(Option<Vec<u8>>),
     ApiKey(Option<ApiKey>),
     ApiKeys(Vec<(String, ApiKey)>),
+    Resets(Vec<(u128, PasswordReset, User)>),
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -339,6 +386,7 @@ impl TypedService for IdentityService {
         txn.open_table(USER_SESSIONS)?;
         txn.open_table(META)?;
         txn.open_table(API_KEYS)?;
+        txn.open_table(RESETS)?;
         Ok(())
     }
 
@@ -574,6 +622,62 @@ impl TypedService for IdentityService {
                     .insert(id.as_bytes(), encode(&key)?.as_slice())?;
                 Ok(IdentityResponse::Done)
             }
+            IdentityCommand::CreateReset {
+                id,
+                user,
+                hash,
+                sealed_token,
+                expires_ms,
+            } => {
+                load_user(txn, user)?;
+                let r = PasswordReset {
+                    user,
+                    hash,
+                    sealed_token,
+                    created_ms: ctx.time_ms,
+                    expires_ms,
+                    used: false,
+                };
+                txn.open_table(RESETS)?
+                    .insert(id.to_be_bytes().as_slice(), encode(&r)?.as_slice())?;
+                Ok(IdentityResponse::Done)
+            }
+            IdentityCommand::UseReset {
+                id,
+                presented,
+                password_hash,
+            } => {
+                check_hash(&password_hash)?;
+                let mut r: PasswordReset = {
+                    let t = txn.open_table(RESETS)?;
+                    let v = t.get(id.to_be_bytes().as_slice())?;
+                    match v {
+                        Some(v) => decode("password reset", v.value())?,
+                        None => return Err(reject("bad_reset", "the reset token is not valid")),
+                    }
+                };
+                if r.used || r.expires_ms <= ctx.time_ms || r.hash != presented {
+                    return Err(reject("bad_reset", "the reset token is not valid"));
+                }
+                let mut u = load_user(txn, r.user)?;
+                u.password_hash = password_hash;
+                store_user(txn, r.user, &u)?;
+                r.used = true;
+                txn.open_table(RESETS)?
+                    .insert(id.to_be_bytes().as_slice(), encode(&r)?.as_slice())?;
+                let ids = {
+                    let t = txn.open_table(USER_SESSIONS)?;
+                    sessions_of(&t, r.user)?
+                };
+                for sid in ids {
+                    let mut s = session(txn, sid)?;
+                    if !s.revoked {
+                        s.revoked = true;
+                        put_session(txn, sid, &s)?;
+                    }
+                }
+                Ok(IdentityResponse::Done)
+            }
             IdentityCommand::ChangePassword {
                 user,
                 password_hash,
@@ -665,6 +769,21 @@ impl TypedService for IdentityService {
                     }
                 }
                 IdentityQueryResponse::ApiKeys(out)
+            }
+            IdentityQuery::PendingResets { now_ms } => {
+                let t = txn.open_table(RESETS)?;
+                let mut out = Vec::new();
+                for item in t.iter()? {
+                    let (k, v) = item?;
+                    let r: PasswordReset = decode("password reset", v.value())?;
+                    if r.used || r.expires_ms <= now_ms {
+                        continue;
+                    }
+                    if let Some((_, u)) = user(r.user)? {
+                        out.push((id_of(k.value())?, r, u));
+                    }
+                }
+                IdentityQueryResponse::Resets(out)
             }
             IdentityQuery::SealedJwtKey => {
                 let t = txn.open_table(META)?;
