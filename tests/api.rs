@@ -927,3 +927,46 @@ async fn forgotten_passwords_reset_through_an_admin() {
         .await;
     assert!(after["resets"].as_array().unwrap().is_empty(), "{after}");
 }
+
+#[tokio::test]
+async fn openapi_document_lists_every_route() {
+    let api = Api::start(&[]);
+    let (status, doc) = api.call("GET", "/openapi.json", None, None).await;
+    assert_eq!(status, 200);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{doc}");
+    let paths = doc["paths"].as_object().unwrap();
+    for (path, method) in [
+        ("/api/auth/setup", "post"),
+        ("/api/auth/login", "post"),
+        ("/api/auth/register", "post"),
+        ("/api/auth/refresh", "post"),
+        ("/api/auth/logout", "post"),
+        ("/api/auth/me", "get"),
+        ("/api/auth/change-password", "post"),
+        ("/api/auth/sessions", "get"),
+        ("/api/auth/sessions/{id}", "delete"),
+        ("/api/auth/registration", "put"),
+        ("/api/auth/totp/enable", "post"),
+        ("/api/auth/totp/verify", "post"),
+        ("/api/auth/forgot-password", "post"),
+        ("/api/auth/reset-password", "post"),
+        ("/api/auth/password-resets", "get"),
+        ("/api/keys", "post"),
+        ("/api/keys", "get"),
+        ("/api/keys/{id}", "delete"),
+        ("/api/keys/{id}/rotate", "post"),
+        ("/api/s3-keys", "post"),
+        ("/api/s3-keys", "get"),
+        ("/api/s3-keys/{id}", "delete"),
+        ("/api/audit/logs", "get"),
+        ("/api/openapi.json", "get"),
+    ] {
+        assert!(
+            paths.get(path).and_then(|p| p.get(method)).is_some(),
+            "{method} {path} missing"
+        );
+    }
+    // Request bodies carry their schemas.
+    let login = &paths["/api/auth/login"]["post"]["requestBody"];
+    assert!(login.to_string().contains("LoginBody"), "{login}");
+}

@@ -163,6 +163,7 @@ struct AuditParams {
 }
 
 /// `GET /api/audit/logs` (admins): entries newest first, filtered.
+#[utoipa::path(get, path = "/api/audit/logs", responses((status = 200, description = "Entries, newest first"), (status = 403, description = "Admins only")))]
 async fn audit_logs(State(g): State<Arc<Gateway>>, req: Request) -> ApiResult<Response> {
     let caller = authenticate(&g, req.headers()).await?;
     caller.admin()?;
@@ -605,13 +606,14 @@ fn client_ip(req: &Request) -> String {
         .unwrap_or_default()
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct SetupBody {
     email: String,
     password: String,
     name: String,
 }
 
+#[utoipa::path(post, path = "/api/auth/setup", request_body = SetupBody, responses((status = 201, description = "The first admin, logged in"), (status = 409, description = "A user exists already")))]
 async fn setup(State(g): State<Arc<Gateway>>, req: Request) -> ApiResult<Response> {
     let headers = req.headers().clone();
     let ip = client_ip(&req);
@@ -654,7 +656,7 @@ async fn setup(State(g): State<Arc<Gateway>>, req: Request) -> ApiResult<Respons
     Ok((StatusCode::CREATED, axum::Json(out)).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct LoginBody {
     email: String,
     password: String,
@@ -686,6 +688,7 @@ fn totp_step(g: &Gateway, sealed: &[u8], code: &str) -> ApiResult<Option<u64>> {
 /// same time.
 const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$1YqDEK9WSJyvCfoqIXjLqJ4GCCCFuUeknP0y3mhzNVU";
 
+#[utoipa::path(post, path = "/api/auth/login", request_body = LoginBody, responses((status = 200, description = "Tokens and the user"), (status = 401, description = "Wrong email, password or TOTP code")))]
 async fn login(State(g): State<Arc<Gateway>>, req: Request) -> ApiResult<Response> {
     let headers = req.headers().clone();
     let ip = client_ip(&req);
@@ -733,11 +736,12 @@ async fn login(State(g): State<Arc<Gateway>>, req: Request) -> ApiResult<Respons
     Ok(axum::Json(login_answer(&g, id, &user, &headers, &ip).await?).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct RefreshBody {
     refresh_token: String,
 }
 
+#[utoipa::path(post, path = "/api/auth/refresh", request_body = RefreshBody, responses((status = 200, description = "New tokens"), (status = 401, description = "Invalid, expired or reused refresh token")))]
 async fn refresh(State(g): State<Arc<Gateway>>, req: Request) -> ApiResult<Response> {
     let body: RefreshBody = json_body(req).await?;
     let invalid = || ApiError::unauthorized("the refresh token is not valid");
@@ -778,6 +782,7 @@ async fn refresh(State(g): State<Arc<Gateway>>, req: Request) -> ApiResult<Respo
     }
 }
 
+#[utoipa::path(post, path = "/api/auth/logout", responses((status = 200, description = "The session ended")))]
 async fn logout(State(g): State<Arc<Gateway>>, headers: HeaderMap) -> ApiResult<Response> {
     let caller = authenticate(&g, &headers).await?;
     caller.session_only()?;
@@ -791,17 +796,19 @@ async fn logout(State(g): State<Arc<Gateway>>, headers: HeaderMap) -> ApiResult<
     Ok(axum::Json(json!({"status": "logged out"})).into_response())
 }
 
+#[utoipa::path(get, path = "/api/auth/me", responses((status = 200, description = "The caller"), (status = 401, description = "No valid token")))]
 async fn me(State(g): State<Arc<Gateway>>, headers: HeaderMap) -> ApiResult<Response> {
     let caller = authenticate(&g, &headers).await?;
     Ok(axum::Json(user_json(caller.user, &caller.record)).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct ChangePasswordBody {
     current_password: String,
     new_password: String,
 }
 
+#[utoipa::path(post, path = "/api/auth/change-password", request_body = ChangePasswordBody, responses((status = 200, description = "Changed; other sessions ended"), (status = 403, description = "Wrong current password")))]
 async fn change_password(State(g): State<Arc<Gateway>>, req: Request) -> ApiResult<Response> {
     let caller = authenticate(&g, req.headers()).await?;
     caller.session_only()?;
@@ -828,6 +835,7 @@ async fn change_password(State(g): State<Arc<Gateway>>, req: Request) -> ApiResu
     Ok(axum::Json(json!({"status": "password changed; other sessions revoked"})).into_response())
 }
 
+#[utoipa::path(get, path = "/api/auth/sessions", responses((status = 200, description = "The caller's live sessions")))]
 async fn sessions(State(g): State<Arc<Gateway>>, headers: HeaderMap) -> ApiResult<Response> {
     let caller = authenticate(&g, &headers).await?;
     caller.session_only()?;
@@ -854,6 +862,7 @@ async fn sessions(State(g): State<Arc<Gateway>>, headers: HeaderMap) -> ApiResul
     Ok(axum::Json(json!({"sessions": items})).into_response())
 }
 
+#[utoipa::path(delete, path = "/api/auth/sessions/{id}", params(("id" = String, Path, description = "The id")), responses((status = 200, description = "Revoked"), (status = 404, description = "No such session of the caller")))]
 async fn revoke_session(
     State(g): State<Arc<Gateway>>,
     Path(id): Path<String>,
@@ -873,6 +882,7 @@ async fn revoke_session(
 }
 
 /// `POST /api/auth/register`: a new user, when an admin has turned self-registration on.
+#[utoipa::path(post, path = "/api/auth/register", request_body = SetupBody, responses((status = 201, description = "The new user, logged in"), (status = 403, description = "Self-registration is off"), (status = 409, description = "The email is taken")))]
 async fn register(State(g): State<Arc<Gateway>>, req: Request) -> ApiResult<Response> {
     let headers = req.headers().clone();
     let ip = client_ip(&req);
@@ -913,12 +923,13 @@ async fn register(State(g): State<Arc<Gateway>>, req: Request) -> ApiResult<Resp
     Ok((StatusCode::CREATED, axum::Json(out)).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct RegistrationBody {
     enabled: bool,
 }
 
 /// `PUT /api/auth/registration` (admins): turn self-registration on or off.
+#[utoipa::path(put, path = "/api/auth/registration", request_body = RegistrationBody, responses((status = 200, description = "Switched"), (status = 403, description = "Admins only")))]
 async fn set_registration(State(g): State<Arc<Gateway>>, req: Request) -> ApiResult<Response> {
     let caller = authenticate(&g, req.headers()).await?;
     caller.admin()?;
@@ -935,6 +946,7 @@ async fn set_registration(State(g): State<Arc<Gateway>>, req: Request) -> ApiRes
 
 /// `POST /api/auth/totp/enable`: a new TOTP secret for the caller (2FA turns on once a code
 /// from it is verified).
+#[utoipa::path(post, path = "/api/auth/totp/enable", responses((status = 200, description = "A pending secret and its otpauth URI")))]
 async fn totp_enable(State(g): State<Arc<Gateway>>, headers: HeaderMap) -> ApiResult<Response> {
     let caller = authenticate(&g, &headers).await?;
     caller.session_only()?;
@@ -959,12 +971,13 @@ async fn totp_enable(State(g): State<Arc<Gateway>>, headers: HeaderMap) -> ApiRe
     Ok(axum::Json(json!({"secret": b32, "otpauth_uri": uri})).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct TotpBody {
     code: String,
 }
 
 /// `POST /api/auth/totp/verify`: a code from the pending secret turns 2FA on.
+#[utoipa::path(post, path = "/api/auth/totp/verify", request_body = TotpBody, responses((status = 200, description = "2FA is on"), (status = 400, description = "Wrong code or nothing pending")))]
 async fn totp_verify(State(g): State<Arc<Gateway>>, req: Request) -> ApiResult<Response> {
     let caller = authenticate(&g, req.headers()).await?;
     caller.session_only()?;
@@ -1082,6 +1095,7 @@ fn random_string(n: usize, alphabet: &[u8]) -> ApiResult<String> {
 }
 
 /// `POST /api/s3-keys`: a new S3 key for the caller; the secret is shown once.
+#[utoipa::path(post, path = "/api/s3-keys", responses((status = 201, description = "An S3 access key and its secret, shown once")))]
 async fn create_s3_key(State(g): State<Arc<Gateway>>, headers: HeaderMap) -> ApiResult<Response> {
     let caller = authenticate(&g, &headers).await?;
     caller.session_only()?;
@@ -1126,6 +1140,7 @@ async fn my_s3_keys(g: &Gateway, user: u128) -> ApiResult<Vec<(String, u64)>> {
 }
 
 /// `GET /api/s3-keys`: the caller's S3 keys (never their secrets).
+#[utoipa::path(get, path = "/api/s3-keys", responses((status = 200, description = "The caller's S3 keys")))]
 async fn list_s3_keys(State(g): State<Arc<Gateway>>, headers: HeaderMap) -> ApiResult<Response> {
     let caller = authenticate(&g, &headers).await?;
     let keys: Vec<serde_json::Value> = my_s3_keys(&g, caller.user)
@@ -1137,6 +1152,7 @@ async fn list_s3_keys(State(g): State<Arc<Gateway>>, headers: HeaderMap) -> ApiR
 }
 
 /// `DELETE /api/s3-keys/{id}`: one of the caller's keys (another user's answers 404).
+#[utoipa::path(delete, path = "/api/s3-keys/{id}", params(("id" = String, Path, description = "The id")), responses((status = 200, description = "Deleted"), (status = 404, description = "No such key of the caller")))]
 async fn delete_s3_key(
     State(g): State<Arc<Gateway>>,
     Path(id): Path<String>,
@@ -1160,7 +1176,7 @@ async fn delete_s3_key(
     Ok(axum::Json(json!({"status": "deleted"})).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct NewApiKey {
     name: String,
     #[serde(default)]
@@ -1190,6 +1206,7 @@ async fn new_api_secret(id: &str) -> ApiResult<(String, String)> {
 }
 
 /// `POST /api/keys`: a new API key; the raw key is shown once.
+#[utoipa::path(post, path = "/api/keys", request_body = NewApiKey, responses((status = 201, description = "The key, shown once")))]
 async fn create_api_key(State(g): State<Arc<Gateway>>, req: Request) -> ApiResult<Response> {
     let caller = authenticate(&g, req.headers()).await?;
     caller.session_only()?;
@@ -1230,6 +1247,7 @@ async fn own_api_key(g: &Gateway, caller: &Caller, id: &str) -> ApiResult<()> {
 }
 
 /// `GET /api/keys`: the caller's API keys (never the keys themselves).
+#[utoipa::path(get, path = "/api/keys", responses((status = 200, description = "The caller's keys")))]
 async fn list_api_keys(State(g): State<Arc<Gateway>>, headers: HeaderMap) -> ApiResult<Response> {
     let caller = authenticate(&g, &headers).await?;
     let keys = match ask(&g, &IdentityQuery::ApiKeys { user: caller.user }).await? {
@@ -1241,6 +1259,7 @@ async fn list_api_keys(State(g): State<Arc<Gateway>>, headers: HeaderMap) -> Api
 }
 
 /// `DELETE /api/keys/{id}`.
+#[utoipa::path(delete, path = "/api/keys/{id}", params(("id" = String, Path, description = "The id")), responses((status = 200, description = "Deleted"), (status = 404, description = "No such key of the caller")))]
 async fn delete_api_key(
     State(g): State<Arc<Gateway>>,
     Path(id): Path<String>,
@@ -1254,6 +1273,7 @@ async fn delete_api_key(
 }
 
 /// `POST /api/keys/{id}/rotate`: a new secret for the key; the old one stops working.
+#[utoipa::path(post, path = "/api/keys/{id}/rotate", params(("id" = String, Path, description = "The id")), responses((status = 200, description = "The new key, shown once")))]
 async fn rotate_api_key(
     State(g): State<Arc<Gateway>>,
     Path(id): Path<String>,
@@ -1279,7 +1299,7 @@ const RESET_TTL_MS: u64 = 3600 * 1000;
 /// The purpose reset tokens are sealed under.
 const RESET_PURPOSE: &str = "cairn password reset token";
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct ForgotBody {
     email: String,
 }
@@ -1287,6 +1307,7 @@ struct ForgotBody {
 /// `POST /api/auth/forgot-password`: the same answer whether or not the account exists. With no
 /// mail server configured, the token is recorded for an admin to hand over
 /// (`GET /api/auth/password-resets`).
+#[utoipa::path(post, path = "/api/auth/forgot-password", request_body = ForgotBody, responses((status = 202, description = "The same answer for any email")))]
 async fn forgot_password(State(g): State<Arc<Gateway>>, req: Request) -> ApiResult<Response> {
     let body: ForgotBody = json_body(req).await?;
     set_actor(cairn_master::identity::normalize_email(&body.email));
@@ -1326,6 +1347,7 @@ async fn forgot_password(State(g): State<Arc<Gateway>>, req: Request) -> ApiResu
 }
 
 /// `GET /api/auth/password-resets` (admins): the pending reset tokens, to hand to their users.
+#[utoipa::path(get, path = "/api/auth/password-resets", responses((status = 200, description = "Pending reset tokens"), (status = 403, description = "Admins only")))]
 async fn password_resets(State(g): State<Arc<Gateway>>, headers: HeaderMap) -> ApiResult<Response> {
     let caller = authenticate(&g, &headers).await?;
     caller.admin()?;
@@ -1349,7 +1371,7 @@ async fn password_resets(State(g): State<Arc<Gateway>>, headers: HeaderMap) -> A
     Ok(axum::Json(json!({"resets": items})).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct ResetBody {
     token: String,
     new_password: String,
@@ -1357,6 +1379,7 @@ struct ResetBody {
 
 /// `POST /api/auth/reset-password`: a valid, unused token sets a new password and ends every
 /// session of the account.
+#[utoipa::path(post, path = "/api/auth/reset-password", request_body = ResetBody, responses((status = 200, description = "Password set; every session ended"), (status = 400, description = "Invalid, used or expired token")))]
 async fn reset_password(State(g): State<Arc<Gateway>>, req: Request) -> ApiResult<Response> {
     let body: ResetBody = json_body(req).await?;
     check_password(&body.new_password)?;
@@ -1402,6 +1425,52 @@ async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "no such route")
 }
 
+/// The OpenAPI document of every `/api` route, generated from the handlers' annotations.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "Cairn API",
+        description = "Accounts, sessions, keys and audit of a Cairn cluster"
+    ),
+    paths(
+        setup,
+        login,
+        register,
+        refresh,
+        logout,
+        me,
+        change_password,
+        sessions,
+        revoke_session,
+        set_registration,
+        totp_enable,
+        totp_verify,
+        forgot_password,
+        reset_password,
+        password_resets,
+        create_api_key,
+        list_api_keys,
+        delete_api_key,
+        rotate_api_key,
+        create_s3_key,
+        list_s3_keys,
+        delete_s3_key,
+        audit_logs,
+        openapi
+    )
+)]
+struct ApiDoc;
+
+/// `GET /api/openapi.json`.
+#[utoipa::path(get, path = "/api/openapi.json", responses((status = 200, description = "This document")))]
+async fn openapi() -> Response {
+    use utoipa::OpenApi;
+    match ApiDoc::openapi().to_json() {
+        Ok(doc) => ([(header::CONTENT_TYPE, "application/json")], doc).into_response(),
+        Err(e) => ApiError::internal(e).into_response(),
+    }
+}
+
 /// The `/api` routes (mounted under `/api`).
 pub fn router(g: Arc<Gateway>) -> Router {
     let credentials = Router::new()
@@ -1429,6 +1498,7 @@ pub fn router(g: Arc<Gateway>) -> Router {
         .route("/s3-keys", get(list_s3_keys).post(create_s3_key))
         .route("/s3-keys/{id}", delete(delete_s3_key))
         .route("/audit/logs", get(audit_logs))
+        .route("/openapi.json", get(openapi))
         .layer(axum::middleware::from_fn_with_state(g.clone(), audit_layer))
         .layer(axum::middleware::from_fn(json_method_errors))
         .fallback(not_found)
