@@ -457,6 +457,19 @@ async fn users_own_their_s3_keys() {
         .send()
         .await
         .unwrap();
+    // Bucket-level S3 changes are audited with the access key as the actor.
+    let (_, log) = api
+        .call(
+            "GET",
+            "/audit/logs?action=s3%3ACreateBucket",
+            Some(&token),
+            None,
+        )
+        .await;
+    let e = &log["entries"][0];
+    assert_eq!(e["actor"], ak.as_str(), "{log}");
+    assert_eq!(e["resource"], "users-bucket");
+    assert_eq!(e["outcome"], "success");
     // Listed without its secret; the root key is not the user's.
     let (status, list) = api.call("GET", "/s3-keys", Some(&token), None).await;
     assert_eq!(status, 200);

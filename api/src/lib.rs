@@ -145,6 +145,26 @@ impl Gateway {
             .map_err(|e| S3Error::with_message(S3ErrorCode::InternalError, e.to_string()))
     }
 
+    /// Append one entry to the audit log (a failure to do so is logged, not returned: the
+    /// action itself has happened).
+    pub async fn audit(&self, actor: &str, action: &str, resource: &str, ip: &str, outcome: &str) {
+        let cmd = cairn_master::audit::AuditCommand::Append(vec![cairn_master::audit::NewEntry {
+            actor: actor.to_owned(),
+            action: action.to_owned(),
+            resource: resource.to_owned(),
+            ip: ip.to_owned(),
+            outcome: outcome.to_owned(),
+        }]);
+        match command::<cairn_master::audit::AuditService>(&cmd) {
+            Ok(bytes) => {
+                if let Err(e) = self.data.master().propose(bytes).await {
+                    tracing::error!(error = %e, "could not append to the audit log");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "could not encode an audit entry"),
+        }
+    }
+
     /// A linearizable bucket-service query.
     pub async fn query(&self, q: &BucketQuery) -> Result<BucketQueryResponse, S3Error> {
         let payload = BucketService::encode_query(q)

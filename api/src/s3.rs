@@ -493,6 +493,26 @@ type ReadConditions<'a> = (
     &'a Option<Timestamp>,
 );
 
+/// Who made a request, for the audit log: the access key and the client address.
+struct Who {
+    actor: String,
+    ip: String,
+}
+
+fn who<T>(req: &S3Request<T>) -> Who {
+    Who {
+        actor: req
+            .credentials
+            .as_ref()
+            .map_or_else(|| "anonymous".to_owned(), |c| c.access_key.clone()),
+        ip: req
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip().to_string())
+            .unwrap_or_default(),
+    }
+}
+
 impl CairnS3 {
     /// Find the version, check the preconditions, resolve the range or part.
     async fn plan_read(
@@ -832,6 +852,13 @@ impl CairnS3 {
             .await?;
         Ok(())
     }
+
+    /// Record a bucket-level change in the audit log (object writes are in the access log).
+    async fn audit(&self, who: &Who, action: &str, bucket: &str) {
+        self.g
+            .audit(&who.actor, action, bucket, &who.ip, "success")
+            .await;
+    }
 }
 
 fn owner(id: &str) -> Owner {
@@ -1001,6 +1028,8 @@ impl S3 for CairnS3 {
         &self,
         req: S3Request<CreateBucketInput>,
     ) -> S3Result<S3Response<CreateBucketOutput>> {
+        let audit_who = who(&req);
+        let audited = req.input.bucket.clone();
         let input = req.input;
         if crate::http::RESERVED.contains(&input.bucket.as_str()) {
             return Err(s3_error!(
@@ -1038,6 +1067,7 @@ impl S3 for CairnS3 {
                 public_read,
             })
             .await?;
+        self.audit(&audit_who, "s3:CreateBucket", &audited).await;
         Ok(S3Response::new(CreateBucketOutput {
             location: Some(format!("/{}", input.bucket)),
         }))
@@ -1058,11 +1088,14 @@ impl S3 for CairnS3 {
         &self,
         req: S3Request<DeleteBucketInput>,
     ) -> S3Result<S3Response<DeleteBucketOutput>> {
+        let audit_who = who(&req);
+        let audited = req.input.bucket.clone();
         self.g
             .command(&BucketCommand::DeleteBucket {
                 name: req.input.bucket,
             })
             .await?;
+        self.audit(&audit_who, "s3:DeleteBucket", &audited).await;
         Ok(S3Response::new(DeleteBucketOutput {}))
     }
 
@@ -1103,6 +1136,8 @@ impl S3 for CairnS3 {
         &self,
         req: S3Request<PutBucketVersioningInput>,
     ) -> S3Result<S3Response<PutBucketVersioningOutput>> {
+        let audit_who = who(&req);
+        let audited = req.input.bucket.clone();
         let input = req.input;
         let v = match input
             .versioning_configuration
@@ -1121,6 +1156,8 @@ impl S3 for CairnS3 {
         };
         self.configure(&input.bucket, BucketChange::Versioning(v))
             .await?;
+        self.audit(&audit_who, "s3:PutBucketVersioning", &audited)
+            .await;
         Ok(S3Response::new(PutBucketVersioningOutput {}))
     }
 
@@ -1145,6 +1182,8 @@ impl S3 for CairnS3 {
         &self,
         req: S3Request<PutBucketLifecycleConfigurationInput>,
     ) -> S3Result<S3Response<PutBucketLifecycleConfigurationOutput>> {
+        let audit_who = who(&req);
+        let audited = req.input.bucket.clone();
         let input = req.input;
         let cfg = input
             .lifecycle_configuration
@@ -1152,6 +1191,8 @@ impl S3 for CairnS3 {
         let rules = lifecycle_to_rules(cfg)?;
         self.configure(&input.bucket, BucketChange::Lifecycle(Some(rules)))
             .await?;
+        self.audit(&audit_who, "s3:PutBucketLifecycle", &audited)
+            .await;
         Ok(S3Response::new(
             PutBucketLifecycleConfigurationOutput::default(),
         ))
@@ -1161,8 +1202,12 @@ impl S3 for CairnS3 {
         &self,
         req: S3Request<DeleteBucketLifecycleInput>,
     ) -> S3Result<S3Response<DeleteBucketLifecycleOutput>> {
+        let audit_who = who(&req);
+        let audited = req.input.bucket.clone();
         self.configure(&req.input.bucket, BucketChange::Lifecycle(None))
             .await?;
+        self.audit(&audit_who, "s3:DeleteBucketLifecycle", &audited)
+            .await;
         Ok(S3Response::new(DeleteBucketLifecycleOutput {}))
     }
 
@@ -1199,6 +1244,8 @@ impl S3 for CairnS3 {
         &self,
         req: S3Request<PutBucketCorsInput>,
     ) -> S3Result<S3Response<PutBucketCorsOutput>> {
+        let audit_who = who(&req);
+        let audited = req.input.bucket.clone();
         let input = req.input;
         let mut rules = Vec::new();
         for r in input.cors_configuration.cors_rules {
@@ -1223,6 +1270,7 @@ impl S3 for CairnS3 {
         }
         self.configure(&input.bucket, BucketChange::Cors(Some(rules)))
             .await?;
+        self.audit(&audit_who, "s3:PutBucketCors", &audited).await;
         Ok(S3Response::new(PutBucketCorsOutput {}))
     }
 
@@ -1230,8 +1278,12 @@ impl S3 for CairnS3 {
         &self,
         req: S3Request<DeleteBucketCorsInput>,
     ) -> S3Result<S3Response<DeleteBucketCorsOutput>> {
+        let audit_who = who(&req);
+        let audited = req.input.bucket.clone();
         self.configure(&req.input.bucket, BucketChange::Cors(None))
             .await?;
+        self.audit(&audit_who, "s3:DeleteBucketCors", &audited)
+            .await;
         Ok(S3Response::new(DeleteBucketCorsOutput {}))
     }
 
@@ -1252,10 +1304,14 @@ impl S3 for CairnS3 {
         &self,
         req: S3Request<PutBucketTaggingInput>,
     ) -> S3Result<S3Response<PutBucketTaggingOutput>> {
+        let audit_who = who(&req);
+        let audited = req.input.bucket.clone();
         let input = req.input;
         let tags = tags_from(input.tagging.tag_set)?;
         self.configure(&input.bucket, BucketChange::Tags(Some(tags)))
             .await?;
+        self.audit(&audit_who, "s3:PutBucketTagging", &audited)
+            .await;
         Ok(S3Response::new(PutBucketTaggingOutput {}))
     }
 
@@ -1263,8 +1319,12 @@ impl S3 for CairnS3 {
         &self,
         req: S3Request<DeleteBucketTaggingInput>,
     ) -> S3Result<S3Response<DeleteBucketTaggingOutput>> {
+        let audit_who = who(&req);
+        let audited = req.input.bucket.clone();
         self.configure(&req.input.bucket, BucketChange::Tags(None))
             .await?;
+        self.audit(&audit_who, "s3:DeleteBucketTagging", &audited)
+            .await;
         Ok(S3Response::new(DeleteBucketTaggingOutput {}))
     }
 
@@ -1272,6 +1332,8 @@ impl S3 for CairnS3 {
         &self,
         req: S3Request<PutBucketAclInput>,
     ) -> S3Result<S3Response<PutBucketAclOutput>> {
+        let audit_who = who(&req);
+        let audited = req.input.bucket.clone();
         let input = req.input;
         let public = match input.acl.as_ref().map(BucketCannedACL::as_str) {
             Some(BucketCannedACL::PRIVATE) => false,
@@ -1285,6 +1347,7 @@ impl S3 for CairnS3 {
         };
         self.configure(&input.bucket, BucketChange::PublicRead(public))
             .await?;
+        self.audit(&audit_who, "s3:PutBucketAcl", &audited).await;
         Ok(S3Response::new(PutBucketAclOutput {}))
     }
 
