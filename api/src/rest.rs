@@ -210,7 +210,8 @@ async fn propose(g: &Gateway, c: &IdentityCommand) -> ApiResult<IdentityResponse
     match g.data.master().propose(bytes).await? {
         Ok(b) => IdentityService::response(&b).map_err(ApiError::internal),
         Err(r) => Err(match r.code.as_str() {
-            "setup_done" => ApiError::new(StatusCode::CONFLICT, r.message),
+            "setup_done" | "email_taken" => ApiError::new(StatusCode::CONFLICT, r.message),
+            "registration_closed" => ApiError::new(StatusCode::FORBIDDEN, r.message),
             "invalid_email" | "invalid_name" | "invalid_argument" => ApiError::bad(r.message),
             "no_such_session" | "session_ended" | "bad_token" => {
                 ApiError::unauthorized("the refresh token is not valid")
@@ -647,12 +648,17 @@ async fn setup(State(g): State<Arc<Gateway>>, req: Request) -> ApiResult<Respons
         IdentityResponse::User { id } => id,
         _ => return Err(ApiError::internal("unexpected answer")),
     };
+    signed_up(&g, id, &headers, &ip).await
+}
+
+/// The answer to a new account (setup, register): logged in, 201.
+async fn signed_up(g: &Gateway, id: u128, headers: &HeaderMap, ip: &str) -> ApiResult<Response> {
     set_actor(hex_id(id));
-    let user = match ask(&g, &IdentityQuery::User { id }).await? {
+    let user = match ask(g, &IdentityQuery::User { id }).await? {
         IdentityQueryResponse::User(Some((_, u))) => u,
         _ => return Err(ApiError::internal("the new user is missing")),
     };
-    let out = login_answer(&g, id, &user, &headers, &ip).await?;
+    let out = login_answer(g, id, &user, headers, ip).await?;
     Ok((StatusCode::CREATED, axum::Json(out)).into_response())
 }
 
@@ -900,27 +906,11 @@ async fn register(State(g): State<Arc<Gateway>>, req: Request) -> ApiResult<Resp
         name: body.name,
         password_hash: hash,
     };
-    let bytes = command::<IdentityService>(&cmd)?;
-    let id = match g.data.master().propose(bytes).await? {
-        Ok(b) => match IdentityService::response(&b).map_err(ApiError::internal)? {
-            IdentityResponse::User { id } => id,
-            _ => return Err(ApiError::internal("unexpected answer")),
-        },
-        Err(r) => {
-            return Err(match r.code.as_str() {
-                "registration_closed" => ApiError::new(StatusCode::FORBIDDEN, r.message),
-                "email_taken" => ApiError::new(StatusCode::CONFLICT, r.message),
-                _ => ApiError::bad(r.message),
-            });
-        }
+    let id = match propose(&g, &cmd).await? {
+        IdentityResponse::User { id } => id,
+        _ => return Err(ApiError::internal("unexpected answer")),
     };
-    set_actor(hex_id(id));
-    let user = match ask(&g, &IdentityQuery::User { id }).await? {
-        IdentityQueryResponse::User(Some((_, u))) => u,
-        _ => return Err(ApiError::internal("the new user is missing")),
-    };
-    let out = login_answer(&g, id, &user, &headers, &ip).await?;
-    Ok((StatusCode::CREATED, axum::Json(out)).into_response())
+    signed_up(&g, id, &headers, &ip).await
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
