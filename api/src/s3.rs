@@ -843,13 +843,21 @@ impl CairnS3 {
         }
     }
 
-    async fn configure(&self, bucket: &str, change: BucketChange) -> S3Result<()> {
+    /// Change a bucket's configuration and record the change in the audit log.
+    async fn configure(
+        &self,
+        who: &Who,
+        action: &str,
+        bucket: &str,
+        change: BucketChange,
+    ) -> S3Result<()> {
         self.g
             .command(&BucketCommand::Configure {
                 name: bucket.to_owned(),
                 change,
             })
             .await?;
+        self.audit(who, action, bucket).await;
         Ok(())
     }
 
@@ -1137,7 +1145,6 @@ impl S3 for CairnS3 {
         req: S3Request<PutBucketVersioningInput>,
     ) -> S3Result<S3Response<PutBucketVersioningOutput>> {
         let audit_who = who(&req);
-        let audited = req.input.bucket.clone();
         let input = req.input;
         let v = match input
             .versioning_configuration
@@ -1154,10 +1161,13 @@ impl S3 for CairnS3 {
                 ));
             }
         };
-        self.configure(&input.bucket, BucketChange::Versioning(v))
-            .await?;
-        self.audit(&audit_who, "s3:PutBucketVersioning", &audited)
-            .await;
+        self.configure(
+            &audit_who,
+            "s3:PutBucketVersioning",
+            &input.bucket,
+            BucketChange::Versioning(v),
+        )
+        .await?;
         Ok(S3Response::new(PutBucketVersioningOutput {}))
     }
 
@@ -1183,16 +1193,18 @@ impl S3 for CairnS3 {
         req: S3Request<PutBucketLifecycleConfigurationInput>,
     ) -> S3Result<S3Response<PutBucketLifecycleConfigurationOutput>> {
         let audit_who = who(&req);
-        let audited = req.input.bucket.clone();
         let input = req.input;
         let cfg = input
             .lifecycle_configuration
             .ok_or_else(|| s3_error!(MalformedXML, "no lifecycle configuration"))?;
         let rules = lifecycle_to_rules(cfg)?;
-        self.configure(&input.bucket, BucketChange::Lifecycle(Some(rules)))
-            .await?;
-        self.audit(&audit_who, "s3:PutBucketLifecycle", &audited)
-            .await;
+        self.configure(
+            &audit_who,
+            "s3:PutBucketLifecycle",
+            &input.bucket,
+            BucketChange::Lifecycle(Some(rules)),
+        )
+        .await?;
         Ok(S3Response::new(
             PutBucketLifecycleConfigurationOutput::default(),
         ))
@@ -1203,11 +1215,13 @@ impl S3 for CairnS3 {
         req: S3Request<DeleteBucketLifecycleInput>,
     ) -> S3Result<S3Response<DeleteBucketLifecycleOutput>> {
         let audit_who = who(&req);
-        let audited = req.input.bucket.clone();
-        self.configure(&req.input.bucket, BucketChange::Lifecycle(None))
-            .await?;
-        self.audit(&audit_who, "s3:DeleteBucketLifecycle", &audited)
-            .await;
+        self.configure(
+            &audit_who,
+            "s3:DeleteBucketLifecycle",
+            &req.input.bucket,
+            BucketChange::Lifecycle(None),
+        )
+        .await?;
         Ok(S3Response::new(DeleteBucketLifecycleOutput {}))
     }
 
@@ -1245,7 +1259,6 @@ impl S3 for CairnS3 {
         req: S3Request<PutBucketCorsInput>,
     ) -> S3Result<S3Response<PutBucketCorsOutput>> {
         let audit_who = who(&req);
-        let audited = req.input.bucket.clone();
         let input = req.input;
         let mut rules = Vec::new();
         for r in input.cors_configuration.cors_rules {
@@ -1268,9 +1281,13 @@ impl S3 for CairnS3 {
                 max_age_seconds: r.max_age_seconds,
             });
         }
-        self.configure(&input.bucket, BucketChange::Cors(Some(rules)))
-            .await?;
-        self.audit(&audit_who, "s3:PutBucketCors", &audited).await;
+        self.configure(
+            &audit_who,
+            "s3:PutBucketCors",
+            &input.bucket,
+            BucketChange::Cors(Some(rules)),
+        )
+        .await?;
         Ok(S3Response::new(PutBucketCorsOutput {}))
     }
 
@@ -1279,11 +1296,13 @@ impl S3 for CairnS3 {
         req: S3Request<DeleteBucketCorsInput>,
     ) -> S3Result<S3Response<DeleteBucketCorsOutput>> {
         let audit_who = who(&req);
-        let audited = req.input.bucket.clone();
-        self.configure(&req.input.bucket, BucketChange::Cors(None))
-            .await?;
-        self.audit(&audit_who, "s3:DeleteBucketCors", &audited)
-            .await;
+        self.configure(
+            &audit_who,
+            "s3:DeleteBucketCors",
+            &req.input.bucket,
+            BucketChange::Cors(None),
+        )
+        .await?;
         Ok(S3Response::new(DeleteBucketCorsOutput {}))
     }
 
@@ -1305,13 +1324,15 @@ impl S3 for CairnS3 {
         req: S3Request<PutBucketTaggingInput>,
     ) -> S3Result<S3Response<PutBucketTaggingOutput>> {
         let audit_who = who(&req);
-        let audited = req.input.bucket.clone();
         let input = req.input;
         let tags = tags_from(input.tagging.tag_set)?;
-        self.configure(&input.bucket, BucketChange::Tags(Some(tags)))
-            .await?;
-        self.audit(&audit_who, "s3:PutBucketTagging", &audited)
-            .await;
+        self.configure(
+            &audit_who,
+            "s3:PutBucketTagging",
+            &input.bucket,
+            BucketChange::Tags(Some(tags)),
+        )
+        .await?;
         Ok(S3Response::new(PutBucketTaggingOutput {}))
     }
 
@@ -1320,11 +1341,13 @@ impl S3 for CairnS3 {
         req: S3Request<DeleteBucketTaggingInput>,
     ) -> S3Result<S3Response<DeleteBucketTaggingOutput>> {
         let audit_who = who(&req);
-        let audited = req.input.bucket.clone();
-        self.configure(&req.input.bucket, BucketChange::Tags(None))
-            .await?;
-        self.audit(&audit_who, "s3:DeleteBucketTagging", &audited)
-            .await;
+        self.configure(
+            &audit_who,
+            "s3:DeleteBucketTagging",
+            &req.input.bucket,
+            BucketChange::Tags(None),
+        )
+        .await?;
         Ok(S3Response::new(DeleteBucketTaggingOutput {}))
     }
 
@@ -1333,7 +1356,6 @@ impl S3 for CairnS3 {
         req: S3Request<PutBucketAclInput>,
     ) -> S3Result<S3Response<PutBucketAclOutput>> {
         let audit_who = who(&req);
-        let audited = req.input.bucket.clone();
         let input = req.input;
         let public = match input.acl.as_ref().map(BucketCannedACL::as_str) {
             Some(BucketCannedACL::PRIVATE) => false,
@@ -1345,9 +1367,13 @@ impl S3 for CairnS3 {
                 ));
             }
         };
-        self.configure(&input.bucket, BucketChange::PublicRead(public))
-            .await?;
-        self.audit(&audit_who, "s3:PutBucketAcl", &audited).await;
+        self.configure(
+            &audit_who,
+            "s3:PutBucketAcl",
+            &input.bucket,
+            BucketChange::PublicRead(public),
+        )
+        .await?;
         Ok(S3Response::new(PutBucketAclOutput {}))
     }
 
