@@ -78,7 +78,7 @@ pub async fn ensure_root_key(g: &Gateway, s3_url: &str) -> anyhow::Result<()> {
         let r = match (&ak, &sk) {
             (Some(ak), Some(sk)) => match cairn_api::auth::key_exists(g, ak).await {
                 Ok(true) => Ok(()),
-                Ok(false) => cairn_api::auth::create_key(g, ak, sk, "root").await.map(|()| {
+                Ok(false) => cairn_api::auth::create_key(g, ak, sk, cairn_master::keys::ROOT_OWNER, None).await.map(|()| {
                     tracing::info!(access_key = %ak, "root S3 key taken from CAIRN_ROOT_ACCESS_KEY/CAIRN_ROOT_SECRET_KEY");
                 }),
                 Err(e) => Err(e),
@@ -90,7 +90,7 @@ pub async fn ensure_root_key(g: &Gateway, s3_url: &str) -> anyhow::Result<()> {
                         40,
                         b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789",
                     );
-                    cairn_api::auth::create_key(g, &ak, &sk, "root").await.map(|()| {
+                    cairn_api::auth::create_key(g, &ak, &sk, cairn_master::keys::ROOT_OWNER, None).await.map(|()| {
                         println!(
                             "\nCairn root S3 credentials (shown once; keep them safe):\n  access key: {ak}\n  secret key: {sk}\n\nTry it:\n  export AWS_ACCESS_KEY_ID={ak} AWS_SECRET_ACCESS_KEY={sk} AWS_DEFAULT_REGION={}\n  aws --endpoint-url {s3_url} s3 mb s3://my-bucket\n",
                             g.options.region

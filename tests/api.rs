@@ -470,17 +470,28 @@ async fn users_own_their_s3_keys() {
     assert_eq!(e["actor"], ak.as_str(), "{log}");
     assert_eq!(e["resource"], "users-bucket");
     assert_eq!(e["outcome"], "success");
-    // Listed without its secret; the root key is not the user's.
+    // Listed without their secrets: the new key, and the root key of `cairn serve`, which
+    // setup made the first admin's first key, in the default tenant.
     let (status, list) = api.call("GET", "/s3-keys", Some(&token), None).await;
     assert_eq!(status, 200);
     let keys = list["keys"].as_array().unwrap();
-    assert_eq!(keys.len(), 1, "{list}");
-    assert_eq!(keys[0]["access_key"], ak.as_str());
-    assert!(keys[0].get("secret_key").is_none());
+    assert_eq!(keys.len(), 2, "{list}");
+    let mut names: Vec<&str> = keys
+        .iter()
+        .map(|k| k["access_key"].as_str().unwrap())
+        .collect();
+    names.sort_unstable();
+    let mut want = vec![ak.as_str(), "CAIRNAPITESTKEY00001"];
+    want.sort_unstable();
+    assert_eq!(names, want);
+    for k in keys {
+        assert!(k.get("secret_key").is_none(), "{k}");
+        assert_eq!(k["tenant_id"], key["tenant_id"], "{k}");
+    }
     assert_eq!(
         api.call(
             "DELETE",
-            "/s3-keys/CAIRNAPITESTKEY00001",
+            "/s3-keys/CAIRNNOSUCHKEY000001",
             Some(&token),
             None
         )
@@ -982,4 +993,921 @@ async fn openapi_document_lists_every_route() {
     // Request bodies carry their schemas.
     let login = &paths["/api/auth/login"]["post"]["requestBody"];
     assert!(login.to_string().contains("LoginBody"), "{login}");
+}
+
+fn s3_client(api: &Api, ak: &str, sk: &str) -> aws_sdk_s3::Client {
+    use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .endpoint_url(format!("http://{}", api.addr))
+            .credentials_provider(Credentials::new(ak, sk, None, None, "test"))
+            .force_path_style(true)
+            .build(),
+    )
+}
+
+/// A new S3 key of the caller (in the tenant they act in) and a client using it.
+async fn s3_key(api: &Api, token: &str) -> (String, aws_sdk_s3::Client) {
+    let (status, key) = api.call("POST", "/s3-keys", Some(token), None).await;
+    assert_eq!(status, 201, "{key}");
+    let ak = key["access_key"].as_str().unwrap().to_owned();
+    let client = s3_client(api, &ak, key["secret_key"].as_str().unwrap());
+    (ak, client)
+}
+
+/// Open registration (with the admin's token) and register a user; their login answer.
+async fn register(api: &Api, admin: &str, email: &str, name: &str) -> Value {
+    let (s, v) = api
+        .call(
+            "PUT",
+            "/auth/registration",
+            Some(admin),
+            Some(json!({"enabled": true})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = api
+        .call(
+            "POST",
+            "/auth/register",
+            None,
+            Some(json!({"email": email, "password": "a long enough password", "name": name})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    v
+}
+
+/// The S3 error code of a failed call (`None` when it succeeded).
+fn s3_code<T, E: aws_sdk_s3::error::ProvideErrorMetadata + std::fmt::Debug>(
+    r: &Result<T, aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>>,
+) -> Option<String> {
+    match r {
+        Ok(_) => None,
+        Err(aws_sdk_s3::error::SdkError::ServiceError(e)) => {
+            Some(e.err().code().unwrap_or("?").to_owned())
+        }
+        Err(e) => Some(format!("{e:?}")),
+    }
+}
+
+/// Everything a failed S3 call told the caller (status, code, message and raw body).
+fn s3_said<T, E: std::fmt::Debug>(
+    r: &Result<T, aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>>,
+) -> String {
+    match r {
+        Ok(_) => String::new(),
+        Err(aws_sdk_s3::error::SdkError::ServiceError(e)) => format!(
+            "{} {:?} {}",
+            e.raw().status().as_u16(),
+            e.err(),
+            String::from_utf8_lossy(e.raw().body().bytes().unwrap_or_default())
+        ),
+        Err(e) => format!("{e:?}"),
+    }
+}
+
+/// Poll `f` until it returns true (role and policy changes reach a gateway within 5 s).
+async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + cairn_tests::PATIENCE;
+    while !f().await {
+        assert!(std::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+#[allow(clippy::too_many_lines)]
+async fn tenants_never_see_each_others_data_over_s3_or_rest() {
+    use aws_sdk_s3::primitives::ByteStream;
+    let api = Api::start(&[("CAIRN_API_AUTH_RATE_LIMIT", "1000")]);
+    let ada = first_admin(&api).await;
+    let ada_t = ada["access_token"].as_str().unwrap().to_owned();
+    let bob = register(&api, &ada_t, "bob@example.com", "Bob").await;
+    let bob_t = bob["access_token"].as_str().unwrap().to_owned();
+
+    // Each starts in a tenant of their own: Ada in the default one, Bob in his workspace.
+    let (_, tenants) = api.call("GET", "/tenants", Some(&bob_t), None).await;
+    let list = tenants["tenants"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "{tenants}");
+    assert_eq!(list[0]["name"], "Bob's workspace");
+    assert_eq!(list[0]["role"], "owner");
+    assert_eq!(list[0]["current"], true);
+    let bob_tenant = list[0]["id"].as_str().unwrap().to_owned();
+    let (_, tenants) = api.call("GET", "/tenants", Some(&ada_t), None).await;
+    assert_eq!(tenants["tenants"][0]["name"], "default", "{tenants}");
+    let ada_tenant = tenants["current"].as_str().unwrap().to_owned();
+    assert_ne!(ada_tenant, bob_tenant);
+
+    // Bob's private data.
+    let (_, bob_s3) = s3_key(&api, &bob_t).await;
+    bob_s3
+        .create_bucket()
+        .bucket("bob-private")
+        .send()
+        .await
+        .unwrap();
+    let secret_body = b"bob's secret contents".to_vec();
+    bob_s3
+        .put_object()
+        .bucket("bob-private")
+        .key("diary/secret.txt")
+        .body(ByteStream::from(secret_body.clone()))
+        .send()
+        .await
+        .unwrap();
+    // Ada's, made with the root key of `cairn serve` (now hers, in the default tenant).
+    let root = s3_client(&api, "CAIRNAPITESTKEY00001", "api-test-secret");
+    root.create_bucket()
+        .bucket("ada-data")
+        .send()
+        .await
+        .unwrap();
+    root.put_object()
+        .bucket("ada-data")
+        .key("mine.txt")
+        .body(ByteStream::from_static(b"ada"))
+        .send()
+        .await
+        .unwrap();
+    let (_, ada_s3) = s3_key(&api, &ada_t).await;
+
+    // Listings show only one's own tenant.
+    for (client, mine, theirs) in [
+        (&ada_s3, "ada-data", "bob-private"),
+        (&root, "ada-data", "bob-private"),
+        (&bob_s3, "bob-private", "ada-data"),
+    ] {
+        let names: Vec<String> = client
+            .list_buckets()
+            .send()
+            .await
+            .unwrap()
+            .buckets()
+            .iter()
+            .filter_map(|b| b.name().map(str::to_owned))
+            .collect();
+        assert!(names.contains(&mine.to_owned()), "{names:?}");
+        assert!(!names.contains(&theirs.to_owned()), "{names:?}");
+    }
+
+    // Every read, list, write and delete by Ada's keys on Bob's bucket is answered as if it
+    // did not exist, and nothing in the answers names his objects.
+    for a in [&ada_s3, &root] {
+        let mut said = String::new();
+        macro_rules! refused {
+            ($call:expr) => {{
+                let r = $call.send().await;
+                assert_eq!(
+                    s3_code(&r).as_deref(),
+                    Some("NoSuchBucket"),
+                    "{}",
+                    s3_said(&r)
+                );
+                said.push_str(&s3_said(&r));
+            }};
+        }
+        refused!(a.get_object().bucket("bob-private").key("diary/secret.txt"));
+        refused!(a.get_object().bucket("bob-private").key("no/such/key"));
+        refused!(a.list_objects_v2().bucket("bob-private"));
+        refused!(a.list_objects().bucket("bob-private"));
+        refused!(a.list_object_versions().bucket("bob-private"));
+        refused!(a.list_multipart_uploads().bucket("bob-private"));
+        refused!(a.get_bucket_versioning().bucket("bob-private"));
+        refused!(a.get_bucket_acl().bucket("bob-private"));
+        refused!(a.get_bucket_location().bucket("bob-private"));
+        refused!(
+            a.get_object_tagging()
+                .bucket("bob-private")
+                .key("diary/secret.txt")
+        );
+        refused!(
+            a.put_object()
+                .bucket("bob-private")
+                .key("diary/secret.txt")
+                .body(ByteStream::from_static(b"overwritten"))
+        );
+        refused!(
+            a.delete_object()
+                .bucket("bob-private")
+                .key("diary/secret.txt")
+        );
+        refused!(
+            a.put_object_tagging()
+                .bucket("bob-private")
+                .key("diary/secret.txt")
+                .tagging(
+                    aws_sdk_s3::types::Tagging::builder()
+                        .tag_set(
+                            aws_sdk_s3::types::Tag::builder()
+                                .key("k")
+                                .value("v")
+                                .build()
+                                .unwrap()
+                        )
+                        .build()
+                        .unwrap()
+                )
+        );
+        refused!(
+            a.delete_objects().bucket("bob-private").delete(
+                aws_sdk_s3::types::Delete::builder()
+                    .objects(
+                        aws_sdk_s3::types::ObjectIdentifier::builder()
+                            .key("diary/secret.txt")
+                            .build()
+                            .unwrap()
+                    )
+                    .build()
+                    .unwrap()
+            )
+        );
+        refused!(a.create_multipart_upload().bucket("bob-private").key("x"));
+        refused!(
+            a.put_bucket_versioning()
+                .bucket("bob-private")
+                .versioning_configuration(
+                    aws_sdk_s3::types::VersioningConfiguration::builder()
+                        .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
+                        .build()
+                )
+        );
+        refused!(
+            a.put_bucket_acl()
+                .bucket("bob-private")
+                .acl(aws_sdk_s3::types::BucketCannedAcl::PublicRead)
+        );
+        refused!(a.delete_bucket_cors().bucket("bob-private"));
+        refused!(a.delete_bucket().bucket("bob-private"));
+        // Copies out of Bob's bucket (into Ada's own) and into it.
+        refused!(
+            a.copy_object()
+                .bucket("ada-data")
+                .key("stolen.txt")
+                .copy_source("bob-private/diary/secret.txt")
+        );
+        refused!(
+            a.copy_object()
+                .bucket("bob-private")
+                .key("planted.txt")
+                .copy_source("ada-data/mine.txt")
+        );
+        let head = a
+            .head_object()
+            .bucket("bob-private")
+            .key("diary/secret.txt")
+            .send()
+            .await;
+        assert_eq!(
+            head.as_ref()
+                .err()
+                .and_then(|e| e.raw_response())
+                .map(|r| r.status().as_u16()),
+            Some(404)
+        );
+        let head = a.head_bucket().bucket("bob-private").send().await;
+        assert_eq!(
+            head.as_ref()
+                .err()
+                .and_then(|e| e.raw_response())
+                .map(|r| r.status().as_u16()),
+            Some(404)
+        );
+        // A part copied from Bob's object into an upload of Ada's own.
+        let up = a
+            .create_multipart_upload()
+            .bucket("ada-data")
+            .key("parts")
+            .send()
+            .await
+            .unwrap();
+        refused!(
+            a.upload_part_copy()
+                .bucket("ada-data")
+                .key("parts")
+                .upload_id(up.upload_id().unwrap())
+                .part_number(1)
+                .copy_source("bob-private/diary/secret.txt")
+        );
+        assert!(!said.contains("diary"), "{said}");
+        assert!(!said.contains("secret"), "{said}");
+    }
+    // The name itself is the one thing a global bucket namespace must reveal: it is taken.
+    let taken = ada_s3.create_bucket().bucket("bob-private").send().await;
+    assert_eq!(s3_code(&taken).as_deref(), Some("BucketAlreadyExists"));
+
+    // Nothing of Bob's was touched.
+    let got = bob_s3
+        .get_object()
+        .bucket("bob-private")
+        .key("diary/secret.txt")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.body.collect().await.unwrap().to_vec(), secret_body);
+    let listed = bob_s3
+        .list_objects_v2()
+        .bucket("bob-private")
+        .send()
+        .await
+        .unwrap();
+    let keys: Vec<&str> = listed.contents().iter().filter_map(|o| o.key()).collect();
+    assert_eq!(keys, ["diary/secret.txt"]);
+    assert!(
+        ada_s3
+            .head_object()
+            .bucket("ada-data")
+            .key("stolen.txt")
+            .send()
+            .await
+            .is_err()
+    );
+
+    // Over REST: Bob's tenant does not exist for Ada, whatever she tries.
+    let b = format!("/tenants/{bob_tenant}");
+    let ada_id = ada["user"]["id"].as_str().unwrap().to_owned();
+    let bob_id = bob["user"]["id"].as_str().unwrap().to_owned();
+    for (method, path, body) in [
+        ("GET", b.clone(), None),
+        ("GET", format!("{b}/members"), None),
+        ("POST", format!("{b}/switch"), None),
+        (
+            "POST",
+            format!("{b}/members"),
+            Some(json!({"user_id": ada_id, "role": "owner"})),
+        ),
+        (
+            "PUT",
+            format!("{b}/members/{bob_id}"),
+            Some(json!({"role": "viewer"})),
+        ),
+        ("DELETE", format!("{b}/members/{bob_id}"), None),
+    ] {
+        let (status, v) = api.call(method, &path, Some(&ada_t), body).await;
+        assert_eq!(status, 404, "{method} {path}: {v}");
+        assert!(!v.to_string().contains("Bob"), "{v}");
+    }
+    // Bob's policies are his tenant's: Ada's listing is of her own tenant, and she cannot
+    // attach one of his (or reach one by id).
+    let (s, p) = api
+        .call(
+            "POST",
+            "/iam/policies",
+            Some(&bob_t),
+            Some(json!({"name": "bob-only", "statements": [
+                {"effect": "Allow", "actions": ["s3:*"], "resources": ["*"]}]})),
+        )
+        .await;
+    assert_eq!(s, 201, "{p}");
+    let bob_policy = p["id"].as_str().unwrap().to_owned();
+    let (s, v) = api.call("GET", "/iam/policies", Some(&ada_t), None).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["policies"].as_array().unwrap().len(), 0, "{v}");
+    let (s, _) = api
+        .call(
+            "GET",
+            &format!("/iam/policies/{bob_policy}"),
+            Some(&ada_t),
+            None,
+        )
+        .await;
+    assert_eq!(s, 404);
+    let (s, _) = api
+        .call(
+            "POST",
+            &format!("/iam/policies/{bob_policy}/attach"),
+            Some(&ada_t),
+            Some(json!({"user_id": ada_id})),
+        )
+        .await;
+    assert_eq!(s, 404);
+    let (s, _) = api
+        .call(
+            "DELETE",
+            &format!("/iam/policies/{bob_policy}"),
+            Some(&ada_t),
+            None,
+        )
+        .await;
+    assert_eq!(s, 404);
+    // Bob cannot pull Ada into his tenant's policy either: she is not a member there.
+    let (s, _) = api
+        .call(
+            "POST",
+            &format!("/iam/policies/{bob_policy}/attach"),
+            Some(&bob_t),
+            Some(json!({"user_id": ada_id})),
+        )
+        .await;
+    assert_eq!(s, 404);
+
+    // A public-read bucket is readable by anyone, signed or not, but writable only inside.
+    bob_s3
+        .create_bucket()
+        .bucket("bob-public")
+        .acl(aws_sdk_s3::types::BucketCannedAcl::PublicRead)
+        .send()
+        .await
+        .unwrap();
+    bob_s3
+        .put_object()
+        .bucket("bob-public")
+        .key("hello.txt")
+        .body(ByteStream::from_static(b"hello"))
+        .send()
+        .await
+        .unwrap();
+    let got = ada_s3
+        .get_object()
+        .bucket("bob-public")
+        .key("hello.txt")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.body.collect().await.unwrap().to_vec(), b"hello");
+    let w = ada_s3
+        .put_object()
+        .bucket("bob-public")
+        .key("hello.txt")
+        .body(ByteStream::from_static(b"defaced"))
+        .send()
+        .await;
+    assert_eq!(
+        s3_code(&w).as_deref(),
+        Some("NoSuchBucket"),
+        "{}",
+        s3_said(&w)
+    );
+    let anon = reqwest::get(format!("http://{}/bob-public/hello.txt", api.addr))
+        .await
+        .unwrap();
+    assert_eq!(anon.status().as_u16(), 200);
+    assert_eq!(anon.text().await.unwrap(), "hello");
+    let anon = reqwest::get(format!("http://{}/bob-private/diary/secret.txt", api.addr))
+        .await
+        .unwrap();
+    assert_eq!(anon.status().as_u16(), 403);
+}
+
+#[tokio::test]
+#[allow(clippy::too_many_lines)]
+async fn roles_and_policies_decide_inside_a_tenant() {
+    use aws_sdk_s3::primitives::ByteStream;
+    let api = Api::start(&[("CAIRN_API_AUTH_RATE_LIMIT", "1000")]);
+    let ada = first_admin(&api).await;
+    let ada_t = ada["access_token"].as_str().unwrap().to_owned();
+    let ada_id = ada["user"]["id"].as_str().unwrap().to_owned();
+    let (_, v) = api.call("GET", "/tenants", Some(&ada_t), None).await;
+    let team = v["current"].as_str().unwrap().to_owned();
+    let carol = register(&api, &ada_t, "carol@example.com", "Carol").await;
+    let carol_t = carol["access_token"].as_str().unwrap().to_owned();
+    let carol_id = carol["user"]["id"].as_str().unwrap().to_owned();
+    let dan = register(&api, &ada_t, "dan@example.com", "Dan").await;
+    let dan_t = dan["access_token"].as_str().unwrap().to_owned();
+    let dan_id = dan["user"]["id"].as_str().unwrap().to_owned();
+
+    let (_, ada_s3) = s3_key(&api, &ada_t).await;
+    ada_s3.create_bucket().bucket("team").send().await.unwrap();
+    for key in ["public/a.txt", "private/b.txt"] {
+        ada_s3
+            .put_object()
+            .bucket("team")
+            .key(key)
+            .body(ByteStream::from_static(b"team data"))
+            .send()
+            .await
+            .unwrap();
+    }
+
+    // Carol joins as a viewer, by email; she acts in the team once she switches to it.
+    let members = format!("/tenants/{team}/members");
+    let (s, v) = api
+        .call(
+            "POST",
+            &members,
+            Some(&ada_t),
+            Some(json!({"email": "carol@example.com", "role": "viewer"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = api
+        .call(
+            "POST",
+            &format!("/tenants/{team}/switch"),
+            Some(&carol_t),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (_, v) = api.call("GET", "/tenants", Some(&carol_t), None).await;
+    assert_eq!(v["current"], team.as_str(), "{v}");
+    assert_eq!(v["tenants"].as_array().unwrap().len(), 2, "{v}");
+    let (_, carol_s3) = s3_key(&api, &carol_t).await;
+    let (_, list) = api.call("GET", &members, Some(&carol_t), None).await;
+    let roles: Vec<(String, String)> = list["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["email"].as_str().unwrap().to_owned(),
+                m["role"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        roles.contains(&("carol@example.com".into(), "viewer".into())),
+        "{list}"
+    );
+    assert!(
+        roles.contains(&("root@example.com".into(), "owner".into())),
+        "{list}"
+    );
+
+    // A viewer reads and lists, and writes nothing.
+    let got = carol_s3
+        .get_object()
+        .bucket("team")
+        .key("public/a.txt")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.body.collect().await.unwrap().to_vec(), b"team data");
+    carol_s3
+        .list_objects_v2()
+        .bucket("team")
+        .send()
+        .await
+        .unwrap();
+    let put = |c: aws_sdk_s3::Client, key: &'static str| async move {
+        c.put_object()
+            .bucket("team")
+            .key(key)
+            .body(ByteStream::from_static(b"carol"))
+            .send()
+            .await
+    };
+    let r = put(carol_s3.clone(), "public/c.txt").await;
+    assert_eq!(
+        s3_code(&r).as_deref(),
+        Some("AccessDenied"),
+        "{}",
+        s3_said(&r)
+    );
+    let r = carol_s3
+        .delete_object()
+        .bucket("team")
+        .key("public/a.txt")
+        .send()
+        .await;
+    assert_eq!(s3_code(&r).as_deref(), Some("AccessDenied"));
+    let r = carol_s3.create_bucket().bucket("carols").send().await;
+    assert_eq!(s3_code(&r).as_deref(), Some("AccessDenied"));
+    // ...and manages nobody.
+    let (s, _) = api
+        .call(
+            "POST",
+            &members,
+            Some(&carol_t),
+            Some(json!({"user_id": dan_id, "role": "viewer"})),
+        )
+        .await;
+    assert_eq!(s, 403);
+
+    // Promoted to member, she writes (within the 5 s a gateway keeps a key's rights).
+    let (s, v) = api
+        .call(
+            "PUT",
+            &format!("{members}/{carol_id}"),
+            Some(&ada_t),
+            Some(json!({"role": "member"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    eventually("a member writes", || {
+        let c = carol_s3.clone();
+        async move { put(c, "public/c.txt").await.is_ok() }
+    })
+    .await;
+    // Members still cannot manage the bucket.
+    let r = carol_s3.delete_bucket_cors().bucket("team").send().await;
+    assert_eq!(s3_code(&r).as_deref(), Some("AccessDenied"));
+
+    // A policy: everything, except reading under private/. Deny wins over the Allow and
+    // over the role.
+    let (s, p) = api
+        .call(
+            "POST",
+            "/iam/policies",
+            Some(&ada_t),
+            Some(json!({"name": "no-private", "statements": [
+                {"Effect": "Allow", "Action": "s3:*", "Resource": "*"},
+                {"effect": "Deny", "actions": ["s3:GetObject"],
+                 "resources": ["arn:aws:s3:::team/private/*"]}]})),
+        )
+        .await;
+    assert_eq!(s, 201, "{p}");
+    let no_private = p["id"].as_str().unwrap().to_owned();
+    let (s, v) = api
+        .call(
+            "POST",
+            &format!("/iam/policies/{no_private}/attach"),
+            Some(&ada_t),
+            Some(json!({"user_id": carol_id})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    eventually("the Deny applies", || {
+        let c = carol_s3.clone();
+        async move {
+            let r = c
+                .get_object()
+                .bucket("team")
+                .key("private/b.txt")
+                .send()
+                .await;
+            s3_code(&r).as_deref() == Some("AccessDenied")
+        }
+    })
+    .await;
+    carol_s3
+        .get_object()
+        .bucket("team")
+        .key("public/a.txt")
+        .send()
+        .await
+        .unwrap();
+    // The same policy on an owner denies her too.
+    let (s, _) = api
+        .call(
+            "POST",
+            &format!("/iam/policies/{no_private}/attach"),
+            Some(&ada_t),
+            Some(json!({"user_id": ada_id})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    eventually("the Deny applies to an owner", || {
+        let c = ada_s3.clone();
+        async move {
+            let r = c
+                .get_object()
+                .bucket("team")
+                .key("private/b.txt")
+                .send()
+                .await;
+            s3_code(&r).as_deref() == Some("AccessDenied")
+        }
+    })
+    .await;
+    let (_, v) = api.call("GET", "/iam/policies", Some(&ada_t), None).await;
+    let attached = v["policies"][0]["attached_to"].as_array().unwrap();
+    assert_eq!(attached.len(), 2, "{v}");
+    // Detached, the owner reads again.
+    let (s, _) = api
+        .call(
+            "POST",
+            &format!("/iam/policies/{no_private}/detach"),
+            Some(&ada_t),
+            Some(json!({"user_id": ada_id})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    eventually("the owner reads again", || {
+        let c = ada_s3.clone();
+        async move {
+            c.get_object()
+                .bucket("team")
+                .key("private/b.txt")
+                .send()
+                .await
+                .is_ok()
+        }
+    })
+    .await;
+
+    // An Allow grants a viewer one more thing, inside the tenant only.
+    let (s, v) = api
+        .call(
+            "POST",
+            &members,
+            Some(&ada_t),
+            Some(json!({"user_id": dan_id, "role": "viewer"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    api.call(
+        "POST",
+        &format!("/tenants/{team}/switch"),
+        Some(&dan_t),
+        None,
+    )
+    .await;
+    let (_, dan_s3) = s3_key(&api, &dan_t).await;
+    let (s, p) = api
+        .call(
+            "POST",
+            "/iam/policies",
+            Some(&ada_t),
+            Some(json!({"name": "drop-box", "statements": [
+                {"effect": "Allow", "actions": ["s3:PutObject"], "resources": ["team/drop/*"]}]})),
+        )
+        .await;
+    assert_eq!(s, 201, "{p}");
+    let drop_box = p["id"].as_str().unwrap().to_owned();
+    api.call(
+        "POST",
+        &format!("/iam/policies/{drop_box}/attach"),
+        Some(&ada_t),
+        Some(json!({"user_id": dan_id})),
+    )
+    .await;
+    eventually("the Allow applies", || {
+        let c = dan_s3.clone();
+        async move { put(c, "drop/in.txt").await.is_ok() }
+    })
+    .await;
+    let r = put(dan_s3.clone(), "public/not-here.txt").await;
+    assert_eq!(s3_code(&r).as_deref(), Some("AccessDenied"));
+
+    // Role rules: the last owner stays; only owners make owners; admins manage members.
+    let (s, v) = api
+        .call("DELETE", &format!("{members}/{ada_id}"), Some(&ada_t), None)
+        .await;
+    assert_eq!(s, 409, "{v}");
+    let (s, _) = api
+        .call(
+            "PUT",
+            &format!("{members}/{ada_id}"),
+            Some(&ada_t),
+            Some(json!({"role": "admin"})),
+        )
+        .await;
+    assert_eq!(s, 409);
+    api.call(
+        "PUT",
+        &format!("{members}/{carol_id}"),
+        Some(&ada_t),
+        Some(json!({"role": "admin"})),
+    )
+    .await;
+    let (s, _) = api
+        .call(
+            "PUT",
+            &format!("{members}/{dan_id}"),
+            Some(&carol_t),
+            Some(json!({"role": "owner"})),
+        )
+        .await;
+    assert_eq!(s, 403);
+    let (s, _) = api
+        .call(
+            "PUT",
+            &format!("{members}/{dan_id}"),
+            Some(&carol_t),
+            Some(json!({"role": "member"})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (s, _) = api
+        .call(
+            "DELETE",
+            &format!("{members}/{ada_id}"),
+            Some(&carol_t),
+            None,
+        )
+        .await;
+    assert_eq!(s, 403);
+    // Removed, Dan's key loses the tenant (and its policies) within 5 s.
+    let (s, _) = api
+        .call(
+            "DELETE",
+            &format!("{members}/{dan_id}"),
+            Some(&carol_t),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    eventually("a removed member sees nothing", || {
+        let c = dan_s3.clone();
+        async move {
+            let r = c
+                .get_object()
+                .bucket("team")
+                .key("public/a.txt")
+                .send()
+                .await;
+            s3_code(&r).as_deref() == Some("NoSuchBucket")
+        }
+    })
+    .await;
+    let (_, v) = api.call("GET", "/tenants", Some(&dan_t), None).await;
+    assert_eq!(v["tenants"].as_array().unwrap().len(), 1, "{v}");
+    assert_ne!(v["current"], team.as_str());
+
+    // Bad input: precise 4xx JSON.
+    for (method, path, body, want) in [
+        (
+            "POST",
+            members.clone(),
+            json!({"email": "carol@example.com", "role": "god"}),
+            400,
+        ),
+        (
+            "POST",
+            members.clone(),
+            json!({"email": "nobody@example.com", "role": "viewer"}),
+            404,
+        ),
+        ("POST", members.clone(), json!({"role": "viewer"}), 400),
+        (
+            "POST",
+            members.clone(),
+            json!({"email": 7, "role": "viewer"}),
+            400,
+        ),
+        ("POST", "/tenants".into(), json!({"name": ""}), 400),
+        ("POST", "/tenants".into(), json!({"name": ["x"]}), 400),
+        (
+            "POST",
+            "/iam/policies".into(),
+            json!({"name": "p", "statements": []}),
+            400,
+        ),
+        (
+            "POST",
+            "/iam/policies".into(),
+            json!({"name": "p", "statements": [{"effect": "Maybe", "actions": "*", "resources": "*"}]}),
+            400,
+        ),
+        (
+            "POST",
+            "/iam/policies".into(),
+            json!({"name": "p", "statements": [{"effect": "Allow", "actions": "ec2:Run", "resources": "*"}]}),
+            400,
+        ),
+        (
+            "POST",
+            "/iam/policies".into(),
+            json!({"name": "no-private", "statements": [{"effect": "Allow", "actions": "*", "resources": "*"}]}),
+            409,
+        ),
+        ("POST", "/tenants/not-an-id/switch".into(), json!({}), 404),
+    ] {
+        let (s, v) = api.call(method, &path, Some(&ada_t), Some(body)).await;
+        assert_eq!(s, want, "{method} {path}: {v}");
+        error_of(&v);
+    }
+    let huge = format!(r#"{{"name": "{}"}}"#, "x".repeat(100_000));
+    let resp = api
+        .http
+        .post(format!("{}/tenants", api.base))
+        .header("authorization", format!("Bearer {ada_t}"))
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 413);
+
+    // Tenant changes are in the audit log, with their actor.
+    let (_, log) = api
+        .call(
+            "GET",
+            "/audit/logs?action=POST%20/api/iam/policies/%7Bid%7D/attach",
+            Some(&ada_t),
+            None,
+        )
+        .await;
+    let entries = log["entries"].as_array().unwrap();
+    assert!(entries.len() >= 3, "{log}");
+    assert!(
+        entries
+            .iter()
+            .all(|e| e["actor"] == ada_id.as_str() && e["outcome"] == "success")
+    );
+    let (_, log) = api
+        .call(
+            "GET",
+            &format!("/audit/logs?actor={carol_id}&action=PUT%20/api/tenants/%7Bid%7D/members/%7Buser_id%7D"),
+            Some(&ada_t),
+            None,
+        )
+        .await;
+    let outcomes: Vec<&str> = log["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["outcome"].as_str().unwrap())
+        .collect();
+    assert!(
+        outcomes.contains(&"denied") && outcomes.contains(&"success"),
+        "{log}"
+    );
 }

@@ -5,24 +5,33 @@
 //! with the cluster secrets key, and kept for a few seconds so a busy client costs no master
 //! round trip per request (a deleted key stops working within that time).
 //!
-//! [`Access`] decides what a request may do: a signed request with a known key may do anything
-//! (users, tenants and policies come with the identity issue); an anonymous one may only read
-//! from a bucket whose ACL is `public-read`.
+//! [`Access`] decides what a request may do. A key acts for a user in one tenant (the root key:
+//! the default tenant, as its owner); its [`Principal`] is the user's role there and the
+//! statements of the policies attached to them, kept for a few seconds like the secret. Every
+//! bucket belongs to a tenant. A request on a bucket of another tenant is answered exactly as
+//! one on a bucket that does not exist (`NoSuchBucket`), so names do not leak, unless the bucket
+//! is `public-read` and the operation a read, which anyone may do, signed or not. Inside the
+//! tenant, [`cairn_master::policy::decide`] applies the role and the policies (Deny wins).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn_engine::state::TypedService;
+use cairn_master::buckets::BucketRecord;
 use cairn_master::buckets::{BucketQuery, BucketQueryResponse};
 use cairn_master::dataplane::command;
-use cairn_master::keys::{KeyCommand, KeyQuery, KeyQueryResponse, KeyService};
+use cairn_master::identity::{IdentityQuery, IdentityQueryResponse, IdentityService};
+use cairn_master::keys::{AccessKey, KeyCommand, KeyQuery, KeyQueryResponse, KeyService};
+use cairn_master::policy::{Decision, Request, Role, Statement, decide, s3_action};
+use cairn_master::tenancy::{DEFAULT_TENANT, bucket_tenant};
 use cairn_raft::Consistency;
 use parking_lot::Mutex;
 use s3s::access::{S3Access, S3AccessContext};
 use s3s::auth::{S3Auth, SecretKey};
+use s3s::dto::{CopyObjectInput, CopySource, DeleteObjectsInput, UploadPartCopyInput};
 use s3s::path::S3Path;
-use s3s::{S3Error, S3ErrorCode, S3Result};
+use s3s::{S3Error, S3ErrorCode, S3Request, S3Result};
 
 use crate::{Gateway, propose_error};
 
@@ -46,6 +55,98 @@ impl KeyAuth {
     }
 }
 
+/// Who a signed S3 request acts for, and what they may do in their tenant.
+#[derive(Clone, Debug)]
+pub struct Principal {
+    pub access_key: String,
+    /// The user the key belongs to; `None` for the root key before the first admin exists.
+    pub user: Option<u128>,
+    /// The tenant the key acts in.
+    pub tenant: u128,
+    /// The user's role there; `None` once they are no longer a member (then nothing but
+    /// public reads is allowed).
+    pub role: Option<Role>,
+    /// The statements of every policy attached to the user in the tenant.
+    pub statements: Arc<Vec<Statement>>,
+}
+
+/// The access key's record (linearizable: a deleted key is gone at once for a new lookup).
+async fn key_record(gateway: &Gateway, access_key: &str) -> S3Result<Option<AccessKey>> {
+    let q = KeyService::encode_query(&KeyQuery::Get {
+        access_key: access_key.to_owned(),
+    })
+    .map_err(internal)?;
+    let bytes = gateway
+        .data
+        .master()
+        .query(KeyService::ID, q, Consistency::Stale)
+        .await
+        .map_err(|e| propose_error(&e))?
+        .map_err(|r| internal(r.message))?;
+    match KeyService::query_response(&bytes).map_err(internal)? {
+        KeyQueryResponse::Key(k) => Ok(k),
+        _ => Err(internal("unexpected answer")),
+    }
+}
+
+/// The principal of an access key's record.
+pub async fn principal_of(
+    gateway: &Gateway,
+    access_key: &str,
+    rec: &AccessKey,
+) -> S3Result<Principal> {
+    let root = rec.owner == cairn_master::keys::ROOT_OWNER;
+    let user = if root {
+        None
+    } else {
+        Some(
+            crate::rest::parse_id(&rec.owner)
+                .ok_or_else(|| internal(format!("access key {access_key} has an unknown owner")))?,
+        )
+    };
+    let Some(user) = user else {
+        // The root key before setup: owner of the default tenant.
+        return Ok(Principal {
+            access_key: access_key.to_owned(),
+            user: None,
+            tenant: DEFAULT_TENANT,
+            role: Some(Role::Owner),
+            statements: Arc::new(Vec::new()),
+        });
+    };
+    let q = IdentityService::encode_query(&IdentityQuery::Access {
+        user,
+        tenant: rec.tenant,
+    })
+    .map_err(internal)?;
+    let bytes = gateway
+        .data
+        .master()
+        .query(IdentityService::ID, q, Consistency::Linearizable)
+        .await
+        .map_err(|e| propose_error(&e))?
+        .map_err(|r| internal(r.message))?;
+    Ok(
+        match IdentityService::query_response(&bytes).map_err(internal)? {
+            IdentityQueryResponse::Access(Some(view)) => Principal {
+                access_key: access_key.to_owned(),
+                user: Some(user),
+                tenant: view.tenant,
+                role: Some(view.role),
+                statements: Arc::new(view.statements),
+            },
+            IdentityQueryResponse::Access(None) => Principal {
+                access_key: access_key.to_owned(),
+                user: Some(user),
+                tenant: rec.tenant.unwrap_or(DEFAULT_TENANT),
+                role: None,
+                statements: Arc::new(Vec::new()),
+            },
+            _ => return Err(internal("unexpected answer")),
+        },
+    )
+}
+
 fn internal(e: impl std::fmt::Display) -> S3Error {
     S3Error::with_message(S3ErrorCode::InternalError, e.to_string())
 }
@@ -61,21 +162,8 @@ impl S3Auth for KeyAuth {
         if cairn_master::keys::check_access_key(access_key).is_err() {
             return Err(S3Error::new(S3ErrorCode::InvalidAccessKeyId));
         }
-        let q = KeyService::encode_query(&KeyQuery::Get {
-            access_key: access_key.to_owned(),
-        })
-        .map_err(internal)?;
-        let bytes = self
-            .gateway
-            .data
-            .master()
-            .query(KeyService::ID, q, Consistency::Stale)
-            .await
-            .map_err(|e| propose_error(&e))?
-            .map_err(|r| internal(r.message))?;
-        let rec = match KeyService::query_response(&bytes).map_err(internal)? {
-            KeyQueryResponse::Key(Some(rec)) => rec,
-            _ => return Err(S3Error::new(S3ErrorCode::InvalidAccessKeyId)),
+        let Some(rec) = key_record(&self.gateway, access_key).await? else {
+            return Err(S3Error::new(S3ErrorCode::InvalidAccessKeyId));
         };
         let secret = self
             .gateway
@@ -108,60 +196,249 @@ const PUBLIC_READS: &[&str] = &[
 #[derive(Debug)]
 pub struct Access {
     gateway: Arc<Gateway>,
+    principals: Mutex<HashMap<String, (Principal, Instant)>>,
+}
+
+fn anonymous_denied() -> S3Error {
+    S3Error::with_message(
+        S3ErrorCode::AccessDenied,
+        "anonymous access is not allowed here: sign the request",
+    )
+}
+
+fn no_such_bucket() -> S3Error {
+    S3Error::with_message(
+        S3ErrorCode::NoSuchBucket,
+        "The specified bucket does not exist",
+    )
+}
+
+/// Decide on one S3 operation by `principal` (`None`: anonymous) on `bucket` (its record, if
+/// it exists) and `key`. Pure, so the rules are tested without a cluster.
+pub fn judge(
+    principal: Option<&Principal>,
+    op: &str,
+    bucket: Option<(&str, Option<&BucketRecord>)>,
+    key: Option<&str>,
+) -> S3Result<()> {
+    let (action, class) = s3_action(op);
+    let denied = || {
+        S3Error::with_message(
+            S3ErrorCode::AccessDenied,
+            format!("{action} is not allowed for this key by its role or a policy"),
+        )
+    };
+    let verdict = |p: &Principal, resource: &str, tenant: u128| {
+        let role = if p.tenant == tenant { p.role } else { None };
+        decide(
+            role,
+            p.statements.iter(),
+            &Request {
+                action: &action,
+                class,
+                resource,
+            },
+        )
+    };
+    let Some((name, rec)) = bucket else {
+        // ListBuckets, the one operation on no bucket: what the tenant holds.
+        let p = principal.ok_or_else(anonymous_denied)?;
+        return match verdict(p, "*", p.tenant) {
+            Decision::Allow => Ok(()),
+            _ => Err(denied()),
+        };
+    };
+    let resource = match key {
+        Some(k) => format!("{name}/{k}"),
+        None => name.to_owned(),
+    };
+    if op == "CreateBucket" {
+        let p = principal.ok_or_else(anonymous_denied)?;
+        return match verdict(p, &resource, p.tenant) {
+            Decision::Allow => Ok(()),
+            _ => Err(denied()),
+        };
+    }
+    let Some(rec) = rec else {
+        return Err(if principal.is_some() {
+            no_such_bucket()
+        } else {
+            anonymous_denied()
+        });
+    };
+    let public = rec.public_read && PUBLIC_READS.contains(&op);
+    let Some(p) = principal else {
+        return if public {
+            Ok(())
+        } else {
+            Err(anonymous_denied())
+        };
+    };
+    match verdict(p, &resource, bucket_tenant(&rec.owner)) {
+        Decision::Allow => Ok(()),
+        Decision::NotMember if public => Ok(()),
+        // Another tenant's bucket is answered like one that does not exist.
+        Decision::NotMember => Err(no_such_bucket()),
+        Decision::ExplicitDeny | Decision::ImplicitDeny => Err(denied()),
+    }
 }
 
 impl Access {
     pub fn new(gateway: Arc<Gateway>) -> Access {
-        Access { gateway }
+        Access {
+            gateway,
+            principals: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The principal of a signed request's access key (kept for [`CACHE_FOR`]: a changed role
+    /// or policy counts within that time).
+    async fn principal(&self, access_key: &str) -> S3Result<Principal> {
+        if let Some((p, at)) = self.principals.lock().get(access_key)
+            && at.elapsed() < CACHE_FOR
+        {
+            return Ok(p.clone());
+        }
+        let Some(rec) = key_record(&self.gateway, access_key).await? else {
+            return Err(S3Error::new(S3ErrorCode::InvalidAccessKeyId));
+        };
+        let p = principal_of(&self.gateway, access_key, &rec).await?;
+        let mut cache = self.principals.lock();
+        if cache.len() > 10_000 {
+            cache.clear();
+        }
+        cache.insert(access_key.to_owned(), (p.clone(), Instant::now()));
+        Ok(p)
+    }
+
+    async fn bucket_record(&self, name: &str) -> S3Result<Option<BucketRecord>> {
+        match self
+            .gateway
+            .query(&BucketQuery::Bucket {
+                name: name.to_owned(),
+            })
+            .await?
+        {
+            BucketQueryResponse::Bucket(b) => Ok(b),
+            _ => Err(internal("unexpected answer")),
+        }
+    }
+
+    async fn principal_of_request<T>(&self, req: &S3Request<T>) -> S3Result<Option<Principal>> {
+        if let Some(p) = req.extensions.get::<Principal>() {
+            return Ok(Some(p.clone()));
+        }
+        match &req.credentials {
+            Some(c) => Ok(Some(self.principal(&c.access_key).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// A copy reads its source: the caller must be allowed `s3:GetObject` there too.
+    async fn check_copy_source<T>(&self, req: &S3Request<T>, source: &CopySource) -> S3Result<()> {
+        let CopySource::Bucket { bucket, key, .. } = source else {
+            return Err(S3Error::with_message(
+                S3ErrorCode::NotImplemented,
+                "copy sources are bucket/key",
+            ));
+        };
+        let p = self.principal_of_request(req).await?;
+        let rec = self.bucket_record(bucket).await?;
+        judge(
+            p.as_ref(),
+            "GetObject",
+            Some((bucket, rec.as_ref())),
+            Some(key),
+        )
     }
 }
 
 #[async_trait::async_trait]
 impl S3Access for Access {
     async fn check(&self, cx: &mut S3AccessContext<'_>) -> S3Result<()> {
-        if cx.credentials().is_some() {
-            return Ok(());
-        }
-        let bucket = match cx.s3_path() {
-            S3Path::Bucket { bucket } | S3Path::Object { bucket, .. } => bucket.to_string(),
-            S3Path::Root => String::new(),
+        let principal = match cx.credentials() {
+            Some(c) => Some(self.principal(&c.access_key).await?),
+            None => None,
         };
         let op = cx.s3_op().name().to_owned();
-        let denied = || {
-            S3Error::with_message(
-                S3ErrorCode::AccessDenied,
-                "anonymous access is not allowed here: sign the request",
-            )
+        let (bucket, key) = match cx.s3_path() {
+            S3Path::Root => (None, None),
+            S3Path::Bucket { bucket } => (Some(bucket.to_string()), None),
+            S3Path::Object { bucket, key } => (Some(bucket.to_string()), Some(key.to_string())),
         };
-        if bucket.is_empty() || !PUBLIC_READS.contains(&op.as_str()) {
-            return Err(denied());
+        let rec = match &bucket {
+            Some(b) if op != "CreateBucket" => self.bucket_record(b).await?,
+            _ => None,
+        };
+        judge(
+            principal.as_ref(),
+            &op,
+            bucket.as_deref().map(|b| (b, rec.as_ref())),
+            key.as_deref(),
+        )?;
+        if let Some(p) = principal {
+            cx.extensions_mut().insert(p);
         }
-        match self
-            .gateway
-            .query(&BucketQuery::Bucket { name: bucket })
-            .await?
-        {
-            BucketQueryResponse::Bucket(Some(b)) if b.public_read => Ok(()),
-            _ => Err(denied()),
+        Ok(())
+    }
+
+    async fn copy_object(&self, req: &mut S3Request<CopyObjectInput>) -> S3Result<()> {
+        let source = req.input.copy_source.clone();
+        self.check_copy_source(req, &source).await
+    }
+
+    async fn upload_part_copy(&self, req: &mut S3Request<UploadPartCopyInput>) -> S3Result<()> {
+        let source = req.input.copy_source.clone();
+        self.check_copy_source(req, &source).await
+    }
+
+    /// Each key of a multi-delete is checked (a policy may deny some prefixes); one denied key
+    /// refuses the whole request, before anything is deleted.
+    async fn delete_objects(&self, req: &mut S3Request<DeleteObjectsInput>) -> S3Result<()> {
+        let p = self.principal_of_request(req).await?;
+        let rec = self.bucket_record(&req.input.bucket).await?;
+        for o in &req.input.delete.objects {
+            judge(
+                p.as_ref(),
+                "DeleteObject",
+                Some((&req.input.bucket, rec.as_ref())),
+                Some(&o.key),
+            )?;
         }
+        Ok(())
     }
 }
 
-/// Store an S3 access key (the secret sealed with the cluster secrets key).
+/// The principal a handler runs for (set by [`Access::check`]).
+pub fn principal<T>(req: &S3Request<T>) -> Option<&Principal> {
+    req.extensions.get::<Principal>()
+}
+
+/// Store an S3 access key (the secret sealed with the cluster secrets key) acting for `owner`
+/// (a user id, or `root`) in `tenant` (`None` for the root key: the default tenant).
 pub async fn create_key(
     gateway: &Gateway,
     access_key: &str,
     secret: &str,
     owner: &str,
+    tenant: Option<u128>,
 ) -> Result<(), String> {
     let sealed = gateway
         .secrets
         .seal(S3_SECRET, secret.as_bytes())
         .map_err(|e| e.to_string())?;
-    let c = KeyCommand::Create {
-        access_key: access_key.to_owned(),
-        sealed_secret: sealed,
-        owner: owner.to_owned(),
+    let c = match tenant {
+        Some(tenant) => KeyCommand::CreateInTenant {
+            access_key: access_key.to_owned(),
+            sealed_secret: sealed,
+            owner: owner.to_owned(),
+            tenant,
+        },
+        None => KeyCommand::Create {
+            access_key: access_key.to_owned(),
+            sealed_secret: sealed,
+            owner: owner.to_owned(),
+        },
     };
     let bytes = command::<KeyService>(&c).map_err(|e| e.to_string())?;
     gateway

@@ -8,7 +8,8 @@
 //! - [`auth`]: SigV4 secrets from the key service, and who may do what.
 //! - [`body`]: request and response body streams (hashing on the way in, bounded on the way out).
 //! - [`http`]: the axum router: request ids, access logs, metrics, `/health`, `/ready`, CORS.
-//! - [`rest`]: the JSON REST API under `/api` (users and sessions so far).
+//! - [`rest`]: the JSON REST API under `/api`: users, sessions, keys, audit.
+//! - [`tenants`]: tenants, members and IAM policies under `/api`.
 
 pub mod auth;
 pub mod body;
@@ -16,6 +17,7 @@ pub mod http;
 pub mod metrics;
 pub mod rest;
 pub mod s3;
+pub mod tenants;
 
 use std::sync::Arc;
 

@@ -55,13 +55,13 @@ impl ApiError {
             message: message.into(),
         }
     }
-    fn bad(message: impl Into<String>) -> ApiError {
+    pub(crate) fn bad(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, message)
     }
-    fn unauthorized(message: impl Into<String>) -> ApiError {
+    pub(crate) fn unauthorized(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::UNAUTHORIZED, message)
     }
-    fn internal(e: impl std::fmt::Display) -> ApiError {
+    pub(crate) fn internal(e: impl std::fmt::Display) -> ApiError {
         tracing::warn!(error = %e, "REST request failed");
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
     }
@@ -85,7 +85,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-type ApiResult<T> = Result<T, ApiError>;
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
 tokio::task_local! {
     /// Who the current `/api` request acts for, as far as it is known (for the audit log).
@@ -93,7 +93,7 @@ tokio::task_local! {
 }
 
 /// Name the actor of the current request in its audit entry.
-fn set_actor(actor: impl Into<String>) {
+pub(crate) fn set_actor(actor: impl Into<String>) {
     let actor = actor.into();
     let _ = ACTOR.try_with(|a| *a.lock() = Some(actor));
 }
@@ -205,7 +205,7 @@ async fn audit_logs(State(g): State<Arc<Gateway>>, req: Request) -> ApiResult<Re
 }
 
 /// Commit an identity command; a refusal maps to its status.
-async fn propose(g: &Gateway, c: &IdentityCommand) -> ApiResult<IdentityResponse> {
+pub(crate) async fn propose(g: &Gateway, c: &IdentityCommand) -> ApiResult<IdentityResponse> {
     let bytes = command::<IdentityService>(c)?;
     match g.data.master().propose(bytes).await? {
         Ok(b) => IdentityService::response(&b).map_err(ApiError::internal),
@@ -216,13 +216,18 @@ async fn propose(g: &Gateway, c: &IdentityCommand) -> ApiResult<IdentityResponse
             "no_such_session" | "session_ended" | "bad_token" => {
                 ApiError::unauthorized("the refresh token is not valid")
             }
-            "no_such_user" => ApiError::new(StatusCode::NOT_FOUND, r.message),
+            "no_such_user" | "no_such_tenant" | "not_member" | "no_such_policy"
+            | "not_attached" => ApiError::new(StatusCode::NOT_FOUND, r.message),
+            "forbidden" => ApiError::new(StatusCode::FORBIDDEN, r.message),
+            "last_owner" | "policy_exists" | "tenant_exists" | "too_many" => {
+                ApiError::new(StatusCode::CONFLICT, r.message)
+            }
             _ => ApiError::bad(r.message),
         }),
     }
 }
 
-async fn ask(g: &Gateway, q: &IdentityQuery) -> ApiResult<IdentityQueryResponse> {
+pub(crate) async fn ask(g: &Gateway, q: &IdentityQuery) -> ApiResult<IdentityQueryResponse> {
     let payload = IdentityService::encode_query(q).map_err(ApiError::internal)?;
     let bytes = g
         .data
@@ -234,7 +239,7 @@ async fn ask(g: &Gateway, q: &IdentityQuery) -> ApiResult<IdentityQueryResponse>
 }
 
 /// Read a JSON body (at most 64 KiB) into `T`; every failure is a 400 that says why.
-async fn json_body<T: serde::de::DeserializeOwned>(req: Request) -> ApiResult<T> {
+pub(crate) async fn json_body<T: serde::de::DeserializeOwned>(req: Request) -> ApiResult<T> {
     let bytes = axum::body::to_bytes(req.into_body(), BODY_MAX)
         .await
         .map_err(|_| {
@@ -246,11 +251,11 @@ async fn json_body<T: serde::de::DeserializeOwned>(req: Request) -> ApiResult<T>
     serde_json::from_slice(&bytes).map_err(|e| ApiError::bad(format!("invalid JSON body: {e}")))
 }
 
-fn hex_id(id: u128) -> String {
+pub(crate) fn hex_id(id: u128) -> String {
     format!("{id:032x}")
 }
 
-fn parse_id(s: &str) -> Option<u128> {
+pub(crate) fn parse_id(s: &str) -> Option<u128> {
     (s.len() == 32)
         .then(|| u128::from_str_radix(s, 16).ok())
         .flatten()
@@ -428,8 +433,8 @@ async fn tokens(
 
 /// Who is calling: a valid access token of a live session, or an API key. Revocation counts at
 /// once for sessions, within 5 s for API keys.
-struct Caller {
-    user: u128,
+pub(crate) struct Caller {
+    pub(crate) user: u128,
     session: u128,
     record: User,
     /// The scopes of the API key the caller used; `None` for a login session.
@@ -446,6 +451,18 @@ impl Caller {
             ));
         }
         Ok(())
+    }
+
+    /// Changes to a tenant's members and policies: a login session, or a key with the
+    /// `admin` scope (the role in the tenant is checked by the command itself).
+    pub(crate) fn may_manage(&self) -> ApiResult<()> {
+        match &self.key_scopes {
+            Some(s) if !s.iter().any(|x| x == "admin") => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "this API key lacks the admin scope",
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Admin routes: an admin's session, or an admin's key with the `admin` scope.
@@ -559,7 +576,7 @@ async fn authenticate_key(g: &Gateway, token: &str) -> ApiResult<Caller> {
     }
 }
 
-async fn authenticate(g: &Gateway, headers: &HeaderMap) -> ApiResult<Caller> {
+pub(crate) async fn authenticate(g: &Gateway, headers: &HeaderMap) -> ApiResult<Caller> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -1097,7 +1114,9 @@ async fn create_s3_key(State(g): State<Arc<Gateway>>, headers: HeaderMap) -> Api
         40,
         b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789",
     )?;
-    crate::auth::create_key(&g, &access, &secret, &hex_id(caller.user))
+    // The key acts in the tenant the caller acts in now.
+    let tenant = crate::tenants::access(&g, &caller, None).await?.tenant;
+    crate::auth::create_key(&g, &access, &secret, &hex_id(caller.user), Some(tenant))
         .await
         .map_err(ApiError::internal)?;
     Ok((
@@ -1106,13 +1125,15 @@ async fn create_s3_key(State(g): State<Arc<Gateway>>, headers: HeaderMap) -> Api
             "id": access,
             "access_key": access,
             "secret_key": secret,
+            "tenant_id": hex_id(tenant),
             "created_at": wall_ms() / 1000,
         })),
     )
         .into_response())
 }
 
-async fn my_s3_keys(g: &Gateway, user: u128) -> ApiResult<Vec<(String, u64)>> {
+/// The caller's S3 keys: (access key, created ms, tenant).
+async fn my_s3_keys(g: &Gateway, user: u128) -> ApiResult<Vec<(String, u64, Option<u128>)>> {
     match crate::auth::key_query(
         g,
         &cairn_master::keys::KeyQuery::ByOwner {
@@ -1122,9 +1143,10 @@ async fn my_s3_keys(g: &Gateway, user: u128) -> ApiResult<Vec<(String, u64)>> {
     .await
     .map_err(ApiError::internal)?
     {
-        cairn_master::keys::KeyQueryResponse::Keys(k) => {
-            Ok(k.into_iter().map(|(id, r)| (id, r.created_ms)).collect())
-        }
+        cairn_master::keys::KeyQueryResponse::Keys(k) => Ok(k
+            .into_iter()
+            .map(|(id, r)| (id, r.created_ms, r.tenant))
+            .collect()),
         _ => Err(ApiError::internal("unexpected answer")),
     }
 }
@@ -1136,7 +1158,10 @@ async fn list_s3_keys(State(g): State<Arc<Gateway>>, headers: HeaderMap) -> ApiR
     let keys: Vec<serde_json::Value> = my_s3_keys(&g, caller.user)
         .await?
         .into_iter()
-        .map(|(id, created)| json!({"id": id, "access_key": id, "created_at": created / 1000}))
+        .map(|(id, created, tenant)| {
+            json!({"id": id, "access_key": id, "created_at": created / 1000,
+                   "tenant_id": tenant.map(hex_id)})
+        })
         .collect();
     Ok(axum::Json(json!({"keys": keys})).into_response())
 }
@@ -1152,7 +1177,7 @@ async fn delete_s3_key(
     if !my_s3_keys(&g, caller.user)
         .await?
         .iter()
-        .any(|(k, _)| *k == id)
+        .any(|(k, _, _)| *k == id)
     {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "no such key"));
     }
@@ -1420,7 +1445,7 @@ async fn not_found() -> ApiError {
 #[openapi(
     info(
         title = "Cairn API",
-        description = "Accounts, sessions, keys and audit of a Cairn cluster"
+        description = "Accounts, sessions, keys, tenants, policies and audit of a Cairn cluster"
     ),
     paths(
         setup,
@@ -1455,7 +1480,9 @@ struct ApiDoc;
 #[utoipa::path(get, path = "/api/openapi.json", responses((status = 200, description = "This document")))]
 async fn openapi() -> Response {
     use utoipa::OpenApi;
-    match ApiDoc::openapi().to_json() {
+    let mut doc = ApiDoc::openapi();
+    doc.merge(crate::tenants::TenantDoc::openapi());
+    match doc.to_json() {
         Ok(doc) => ([(header::CONTENT_TYPE, "application/json")], doc).into_response(),
         Err(e) => ApiError::internal(e).into_response(),
     }
@@ -1489,6 +1516,7 @@ pub fn router(g: Arc<Gateway>) -> Router {
         .route("/s3-keys/{id}", delete(delete_s3_key))
         .route("/audit/logs", get(audit_logs))
         .route("/openapi.json", get(openapi))
+        .merge(crate::tenants::routes())
         .layer(axum::middleware::from_fn_with_state(g.clone(), audit_layer))
         .layer(axum::middleware::from_fn(json_method_errors))
         .fallback(not_found)

@@ -1009,6 +1009,10 @@ impl S3 for CairnS3 {
         &self,
         req: S3Request<ListBucketsInput>,
     ) -> S3Result<S3Response<ListBucketsOutput>> {
+        // Only the buckets of the key's tenant: other tenants' names never show.
+        let tenant = crate::auth::principal(&req)
+            .map(|p| p.tenant)
+            .ok_or_else(|| s3_error!(AccessDenied, "sign the request"))?;
         let who = req.credentials.map(|c| c.access_key).unwrap_or_default();
         let all = match self.g.query(&BucketQuery::Buckets).await? {
             BucketQueryResponse::Buckets(b) => b,
@@ -1017,7 +1021,9 @@ impl S3 for CairnS3 {
         let prefix = req.input.prefix.unwrap_or_default();
         let buckets = all
             .into_iter()
-            .filter(|(n, _)| n.starts_with(&prefix))
+            .filter(|(n, b)| {
+                cairn_master::tenancy::bucket_tenant(&b.owner) == tenant && n.starts_with(&prefix)
+            })
             .map(|(name, b)| Bucket {
                 bucket_region: Some(self.g.options.region.clone()),
                 creation_date: Some(ts(b.created_ms)),
@@ -1036,6 +1042,10 @@ impl S3 for CairnS3 {
         &self,
         req: S3Request<CreateBucketInput>,
     ) -> S3Result<S3Response<CreateBucketOutput>> {
+        // The bucket belongs to the tenant the key acts in.
+        let tenant = crate::auth::principal(&req)
+            .map(|p| p.tenant)
+            .ok_or_else(|| s3_error!(AccessDenied, "sign the request"))?;
         let audit_who = who(&req);
         let audited = req.input.bucket.clone();
         let input = req.input;
@@ -1067,11 +1077,10 @@ impl S3 for CairnS3 {
                 ));
             }
         };
-        let who = req.credentials.map(|c| c.access_key).unwrap_or_default();
         self.g
             .command(&BucketCommand::CreateBucket {
                 name: input.bucket.clone(),
-                owner: who,
+                owner: cairn_master::tenancy::tenant_hex(tenant),
                 public_read,
             })
             .await?;

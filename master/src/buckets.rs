@@ -88,7 +88,8 @@ pub struct CorsRule {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct BucketRecord {
     pub created_ms: u64,
-    /// Access key id of the creator.
+    /// The tenant it belongs to, as 32 hex digits ([`crate::tenancy::bucket_tenant`]; older
+    /// records hold the creator's access key and belong to the default tenant).
     pub owner: String,
     pub versioning: Versioning,
     /// Anyone may read objects and list (canned ACL `public-read`).

@@ -20,6 +20,9 @@ use cairn_engine::state::{
 use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
+use crate::policy::{Policy, Role, Statement};
+use crate::tenancy::{self, AccessView, DEFAULT_TENANT, Tenant};
+
 const USERS: Table = Table::new("id.users");
 const EMAILS: Table = Table::new("id.emails");
 const SESSIONS: Table = Table::new("id.sessions");
@@ -187,6 +190,47 @@ pub enum IdentityCommand {
         password_hash: String,
         keep_session: u128,
     },
+    /// A new tenant owned by `owner` (who acts in it if it is their first).
+    CreateTenant {
+        name: String,
+        owner: u128,
+    },
+    /// `user` acts in `tenant` from now on (they must be a member).
+    SwitchTenant {
+        user: u128,
+        tenant: u128,
+    },
+    /// Add a member or change their role (`actor` must manage the tenant).
+    SetMember {
+        tenant: u128,
+        actor: u128,
+        user: u128,
+        role: Role,
+    },
+    RemoveMember {
+        tenant: u128,
+        actor: u128,
+        user: u128,
+    },
+    CreatePolicy {
+        tenant: u128,
+        actor: u128,
+        name: String,
+        statements: Vec<Statement>,
+    },
+    DeletePolicy {
+        tenant: u128,
+        actor: u128,
+        policy: u128,
+    },
+    /// Attach (`on`) or detach a policy to a member.
+    AttachPolicy {
+        tenant: u128,
+        actor: u128,
+        policy: u128,
+        user: u128,
+        on: bool,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -201,6 +245,10 @@ pub enum IdentityResponse {
     Refreshed,
     /// The refresh token was one already rotated away: the session is now revoked.
     Reused,
+    /// The id of what the command created (a tenant, a policy).
+    Created {
+        id: u128,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -230,6 +278,26 @@ pub enum IdentityQuery {
     PendingResets {
         now_ms: u64,
     },
+    /// The user's tenants with their role, and the current one.
+    Tenants {
+        user: u128,
+    },
+    Tenant {
+        id: u128,
+    },
+    /// A tenant's members with their role and user record.
+    Members {
+        tenant: u128,
+    },
+    /// What `user` may do in `tenant` (their current one when `None`).
+    Access {
+        user: u128,
+        tenant: Option<u128>,
+    },
+    /// A tenant's policies and whom each is attached to.
+    Policies {
+        tenant: u128,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -243,6 +311,14 @@ pub enum IdentityQueryResponse {
     ApiKey(Option<ApiKey>),
     ApiKeys(Vec<(String, ApiKey)>),
     Resets(Vec<(u128, PasswordReset, User)>),
+    Tenants {
+        tenants: Vec<(u128, Tenant, Role)>,
+        current: Option<u128>,
+    },
+    Tenant(Option<Tenant>),
+    Members(Vec<(u128, Role, User)>),
+    Access(Option<AccessView>),
+    Policies(Vec<(u128, Policy, Vec<u128>)>),
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -387,6 +463,7 @@ impl TypedService for IdentityService {
         txn.open_table(META)?;
         txn.open_table(API_KEYS)?;
         txn.open_table(RESETS)?;
+        tenancy::init(txn)?;
         Ok(())
     }
 
@@ -425,10 +502,16 @@ impl TypedService for IdentityService {
                     .insert(id.to_be_bytes().as_slice(), encode(&user)?.as_slice())?;
                 txn.open_table(EMAILS)?
                     .insert(email.as_bytes(), id.to_be_bytes().as_slice())?;
-                let mut meta = txn.open_table(META)?;
-                if meta.get(JWT_KEY)?.is_none() {
-                    meta.insert(JWT_KEY, sealed_jwt_key.as_slice())?;
+                {
+                    let mut meta = txn.open_table(META)?;
+                    if meta.get(JWT_KEY)?.is_none() {
+                        meta.insert(JWT_KEY, sealed_jwt_key.as_slice())?;
+                    }
                 }
+                // The first admin owns the default tenant, which holds whatever the root key
+                // made before setup, and the root key becomes theirs.
+                tenancy::create(txn, USERS, DEFAULT_TENANT, "default", id, ctx.time_ms)?;
+                crate::keys::adopt_root_keys(txn, &format!("{id:032x}"), DEFAULT_TENANT)?;
                 Ok(IdentityResponse::User { id })
             }
             IdentityCommand::Register {
@@ -451,6 +534,11 @@ impl TypedService for IdentityService {
                     return Err(reject("email_taken", "an account with this email exists"));
                 }
                 let id = ctx.fresh_id();
+                let workspace: String = format!("{name}'s workspace")
+                    .chars()
+                    .filter(|c| *c != '\0')
+                    .take(200)
+                    .collect();
                 let user = User {
                     email: email.clone(),
                     name,
@@ -465,6 +553,8 @@ impl TypedService for IdentityService {
                     .insert(id.to_be_bytes().as_slice(), encode(&user)?.as_slice())?;
                 txn.open_table(EMAILS)?
                     .insert(email.as_bytes(), id.to_be_bytes().as_slice())?;
+                // Every registered user starts in a tenant of their own.
+                tenancy::create(txn, USERS, ctx.fresh_id(), &workspace, id, ctx.time_ms)?;
                 Ok(IdentityResponse::User { id })
             }
             IdentityCommand::SetRegistration { enabled } => {
@@ -700,6 +790,60 @@ impl TypedService for IdentityService {
                 }
                 Ok(IdentityResponse::Done)
             }
+            IdentityCommand::CreateTenant { name, owner } => {
+                let id = ctx.fresh_id();
+                tenancy::create(txn, USERS, id, &name, owner, ctx.time_ms)?;
+                Ok(IdentityResponse::Created { id })
+            }
+            IdentityCommand::SwitchTenant { user, tenant } => {
+                tenancy::switch(txn, user, tenant)?;
+                Ok(IdentityResponse::Done)
+            }
+            IdentityCommand::SetMember {
+                tenant,
+                actor,
+                user,
+                role,
+            } => {
+                tenancy::set_member(txn, USERS, tenant, actor, user, role)?;
+                Ok(IdentityResponse::Done)
+            }
+            IdentityCommand::RemoveMember {
+                tenant,
+                actor,
+                user,
+            } => {
+                tenancy::remove_member(txn, tenant, actor, user)?;
+                Ok(IdentityResponse::Done)
+            }
+            IdentityCommand::CreatePolicy {
+                tenant,
+                actor,
+                name,
+                statements,
+            } => {
+                let id = ctx.fresh_id();
+                tenancy::create_policy(txn, tenant, actor, id, &name, statements, ctx.time_ms)?;
+                Ok(IdentityResponse::Created { id })
+            }
+            IdentityCommand::DeletePolicy {
+                tenant,
+                actor,
+                policy,
+            } => {
+                tenancy::delete_policy(txn, tenant, actor, policy)?;
+                Ok(IdentityResponse::Done)
+            }
+            IdentityCommand::AttachPolicy {
+                tenant,
+                actor,
+                policy,
+                user,
+                on,
+            } => {
+                tenancy::attach(txn, tenant, actor, policy, user, on)?;
+                Ok(IdentityResponse::Done)
+            }
         }
     }
 
@@ -784,6 +928,29 @@ impl TypedService for IdentityService {
                     }
                 }
                 IdentityQueryResponse::Resets(out)
+            }
+            IdentityQuery::Tenants { user } => {
+                let (tenants, current) = tenancy::View { txn }.tenants_of(user)?;
+                IdentityQueryResponse::Tenants { tenants, current }
+            }
+            IdentityQuery::Tenant { id } => {
+                IdentityQueryResponse::Tenant(tenancy::View { txn }.tenant(id)?)
+            }
+            IdentityQuery::Members { tenant } => {
+                let mut out = Vec::new();
+                let members = tenancy::View { txn }.members(tenant)?;
+                for (id, role) in members {
+                    if let Some((_, u)) = user(id)? {
+                        out.push((id, role, u));
+                    }
+                }
+                IdentityQueryResponse::Members(out)
+            }
+            IdentityQuery::Access { user, tenant } => {
+                IdentityQueryResponse::Access(tenancy::View { txn }.access(user, tenant)?)
+            }
+            IdentityQuery::Policies { tenant } => {
+                IdentityQueryResponse::Policies(tenancy::View { txn }.policies(tenant)?)
             }
             IdentityQuery::SealedJwtKey => {
                 let t = txn.open_table(META)?;

@@ -16,9 +16,61 @@ const KEYS: Table = Table::new("s3.keys");
 pub struct AccessKey {
     /// The secret, sealed with the cluster secrets key (nonce ‖ ciphertext ‖ tag).
     pub sealed_secret: Vec<u8>,
-    /// Who the key acts for (a user id once identity exists; `root` for the first key).
+    /// Who the key acts for: a user id (32 hex digits), or `root` for the root key until the
+    /// first admin exists (setup hands it to them).
     pub owner: String,
     pub created_ms: u64,
+    /// The tenant the key acts in; `None` for keys made before tenants existed (the root key:
+    /// the default tenant; a user's key: their current tenant).
+    pub tenant: Option<u128>,
+}
+
+/// The record as stored before keys carried a tenant; read and upgraded on the fly.
+#[derive(Deserialize)]
+struct AccessKeyV1 {
+    sealed_secret: Vec<u8>,
+    owner: String,
+    created_ms: u64,
+}
+
+/// Decode a key record of either layout (postcard is not self-describing: the older, shorter
+/// one fails to decode as the newer one, and is then read as what it is).
+fn decode_key(b: &[u8]) -> Result<AccessKey, StateError> {
+    if let Ok(k) = postcard::from_bytes::<AccessKey>(b) {
+        return Ok(k);
+    }
+    let old: AccessKeyV1 =
+        postcard::from_bytes(b).map_err(|e| StateError::Corrupt(format!("access key: {e}")))?;
+    Ok(AccessKey {
+        sealed_secret: old.sealed_secret,
+        owner: old.owner,
+        created_ms: old.created_ms,
+        tenant: None,
+    })
+}
+
+/// The owner of the root key until setup gives it to the first admin.
+pub const ROOT_OWNER: &str = "root";
+
+/// Hand every key still owned by `root` to `user` in `tenant` (the first admin's setup, in the
+/// same transaction as the identity service's command).
+pub fn adopt_root_keys(txn: &WriteTransaction, user: &str, tenant: u128) -> Result<(), StateError> {
+    let mut t = txn.open_table(KEYS)?;
+    let mut found = Vec::new();
+    for item in t.iter()? {
+        let (k, v) = item?;
+        let rec = decode_key(v.value())?;
+        if rec.owner == ROOT_OWNER {
+            found.push((k.value().to_vec(), rec));
+        }
+    }
+    for (k, mut rec) in found {
+        rec.owner = user.to_owned();
+        rec.tenant = Some(tenant);
+        let bytes = postcard::to_stdvec(&rec).map_err(|e| StateError::Encode(e.to_string()))?;
+        t.insert(k.as_slice(), bytes.as_slice())?;
+    }
+    Ok(())
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,6 +82,13 @@ pub enum KeyCommand {
     },
     Delete {
         access_key: String,
+    },
+    /// A key that acts in `tenant` (every key made since tenants exist).
+    CreateInTenant {
+        access_key: String,
+        sealed_secret: Vec<u8>,
+        owner: String,
+        tenant: u128,
     },
 }
 
@@ -67,6 +126,29 @@ pub fn check_access_key(k: &str) -> Result<(), Rejection> {
     }
 }
 
+fn create(
+    t: &mut redb::Table<'_, &'static [u8], &'static [u8]>,
+    ctx: &ApplyContext,
+    access_key: String,
+    sealed_secret: Vec<u8>,
+    owner: String,
+    tenant: Option<u128>,
+) -> Result<bool, ApplyError> {
+    check_access_key(&access_key)?;
+    if t.get(access_key.as_bytes())?.is_some() {
+        return Err(Rejection::new("key_exists", "that access key exists").into());
+    }
+    let rec = AccessKey {
+        sealed_secret,
+        owner,
+        created_ms: ctx.time_ms,
+        tenant,
+    };
+    let bytes = postcard::to_stdvec(&rec).map_err(|e| StateError::Encode(e.to_string()))?;
+    t.insert(access_key.as_bytes(), bytes.as_slice())?;
+    Ok(true)
+}
+
 impl TypedService for KeyService {
     const ID: ServiceId = ServiceId(5);
     const NAME: &'static str = "keys";
@@ -93,21 +175,13 @@ impl TypedService for KeyService {
                 access_key,
                 sealed_secret,
                 owner,
-            } => {
-                check_access_key(&access_key)?;
-                if t.get(access_key.as_bytes())?.is_some() {
-                    return Err(Rejection::new("key_exists", "that access key exists").into());
-                }
-                let rec = AccessKey {
-                    sealed_secret,
-                    owner,
-                    created_ms: ctx.time_ms,
-                };
-                let bytes =
-                    postcard::to_stdvec(&rec).map_err(|e| StateError::Encode(e.to_string()))?;
-                t.insert(access_key.as_bytes(), bytes.as_slice())?;
-                Ok(true)
-            }
+            } => create(&mut t, ctx, access_key, sealed_secret, owner, None),
+            KeyCommand::CreateInTenant {
+                access_key,
+                sealed_secret,
+                owner,
+                tenant,
+            } => create(&mut t, ctx, access_key, sealed_secret, owner, Some(tenant)),
             KeyCommand::Delete { access_key } => Ok(t.remove(access_key.as_bytes())?.is_some()),
         }
     }
@@ -121,13 +195,7 @@ impl TypedService for KeyService {
         Ok(match query {
             KeyQuery::Get { access_key } => {
                 let v = t.get(access_key.as_bytes())?;
-                KeyQueryResponse::Key(
-                    v.map(|v| {
-                        postcard::from_bytes(v.value())
-                            .map_err(|e| StateError::Corrupt(format!("access key: {e}")))
-                    })
-                    .transpose()?,
-                )
+                KeyQueryResponse::Key(v.map(|v| decode_key(v.value())).transpose()?)
             }
             KeyQuery::Count => {
                 use redb::ReadableTableMetadata;
@@ -137,8 +205,7 @@ impl TypedService for KeyService {
                 let mut out = Vec::new();
                 for item in t.iter()? {
                     let (k, v) = item?;
-                    let rec: AccessKey = postcard::from_bytes(v.value())
-                        .map_err(|e| StateError::Corrupt(format!("access key: {e}")))?;
+                    let rec = decode_key(v.value())?;
                     if rec.owner == owner {
                         let id = String::from_utf8(k.value().to_vec()).map_err(|_| {
                             StateError::Corrupt("access key id is not UTF-8".into())

@@ -7,6 +7,7 @@
 //! - [`buckets`]: S3 buckets, versions, multipart uploads, lifecycle, service 4.
 //! - [`keys`]: S3 access keys with sealed secrets, service 5.
 //! - [`identity`]: users, login sessions and the token signing key, service 6.
+//!   [`tenancy`] holds its tenants, members and policies; [`policy`] decides what a member may do.
 //! - [`audit`]: the append-only audit log, service 7.
 //! - [`protocol`]: the RPCs chunkservers and data clients send to the master group.
 //! - [`planner`]: pure planning functions (placement, re-replication, GC, rebalancing).
@@ -22,7 +23,9 @@ pub mod identity;
 pub mod keys;
 pub mod objects;
 pub mod planner;
+pub mod policy;
 pub mod protocol;
+pub mod tenancy;
 
 pub use dataplane::{DataOptions, DataPlane};
 
