@@ -85,6 +85,9 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "api.auth_rate_limit",
     },
+    Key {
+        name: "api.rate_limit",
+    },
 ];
 
 pub const DEFAULT_DATA: &str = "./cairn-data";
@@ -429,8 +432,13 @@ impl Layers {
             s.parse::<u32>()
                 .map_err(|_| format!("{s:?} is not a number of requests per minute"))
         })?;
+        let api_rate_limit = self.parse("api.rate_limit", "600", |s| {
+            s.parse::<u32>()
+                .map_err(|_| format!("{s:?} is not a number of requests per minute"))
+        })?;
         Ok(ServeConfig {
             auth_rate_limit,
+            api_rate_limit,
             domain,
             lifecycle_ms,
             chunkservers,
@@ -525,6 +533,8 @@ pub struct ServeConfig {
     pub domain: Option<String>,
     /// Credential requests per minute per client address (0: off).
     pub auth_rate_limit: u32,
+    /// Authenticated `/api` requests per minute per API key or login session (0: off).
+    pub api_rate_limit: u32,
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ pub fn options(config: &ServeConfig) -> GatewayOptions {
         inline_max: config.inline_max,
         domain: config.domain.clone(),
         auth_rate_limit: config.auth_rate_limit,
+        api_rate_limit: config.api_rate_limit,
         ..GatewayOptions::default()
     }
 }

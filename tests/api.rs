@@ -984,6 +984,20 @@ async fn openapi_document_lists_every_route() {
         ("/api/s3-keys/{id}", "delete"),
         ("/api/audit/logs", "get"),
         ("/api/openapi.json", "get"),
+        ("/api/tenants", "get"),
+        ("/api/tenants", "post"),
+        ("/api/tenants/{id}", "get"),
+        ("/api/tenants/{id}/switch", "post"),
+        ("/api/tenants/{id}/members", "get"),
+        ("/api/tenants/{id}/members", "post"),
+        ("/api/tenants/{id}/members/{user_id}", "put"),
+        ("/api/tenants/{id}/members/{user_id}", "delete"),
+        ("/api/iam/policies", "get"),
+        ("/api/iam/policies", "post"),
+        ("/api/iam/policies/{id}", "get"),
+        ("/api/iam/policies/{id}", "delete"),
+        ("/api/iam/policies/{id}/attach", "post"),
+        ("/api/iam/policies/{id}/detach", "post"),
     ] {
         assert!(
             paths.get(path).and_then(|p| p.get(method)).is_some(),
@@ -993,6 +1007,8 @@ async fn openapi_document_lists_every_route() {
     // Request bodies carry their schemas.
     let login = &paths["/api/auth/login"]["post"]["requestBody"];
     assert!(login.to_string().contains("LoginBody"), "{login}");
+    let policy = &paths["/api/iam/policies"]["post"]["requestBody"];
+    assert!(policy.to_string().contains("NewPolicy"), "{policy}");
 }
 
 fn s3_client(api: &Api, ak: &str, sk: &str) -> aws_sdk_s3::Client {
@@ -1107,7 +1123,7 @@ async fn tenants_never_see_each_others_data_over_s3_or_rest() {
     assert_ne!(ada_tenant, bob_tenant);
 
     // Bob's private data.
-    let (_, bob_s3) = s3_key(&api, &bob_t).await;
+    let (bob_ak, bob_s3) = s3_key(&api, &bob_t).await;
     bob_s3
         .create_bucket()
         .bucket("bob-private")
@@ -1137,7 +1153,7 @@ async fn tenants_never_see_each_others_data_over_s3_or_rest() {
         .send()
         .await
         .unwrap();
-    let (_, ada_s3) = s3_key(&api, &ada_t).await;
+    let (ada_ak, ada_s3) = s3_key(&api, &ada_t).await;
 
     // Listings show only one's own tenant.
     for (client, mine, theirs) in [
@@ -1329,6 +1345,40 @@ async fn tenants_never_see_each_others_data_over_s3_or_rest() {
             .await
             .is_err()
     );
+
+    // The audit log (the cluster operator's) has Bob's object write, and every refusal of
+    // Ada's key, with the key as the actor.
+    let (_, log) = api
+        .call(
+            "GET",
+            &format!("/audit/logs?actor={bob_ak}&action=s3%3APutObject"),
+            Some(&ada_t),
+            None,
+        )
+        .await;
+    assert_eq!(
+        log["entries"][0]["resource"], "bob-private/diary/secret.txt",
+        "{log}"
+    );
+    assert_eq!(log["entries"][0]["outcome"], "success");
+    let (_, log) = api
+        .call(
+            "GET",
+            &format!("/audit/logs?actor={ada_ak}&resource=bob-private%2Fdiary%2Fsecret.txt"),
+            Some(&ada_t),
+            None,
+        )
+        .await;
+    let entries = log["entries"].as_array().unwrap();
+    assert!(entries.len() >= 5, "{log}");
+    assert!(entries.iter().all(|e| e["outcome"] == "denied"), "{log}");
+    let actions: Vec<&str> = entries
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    for a in ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"] {
+        assert!(actions.contains(&a), "{a} not in {actions:?}");
+    }
 
     // Over REST: Bob's tenant does not exist for Ada, whatever she tries.
     let b = format!("/tenants/{bob_tenant}");
@@ -1910,4 +1960,72 @@ async fn roles_and_policies_decide_inside_a_tenant() {
         outcomes.contains(&"denied") && outcomes.contains(&"success"),
         "{log}"
     );
+}
+
+#[tokio::test]
+async fn authenticated_requests_are_rate_limited_per_key_and_session() {
+    let api = Api::start(&[
+        ("CAIRN_API_RATE_LIMIT", "6"),
+        ("CAIRN_API_AUTH_RATE_LIMIT", "1000"),
+    ]);
+    let admin = first_admin(&api).await;
+    let token = admin["access_token"].as_str().unwrap().to_owned();
+    // One request of this session's six: the key is made with it.
+    let (s, key) = api
+        .call(
+            "POST",
+            "/keys",
+            Some(&token),
+            Some(json!({"name": "script", "scopes": ["storage:read"]})),
+        )
+        .await;
+    assert_eq!(s, 201, "{key}");
+    let raw = key["key"].as_str().unwrap().to_owned();
+    let me = |t: String| {
+        let http = api.http.clone();
+        let url = format!("{}/auth/me", api.base);
+        async move {
+            http.get(url)
+                .header("authorization", format!("Bearer {t}"))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    for left in (0..5).rev() {
+        let r = me(token.clone()).await;
+        assert_eq!(r.status().as_u16(), 200);
+        assert_eq!(r.headers()["x-ratelimit-limit"], "6");
+        assert_eq!(
+            r.headers()["x-ratelimit-remaining"],
+            left.to_string().as_str()
+        );
+    }
+    let r = me(token.clone()).await;
+    assert_eq!(r.status().as_u16(), 429);
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry));
+    let v: Value = r.json().await.unwrap();
+    assert!(error_of(&v).contains("rate limit"), "{v}");
+    // The API key has a window of its own, and so does a new session.
+    let r = me(raw.clone()).await;
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers()["x-ratelimit-remaining"], "5");
+    let (s, login) = api
+        .call(
+            "POST",
+            "/auth/login",
+            None,
+            Some(json!({"email": "root@example.com", "password": "correct horse battery"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{login}");
+    let r = me(login["access_token"].as_str().unwrap().to_owned()).await;
+    assert_eq!(r.status().as_u16(), 200);
+    // Unauthenticated requests are not counted against anyone.
+    assert_eq!(api.call("GET", "/auth/me", None, None).await.0, 401);
 }

@@ -334,6 +334,30 @@ impl Access {
         }
     }
 
+    /// [`judge`], with every refusal of a signed request recorded in the audit log as
+    /// `denied` (the access key, the action, `bucket/key`, the address).
+    async fn judged(
+        &self,
+        principal: Option<&Principal>,
+        op: &str,
+        bucket: Option<(&str, Option<&BucketRecord>)>,
+        key: Option<&str>,
+        ip: &str,
+    ) -> S3Result<()> {
+        let verdict = judge(principal, op, bucket, key);
+        if let (Err(_), Some(p)) = (&verdict, principal) {
+            let resource = match (bucket, key) {
+                (Some((b, _)), Some(k)) => format!("{b}/{k}"),
+                (Some((b, _)), None) => b.to_owned(),
+                (None, _) => "*".to_owned(),
+            };
+            self.gateway
+                .audit(&p.access_key, &s3_action(op).0, &resource, ip, "denied")
+                .await;
+        }
+        verdict
+    }
+
     /// A copy reads its source: the caller must be allowed `s3:GetObject` there too.
     async fn check_copy_source<T>(&self, req: &S3Request<T>, source: &CopySource) -> S3Result<()> {
         let CopySource::Bucket { bucket, key, .. } = source else {
@@ -344,12 +368,14 @@ impl Access {
         };
         let p = self.principal_of_request(req).await?;
         let rec = self.bucket_record(bucket).await?;
-        judge(
+        self.judged(
             p.as_ref(),
             "GetObject",
             Some((bucket, rec.as_ref())),
             Some(key),
+            &client_ip(&req.extensions),
         )
+        .await
     }
 }
 
@@ -370,12 +396,15 @@ impl S3Access for Access {
             Some(b) if op != "CreateBucket" => self.bucket_record(b).await?,
             _ => None,
         };
-        judge(
+        let ip = client_ip(cx.extensions_mut());
+        self.judged(
             principal.as_ref(),
             &op,
             bucket.as_deref().map(|b| (b, rec.as_ref())),
             key.as_deref(),
-        )?;
+            &ip,
+        )
+        .await?;
         if let Some(p) = principal {
             cx.extensions_mut().insert(p);
         }
@@ -397,16 +426,25 @@ impl S3Access for Access {
     async fn delete_objects(&self, req: &mut S3Request<DeleteObjectsInput>) -> S3Result<()> {
         let p = self.principal_of_request(req).await?;
         let rec = self.bucket_record(&req.input.bucket).await?;
+        let ip = client_ip(&req.extensions);
         for o in &req.input.delete.objects {
-            judge(
+            self.judged(
                 p.as_ref(),
                 "DeleteObject",
                 Some((&req.input.bucket, rec.as_ref())),
                 Some(&o.key),
-            )?;
+                &ip,
+            )
+            .await?;
         }
         Ok(())
     }
+}
+
+fn client_ip(ext: &http::Extensions) -> String {
+    ext.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_default()
 }
 
 /// The principal a handler runs for (set by [`Access::check`]).

@@ -48,6 +48,8 @@ pub struct GatewayOptions {
     pub domain: Option<String>,
     /// Requests per minute per client address on the credential routes (0: no limit).
     pub auth_rate_limit: u32,
+    /// Authenticated `/api` requests per minute per API key or login session (0: no limit).
+    pub api_rate_limit: u32,
 }
 
 impl Default for GatewayOptions {
@@ -58,6 +60,7 @@ impl Default for GatewayOptions {
             put_max: 5 << 30,
             domain: None,
             auth_rate_limit: 5,
+            api_rate_limit: 600,
         }
     }
 }
@@ -72,6 +75,8 @@ pub struct Gateway {
     /// The access-token signing key, opened from the replicated state on first use.
     pub jwt_key: parking_lot::Mutex<Option<Vec<u8>>>,
     pub auth_limiter: rest::RateLimiter,
+    /// Per API key or login session, for every authenticated `/api` request.
+    pub caller_limiter: rest::RateLimiter<String>,
     pub api_keys: rest::ApiKeyCache,
 }
 
@@ -129,6 +134,7 @@ impl Gateway {
             metrics: metrics::Metrics::default(),
             jwt_key: parking_lot::Mutex::new(None),
             auth_limiter: rest::RateLimiter::default(),
+            caller_limiter: rest::RateLimiter::default(),
             api_keys: rest::ApiKeyCache::default(),
         }
     }

@@ -90,6 +90,49 @@ pub(crate) type ApiResult<T> = Result<T, ApiError>;
 tokio::task_local! {
     /// Who the current `/api` request acts for, as far as it is known (for the audit log).
     static ACTOR: Arc<parking_lot::Mutex<Option<String>>>;
+    /// The caller's rate-limit window, once authenticated: (limit, remaining, retry after s).
+    static RATE: Arc<parking_lot::Mutex<Option<(u32, u32, Option<u64>)>>>;
+}
+
+/// Count an authenticated request against its API key's or session's window.
+fn limit_caller(g: &Gateway, who: String) -> ApiResult<()> {
+    let limit = g.options.api_rate_limit;
+    if limit == 0 {
+        return Ok(());
+    }
+    let hit = g.caller_limiter.hit(who, limit);
+    let _ = RATE.try_with(|r| {
+        *r.lock() = Some(match hit {
+            Ok(left) => (limit, left, None),
+            Err(retry) => (limit, 0, Some(retry)),
+        });
+    });
+    match hit {
+        Ok(_) => Ok(()),
+        Err(retry) => Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("rate limit of {limit} requests per minute reached; retry in {retry} s"),
+        )),
+    }
+}
+
+/// `X-RateLimit-*` (and `Retry-After` on a 429) for authenticated requests, unless a
+/// stricter route limit already set them.
+async fn caller_rate_headers(req: Request, next: axum::middleware::Next) -> Response {
+    let rate = Arc::new(parking_lot::Mutex::new(None));
+    let mut resp = RATE.scope(rate.clone(), next.run(req)).await;
+    let Some((limit, left, retry)) = *rate.lock() else {
+        return resp;
+    };
+    let h = resp.headers_mut();
+    if !h.contains_key("x-ratelimit-limit") {
+        h.insert("x-ratelimit-limit", header::HeaderValue::from(limit));
+        h.insert("x-ratelimit-remaining", header::HeaderValue::from(left));
+    }
+    if let Some(r) = retry {
+        h.insert(header::RETRY_AFTER, header::HeaderValue::from(r));
+    }
+    resp
 }
 
 /// Name the actor of the current request in its audit entry.
@@ -565,6 +608,7 @@ async fn authenticate_key(g: &Gateway, token: &str) -> ApiResult<Caller> {
         let _ = propose(g, &IdentityCommand::TouchApiKey { id: id.to_owned() }).await;
     }
     set_actor(hex_id(user));
+    limit_caller(g, format!("key:{id}"))?;
     match ask(g, &IdentityQuery::User { id: user }).await? {
         IdentityQueryResponse::User(Some((_, record))) => Ok(Caller {
             user,
@@ -606,6 +650,7 @@ pub(crate) async fn authenticate(g: &Gateway, headers: &HeaderMap) -> ApiResult<
         _ => return Err(ApiError::unauthorized("the session has ended")),
     }
     set_actor(hex_id(user));
+    limit_caller(g, format!("session:{session:032x}"))?;
     match ask(g, &IdentityQuery::User { id: user }).await? {
         IdentityQueryResponse::User(Some((_, record))) => Ok(Caller {
             user,
@@ -1007,17 +1052,26 @@ async fn totp_verify(State(g): State<Arc<Gateway>>, req: Request) -> ApiResult<R
     Ok(axum::Json(json!({"totp_enabled": true})).into_response())
 }
 
-/// Fixed one-minute windows of requests per client address, for the credential routes.
-#[derive(Debug, Default)]
-pub struct RateLimiter {
-    windows:
-        parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, (std::time::Instant, u32)>>,
+/// Fixed one-minute windows of requests per client: per address for the credential routes,
+/// per API key or session for everything authenticated. At most 100,000 clients are tracked
+/// (about 10 MiB); past that, windows that ended are dropped.
+#[derive(Debug)]
+pub struct RateLimiter<K = std::net::IpAddr> {
+    windows: parking_lot::Mutex<std::collections::HashMap<K, (std::time::Instant, u32)>>,
 }
 
-impl RateLimiter {
+impl<K> Default for RateLimiter<K> {
+    fn default() -> Self {
+        RateLimiter {
+            windows: parking_lot::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq> RateLimiter<K> {
     /// Count a request from `ip`: the requests left in its window, or the seconds until it may
     /// try again.
-    pub fn hit(&self, ip: std::net::IpAddr, limit: u32) -> Result<u32, u64> {
+    pub fn hit(&self, ip: K, limit: u32) -> Result<u32, u64> {
         const WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
         let now = std::time::Instant::now();
         let mut w = self.windows.lock();
@@ -1518,6 +1572,7 @@ pub fn router(g: Arc<Gateway>) -> Router {
         .route("/openapi.json", get(openapi))
         .merge(crate::tenants::routes())
         .layer(axum::middleware::from_fn_with_state(g.clone(), audit_layer))
+        .layer(axum::middleware::from_fn(caller_rate_headers))
         .layer(axum::middleware::from_fn(json_method_errors))
         .fallback(not_found)
         .with_state(g)

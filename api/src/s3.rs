@@ -514,6 +514,18 @@ fn who<T>(req: &S3Request<T>) -> Who {
 }
 
 impl CairnS3 {
+    /// An object write that records itself in the audit log (actor, action, `bucket/key`,
+    /// address), in the same log entry and transaction as the write.
+    async fn write(&self, who: &Who, c: BucketCommand) -> S3Result<BucketResponse> {
+        self.g
+            .command(&BucketCommand::Audited {
+                actor: who.actor.clone(),
+                ip: who.ip.clone(),
+                command: Box::new(c),
+            })
+            .await
+    }
+
     /// Find the version, check the preconditions, resolve the range or part.
     async fn plan_read(
         &self,
@@ -1423,6 +1435,7 @@ impl S3 for CairnS3 {
         &self,
         req: S3Request<PutObjectInput>,
     ) -> S3Result<S3Response<PutObjectOutput>> {
+        let who = who(&req);
         let headers = req.headers;
         let trailers = req.trailing_headers;
         let input = req.input;
@@ -1461,20 +1474,22 @@ impl S3 for CairnS3 {
             .await?;
         m.checksum = stored.checksum.clone();
         let resp = self
-            .g
-            .command(&BucketCommand::PutObject {
-                bucket: input.bucket.clone(),
-                key: input.key.clone(),
-                data: ObjectData {
-                    size: stored.size,
-                    etag: stored.md5.clone(),
-                    parts: Vec::new(),
-                    content: stored.content,
-                    meta: m,
-                    tags,
+            .write(
+                &who,
+                BucketCommand::PutObject {
+                    bucket: input.bucket.clone(),
+                    key: input.key.clone(),
+                    data: ObjectData {
+                        size: stored.size,
+                        etag: stored.md5.clone(),
+                        parts: Vec::new(),
+                        content: stored.content,
+                        meta: m,
+                        tags,
+                    },
+                    conditions,
                 },
-                conditions,
-            })
+            )
             .await?;
         let version = match resp {
             BucketResponse::Put { version, .. } => version,
@@ -1565,15 +1580,18 @@ impl S3 for CairnS3 {
         &self,
         req: S3Request<DeleteObjectInput>,
     ) -> S3Result<S3Response<DeleteObjectOutput>> {
+        let who = who(&req);
         let input = req.input;
         let version = parse_version(input.version_id.as_deref())?;
         let r = self
-            .g
-            .command(&BucketCommand::DeleteObject {
-                bucket: input.bucket,
-                key: input.key,
-                version,
-            })
+            .write(
+                &who,
+                BucketCommand::DeleteObject {
+                    bucket: input.bucket,
+                    key: input.key,
+                    version,
+                },
+            )
             .await?;
         let out = match r {
             BucketResponse::Deleted { version, marker } => DeleteObjectOutput {
@@ -1590,6 +1608,7 @@ impl S3 for CairnS3 {
         &self,
         req: S3Request<DeleteObjectsInput>,
     ) -> S3Result<S3Response<DeleteObjectsOutput>> {
+        let who = who(&req);
         let input = req.input;
         if input.delete.objects.len() > 1000 {
             return Err(s3_error!(
@@ -1600,19 +1619,22 @@ impl S3 for CairnS3 {
         self.bucket(&input.bucket).await?;
         let quiet = input.delete.quiet.unwrap_or(false);
         let bucket = input.bucket.clone();
+        let who = &who;
         let results: Vec<(ObjectIdentifier, S3Result<BucketResponse>)> =
             futures::stream::iter(input.delete.objects.into_iter().map(|o| {
                 let bucket = bucket.clone();
                 async move {
                     let r = match parse_version(o.version_id.as_deref()) {
                         Ok(version) => {
-                            self.g
-                                .command(&BucketCommand::DeleteObject {
+                            self.write(
+                                who,
+                                BucketCommand::DeleteObject {
                                     bucket,
                                     key: o.key.clone(),
                                     version,
-                                })
-                                .await
+                                },
+                            )
+                            .await
                         }
                         Err(e) => Err(e),
                     };
@@ -1660,6 +1682,7 @@ impl S3 for CairnS3 {
         &self,
         req: S3Request<CopyObjectInput>,
     ) -> S3Result<S3Response<CopyObjectOutput>> {
+        let who = who(&req);
         let input = req.input;
         let (sv, sd, src_bucket, src_key) = self
             .copy_source(
@@ -1718,20 +1741,22 @@ impl S3 for CairnS3 {
             sd.tags.clone()
         };
         let r = self
-            .g
-            .command(&BucketCommand::PutObject {
-                bucket: input.bucket.clone(),
-                key: input.key.clone(),
-                data: ObjectData {
-                    size: sd.size,
-                    etag: sd.etag.clone(),
-                    parts: sd.parts.clone(),
-                    content: sd.content.clone(),
-                    meta: m,
-                    tags,
+            .write(
+                &who,
+                BucketCommand::PutObject {
+                    bucket: input.bucket.clone(),
+                    key: input.key.clone(),
+                    data: ObjectData {
+                        size: sd.size,
+                        etag: sd.etag.clone(),
+                        parts: sd.parts.clone(),
+                        content: sd.content.clone(),
+                        meta: m,
+                        tags,
+                    },
+                    conditions: Conditions::default(),
                 },
-                conditions: Conditions::default(),
-            })
+            )
             .await
             .map_err(|e| {
                 if e.message().is_some_and(|m| m.contains("chunk")) {
@@ -1778,17 +1803,20 @@ impl S3 for CairnS3 {
         &self,
         req: S3Request<PutObjectTaggingInput>,
     ) -> S3Result<S3Response<PutObjectTaggingOutput>> {
+        let who = who(&req);
         let input = req.input;
         let version = parse_version(input.version_id.as_deref())?;
         let tags = tags_from(input.tagging.tag_set)?;
-        self.g
-            .command(&BucketCommand::SetObjectTags {
+        self.write(
+            &who,
+            BucketCommand::SetObjectTags {
                 bucket: input.bucket,
                 key: input.key,
                 version,
                 tags,
-            })
-            .await?;
+            },
+        )
+        .await?;
         Ok(S3Response::new(PutObjectTaggingOutput {
             version_id: input.version_id,
         }))
@@ -1798,16 +1826,19 @@ impl S3 for CairnS3 {
         &self,
         req: S3Request<DeleteObjectTaggingInput>,
     ) -> S3Result<S3Response<DeleteObjectTaggingOutput>> {
+        let who = who(&req);
         let input = req.input;
         let version = parse_version(input.version_id.as_deref())?;
-        self.g
-            .command(&BucketCommand::SetObjectTags {
+        self.write(
+            &who,
+            BucketCommand::SetObjectTags {
                 bucket: input.bucket,
                 key: input.key,
                 version,
                 tags: Vec::new(),
-            })
-            .await?;
+            },
+        )
+        .await?;
         Ok(S3Response::new(DeleteObjectTaggingOutput {
             version_id: input.version_id,
         }))
@@ -2018,7 +2049,8 @@ impl S3 for CairnS3 {
         &self,
         req: S3Request<CreateMultipartUploadInput>,
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
-        let who = req.credentials.map(|c| c.access_key).unwrap_or_default();
+        let who = who(&req);
+        let owner = req.credentials.map(|c| c.access_key).unwrap_or_default();
         let input = req.input;
         let m = meta(
             input.content_type.clone(),
@@ -2031,14 +2063,16 @@ impl S3 for CairnS3 {
         )?;
         let tags = parse_tagging(input.tagging.as_deref())?;
         let r = self
-            .g
-            .command(&BucketCommand::CreateUpload {
-                bucket: input.bucket.clone(),
-                key: input.key.clone(),
-                owner: who,
-                meta: m,
-                tags,
-            })
+            .write(
+                &who,
+                BucketCommand::CreateUpload {
+                    bucket: input.bucket.clone(),
+                    key: input.key.clone(),
+                    owner,
+                    meta: m,
+                    tags,
+                },
+            )
             .await?;
         let BucketResponse::Upload { id } = r else {
             return Err(internal("unexpected answer"));
@@ -2248,6 +2282,7 @@ impl S3 for CairnS3 {
         &self,
         req: S3Request<CompleteMultipartUploadInput>,
     ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+        let who = who(&req);
         let input = req.input;
         let upload = parse_upload(&input.upload_id)
             .ok_or_else(|| s3_error!(NoSuchUpload, "The specified upload does not exist."))?;
@@ -2269,14 +2304,16 @@ impl S3 for CairnS3 {
         }
         let conditions = write_conditions(&input.if_match, &input.if_none_match)?;
         let r = self
-            .g
-            .command(&BucketCommand::CompleteUpload {
-                bucket: input.bucket.clone(),
-                key: input.key.clone(),
-                upload,
-                parts,
-                conditions,
-            })
+            .write(
+                &who,
+                BucketCommand::CompleteUpload {
+                    bucket: input.bucket.clone(),
+                    key: input.key.clone(),
+                    upload,
+                    parts,
+                    conditions,
+                },
+            )
             .await?;
         let BucketResponse::Put { version, etag: tag } = r else {
             return Err(internal("unexpected answer"));
@@ -2295,16 +2332,19 @@ impl S3 for CairnS3 {
         &self,
         req: S3Request<AbortMultipartUploadInput>,
     ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
+        let who = who(&req);
         let input = req.input;
         let upload = parse_upload(&input.upload_id)
             .ok_or_else(|| s3_error!(NoSuchUpload, "The specified upload does not exist."))?;
-        self.g
-            .command(&BucketCommand::AbortUpload {
+        self.write(
+            &who,
+            BucketCommand::AbortUpload {
                 bucket: input.bucket,
                 key: input.key,
                 upload,
-            })
-            .await?;
+            },
+        )
+        .await?;
         Ok(S3Response::new(AbortMultipartUploadOutput::default()))
     }
 

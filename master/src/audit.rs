@@ -65,6 +65,42 @@ pub enum AuditQuery {
     List(AuditFilter),
 }
 
+/// Append entries (at most 1,000) stamped `time_ms`; the number of the last one. Other services
+/// call this inside their own command's transaction to audit what they change in one entry.
+pub fn append(
+    txn: &WriteTransaction,
+    time_ms: u64,
+    entries: Vec<NewEntry>,
+) -> Result<u64, ApplyError> {
+    let mut meta = txn.open_table(META)?;
+    let mut next = match meta.get(NEXT)? {
+        Some(v) => {
+            let b: [u8; 8] = v
+                .value()
+                .try_into()
+                .map_err(|_| StateError::Corrupt("audit counter is not 8 bytes".into()))?;
+            u64::from_be_bytes(b)
+        }
+        None => 1,
+    };
+    let mut t = txn.open_table(ENTRIES)?;
+    for e in entries.into_iter().take(1000) {
+        let entry = AuditEntry {
+            time_ms,
+            actor: clip(&e.actor, 256),
+            action: clip(&e.action, 64),
+            resource: clip(&e.resource, 1024),
+            ip: clip(&e.ip, 64),
+            outcome: clip(&e.outcome, 16),
+        };
+        let bytes = postcard::to_stdvec(&entry).map_err(|e| StateError::Encode(e.to_string()))?;
+        t.insert(next.to_be_bytes().as_slice(), bytes.as_slice())?;
+        next += 1;
+    }
+    meta.insert(NEXT, next.to_be_bytes().as_slice())?;
+    Ok(next - 1)
+}
+
 #[derive(Clone, Copy, Debug, Default)]
 pub struct AuditService;
 
@@ -94,34 +130,7 @@ impl TypedService for AuditService {
         command: AuditCommand,
     ) -> Result<u64, ApplyError> {
         let AuditCommand::Append(entries) = command;
-        let mut meta = txn.open_table(META)?;
-        let mut next = match meta.get(NEXT)? {
-            Some(v) => {
-                let b: [u8; 8] = v
-                    .value()
-                    .try_into()
-                    .map_err(|_| StateError::Corrupt("audit counter is not 8 bytes".into()))?;
-                u64::from_be_bytes(b)
-            }
-            None => 1,
-        };
-        let mut t = txn.open_table(ENTRIES)?;
-        for e in entries.into_iter().take(1000) {
-            let entry = AuditEntry {
-                time_ms: ctx.time_ms,
-                actor: clip(&e.actor, 256),
-                action: clip(&e.action, 64),
-                resource: clip(&e.resource, 1024),
-                ip: clip(&e.ip, 64),
-                outcome: clip(&e.outcome, 16),
-            };
-            let bytes =
-                postcard::to_stdvec(&entry).map_err(|e| StateError::Encode(e.to_string()))?;
-            t.insert(next.to_be_bytes().as_slice(), bytes.as_slice())?;
-            next += 1;
-        }
-        meta.insert(NEXT, next.to_be_bytes().as_slice())?;
-        Ok(next - 1)
+        append(txn, ctx.time_ms, entries)
     }
 
     fn query(

@@ -317,6 +317,37 @@ pub enum BucketCommand {
     Expire {
         bucket: String,
     },
+    /// `command` (an object write), recorded in the audit log in the same transaction:
+    /// one log entry, no second fsync for the audit trail.
+    Audited {
+        actor: String,
+        ip: String,
+        command: Box<BucketCommand>,
+    },
+}
+
+impl BucketCommand {
+    /// The audit action and resource of an audited write.
+    fn audit_of(&self) -> Option<(&'static str, String)> {
+        let (action, bucket, key) = match self {
+            BucketCommand::PutObject { bucket, key, .. } => ("s3:PutObject", bucket, key),
+            BucketCommand::DeleteObject { bucket, key, .. } => ("s3:DeleteObject", bucket, key),
+            BucketCommand::SetObjectTags { bucket, key, .. } => {
+                ("s3:PutObjectTagging", bucket, key)
+            }
+            BucketCommand::CreateUpload { bucket, key, .. } => {
+                ("s3:CreateMultipartUpload", bucket, key)
+            }
+            BucketCommand::CompleteUpload { bucket, key, .. } => {
+                ("s3:CompleteMultipartUpload", bucket, key)
+            }
+            BucketCommand::AbortUpload { bucket, key, .. } => {
+                ("s3:AbortMultipartUpload", bucket, key)
+            }
+            _ => return None,
+        };
+        Some((action, format!("{bucket}/{key}")))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -1131,6 +1162,27 @@ impl TypedService for BucketService {
         let tx = Tx { txn };
         let now = ctx.time_ms;
         match command {
+            BucketCommand::Audited { actor, ip, command } => {
+                let Some((action, resource)) = command.audit_of() else {
+                    return Err(reject(
+                        "invalid_argument",
+                        "only object writes are audited this way",
+                    ));
+                };
+                let r = self.apply(txn, ctx, *command)?;
+                crate::audit::append(
+                    txn,
+                    now,
+                    vec![crate::audit::NewEntry {
+                        actor,
+                        action: action.into(),
+                        resource,
+                        ip,
+                        outcome: "success".into(),
+                    }],
+                )?;
+                Ok(r)
+            }
             BucketCommand::CreateBucket {
                 name,
                 owner,

@@ -336,6 +336,12 @@ fn decode<T: serde::de::DeserializeOwned>(what: &str, b: &[u8]) -> Result<T, Sta
     postcard::from_bytes(b).map_err(|e| StateError::Corrupt(format!("{what}: {e}")))
 }
 
+/// Compare two secret digests in constant time.
+fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    use subtle::ConstantTimeEq;
+    a.ct_eq(b).into()
+}
+
 fn id_of(b: &[u8]) -> Result<u128, StateError> {
     let a: [u8; 16] = b
         .try_into()
@@ -631,14 +637,14 @@ impl TypedService for IdentityService {
                 if s.revoked || s.expires_ms <= ctx.time_ms {
                     return Err(reject("session_ended", "the session is revoked or expired"));
                 }
-                if presented == s.refresh_hash {
+                if same(&presented, &s.refresh_hash) {
                     s.previous_hash = Some(s.refresh_hash);
                     s.refresh_hash = next;
                     s.refreshed_ms = ctx.time_ms;
                     s.expires_ms = expires_ms;
                     put_session(txn, sid, &s)?;
                     Ok(IdentityResponse::Refreshed)
-                } else if s.previous_hash == Some(presented) {
+                } else if s.previous_hash.is_some_and(|p| same(&p, &presented)) {
                     s.revoked = true;
                     put_session(txn, sid, &s)?;
                     Ok(IdentityResponse::Reused)
@@ -746,7 +752,7 @@ impl TypedService for IdentityService {
                         None => return Err(reject("bad_reset", "the reset token is not valid")),
                     }
                 };
-                if r.used || r.expires_ms <= ctx.time_ms || r.hash != presented {
+                if r.used || r.expires_ms <= ctx.time_ms || !same(&r.hash, &presented) {
                     return Err(reject("bad_reset", "the reset token is not valid"));
                 }
                 let mut u = load_user(txn, r.user)?;
