@@ -88,6 +88,8 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "api.rate_limit",
     },
+    Key { name: "smtp.url" },
+    Key { name: "smtp.from" },
 ];
 
 pub const DEFAULT_DATA: &str = "./cairn-data";
@@ -436,9 +438,32 @@ impl Layers {
             s.parse::<u32>()
                 .map_err(|_| format!("{s:?} is not a number of requests per minute"))
         })?;
+        let nonempty = |s: &str| -> Result<Option<String>, String> {
+            Ok(Some(s.to_owned()).filter(|s| !s.is_empty()))
+        };
+        let smtp_url = self.parse("smtp.url", "", |s| {
+            let s = s.trim();
+            if s.is_empty() || s.starts_with("smtp://") || s.starts_with("smtps://") {
+                nonempty(s)
+            } else {
+                Err(format!(
+                    "{s:?} is not an smtp:// or smtps:// URL (e.g. smtps://user:pass@mail.example.com:465)"
+                ))
+            }
+        })?;
+        let smtp_from = self.parse("smtp.from", "", nonempty)?;
+        if smtp_url.is_some() && smtp_from.is_none() {
+            return Err(ConfigError::Missing {
+                key: "smtp.from".into(),
+                hint: "with `smtp.url`, name the address mail is sent from (CAIRN_SMTP_FROM)"
+                    .into(),
+            });
+        }
         Ok(ServeConfig {
             auth_rate_limit,
             api_rate_limit,
+            smtp_url,
+            smtp_from,
             domain,
             lifecycle_ms,
             chunkservers,
@@ -535,6 +560,10 @@ pub struct ServeConfig {
     pub auth_rate_limit: u32,
     /// Authenticated `/api` requests per minute per API key or login session (0: off).
     pub api_rate_limit: u32,
+    /// The SMTP server password reset tokens are mailed through (none: kept for an admin).
+    pub smtp_url: Option<String>,
+    /// The address those mails come from.
+    pub smtp_from: Option<String>,
 }
 
 #[cfg(test)]

@@ -24,6 +24,11 @@ pub fn options(config: &ServeConfig) -> GatewayOptions {
     }
 }
 
+/// The SMTP server and sender address, if mail is configured.
+pub fn smtp(config: &ServeConfig) -> (Option<String>, Option<String>) {
+    (config.smtp_url.clone(), config.smtp_from.clone())
+}
+
 /// A gateway talking to `masters` with the credentials in `tls`.
 /// With `local`, calls go straight to that in-process master while it leads.
 pub fn build(
@@ -32,6 +37,7 @@ pub fn build(
     local: Option<cairn_raft::RaftNode>,
     local_chunkservers: &[cairn_chunkserver::Chunkserver],
     options: GatewayOptions,
+    smtp: (Option<String>, Option<String>),
 ) -> anyhow::Result<Arc<Gateway>> {
     let identity = NodeIdentity::load(tls).with_context(|| {
         format!(
@@ -54,7 +60,13 @@ pub fn build(
     for cs in local_chunkservers {
         data = data.with_local(cs.clone());
     }
-    Ok(Arc::new(Gateway::new(data, Arc::new(secrets), options)))
+    let mut gateway = Gateway::new(data, Arc::new(secrets), options);
+    if let (Some(url), Some(from)) = (&smtp.0, &smtp.1) {
+        let mailer = cairn_api::mail::Mailer::new(url, from).map_err(anyhow::Error::msg)?;
+        tracing::info!(?mailer, "password reset tokens are sent by mail");
+        gateway.mailer = Some(Arc::new(mailer));
+    }
+    Ok(Arc::new(gateway))
 }
 
 /// Letters and digits from the system's randomness.
@@ -158,6 +170,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         None,
         &[],
         options(&config),
+        smtp(&config),
     )?;
     let (listener, addr) = bind(config.listen).await?;
     let url = format!("http://{addr}");

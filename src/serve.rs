@@ -83,6 +83,7 @@ impl Node {
             Some(master.clone()),
             &local,
             crate::gateway::options(config),
+            crate::gateway::smtp(config),
         )?;
         Ok(Node {
             master,

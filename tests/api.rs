@@ -2029,3 +2029,236 @@ async fn authenticated_requests_are_rate_limited_per_key_and_session() {
     // Unauthenticated requests are not counted against anyone.
     assert_eq!(api.call("GET", "/auth/me", None, None).await.0, 401);
 }
+
+#[tokio::test]
+async fn the_token_signing_key_rotates_without_logging_everyone_out() {
+    let api = Api::start(&[("CAIRN_API_AUTH_RATE_LIMIT", "1000")]);
+    let admin = first_admin(&api).await;
+    let old = admin["access_token"].as_str().unwrap().to_owned();
+    let login = || {
+        api.call(
+            "POST",
+            "/auth/login",
+            None,
+            Some(json!({"email": "root@example.com", "password": "correct horse battery"})),
+        )
+    };
+    // Only admins rotate.
+    let bob = register(&api, &old, "bob@example.com", "Bob").await;
+    let (s, _) = api
+        .call(
+            "POST",
+            "/auth/jwt-key/rotate",
+            bob["access_token"].as_str(),
+            None,
+        )
+        .await;
+    assert_eq!(s, 403);
+    let (s, v) = api
+        .call("POST", "/auth/jwt-key/rotate", Some(&old), None)
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["kid"], 1);
+    // A token of the replaced key still works; new ones are signed with the new key.
+    assert_eq!(api.call("GET", "/auth/me", Some(&old), None).await.0, 200);
+    let (_, l) = login().await;
+    let middle = l["access_token"].as_str().unwrap().to_owned();
+    assert_ne!(middle, old);
+    assert_eq!(
+        api.call("GET", "/auth/me", Some(&middle), None).await.0,
+        200
+    );
+    // A second rotation retires the first key: its tokens are refused, the refresh token
+    // still gets a fresh access token.
+    let (s, v) = api
+        .call("POST", "/auth/jwt-key/rotate", Some(&middle), None)
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["kid"], 2);
+    let (s, v) = api.call("GET", "/auth/me", Some(&old), None).await;
+    assert_eq!(s, 401, "{v}");
+    assert!(error_of(&v).contains("rotated"), "{v}");
+    assert_eq!(
+        api.call("GET", "/auth/me", Some(&middle), None).await.0,
+        200
+    );
+    let (s, r) = api
+        .call(
+            "POST",
+            "/auth/refresh",
+            None,
+            Some(json!({"refresh_token": admin["refresh_token"]})),
+        )
+        .await;
+    assert_eq!(s, 200, "{r}");
+    let fresh = r["access_token"].as_str().unwrap();
+    assert_eq!(api.call("GET", "/auth/me", Some(fresh), None).await.0, 200);
+    // A token whose key id was altered is refused.
+    let mut parts: Vec<String> = fresh.split('.').map(str::to_owned).collect();
+    parts[0] = {
+        use base64::Engine;
+        let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        e.encode(br#"{"typ":"JWT","alg":"HS256","kid":"1"}"#)
+    };
+    let forged = parts.join(".");
+    assert_eq!(
+        api.call("GET", "/auth/me", Some(&forged), None).await.0,
+        401
+    );
+}
+
+/// A mail server on loopback for the test: speaks enough SMTP to take messages, and hands
+/// each one's DATA to the test.
+async fn smtp_sink() -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let (r, mut w) = sock.into_split();
+                let mut lines = BufReader::new(r).lines();
+                w.write_all(b"220 sink.test ESMTP\r\n").await.unwrap();
+                let mut data: Option<String> = None;
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if let Some(d) = data.as_mut() {
+                        if line == "." {
+                            tx.send(std::mem::take(d)).unwrap();
+                            data = None;
+                            w.write_all(b"250 queued\r\n").await.unwrap();
+                        } else {
+                            d.push_str(&line);
+                            d.push('\n');
+                        }
+                        continue;
+                    }
+                    let verb = line.split_whitespace().next().unwrap_or("").to_uppercase();
+                    let reply: &[u8] = match verb.as_str() {
+                        "EHLO" | "HELO" => b"250 sink.test\r\n",
+                        "DATA" => {
+                            data = Some(String::new());
+                            b"354 go on\r\n"
+                        }
+                        "QUIT" => {
+                            w.write_all(b"221 bye\r\n").await.unwrap();
+                            break;
+                        }
+                        _ => b"250 ok\r\n",
+                    };
+                    w.write_all(reply).await.unwrap();
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
+#[tokio::test]
+async fn reset_tokens_are_mailed_when_smtp_is_configured() {
+    let (smtp, mut mails) = smtp_sink().await;
+    let url = format!("smtp://{smtp}");
+    let api = Api::start(&[
+        ("CAIRN_SMTP_URL", url.as_str()),
+        ("CAIRN_SMTP_FROM", "Cairn <cairn@example.com>"),
+        ("CAIRN_API_AUTH_RATE_LIMIT", "1000"),
+    ]);
+    let admin = first_admin(&api).await;
+    let token = admin["access_token"].as_str().unwrap().to_owned();
+    // The same answer for an unknown address, and no mail for it.
+    let (s, unknown) = api
+        .call(
+            "POST",
+            "/auth/forgot-password",
+            None,
+            Some(json!({"email": "nobody@example.com"})),
+        )
+        .await;
+    assert_eq!(s, 202);
+    let (s, known) = api
+        .call(
+            "POST",
+            "/auth/forgot-password",
+            None,
+            Some(json!({"email": "Root@Example.com"})),
+        )
+        .await;
+    assert_eq!(s, 202);
+    assert_eq!(unknown, known);
+    assert!(
+        known["status"].as_str().unwrap().contains("sent"),
+        "{known}"
+    );
+    let mail = tokio::time::timeout(cairn_tests::PATIENCE, mails.recv())
+        .await
+        .expect("no mail arrived")
+        .unwrap();
+    // Long lines travel quoted-printable: undo the soft breaks a mail client would.
+    let mail = mail.replace("=\n", "").replace("=3D", "=");
+    assert!(mail.contains("To: root@example.com"), "{mail}");
+    assert!(mail.contains("From: Cairn <cairn@example.com>"), "{mail}");
+    assert!(
+        mail.contains("Subject: Reset your Cairn password"),
+        "{mail}"
+    );
+    let reset = mail
+        .split_whitespace()
+        .find(|w| w.len() == 97 && w.as_bytes()[32] == b'.')
+        .unwrap_or_else(|| panic!("no token in {mail}"))
+        .to_owned();
+    // Mailed tokens are not listed for the admin.
+    let (_, list) = api
+        .call("GET", "/auth/password-resets", Some(&token), None)
+        .await;
+    assert_eq!(list["resets"].as_array().unwrap().len(), 0, "{list}");
+    // The mailed token works, once.
+    let body = json!({"token": reset, "new_password": "a brand new password"});
+    let (s, v) = api
+        .call("POST", "/auth/reset-password", None, Some(body.clone()))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        api.call("POST", "/auth/reset-password", None, Some(body))
+            .await
+            .0,
+        400
+    );
+    let (s, _) = api
+        .call(
+            "POST",
+            "/auth/login",
+            None,
+            Some(json!({"email": "root@example.com", "password": "a brand new password"})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    // Only the one mail went out.
+    assert!(mails.try_recv().is_err());
+}
+
+#[test]
+fn smtp_settings_are_checked_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d");
+    for (env, says) in [
+        (
+            vec![("CAIRN_SMTP_URL", "mail.example.com")],
+            "not an smtp:// or smtps:// URL",
+        ),
+        (vec![("CAIRN_SMTP_URL", "smtp://127.0.0.1:25")], "smtp.from"),
+    ] {
+        let (status, _, err) = cairn_tests::run(
+            Path::new(BIN),
+            &["serve", "--data", data.to_str().unwrap()],
+            &env,
+            Path::new("/"),
+        )
+        .unwrap();
+        assert_eq!(status.code(), Some(2), "{err}");
+        assert!(err.contains(says), "{err}");
+    }
+}

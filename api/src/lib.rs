@@ -14,6 +14,7 @@
 pub mod auth;
 pub mod body;
 pub mod http;
+pub mod mail;
 pub mod metrics;
 pub mod rest;
 pub mod s3;
@@ -72,12 +73,14 @@ pub struct Gateway {
     pub secrets: Arc<SecretsKey>,
     pub options: GatewayOptions,
     pub metrics: metrics::Metrics,
-    /// The access-token signing key, opened from the replicated state on first use.
-    pub jwt_key: parking_lot::Mutex<Option<Vec<u8>>>,
+    /// The access-token signing keys, opened from the replicated state and kept a minute.
+    pub jwt_key: parking_lot::Mutex<Option<rest::JwtKeys>>,
     pub auth_limiter: rest::RateLimiter,
     /// Per API key or login session, for every authenticated `/api` request.
     pub caller_limiter: rest::RateLimiter<String>,
     pub api_keys: rest::ApiKeyCache,
+    /// Sends password reset tokens by mail when SMTP is configured.
+    pub mailer: Option<Arc<mail::Mailer>>,
 }
 
 /// The S3 error for a refusal from the bucket service.
@@ -136,6 +139,7 @@ impl Gateway {
             auth_limiter: rest::RateLimiter::default(),
             caller_limiter: rest::RateLimiter::default(),
             api_keys: rest::ApiKeyCache::default(),
+            mailer: None,
         }
     }
 

@@ -367,25 +367,61 @@ fn check_password(p: &str) -> ApiResult<()> {
     Ok(())
 }
 
-/// The JWT signing key, opened from the replicated state once and kept.
-async fn jwt_key(g: &Gateway) -> ApiResult<Vec<u8>> {
-    if let Some(k) = g.jwt_key.lock().clone() {
+/// How long a gateway signs with the key it opened before looking for a newer one (after a
+/// rotation, other gateways pick up the new key within this time).
+const JWT_KEYS_FOR: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The token signing keys, opened from the replicated state: the current one (which signs)
+/// and the one it replaced (which still verifies), by key id.
+#[derive(Clone, Debug)]
+pub struct JwtKeys {
+    current: (u32, Vec<u8>),
+    previous: Option<(u32, Vec<u8>)>,
+    fetched: std::time::Instant,
+}
+
+impl JwtKeys {
+    fn by_kid(&self, kid: u32) -> Option<&[u8]> {
+        std::iter::once(&self.current)
+            .chain(self.previous.as_ref())
+            .find(|(k, _)| *k == kid)
+            .map(|(_, key)| key.as_slice())
+    }
+}
+
+/// The signing keys (kept for [`JWT_KEYS_FOR`], or fetched anew with `fresh`).
+async fn jwt_keys(g: &Gateway, fresh: bool) -> ApiResult<JwtKeys> {
+    if !fresh
+        && let Some(k) = g.jwt_key.lock().clone()
+        && k.fetched.elapsed() < JWT_KEYS_FOR
+    {
         return Ok(k);
     }
-    let sealed = match ask(g, &IdentityQuery::SealedJwtKey).await? {
-        IdentityQueryResponse::Key(Some(k)) => k,
-        _ => {
-            return Err(ApiError::unauthorized(
-                "no user exists yet: run setup first",
-            ));
-        }
+    let IdentityQueryResponse::JwtKeys { current, previous } =
+        ask(g, &IdentityQuery::JwtKeys).await?
+    else {
+        return Err(ApiError::internal("unexpected answer"));
     };
-    let key = g
-        .secrets
-        .open(JWT_KEY_PURPOSE, &sealed)
-        .map_err(ApiError::internal)?;
-    *g.jwt_key.lock() = Some(key.clone());
-    Ok(key)
+    let Some(current) = current else {
+        return Err(ApiError::unauthorized(
+            "no user exists yet: run setup first",
+        ));
+    };
+    let open = |(kid, sealed): (u32, Vec<u8>)| -> ApiResult<(u32, Vec<u8>)> {
+        Ok((
+            kid,
+            g.secrets
+                .open(JWT_KEY_PURPOSE, &sealed)
+                .map_err(ApiError::internal)?,
+        ))
+    };
+    let keys = JwtKeys {
+        current: open(current)?,
+        previous: previous.map(open).transpose()?,
+        fetched: std::time::Instant::now(),
+    };
+    *g.jwt_key.lock() = Some(keys.clone());
+    Ok(keys)
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -455,11 +491,13 @@ async fn tokens(
         exp: now + ACCESS_TTL_S,
         iss: "cairn".into(),
     };
-    let key = jwt_key(g).await?;
+    let keys = jwt_keys(g, false).await?;
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = Some(keys.current.0.to_string());
     let access = jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &header,
         &claims,
-        &jsonwebtoken::EncodingKey::from_secret(&key),
+        &jsonwebtoken::EncodingKey::from_secret(&keys.current.1),
     )
     .map_err(ApiError::internal)?;
     let mut out = json!({
@@ -630,13 +668,26 @@ pub(crate) async fn authenticate(g: &Gateway, headers: &HeaderMap) -> ApiResult<
     if token.starts_with("cairn_") {
         return authenticate_key(g, token).await;
     }
-    let key = jwt_key(g).await?;
+    // The key id in the header picks the key (tokens from before rotation existed have none:
+    // key 0); an id this gateway does not know yet may be a rotation it has not seen.
+    let kid = jsonwebtoken::decode_header(token)
+        .map_err(|e| ApiError::unauthorized(format!("invalid access token: {e}")))?
+        .kid
+        .map_or(Some(0), |k| k.parse::<u32>().ok())
+        .ok_or_else(|| ApiError::unauthorized("invalid access token: bad key id"))?;
+    let mut keys = jwt_keys(g, false).await?;
+    if keys.by_kid(kid).is_none() {
+        keys = jwt_keys(g, true).await?;
+    }
+    let key = keys.by_kid(kid).ok_or_else(|| {
+        ApiError::unauthorized("invalid access token: its signing key was rotated away")
+    })?;
     let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
     validation.leeway = 5;
     validation.set_issuer(&["cairn"]);
     let data = jsonwebtoken::decode::<Claims>(
-        token.trim(),
-        &jsonwebtoken::DecodingKey::from_secret(&key),
+        token,
+        &jsonwebtoken::DecodingKey::from_secret(key),
         &validation,
     )
     .map_err(|e| ApiError::unauthorized(format!("invalid access token: {e}")))?;
@@ -1384,7 +1435,8 @@ async fn forgot_password(State(g): State<Arc<Gateway>>, req: Request) -> ApiResu
         IdentityQueryResponse::User(u) => u,
         _ => None,
     };
-    if let Some((user, _)) = found {
+    let mailer = g.mailer.clone();
+    if let Some((user, record)) = found {
         let id = u128::from_be_bytes(
             random32()?[..16]
                 .try_into()
@@ -1392,10 +1444,14 @@ async fn forgot_password(State(g): State<Arc<Gateway>>, req: Request) -> ApiResu
         );
         let secret = random32()?;
         let token = format!("{}.{}", hex_id(id), hex(&secret));
-        let sealed = g
-            .secrets
-            .seal(RESET_PURPOSE, token.as_bytes())
-            .map_err(ApiError::internal)?;
+        // Mailed tokens are not kept for the admin's listing.
+        let sealed = if mailer.is_some() {
+            Vec::new()
+        } else {
+            g.secrets
+                .seal(RESET_PURPOSE, token.as_bytes())
+                .map_err(ApiError::internal)?
+        };
         propose(
             &g,
             &IdentityCommand::CreateReset {
@@ -1407,12 +1463,25 @@ async fn forgot_password(State(g): State<Arc<Gateway>>, req: Request) -> ApiResu
             },
         )
         .await?;
+        // Sent in the background: the answer takes no longer for a known address.
+        if let Some(m) = mailer.clone() {
+            tokio::spawn(async move {
+                match m
+                    .send_reset(&record.email, &token, RESET_TTL_MS / 60_000)
+                    .await
+                {
+                    Ok(()) => tracing::info!(to = %record.email, "password reset mail sent"),
+                    Err(e) => tracing::error!(error = %e, "could not send a password reset mail"),
+                }
+            });
+        }
     }
-    Ok((
-        StatusCode::ACCEPTED,
-        axum::Json(json!({"status": "if an account has this email, a reset token was issued; an administrator can hand it over"})),
-    )
-        .into_response())
+    let status = if mailer.is_some() {
+        "if an account has this email, a reset token was sent to it"
+    } else {
+        "if an account has this email, a reset token was issued; an administrator can hand it over"
+    };
+    Ok((StatusCode::ACCEPTED, axum::Json(json!({"status": status}))).into_response())
 }
 
 /// `GET /api/auth/password-resets` (admins): the pending reset tokens, to hand to their users.
@@ -1425,7 +1494,11 @@ async fn password_resets(State(g): State<Arc<Gateway>>, headers: HeaderMap) -> A
         _ => Vec::new(),
     };
     let mut items = Vec::new();
-    for (_, r, u) in resets {
+    // Tokens sent by mail are not kept (their sealed copy is empty).
+    for (_, r, u) in resets
+        .into_iter()
+        .filter(|(_, r, _)| !r.sealed_token.is_empty())
+    {
         let token = g
             .secrets
             .open(RESET_PURPOSE, &r.sealed_token)
@@ -1470,6 +1543,25 @@ async fn reset_password(State(g): State<Arc<Gateway>>, req: Request) -> ApiResul
         Err(r) if r.code == "bad_reset" => Err(invalid()),
         Err(r) => Err(ApiError::bad(r.message)),
     }
+}
+
+/// `POST /api/auth/jwt-key/rotate` (admins): a new token signing key. Tokens signed with the
+/// current key stay valid until the next rotation; older ones stop working.
+#[utoipa::path(post, path = "/api/auth/jwt-key/rotate", responses((status = 200, description = "The new key's id"), (status = 403, description = "Admins only")))]
+async fn rotate_jwt_key(State(g): State<Arc<Gateway>>, headers: HeaderMap) -> ApiResult<Response> {
+    let caller = authenticate(&g, &headers).await?;
+    caller.admin()?;
+    let sealed = g
+        .secrets
+        .seal(JWT_KEY_PURPOSE, &random32()?)
+        .map_err(ApiError::internal)?;
+    let IdentityResponse::Created { id } =
+        propose(&g, &IdentityCommand::RotateJwtKey { sealed }).await?
+    else {
+        return Err(ApiError::internal("unexpected answer"));
+    };
+    jwt_keys(&g, true).await?;
+    Ok(axum::Json(json!({"kid": id})).into_response())
 }
 
 /// A known route with a method it does not take: 405 with a JSON body like every other error.
@@ -1517,6 +1609,7 @@ async fn not_found() -> ApiError {
         forgot_password,
         reset_password,
         password_resets,
+        rotate_jwt_key,
         create_api_key,
         list_api_keys,
         delete_api_key,
@@ -1557,6 +1650,7 @@ pub fn router(g: Arc<Gateway>) -> Router {
     Router::new()
         .merge(credentials)
         .route("/auth/logout", post(logout))
+        .route("/auth/jwt-key/rotate", post(rotate_jwt_key))
         .route("/auth/registration", axum::routing::put(set_registration))
         .route("/auth/password-resets", get(password_resets))
         .route("/auth/totp/enable", post(totp_enable))

@@ -34,6 +34,11 @@ const API_KEYS: Table = Table::new("id.api_keys");
 /// Password reset id → [`PasswordReset`].
 const RESETS: Table = Table::new("id.resets");
 const JWT_KEY: &[u8] = b"jwt_key";
+/// The current signing key's id (u32 BE; absent: 0, the key setup made).
+const JWT_KID: &[u8] = b"jwt_kid";
+/// The key the current one replaced: kid (u32 BE) ‖ sealed key. Tokens it signed stay valid
+/// until the next rotation (access tokens live 15 minutes).
+const JWT_PREVIOUS: &[u8] = b"jwt_previous";
 const REGISTRATION: &[u8] = b"registration";
 
 /// Most sessions listed at once.
@@ -231,6 +236,11 @@ pub enum IdentityCommand {
         user: u128,
         on: bool,
     },
+    /// A new token signing key (sealed) replaces the current one, which is kept to verify the
+    /// tokens it signed; the one before it is dropped.
+    RotateJwtKey {
+        sealed: Vec<u8>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -298,6 +308,8 @@ pub enum IdentityQuery {
     Policies {
         tenant: u128,
     },
+    /// The current signing key and the one it replaced, with their ids.
+    JwtKeys,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -319,6 +331,11 @@ pub enum IdentityQueryResponse {
     Members(Vec<(u128, Role, User)>),
     Access(Option<AccessView>),
     Policies(Vec<(u128, Policy, Vec<u128>)>),
+    /// (kid, sealed key) of the current and the previous signing key.
+    JwtKeys {
+        current: Option<(u32, Vec<u8>)>,
+        previous: Option<(u32, Vec<u8>)>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -334,6 +351,16 @@ fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StateError> {
 
 fn decode<T: serde::de::DeserializeOwned>(what: &str, b: &[u8]) -> Result<T, StateError> {
     postcard::from_bytes(b).map_err(|e| StateError::Corrupt(format!("{what}: {e}")))
+}
+
+/// A stored key id (u32 BE); absent is 0.
+fn kid_of(v: Option<&[u8]>) -> Result<u32, StateError> {
+    match v {
+        None => Ok(0),
+        Some(b) => Ok(u32::from_be_bytes(b.try_into().map_err(|_| {
+            StateError::Corrupt("jwt key id is not 4 bytes".into())
+        })?)),
+    }
 }
 
 /// Compare two secret digests in constant time.
@@ -796,6 +823,24 @@ impl TypedService for IdentityService {
                 }
                 Ok(IdentityResponse::Done)
             }
+            IdentityCommand::RotateJwtKey { sealed } => {
+                let mut meta = txn.open_table(META)?;
+                let Some(current) = meta.get(JWT_KEY)?.map(|v| v.value().to_vec()) else {
+                    return Err(reject(
+                        "setup_needed",
+                        "no signing key yet: run setup first",
+                    ));
+                };
+                let kid = kid_of(meta.get(JWT_KID)?.map(|v| v.value().to_vec()).as_deref())?;
+                let mut previous = kid.to_be_bytes().to_vec();
+                previous.extend_from_slice(&current);
+                meta.insert(JWT_PREVIOUS, previous.as_slice())?;
+                meta.insert(JWT_KEY, sealed.as_slice())?;
+                meta.insert(JWT_KID, kid.wrapping_add(1).to_be_bytes().as_slice())?;
+                Ok(IdentityResponse::Created {
+                    id: u128::from(kid.wrapping_add(1)),
+                })
+            }
             IdentityCommand::CreateTenant { name, owner } => {
                 let id = ctx.fresh_id();
                 tenancy::create(txn, USERS, id, &name, owner, ctx.time_ms)?;
@@ -957,6 +1002,22 @@ impl TypedService for IdentityService {
             }
             IdentityQuery::Policies { tenant } => {
                 IdentityQueryResponse::Policies(tenancy::View { txn }.policies(tenant)?)
+            }
+            IdentityQuery::JwtKeys => {
+                let t = txn.open_table(META)?;
+                let kid = kid_of(t.get(JWT_KID)?.map(|v| v.value().to_vec()).as_deref())?;
+                let current = t.get(JWT_KEY)?.map(|v| (kid, v.value().to_vec()));
+                let previous = match t.get(JWT_PREVIOUS)? {
+                    Some(v) if v.value().len() > 4 => {
+                        let (k, sealed) = v.value().split_at(4);
+                        Some((kid_of(Some(k))?, sealed.to_vec()))
+                    }
+                    Some(_) => {
+                        return Err(StateError::Corrupt("jwt_previous is short".into()).into());
+                    }
+                    None => None,
+                };
+                IdentityQueryResponse::JwtKeys { current, previous }
             }
             IdentityQuery::SealedJwtKey => {
                 let t = txn.open_table(META)?;
