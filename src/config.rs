@@ -88,6 +88,9 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "api.rate_limit",
     },
+    Key {
+        name: "api.access_token_ttl",
+    },
     Key { name: "smtp.url" },
     Key { name: "smtp.from" },
 ];
@@ -438,6 +441,12 @@ impl Layers {
             s.parse::<u32>()
                 .map_err(|_| format!("{s:?} is not a number of requests per minute"))
         })?;
+        let access_ttl_s = self.parse("api.access_token_ttl", "900", |s| {
+            s.parse::<u64>()
+                .ok()
+                .filter(|n| (1..=86_400).contains(n))
+                .ok_or_else(|| format!("{s:?} is not a number of seconds from 1 to 86400"))
+        })?;
         let nonempty = |s: &str| -> Result<Option<String>, String> {
             Ok(Some(s.to_owned()).filter(|s| !s.is_empty()))
         };
@@ -462,6 +471,7 @@ impl Layers {
         Ok(ServeConfig {
             auth_rate_limit,
             api_rate_limit,
+            access_ttl_s,
             smtp_url,
             smtp_from,
             domain,
@@ -560,6 +570,8 @@ pub struct ServeConfig {
     pub auth_rate_limit: u32,
     /// Authenticated `/api` requests per minute per API key or login session (0: off).
     pub api_rate_limit: u32,
+    /// Lifetime of access tokens, in seconds.
+    pub access_ttl_s: u64,
     /// The SMTP server password reset tokens are mailed through (none: kept for an admin).
     pub smtp_url: Option<String>,
     /// The address those mails come from.

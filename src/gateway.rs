@@ -20,6 +20,7 @@ pub fn options(config: &ServeConfig) -> GatewayOptions {
         domain: config.domain.clone(),
         auth_rate_limit: config.auth_rate_limit,
         api_rate_limit: config.api_rate_limit,
+        access_ttl_s: config.access_ttl_s,
         ..GatewayOptions::default()
     }
 }

@@ -2262,3 +2262,38 @@ fn smtp_settings_are_checked_at_start() {
         assert!(err.contains(says), "{err}");
     }
 }
+
+#[tokio::test]
+async fn expired_access_tokens_are_refused_and_refresh_gets_a_new_one() {
+    let api = Api::start(&[("CAIRN_API_ACCESS_TOKEN_TTL", "1")]);
+    let admin = first_admin(&api).await;
+    assert_eq!(admin["expires_in"], 1);
+    let token = admin["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(api.call("GET", "/auth/me", Some(&token), None).await.0, 200);
+    // Past its expiry (and the 5 s of leeway for clock skew), the token is refused.
+    let deadline = std::time::Instant::now() + cairn_tests::PATIENCE;
+    let v = loop {
+        let (s, v) = api.call("GET", "/auth/me", Some(&token), None).await;
+        if s == 401 {
+            break v;
+        }
+        assert_eq!(s, 200);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the token never expired"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    };
+    assert!(error_of(&v).contains("xpired"), "{v}");
+    let (s, r) = api
+        .call(
+            "POST",
+            "/auth/refresh",
+            None,
+            Some(json!({"refresh_token": admin["refresh_token"]})),
+        )
+        .await;
+    assert_eq!(s, 200, "{r}");
+    let fresh = r["access_token"].as_str().unwrap();
+    assert_eq!(api.call("GET", "/auth/me", Some(fresh), None).await.0, 200);
+}

@@ -51,6 +51,8 @@ pub struct GatewayOptions {
     pub auth_rate_limit: u32,
     /// Authenticated `/api` requests per minute per API key or login session (0: no limit).
     pub api_rate_limit: u32,
+    /// Lifetime of access tokens, in seconds.
+    pub access_ttl_s: u64,
 }
 
 impl Default for GatewayOptions {
@@ -62,6 +64,7 @@ impl Default for GatewayOptions {
             domain: None,
             auth_rate_limit: 5,
             api_rate_limit: 600,
+            access_ttl_s: rest::ACCESS_TTL_S,
         }
     }
 }

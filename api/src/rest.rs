@@ -29,7 +29,7 @@ use serde_json::json;
 
 use crate::Gateway;
 
-/// Access tokens live this long.
+/// Access tokens live this long by default (`api.access_token_ttl`).
 pub const ACCESS_TTL_S: u64 = 15 * 60;
 /// Refresh tokens (sessions) live this long after their last use.
 pub const REFRESH_TTL_MS: u64 = 30 * 24 * 3600 * 1000;
@@ -488,7 +488,7 @@ async fn tokens(
         sub: hex_id(user),
         sid: hex_id(sid),
         iat: now,
-        exp: now + ACCESS_TTL_S,
+        exp: now + g.options.access_ttl_s,
         iss: "cairn".into(),
     };
     let keys = jwt_keys(g, false).await?;
@@ -504,7 +504,7 @@ async fn tokens(
         "access_token": access,
         "refresh_token": format!("{}.{}", hex_id(sid), hex(secret)),
         "token_type": "Bearer",
-        "expires_in": ACCESS_TTL_S,
+        "expires_in": g.options.access_ttl_s,
     });
     if let Some(u) = u {
         out["user"] = user_json(user, u);
