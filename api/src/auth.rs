@@ -311,12 +311,18 @@ impl Access {
         Ok(p)
     }
 
+    /// The bucket's record as the serving master has applied it (no read-index round: a
+    /// bucket changes tenant only by being deleted and made again, object writes re-check
+    /// the tenant inside their command, and the handler's own queries are linearizable).
     async fn bucket_record(&self, name: &str) -> S3Result<Option<BucketRecord>> {
         match self
             .gateway
-            .query(&BucketQuery::Bucket {
-                name: name.to_owned(),
-            })
+            .query_with(
+                &BucketQuery::Bucket {
+                    name: name.to_owned(),
+                },
+                Consistency::Stale,
+            )
             .await?
         {
             BucketQueryResponse::Bucket(b) => Ok(b),

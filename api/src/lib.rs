@@ -182,12 +182,21 @@ impl Gateway {
 
     /// A linearizable bucket-service query.
     pub async fn query(&self, q: &BucketQuery) -> Result<BucketQueryResponse, S3Error> {
+        self.query_with(q, Consistency::Linearizable).await
+    }
+
+    /// A bucket-service query at the given consistency.
+    pub async fn query_with(
+        &self,
+        q: &BucketQuery,
+        consistency: Consistency,
+    ) -> Result<BucketQueryResponse, S3Error> {
         let payload = BucketService::encode_query(q)
             .map_err(|e| S3Error::with_message(S3ErrorCode::InternalError, e.to_string()))?;
         let outcome = self
             .data
             .master()
-            .query(BucketService::ID, payload, Consistency::Linearizable)
+            .query(BucketService::ID, payload, consistency)
             .await
             .map_err(|e| propose_error(&e))?;
         let bytes = outcome.map_err(|r| rejection_error(&r.code, &r.message))?;

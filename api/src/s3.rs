@@ -493,10 +493,12 @@ type ReadConditions<'a> = (
     &'a Option<Timestamp>,
 );
 
-/// Who made a request, for the audit log: the access key and the client address.
+/// Who made a request, for the audit log: the access key and the client address; and the
+/// tenant its key acts in (writes check it atomically).
 struct Who {
     actor: String,
     ip: String,
+    tenant: Option<u128>,
 }
 
 fn who<T>(req: &S3Request<T>) -> Who {
@@ -510,6 +512,7 @@ fn who<T>(req: &S3Request<T>) -> Who {
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
             .map(|c| c.0.ip().to_string())
             .unwrap_or_default(),
+        tenant: crate::auth::principal(req).map(|p| p.tenant),
     }
 }
 
@@ -517,10 +520,14 @@ impl CairnS3 {
     /// An object write that records itself in the audit log (actor, action, `bucket/key`,
     /// address), in the same log entry and transaction as the write.
     async fn write(&self, who: &Who, c: BucketCommand) -> S3Result<BucketResponse> {
+        let tenant = who
+            .tenant
+            .ok_or_else(|| s3_error!(AccessDenied, "sign the request"))?;
         self.g
             .command(&BucketCommand::Audited {
                 actor: who.actor.clone(),
                 ip: who.ip.clone(),
+                tenant,
                 command: Box::new(c),
             })
             .await

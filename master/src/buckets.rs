@@ -317,18 +317,21 @@ pub enum BucketCommand {
     Expire {
         bucket: String,
     },
-    /// `command` (an object write), recorded in the audit log in the same transaction:
-    /// one log entry, no second fsync for the audit trail.
+    /// `command` (an object write) by a writer acting in `tenant`, recorded in the audit log
+    /// in the same transaction: one log entry, no second fsync for the audit trail. The bucket
+    /// must belong to `tenant` when the write applies, so the gateway's authorisation and the
+    /// write cannot be split by the bucket being deleted and made again by someone else.
     Audited {
         actor: String,
         ip: String,
+        tenant: u128,
         command: Box<BucketCommand>,
     },
 }
 
 impl BucketCommand {
     /// The audit action and resource of an audited write.
-    fn audit_of(&self) -> Option<(&'static str, String)> {
+    fn audit_of(&self) -> Option<(&'static str, &str, String)> {
         let (action, bucket, key) = match self {
             BucketCommand::PutObject { bucket, key, .. } => ("s3:PutObject", bucket, key),
             BucketCommand::DeleteObject { bucket, key, .. } => ("s3:DeleteObject", bucket, key),
@@ -346,7 +349,7 @@ impl BucketCommand {
             }
             _ => return None,
         };
-        Some((action, format!("{bucket}/{key}")))
+        Some((action, bucket, format!("{bucket}/{key}")))
     }
 }
 
@@ -1162,13 +1165,24 @@ impl TypedService for BucketService {
         let tx = Tx { txn };
         let now = ctx.time_ms;
         match command {
-            BucketCommand::Audited { actor, ip, command } => {
-                let Some((action, resource)) = command.audit_of() else {
+            BucketCommand::Audited {
+                actor,
+                ip,
+                tenant,
+                command,
+            } => {
+                let Some((action, bucket, resource)) = command.audit_of() else {
                     return Err(reject(
                         "invalid_argument",
                         "only object writes are audited this way",
                     ));
                 };
+                if crate::tenancy::bucket_tenant(&tx.bucket(bucket)?.owner) != tenant {
+                    return Err(reject(
+                        "no_such_bucket",
+                        "The specified bucket does not exist",
+                    ));
+                }
                 let r = self.apply(txn, ctx, *command)?;
                 crate::audit::append(
                     txn,
