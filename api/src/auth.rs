@@ -18,8 +18,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn_engine::state::TypedService;
-use cairn_master::buckets::BucketRecord;
 use cairn_master::buckets::{BucketQuery, BucketQueryResponse};
+use cairn_master::buckets::{BucketRecord, Version, VersionRef};
 use cairn_master::dataplane::command;
 use cairn_master::identity::{IdentityQuery, IdentityQueryResponse, IdentityService};
 use cairn_master::keys::{AccessKey, KeyCommand, KeyQuery, KeyQueryResponse, KeyService};
@@ -398,8 +398,40 @@ impl S3Access for Access {
             S3Path::Bucket { bucket } => (Some(bucket.to_string()), None),
             S3Path::Object { bucket, key } => (Some(bucket.to_string()), Some(key.to_string())),
         };
-        let rec = match &bucket {
-            Some(b) if op != "CreateBucket" => self.bucket_record(b).await?,
+        // A read of one object fetches the bucket's record and the version together (one
+        // linearizable query), and hands the version on to the handler.
+        let mut prefetched = None;
+        let rec = match (&bucket, &key) {
+            (Some(b), Some(k)) if op == "GetObject" || op == "HeadObject" => {
+                match version_param(cx.uri()) {
+                    Ok(version) => {
+                        match self
+                            .gateway
+                            .query(&BucketQuery::ObjectWithBucket {
+                                bucket: b.clone(),
+                                key: k.clone(),
+                                version,
+                            })
+                            .await?
+                        {
+                            BucketQueryResponse::ObjectWithBucket(Some((rec, found))) => {
+                                prefetched = Some(Prefetched {
+                                    bucket: b.clone(),
+                                    key: k.clone(),
+                                    version,
+                                    found,
+                                });
+                                Some(rec)
+                            }
+                            BucketQueryResponse::ObjectWithBucket(None) => None,
+                            _ => return Err(internal("unexpected answer")),
+                        }
+                    }
+                    // A malformed version id: the handler answers it.
+                    Err(()) => self.bucket_record(b).await?,
+                }
+            }
+            (Some(b), _) if op != "CreateBucket" => self.bucket_record(b).await?,
             _ => None,
         };
         let ip = client_ip(cx.extensions_mut());
@@ -412,6 +444,9 @@ impl S3Access for Access {
         )
         .await?;
         if let Some(p) = principal {
+            cx.extensions_mut().insert(p);
+        }
+        if let Some(p) = prefetched {
             cx.extensions_mut().insert(p);
         }
         Ok(())
@@ -451,6 +486,28 @@ fn client_ip(ext: &http::Extensions) -> String {
     ext.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0.ip().to_string())
         .unwrap_or_default()
+}
+
+/// A key's version read with its bucket's record while authorising a GET or HEAD, for the
+/// handler to answer from (the same linearizable read).
+#[derive(Clone, Debug)]
+pub struct Prefetched {
+    pub bucket: String,
+    pub key: String,
+    pub version: Option<VersionRef>,
+    pub found: Option<Version>,
+}
+
+/// The `versionId` of a request's query string: `Ok(None)` without one, `Err` when malformed.
+fn version_param(uri: &http::Uri) -> Result<Option<VersionRef>, ()> {
+    let Some(q) = uri.query() else {
+        return Ok(None);
+    };
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(q).map_err(|_| ())?;
+    match pairs.iter().find(|(k, _)| k == "versionId") {
+        None => Ok(None),
+        Some((_, v)) => VersionRef::parse(v).map(Some).ok_or(()),
+    }
 }
 
 /// The principal a handler runs for (set by [`Access::check`]).

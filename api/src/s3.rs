@@ -501,6 +501,25 @@ struct Who {
     tenant: Option<u128>,
 }
 
+/// The version a lookup found, or the S3 error for none.
+fn found_version(found: Option<Version>, asked: Option<VersionRef>) -> S3Result<Version> {
+    found.ok_or_else(|| {
+        if asked.is_some() {
+            s3_error!(NoSuchVersion, "The specified version does not exist.")
+        } else {
+            s3_error!(NoSuchKey, "The specified key does not exist.")
+        }
+    })
+}
+
+/// A version's object data; a delete marker answers as S3 does.
+fn data_of(v: Version, asked: Option<VersionRef>) -> S3Result<(Version, ObjectData)> {
+    match v.data().cloned() {
+        Some(d) => Ok((v, d)),
+        None => Err(not_found_marker(&v, asked.is_some())),
+    }
+}
+
 fn who<T>(req: &S3Request<T>) -> Who {
     Who {
         actor: req
@@ -540,10 +559,15 @@ impl CairnS3 {
         key: &str,
         version_id: Option<&str>,
         conditions: ReadConditions<'_>,
-        range: Option<Range>,
-        part_number: Option<i32>,
+        (range, part_number): (Option<Range>, Option<i32>),
+        prefetched: Option<crate::auth::Prefetched>,
     ) -> S3Result<ReadPlan> {
-        let (version, data) = self.object(bucket, key, version_id).await?;
+        let r = parse_version(version_id)?;
+        let (version, data) =
+            match prefetched.filter(|p| p.bucket == bucket && p.key == key && p.version == r) {
+                Some(p) => data_of(found_version(p.found, r)?, r)?,
+                None => self.object(bucket, key, version_id).await?,
+            };
         let (if_match, if_none_match, since, unmodified_since) = conditions;
         read_conditions(
             &data.etag,
@@ -639,12 +663,7 @@ impl CairnS3 {
                 NoSuchBucket,
                 "The specified bucket does not exist"
             )),
-            BucketQueryResponse::Object(Some(None)) => Err(if version.is_some() {
-                s3_error!(NoSuchVersion, "The specified version does not exist.")
-            } else {
-                s3_error!(NoSuchKey, "The specified key does not exist.")
-            }),
-            BucketQueryResponse::Object(Some(Some(v))) => Ok(v),
+            BucketQueryResponse::Object(Some(found)) => found_version(found, version),
             _ => Err(internal("unexpected answer")),
         }
     }
@@ -657,11 +676,7 @@ impl CairnS3 {
         version_id: Option<&str>,
     ) -> S3Result<(Version, ObjectData)> {
         let r = parse_version(version_id)?;
-        let v = self.version(bucket, key, r).await?;
-        match v.data().cloned() {
-            Some(d) => Ok((v, d)),
-            None => Err(not_found_marker(&v, r.is_some())),
-        }
+        data_of(self.version(bucket, key, r).await?, r)
     }
 
     /// Stream a request body into storage, hashing it on the way.
@@ -1514,8 +1529,9 @@ impl S3 for CairnS3 {
 
     async fn get_object(
         &self,
-        req: S3Request<GetObjectInput>,
+        mut req: S3Request<GetObjectInput>,
     ) -> S3Result<S3Response<GetObjectOutput>> {
+        let prefetched = req.extensions.remove::<crate::auth::Prefetched>();
         let input = req.input;
         let plan = self
             .plan_read(
@@ -1528,8 +1544,8 @@ impl S3 for CairnS3 {
                     &input.if_modified_since,
                     &input.if_unmodified_since,
                 ),
-                input.range,
-                input.part_number,
+                (input.range, input.part_number),
+                prefetched,
             )
             .await?;
         let body = self.body_of(&plan.data, plan.offset, plan.len);
@@ -1556,8 +1572,9 @@ impl S3 for CairnS3 {
 
     async fn head_object(
         &self,
-        req: S3Request<HeadObjectInput>,
+        mut req: S3Request<HeadObjectInput>,
     ) -> S3Result<S3Response<HeadObjectOutput>> {
+        let prefetched = req.extensions.remove::<crate::auth::Prefetched>();
         let input = req.input;
         let plan = self
             .plan_read(
@@ -1570,8 +1587,8 @@ impl S3 for CairnS3 {
                     &input.if_modified_since,
                     &input.if_unmodified_since,
                 ),
-                input.range,
-                input.part_number,
+                (input.range, input.part_number),
+                prefetched,
             )
             .await?;
         let partial = plan.content_range.is_some();

@@ -401,6 +401,13 @@ pub enum BucketQuery {
         after: u32,
         limit: u32,
     },
+    /// As `Object`, with the bucket's record from the same read: what a gateway needs to
+    /// authorise a read and answer it, in one query.
+    ObjectWithBucket {
+        bucket: String,
+        key: String,
+        version: Option<VersionRef>,
+    },
 }
 
 /// A listing request: keys under `prefix`, after a marker, rolled up at `delimiter`.
@@ -454,6 +461,8 @@ pub enum BucketQueryResponse {
     Page(ListPage),
     Upload(Option<Upload>),
     Parts(Option<Vec<(u32, Part)>>),
+    /// `None` if the bucket does not exist; else its record and the version (if any).
+    ObjectWithBucket(Option<(BucketRecord, Option<Version>)>),
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -778,6 +787,31 @@ fn check_tags(tags: &[(String, String)]) -> Result<(), Rejection> {
 const DAY_MS: u64 = 86_400_000;
 
 impl BucketService {
+    /// The bucket's record and a key's version in it (the newest when `version` is `None`);
+    /// `None` when the bucket does not exist.
+    fn object_in(
+        txn: &ReadTransaction,
+        bucket: &str,
+        key: &str,
+        version: Option<VersionRef>,
+    ) -> Result<Option<(BucketRecord, Option<Version>)>, ApplyError> {
+        let record: BucketRecord = match txn.open_table(BUCKETS)?.get(bucket.as_bytes())? {
+            Some(v) => decode("bucket record", v.value())?,
+            None => return Ok(None),
+        };
+        let t = txn.open_table(OBJECTS)?;
+        let v = t.get(object_key(bucket, key).as_slice())?;
+        let versions: Vec<Version> = match v {
+            Some(v) => decode("object versions", v.value())?,
+            None => Vec::new(),
+        };
+        let found = match version {
+            None => versions.into_iter().next(),
+            Some(r) => versions.into_iter().find(|v| r.matches(v.id)),
+        };
+        Ok(Some((record, found)))
+    }
+
     fn apply_expire(
         &self,
         txn: &WriteTransaction,
@@ -1621,21 +1655,15 @@ impl TypedService for BucketService {
                 bucket,
                 key,
                 version,
+            } => BucketQueryResponse::Object(
+                Self::object_in(txn, &bucket, &key, version)?.map(|(_, v)| v),
+            ),
+            BucketQuery::ObjectWithBucket {
+                bucket,
+                key,
+                version,
             } => {
-                if txn.open_table(BUCKETS)?.get(bucket.as_bytes())?.is_none() {
-                    return Ok(BucketQueryResponse::Object(None));
-                }
-                let t = txn.open_table(OBJECTS)?;
-                let v = t.get(object_key(&bucket, &key).as_slice())?;
-                let versions: Vec<Version> = match v {
-                    Some(v) => decode("object versions", v.value())?,
-                    None => Vec::new(),
-                };
-                let found = match version {
-                    None => versions.into_iter().next(),
-                    Some(r) => versions.into_iter().find(|v| r.matches(v.id)),
-                };
-                BucketQueryResponse::Object(Some(found))
+                BucketQueryResponse::ObjectWithBucket(Self::object_in(txn, &bucket, &key, version)?)
             }
             BucketQuery::List(req) => BucketQueryResponse::Page(self.list(txn, &req, false)?),
             BucketQuery::Versions(req) => BucketQueryResponse::Page(self.list(txn, &req, true)?),
