@@ -76,10 +76,6 @@ pub(crate) async fn access(
     }
 }
 
-async fn done(g: &Gateway, c: &IdentityCommand) -> ApiResult<IdentityResponse> {
-    propose(g, c).await
-}
-
 /// `GET /api/tenants`: the caller's tenants, their role in each, and which one they act in.
 #[utoipa::path(get, path = "/api/tenants", responses((status = 200, description = "The caller's tenants")))]
 async fn list(State(g): State<Arc<Gateway>>, headers: HeaderMap) -> ApiResult<Response> {
@@ -107,7 +103,7 @@ async fn create(State(g): State<Arc<Gateway>>, req: Request) -> ApiResult<Respon
     let caller = authenticate(&g, req.headers()).await?;
     caller.may_manage()?;
     let body: NewTenant = json_body(req).await?;
-    let IdentityResponse::Created { id } = done(
+    let IdentityResponse::Created { id } = propose(
         &g,
         &IdentityCommand::CreateTenant {
             name: body.name.clone(),
@@ -157,7 +153,7 @@ async fn switch(
 ) -> ApiResult<Response> {
     let caller = authenticate(&g, &headers).await?;
     let id = tenant_id(&id)?;
-    done(
+    propose(
         &g,
         &IdentityCommand::SwitchTenant {
             user: caller.user,
@@ -233,7 +229,7 @@ async fn add_member(
     let body: NewMember = json_body(req).await?;
     let role = role_of(&body.role)?;
     let user = user_of(&g, body.email.as_deref(), body.user_id.as_deref()).await?;
-    done(
+    propose(
         &g,
         &IdentityCommand::SetMember {
             tenant,
@@ -281,7 +277,7 @@ async fn change_member(
     if !matches!(view_of_target, IdentityQueryResponse::Access(Some(_))) {
         return Err(not_found("member"));
     }
-    done(
+    propose(
         &g,
         &IdentityCommand::SetMember {
             tenant,
@@ -305,7 +301,7 @@ async fn remove_member(
     caller.may_manage()?;
     let tenant = tenant_id(&id)?;
     let user = parse_id(&user_id).ok_or_else(|| not_found("member"))?;
-    done(
+    propose(
         &g,
         &IdentityCommand::RemoveMember {
             tenant,
@@ -437,7 +433,7 @@ async fn create_policy(State(g): State<Arc<Gateway>>, req: Request) -> ApiResult
         .enumerate()
         .map(|(i, s)| statement_of(i, s))
         .collect::<ApiResult<Vec<_>>>()?;
-    let IdentityResponse::Created { id } = done(
+    let IdentityResponse::Created { id } = propose(
         &g,
         &IdentityCommand::CreatePolicy {
             tenant,
@@ -492,7 +488,7 @@ async fn delete_policy(
     caller.may_manage()?;
     let tenant = managed_tenant(&g, &caller).await?;
     let policy = parse_id(&id).ok_or_else(|| not_found("policy"))?;
-    done(
+    propose(
         &g,
         &IdentityCommand::DeletePolicy {
             tenant,
@@ -516,7 +512,7 @@ async fn attach_or_detach(g: &Gateway, req: Request, id: &str, on: bool) -> ApiR
     let tenant = managed_tenant(g, &caller).await?;
     let policy = parse_id(id).ok_or_else(|| not_found("policy"))?;
     let user = parse_id(&body.user_id).ok_or_else(|| not_found("member"))?;
-    done(
+    propose(
         g,
         &IdentityCommand::AttachPolicy {
             tenant,

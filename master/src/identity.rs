@@ -341,15 +341,18 @@ pub enum IdentityQueryResponse {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct IdentityService;
 
-fn reject(code: &str, message: impl Into<String>) -> ApplyError {
+pub(crate) fn reject(code: &str, message: impl Into<String>) -> ApplyError {
     Rejection::new(code, message).into()
 }
 
-fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StateError> {
+pub(crate) fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StateError> {
     postcard::to_stdvec(v).map_err(|e| StateError::Encode(e.to_string()))
 }
 
-fn decode<T: serde::de::DeserializeOwned>(what: &str, b: &[u8]) -> Result<T, StateError> {
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(
+    what: &str,
+    b: &[u8],
+) -> Result<T, StateError> {
     postcard::from_bytes(b).map_err(|e| StateError::Corrupt(format!("{what}: {e}")))
 }
 
@@ -440,10 +443,7 @@ fn store_user(txn: &WriteTransaction, id: u128, u: &User) -> Result<(), ApplyErr
 }
 
 fn pair(user: u128, session: u128) -> [u8; 32] {
-    let mut k = [0u8; 32];
-    k[..16].copy_from_slice(&user.to_be_bytes());
-    k[16..].copy_from_slice(&session.to_be_bytes());
-    k
+    tenancy::key2(user, session)
 }
 
 /// The session ids of `user`, from the index.

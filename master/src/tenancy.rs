@@ -16,6 +16,7 @@ use cairn_engine::state::{ApplyError, Rejection, StateError, Table};
 use redb::{ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
+use crate::identity::{decode, encode, reject};
 use crate::policy::{Policy, Role, Statement};
 
 const TENANTS: Table = Table::new("id.tenants");
@@ -55,19 +56,8 @@ pub struct AccessView {
 pub trait Readable: ReadableTable<&'static [u8], &'static [u8]> {}
 impl<T: ReadableTable<&'static [u8], &'static [u8]>> Readable for T {}
 
-fn reject(code: &str, message: impl Into<String>) -> ApplyError {
-    Rejection::new(code, message).into()
-}
-
-fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StateError> {
-    postcard::to_stdvec(v).map_err(|e| StateError::Encode(e.to_string()))
-}
-
-fn decode<T: serde::de::DeserializeOwned>(what: &str, b: &[u8]) -> Result<T, StateError> {
-    postcard::from_bytes(b).map_err(|e| StateError::Corrupt(format!("{what}: {e}")))
-}
-
-fn key2(a: u128, b: u128) -> [u8; 32] {
+/// Two ids side by side: the key of a pair table.
+pub(crate) fn key2(a: u128, b: u128) -> [u8; 32] {
     let mut k = [0u8; 32];
     k[..16].copy_from_slice(&a.to_be_bytes());
     k[16..].copy_from_slice(&b.to_be_bytes());
