@@ -2569,4 +2569,27 @@ async fn virtual_hosted_style_requests() {
     )
     .await;
     assert_eq!(r.status().as_u16(), 404);
+    // At a bucket's host every path is a key, even those the gateway serves itself elsewhere.
+    for key in ["api/auth/me", "health", "metrics", "ready", "storage/x"] {
+        let url = format!("http://pics.s3.cairn.test:{port}/{key}");
+        let body = format!("object {key}").into_bytes();
+        let r = signed(&http, "PUT", &url, body.clone()).await;
+        assert_eq!(
+            r.status().as_u16(),
+            200,
+            "{key}: {}",
+            r.text().await.unwrap()
+        );
+        let r = signed(&http, "GET", &url, Vec::new()).await;
+        assert_eq!(r.status().as_u16(), 200, "{key}");
+        assert_eq!(r.bytes().await.unwrap().as_ref(), body.as_slice(), "{key}");
+        assert_eq!(get_bytes(&c, "pics", key).await, body, "{key}");
+    }
+    // The gateway's own routes stay on every other host.
+    let r = http
+        .get(format!("http://s3.cairn.test:{port}/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), r#"{"status":"ok"}"#);
 }

@@ -47,9 +47,10 @@ pub fn router(gateway: Arc<Gateway>, ready: Option<MethodRouter>) -> Router {
             [(header::CONTENT_TYPE, "application/xml")],
             "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>InternalError</Code><Message>internal error</Message></Error>",
         )
+            .into_response()
     });
     let ready = ready.unwrap_or_else(|| get(default_ready).with_state(gateway.clone()));
-    Router::new()
+    let own = Router::new()
         .route(
             "/health",
             get(|| async { axum::Json(json!({"status": "ok"})) }),
@@ -57,8 +58,47 @@ pub fn router(gateway: Arc<Gateway>, ready: Option<MethodRouter>) -> Router {
         .route("/ready", ready)
         .route("/metrics", get(metrics).with_state(gateway.clone()))
         .nest("/api", crate::rest::router(gateway.clone()))
-        .fallback_service(s3)
+        .fallback_service(s3.clone());
+    // A request to `BUCKET.DOMAIN` is S3 whatever its path: `/api/x` there is the object
+    // `api/x` of that bucket, not the REST API.
+    let domain = gateway
+        .options
+        .domain
+        .clone()
+        .map(|d| d.to_ascii_lowercase());
+    let dispatch = tower::service_fn(move |req: Request| {
+        let own = own.clone();
+        let s3 = s3.clone();
+        let to_bucket = domain
+            .as_deref()
+            .is_some_and(|d| bucket_host(req.headers(), d));
+        async move {
+            use tower::ServiceExt;
+            if to_bucket {
+                s3.oneshot(req).await.map(IntoResponse::into_response)
+            } else {
+                own.oneshot(req).await
+            }
+        }
+    });
+    Router::new()
+        .fallback_service(dispatch)
         .layer(axum::middleware::from_fn_with_state(gateway, observe))
+}
+
+/// Whether the request's `Host` is `BUCKET.DOMAIN[:port]` (virtual-hosted style).
+fn bucket_host(headers: &HeaderMap, domain: &str) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+        return false;
+    };
+    let name = match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    };
+    name.to_ascii_lowercase()
+        .strip_suffix(domain)
+        .and_then(|p| p.strip_suffix('.'))
+        .is_some_and(|b| !b.is_empty())
 }
 
 /// Virtual-hosted-style addressing under one domain: `BUCKET.DOMAIN[:port]` names a bucket;
