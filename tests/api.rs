@@ -998,6 +998,11 @@ async fn openapi_document_lists_every_route() {
         ("/api/iam/policies/{id}", "delete"),
         ("/api/iam/policies/{id}/attach", "post"),
         ("/api/iam/policies/{id}/detach", "post"),
+        ("/api/auth/jwt-key/rotate", "post"),
+        ("/api/storage/buckets", "get"),
+        ("/api/storage/buckets", "post"),
+        ("/api/storage/buckets/{name}", "delete"),
+        ("/api/storage/buckets/{name}/versioning", "put"),
     ] {
         assert!(
             paths.get(path).and_then(|p| p.get(method)).is_some(),
@@ -2296,4 +2301,144 @@ async fn expired_access_tokens_are_refused_and_refresh_gets_a_new_one() {
     assert_eq!(s, 200, "{r}");
     let fresh = r["access_token"].as_str().unwrap();
     assert_eq!(api.call("GET", "/auth/me", Some(fresh), None).await.0, 200);
+}
+
+#[tokio::test]
+async fn rest_storage_buckets_follow_tenants_and_roles() {
+    use aws_sdk_s3::primitives::ByteStream;
+    let api = Api::start(&[("CAIRN_API_AUTH_RATE_LIMIT", "1000")]);
+    let ada = first_admin(&api).await;
+    let ada_t = ada["access_token"].as_str().unwrap().to_owned();
+    let bob = register(&api, &ada_t, "bob@example.com", "Bob").await;
+    let bob_t = bob["access_token"].as_str().unwrap().to_owned();
+    let (s, b) = api
+        .call(
+            "POST",
+            "/storage/buckets",
+            Some(&ada_t),
+            Some(json!({"name": "rest-bucket"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    assert_eq!(b["name"], "rest-bucket");
+    assert_eq!(b["is_public"], false);
+    assert_eq!(b["versioning"], "off");
+    // The same bucket over S3, in Ada's tenant only.
+    let root = s3_client(&api, "CAIRNAPITESTKEY00001", "api-test-secret");
+    root.head_bucket()
+        .bucket("rest-bucket")
+        .send()
+        .await
+        .unwrap();
+    let (_, mine) = api
+        .call("GET", "/storage/buckets", Some(&ada_t), None)
+        .await;
+    assert_eq!(mine["buckets"][0]["name"], "rest-bucket", "{mine}");
+    let (_, theirs) = api
+        .call("GET", "/storage/buckets", Some(&bob_t), None)
+        .await;
+    assert_eq!(theirs["buckets"].as_array().unwrap().len(), 0, "{theirs}");
+    // Bob can neither change nor delete it, and is told it does not exist.
+    for (method, path, body) in [
+        ("DELETE", "/storage/buckets/rest-bucket", None),
+        ("DELETE", "/storage/buckets/rest-bucket?force=true", None),
+        (
+            "PUT",
+            "/storage/buckets/rest-bucket/versioning",
+            Some(json!({"enabled": true})),
+        ),
+    ] {
+        let (s, v) = api.call(method, path, Some(&bob_t), body).await;
+        assert_eq!(s, 404, "{method} {path}: {v}");
+    }
+    let (s, _) = api
+        .call(
+            "POST",
+            "/storage/buckets",
+            Some(&bob_t),
+            Some(json!({"name": "rest-bucket"})),
+        )
+        .await;
+    assert_eq!(s, 409);
+    // Versioning on, two versions written over S3.
+    let (s, v) = api
+        .call(
+            "PUT",
+            "/storage/buckets/rest-bucket/versioning",
+            Some(&ada_t),
+            Some(json!({"enabled": true})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["versioning"], "enabled");
+    for body in [&b"one"[..], b"two"] {
+        root.put_object()
+            .bucket("rest-bucket")
+            .key("k")
+            .body(ByteStream::from(body.to_vec()))
+            .send()
+            .await
+            .unwrap();
+    }
+    // A key with storage:read lists but does not delete.
+    let (_, key) = api
+        .call(
+            "POST",
+            "/keys",
+            Some(&ada_t),
+            Some(json!({"name": "reader", "scopes": ["storage:read"]})),
+        )
+        .await;
+    let reader = key["key"].as_str().unwrap().to_owned();
+    assert_eq!(
+        api.call("GET", "/storage/buckets", Some(&reader), None)
+            .await
+            .0,
+        200
+    );
+    let (s, _) = api
+        .call(
+            "DELETE",
+            "/storage/buckets/rest-bucket?force=true",
+            Some(&reader),
+            None,
+        )
+        .await;
+    assert_eq!(s, 403);
+    // Not empty: refused without force; with it, every version goes, then the bucket.
+    let (s, v) = api
+        .call("DELETE", "/storage/buckets/rest-bucket", Some(&ada_t), None)
+        .await;
+    assert_eq!(s, 409, "{v}");
+    let (s, v) = api
+        .call(
+            "DELETE",
+            "/storage/buckets/rest-bucket?force=true",
+            Some(&ada_t),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["objects_removed"], 2, "{v}");
+    assert!(
+        root.head_bucket()
+            .bucket("rest-bucket")
+            .send()
+            .await
+            .is_err()
+    );
+    // Bad input.
+    for (body, want) in [
+        (json!({"name": "api"}), 400),
+        (json!({"name": "Not A Valid Name"}), 400),
+        (json!({"is_public": true}), 400),
+        (json!({"name": 5}), 400),
+    ] {
+        let (s, v) = api
+            .call("POST", "/storage/buckets", Some(&ada_t), Some(body.clone()))
+            .await;
+        assert_eq!(s, want, "{body}: {v}");
+        error_of(&v);
+    }
+    assert_eq!(api.call("GET", "/storage/buckets", None, None).await.0, 401);
 }

@@ -10,6 +10,7 @@
 //! - [`http`]: the axum router: request ids, access logs, metrics, `/health`, `/ready`, CORS.
 //! - [`rest`]: the JSON REST API under `/api`: users, sessions, keys, audit.
 //! - [`tenants`]: tenants, members and IAM policies under `/api`.
+//! - [`storage`]: the REST storage API under `/api/storage` (buckets so far).
 
 pub mod auth;
 pub mod body;
@@ -18,6 +19,7 @@ pub mod mail;
 pub mod metrics;
 pub mod rest;
 pub mod s3;
+pub mod storage;
 pub mod tenants;
 
 use std::sync::Arc;

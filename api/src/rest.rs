@@ -546,6 +546,23 @@ impl Caller {
         }
     }
 
+    /// Storage routes: a login session, or a key with `scope` (`storage:write` also reads).
+    pub(crate) fn scoped(&self, scope: &str) -> ApiResult<()> {
+        match &self.key_scopes {
+            Some(s)
+                if !s
+                    .iter()
+                    .any(|x| x == scope || (scope == "storage:read" && x == "storage:write")) =>
+            {
+                Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    format!("this API key lacks the {scope} scope"),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Admin routes: an admin's session, or an admin's key with the `admin` scope.
     fn admin(&self) -> ApiResult<()> {
         let scoped = self
@@ -1629,6 +1646,7 @@ async fn openapi() -> Response {
     use utoipa::OpenApi;
     let mut doc = ApiDoc::openapi();
     doc.merge(crate::tenants::TenantDoc::openapi());
+    doc.merge(crate::storage::StorageDoc::openapi());
     match doc.to_json() {
         Ok(doc) => ([(header::CONTENT_TYPE, "application/json")], doc).into_response(),
         Err(e) => ApiError::internal(e).into_response(),
@@ -1665,6 +1683,7 @@ pub fn router(g: Arc<Gateway>) -> Router {
         .route("/audit/logs", get(audit_logs))
         .route("/openapi.json", get(openapi))
         .merge(crate::tenants::routes())
+        .merge(crate::storage::routes())
         .layer(axum::middleware::from_fn_with_state(g.clone(), audit_layer))
         .layer(axum::middleware::from_fn(caller_rate_headers))
         .layer(axum::middleware::from_fn(json_method_errors))

@@ -1,0 +1,326 @@
+//! The REST storage API under `/api/storage`, for scripts that do not speak S3: the same buckets
+//! and objects, with a Bearer token (session or API key) instead of SigV4.
+//!
+//! Built so far: buckets (list, create, delete with `?force=true`, versioning on and off).
+//! Every call is authorised exactly as its S3 counterpart ([`crate::auth::judge`]): the
+//! caller's role and policies in the tenant they act in, and another tenant's bucket answers
+//! 404 like a missing one. API keys need `storage:read` for reads and `storage:write` for
+//! changes.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use cairn_master::buckets::{
+    BucketChange, BucketCommand, BucketQuery, BucketQueryResponse, BucketRecord, ListRequest,
+    VersionRef, Versioning,
+};
+use cairn_master::policy::{ActionClass, s3_action};
+use cairn_master::tenancy::{bucket_tenant, tenant_hex};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::Gateway;
+use crate::auth::{Principal, judge};
+use crate::rest::{ApiError, ApiResult, Caller, authenticate, hex_id, json_body};
+
+/// Most objects a forced delete removes (versions, delete markers and uploads together).
+const FORCE_DELETE_MAX: usize = 100_000;
+
+/// An S3 error from the shared authorisation or the bucket service, as a REST error.
+fn from_s3(e: s3s::S3Error) -> ApiError {
+    let status = e.status_code().unwrap_or(StatusCode::BAD_REQUEST);
+    let message = e.message().unwrap_or("refused").to_owned();
+    if status.is_server_error() {
+        return ApiError::internal(message);
+    }
+    match e.code().as_str() {
+        "NoSuchBucket" => ApiError::new(StatusCode::NOT_FOUND, "no such bucket"),
+        "BucketAlreadyExists" | "BucketAlreadyOwnedByYou" | "BucketNotEmpty" => {
+            ApiError::new(StatusCode::CONFLICT, message)
+        }
+        "AccessDenied" => ApiError::new(StatusCode::FORBIDDEN, message),
+        _ => ApiError::new(status, message),
+    }
+}
+
+/// The caller as an S3 principal in the tenant they act in, after the key-scope check.
+async fn principal(g: &Gateway, caller: &Caller, op: &str) -> ApiResult<Principal> {
+    let class = s3_action(op).1;
+    caller.scoped(if class == ActionClass::Read {
+        "storage:read"
+    } else {
+        "storage:write"
+    })?;
+    let view = crate::tenants::access(g, caller, None).await?;
+    Ok(Principal {
+        access_key: format!("user:{}", hex_id(caller.user)),
+        user: Some(caller.user),
+        tenant: view.tenant,
+        role: Some(view.role),
+        statements: Arc::new(view.statements),
+    })
+}
+
+async fn record(g: &Gateway, name: &str) -> ApiResult<Option<BucketRecord>> {
+    match g
+        .query(&BucketQuery::Bucket {
+            name: name.to_owned(),
+        })
+        .await
+        .map_err(from_s3)?
+    {
+        BucketQueryResponse::Bucket(b) => Ok(b),
+        _ => Err(ApiError::internal("unexpected answer")),
+    }
+}
+
+/// Authorise `op` on an existing bucket; its record.
+async fn authorised(
+    g: &Gateway,
+    caller: &Caller,
+    op: &str,
+    name: &str,
+) -> ApiResult<(Principal, BucketRecord)> {
+    let p = principal(g, caller, op).await?;
+    let rec = record(g, name).await?;
+    judge(Some(&p), op, Some((name, rec.as_ref())), None).map_err(from_s3)?;
+    let rec = rec.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such bucket"))?;
+    Ok((p, rec))
+}
+
+fn bucket_json(name: &str, b: &BucketRecord) -> Value {
+    json!({
+        "id": name,
+        "name": name,
+        "is_public": b.public_read,
+        "versioning": match b.versioning {
+            Versioning::Unversioned => "off",
+            Versioning::Enabled => "enabled",
+            Versioning::Suspended => "suspended",
+        },
+        "tenant_id": tenant_hex(bucket_tenant(&b.owner)),
+        "created_at": b.created_ms / 1000,
+    })
+}
+
+/// `GET /api/storage/buckets`: the buckets of the tenant the caller acts in.
+#[utoipa::path(get, path = "/api/storage/buckets", responses((status = 200, description = "The tenant's buckets")))]
+async fn list(State(g): State<Arc<Gateway>>, headers: HeaderMap) -> ApiResult<Response> {
+    let caller = authenticate(&g, &headers).await?;
+    let p = principal(&g, &caller, "ListBuckets").await?;
+    judge(Some(&p), "ListBuckets", None, None).map_err(from_s3)?;
+    let BucketQueryResponse::Buckets(all) =
+        g.query(&BucketQuery::Buckets).await.map_err(from_s3)?
+    else {
+        return Err(ApiError::internal("unexpected answer"));
+    };
+    let items: Vec<Value> = all
+        .iter()
+        .filter(|(_, b)| bucket_tenant(&b.owner) == p.tenant)
+        .map(|(n, b)| bucket_json(n, b))
+        .collect();
+    Ok(axum::Json(json!({"buckets": items})).into_response())
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+struct NewBucket {
+    name: String,
+    #[serde(default)]
+    is_public: bool,
+}
+
+/// `POST /api/storage/buckets`: a bucket in the caller's tenant (`is_public`: anyone reads).
+#[utoipa::path(post, path = "/api/storage/buckets", request_body = NewBucket, responses((status = 201, description = "The bucket"), (status = 409, description = "The name is taken")))]
+async fn create(State(g): State<Arc<Gateway>>, req: Request) -> ApiResult<Response> {
+    let caller = authenticate(&g, req.headers()).await?;
+    let body: NewBucket = json_body(req).await?;
+    if crate::http::RESERVED.contains(&body.name.as_str()) {
+        return Err(ApiError::bad("this bucket name is reserved by the gateway"));
+    }
+    let p = principal(&g, &caller, "CreateBucket").await?;
+    judge(Some(&p), "CreateBucket", Some((&body.name, None)), None).map_err(from_s3)?;
+    g.command(&BucketCommand::CreateBucket {
+        name: body.name.clone(),
+        owner: tenant_hex(p.tenant),
+        public_read: body.is_public,
+    })
+    .await
+    .map_err(from_s3)?;
+    let rec = record(&g, &body.name)
+        .await?
+        .ok_or_else(|| ApiError::internal("the new bucket is missing"))?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(bucket_json(&body.name, &rec)),
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+struct DeleteParams {
+    #[serde(default)]
+    force: bool,
+}
+
+/// `DELETE /api/storage/buckets/{name}`; with `?force=true`, its objects (every version and
+/// delete marker) and unfinished uploads go first.
+#[utoipa::path(delete, path = "/api/storage/buckets/{name}", params(("name" = String, Path, description = "The bucket"), ("force" = Option<bool>, Query, description = "Delete its objects first")), responses((status = 200, description = "Deleted"), (status = 409, description = "Not empty (without force)")))]
+async fn delete_bucket(
+    State(g): State<Arc<Gateway>>,
+    Path(name): Path<String>,
+    req: Request,
+) -> ApiResult<Response> {
+    let params: DeleteParams = serde_urlencoded::from_str(req.uri().query().unwrap_or(""))
+        .map_err(|e| ApiError::bad(format!("invalid query: {e}")))?;
+    let caller = authenticate(&g, req.headers()).await?;
+    let (p, _) = authorised(&g, &caller, "DeleteBucket", &name).await?;
+    let mut removed = 0usize;
+    if params.force {
+        removed = empty_bucket(&g, &p, &name).await?;
+    }
+    g.command(&BucketCommand::DeleteBucket { name: name.clone() })
+        .await
+        .map_err(from_s3)?;
+    Ok(axum::Json(json!({"status": "deleted", "objects_removed": removed})).into_response())
+}
+
+/// Remove every version, delete marker and unfinished upload of `bucket`, page by page, each
+/// removal authorised as an S3 `DeleteObject` (a Deny on a prefix stops the whole delete).
+async fn empty_bucket(g: &Gateway, p: &Principal, bucket: &str) -> ApiResult<usize> {
+    let mut removed = 0usize;
+    loop {
+        let page = match g
+            .query(&BucketQuery::Versions(ListRequest {
+                bucket: bucket.to_owned(),
+                limit: 1000,
+                ..ListRequest::default()
+            }))
+            .await
+            .map_err(from_s3)?
+        {
+            BucketQueryResponse::Page(page) => page,
+            _ => return Err(ApiError::internal("unexpected answer")),
+        };
+        if page.objects.is_empty() {
+            break;
+        }
+        for o in page.objects {
+            let rec = record(g, bucket).await?;
+            judge(
+                Some(p),
+                "DeleteObject",
+                Some((bucket, rec.as_ref())),
+                Some(&o.key),
+            )
+            .map_err(from_s3)?;
+            let version = Some(match o.version.id {
+                Some(id) => VersionRef::Id(id),
+                None => VersionRef::Null,
+            });
+            g.command(&BucketCommand::Audited {
+                actor: p.access_key.clone(),
+                ip: String::new(),
+                tenant: p.tenant,
+                command: Box::new(BucketCommand::DeleteObject {
+                    bucket: bucket.to_owned(),
+                    key: o.key,
+                    version,
+                }),
+            })
+            .await
+            .map_err(from_s3)?;
+            removed += 1;
+            if removed >= FORCE_DELETE_MAX {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    format!("removed {removed} objects; delete again to go on"),
+                ));
+            }
+        }
+    }
+    loop {
+        let page = match g
+            .query(&BucketQuery::Uploads(ListRequest {
+                bucket: bucket.to_owned(),
+                limit: 1000,
+                ..ListRequest::default()
+            }))
+            .await
+            .map_err(from_s3)?
+        {
+            BucketQueryResponse::Page(page) => page,
+            _ => return Err(ApiError::internal("unexpected answer")),
+        };
+        if page.uploads.is_empty() {
+            break;
+        }
+        for u in page.uploads {
+            g.command(&BucketCommand::Audited {
+                actor: p.access_key.clone(),
+                ip: String::new(),
+                tenant: p.tenant,
+                command: Box::new(BucketCommand::AbortUpload {
+                    bucket: bucket.to_owned(),
+                    key: u.key,
+                    upload: u.id,
+                }),
+            })
+            .await
+            .map_err(from_s3)?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+struct VersioningBody {
+    enabled: bool,
+}
+
+/// `PUT /api/storage/buckets/{name}/versioning` (`{"enabled": bool}`; off suspends it, as S3).
+#[utoipa::path(put, path = "/api/storage/buckets/{name}/versioning", params(("name" = String, Path, description = "The bucket")), request_body = VersioningBody, responses((status = 200, description = "The bucket")))]
+async fn versioning(
+    State(g): State<Arc<Gateway>>,
+    Path(name): Path<String>,
+    req: Request,
+) -> ApiResult<Response> {
+    let caller = authenticate(&g, req.headers()).await?;
+    let body: VersioningBody = json_body(req).await?;
+    authorised(&g, &caller, "PutBucketVersioning", &name).await?;
+    let v = if body.enabled {
+        Versioning::Enabled
+    } else {
+        Versioning::Suspended
+    };
+    g.command(&BucketCommand::Configure {
+        name: name.clone(),
+        change: BucketChange::Versioning(v),
+    })
+    .await
+    .map_err(from_s3)?;
+    let rec = record(&g, &name)
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such bucket"))?;
+    Ok(axum::Json(bucket_json(&name, &rec)).into_response())
+}
+
+/// The routes, to merge into the `/api` router.
+pub fn routes() -> Router<Arc<Gateway>> {
+    Router::new()
+        .route("/storage/buckets", get(list).post(create))
+        .route(
+            "/storage/buckets/{name}",
+            axum::routing::delete(delete_bucket),
+        )
+        .route("/storage/buckets/{name}/versioning", put(versioning))
+}
+
+/// The OpenAPI paths of these routes.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(list, create, delete_bucket, versioning))]
+pub(crate) struct StorageDoc;
