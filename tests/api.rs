@@ -1003,6 +1003,11 @@ async fn openapi_document_lists_every_route() {
         ("/api/storage/buckets", "post"),
         ("/api/storage/buckets/{name}", "delete"),
         ("/api/storage/buckets/{name}/versioning", "put"),
+        ("/api/storage/buckets/{name}/objects", "get"),
+        ("/api/storage/buckets/{name}/versions", "get"),
+        ("/api/storage/buckets/{name}/objects/{key}", "put"),
+        ("/api/storage/buckets/{name}/objects/{key}", "get"),
+        ("/api/storage/buckets/{name}/objects/{key}", "delete"),
     ] {
         assert!(
             paths.get(path).and_then(|p| p.get(method)).is_some(),
@@ -2441,4 +2446,179 @@ async fn rest_storage_buckets_follow_tenants_and_roles() {
         error_of(&v);
     }
     assert_eq!(api.call("GET", "/storage/buckets", None, None).await.0, 401);
+}
+
+#[tokio::test]
+async fn rest_storage_objects_are_the_s3_objects() {
+    use aws_sdk_s3::primitives::ByteStream;
+    let api = Api::start(&[("CAIRN_API_AUTH_RATE_LIMIT", "1000")]);
+    let ada = first_admin(&api).await;
+    let ada_t = ada["access_token"].as_str().unwrap().to_owned();
+    let bob = register(&api, &ada_t, "bob@example.com", "Bob").await;
+    let bob_t = bob["access_token"].as_str().unwrap().to_owned();
+    let (s, _) = api
+        .call(
+            "POST",
+            "/storage/buckets",
+            Some(&ada_t),
+            Some(json!({"name": "docs"})),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let root = s3_client(&api, "CAIRNAPITESTKEY00001", "api-test-secret");
+    let put = |token: String, key: &str, body: Vec<u8>| {
+        let req = api
+            .http
+            .put(format!("{}/storage/buckets/docs/objects/{key}", api.base))
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "text/plain")
+            .body(body);
+        async move { req.send().await.unwrap() }
+    };
+    let get = |token: String, key: &str| {
+        let req = api
+            .http
+            .get(format!("{}/storage/buckets/docs/objects/{key}", api.base))
+            .header("authorization", format!("Bearer {token}"));
+        async move { req.send().await.unwrap() }
+    };
+    // A small (inline) and a large (chunked) object uploaded over REST, read over S3 and REST.
+    let large: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    for (key, body) in [
+        ("notes/a.txt", b"hello rest".to_vec()),
+        ("big/blob.bin", large.clone()),
+    ] {
+        let r = put(ada_t.clone(), key, body.clone()).await;
+        assert_eq!(r.status().as_u16(), 201);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["bucket"], "docs");
+        assert_eq!(v["key"], key);
+        assert_eq!(v["size_bytes"], body.len());
+        assert_eq!(v["content_type"], "text/plain");
+        let got = root
+            .get_object()
+            .bucket("docs")
+            .key(key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(got.body.collect().await.unwrap().to_vec(), body, "{key}");
+        let r = get(ada_t.clone(), key).await;
+        assert_eq!(r.status().as_u16(), 200);
+        assert_eq!(r.headers()["content-type"], "text/plain");
+        assert_eq!(r.bytes().await.unwrap().to_vec(), body, "{key}");
+    }
+    // And the other way: written over S3, read over REST.
+    root.put_object()
+        .bucket("docs")
+        .key("from-s3.txt")
+        .body(ByteStream::from_static(b"via s3"))
+        .send()
+        .await
+        .unwrap();
+    let r = get(ada_t.clone(), "from-s3.txt").await;
+    assert_eq!(r.bytes().await.unwrap().as_ref(), b"via s3");
+    let (s, list) = api
+        .call(
+            "GET",
+            "/storage/buckets/docs/objects?prefix=notes/",
+            Some(&ada_t),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{list}");
+    let keys: Vec<&str> = list["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["notes/a.txt"]);
+    // Another tenant sees none of it, and writes none of it.
+    assert_eq!(
+        get(bob_t.clone(), "notes/a.txt").await.status().as_u16(),
+        404
+    );
+    assert_eq!(
+        put(bob_t.clone(), "planted.txt", b"x".to_vec())
+            .await
+            .status()
+            .as_u16(),
+        404
+    );
+    let (s, _) = api
+        .call("GET", "/storage/buckets/docs/objects", Some(&bob_t), None)
+        .await;
+    assert_eq!(s, 404);
+    let (s, _) = api
+        .call(
+            "DELETE",
+            "/storage/buckets/docs/objects/notes/a.txt",
+            Some(&bob_t),
+            None,
+        )
+        .await;
+    assert_eq!(s, 404);
+    // A read-only key downloads but does not upload.
+    let (_, key) = api
+        .call(
+            "POST",
+            "/keys",
+            Some(&ada_t),
+            Some(json!({"name": "reader", "scopes": ["storage:read"]})),
+        )
+        .await;
+    let reader = key["key"].as_str().unwrap().to_owned();
+    assert_eq!(
+        get(reader.clone(), "notes/a.txt").await.status().as_u16(),
+        200
+    );
+    assert_eq!(
+        put(reader.clone(), "notes/b.txt", b"x".to_vec())
+            .await
+            .status()
+            .as_u16(),
+        403
+    );
+    // Deleting in a versioned bucket leaves a marker; the versions stay listed.
+    api.call(
+        "PUT",
+        "/storage/buckets/docs/versioning",
+        Some(&ada_t),
+        Some(json!({"enabled": true})),
+    )
+    .await;
+    put(ada_t.clone(), "notes/a.txt", b"second".to_vec()).await;
+    let (s, _) = api
+        .call(
+            "DELETE",
+            "/storage/buckets/docs/objects/notes/a.txt",
+            Some(&ada_t),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        get(ada_t.clone(), "notes/a.txt").await.status().as_u16(),
+        404
+    );
+    let (_, versions) = api
+        .call(
+            "GET",
+            "/storage/buckets/docs/versions?prefix=notes/",
+            Some(&ada_t),
+            None,
+        )
+        .await;
+    let markers: Vec<bool> = versions["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["delete_marker"].as_bool().unwrap())
+        .collect();
+    assert_eq!(markers, [true, false, false], "{versions}");
+    // Keys the bucket service refuses are a 4xx, never a 5xx.
+    let long = "k".repeat(2000);
+    let r = put(ada_t.clone(), &long, b"x".to_vec()).await;
+    assert!(r.status().is_client_error(), "{}", r.status());
 }

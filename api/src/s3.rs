@@ -308,11 +308,11 @@ fn decode_base64(s: &str) -> Option<Vec<u8>> {
 }
 
 /// What a stored body turned into.
-struct Stored {
-    size: u64,
-    md5: String,
-    checksum: Option<(String, String)>,
-    content: Content,
+pub(crate) struct Stored {
+    pub(crate) size: u64,
+    pub(crate) md5: String,
+    pub(crate) checksum: Option<(String, String)>,
+    pub(crate) content: Content,
 }
 
 /// Sub-extents covering `len` bytes at `offset` of an object made of `extents`.
@@ -495,10 +495,10 @@ type ReadConditions<'a> = (
 
 /// Who made a request, for the audit log: the access key and the client address; and the
 /// tenant its key acts in (writes check it atomically).
-struct Who {
-    actor: String,
-    ip: String,
-    tenant: Option<u128>,
+pub(crate) struct Who {
+    pub(crate) actor: String,
+    pub(crate) ip: String,
+    pub(crate) tenant: Option<u128>,
 }
 
 /// The version a lookup found, or the S3 error for none.
@@ -538,7 +538,7 @@ fn who<T>(req: &S3Request<T>) -> Who {
 impl CairnS3 {
     /// An object write that records itself in the audit log (actor, action, `bucket/key`,
     /// address), in the same log entry and transaction as the write.
-    async fn write(&self, who: &Who, c: BucketCommand) -> S3Result<BucketResponse> {
+    pub(crate) async fn write(&self, who: &Who, c: BucketCommand) -> S3Result<BucketResponse> {
         let tenant = who
             .tenant
             .ok_or_else(|| s3_error!(AccessDenied, "sign the request"))?;
@@ -680,7 +680,7 @@ impl CairnS3 {
     }
 
     /// Stream a request body into storage, hashing it on the way.
-    async fn store_body(
+    pub(crate) async fn store_body(
         &self,
         body: Option<StreamingBlob>,
         headers: &http::HeaderMap,
@@ -786,7 +786,7 @@ impl CairnS3 {
         })
     }
 
-    fn body_of(&self, d: &ObjectData, offset: u64, len: u64) -> StreamingBlob {
+    pub(crate) fn body_of(&self, d: &ObjectData, offset: u64, len: u64) -> StreamingBlob {
         match &d.content {
             Content::Inline(b) => {
                 let lo = usize::try_from(offset).unwrap_or(usize::MAX).min(b.len());

@@ -1,7 +1,8 @@
 //! The REST storage API under `/api/storage`, for scripts that do not speak S3: the same buckets
 //! and objects, with a Bearer token (session or API key) instead of SigV4.
 //!
-//! Built so far: buckets (list, create, delete with `?force=true`, versioning on and off).
+//! Built so far: buckets (list, create, delete with `?force=true`, versioning on and off) and
+//! objects (list the latest versions or every version, upload a raw body, download, delete).
 //! Every call is authorised exactly as its S3 counterpart ([`crate::auth::judge`]): the
 //! caller's role and policies in the tenant they act in, and another tenant's bucket answers
 //! 404 like a missing one. API keys need `storage:read` for reads and `storage:write` for
@@ -15,8 +16,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use cairn_master::buckets::{
-    BucketChange, BucketCommand, BucketQuery, BucketQueryResponse, BucketRecord, ListRequest,
-    VersionRef, Versioning,
+    BucketChange, BucketCommand, BucketQuery, BucketQueryResponse, BucketRecord, Conditions,
+    ListRequest, ObjectData, ObjectMeta, Version, VersionRef, Versioning, version_string,
 };
 use cairn_master::policy::{ActionClass, s3_action};
 use cairn_master::tenancy::{bucket_tenant, tenant_hex};
@@ -309,6 +310,289 @@ async fn versioning(
     Ok(axum::Json(bucket_json(&name, &rec)).into_response())
 }
 
+fn object_json(bucket: &str, key: &str, v: &Version) -> Value {
+    let (size, content_type, checksum) = match v.data() {
+        Some(d) => (
+            d.size,
+            d.meta.content_type.clone(),
+            d.meta.checksum.as_ref().map_or_else(
+                || json!({"md5": d.etag}),
+                |(alg, val)| json!({alg.to_ascii_lowercase(): val, "md5": d.etag}),
+            ),
+        ),
+        None => (0, None, Value::Null),
+    };
+    json!({
+        "id": format!("{bucket}/{key}"),
+        "bucket": bucket,
+        "key": key,
+        "size_bytes": size,
+        "content_type": content_type,
+        "checksum": checksum,
+        "version_id": version_string(v.id),
+        "delete_marker": v.data().is_none(),
+        "created_at": v.modified_ms / 1000,
+    })
+}
+
+#[derive(Deserialize)]
+struct ListParams {
+    #[serde(default)]
+    prefix: String,
+    /// Start after this key.
+    after: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn list_page(
+    g: &Gateway,
+    caller: &Caller,
+    bucket: &str,
+    query: &str,
+    versions: bool,
+) -> ApiResult<Response> {
+    let p: ListParams = serde_urlencoded::from_str(query)
+        .map_err(|e| ApiError::bad(format!("invalid query: {e}")))?;
+    let op = if versions {
+        "ListObjectVersions"
+    } else {
+        "ListObjectsV2"
+    };
+    authorised(g, caller, op, bucket).await?;
+    let lr = ListRequest {
+        bucket: bucket.to_owned(),
+        prefix: p.prefix,
+        after: p.after,
+        limit: p.limit.unwrap_or(1000).clamp(1, 1000),
+        ..ListRequest::default()
+    };
+    let q = if versions {
+        BucketQuery::Versions(lr)
+    } else {
+        BucketQuery::List(lr)
+    };
+    let BucketQueryResponse::Page(page) = g.query(&q).await.map_err(from_s3)? else {
+        return Err(ApiError::internal("unexpected answer"));
+    };
+    let items: Vec<Value> = page
+        .objects
+        .iter()
+        .map(|o| object_json(bucket, &o.key, &o.version))
+        .collect();
+    Ok(axum::Json(json!({
+        "objects": items,
+        "truncated": page.truncated,
+        "next": if page.truncated { page.next } else { None },
+    }))
+    .into_response())
+}
+
+/// `GET /api/storage/buckets/{name}/objects`: the latest version of each key (`prefix`,
+/// `after`, `limit` up to 1,000).
+#[utoipa::path(get, path = "/api/storage/buckets/{name}/objects", params(("name" = String, Path, description = "The bucket")), responses((status = 200, description = "Objects, in key order")))]
+async fn list_objects(
+    State(g): State<Arc<Gateway>>,
+    Path(name): Path<String>,
+    req: Request,
+) -> ApiResult<Response> {
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let caller = authenticate(&g, req.headers()).await?;
+    list_page(&g, &caller, &name, &query, false).await
+}
+
+/// `GET /api/storage/buckets/{name}/versions`: every version and delete marker.
+#[utoipa::path(get, path = "/api/storage/buckets/{name}/versions", params(("name" = String, Path, description = "The bucket")), responses((status = 200, description = "Versions, newest first within a key")))]
+async fn list_versions(
+    State(g): State<Arc<Gateway>>,
+    Path(name): Path<String>,
+    req: Request,
+) -> ApiResult<Response> {
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let caller = authenticate(&g, req.headers()).await?;
+    list_page(&g, &caller, &name, &query, true).await
+}
+
+fn writer(caller: &Caller, p: &Principal, req_ip: String) -> crate::s3::Who {
+    crate::s3::Who {
+        actor: hex_id(caller.user),
+        ip: req_ip,
+        tenant: Some(p.tenant),
+    }
+}
+
+fn client_ip(req: &Request) -> String {
+    req.extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_default()
+}
+
+/// `PUT /api/storage/buckets/{name}/objects/{key}`: the raw body becomes the object's new
+/// version (its `Content-Type` kept); streamed, at most 5 GiB.
+#[utoipa::path(put, path = "/api/storage/buckets/{name}/objects/{key}", params(("name" = String, Path, description = "The bucket"), ("key" = String, Path, description = "The object key")), responses((status = 201, description = "The object"), (status = 413, description = "Too large")))]
+async fn upload(
+    State(g): State<Arc<Gateway>>,
+    Path((name, key)): Path<(String, String)>,
+    req: Request,
+) -> ApiResult<Response> {
+    let caller = authenticate(&g, req.headers()).await?;
+    let p = principal(&g, &caller, "PutObject").await?;
+    let rec = record(&g, &name).await?;
+    judge(
+        Some(&p),
+        "PutObject",
+        Some((&name, rec.as_ref())),
+        Some(&key),
+    )
+    .map_err(from_s3)?;
+    let who = writer(&caller, &p, client_ip(&req));
+    let content_type = req
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let s3 = crate::s3::CairnS3::new(Arc::clone(&g));
+    let body = sync_body(req.into_body());
+    let stored = s3
+        .store_body(Some(body), &HeaderMap::new(), None, &name, true)
+        .await
+        .map_err(from_s3)?;
+    let meta = ObjectMeta {
+        content_type,
+        checksum: stored.checksum.clone(),
+        ..ObjectMeta::default()
+    };
+    s3.write(
+        &who,
+        BucketCommand::PutObject {
+            bucket: name.clone(),
+            key: key.clone(),
+            data: ObjectData {
+                size: stored.size,
+                etag: stored.md5.clone(),
+                parts: Vec::new(),
+                content: stored.content,
+                meta,
+                tags: Vec::new(),
+            },
+            conditions: Conditions::default(),
+        },
+    )
+    .await
+    .map_err(from_s3)?;
+    let v = latest(&g, &name, &key).await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(object_json(&name, &key, &v)),
+    )
+        .into_response())
+}
+
+/// The request body as a stream s3s takes (it must be `Sync`, which a hyper body is not): a
+/// task forwards it through a channel of 4 pieces, so memory stays bounded.
+fn sync_body(body: axum::body::Body) -> s3s::dto::StreamingBlob {
+    use futures::StreamExt;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
+    tokio::spawn(async move {
+        let mut s = body.into_data_stream();
+        while let Some(piece) = s.next().await {
+            if tx.send(piece.map_err(std::io::Error::other)).await.is_err() {
+                break;
+            }
+        }
+    });
+    s3s::dto::StreamingBlob::wrap(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
+}
+
+async fn latest(g: &Gateway, bucket: &str, key: &str) -> ApiResult<Version> {
+    match g
+        .query(&BucketQuery::Object {
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
+            version: None,
+        })
+        .await
+        .map_err(from_s3)?
+    {
+        BucketQueryResponse::Object(Some(Some(v))) if v.data().is_some() => Ok(v),
+        BucketQueryResponse::Object(None) => {
+            Err(ApiError::new(StatusCode::NOT_FOUND, "no such bucket"))
+        }
+        _ => Err(ApiError::new(StatusCode::NOT_FOUND, "no such object")),
+    }
+}
+
+/// `GET /api/storage/buckets/{name}/objects/{key}`: the latest version's bytes, streamed.
+#[utoipa::path(get, path = "/api/storage/buckets/{name}/objects/{key}", params(("name" = String, Path, description = "The bucket"), ("key" = String, Path, description = "The object key")), responses((status = 200, description = "The bytes"), (status = 404, description = "No such object")))]
+async fn download(
+    State(g): State<Arc<Gateway>>,
+    Path((name, key)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let caller = authenticate(&g, &headers).await?;
+    authorised(&g, &caller, "GetObject", &name).await?;
+    let v = latest(&g, &name, &key).await?;
+    let Some(d) = v.data() else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "no such object"));
+    };
+    let s3 = crate::s3::CairnS3::new(Arc::clone(&g));
+    let body = axum::body::Body::from_stream(s3.body_of(d, 0, d.size));
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    let ct = d
+        .meta
+        .content_type
+        .clone()
+        .unwrap_or_else(|| "application/octet-stream".into());
+    if let Ok(v) = axum::http::HeaderValue::from_str(&ct) {
+        h.insert(axum::http::header::CONTENT_TYPE, v);
+    }
+    h.insert(
+        axum::http::header::CONTENT_LENGTH,
+        axum::http::HeaderValue::from(d.size),
+    );
+    if let Ok(v) = axum::http::HeaderValue::from_str(&format!("\"{}\"", d.etag)) {
+        h.insert(axum::http::header::ETAG, v);
+    }
+    if let Ok(v) = axum::http::HeaderValue::from_str(&version_string(v.id)) {
+        h.insert("x-version-id", v);
+    }
+    Ok(resp)
+}
+
+/// `DELETE /api/storage/buckets/{name}/objects/{key}`: in a versioned bucket a delete marker
+/// (the versions stay, listed under `versions`), otherwise the object.
+#[utoipa::path(delete, path = "/api/storage/buckets/{name}/objects/{key}", params(("name" = String, Path, description = "The bucket"), ("key" = String, Path, description = "The object key")), responses((status = 200, description = "Deleted")))]
+async fn delete_object(
+    State(g): State<Arc<Gateway>>,
+    Path((name, key)): Path<(String, String)>,
+    req: Request,
+) -> ApiResult<Response> {
+    let caller = authenticate(&g, req.headers()).await?;
+    let p = principal(&g, &caller, "DeleteObject").await?;
+    let rec = record(&g, &name).await?;
+    judge(
+        Some(&p),
+        "DeleteObject",
+        Some((&name, rec.as_ref())),
+        Some(&key),
+    )
+    .map_err(from_s3)?;
+    let who = writer(&caller, &p, client_ip(&req));
+    let s3 = crate::s3::CairnS3::new(Arc::clone(&g));
+    s3.write(
+        &who,
+        BucketCommand::DeleteObject {
+            bucket: name,
+            key,
+            version: None,
+        },
+    )
+    .await
+    .map_err(from_s3)?;
+    Ok(axum::Json(json!({"status": "deleted"})).into_response())
+}
+
 /// The routes, to merge into the `/api` router.
 pub fn routes() -> Router<Arc<Gateway>> {
     Router::new()
@@ -318,9 +602,25 @@ pub fn routes() -> Router<Arc<Gateway>> {
             axum::routing::delete(delete_bucket),
         )
         .route("/storage/buckets/{name}/versioning", put(versioning))
+        .route("/storage/buckets/{name}/objects", get(list_objects))
+        .route("/storage/buckets/{name}/versions", get(list_versions))
+        .route(
+            "/storage/buckets/{name}/objects/{*key}",
+            put(upload).get(download).delete(delete_object),
+        )
 }
 
 /// The OpenAPI paths of these routes.
 #[derive(utoipa::OpenApi)]
-#[openapi(paths(list, create, delete_bucket, versioning))]
+#[openapi(paths(
+    list,
+    create,
+    delete_bucket,
+    versioning,
+    list_objects,
+    list_versions,
+    upload,
+    download,
+    delete_object
+))]
 pub(crate) struct StorageDoc;
