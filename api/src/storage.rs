@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use cairn_master::buckets::{
     BucketChange, BucketCommand, BucketQuery, BucketQueryResponse, BucketRecord, Conditions,
-    ListRequest, ObjectData, ObjectMeta, Version, VersionRef, Versioning, version_string,
+    ListPage, ListRequest, ObjectData, ObjectMeta, Version, VersionRef, Versioning, version_string,
 };
 use cairn_master::policy::{ActionClass, s3_action};
 use cairn_master::tenancy::{bucket_tenant, tenant_hex};
@@ -181,7 +181,8 @@ async fn delete_bucket(
     let (p, _) = authorised(&g, &caller, "DeleteBucket", &name).await?;
     let mut removed = 0usize;
     if params.force {
-        removed = empty_bucket(&g, &p, &name).await?;
+        let who = writer(&caller, &p, client_ip(&req));
+        removed = empty_bucket(&g, &p, &who, &name).await?;
     }
     g.command(&BucketCommand::DeleteBucket { name: name.clone() })
         .await
@@ -189,28 +190,37 @@ async fn delete_bucket(
     Ok(axum::Json(json!({"status": "deleted", "objects_removed": removed})).into_response())
 }
 
+/// One page of a listing query.
+async fn page(g: &Gateway, q: &BucketQuery) -> ApiResult<ListPage> {
+    match g.query(q).await.map_err(from_s3)? {
+        BucketQueryResponse::Page(page) => Ok(page),
+        _ => Err(ApiError::internal("unexpected answer")),
+    }
+}
+
 /// Remove every version, delete marker and unfinished upload of `bucket`, page by page, each
-/// removal authorised as an S3 `DeleteObject` (a Deny on a prefix stops the whole delete).
-async fn empty_bucket(g: &Gateway, p: &Principal, bucket: &str) -> ApiResult<usize> {
+/// removal authorised as an S3 `DeleteObject` (a Deny on a prefix stops the whole delete) and
+/// written as the S3 face writes (audited, the tenant checked inside the command).
+async fn empty_bucket(
+    g: &Arc<Gateway>,
+    p: &Principal,
+    who: &crate::s3::Who,
+    bucket: &str,
+) -> ApiResult<usize> {
+    let s3 = crate::s3::CairnS3::new(Arc::clone(g));
+    let first = || ListRequest {
+        bucket: bucket.to_owned(),
+        limit: 1000,
+        ..ListRequest::default()
+    };
     let mut removed = 0usize;
     loop {
-        let page = match g
-            .query(&BucketQuery::Versions(ListRequest {
-                bucket: bucket.to_owned(),
-                limit: 1000,
-                ..ListRequest::default()
-            }))
-            .await
-            .map_err(from_s3)?
-        {
-            BucketQueryResponse::Page(page) => page,
-            _ => return Err(ApiError::internal("unexpected answer")),
-        };
-        if page.objects.is_empty() {
+        let objects = page(g, &BucketQuery::Versions(first())).await?.objects;
+        if objects.is_empty() {
             break;
         }
-        for o in page.objects {
-            let rec = record(g, bucket).await?;
+        let rec = record(g, bucket).await?;
+        for o in objects {
             judge(
                 Some(p),
                 "DeleteObject",
@@ -222,18 +232,12 @@ async fn empty_bucket(g: &Gateway, p: &Principal, bucket: &str) -> ApiResult<usi
                 Some(id) => VersionRef::Id(id),
                 None => VersionRef::Null,
             });
-            g.command(&BucketCommand::Audited {
-                actor: p.access_key.clone(),
-                ip: String::new(),
-                tenant: p.tenant,
-                command: Box::new(BucketCommand::DeleteObject {
-                    bucket: bucket.to_owned(),
-                    key: o.key,
-                    version,
-                }),
-            })
-            .await
-            .map_err(from_s3)?;
+            let c = BucketCommand::DeleteObject {
+                bucket: bucket.to_owned(),
+                key: o.key,
+                version,
+            };
+            s3.write(who, c).await.map_err(from_s3)?;
             removed += 1;
             if removed >= FORCE_DELETE_MAX {
                 return Err(ApiError::new(
@@ -244,34 +248,17 @@ async fn empty_bucket(g: &Gateway, p: &Principal, bucket: &str) -> ApiResult<usi
         }
     }
     loop {
-        let page = match g
-            .query(&BucketQuery::Uploads(ListRequest {
-                bucket: bucket.to_owned(),
-                limit: 1000,
-                ..ListRequest::default()
-            }))
-            .await
-            .map_err(from_s3)?
-        {
-            BucketQueryResponse::Page(page) => page,
-            _ => return Err(ApiError::internal("unexpected answer")),
-        };
-        if page.uploads.is_empty() {
+        let uploads = page(g, &BucketQuery::Uploads(first())).await?.uploads;
+        if uploads.is_empty() {
             break;
         }
-        for u in page.uploads {
-            g.command(&BucketCommand::Audited {
-                actor: p.access_key.clone(),
-                ip: String::new(),
-                tenant: p.tenant,
-                command: Box::new(BucketCommand::AbortUpload {
-                    bucket: bucket.to_owned(),
-                    key: u.key,
-                    upload: u.id,
-                }),
-            })
-            .await
-            .map_err(from_s3)?;
+        for u in uploads {
+            let c = BucketCommand::AbortUpload {
+                bucket: bucket.to_owned(),
+                key: u.key,
+                upload: u.id,
+            };
+            s3.write(who, c).await.map_err(from_s3)?;
             removed += 1;
         }
     }
@@ -371,9 +358,7 @@ async fn list_page(
     } else {
         BucketQuery::List(lr)
     };
-    let BucketQueryResponse::Page(page) = g.query(&q).await.map_err(from_s3)? else {
-        return Err(ApiError::internal("unexpected answer"));
-    };
+    let page = page(g, &q).await?;
     let items: Vec<Value> = page
         .objects
         .iter()
