@@ -2621,4 +2621,33 @@ async fn rest_storage_objects_are_the_s3_objects() {
     let long = "k".repeat(2000);
     let r = put(ada_t.clone(), &long, b"x".to_vec()).await;
     assert!(r.status().is_client_error(), "{}", r.status());
+    // A policy on a key pattern applies to REST downloads as to S3 GETs.
+    let (s, pol) = api
+        .call(
+            "POST",
+            "/iam/policies",
+            Some(&ada_t),
+            Some(json!({"name": "no-big", "statements": [
+                {"effect": "Deny", "actions": ["s3:GetObject"], "resources": ["docs/big/*"]}]})),
+        )
+        .await;
+    assert_eq!(s, 201, "{pol}");
+    let ada_id = ada["user"]["id"].as_str().unwrap();
+    let (s, _) = api
+        .call(
+            "POST",
+            &format!("/iam/policies/{}/attach", pol["id"].as_str().unwrap()),
+            Some(&ada_t),
+            Some(json!({"user_id": ada_id})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        get(ada_t.clone(), "big/blob.bin").await.status().as_u16(),
+        403
+    );
+    assert_eq!(
+        get(ada_t.clone(), "from-s3.txt").await.status().as_u16(),
+        200
+    );
 }

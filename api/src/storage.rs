@@ -79,16 +79,18 @@ async fn record(g: &Gateway, name: &str) -> ApiResult<Option<BucketRecord>> {
     }
 }
 
-/// Authorise `op` on an existing bucket; its record.
+/// Authorise `op` on an existing bucket (and `key` in it, for object operations, so that
+/// policies on key patterns apply); the principal and the bucket's record.
 async fn authorised(
     g: &Gateway,
     caller: &Caller,
     op: &str,
     name: &str,
+    key: Option<&str>,
 ) -> ApiResult<(Principal, BucketRecord)> {
     let p = principal(g, caller, op).await?;
     let rec = record(g, name).await?;
-    judge(Some(&p), op, Some((name, rec.as_ref())), None).map_err(from_s3)?;
+    judge(Some(&p), op, Some((name, rec.as_ref())), key).map_err(from_s3)?;
     let rec = rec.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such bucket"))?;
     Ok((p, rec))
 }
@@ -178,7 +180,7 @@ async fn delete_bucket(
     let params: DeleteParams = serde_urlencoded::from_str(req.uri().query().unwrap_or(""))
         .map_err(|e| ApiError::bad(format!("invalid query: {e}")))?;
     let caller = authenticate(&g, req.headers()).await?;
-    let (p, _) = authorised(&g, &caller, "DeleteBucket", &name).await?;
+    let (p, _) = authorised(&g, &caller, "DeleteBucket", &name, None).await?;
     let mut removed = 0usize;
     if params.force {
         let who = writer(&caller, &p, client_ip(&req));
@@ -279,7 +281,7 @@ async fn versioning(
 ) -> ApiResult<Response> {
     let caller = authenticate(&g, req.headers()).await?;
     let body: VersioningBody = json_body(req).await?;
-    authorised(&g, &caller, "PutBucketVersioning", &name).await?;
+    authorised(&g, &caller, "PutBucketVersioning", &name, None).await?;
     let v = if body.enabled {
         Versioning::Enabled
     } else {
@@ -345,7 +347,7 @@ async fn list_page(
     } else {
         "ListObjectsV2"
     };
-    authorised(g, caller, op, bucket).await?;
+    authorised(g, caller, op, bucket, None).await?;
     let lr = ListRequest {
         bucket: bucket.to_owned(),
         prefix: p.prefix,
@@ -421,15 +423,7 @@ async fn upload(
     req: Request,
 ) -> ApiResult<Response> {
     let caller = authenticate(&g, req.headers()).await?;
-    let p = principal(&g, &caller, "PutObject").await?;
-    let rec = record(&g, &name).await?;
-    judge(
-        Some(&p),
-        "PutObject",
-        Some((&name, rec.as_ref())),
-        Some(&key),
-    )
-    .map_err(from_s3)?;
+    let (p, _) = authorised(&g, &caller, "PutObject", &name, Some(&key)).await?;
     let who = writer(&caller, &p, client_ip(&req));
     let content_type = req
         .headers()
@@ -515,7 +509,7 @@ async fn download(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let caller = authenticate(&g, &headers).await?;
-    authorised(&g, &caller, "GetObject", &name).await?;
+    authorised(&g, &caller, "GetObject", &name, Some(&key)).await?;
     let v = latest(&g, &name, &key).await?;
     let Some(d) = v.data() else {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "no such object"));
@@ -554,15 +548,7 @@ async fn delete_object(
     req: Request,
 ) -> ApiResult<Response> {
     let caller = authenticate(&g, req.headers()).await?;
-    let p = principal(&g, &caller, "DeleteObject").await?;
-    let rec = record(&g, &name).await?;
-    judge(
-        Some(&p),
-        "DeleteObject",
-        Some((&name, rec.as_ref())),
-        Some(&key),
-    )
-    .map_err(from_s3)?;
+    let (p, _) = authorised(&g, &caller, "DeleteObject", &name, Some(&key)).await?;
     let who = writer(&caller, &p, client_ip(&req));
     let s3 = crate::s3::CairnS3::new(Arc::clone(&g));
     s3.write(
