@@ -93,6 +93,15 @@ pub const KEYS: &[Key] = &[
     },
     Key { name: "smtp.url" },
     Key { name: "smtp.from" },
+    Key {
+        name: "shares.max_links",
+    },
+    Key {
+        name: "shares.max_ttl",
+    },
+    Key {
+        name: "images.max_size",
+    },
 ];
 
 pub const DEFAULT_DATA: &str = "./cairn-data";
@@ -447,6 +456,27 @@ impl Layers {
                 .filter(|n| (1..=86_400).contains(n))
                 .ok_or_else(|| format!("{s:?} is not a number of seconds from 1 to 86400"))
         })?;
+        let share_links_max = self.parse("shares.max_links", "1000", |s| {
+            s.parse::<u32>()
+                .ok()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| format!("{s:?} is not a number of links (at least 1)"))
+        })?;
+        let share_ttl_max_s = self.parse("shares.max_ttl", "31536000", |s| {
+            s.parse::<u64>()
+                .ok()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| format!("{s:?} is not a number of seconds (at least 1)"))
+        })?;
+        let image_max = self.parse("images.max_size", "64GiB", |s| {
+            parse_size(s).and_then(|n| {
+                if n == 0 {
+                    Err("an image store that takes no bytes takes no images".into())
+                } else {
+                    Ok(n)
+                }
+            })
+        })?;
         let nonempty = |s: &str| -> Result<Option<String>, String> {
             Ok(Some(s.to_owned()).filter(|s| !s.is_empty()))
         };
@@ -469,6 +499,9 @@ impl Layers {
             });
         }
         Ok(ServeConfig {
+            share_links_max,
+            share_ttl_max_s,
+            image_max,
             auth_rate_limit,
             api_rate_limit,
             access_ttl_s,
@@ -576,6 +609,12 @@ pub struct ServeConfig {
     pub smtp_url: Option<String>,
     /// The address those mails come from.
     pub smtp_from: Option<String>,
+    /// Most unexpired share links per tenant.
+    pub share_links_max: u32,
+    /// Longest a share link may live, in seconds.
+    pub share_ttl_max_s: u64,
+    /// Largest image the image store takes.
+    pub image_max: u64,
 }
 
 #[cfg(test)]

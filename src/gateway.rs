@@ -21,6 +21,9 @@ pub fn options(config: &ServeConfig) -> GatewayOptions {
         auth_rate_limit: config.auth_rate_limit,
         api_rate_limit: config.api_rate_limit,
         access_ttl_s: config.access_ttl_s,
+        share_links_max: config.share_links_max,
+        share_ttl_max_s: config.share_ttl_max_s,
+        image_max: config.image_max,
         ..GatewayOptions::default()
     }
 }

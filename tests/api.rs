@@ -57,6 +57,10 @@ impl Api {
         }
     }
 
+    fn pid(&self) -> u32 {
+        self._p.pid()
+    }
+
     async fn call(
         &self,
         method: &str,
@@ -2650,4 +2654,1399 @@ async fn rest_storage_objects_are_the_s3_objects() {
         get(ada_t.clone(), "from-s3.txt").await.status().as_u16(),
         200
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Namespaces, files and direct URLs (`/storage`), share links, REST multipart and lifecycle,
+// the image store.
+
+impl Api {
+    /// A request to the gateway's `/storage` face (not under `/api`).
+    fn storage(&self, method: &str, path: &str, token: Option<&str>) -> reqwest::RequestBuilder {
+        let mut req = self.http.request(
+            method.parse().unwrap(),
+            format!("http://{}/storage{path}", self.addr),
+        );
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        req
+    }
+
+    /// Status and JSON body of a `/storage` call.
+    async fn storage_json(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self.storage(method, path, token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        let v =
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"));
+        (status, v)
+    }
+
+    /// Upload `bytes` as the form field `file` named `name` into namespace `ns`.
+    async fn upload_file(
+        &self,
+        token: &str,
+        ns: &str,
+        name: &str,
+        bytes: Vec<u8>,
+        overwrite: bool,
+    ) -> (u16, Value) {
+        let form = reqwest::multipart::Form::new().part(
+            "file",
+            reqwest::multipart::Part::bytes(bytes).file_name(name.to_owned()),
+        );
+        let resp = self
+            .storage(
+                "POST",
+                &format!("/upload?namespace={ns}&overwrite={overwrite}"),
+                Some(token),
+            )
+            .multipart(form)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap())
+    }
+
+    /// Status and bytes of a GET on the `/storage` face.
+    async fn fetch(&self, path: &str, token: Option<&str>) -> (u16, Vec<u8>) {
+        let resp = self.storage("GET", path, token).send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.bytes().await.unwrap().to_vec())
+    }
+}
+
+fn names_of(v: &Value) -> Vec<String> {
+    let mut n: Vec<String> = v["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap().to_owned())
+        .collect();
+    n.sort();
+    n
+}
+
+#[tokio::test]
+async fn namespaces_follow_visibility_for_owner_other_user_and_anonymous() {
+    let api = Api::start(&[("CAIRN_API_AUTH_RATE_LIMIT", "1000")]);
+    let ada = first_admin(&api).await;
+    let ada_t = ada["access_token"].as_str().unwrap().to_owned();
+    let bob = register(&api, &ada_t, "bob@example.com", "Bob").await;
+    let bob_t = bob["access_token"].as_str().unwrap().to_owned();
+
+    for (name, vis) in [("priv-ns", 0), ("unl-ns", 1), ("pub-ns", 2)] {
+        let (s, v) = api
+            .storage_json(
+                "POST",
+                "/namespaces",
+                Some(&ada_t),
+                Some(json!({"name": name, "visibility": vis})),
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+        assert_eq!(v["visibility"], vis);
+        assert_eq!(v["hidden"], vis != 2);
+        let (s, f) = api
+            .upload_file(
+                &ada_t,
+                name,
+                "notes.txt",
+                format!("hello from {name}").into_bytes(),
+                false,
+            )
+            .await;
+        assert_eq!(s, 201, "{f}");
+        assert_eq!(f["path"], "notes.txt");
+        assert_eq!(f["namespace"], name);
+        assert_eq!(f["size"], 11 + name.len());
+    }
+
+    // Listing: the owner sees its three (with counts); others see the public one only.
+    let (s, v) = api
+        .storage_json("GET", "/namespaces", Some(&ada_t), None)
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(names_of(&v), ["priv-ns", "pub-ns", "unl-ns"]);
+    assert!(
+        v["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["count"] == 1)
+    );
+    let owner = v["namespaces"][0]["owner_id"].as_str().unwrap().to_owned();
+    assert_eq!(owner.len(), 32);
+    for token in [Some(bob_t.as_str()), None] {
+        let (s, v) = api.storage_json("GET", "/namespaces", token, None).await;
+        assert_eq!(s, 200);
+        assert_eq!(names_of(&v), ["pub-ns"], "{token:?}");
+    }
+
+    // Files and direct URLs, by who is asking: (namespace, list for others, read for others).
+    let cases = [
+        ("priv-ns", 404, 404),
+        ("unl-ns", 404, 200),
+        ("pub-ns", 200, 200),
+    ];
+    for (ns, list_other, read_other) in cases {
+        let (s, v) = api
+            .storage_json("GET", &format!("/files?namespace={ns}"), Some(&ada_t), None)
+            .await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["files"][0]["name"], "notes.txt");
+        let (s, body) = api.fetch(&format!("/{ns}/notes.txt"), Some(&ada_t)).await;
+        assert_eq!((s, body), (200, format!("hello from {ns}").into_bytes()));
+        for token in [Some(bob_t.as_str()), None] {
+            let (s, v) = api
+                .storage_json("GET", &format!("/files?namespace={ns}"), token, None)
+                .await;
+            assert_eq!(s, list_other, "{ns} {token:?}: {v}");
+            let (s, _) = api.fetch(&format!("/{ns}/notes.txt"), token).await;
+            assert_eq!(s, read_other, "{ns} {token:?}");
+        }
+    }
+    // A private namespace and one that does not exist look the same to outsiders.
+    for token in [Some(bob_t.as_str()), None] {
+        let private = api.fetch("/priv-ns/notes.txt", token).await;
+        let missing = api.fetch("/no-such-ns/notes.txt", token).await;
+        assert_eq!(private, missing);
+        let private = api
+            .storage_json("GET", "/files?namespace=priv-ns", token, None)
+            .await;
+        let missing = api
+            .storage_json("GET", "/files?namespace=no-such-ns", token, None)
+            .await;
+        assert_eq!(private, missing);
+    }
+    // Others may not write, re-label or delete, even where they may read.
+    let (s, _) = api
+        .upload_file(&bob_t, "pub-ns", "mine.txt", b"x".to_vec(), false)
+        .await;
+    assert_eq!(s, 404);
+    let (s, _) = api
+        .storage_json(
+            "PUT",
+            "/namespaces/pub-ns",
+            Some(&bob_t),
+            Some(json!({"visibility": 0})),
+        )
+        .await;
+    assert_eq!(s, 404);
+    let (s, _) = api
+        .storage_json("DELETE", "/namespaces/pub-ns", Some(&bob_t), None)
+        .await;
+    assert_eq!(s, 404);
+    let (s, _) = api
+        .storage_json(
+            "DELETE",
+            "/delete?name=notes.txt&namespace=pub-ns",
+            Some(&bob_t),
+            None,
+        )
+        .await;
+    assert_eq!(s, 404);
+    let (s, _) = api
+        .upload_file("not-a-token", "pub-ns", "x.txt", b"x".to_vec(), false)
+        .await;
+    assert_eq!(s, 401);
+
+    // The owner changes visibility: private becomes public and is listed for everyone.
+    let (s, v) = api
+        .storage_json(
+            "PUT",
+            "/namespaces/priv-ns",
+            Some(&ada_t),
+            Some(json!({"visibility": 2})),
+        )
+        .await;
+    assert_eq!((s, v["visibility"].clone()), (200, json!(2)), "{v}");
+    let (_, v) = api.storage_json("GET", "/namespaces", None, None).await;
+    assert_eq!(names_of(&v), ["priv-ns", "pub-ns"]);
+    let (s, _) = api.fetch("/priv-ns/notes.txt", None).await;
+    assert_eq!(s, 200);
+
+    // Bad names and values.
+    for (body, want) in [
+        (json!({"name": "My_Files"}), "bucket name"),
+        (json!({"name": "files"}), "reserved"),
+        (json!({"name": "a/b"}), "letters, digits"),
+        (json!({"name": "ok-name", "visibility": 3}), "visibility"),
+    ] {
+        let (s, v) = api
+            .storage_json("POST", "/namespaces", Some(&ada_t), Some(body.clone()))
+            .await;
+        assert_eq!(s, 400, "{body}: {v}");
+        assert!(error_of(&v).contains(want), "{body}: {v}");
+    }
+    let (s, v) = api
+        .storage_json(
+            "POST",
+            "/namespaces",
+            Some(&ada_t),
+            Some(json!({"name": "pub-ns"})),
+        )
+        .await;
+    assert_eq!(s, 409, "{v}");
+    let (s, _) = api
+        .storage_json(
+            "POST",
+            "/namespaces",
+            None,
+            Some(json!({"name": "anon-ns"})),
+        )
+        .await;
+    assert_eq!(s, 401);
+
+    // Overwrite: refused without the flag (and nothing changes), atomic with it.
+    let (s, v) = api
+        .upload_file(&ada_t, "pub-ns", "notes.txt", b"second".to_vec(), false)
+        .await;
+    assert_eq!(s, 409, "{v}");
+    assert!(error_of(&v).contains("overwrite=true"));
+    assert_eq!(
+        api.fetch("/pub-ns/notes.txt", None).await.1,
+        b"hello from pub-ns"
+    );
+    let (s, _) = api
+        .upload_file(&ada_t, "pub-ns", "notes.txt", b"second".to_vec(), true)
+        .await;
+    assert_eq!(s, 201);
+    assert_eq!(api.fetch("/pub-ns/notes.txt", None).await.1, b"second");
+
+    // The same bytes over S3, both ways.
+    let root = s3_client(&api, "CAIRNAPITESTKEY00001", "api-test-secret");
+    let got = root
+        .get_object()
+        .bucket("pub-ns")
+        .key("notes.txt")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        got.body.collect().await.unwrap().into_bytes().as_ref(),
+        b"second"
+    );
+    root.put_object()
+        .bucket("unl-ns")
+        .key("docs/from-s3.html")
+        .body(aws_sdk_s3::primitives::ByteStream::from_static(
+            b"<b>s3</b>",
+        ))
+        .send()
+        .await
+        .unwrap();
+    let (_, v) = api
+        .storage_json("GET", "/files?namespace=unl-ns", Some(&ada_t), None)
+        .await;
+    let paths: Vec<&str> = v["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["docs/from-s3.html", "notes.txt"]);
+    assert_eq!(v["files"][0]["name"], "from-s3.html");
+
+    // Direct URLs: inline with the extension's type (and no script runs), or an attachment.
+    let resp = api
+        .storage("GET", "/unl-ns/docs/from-s3.html", None)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let h = resp.headers();
+    assert_eq!(h["content-type"], "text/html");
+    assert!(
+        h["content-disposition"]
+            .to_str()
+            .unwrap()
+            .starts_with("inline; filename=\"from-s3.html\"")
+    );
+    assert_eq!(h["content-security-policy"], "sandbox");
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    for path in [
+        "/download/unl-ns/docs/from-s3.html",
+        "/download?name=docs/from-s3.html&namespace=unl-ns",
+    ] {
+        let resp = api.storage("GET", path, None).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+        assert!(
+            resp.headers()["content-disposition"]
+                .to_str()
+                .unwrap()
+                .starts_with("attachment; filename=\"from-s3.html\"")
+        );
+        assert_eq!(resp.bytes().await.unwrap().as_ref(), b"<b>s3</b>");
+    }
+
+    // Ranges, validators and HEAD.
+    let url = "/pub-ns/notes.txt";
+    let resp = api
+        .storage("GET", url, None)
+        .header("range", "bytes=1-3")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 206);
+    assert_eq!(resp.headers()["content-range"], "bytes 1-3/6");
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), b"eco");
+    let resp = api
+        .storage("GET", url, None)
+        .header("range", "bytes=-2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), b"nd");
+    let resp = api
+        .storage("GET", url, None)
+        .header("range", "bytes=6-")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 416);
+    assert_eq!(resp.headers()["content-range"], "bytes */6");
+    let resp = api.storage("HEAD", url, None).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-length"], "6");
+    assert_eq!(resp.headers()["accept-ranges"], "bytes");
+    let etag = resp.headers()["etag"].to_str().unwrap().to_owned();
+    let modified = resp.headers()["last-modified"].to_str().unwrap().to_owned();
+    assert_eq!(etag, format!("\"{}\"", md5_hex(b"second")));
+    assert!(resp.bytes().await.unwrap().is_empty());
+    let resp = api
+        .storage("GET", url, None)
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 304);
+    let resp = api
+        .storage("GET", url, None)
+        .header("if-none-match", "\"other\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = api
+        .storage("GET", url, None)
+        .header("if-modified-since", &modified)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 304);
+    let resp = api
+        .storage("GET", url, None)
+        .header("if-modified-since", "Mon, 01 Jan 2001 00:00:00 GMT")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = api
+        .storage("GET", url, None)
+        .header("if-match", "\"other\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 412);
+
+    // Path tricks are refused before anything is read or written.
+    let raw = |path: &str| {
+        let addr = api.addr;
+        let path = path.to_owned();
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(
+                format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes(),
+            )
+            .await
+            .unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.unwrap();
+            out
+        }
+    };
+    for path in [
+        "/storage/pub-ns/a%2Fb",
+        "/storage/pub-ns/a%2fnotes.txt",
+        "/storage/pub-ns/a%00b",
+        "/storage/pub-ns/a/../notes.txt",
+        "/storage/pub-ns/%2e%2e/notes.txt",
+        "/storage/download/pub-ns/..%5cnotes.txt",
+        "/storage/download?name=../notes.txt&namespace=pub-ns",
+        "/storage/download?name=a%00b&namespace=pub-ns",
+    ] {
+        let out = raw(path).await;
+        assert!(out.starts_with("HTTP/1.1 400"), "{path}: {out}");
+        assert!(out.contains("\"error\""), "{path}: {out}");
+    }
+    for name in ["../escape.txt", "a/../../b", "/abs", "a\\b"] {
+        let form = reqwest::multipart::Form::new().part(
+            "file",
+            reqwest::multipart::Part::bytes(b"x".to_vec()).file_name(name.to_owned()),
+        );
+        let resp = api
+            .storage("POST", "/upload?namespace=pub-ns", Some(&ada_t))
+            .multipart(form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400, "{name}");
+    }
+    let (s, _) = api
+        .storage_json(
+            "POST",
+            "/upload?namespace=pub-ns&path=a%00b",
+            Some(&ada_t),
+            None,
+        )
+        .await;
+    assert_eq!(s, 400);
+    let (_, v) = api
+        .storage_json("GET", "/files?namespace=pub-ns", None, None)
+        .await;
+    assert_eq!(
+        v["files"].as_array().unwrap().len(),
+        1,
+        "nothing was written: {v}"
+    );
+
+    // Deleting files and namespaces.
+    let (s, _) = api
+        .storage_json(
+            "DELETE",
+            "/delete?name=notes.txt&namespace=pub-ns",
+            Some(&ada_t),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(api.fetch("/pub-ns/notes.txt", None).await.0, 404);
+    let (s, _) = api
+        .storage_json(
+            "DELETE",
+            "/delete?name=notes.txt&namespace=pub-ns",
+            Some(&ada_t),
+            None,
+        )
+        .await;
+    assert_eq!(s, 404);
+    let (s, v) = api
+        .storage_json("DELETE", "/namespaces/unl-ns", Some(&ada_t), None)
+        .await;
+    assert_eq!((s, v["files_removed"].clone()), (200, json!(2)), "{v}");
+    assert!(root.head_bucket().bucket("unl-ns").send().await.is_err());
+
+    // The data plane at a glance, for signed-in callers.
+    let (s, v) = api.storage_json("GET", "/status", Some(&bob_t), None).await;
+    assert_eq!(s, 200, "{v}");
+    assert!(
+        v["chunkservers"].as_u64().unwrap() >= 1 && v["live_servers"].as_u64().unwrap() >= 1,
+        "{v}"
+    );
+    assert!(v["capacity_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(v["under_replicated_chunks"], 0);
+    let (s, _) = api.storage_json("GET", "/status", None, None).await;
+    assert_eq!(s, 401);
+}
+
+fn md5_hex(b: &[u8]) -> String {
+    use md5::Digest;
+    md5::Md5::digest(b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
+}
+
+/// The path of a share link's URL (`/storage/share/...`).
+fn share_path(v: &Value) -> String {
+    let url = v["url"].as_str().unwrap_or_else(|| panic!("no url in {v}"));
+    let at = url.find("/storage/share/").unwrap();
+    url[at + "/storage".len()..].to_owned()
+}
+
+#[tokio::test]
+async fn share_links_work_until_they_expire_or_are_revoked_and_refuse_tampering() {
+    let api = Api::start(&[
+        ("CAIRN_API_AUTH_RATE_LIMIT", "1000"),
+        ("CAIRN_SHARES_MAX_LINKS", "3"),
+    ]);
+    let ada = first_admin(&api).await;
+    let ada_t = ada["access_token"].as_str().unwrap().to_owned();
+    let bob = register(&api, &ada_t, "bob@example.com", "Bob").await;
+    let bob_t = bob["access_token"].as_str().unwrap().to_owned();
+    let (s, _) = api
+        .storage_json(
+            "POST",
+            "/namespaces",
+            Some(&ada_t),
+            Some(json!({"name": "private-docs"})),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let body: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let (s, _) = api
+        .upload_file(&ada_t, "private-docs", "report.pdf", body.clone(), false)
+        .await;
+    assert_eq!(s, 201);
+    assert_eq!(api.fetch("/private-docs/report.pdf", None).await.0, 404);
+
+    // A link opens the private file without signing in, with ranges.
+    let (s, link) = api
+        .call(
+            "POST",
+            "/shares",
+            Some(&ada_t),
+            Some(json!({"namespace": "private-docs", "path": "report.pdf", "expires_in": 3600})),
+        )
+        .await;
+    assert_eq!(s, 201, "{link}");
+    assert!(
+        link["url"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("http://{}/storage/share/", api.addr))
+    );
+    let expires = link["expires_at"].as_u64().unwrap();
+    assert!(
+        expires >= now_s() + 3590 && expires <= now_s() + 3610,
+        "{link}"
+    );
+    let path = share_path(&link);
+    let (s, got) = api.fetch(&path, None).await;
+    assert_eq!((s, got.len()), (200, body.len()));
+    assert_eq!(got, body);
+    let resp = api
+        .storage("GET", &path, None)
+        .header("range", "bytes=10-19")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 206);
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), &body[10..20]);
+    let resp = api
+        .storage("GET", &format!("{path}?download=true"), None)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        resp.headers()["content-disposition"]
+            .to_str()
+            .unwrap()
+            .starts_with("attachment")
+    );
+
+    // Any changed character is refused, and so is a longer expiry with the old signature.
+    let token = path.trim_start_matches("/share/").to_owned();
+    let parts: Vec<&str> = token.split('.').collect();
+    assert_eq!(parts.len(), 3, "{token}");
+    let flip = |s: &str, i: usize| {
+        let mut b = s.as_bytes().to_vec();
+        b[i] = if b[i] == b'0' { b'1' } else { b'0' };
+        String::from_utf8(b).unwrap()
+    };
+    let later = format!(
+        "{:x}",
+        u64::from_str_radix(parts[1], 16).unwrap() + 86_400_000
+    );
+    for bad in [
+        format!("{}.{}.{}", flip(parts[0], 5), parts[1], parts[2]),
+        format!("{}.{later}.{}", parts[0], parts[2]),
+        format!("{}.{}.{}", parts[0], parts[1], flip(parts[2], 0)),
+        format!("{}.{}", parts[0], parts[1]),
+        "garbage".to_owned(),
+    ] {
+        let (s, v) = api
+            .storage_json("GET", &format!("/share/{bad}"), None, None)
+            .await;
+        assert_eq!(s, 403, "{bad}: {v}");
+        assert!(error_of(&v).contains("not valid"));
+    }
+
+    // Listing and revocation: another tenant neither sees nor revokes the link.
+    let (s, v) = api.call("GET", "/shares", Some(&ada_t), None).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["shares"].as_array().unwrap().len(), 1);
+    assert_eq!(v["shares"][0]["path"], "report.pdf");
+    assert_eq!(v["shares"][0]["url"], link["url"]);
+    let (_, v) = api.call("GET", "/shares", Some(&bob_t), None).await;
+    assert_eq!(v["shares"].as_array().unwrap().len(), 0);
+    let id = link["id"].as_str().unwrap();
+    let (s, _) = api
+        .call("DELETE", &format!("/shares/{id}"), Some(&bob_t), None)
+        .await;
+    assert_eq!(s, 404);
+    let (s, _) = api
+        .call(
+            "POST",
+            "/shares",
+            Some(&bob_t),
+            Some(json!({"namespace": "private-docs", "path": "report.pdf"})),
+        )
+        .await;
+    assert_eq!(s, 404, "another tenant's file cannot be shared");
+    let (s, v) = api
+        .call("DELETE", &format!("/shares/{id}"), Some(&ada_t), None)
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = api.storage_json("GET", &path, None, None).await;
+    assert_eq!(s, 410, "{v}");
+    assert!(error_of(&v).contains("revoked"));
+    let (s, _) = api
+        .call("DELETE", &format!("/shares/{id}"), Some(&ada_t), None)
+        .await;
+    assert_eq!(s, 404);
+
+    // Expiry.
+    let (s, short) = api
+        .call(
+            "POST",
+            "/shares",
+            Some(&ada_t),
+            Some(json!({"namespace": "private-docs", "path": "report.pdf", "expires_in": 1})),
+        )
+        .await;
+    assert_eq!(s, 201, "{short}");
+    let short_path = share_path(&short);
+    let deadline = std::time::Instant::now() + cairn_tests::PATIENCE;
+    loop {
+        let (s, got) = api.fetch(&short_path, None).await;
+        if s == 410 {
+            let v: Value = serde_json::from_slice(&got).unwrap();
+            assert!(error_of(&v).contains("expired"), "{v}");
+            break;
+        }
+        assert_eq!(s, 200);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the link never expired"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+
+    // Bad requests, and the per-tenant limit of active links (3 here; the expired one no
+    // longer counts).
+    for (body, status) in [
+        (
+            json!({"namespace": "private-docs", "path": "missing.pdf"}),
+            404,
+        ),
+        (
+            json!({"namespace": "private-docs", "path": "../report.pdf"}),
+            400,
+        ),
+        (
+            json!({"namespace": "private-docs", "path": "report.pdf", "expires_in": 0}),
+            400,
+        ),
+        (
+            json!({"namespace": "no-such-ns", "path": "report.pdf"}),
+            404,
+        ),
+    ] {
+        let (s, v) = api
+            .call("POST", "/shares", Some(&ada_t), Some(body.clone()))
+            .await;
+        assert_eq!(s, status, "{body}: {v}");
+    }
+    for _ in 0..3 {
+        let (s, v) = api
+            .call(
+                "POST",
+                "/shares",
+                Some(&ada_t),
+                Some(json!({"namespace": "private-docs", "path": "report.pdf"})),
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+    }
+    let (s, v) = api
+        .call(
+            "POST",
+            "/shares",
+            Some(&ada_t),
+            Some(json!({"namespace": "private-docs", "path": "report.pdf"})),
+        )
+        .await;
+    assert_eq!(s, 409, "{v}");
+    assert!(error_of(&v).contains("limit is 3"), "{v}");
+
+    // A link to a deleted file says so.
+    let (s, _) = api
+        .storage_json(
+            "DELETE",
+            "/delete?name=report.pdf&namespace=private-docs",
+            Some(&ada_t),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (_, v) = api.call("GET", "/shares", Some(&ada_t), None).await;
+    let live = share_path(&v["shares"][0]);
+    let (s, _) = api.storage_json("GET", &live, None, None).await;
+    assert_eq!(s, 404);
+}
+
+#[tokio::test]
+async fn rest_storage_multipart_lifecycle_and_health() {
+    let api = Api::start(&[("CAIRN_API_AUTH_RATE_LIMIT", "1000")]);
+    let ada = first_admin(&api).await;
+    let t = ada["access_token"].as_str().unwrap().to_owned();
+    let (s, _) = api
+        .call(
+            "POST",
+            "/storage/buckets",
+            Some(&t),
+            Some(json!({"name": "parts"})),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let (s, up) = api
+        .call(
+            "POST",
+            "/storage/buckets/parts/uploads",
+            Some(&t),
+            Some(json!({"key": "big/file.bin", "content_type": "application/x-test"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{up}");
+    let id = up["upload_id"].as_str().unwrap().to_owned();
+    let one: Vec<u8> = (0..(5u32 << 20)).map(|i| (i % 253) as u8).collect();
+    let two = b"the last part may be small".to_vec();
+    let mut etags = Vec::new();
+    for (n, part) in [(1, one.clone()), (2, two.clone())] {
+        let resp = api
+            .http
+            .put(format!(
+                "{}/storage/buckets/parts/uploads/{id}/parts/{n}?key=big/file.bin",
+                api.base
+            ))
+            .header("authorization", format!("Bearer {t}"))
+            .body(part.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(v["etag"], md5_hex(&part));
+        assert_eq!(v["size_bytes"], part.len());
+        etags.push(v["etag"].as_str().unwrap().to_owned());
+    }
+    // Parts out of order, or with a wrong ETag, are refused; the upload stays.
+    for parts in [
+        json!([{"part_number": 2, "etag": etags[1]}, {"part_number": 1, "etag": etags[0]}]),
+        json!([{"part_number": 1, "etag": etags[1]}, {"part_number": 2, "etag": etags[1]}]),
+    ] {
+        let (s, v) = api
+            .call(
+                "POST",
+                &format!("/storage/buckets/parts/uploads/{id}/complete"),
+                Some(&t),
+                Some(json!({"key": "big/file.bin", "parts": parts})),
+            )
+            .await;
+        assert_eq!(s, 400, "{v}");
+    }
+    let (s, obj) = api
+        .call(
+            "POST",
+            &format!("/storage/buckets/parts/uploads/{id}/complete"),
+            Some(&t),
+            Some(json!({"key": "big/file.bin", "parts": [
+                {"part_number": 1, "etag": etags[0]}, {"part_number": 2, "etag": etags[1]}
+            ]})),
+        )
+        .await;
+    assert_eq!(s, 201, "{obj}");
+    assert_eq!(obj["size_bytes"], one.len() + two.len());
+    assert_eq!(obj["content_type"], "application/x-test");
+    assert!(
+        obj["checksum"]["md5"].as_str().unwrap().ends_with("-2"),
+        "{obj}"
+    );
+    let whole = [one.clone(), two.clone()].concat();
+    let resp = api
+        .http
+        .get(format!(
+            "{}/storage/buckets/parts/objects/big/file.bin",
+            api.base
+        ))
+        .header("authorization", format!("Bearer {t}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.bytes().await.unwrap().as_ref() == whole.as_slice());
+    let root = s3_client(&api, "CAIRNAPITESTKEY00001", "api-test-secret");
+    let got = root
+        .get_object()
+        .bucket("parts")
+        .key("big/file.bin")
+        .send()
+        .await
+        .unwrap();
+    assert!(got.e_tag().unwrap().ends_with("-2\""));
+    assert!(got.body.collect().await.unwrap().into_bytes().as_ref() == whole.as_slice());
+
+    // Abort: the upload is gone, and so is its id.
+    let (_, up2) = api
+        .call(
+            "POST",
+            "/storage/buckets/parts/uploads",
+            Some(&t),
+            Some(json!({"key": "gone"})),
+        )
+        .await;
+    let id2 = up2["upload_id"].as_str().unwrap().to_owned();
+    let (s, _) = api
+        .call(
+            "DELETE",
+            &format!("/storage/buckets/parts/uploads/{id2}?key=gone"),
+            Some(&t),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    let resp = api
+        .http
+        .put(format!(
+            "{}/storage/buckets/parts/uploads/{id2}/parts/1?key=gone",
+            api.base
+        ))
+        .header("authorization", format!("Bearer {t}"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    for (path, status) in [
+        (
+            format!("/storage/buckets/parts/uploads/{id2}?key=gone"),
+            404,
+        ),
+        (
+            "/storage/buckets/parts/uploads/not-an-id?key=gone".to_owned(),
+            404,
+        ),
+        (format!("/storage/buckets/parts/uploads/{id2}"), 400),
+    ] {
+        let (s, v) = api.call("DELETE", &path, Some(&t), None).await;
+        assert_eq!(s, status, "{path}: {v}");
+    }
+
+    // Lifecycle rules: the same configuration S3 reads.
+    let (s, rule) = api
+        .call(
+            "POST",
+            "/storage/buckets/parts/lifecycle",
+            Some(&t),
+            Some(json!({"prefix": "tmp/", "expiration_days": 7})),
+        )
+        .await;
+    assert_eq!(s, 201, "{rule}");
+    let rule_id = rule["id"].as_str().unwrap().to_owned();
+    let (s, v) = api
+        .call(
+            "POST",
+            "/storage/buckets/parts/lifecycle",
+            Some(&t),
+            Some(json!({"prefix": "x/", "expiration_days": 0})),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    let (s, v) = api
+        .call("GET", "/storage/buckets/parts/lifecycle", Some(&t), None)
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        v["rules"],
+        json!([{"id": rule_id, "prefix": "tmp/", "expiration_days": 7, "enabled": true}])
+    );
+    let lc = root
+        .get_bucket_lifecycle_configuration()
+        .bucket("parts")
+        .send()
+        .await
+        .unwrap();
+    let r = &lc.rules()[0];
+    assert_eq!(r.id(), Some(rule_id.as_str()));
+    assert_eq!(r.expiration().unwrap().days(), Some(7));
+    let (s, _) = api
+        .call(
+            "DELETE",
+            &format!("/storage/buckets/parts/lifecycle/{rule_id}"),
+            Some(&t),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (s, _) = api
+        .call(
+            "DELETE",
+            &format!("/storage/buckets/parts/lifecycle/{rule_id}"),
+            Some(&t),
+            None,
+        )
+        .await;
+    assert_eq!(s, 404);
+    assert!(
+        root.get_bucket_lifecycle_configuration()
+            .bucket("parts")
+            .send()
+            .await
+            .is_err()
+    );
+
+    let (s, v) = api.call("GET", "/storage/health", Some(&t), None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["healthy"], true, "{v}");
+    assert!(v["live_servers"].as_u64().unwrap() >= 1);
+    let (s, _) = api.call("GET", "/storage/health", None, None).await;
+    assert_eq!(s, 401);
+}
+
+/// A qcow2 image made by the real `qemu-img`.
+fn qcow2(dir: &Path, name: &str, size: &str) -> Vec<u8> {
+    let path = dir.join(name);
+    let out = std::process::Command::new("qemu-img")
+        .args(["create", "-f", "qcow2", path.to_str().unwrap(), size])
+        .output()
+        .expect("qemu-img (Debian's qemu-utils) must be installed");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read(path).unwrap()
+}
+
+async fn upload_image(api: &Api, token: &str, id: &str, bytes: Vec<u8>) -> (u16, Value) {
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(bytes).file_name("disk.img"),
+    );
+    let resp = api
+        .http
+        .post(format!("{}/images/{id}/upload", api.base))
+        .header("authorization", format!("Bearer {token}"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap())
+}
+
+/// A one-file HTTP server on loopback: every request gets `body` (or a 404 for other paths).
+async fn serve_file(body: Vec<u8>) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let body = std::sync::Arc::new(body);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut req = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let line = String::from_utf8_lossy(&req)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_owned();
+                let resp = if line.starts_with("GET /disk.qcow2 ") {
+                    let mut r = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\ncontent-type: application/octet-stream\r\nconnection: close\r\n\r\n",
+                        body.len()
+                    )
+                    .into_bytes();
+                    r.extend_from_slice(&body);
+                    r
+                } else if line.starts_with("GET /moved ") {
+                    b"HTTP/1.1 302 Found\r\nlocation: /disk.qcow2\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_vec()
+                } else {
+                    b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                        .to_vec()
+                };
+                let _ = s.write_all(&resp).await;
+            });
+        }
+    });
+    addr
+}
+
+async fn image_status(api: &Api, token: &str, id: &str) -> Value {
+    let deadline = std::time::Instant::now() + cairn_tests::PATIENCE;
+    loop {
+        let (s, v) = api
+            .call("GET", &format!("/images/{id}"), Some(token), None)
+            .await;
+        assert_eq!(s, 200, "{v}");
+        if v["status"] != "PENDING" {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the import never finished: {v}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn image_store_takes_real_images_refuses_others_and_imports_by_url() {
+    let api = Api::start(&[("CAIRN_API_AUTH_RATE_LIMIT", "1000")]);
+    let ada = first_admin(&api).await;
+    let ada_t = ada["access_token"].as_str().unwrap().to_owned();
+    let bob = register(&api, &ada_t, "bob@example.com", "Bob").await;
+    let bob_t = bob["access_token"].as_str().unwrap().to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let disk = qcow2(dir.path(), "disk.qcow2", "64M");
+
+    let register_image = |token: String, body: Value| {
+        let api = &api;
+        async move {
+            let (s, v) = api.call("POST", "/images", Some(&token), Some(body)).await;
+            assert_eq!(s, 201, "{v}");
+            assert_eq!(v["status"], "PENDING");
+            v["id"].as_str().unwrap().to_owned()
+        }
+    };
+    let a = register_image(
+        ada_t.clone(),
+        json!({"name": "debian", "description": "Debian 13", "os": "linux", "version": "13", "is_public": true, "format": "qcow2"}),
+    )
+    .await;
+    let (s, v) = upload_image(&api, &ada_t, &a, disk.clone()).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["status"], "ACTIVE");
+    assert_eq!(v["format"], "qcow2");
+    assert_eq!(v["virtual_size"], 64u64 << 20);
+    assert_eq!(v["size_bytes"], disk.len());
+    assert_eq!(
+        v["checksum"]["blake3"],
+        blake3::hash(&disk).to_hex().as_str()
+    );
+
+    // Not an image, or not the declared format: refused, and the image stays as it was.
+    let b = register_image(ada_t.clone(), json!({"name": "raw-one", "format": "raw"})).await;
+    let (s, v) = upload_image(&api, &ada_t, &b, b"just some text, not a disk".repeat(100)).await;
+    assert_eq!(s, 400, "{v}");
+    assert!(error_of(&v).contains("not a disk image"));
+    let (s, v) = upload_image(&api, &ada_t, &b, disk.clone()).await;
+    assert_eq!(s, 400, "{v}");
+    assert!(error_of(&v).contains("declared raw"), "{v}");
+    let (_, v) = api
+        .call("GET", &format!("/images/{b}"), Some(&ada_t), None)
+        .await;
+    assert_eq!(v["status"], "PENDING");
+    let (s, v) = api
+        .call(
+            "POST",
+            "/images",
+            Some(&ada_t),
+            Some(json!({"name": "x", "format": "vmdk"})),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    let (s, _) = api
+        .call("POST", "/images", Some(&ada_t), Some(json!({"name": ""})))
+        .await;
+    assert_eq!(s, 400);
+
+    // The same content twice is stored once; deleting one image leaves the other whole.
+    let c = register_image(ada_t.clone(), json!({"name": "debian-copy"})).await;
+    let (s, v) = upload_image(&api, &ada_t, &c, disk.clone()).await;
+    assert_eq!(s, 200, "{v}");
+    let root = s3_client(&api, "CAIRNAPITESTKEY00001", "api-test-secret");
+    let listed = root.list_buckets().send().await.unwrap();
+    assert!(
+        listed
+            .buckets()
+            .iter()
+            .all(|b| b.name() != Some("cairn-images")),
+        "the system bucket is nobody's"
+    );
+    let r = root
+        .get_object()
+        .bucket("cairn-images")
+        .key(blake3::hash(&disk).to_hex().as_str())
+        .send()
+        .await;
+    assert_eq!(s3_code(&r).as_deref(), Some("NoSuchBucket"));
+    let r = root.create_bucket().bucket("cairn-images").send().await;
+    assert!(r.is_err(), "no one may take the system bucket's name");
+    let (s, _) = api
+        .call("DELETE", &format!("/images/{a}"), Some(&ada_t), None)
+        .await;
+    assert_eq!(s, 200);
+    let resp = api
+        .http
+        .get(format!("{}/images/{c}/download", api.base))
+        .header("authorization", format!("Bearer {ada_t}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.bytes().await.unwrap().as_ref() == disk.as_slice());
+    let (s, _) = api
+        .call("GET", &format!("/images/{a}"), Some(&ada_t), None)
+        .await;
+    assert_eq!(s, 404);
+
+    // Users see their own and public images.
+    let p = register_image(
+        ada_t.clone(),
+        json!({"name": "public-one", "is_public": true}),
+    )
+    .await;
+    let (s, _) = upload_image(&api, &ada_t, &p, disk.clone()).await;
+    assert_eq!(s, 200);
+    let (_, v) = api.call("GET", "/images", Some(&bob_t), None).await;
+    let names: Vec<&str> = v["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["public-one"]);
+    let (s, _) = api
+        .call("GET", &format!("/images/{c}"), Some(&bob_t), None)
+        .await;
+    assert_eq!(s, 404);
+    let (s, _) = api
+        .call("DELETE", &format!("/images/{p}"), Some(&bob_t), None)
+        .await;
+    assert_eq!(s, 403);
+    let (s, _) = upload_image(&api, &bob_t, &p, disk.clone()).await;
+    assert_eq!(s, 403);
+    let resp = api
+        .http
+        .get(format!("{}/images/{p}/download", api.base))
+        .header("authorization", format!("Bearer {bob_t}"))
+        .header("range", "bytes=0-3")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 206);
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), b"QFI\xfb");
+
+    // Imports: from a local server (an admin allowing a private address), through a redirect.
+    let server = serve_file(disk.clone()).await;
+    for path in ["/disk.qcow2", "/moved"] {
+        let (s, v) = api
+            .call(
+                "POST",
+                "/images/import",
+                Some(&ada_t),
+                Some(json!({"url": format!("http://{server}{path}"), "name": "imported", "format": "qcow2", "allow_private": true})),
+            )
+            .await;
+        assert_eq!(s, 202, "{v}");
+        assert_eq!(v["status"], "PENDING");
+        let v = image_status(&api, &ada_t, v["id"].as_str().unwrap()).await;
+        assert_eq!(v["status"], "ACTIVE", "{v}");
+        assert_eq!(v["virtual_size"], 64u64 << 20);
+        assert_eq!(v["source_url"], format!("http://{server}{path}"));
+    }
+    // Failures reach FAILED with the reason.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    for (url, private, reason) in [
+        (
+            format!("http://{server}/disk.qcow2"),
+            false,
+            "private or loopback",
+        ),
+        (format!("http://{server}/missing"), true, "404"),
+        (
+            format!("http://{closed}/disk.qcow2"),
+            true,
+            "cannot connect",
+        ),
+    ] {
+        let (s, v) = api
+            .call(
+                "POST",
+                "/images/import",
+                Some(&ada_t),
+                Some(json!({"url": url, "name": "bad", "allow_private": private})),
+            )
+            .await;
+        assert_eq!(s, 202, "{v}");
+        let v = image_status(&api, &ada_t, v["id"].as_str().unwrap()).await;
+        assert_eq!(v["status"], "FAILED", "{v}");
+        assert!(v["reason"].as_str().unwrap().contains(reason), "{url}: {v}");
+    }
+    for (body, status) in [
+        (json!({"url": "ftp://example.com/x.img", "name": "x"}), 400),
+        (json!({"url": "file:///etc/passwd", "name": "x"}), 400),
+        (json!({"url": "not a url", "name": "x"}), 400),
+        (
+            json!({"url": format!("http://{server}/disk.qcow2"), "name": "x", "allow_private": true}),
+            403,
+        ),
+    ] {
+        let token = if status == 403 { &bob_t } else { &ada_t };
+        let (s, v) = api
+            .call("POST", "/images/import", Some(token), Some(body.clone()))
+            .await;
+        assert_eq!(s, status, "{body}: {v}");
+    }
+}
+
+/// Anonymous resident memory of a process (heap and stacks: what buffering would grow; the
+/// page cache of memory-mapped chunk files is not counted), from `/proc/PID/status`.
+fn anon_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("RssAnon:")).unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 1024
+}
+
+/// Samples a process's anonymous memory every 10 ms until dropped; the highest seen.
+struct MemoryWatch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    peak: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl MemoryWatch {
+    fn start(pid: u32) -> MemoryWatch {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(anon_rss(pid)));
+        let (s, p) = (stop.clone(), peak.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                p.fetch_max(anon_rss(pid), Ordering::Relaxed);
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        });
+        MemoryWatch {
+            stop,
+            peak,
+            thread: Some(thread),
+        }
+    }
+
+    fn peak(mut self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        self.peak.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+#[tokio::test]
+async fn a_one_gib_upload_streams_through_in_bounded_memory() {
+    use futures::StreamExt;
+    const SIZE: u64 = 1 << 30;
+    const PIECE: usize = 1 << 20;
+    let api = Api::start(&[("CAIRN_API_AUTH_RATE_LIMIT", "1000")]);
+    let ada = first_admin(&api).await;
+    let t = ada["access_token"].as_str().unwrap().to_owned();
+    let (s, _) = api
+        .storage_json(
+            "POST",
+            "/namespaces",
+            Some(&t),
+            Some(json!({"name": "big"})),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let before = anon_rss(api.pid());
+
+    // 1 GiB of generated bytes, never held whole by the test either.
+    let piece = |i: u64| -> bytes::Bytes {
+        let mut b = vec![0u8; PIECE];
+        for (j, x) in b.iter_mut().enumerate() {
+            *x = ((i as usize * 31 + j * 7) % 251) as u8;
+        }
+        b.into()
+    };
+    let pieces = SIZE / PIECE as u64;
+    let mut expected = blake3::Hasher::new();
+    for i in 0..pieces {
+        expected.update(&piece(i));
+    }
+    let watch = MemoryWatch::start(api.pid());
+    let stream = futures::stream::iter(0..pieces).map(move |i| Ok::<_, std::io::Error>(piece(i)));
+    let part =
+        reqwest::multipart::Part::stream_with_length(reqwest::Body::wrap_stream(stream), SIZE)
+            .file_name("one.gib");
+    let resp = api
+        .storage("POST", "/upload?namespace=big", Some(&t))
+        .header("x-file-size", SIZE.to_string())
+        .multipart(reqwest::multipart::Form::new().part("file", part))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201, "{}", resp.text().await.unwrap());
+    let upload_peak = watch.peak();
+
+    let watch = MemoryWatch::start(api.pid());
+    let resp = api
+        .storage("GET", "/big/one.gib", Some(&t))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-length"], SIZE.to_string());
+    let mut got = blake3::Hasher::new();
+    let mut len = 0u64;
+    let mut body = resp.bytes_stream();
+    while let Some(b) = body.next().await {
+        let b = b.unwrap();
+        len += b.len() as u64;
+        got.update(&b);
+    }
+    let download_peak = watch.peak();
+    assert_eq!(len, SIZE);
+    assert_eq!(got.finalize(), expected.finalize());
+    // The whole server (gateway, master and chunkserver in one process) grew by far less than
+    // the object: bodies stream, they are never buffered whole.
+    eprintln!(
+        "anonymous memory: {} MiB before, at most {} MiB uploading and {} MiB downloading 1 GiB",
+        before >> 20,
+        upload_peak >> 20,
+        download_peak >> 20
+    );
+    for (what, peak) in [("upload", upload_peak), ("download", download_peak)] {
+        assert!(
+            peak < before + 256 * 1024 * 1024,
+            "anonymous memory during the {what}: {} MiB at most, before: {} MiB",
+            peak >> 20,
+            before >> 20
+        );
+    }
 }

@@ -266,7 +266,10 @@ pub fn judge(
             anonymous_denied()
         });
     };
-    let public = rec.public_read && PUBLIC_READS.contains(&op);
+    // An unlisted bucket (namespace visibility 1) is readable by object name only.
+    let public = rec.public_read
+        && PUBLIC_READS.contains(&op)
+        && (!rec.unlisted || matches!(op, "GetObject" | "HeadObject"));
     let Some(p) = principal else {
         return if public {
             Ok(())

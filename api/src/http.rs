@@ -58,6 +58,7 @@ pub fn router(gateway: Arc<Gateway>, ready: Option<MethodRouter>) -> Router {
         .route("/ready", ready)
         .route("/metrics", get(metrics).with_state(gateway.clone()))
         .nest("/api", crate::rest::router(gateway.clone()))
+        .nest("/storage", crate::namespaces::router(gateway.clone()))
         .fallback_service(s3.clone());
     // A request to `BUCKET.DOMAIN` is S3 whatever its path: `/api/x` there is the object
     // `api/x` of that bucket, not the REST API.

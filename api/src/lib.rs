@@ -10,15 +10,21 @@
 //! - [`http`]: the axum router: request ids, access logs, metrics, `/health`, `/ready`, CORS.
 //! - [`rest`]: the JSON REST API under `/api`: users, sessions, keys, audit.
 //! - [`tenants`]: tenants, members and IAM policies under `/api`.
-//! - [`storage`]: the REST storage API under `/api/storage` (buckets so far).
+//! - [`storage`]: the REST storage API under `/api/storage`.
+//! - [`namespaces`]: namespaces, files and direct URLs under `/storage`.
+//! - [`shares`]: signed, expiring, revocable share links (`/api/shares`, `/storage/share`).
+//! - [`images`]: the image store under `/api/images`.
 
 pub mod auth;
 pub mod body;
 pub mod http;
+pub mod images;
 pub mod mail;
 pub mod metrics;
+pub mod namespaces;
 pub mod rest;
 pub mod s3;
+pub mod shares;
 pub mod storage;
 pub mod tenants;
 
@@ -55,6 +61,12 @@ pub struct GatewayOptions {
     pub api_rate_limit: u32,
     /// Lifetime of access tokens, in seconds.
     pub access_ttl_s: u64,
+    /// Most unexpired share links one tenant may hold.
+    pub share_links_max: u32,
+    /// Longest a share link may live, in seconds.
+    pub share_ttl_max_s: u64,
+    /// Largest image the image store takes (upload or import).
+    pub image_max: u64,
 }
 
 impl Default for GatewayOptions {
@@ -67,6 +79,9 @@ impl Default for GatewayOptions {
             auth_rate_limit: 5,
             api_rate_limit: 600,
             access_ttl_s: rest::ACCESS_TTL_S,
+            share_links_max: 1000,
+            share_ttl_max_s: 365 * 24 * 3600,
+            image_max: 64 << 30,
         }
     }
 }
@@ -86,6 +101,8 @@ pub struct Gateway {
     pub api_keys: rest::ApiKeyCache,
     /// Sends password reset tokens by mail when SMTP is configured.
     pub mailer: Option<Arc<mail::Mailer>>,
+    /// File uploads in flight on this gateway (for progress reports).
+    pub uploads: namespaces::Uploads,
 }
 
 /// The S3 error for a refusal from the bucket service.
@@ -109,6 +126,8 @@ pub fn rejection_error(code: &str, message: &str) -> S3Error {
         "method_not_allowed" => S3ErrorCode::MethodNotAllowed,
         "too_many_versions" => S3ErrorCode::InvalidRequest,
         "chunk_gone" => S3ErrorCode::InternalError,
+        "too_many_shares" => S3ErrorCode::Custom("TooManyShareLinks".into()),
+        "no_such_share" => S3ErrorCode::Custom("NoSuchShareLink".into()),
         _ => S3ErrorCode::InvalidArgument,
     };
     S3Error::with_message(c, message.to_owned())
@@ -145,6 +164,7 @@ impl Gateway {
             caller_limiter: rest::RateLimiter::default(),
             api_keys: rest::ApiKeyCache::default(),
             mailer: None,
+            uploads: namespaces::Uploads::default(),
         }
     }
 

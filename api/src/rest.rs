@@ -564,7 +564,7 @@ impl Caller {
     }
 
     /// Admin routes: an admin's session, or an admin's key with the `admin` scope.
-    fn admin(&self) -> ApiResult<()> {
+    pub(crate) fn admin(&self) -> ApiResult<()> {
         let scoped = self
             .key_scopes
             .as_ref()
@@ -672,6 +672,19 @@ async fn authenticate_key(g: &Gateway, token: &str) -> ApiResult<Caller> {
             key_scopes: Some(scopes),
         }),
         _ => Err(ApiError::unauthorized("the user no longer exists")),
+    }
+}
+
+/// The caller if the request carries a token (an invalid one is still refused), `None` for
+/// an anonymous request.
+pub(crate) async fn authenticate_optional(
+    g: &Gateway,
+    headers: &HeaderMap,
+) -> ApiResult<Option<Caller>> {
+    if headers.contains_key(header::AUTHORIZATION) {
+        authenticate(g, headers).await.map(Some)
+    } else {
+        Ok(None)
     }
 }
 
@@ -1647,6 +1660,8 @@ async fn openapi() -> Response {
     let mut doc = ApiDoc::openapi();
     doc.merge(crate::tenants::TenantDoc::openapi());
     doc.merge(crate::storage::StorageDoc::openapi());
+    doc.merge(crate::shares::SharesDoc::openapi());
+    doc.merge(crate::images::ImagesDoc::openapi());
     match doc.to_json() {
         Ok(doc) => ([(header::CONTENT_TYPE, "application/json")], doc).into_response(),
         Err(e) => ApiError::internal(e).into_response(),
@@ -1665,7 +1680,7 @@ pub fn router(g: Arc<Gateway>) -> Router {
         .route("/auth/refresh", post(refresh))
         .route("/auth/change-password", post(change_password))
         .route_layer(axum::middleware::from_fn_with_state(g.clone(), limit_auth));
-    Router::new()
+    let routes = Router::new()
         .merge(credentials)
         .route("/auth/logout", post(logout))
         .route("/auth/jwt-key/rotate", post(rotate_jwt_key))
@@ -1684,6 +1699,15 @@ pub fn router(g: Arc<Gateway>) -> Router {
         .route("/openapi.json", get(openapi))
         .merge(crate::tenants::routes())
         .merge(crate::storage::routes())
+        .merge(crate::shares::routes())
+        .merge(crate::images::routes());
+    with_layers(routes, g)
+}
+
+/// What every JSON router shares: audit entries for changes, rate-limit headers, JSON 404s
+/// and 405s.
+pub(crate) fn with_layers(routes: Router<Arc<Gateway>>, g: Arc<Gateway>) -> Router {
+    routes
         .layer(axum::middleware::from_fn_with_state(g.clone(), audit_layer))
         .layer(axum::middleware::from_fn(caller_rate_headers))
         .layer(axum::middleware::from_fn(json_method_errors))

@@ -1,8 +1,9 @@
 //! The REST storage API under `/api/storage`, for scripts that do not speak S3: the same buckets
 //! and objects, with a Bearer token (session or API key) instead of SigV4.
 //!
-//! Built so far: buckets (list, create, delete with `?force=true`, versioning on and off) and
-//! objects (list the latest versions or every version, upload a raw body, download, delete).
+//! Buckets (list, create, delete with `?force=true`, versioning on and off), objects (list the
+//! latest versions or every version, upload a raw body, download, delete), multipart uploads
+//! (initiate, upload a part, complete, abort), lifecycle rules, and the cluster's health.
 //! Every call is authorised exactly as its S3 counterpart ([`crate::auth::judge`]): the
 //! caller's role and policies in the tenant they act in, and another tenant's bucket answers
 //! 404 like a missing one. API keys need `storage:read` for reads and `storage:write` for
@@ -27,12 +28,13 @@ use serde_json::{Value, json};
 use crate::Gateway;
 use crate::auth::{Principal, judge};
 use crate::rest::{ApiError, ApiResult, Caller, authenticate, hex_id, json_body};
+use cairn_master::buckets::BucketResponse;
 
 /// Most objects a forced delete removes (versions, delete markers and uploads together).
 const FORCE_DELETE_MAX: usize = 100_000;
 
 /// An S3 error from the shared authorisation or the bucket service, as a REST error.
-fn from_s3(e: s3s::S3Error) -> ApiError {
+pub(crate) fn from_s3(e: s3s::S3Error) -> ApiError {
     let status = e.status_code().unwrap_or(StatusCode::BAD_REQUEST);
     let message = e.message().unwrap_or("refused").to_owned();
     if status.is_server_error() {
@@ -49,7 +51,7 @@ fn from_s3(e: s3s::S3Error) -> ApiError {
 }
 
 /// The caller as an S3 principal in the tenant they act in, after the key-scope check.
-async fn principal(g: &Gateway, caller: &Caller, op: &str) -> ApiResult<Principal> {
+pub(crate) async fn principal(g: &Gateway, caller: &Caller, op: &str) -> ApiResult<Principal> {
     let class = s3_action(op).1;
     caller.scoped(if class == ActionClass::Read {
         "storage:read"
@@ -66,7 +68,7 @@ async fn principal(g: &Gateway, caller: &Caller, op: &str) -> ApiResult<Principa
     })
 }
 
-async fn record(g: &Gateway, name: &str) -> ApiResult<Option<BucketRecord>> {
+pub(crate) async fn record(g: &Gateway, name: &str) -> ApiResult<Option<BucketRecord>> {
     match g
         .query(&BucketQuery::Bucket {
             name: name.to_owned(),
@@ -81,7 +83,7 @@ async fn record(g: &Gateway, name: &str) -> ApiResult<Option<BucketRecord>> {
 
 /// Authorise `op` on an existing bucket (and `key` in it, for object operations, so that
 /// policies on key patterns apply); the principal and the bucket's record.
-async fn authorised(
+pub(crate) async fn authorised(
     g: &Gateway,
     caller: &Caller,
     op: &str,
@@ -193,7 +195,7 @@ async fn delete_bucket(
 }
 
 /// One page of a listing query.
-async fn page(g: &Gateway, q: &BucketQuery) -> ApiResult<ListPage> {
+pub(crate) async fn page(g: &Gateway, q: &BucketQuery) -> ApiResult<ListPage> {
     match g.query(q).await.map_err(from_s3)? {
         BucketQueryResponse::Page(page) => Ok(page),
         _ => Err(ApiError::internal("unexpected answer")),
@@ -203,7 +205,7 @@ async fn page(g: &Gateway, q: &BucketQuery) -> ApiResult<ListPage> {
 /// Remove every version, delete marker and unfinished upload of `bucket`, page by page, each
 /// removal authorised as an S3 `DeleteObject` (a Deny on a prefix stops the whole delete) and
 /// written as the S3 face writes (audited, the tenant checked inside the command).
-async fn empty_bucket(
+pub(crate) async fn empty_bucket(
     g: &Arc<Gateway>,
     p: &Principal,
     who: &crate::s3::Who,
@@ -399,7 +401,7 @@ async fn list_versions(
     list_page(&g, &caller, &name, &query, true).await
 }
 
-fn writer(caller: &Caller, p: &Principal, req_ip: String) -> crate::s3::Who {
+pub(crate) fn writer(caller: &Caller, p: &Principal, req_ip: String) -> crate::s3::Who {
     crate::s3::Who {
         actor: hex_id(caller.user),
         ip: req_ip,
@@ -407,7 +409,7 @@ fn writer(caller: &Caller, p: &Principal, req_ip: String) -> crate::s3::Who {
     }
 }
 
-fn client_ip(req: &Request) -> String {
+pub(crate) fn client_ip(req: &Request) -> String {
     req.extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0.ip().to_string())
@@ -469,7 +471,7 @@ async fn upload(
 
 /// The request body as a stream s3s takes (it must be `Sync`, which a hyper body is not): a
 /// task forwards it through a channel of 4 pieces, so memory stays bounded.
-fn sync_body(body: axum::body::Body) -> s3s::dto::StreamingBlob {
+pub(crate) fn sync_body(body: axum::body::Body) -> s3s::dto::StreamingBlob {
     use futures::StreamExt;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
     tokio::spawn(async move {
@@ -483,7 +485,7 @@ fn sync_body(body: axum::body::Body) -> s3s::dto::StreamingBlob {
     s3s::dto::StreamingBlob::wrap(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
 }
 
-async fn latest(g: &Gateway, bucket: &str, key: &str) -> ApiResult<Version> {
+pub(crate) async fn latest(g: &Gateway, bucket: &str, key: &str) -> ApiResult<Version> {
     match g
         .query(&BucketQuery::Object {
             bucket: bucket.to_owned(),
@@ -564,9 +566,386 @@ async fn delete_object(
     Ok(axum::Json(json!({"status": "deleted"})).into_response())
 }
 
+// ---------------------------------------------------------------------------------------------
+// Multipart uploads.
+
+#[derive(Deserialize, utoipa::ToSchema)]
+struct NewUpload {
+    key: String,
+    content_type: Option<String>,
+}
+
+fn upload_json(bucket: &str, key: &str, id: u128) -> Value {
+    json!({
+        "upload_id": cairn_master::buckets::upload_string(id),
+        "bucket": bucket,
+        "key": key,
+    })
+}
+
+fn upload_id(s: &str) -> ApiResult<u128> {
+    cairn_master::buckets::parse_upload(s)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such upload"))
+}
+
+/// S3's errors for uploads, as this API answers them.
+fn upload_error(e: s3s::S3Error) -> ApiError {
+    match e.code().as_str() {
+        "NoSuchUpload" => ApiError::new(StatusCode::NOT_FOUND, "no such upload"),
+        "InvalidPart" | "InvalidPartOrder" | "EntityTooSmall" => {
+            ApiError::bad(e.message().unwrap_or("invalid parts").to_owned())
+        }
+        _ => from_s3(e),
+    }
+}
+
+/// `POST /api/storage/buckets/{name}/uploads` (`{"key", "content_type"}`): a multipart upload.
+#[utoipa::path(post, path = "/api/storage/buckets/{name}/uploads", params(("name" = String, Path, description = "The bucket")), request_body = NewUpload, responses((status = 201, description = "upload_id, bucket, key")))]
+async fn initiate(
+    State(g): State<Arc<Gateway>>,
+    Path(name): Path<String>,
+    req: Request,
+) -> ApiResult<Response> {
+    let caller = authenticate(&g, req.headers()).await?;
+    let ip = client_ip(&req);
+    let body: NewUpload = json_body(req).await?;
+    let (p, _) = authorised(&g, &caller, "CreateMultipartUpload", &name, Some(&body.key)).await?;
+    let who = writer(&caller, &p, ip);
+    let s3 = crate::s3::CairnS3::new(Arc::clone(&g));
+    let r = s3
+        .write(
+            &who,
+            BucketCommand::CreateUpload {
+                bucket: name.clone(),
+                key: body.key.clone(),
+                owner: format!("user:{}", hex_id(caller.user)),
+                meta: ObjectMeta {
+                    content_type: body.content_type,
+                    ..ObjectMeta::default()
+                },
+                tags: Vec::new(),
+            },
+        )
+        .await
+        .map_err(from_s3)?;
+    let BucketResponse::Upload { id } = r else {
+        return Err(ApiError::internal("unexpected answer"));
+    };
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(upload_json(&name, &body.key, id)),
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+struct KeyParam {
+    key: String,
+}
+
+fn key_param(req: &Request) -> ApiResult<String> {
+    let k: KeyParam = serde_urlencoded::from_str(req.uri().query().unwrap_or(""))
+        .map_err(|e| ApiError::bad(format!("name the upload's key with ?key=: {e}")))?;
+    Ok(k.key)
+}
+
+/// `PUT /api/storage/buckets/{name}/uploads/{id}/parts/{number}?key=K`: the raw body is part
+/// `number` (1-10,000; every part but the last at least 5 MiB).
+#[utoipa::path(put, path = "/api/storage/buckets/{name}/uploads/{id}/parts/{number}", params(("name" = String, Path, description = "The bucket"), ("id" = String, Path, description = "The upload"), ("number" = u32, Path, description = "The part number"), ("key" = String, Query, description = "The upload's key")), responses((status = 200, description = "part_number, etag, size_bytes")))]
+async fn put_part(
+    State(g): State<Arc<Gateway>>,
+    Path((name, id, number)): Path<(String, String, u32)>,
+    req: Request,
+) -> ApiResult<Response> {
+    let key = key_param(&req)?;
+    let caller = authenticate(&g, req.headers()).await?;
+    let upload = upload_id(&id)?;
+    if !(1..=cairn_master::buckets::PART_NUMBER_MAX).contains(&number) {
+        return Err(ApiError::bad("a part number is 1 to 10000"));
+    }
+    authorised(&g, &caller, "UploadPart", &name, Some(&key)).await?;
+    match g
+        .query(&BucketQuery::Upload {
+            bucket: name.clone(),
+            key: key.clone(),
+            upload,
+        })
+        .await
+        .map_err(from_s3)?
+    {
+        BucketQueryResponse::Upload(Some(_)) => {}
+        _ => return Err(ApiError::new(StatusCode::NOT_FOUND, "no such upload")),
+    }
+    let s3 = crate::s3::CairnS3::new(Arc::clone(&g));
+    let stored = s3
+        .store_body(
+            Some(sync_body(req.into_body())),
+            &HeaderMap::new(),
+            None,
+            &name,
+            false,
+        )
+        .await
+        .map_err(from_s3)?;
+    let extents = match stored.content {
+        cairn_master::buckets::Content::Chunks(e) => e,
+        cairn_master::buckets::Content::Inline(_) => Vec::new(),
+    };
+    g.command(&BucketCommand::PutPart {
+        bucket: name,
+        key,
+        upload,
+        number,
+        etag: stored.md5.clone(),
+        size: stored.size,
+        extents,
+    })
+    .await
+    .map_err(upload_error)?;
+    Ok(axum::Json(json!({
+        "part_number": number,
+        "etag": stored.md5,
+        "size_bytes": stored.size,
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+struct CompletedPart {
+    part_number: u32,
+    etag: String,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+struct Completion {
+    key: String,
+    parts: Vec<CompletedPart>,
+}
+
+/// `POST /api/storage/buckets/{name}/uploads/{id}/complete` (`{"key", "parts": [{"part_number",
+/// "etag"}]}` in ascending order): the parts become the object's new version.
+#[utoipa::path(post, path = "/api/storage/buckets/{name}/uploads/{id}/complete", params(("name" = String, Path, description = "The bucket"), ("id" = String, Path, description = "The upload")), request_body = Completion, responses((status = 201, description = "The object")))]
+async fn complete(
+    State(g): State<Arc<Gateway>>,
+    Path((name, id)): Path<(String, String)>,
+    req: Request,
+) -> ApiResult<Response> {
+    let caller = authenticate(&g, req.headers()).await?;
+    let ip = client_ip(&req);
+    let body: Completion = json_body(req).await?;
+    let upload = upload_id(&id)?;
+    let (p, _) = authorised(
+        &g,
+        &caller,
+        "CompleteMultipartUpload",
+        &name,
+        Some(&body.key),
+    )
+    .await?;
+    let who = writer(&caller, &p, ip);
+    let parts = body
+        .parts
+        .into_iter()
+        .map(|x| (x.part_number, x.etag.trim_matches('"').to_owned()))
+        .collect();
+    crate::s3::CairnS3::new(Arc::clone(&g))
+        .write(
+            &who,
+            BucketCommand::CompleteUpload {
+                bucket: name.clone(),
+                key: body.key.clone(),
+                upload,
+                parts,
+                conditions: Conditions::default(),
+            },
+        )
+        .await
+        .map_err(upload_error)?;
+    let v = latest(&g, &name, &body.key).await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(object_json(&name, &body.key, &v)),
+    )
+        .into_response())
+}
+
+/// `DELETE /api/storage/buckets/{name}/uploads/{id}?key=K`: abort; its parts are freed.
+#[utoipa::path(delete, path = "/api/storage/buckets/{name}/uploads/{id}", params(("name" = String, Path, description = "The bucket"), ("id" = String, Path, description = "The upload"), ("key" = String, Query, description = "The upload's key")), responses((status = 200, description = "Aborted")))]
+async fn abort(
+    State(g): State<Arc<Gateway>>,
+    Path((name, id)): Path<(String, String)>,
+    req: Request,
+) -> ApiResult<Response> {
+    let key = key_param(&req)?;
+    let caller = authenticate(&g, req.headers()).await?;
+    let upload = upload_id(&id)?;
+    let (p, _) = authorised(&g, &caller, "AbortMultipartUpload", &name, Some(&key)).await?;
+    let who = writer(&caller, &p, client_ip(&req));
+    crate::s3::CairnS3::new(Arc::clone(&g))
+        .write(
+            &who,
+            BucketCommand::AbortUpload {
+                bucket: name,
+                key,
+                upload,
+            },
+        )
+        .await
+        .map_err(upload_error)?;
+    Ok(axum::Json(json!({"status": "aborted"})).into_response())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lifecycle rules and health.
+
+fn rule_json(r: &cairn_master::buckets::LifecycleRule) -> Value {
+    json!({
+        "id": r.id,
+        "prefix": r.prefix,
+        "expiration_days": r.expiration_days,
+        "enabled": r.enabled,
+    })
+}
+
+/// `GET /api/storage/buckets/{name}/lifecycle`: the bucket's rules.
+#[utoipa::path(get, path = "/api/storage/buckets/{name}/lifecycle", params(("name" = String, Path, description = "The bucket")), responses((status = 200, description = "The rules")))]
+async fn lifecycle(
+    State(g): State<Arc<Gateway>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let caller = authenticate(&g, &headers).await?;
+    let (_, rec) = authorised(&g, &caller, "GetBucketLifecycleConfiguration", &name, None).await?;
+    let rules: Vec<Value> = rec.lifecycle.iter().flatten().map(rule_json).collect();
+    Ok(axum::Json(json!({"rules": rules})).into_response())
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+struct NewRule {
+    #[serde(default)]
+    prefix: String,
+    expiration_days: u32,
+    /// A name for the rule (one is made when absent).
+    id: Option<String>,
+}
+
+/// Most lifecycle rules a bucket holds (S3's limit).
+const RULES_MAX: usize = 1000;
+
+/// `POST /api/storage/buckets/{name}/lifecycle` (`{"prefix", "expiration_days"}`): objects
+/// under the prefix expire that many days after they were written (the master's lifecycle
+/// planner removes them, as for S3 rules; this is the same configuration S3 reads).
+#[utoipa::path(post, path = "/api/storage/buckets/{name}/lifecycle", params(("name" = String, Path, description = "The bucket")), request_body = NewRule, responses((status = 201, description = "The rule")))]
+async fn add_rule(
+    State(g): State<Arc<Gateway>>,
+    Path(name): Path<String>,
+    req: Request,
+) -> ApiResult<Response> {
+    let caller = authenticate(&g, req.headers()).await?;
+    let body: NewRule = json_body(req).await?;
+    if body.expiration_days == 0 {
+        return Err(ApiError::bad("expiration_days must be at least 1"));
+    }
+    if body.prefix.len() > cairn_master::buckets::KEY_LEN_MAX {
+        return Err(ApiError::bad("the prefix is longer than a key may be"));
+    }
+    let id = body
+        .id
+        .unwrap_or_else(|| format!("rule-{:016x}", rand::random::<u64>()));
+    if id.is_empty() || id.len() > 255 {
+        return Err(ApiError::bad("a rule id is 1 to 255 characters"));
+    }
+    let (_, rec) = authorised(&g, &caller, "PutBucketLifecycleConfiguration", &name, None).await?;
+    let mut rules = rec.lifecycle.unwrap_or_default();
+    if rules.iter().any(|r| r.id.as_deref() == Some(id.as_str())) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("the bucket already has a rule named {id}"),
+        ));
+    }
+    if rules.len() >= RULES_MAX {
+        return Err(ApiError::bad(format!(
+            "a bucket holds at most {RULES_MAX} rules"
+        )));
+    }
+    let rule = cairn_master::buckets::LifecycleRule {
+        id: Some(id),
+        enabled: true,
+        prefix: body.prefix,
+        expiration_days: Some(body.expiration_days),
+        ..cairn_master::buckets::LifecycleRule::default()
+    };
+    let out = rule_json(&rule);
+    rules.push(rule);
+    g.command(&BucketCommand::Configure {
+        name,
+        change: BucketChange::Lifecycle(Some(rules)),
+    })
+    .await
+    .map_err(from_s3)?;
+    Ok((StatusCode::CREATED, axum::Json(out)).into_response())
+}
+
+/// `DELETE /api/storage/buckets/{name}/lifecycle/{id}`.
+#[utoipa::path(delete, path = "/api/storage/buckets/{name}/lifecycle/{id}", params(("name" = String, Path, description = "The bucket"), ("id" = String, Path, description = "The rule")), responses((status = 200, description = "Deleted"), (status = 404, description = "No such rule")))]
+async fn delete_rule(
+    State(g): State<Arc<Gateway>>,
+    Path((name, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let caller = authenticate(&g, &headers).await?;
+    let (_, rec) = authorised(&g, &caller, "PutBucketLifecycleConfiguration", &name, None).await?;
+    let mut rules = rec.lifecycle.unwrap_or_default();
+    let before = rules.len();
+    rules.retain(|r| r.id.as_deref() != Some(id.as_str()));
+    if rules.len() == before {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "no such rule"));
+    }
+    g.command(&BucketCommand::Configure {
+        name,
+        change: BucketChange::Lifecycle((!rules.is_empty()).then_some(rules)),
+    })
+    .await
+    .map_err(from_s3)?;
+    Ok(axum::Json(json!({"status": "deleted"})).into_response())
+}
+
+/// `GET /api/storage/health`: chunkservers, capacity and replication health.
+#[utoipa::path(get, path = "/api/storage/health", responses((status = 200, description = "Cluster health")))]
+async fn health(State(g): State<Arc<Gateway>>, headers: HeaderMap) -> ApiResult<Response> {
+    let caller = authenticate(&g, &headers).await?;
+    caller.scoped("storage:read")?;
+    Ok(axum::Json(crate::namespaces::cluster_health(&g).await?).into_response())
+}
+
 /// The routes, to merge into the `/api` router.
 pub fn routes() -> Router<Arc<Gateway>> {
     Router::new()
+        .route("/storage/health", get(health))
+        .route(
+            "/storage/buckets/{name}/uploads",
+            axum::routing::post(initiate),
+        )
+        .route(
+            "/storage/buckets/{name}/uploads/{id}",
+            axum::routing::delete(abort),
+        )
+        .route(
+            "/storage/buckets/{name}/uploads/{id}/parts/{number}",
+            put(put_part),
+        )
+        .route(
+            "/storage/buckets/{name}/uploads/{id}/complete",
+            axum::routing::post(complete),
+        )
+        .route(
+            "/storage/buckets/{name}/lifecycle",
+            get(lifecycle).post(add_rule),
+        )
+        .route(
+            "/storage/buckets/{name}/lifecycle/{id}",
+            axum::routing::delete(delete_rule),
+        )
         .route("/storage/buckets", get(list).post(create))
         .route(
             "/storage/buckets/{name}",
@@ -592,6 +971,14 @@ pub fn routes() -> Router<Arc<Gateway>> {
     list_versions,
     upload,
     download,
-    delete_object
+    delete_object,
+    initiate,
+    put_part,
+    complete,
+    abort,
+    lifecycle,
+    add_rule,
+    delete_rule,
+    health
 ))]
 pub(crate) struct StorageDoc;

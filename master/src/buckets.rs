@@ -99,7 +99,50 @@ pub struct BucketRecord {
     pub tags: Option<Vec<(String, String)>>,
     /// Replicas per chunk of this bucket's objects; the cluster default when `None`.
     pub replication: Option<u8>,
+    /// With `public_read`: anyone may read an object by its name, but not list the bucket
+    /// (a namespace of visibility 1, "unlisted"). Records from before this field read `false`.
+    pub unlisted: bool,
 }
+
+/// A bucket record as written before `unlisted` existed.
+#[derive(Deserialize)]
+struct BucketRecordV1 {
+    created_ms: u64,
+    owner: String,
+    versioning: Versioning,
+    public_read: bool,
+    lifecycle: Option<Vec<LifecycleRule>>,
+    cors: Option<Vec<CorsRule>>,
+    tags: Option<Vec<(String, String)>>,
+    replication: Option<u8>,
+}
+
+/// Decode a bucket record of either layout.
+fn decode_bucket(b: &[u8]) -> Result<BucketRecord, StateError> {
+    match postcard::from_bytes::<BucketRecord>(b) {
+        Ok(r) => Ok(r),
+        Err(_) => {
+            let v: BucketRecordV1 = decode("bucket record", b)?;
+            Ok(BucketRecord {
+                created_ms: v.created_ms,
+                owner: v.owner,
+                versioning: v.versioning,
+                public_read: v.public_read,
+                lifecycle: v.lifecycle,
+                cors: v.cors,
+                tags: v.tags,
+                replication: v.replication,
+                unlisted: false,
+            })
+        }
+    }
+}
+
+/// The bucket that holds the image store's content (owned by [`SYSTEM_OWNER`], so no tenant
+/// sees it; no one else may create it).
+pub const SYSTEM_BUCKET: &str = "cairn-images";
+/// The owner of system buckets: tenant 0, which no tenant id ever is.
+pub const SYSTEM_OWNER: &str = "00000000000000000000000000000000";
 
 /// Standard headers and user metadata stored with an object.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -250,6 +293,12 @@ pub enum BucketChange {
     Cors(Option<Vec<CorsRule>>),
     Tags(Option<Vec<(String, String)>>),
     PublicRead(bool),
+    /// Namespace visibility: 0 private (`public_read` false), 1 unlisted (`public_read` and
+    /// `unlisted`), 2 public.
+    Visibility {
+        public_read: bool,
+        unlisted: bool,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -327,6 +376,21 @@ pub enum BucketCommand {
         tenant: u128,
         command: Box<BucketCommand>,
     },
+    /// A share link to `bucket/key` for `tenant` (its bucket, and a live object there when the
+    /// command applies), refused when the tenant already has `max_active` unexpired links.
+    CreateShare {
+        tenant: u128,
+        bucket: String,
+        key: String,
+        created_by: u128,
+        expires_ms: u64,
+        max_active: u32,
+    },
+    /// Revoke a share link of `tenant`.
+    DeleteShare {
+        tenant: u128,
+        id: u128,
+    },
 }
 
 impl BucketCommand {
@@ -372,6 +436,9 @@ pub enum BucketResponse {
         removed: u32,
         more: bool,
     },
+    Share {
+        id: u128,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -408,6 +475,29 @@ pub enum BucketQuery {
         key: String,
         version: Option<VersionRef>,
     },
+    /// How many objects (latest versions that are not delete markers) and bytes a bucket
+    /// holds, counted over at most [`USAGE_SCAN_MAX`] keys.
+    Usage {
+        bucket: String,
+    },
+    Share {
+        id: u128,
+    },
+    /// A tenant's share links, unexpired or not.
+    Shares {
+        tenant: u128,
+    },
+}
+
+/// Most keys one usage query counts.
+pub const USAGE_SCAN_MAX: usize = 1_000_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Usage {
+    pub objects: u64,
+    pub bytes: u64,
+    /// False when the count stopped at [`USAGE_SCAN_MAX`] keys.
+    pub complete: bool,
 }
 
 /// A listing request: keys under `prefix`, after a marker, rolled up at `delimiter`.
@@ -463,6 +553,10 @@ pub enum BucketQueryResponse {
     Parts(Option<Vec<(u32, Part)>>),
     /// `None` if the bucket does not exist; else its record and the version (if any).
     ObjectWithBucket(Option<(BucketRecord, Option<Version>)>),
+    /// `None` if the bucket does not exist.
+    Usage(Option<Usage>),
+    Share(Option<crate::shares::ShareRecord>),
+    Shares(Vec<(u128, crate::shares::ShareRecord)>),
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -631,7 +725,7 @@ impl Tx<'_> {
         let t = self.txn.open_table(BUCKETS)?;
         let v = t.get(name.as_bytes())?;
         match v {
-            Some(v) => Ok(decode("bucket record", v.value())?),
+            Some(v) => Ok(decode_bucket(v.value())?),
             None => Err(reject(
                 "no_such_bucket",
                 format!("bucket {name} does not exist"),
@@ -787,6 +881,35 @@ fn check_tags(tags: &[(String, String)]) -> Result<(), Rejection> {
 const DAY_MS: u64 = 86_400_000;
 
 impl BucketService {
+    /// Objects and bytes in `bucket` (`None` when it does not exist).
+    fn usage(txn: &ReadTransaction, bucket: &str) -> Result<Option<Usage>, ApplyError> {
+        if txn.open_table(BUCKETS)?.get(bucket.as_bytes())?.is_none() {
+            return Ok(None);
+        }
+        let start = object_key(bucket, "");
+        let t = txn.open_table(OBJECTS)?;
+        let mut u = Usage {
+            complete: true,
+            ..Usage::default()
+        };
+        for (n, item) in t.range(start.as_slice()..)?.enumerate() {
+            let (k, v) = item?;
+            if !k.value().starts_with(&start) {
+                break;
+            }
+            if n >= USAGE_SCAN_MAX {
+                u.complete = false;
+                break;
+            }
+            let versions: Vec<Version> = decode("object versions", v.value())?;
+            if let Some(d) = versions.first().and_then(Version::data) {
+                u.objects += 1;
+                u.bytes += d.size;
+            }
+        }
+        Ok(Some(u))
+    }
+
     /// The bucket's record and a key's version in it (the newest when `version` is `None`);
     /// `None` when the bucket does not exist.
     fn object_in(
@@ -796,7 +919,7 @@ impl BucketService {
         version: Option<VersionRef>,
     ) -> Result<Option<(BucketRecord, Option<Version>)>, ApplyError> {
         let record: BucketRecord = match txn.open_table(BUCKETS)?.get(bucket.as_bytes())? {
-            Some(v) => decode("bucket record", v.value())?,
+            Some(v) => decode_bucket(v.value())?,
             None => return Ok(None),
         };
         let t = txn.open_table(OBJECTS)?;
@@ -1186,6 +1309,7 @@ impl TypedService for BucketService {
         txn.open_table(OBJECTS)?;
         txn.open_table(UPLOADS)?;
         txn.open_table(PARTS)?;
+        crate::shares::init(txn)?;
         Ok(())
     }
 
@@ -1237,6 +1361,12 @@ impl TypedService for BucketService {
                 public_read,
             } => {
                 check_bucket_name(&name)?;
+                if name == SYSTEM_BUCKET && owner != SYSTEM_OWNER {
+                    return Err(reject(
+                        "bucket_exists",
+                        format!("bucket {name} is reserved for the image store"),
+                    ));
+                }
                 match tx.bucket(&name) {
                     Ok(b) if b.owner == owner => {
                         return Err(reject(
@@ -1320,7 +1450,17 @@ impl TypedService for BucketService {
                         }
                         b.tags = tags;
                     }
-                    BucketChange::PublicRead(p) => b.public_read = p,
+                    BucketChange::PublicRead(p) => {
+                        b.public_read = p;
+                        b.unlisted = false;
+                    }
+                    BucketChange::Visibility {
+                        public_read,
+                        unlisted,
+                    } => {
+                        b.public_read = public_read;
+                        b.unlisted = public_read && unlisted;
+                    }
                 }
                 tx.put_bucket(&name, &b)?;
                 Ok(BucketResponse::Done)
@@ -1624,6 +1764,51 @@ impl TypedService for BucketService {
                 Ok(BucketResponse::Done)
             }
             BucketCommand::Expire { bucket } => self.apply_expire(txn, ctx, &bucket),
+            BucketCommand::CreateShare {
+                tenant,
+                bucket,
+                key,
+                created_by,
+                expires_ms,
+                max_active,
+            } => {
+                let b = tx.bucket(&bucket)?;
+                if crate::tenancy::bucket_tenant(&b.owner) != tenant {
+                    return Err(reject(
+                        "no_such_bucket",
+                        format!("bucket {bucket} does not exist"),
+                    ));
+                }
+                check_key(&key)?;
+                let live = tx
+                    .versions(&object_key(&bucket, &key))?
+                    .first()
+                    .is_some_and(|v| v.data().is_some());
+                if !live {
+                    return Err(reject(
+                        "no_such_key",
+                        format!("{bucket}/{key} does not exist"),
+                    ));
+                }
+                let id = crate::shares::create(
+                    txn,
+                    ctx,
+                    crate::shares::ShareRecord {
+                        tenant,
+                        bucket,
+                        key,
+                        created_by,
+                        created_ms: now,
+                        expires_ms,
+                    },
+                    max_active,
+                )?;
+                Ok(BucketResponse::Share { id })
+            }
+            BucketCommand::DeleteShare { tenant, id } => {
+                crate::shares::delete(txn, tenant, id)?;
+                Ok(BucketResponse::Done)
+            }
         }
     }
 
@@ -1636,9 +1821,7 @@ impl TypedService for BucketService {
             BucketQuery::Bucket { name } => {
                 let t = txn.open_table(BUCKETS)?;
                 let v = t.get(name.as_bytes())?;
-                BucketQueryResponse::Bucket(
-                    v.map(|v| decode("bucket record", v.value())).transpose()?,
-                )
+                BucketQueryResponse::Bucket(v.map(|v| decode_bucket(v.value())).transpose()?)
             }
             BucketQuery::Buckets => {
                 let t = txn.open_table(BUCKETS)?;
@@ -1647,7 +1830,7 @@ impl TypedService for BucketService {
                     let (k, v) = item?;
                     let name = String::from_utf8(k.value().to_vec())
                         .map_err(|_| StateError::Corrupt("bucket name is not UTF-8".into()))?;
-                    out.push((name, decode("bucket record", v.value())?));
+                    out.push((name, decode_bucket(v.value())?));
                 }
                 BucketQueryResponse::Buckets(out)
             }
@@ -1664,6 +1847,11 @@ impl TypedService for BucketService {
                 version,
             } => {
                 BucketQueryResponse::ObjectWithBucket(Self::object_in(txn, &bucket, &key, version)?)
+            }
+            BucketQuery::Usage { bucket } => BucketQueryResponse::Usage(Self::usage(txn, &bucket)?),
+            BucketQuery::Share { id } => BucketQueryResponse::Share(crate::shares::get(txn, id)?),
+            BucketQuery::Shares { tenant } => {
+                BucketQueryResponse::Shares(crate::shares::list(txn, tenant)?)
             }
             BucketQuery::List(req) => BucketQueryResponse::Page(self.list(txn, &req, false)?),
             BucketQuery::Versions(req) => BucketQueryResponse::Page(self.list(txn, &req, true)?),

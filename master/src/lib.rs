@@ -9,6 +9,8 @@
 //! - [`identity`]: users, login sessions and the token signing key, service 6.
 //!   [`tenancy`] holds its tenants, members and policies; [`policy`] decides what a member may do.
 //! - [`audit`]: the append-only audit log, service 7.
+//! - [`images`]: the image store's records, service 8 (content in the system bucket).
+//! - [`shares`]: share links, in the bucket service's transactions.
 //! - [`protocol`]: the RPCs chunkservers and data clients send to the master group.
 //! - [`planner`]: pure planning functions (placement, re-replication, GC, rebalancing).
 //! - [`cluster`]: the leader's map of chunkservers and replicas, rebuilt from heartbeats.
@@ -20,11 +22,13 @@ pub mod chunks;
 pub mod cluster;
 pub mod dataplane;
 pub mod identity;
+pub mod images;
 pub mod keys;
 pub mod objects;
 pub mod planner;
 pub mod policy;
 pub mod protocol;
+pub mod shares;
 pub mod tenancy;
 
 pub use dataplane::{DataOptions, DataPlane};
@@ -47,6 +51,7 @@ pub fn registry() -> Result<Registry, StateError> {
     r.register(Typed(keys::KeyService))?;
     r.register(Typed(identity::IdentityService))?;
     r.register(Typed(audit::AuditService))?;
+    r.register(Typed(images::ImageService))?;
     Ok(r)
 }
 
