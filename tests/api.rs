@@ -3717,7 +3717,10 @@ async fn image_status(api: &Api, token: &str, id: &str) -> Value {
 
 #[tokio::test]
 async fn image_store_takes_real_images_refuses_others_and_imports_by_url() {
-    let api = Api::start(&[("CAIRN_API_AUTH_RATE_LIMIT", "1000")]);
+    let api = Api::start(&[
+        ("CAIRN_API_AUTH_RATE_LIMIT", "1000"),
+        ("CAIRN_IMAGES_MAX_SIZE", "1MiB"),
+    ]);
     let ada = first_admin(&api).await;
     let ada_t = ada["access_token"].as_str().unwrap().to_owned();
     let bob = register(&api, &ada_t, "bob@example.com", "Bob").await;
@@ -3758,6 +3761,18 @@ async fn image_store_takes_real_images_refuses_others_and_imports_by_url() {
     let (s, v) = upload_image(&api, &ada_t, &b, disk.clone()).await;
     assert_eq!(s, 400, "{v}");
     assert!(error_of(&v).contains("declared raw"), "{v}");
+    // Larger than images.max_size (1 MiB here): refused, with the limit named.
+    assert!(
+        disk.len() < 1 << 20,
+        "a fresh qcow2 is small: {}",
+        disk.len()
+    );
+    let mut big = vec![0u8; 2 << 20];
+    big[510] = 0x55;
+    big[511] = 0xAA;
+    let (s, v) = upload_image(&api, &ada_t, &b, big).await;
+    assert_eq!(s, 413, "{v}");
+    assert!(error_of(&v).contains("1048576"), "{v}");
     let (_, v) = api
         .call("GET", &format!("/images/{b}"), Some(&ada_t), None)
         .await;
@@ -4004,15 +4019,37 @@ async fn a_one_gib_upload_streams_through_in_bounded_memory() {
     let part =
         reqwest::multipart::Part::stream_with_length(reqwest::Body::wrap_stream(stream), SIZE)
             .file_name("one.gib");
-    let resp = api
+    let sending = api
         .storage("POST", "/upload?namespace=big", Some(&t))
         .header("x-file-size", SIZE.to_string())
         .multipart(reqwest::multipart::Form::new().part("file", part))
-        .send()
-        .await
-        .unwrap();
+        .send();
+    let sending = tokio::spawn(sending);
+    // Meanwhile the server reports the upload's progress against X-File-Size.
+    let deadline = std::time::Instant::now() + cairn_tests::PATIENCE;
+    loop {
+        let (s, v) = api.storage_json("GET", "/uploads", Some(&t), None).await;
+        assert_eq!(s, 200, "{v}");
+        if let Some(u) = v["uploads"].as_array().unwrap().first()
+            && u["received_bytes"].as_u64().unwrap() > 0
+        {
+            assert_eq!(u["path"], "one.gib");
+            assert_eq!(u["namespace"], "big");
+            assert_eq!(u["total_bytes"], SIZE);
+            assert!(u["percent"].as_u64().unwrap() <= 100, "{u}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no progress reported: {v}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let resp = sending.await.unwrap().unwrap();
     assert_eq!(resp.status(), 201, "{}", resp.text().await.unwrap());
     let upload_peak = watch.peak();
+    let (_, v) = api.storage_json("GET", "/uploads", Some(&t), None).await;
+    assert_eq!(v["uploads"], json!([]), "a finished upload is off the list");
 
     let watch = MemoryWatch::start(api.pid());
     let resp = api
