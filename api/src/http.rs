@@ -59,6 +59,9 @@ pub fn router(gateway: Arc<Gateway>, ready: Option<MethodRouter>) -> Router {
         .route("/metrics", get(metrics).with_state(gateway.clone()))
         .nest("/api", crate::rest::router(gateway.clone()))
         .nest("/storage", crate::namespaces::router(gateway.clone()))
+        // The faces' own roots are theirs too (not S3 buckets named `api` or `storage`).
+        .route("/api/", axum::routing::any(crate::rest::not_found))
+        .route("/storage/", axum::routing::any(crate::rest::not_found))
         .fallback_service(s3.clone());
     // A request to `BUCKET.DOMAIN` is S3 whatever its path: `/api/x` there is the object
     // `api/x` of that bucket, not the REST API.

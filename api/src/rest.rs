@@ -1609,10 +1609,25 @@ async fn json_method_errors(req: Request, next: axum::middleware::Next) -> Respo
         }
         return out;
     }
+    // axum's own rejections (a path segment that is not UTF-8, a query that does not parse)
+    // are plain text: say the same in this API's JSON shape.
+    let plain = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/plain"));
+    if resp.status().is_client_error() && plain {
+        let status = resp.status();
+        let text = match axum::body::to_bytes(resp.into_body(), 64 * 1024).await {
+            Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+            Err(_) => "the request was refused".to_owned(),
+        };
+        return ApiError::new(status, text).into_response();
+    }
     resp
 }
 
-async fn not_found() -> ApiError {
+pub(crate) async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "no such route")
 }
 
