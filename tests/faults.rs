@@ -1,0 +1,906 @@
+//! The fault suite: a real cluster of separate processes (3 masters, 5 chunkservers, 2
+//! gateways) under concurrent S3 clients, while a nemesis driven by a recorded seed kills
+//! (`kill -9`) and restarts nodes, pauses them (SIGSTOP/SIGCONT) and flips bits in chunk files.
+//! Then the faults stop, the cluster must heal (a leader, every chunk at R live replicas), and
+//! the history is checked:
+//!
+//! - every read returned bytes some client wrote to that key (no corrupt byte is ever served);
+//! - every key's history is linearizable (a Wing-Gong search over its puts, deletes and reads,
+//!   where a write whose answer was lost may or may not have happened);
+//! - after healing, the listing agrees with the final value of every key.
+//!
+//! A short run is part of the test suite (`CAIRN_FAULT_SECS`, default 20, fixed seeds). A soak:
+//! `CAIRN_FAULT_SECS=1800 CAIRN_FAULT_SEED=7 cargo test --test faults -- --nocapture`. Any
+//! failure prints the seed that replays its fault schedule.
+
+// Test code: a panic here is a failed test, which is what unwrap() should cause.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_s3::primitives::ByteStream;
+use cairn_tests::{CairnProcess, PATIENCE, run};
+use parking_lot::Mutex;
+
+/// The `cairn` binary: this build's, or `CAIRN_FAULT_BIN` (a copy, so that a long soak is not
+/// disturbed by a rebuild).
+fn bin() -> PathBuf {
+    std::env::var_os("CAIRN_FAULT_BIN")
+        .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_cairn")), PathBuf::from)
+}
+const AK: &str = "CAIRNFAULTROOTKEY001";
+const SK: &str = "fault-suite-root-secret-key-0123456789";
+const KEYS: u64 = 8;
+const CLIENTS: u64 = 4;
+
+/// A small deterministic generator (splitmix64): the same seed gives the same schedule.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn free_udp() -> SocketAddr {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn free_tcp() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// One node of the cluster: how to start it again, and the process while it runs.
+struct Node {
+    name: String,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    ready: &'static str,
+    data: PathBuf,
+    process: Option<CairnProcess>,
+    paused: bool,
+}
+
+impl Node {
+    fn start(&mut self, cwd: &Path) {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let mut p = CairnProcess::start(&bin(), &args, &env, cwd).unwrap();
+        p.wait_for_line(self.ready)
+            .unwrap_or_else(|e| panic!("{} did not start: {e}\n{}", self.name, p.log()));
+        self.process = Some(p);
+        self.paused = false;
+    }
+    fn kill(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            if self.paused {
+                let _ = p.signal(libc::SIGCONT);
+            }
+            p.kill().unwrap();
+        }
+        self.paused = false;
+    }
+    fn pause(&mut self) {
+        if let Some(p) = &self.process {
+            p.signal(libc::SIGSTOP).unwrap();
+            self.paused = true;
+        }
+    }
+    fn resume(&mut self) {
+        if let Some(p) = &self.process
+            && self.paused
+        {
+            p.signal(libc::SIGCONT).unwrap();
+        }
+        self.paused = false;
+    }
+    fn up(&self) -> bool {
+        self.process.is_some() && !self.paused
+    }
+}
+
+struct Cluster {
+    root: PathBuf,
+    masters: Vec<Node>,
+    chunkservers: Vec<Node>,
+    gateways: Vec<SocketAddr>,
+    _gateway_nodes: Vec<Node>,
+    admin_tls: PathBuf,
+    master_addrs: Vec<SocketAddr>,
+}
+
+fn cairn(args: &[&str], cwd: &Path) -> (bool, String, String) {
+    let (status, out, err) = run(&bin(), args, &[], cwd).unwrap();
+    (status.success(), out, err)
+}
+
+impl Cluster {
+    fn start(root: &Path) -> Cluster {
+        let quiet = || {
+            vec![(
+                "CAIRN_LOG".to_owned(),
+                "info,openraft=off,cairn::access=warn".to_owned(),
+            )]
+        };
+        let master_addrs: Vec<SocketAddr> = (0..3).map(|_| free_udp()).collect();
+        let d = |n: &str| root.join(n);
+        let (ok, _, err) = cairn(
+            &[
+                "cluster",
+                "init",
+                "--data",
+                d("m1").to_str().unwrap(),
+                "--name",
+                "master-1",
+            ],
+            root,
+        );
+        assert!(ok, "{err}");
+        let mut names: Vec<String> = vec!["m2".into(), "m3".into(), "admin".into()];
+        names.extend((1..=5).map(|i| format!("cs{i}")));
+        names.extend((1..=2).map(|i| format!("gw{i}")));
+        for name in &names {
+            let out = if name == "admin" {
+                d("admin-tls")
+            } else {
+                d(name).join("tls")
+            };
+            let (ok, _, err) = cairn(
+                &[
+                    "cluster",
+                    "issue-cert",
+                    "--data",
+                    d("m1").to_str().unwrap(),
+                    "--name",
+                    name,
+                    "--out",
+                    out.to_str().unwrap(),
+                ],
+                root,
+            );
+            assert!(ok, "{err}");
+        }
+        let mut masters = Vec::new();
+        for (i, addr) in master_addrs.iter().enumerate() {
+            let name = format!("m{}", i + 1);
+            let mut n = Node {
+                name: name.clone(),
+                args: [
+                    "master",
+                    "--id",
+                    &(i + 1).to_string(),
+                    "--listen",
+                    &addr.to_string(),
+                    "--data",
+                    d(&name).to_str().unwrap(),
+                    "--replication",
+                    "3",
+                    "--dead-after-ms",
+                    "2000",
+                    "--gc-grace-ms",
+                    "20000",
+                ]
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+                env: quiet(),
+                ready: "master listening on quic://",
+                data: d(&name),
+                process: None,
+                paused: false,
+            };
+            n.start(root);
+            masters.push(n);
+        }
+        let admin_tls = d("admin-tls");
+        for (id, addr) in [(2, master_addrs[1]), (3, master_addrs[2])] {
+            let (ok, out, err) = cairn(
+                &[
+                    "admin",
+                    "cluster",
+                    "add-master",
+                    "--master",
+                    &master_addrs[0].to_string(),
+                    "--tls",
+                    admin_tls.to_str().unwrap(),
+                    "--id",
+                    &id.to_string(),
+                    &addr.to_string(),
+                ],
+                root,
+            );
+            assert!(ok, "add-master {id}: {out} {err}");
+        }
+        let with_masters = |mut args: Vec<String>| {
+            for a in &master_addrs {
+                args.push("--master".into());
+                args.push(a.to_string());
+            }
+            args
+        };
+        let mut chunkservers = Vec::new();
+        for i in 1..=5 {
+            let name = format!("cs{i}");
+            let args = with_masters(
+                [
+                    "chunkserver",
+                    "--listen",
+                    &free_udp().to_string(),
+                    "--data",
+                    d(&name).to_str().unwrap(),
+                    "--heartbeat-ms",
+                    "300",
+                    "--scrub-rate",
+                    "256MiB",
+                ]
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+            );
+            let mut n = Node {
+                name: name.clone(),
+                args,
+                env: quiet(),
+                ready: "chunkserver listening",
+                data: d(&name),
+                process: None,
+                paused: false,
+            };
+            n.start(root);
+            chunkservers.push(n);
+        }
+        let mut gateway_nodes = Vec::new();
+        let mut gateways = Vec::new();
+        for i in 1..=2 {
+            let name = format!("gw{i}");
+            let listen = free_tcp();
+            let args = with_masters(
+                [
+                    "gateway",
+                    "--listen",
+                    &listen.to_string(),
+                    "--data",
+                    d(&name).to_str().unwrap(),
+                ]
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+            );
+            let mut env = quiet();
+            env.push(("CAIRN_ROOT_ACCESS_KEY".into(), AK.into()));
+            env.push(("CAIRN_ROOT_SECRET_KEY".into(), SK.into()));
+            let mut n = Node {
+                name: name.clone(),
+                args,
+                env,
+                ready: "listening on http://",
+                data: d(&name),
+                process: None,
+                paused: false,
+            };
+            n.start(root);
+            gateway_nodes.push(n);
+            gateways.push(listen);
+        }
+        Cluster {
+            root: root.to_owned(),
+            masters,
+            chunkservers,
+            gateways,
+            _gateway_nodes: gateway_nodes,
+            admin_tls,
+            master_addrs,
+        }
+    }
+
+    fn status(&self) -> Option<serde_json::Value> {
+        for (m, a) in self.masters.iter().zip(&self.master_addrs) {
+            if !m.up() {
+                continue;
+            }
+            let (ok, out, _) = cairn(
+                &[
+                    "admin",
+                    "status",
+                    "--master",
+                    &a.to_string(),
+                    "--tls",
+                    self.admin_tls.to_str().unwrap(),
+                    "--json",
+                ],
+                &self.root,
+            );
+            if ok && let Ok(v) = serde_json::from_str(&out) {
+                return Some(v);
+            }
+        }
+        None
+    }
+}
+
+fn client(addr: SocketAddr) -> Client {
+    let conf = aws_sdk_s3::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(format!("http://{addr}"))
+        .credentials_provider(Credentials::new(AK, SK, None, None, "faults"))
+        .force_path_style(true)
+        .timeout_config(
+            aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+                .operation_timeout(Duration::from_secs(15))
+                .build(),
+        )
+        .build();
+    Client::from_conf(conf)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The history and its checks.
+
+/// The value a key holds: `None` for no object.
+type Value = Option<[u8; 32]>;
+
+#[derive(Clone, Debug)]
+enum Kind {
+    Write(Value),
+    Read(Value),
+}
+
+#[derive(Clone, Debug)]
+struct Op {
+    /// Nanoseconds since the start, when the call began and when its answer came
+    /// (`u64::MAX`: no answer, so a write may or may not have happened).
+    call: u64,
+    ret: u64,
+    kind: Kind,
+    client: u64,
+}
+
+/// Whether a register history is linearizable (Wing & Gong, with memoisation on the set of
+/// operations taken and the value): some order of the operations that respects real time,
+/// where every answered operation takes effect once, an unanswered write at most once, and
+/// every read sees the latest write before it.
+fn linearizable(ops: &[Op], initial: Value) -> Result<(), String> {
+    let n = ops.len();
+    let mut seen: HashSet<(Vec<u64>, Value)> = HashSet::new();
+    let words = n.div_ceil(64);
+    // Depth-first over (taken set, value); explicit stack to stay off the call stack.
+    let mut stack = vec![(vec![0u64; words], initial)];
+    let is_taken = |t: &[u64], i: usize| t[i / 64] & (1 << (i % 64)) != 0;
+    let answered: Vec<usize> = (0..n).filter(|&i| ops[i].ret != u64::MAX).collect();
+    while let Some((taken, value)) = stack.pop() {
+        if answered.iter().all(|&i| is_taken(&taken, i)) {
+            return Ok(());
+        }
+        if !seen.insert((taken.clone(), value)) {
+            continue;
+        }
+        // The earliest answer among operations not yet taken: anything called after it
+        // cannot go before it.
+        let bound = (0..n)
+            .filter(|&i| !is_taken(&taken, i))
+            .map(|i| ops[i].ret)
+            .min()
+            .unwrap_or(u64::MAX);
+        for i in 0..n {
+            if is_taken(&taken, i) || ops[i].call > bound {
+                continue;
+            }
+            let next = match &ops[i].kind {
+                Kind::Write(v) => *v,
+                Kind::Read(v) if *v == value => value,
+                Kind::Read(_) => continue,
+            };
+            let mut t = taken.clone();
+            t[i / 64] |= 1 << (i % 64);
+            stack.push((t, next));
+        }
+    }
+    Err(format!(
+        "no linearization of {n} operations: {:#?}",
+        ops.iter()
+            .map(|o| format!(
+                "client {} [{}..{}] {:?}",
+                o.client,
+                o.call / 1_000_000,
+                if o.ret == u64::MAX {
+                    "?".to_owned()
+                } else {
+                    (o.ret / 1_000_000).to_string()
+                },
+                o.kind
+            ))
+            .collect::<Vec<_>>()
+    ))
+}
+
+#[test]
+fn the_linearizability_checker_accepts_and_refuses_what_it_should() {
+    let v = |b: u8| Some([b; 32]);
+    let op = |call, ret, kind| Op {
+        call,
+        ret,
+        kind,
+        client: 0,
+    };
+    // Sequential: write 1, read 1.
+    assert!(
+        linearizable(
+            &[op(0, 1, Kind::Write(v(1))), op(2, 3, Kind::Read(v(1)))],
+            None
+        )
+        .is_ok()
+    );
+    // A stale read after a completed write is refused.
+    assert!(
+        linearizable(
+            &[op(0, 1, Kind::Write(v(1))), op(2, 3, Kind::Read(None))],
+            None
+        )
+        .is_err()
+    );
+    // Concurrent write and read: either value.
+    for r in [None, v(1)] {
+        assert!(
+            linearizable(
+                &[op(0, 10, Kind::Write(v(1))), op(2, 3, Kind::Read(r))],
+                None
+            )
+            .is_ok()
+        );
+    }
+    // An unanswered write may have happened, or not, but not later than a read that saw it
+    // and then one that did not.
+    let lost = op(0, u64::MAX, Kind::Write(v(2)));
+    assert!(linearizable(&[lost.clone(), op(5, 6, Kind::Read(v(2)))], None).is_ok());
+    assert!(linearizable(&[lost.clone(), op(5, 6, Kind::Read(None))], None).is_ok());
+    assert!(
+        linearizable(
+            &[lost, op(5, 6, Kind::Read(v(2))), op(7, 8, Kind::Read(None))],
+            None
+        )
+        .is_err()
+    );
+    // A value no one wrote is refused.
+    assert!(linearizable(&[op(0, 1, Kind::Read(v(9)))], None).is_err());
+    // Two writers, reads in between that flip back: refused.
+    assert!(
+        linearizable(
+            &[
+                op(0, 1, Kind::Write(v(1))),
+                op(2, 3, Kind::Write(v(2))),
+                op(4, 5, Kind::Read(v(2))),
+                op(6, 7, Kind::Read(v(1))),
+            ],
+            None
+        )
+        .is_err()
+    );
+}
+
+struct History {
+    start: Instant,
+    ops: Mutex<BTreeMap<u64, Vec<Op>>>,
+    /// Every value written to each key (by its BLAKE3).
+    written: Mutex<HashMap<u64, HashSet<[u8; 32]>>>,
+    corrupt: Mutex<Vec<String>>,
+}
+
+impl History {
+    fn now(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX - 1)
+    }
+    fn record(&self, key: u64, op: Op) {
+        self.ops.lock().entry(key).or_default().push(op);
+    }
+}
+
+fn key_name(k: u64) -> String {
+    format!("key-{k}")
+}
+
+/// A value unique to (client, sequence number), of a size that puts it inline in the
+/// metadata or in chunks.
+fn value_bytes(client: u64, seq: u64, rng: &mut Rng) -> Vec<u8> {
+    let size = match rng.below(3) {
+        0 => 100,
+        1 => 40 << 10,
+        _ => 300 << 10,
+    };
+    let mut b = format!("client {client} write {seq} ").into_bytes();
+    let mut x = client * 1_000_003 + seq;
+    while b.len() < size {
+        x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        b.push((x >> 33) as u8);
+    }
+    b
+}
+
+async fn read(c: &Client, h: &History, key: u64, who: u64) {
+    let call = h.now();
+    let r = c
+        .get_object()
+        .bucket("faults")
+        .key(key_name(key))
+        .send()
+        .await;
+    let value = match r {
+        Ok(o) => match o.body.collect().await {
+            Ok(b) => Some(*blake3::hash(&b.into_bytes()).as_bytes()),
+            Err(_) => return, // a read that failed tells nothing
+        },
+        Err(e) => match e.as_service_error().map(|s| s.is_no_such_key()) {
+            Some(true) => None,
+            _ => return,
+        },
+    };
+    let ret = h.now();
+    if let Some(v) = value
+        && !h.written.lock().get(&key).is_some_and(|w| w.contains(&v))
+    {
+        h.corrupt
+            .lock()
+            .push(format!("{} read bytes nobody wrote", key_name(key)));
+    }
+    h.record(
+        key,
+        Op {
+            call,
+            ret,
+            kind: Kind::Read(value),
+            client: who,
+        },
+    );
+}
+
+async fn workload(
+    c: Client,
+    h: Arc<History>,
+    who: u64,
+    seed: u64,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> u64 {
+    let mut rng = Rng(seed ^ (who << 32));
+    let mut done = 0u64;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let key = rng.below(KEYS);
+        match rng.below(20) {
+            0..=9 => {
+                let bytes = value_bytes(who, done, &mut rng);
+                let hash = *blake3::hash(&bytes).as_bytes();
+                h.written.lock().entry(key).or_default().insert(hash);
+                let call = h.now();
+                let r = c
+                    .put_object()
+                    .bucket("faults")
+                    .key(key_name(key))
+                    .body(ByteStream::from(bytes))
+                    .send()
+                    .await;
+                let ret = if r.is_ok() { h.now() } else { u64::MAX };
+                h.record(
+                    key,
+                    Op {
+                        call,
+                        ret,
+                        kind: Kind::Write(Some(hash)),
+                        client: who,
+                    },
+                );
+            }
+            10..=12 => {
+                let call = h.now();
+                let r = c
+                    .delete_object()
+                    .bucket("faults")
+                    .key(key_name(key))
+                    .send()
+                    .await;
+                let ret = if r.is_ok() { h.now() } else { u64::MAX };
+                h.record(
+                    key,
+                    Op {
+                        call,
+                        ret,
+                        kind: Kind::Write(None),
+                        client: who,
+                    },
+                );
+            }
+            _ => read(&c, &h, key, who).await,
+        }
+        done += 1;
+    }
+    done
+}
+
+/// Flip one bit in the middle of a random chunk file of `data`; whether one was found.
+fn flip_a_bit(data: &Path, rng: &mut Rng) -> bool {
+    let mut files = Vec::new();
+    let mut dirs = vec![data.to_owned()];
+    while let Some(d) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.extension().is_some_and(|x| x == "chunk") {
+                files.push(p);
+            }
+        }
+    }
+    if files.is_empty() {
+        return false;
+    }
+    files.sort();
+    let f = &files[rng.below(files.len() as u64) as usize];
+    let Ok(mut bytes) = std::fs::read(f) else {
+        return false;
+    };
+    // Past the headers (the first 4 KiB), in the data.
+    if bytes.len() <= 8192 {
+        return false;
+    }
+    let at = 4096 + rng.below(bytes.len() as u64 - 8192) as usize;
+    bytes[at] ^= 1 << rng.below(8);
+    std::fs::write(f, bytes).is_ok()
+}
+
+/// What the nemesis did, for the report.
+#[derive(Default, Debug)]
+struct Faults {
+    kills: u32,
+    pauses: u32,
+    bit_flips: u32,
+}
+
+fn nemesis_step(cluster: &mut Cluster, rng: &mut Rng, faults: &mut Faults) {
+    let root = cluster.root.clone();
+    // First heal what an earlier step broke, at random.
+    for n in cluster
+        .masters
+        .iter_mut()
+        .chain(cluster.chunkservers.iter_mut())
+    {
+        if rng.below(2) == 0 {
+            if n.paused {
+                n.resume();
+            } else if n.process.is_none() {
+                n.start(&root);
+            }
+        }
+    }
+    let masters_down = cluster.masters.iter().filter(|n| !n.up()).count();
+    let servers_down = cluster.chunkservers.iter().filter(|n| !n.up()).count();
+    match rng.below(6) {
+        0 if servers_down < 2 => {
+            let i = rng.below(5) as usize;
+            if cluster.chunkservers[i].up() {
+                cluster.chunkservers[i].kill();
+                faults.kills += 1;
+            }
+        }
+        1 if servers_down < 2 => {
+            let i = rng.below(5) as usize;
+            if cluster.chunkservers[i].up() {
+                cluster.chunkservers[i].pause();
+                faults.pauses += 1;
+            }
+        }
+        2 if masters_down == 0 => {
+            let i = rng.below(3) as usize;
+            cluster.masters[i].kill();
+            faults.kills += 1;
+        }
+        3 if masters_down == 0 => {
+            let i = rng.below(3) as usize;
+            cluster.masters[i].pause();
+            faults.pauses += 1;
+        }
+        4 => {
+            let i = rng.below(5) as usize;
+            if flip_a_bit(&cluster.chunkservers[i].data, rng) {
+                faults.bit_flips += 1;
+            }
+        }
+        _ => {}
+    }
+}
+
+async fn metric(gw: SocketAddr, name: &str) -> Option<f64> {
+    let text = reqwest::get(format!("http://{gw}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+async fn run_seed(seed: u64, secs: u64) {
+    eprintln!("fault run: seed {seed}, {secs} s of faults (replay: CAIRN_FAULT_SEED={seed})");
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path());
+    let c0 = client(cluster.gateways[0]);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match c0.create_bucket().bucket("faults").send().await {
+            Ok(_) => break,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "no bucket: {e:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    // Wait until every chunkserver has reported (writes need R=3 distinct servers).
+    let deadline = Instant::now() + PATIENCE;
+    while metric(cluster.gateways[0], "cairn_chunkservers_alive").await != Some(5.0) {
+        assert!(Instant::now() < deadline, "chunkservers never all reported");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let h = Arc::new(History {
+        start: Instant::now(),
+        ops: Mutex::new(BTreeMap::new()),
+        written: Mutex::new(HashMap::new()),
+        corrupt: Mutex::new(Vec::new()),
+    });
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for who in 0..CLIENTS {
+        let c = client(cluster.gateways[(who % 2) as usize]);
+        workers.push(tokio::spawn(workload(
+            c,
+            h.clone(),
+            who,
+            seed,
+            stop.clone(),
+        )));
+    }
+
+    // The fault phase.
+    let mut rng = Rng(seed);
+    let mut faults = Faults::default();
+    let end = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(800 + rng.below(1700))).await;
+        nemesis_step(&mut cluster, &mut rng, &mut faults);
+    }
+    // Heal: every node back.
+    let root = cluster.root.clone();
+    for n in cluster
+        .masters
+        .iter_mut()
+        .chain(cluster.chunkservers.iter_mut())
+    {
+        if n.paused {
+            n.resume();
+        } else if n.process.is_none() {
+            n.start(&root);
+        }
+    }
+    // The clients go on a little on the healed cluster, then stop.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut ops = 0;
+    for w in workers {
+        ops += w.await.unwrap();
+    }
+
+    // Converge: a leader, every chunk at R live replicas, nothing lost.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let leader = cluster.status().is_some_and(|v| {
+            v["members"]
+                .as_array()
+                .is_some_and(|m| m.iter().any(|m| m["state"] == "leader"))
+        });
+        let gw = cluster.gateways[0];
+        let under = metric(gw, "cairn_chunks_under_replicated").await;
+        let lost = metric(gw, "cairn_chunks_lost").await;
+        let alive = metric(gw, "cairn_chunkservers_alive").await;
+        if leader && under == Some(0.0) && lost == Some(0.0) && alive == Some(5.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "seed {seed}: the cluster did not heal: leader {leader}, under-replicated {under:?}, lost {lost:?}, alive {alive:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // Final reads of every key through both gateways, then the listing.
+    for gw in cluster.gateways.clone() {
+        let c = client(gw);
+        for key in 0..KEYS {
+            let before = h.ops.lock().get(&key).map_or(0, Vec::len);
+            let deadline = Instant::now() + PATIENCE;
+            while h.ops.lock().get(&key).map_or(0, Vec::len) == before {
+                read(&c, &h, key, 99).await;
+                assert!(
+                    Instant::now() < deadline,
+                    "seed {seed}: {} unreadable after healing",
+                    key_name(key)
+                );
+            }
+        }
+    }
+    let listed: HashSet<String> = c0
+        .list_objects_v2()
+        .bucket("faults")
+        .send()
+        .await
+        .unwrap()
+        .contents()
+        .iter()
+        .filter_map(|o| o.key().map(str::to_owned))
+        .collect();
+
+    let corrupt = h.corrupt.lock().clone();
+    assert!(corrupt.is_empty(), "seed {seed}: {corrupt:?}");
+    let history = h.ops.lock().clone();
+    let mut checked = 0;
+    for (key, ops) in &history {
+        linearizable(ops, None).unwrap_or_else(|e| panic!("seed {seed}: {}: {e}", key_name(*key)));
+        checked += ops.len();
+        let last = ops.last().unwrap();
+        let present = matches!(last.kind, Kind::Read(Some(_)));
+        assert_eq!(
+            listed.contains(&key_name(*key)),
+            present,
+            "seed {seed}: the listing disagrees about {}",
+            key_name(*key)
+        );
+    }
+    let unanswered = history
+        .values()
+        .flatten()
+        .filter(|o| o.ret == u64::MAX)
+        .count();
+    eprintln!(
+        "seed {seed}: {ops} client operations, {checked} checked ({unanswered} without an answer), faults {faults:?}: no anomaly"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_writes_survive_kills_pauses_and_bit_flips() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let secs = std::env::var("CAIRN_FAULT_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    let seeds: Vec<u64> = match std::env::var("CAIRN_FAULT_SEED") {
+        Ok(s) => vec![s.parse().expect("CAIRN_FAULT_SEED is a number")],
+        Err(_) => vec![1],
+    };
+    for seed in seeds {
+        run_seed(seed, secs).await;
+    }
+}
