@@ -235,6 +235,46 @@ enum AdminCommand {
     /// Change the master group.
     #[command(subcommand)]
     Cluster(AdminClusterCommand),
+    /// Drain a chunkserver: it takes no new chunk, and every chunk it holds is copied to the
+    /// others, after which its replicas are deleted. Progress shows in `admin status`.
+    Drain {
+        #[command(flatten)]
+        target: AdminTarget,
+        /// The chunkserver's id (16 hex digits, as `admin status` shows it).
+        server: String,
+        /// Stop draining it: it takes chunks again.
+        #[arg(long)]
+        cancel: bool,
+    },
+    /// Set the zone (failure domain) of a chunkserver, over the one it reports; placement and
+    /// re-replication spread replicas across zones.
+    SetZone {
+        #[command(flatten)]
+        target: AdminTarget,
+        /// The chunkserver's id (16 hex digits).
+        server: String,
+        /// The zone (letters, digits, '.', '_', '-'); `--clear` goes back to the reported one.
+        zone: Option<String>,
+        #[arg(long)]
+        clear: bool,
+    },
+    /// Pause or resume rebalancing (moves onto emptier servers); healing and drains go on.
+    Rebalance {
+        #[command(flatten)]
+        target: AdminTarget,
+        #[arg(long, conflicts_with = "resume", required_unless_present = "resume")]
+        pause: bool,
+        #[arg(long)]
+        resume: bool,
+    },
+    /// Retire a drained chunkserver: refused until it holds no chunk and none is
+    /// under-replicated; then it is marked retired and can be stopped.
+    Decommission {
+        #[command(flatten)]
+        target: AdminTarget,
+        /// The chunkserver's id (16 hex digits).
+        server: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -471,6 +511,23 @@ fn main() -> ExitCode {
                     }
                     AdminCommand::Cluster(AdminClusterCommand::RemoveMaster { target, id }) => {
                         master::remove_master(&target.tls, &target.masters, id).await
+                    }
+                    AdminCommand::Drain {
+                        target,
+                        server,
+                        cancel,
+                    } => master::drain(&target.tls, &target.masters, &server, cancel).await,
+                    AdminCommand::SetZone {
+                        target,
+                        server,
+                        zone,
+                        clear,
+                    } => master::set_zone(&target.tls, &target.masters, &server, zone, clear).await,
+                    AdminCommand::Rebalance { target, pause, .. } => {
+                        master::rebalance(&target.tls, &target.masters, pause).await
+                    }
+                    AdminCommand::Decommission { target, server } => {
+                        master::decommission(&target.tls, &target.masters, &server).await
                     }
                 }
             })

@@ -6,6 +6,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use cairn_engine::state::TypedService;
+use cairn_engine::state::settings::{ClusterSettings, SettingsCommand};
 use cairn_master::planner::Limits;
 use cairn_master::protocol::{DataStatus, DataStatusRpc};
 use cairn_master::{DataOptions, DataPlane};
@@ -260,6 +262,161 @@ pub async fn remove_master(tls: &Path, masters: &[SocketAddr], id: u64) -> anyho
     Ok(())
 }
 
+/// A chunkserver id as `admin status` prints it.
+fn server_id(s: &str) -> anyhow::Result<u64> {
+    u64::from_str_radix(s.trim(), 16).with_context(|| {
+        format!("{s:?} is not a chunkserver id (16 hex digits, from `cairn admin status`)")
+    })
+}
+
+/// Commit one settings change.
+async fn set_setting(client: &MasterClient, c: SettingsCommand) -> anyhow::Result<()> {
+    let mut seed = [0u8; 16];
+    rand::fill(&mut seed);
+    let bytes = ClusterSettings::command(&c, cairn_master::dataplane::wall_ms(), seed)?.encode();
+    match client.propose(bytes).await? {
+        Ok(_) => Ok(()),
+        Err(r) => bail!("refused: {}", r.message),
+    }
+}
+
+async fn data_status(client: &MasterClient) -> anyhow::Result<DataStatus> {
+    client
+        .call_leader::<DataStatusRpc, _>(&())
+        .await
+        .context("data-plane status from the leader")
+}
+
+/// `cairn admin drain`: mark (or unmark) a chunkserver as draining.
+pub async fn drain(
+    tls: &Path,
+    masters: &[SocketAddr],
+    server: &str,
+    cancel: bool,
+) -> anyhow::Result<()> {
+    let id = server_id(server)?;
+    let client = admin_client(tls, masters)?;
+    let status = data_status(&client).await?;
+    if !status.servers.iter().any(|s| s.info.id == id) {
+        bail!("no chunkserver {id:016x} is known to the leader (see `cairn admin status`)");
+    }
+    let key = format!("{}{id:016x}", cairn_master::dataplane::DRAIN_PREFIX);
+    if cancel {
+        set_setting(&client, SettingsCommand::Delete { key }).await?;
+        println!("chunkserver {id:016x} takes chunks again");
+    } else {
+        set_setting(
+            &client,
+            SettingsCommand::Set {
+                key,
+                value: "1".into(),
+            },
+        )
+        .await?;
+        println!(
+            "chunkserver {id:016x} is draining: its chunks are being copied to the others (watch CHUNKS fall to 0 in `cairn admin status`)"
+        );
+    }
+    Ok(())
+}
+
+/// `cairn admin set-zone`.
+pub async fn set_zone(
+    tls: &Path,
+    masters: &[SocketAddr],
+    server: &str,
+    zone: Option<String>,
+    clear: bool,
+) -> anyhow::Result<()> {
+    let id = server_id(server)?;
+    let client = admin_client(tls, masters)?;
+    let status = data_status(&client).await?;
+    if !status.servers.iter().any(|s| s.info.id == id) {
+        bail!("no chunkserver {id:016x} is known to the leader (see `cairn admin status`)");
+    }
+    let key = format!("{}{id:016x}", cairn_master::dataplane::ZONE_PREFIX);
+    match (zone, clear) {
+        (_, true) => {
+            set_setting(&client, SettingsCommand::Delete { key }).await?;
+            println!("chunkserver {id:016x} is in the zone it reports again");
+        }
+        (Some(z), false) => {
+            let ok = !z.is_empty()
+                && z.len() <= 64
+                && z.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+            if !ok {
+                bail!("{z:?} is not a zone name (1-64 letters, digits, '.', '_', '-')");
+            }
+            set_setting(
+                &client,
+                SettingsCommand::Set {
+                    key,
+                    value: z.clone(),
+                },
+            )
+            .await?;
+            println!("chunkserver {id:016x} is in zone {z}");
+        }
+        (None, false) => bail!("name a zone, or pass --clear"),
+    }
+    Ok(())
+}
+
+/// `cairn admin rebalance --pause | --resume`.
+pub async fn rebalance(tls: &Path, masters: &[SocketAddr], pause: bool) -> anyhow::Result<()> {
+    let client = admin_client(tls, masters)?;
+    let key = cairn_master::dataplane::REBALANCE_PAUSED.to_owned();
+    if pause {
+        set_setting(
+            &client,
+            SettingsCommand::Set {
+                key,
+                value: "1".into(),
+            },
+        )
+        .await?;
+        println!("rebalancing paused (healing and drains go on)");
+    } else {
+        set_setting(&client, SettingsCommand::Delete { key }).await?;
+        println!("rebalancing resumed");
+    }
+    Ok(())
+}
+
+/// `cairn admin decommission`: retire a drained chunkserver.
+pub async fn decommission(tls: &Path, masters: &[SocketAddr], server: &str) -> anyhow::Result<()> {
+    let id = server_id(server)?;
+    let client = admin_client(tls, masters)?;
+    let status = data_status(&client).await?;
+    let Some(s) = status.servers.iter().find(|s| s.info.id == id) else {
+        bail!("no chunkserver {id:016x} is known to the leader (see `cairn admin status`)");
+    };
+    if !s.draining {
+        bail!("chunkserver {id:016x} is not draining: run `cairn admin drain {id:016x}` first");
+    }
+    if s.chunks > 0 || status.under_replicated > 0 || status.copies_in_flight > 0 {
+        bail!(
+            "chunkserver {id:016x} is not drained yet: it holds {} chunks; {} chunks are under-replicated and {} copies are running",
+            s.chunks,
+            status.under_replicated,
+            status.copies_in_flight
+        );
+    }
+    set_setting(
+        &client,
+        SettingsCommand::Set {
+            key: format!("{}{id:016x}", cairn_master::dataplane::RETIRED_PREFIX),
+            value: "1".into(),
+        },
+    )
+    .await?;
+    println!(
+        "chunkserver {id:016x} holds no chunk and is retired: stop it and remove its data folder"
+    );
+    Ok(())
+}
+
 async fn current_voters(client: &MasterClient, masters: &[SocketAddr]) -> anyhow::Result<Vec<u64>> {
     for m in masters {
         if let Ok(s) = client.status(*m).await {
@@ -284,7 +441,12 @@ fn print_data_status(d: &DataStatus) {
             s.info.id,
             s.info.addr,
             s.info.zone.as_deref().unwrap_or("-"),
-            if s.alive { "alive" } else { "DEAD" },
+            match (s.alive, s.draining, s.chunks) {
+                (false, _, _) => "DEAD",
+                (true, true, 0) => "drained",
+                (true, true, _) => "drain",
+                (true, false, _) => "alive",
+            },
             s.chunks,
             gib(s.bytes),
             gib(s.info.free),

@@ -595,3 +595,207 @@ async fn wait_log(p: &CairnProcess, needle: &str) -> bool {
     }
     false
 }
+
+/// `cairn admin drain` moves every chunk off a chunkserver (reads go on, nothing new lands on
+/// it), `decommission` refuses until it is empty and then retires it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_chunkserver_gives_up_its_chunks_and_is_decommissioned() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let master_addr = free_udp();
+    let master = Cluster::start_master(&root, master_addr);
+    let md = root.join("master");
+    let md = md.to_str().unwrap();
+    let mut cluster = Cluster {
+        root: root.clone(),
+        master_addr,
+        master,
+        servers: BTreeMap::new(),
+    };
+    for i in 1..=4 {
+        let data = root.join(format!("cs{i}"));
+        let tls = data.join("tls");
+        cairn(
+            &[
+                "cluster",
+                "issue-cert",
+                "--data",
+                md,
+                "--name",
+                &format!("cs-{i}"),
+                "--out",
+                tls.to_str().unwrap(),
+            ],
+            &root,
+        );
+        cluster.servers.insert(i, (data, free_udp(), None));
+        cluster.start_server(i);
+    }
+    let client_tls = root.join("client-tls");
+    cairn(
+        &[
+            "cluster",
+            "issue-cert",
+            "--data",
+            md,
+            "--name",
+            "client",
+            "--out",
+            client_tls.to_str().unwrap(),
+        ],
+        &root,
+    );
+    let identity = NodeIdentity::load(&client_tls).unwrap();
+    let endpoint = cairn_proto::endpoint(
+        "127.0.0.1:0".parse().unwrap(),
+        &identity,
+        &TransportOptions::default(),
+    )
+    .unwrap();
+    let mut master_client = MasterClient::new(endpoint.clone(), vec![master_addr]);
+    master_client.patience = Duration::from_secs(30);
+    let client = DataClient::new(master_client.clone(), endpoint.clone());
+    converge(&client, &cluster, "four chunkservers alive", |s| {
+        s.servers.iter().filter(|s| s.alive).count() == 4
+    })
+    .await;
+    // With R = 3 on 4 servers, most servers hold most chunks.
+    let mut objects = Vec::new();
+    for i in 0..6u64 {
+        let bytes = data(3 * MIB + i as usize * 1000, 100 + i);
+        put(&client, &format!("obj-{i}"), &bytes).await;
+        objects.push(bytes);
+    }
+    let s = status(&client).await;
+    let victim = s.servers.iter().max_by_key(|s| s.chunks).unwrap().info.id;
+    assert!(
+        s.servers
+            .iter()
+            .find(|s| s.info.id == victim)
+            .unwrap()
+            .chunks
+            > 0
+    );
+    let victim_hex = format!("{victim:016x}");
+    let (m, tls) = (
+        master_addr.to_string(),
+        client_tls.to_str().unwrap().to_owned(),
+    );
+    let admin = |args: &[&str]| {
+        let mut all = vec!["admin"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--master", &m, "--tls", &tls]);
+        let (st, out, err) = run(Path::new(BIN), &all, &[], &root).unwrap();
+        (st.success(), format!("{out}{err}"))
+    };
+
+    // Not drained yet: decommission is refused; unknown ids and bad ids too.
+    let (ok, said) = admin(&["decommission", &victim_hex]);
+    assert!(!ok && said.contains("not draining"), "{said}");
+    let (ok, said) = admin(&["drain", "00000000000000ff"]);
+    assert!(!ok && said.contains("no chunkserver"), "{said}");
+    let (ok, said) = admin(&["drain", "not-hex"]);
+    assert!(!ok && said.contains("not a chunkserver id"), "{said}");
+
+    let (ok, said) = admin(&["drain", &victim_hex]);
+    assert!(ok, "{said}");
+    let (ok, said) = admin(&["decommission", &victim_hex]);
+    assert!(!ok, "refused while it still holds chunks: {said}");
+    // Within a planner tick the leader knows; from then on new objects never land on it.
+    converge(&client, &cluster, "drain seen", |s| {
+        s.servers.iter().any(|x| x.info.id == victim && x.draining)
+    })
+    .await;
+    let fresh = data(2 * MIB, 999);
+    let w = put(&client, "fresh", &fresh).await;
+    let locs = master_client
+        .call_leader::<LocateRpc, _>(&w.extents.iter().map(|e| e.handle).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let on_victim = |l: &Location| l.replicas.iter().any(|(sid, _)| *sid == victim);
+    assert!(!locs.iter().any(on_victim), "{locs:?}");
+    let took = converge(&client, &cluster, "drained", |s| {
+        let v = s.servers.iter().find(|x| x.info.id == victim).unwrap();
+        v.draining
+            && v.chunks == 0
+            && s.under_replicated == 0
+            && s.copies_in_flight == 0
+            && s.servers
+                .iter()
+                .filter(|x| x.info.id != victim)
+                .map(|x| x.chunks)
+                .sum::<u64>()
+                >= 3 * 7
+    })
+    .await;
+    eprintln!("drained in {took:?}");
+    for (i, bytes) in objects.iter().enumerate() {
+        assert_eq!(&get(&client, &format!("obj-{i}")).await, bytes);
+    }
+    let (ok, table) = admin(&["status"]);
+    assert!(table.contains("drained"), "{ok} {table}");
+    let (ok, said) = admin(&["decommission", &victim_hex]);
+    assert!(ok, "{said}");
+    assert!(said.contains("retired"), "{said}");
+    // Zones set by the operator show (and count for placement); rebalancing pauses and resumes.
+    let other = status(&client)
+        .await
+        .servers
+        .iter()
+        .find(|s| s.info.id != victim)
+        .unwrap()
+        .info
+        .id;
+    let other_hex = format!("{other:016x}");
+    let (ok, said) = admin(&["set-zone", &other_hex, "rack-7"]);
+    assert!(ok, "{said}");
+    let zone_of = |v: &serde_json::Value| {
+        v["data"]["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["info"]["id"] == other)
+            .map(|s| s["info"]["zone"].clone())
+            .unwrap()
+    };
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        let (_, out) = admin(&["status", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        if zone_of(&v) == "rack-7" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "zone never shown: {v:#}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (ok, said) = admin(&["set-zone", &other_hex, "bad zone!"]);
+    assert!(!ok && said.contains("not a zone name"), "{said}");
+    let (ok, said) = admin(&["set-zone", &other_hex, "--clear"]);
+    assert!(ok, "{said}");
+    for flag in ["--pause", "--resume"] {
+        let (ok, said) = admin(&["rebalance", flag]);
+        assert!(ok, "{said}");
+    }
+    let (ok, _) = admin(&["rebalance"]);
+    assert!(!ok, "say which");
+
+    // Its chunk files are gone from disk once the deletions ran.
+    let idx = cluster.server_with_addr(
+        &status(&client)
+            .await
+            .servers
+            .iter()
+            .find(|s| s.info.id == victim)
+            .unwrap()
+            .info
+            .addr,
+    );
+    let deadline = Instant::now() + CONVERGE;
+    while !cluster.chunk_files(idx).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "chunk files left on the drained server"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -45,9 +45,26 @@ pub struct ClusterMap {
     since_ms: u64,
     term: u64,
     last_plan: (u64, u64, u64),
+    /// Operator settings from the log, refreshed every tick.
+    overrides: Overrides,
+}
+
+/// What the operator set through `cairn admin` (replicated settings).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Overrides {
+    /// Servers being drained or retired.
+    pub draining: BTreeSet<ServerId>,
+    /// Zones set for servers, over what they report.
+    pub zones: BTreeMap<ServerId, String>,
+    pub rebalance_paused: bool,
 }
 
 impl ClusterMap {
+    /// The operator's settings, as the log holds them.
+    pub fn set_overrides(&mut self, o: Overrides) {
+        self.overrides = o;
+    }
+
     pub fn new(term: u64, now_ms: u64) -> ClusterMap {
         ClusterMap {
             term,
@@ -151,13 +168,19 @@ impl ClusterMap {
                 (
                     *id,
                     ServerView {
-                        zone: e.info.zone.clone(),
+                        zone: self
+                            .overrides
+                            .zones
+                            .get(id)
+                            .cloned()
+                            .or_else(|| e.info.zone.clone()),
                         capacity: e.info.capacity,
                         free: e.info.free,
                         load: e.info.load,
                         alive: self.alive(e, now_ms, dead_after_ms),
                         held: held.get(id).map_or(0, |h| h.1) + e.assigned,
                         copies_in: copies_in.get(id).copied().unwrap_or(0),
+                        draining: self.overrides.draining.contains(id),
                     },
                 )
             })
@@ -270,6 +293,7 @@ impl ClusterMap {
                 copying: &copying,
                 moving: &self.moves,
                 settled: now_ms.saturating_sub(self.since_ms) > dead_after_ms,
+                rebalance_paused: self.overrides.rebalance_paused,
             },
             limits,
         );
@@ -321,11 +345,18 @@ impl ClusterMap {
                 .servers
                 .iter()
                 .map(|(id, e)| ServerStatus {
-                    info: e.info.clone(),
+                    info: {
+                        let mut info = e.info.clone();
+                        if let Some(z) = self.overrides.zones.get(id) {
+                            info.zone = Some(z.clone());
+                        }
+                        info
+                    },
                     alive: self.alive(e, now_ms, dead_after_ms),
                     last_heartbeat_ms_ago: now_ms.saturating_sub(e.last_seen_ms),
                     chunks: held.get(id).map_or(0, |h| h.0),
                     bytes: held.get(id).map_or(0, |h| h.1),
+                    draining: self.overrides.draining.contains(id),
                 })
                 .collect(),
             replication_default,

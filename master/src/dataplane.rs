@@ -368,15 +368,17 @@ impl DataPlane {
     }
 
     async fn tick(&self) -> Result<(), ProposeError> {
-        let (records, next) = self
+        let (records, next, overrides) = self
             .read_state(|txn| {
                 let records = ChunkService::scan(txn, None, usize::MAX)?;
-                Ok((records, ChunkService::next_handle(txn)?))
+                Ok((records, ChunkService::next_handle(txn)?, overrides(txn)?))
             })
             .await?;
         let plan = {
             let now = self.now();
-            self.map()?.tick(
+            let mut map = self.map()?;
+            map.set_overrides(overrides);
+            map.tick(
                 now,
                 wall_ms(),
                 &records,
@@ -400,4 +402,41 @@ impl DataPlane {
         }
         Ok(())
     }
+}
+
+/// Settings that mark a chunkserver (16 hex digits) as being drained, or as retired by
+/// `cairn admin decommission`: either way it takes no new chunk and its replicas move off.
+pub const DRAIN_PREFIX: &str = "chunkserver.drain.";
+pub const RETIRED_PREFIX: &str = "chunkserver.retired.";
+/// A zone set by the operator for a chunkserver, over the one it reports.
+pub const ZONE_PREFIX: &str = "chunkserver.zone.";
+/// Rebalancing paused while this setting exists.
+pub const REBALANCE_PAUSED: &str = "rebalance.paused";
+
+/// The operator's settings for the data plane.
+fn overrides(txn: &redb::ReadTransaction) -> Result<crate::cluster::Overrides, StateError> {
+    use cairn_engine::state::settings::{ClusterSettings, SettingsQuery, SettingsQueryResponse};
+    let all = match ClusterSettings
+        .query(txn, SettingsQuery::List)
+        .map_err(|e| StateError::Corrupt(format!("settings: {e}")))?
+    {
+        SettingsQueryResponse::All(all) => all,
+        SettingsQueryResponse::Value(_) => Vec::new(),
+    };
+    let id = |hex: &str| u64::from_str_radix(hex, 16).ok();
+    let mut o = crate::cluster::Overrides::default();
+    for (k, v) in &all {
+        if let Some(s) = k
+            .strip_prefix(DRAIN_PREFIX)
+            .or_else(|| k.strip_prefix(RETIRED_PREFIX))
+            .and_then(id)
+        {
+            o.draining.insert(s);
+        } else if let Some(s) = k.strip_prefix(ZONE_PREFIX).and_then(id) {
+            o.zones.insert(s, v.value.clone());
+        } else if k == REBALANCE_PAUSED {
+            o.rebalance_paused = true;
+        }
+    }
+    Ok(o)
 }

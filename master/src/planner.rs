@@ -23,6 +23,9 @@ pub struct ServerView {
     pub held: u64,
     /// Copies to it that are running now.
     pub copies_in: u32,
+    /// Being drained (or retired): it takes no new chunk, its replicas do not count towards a
+    /// chunk's R, and once the chunk has R elsewhere its replica is deleted.
+    pub draining: bool,
 }
 
 /// One replica, as reported.
@@ -79,6 +82,9 @@ pub struct PlanInput<'a> {
     /// Whether every live server has reported since this leader took over. Until then only
     /// garbage collection of records runs: an unreported replica is not a missing one.
     pub settled: bool,
+    /// Rebalancing paused by the operator (`cairn admin rebalance --pause`); healing and drains
+    /// go on.
+    pub rebalance_paused: bool,
 }
 
 /// A copy to start: `to` fetches `handle` from `from`.
@@ -139,7 +145,7 @@ pub fn place(
 ) -> Result<Vec<ServerId>, PlacementError> {
     let mut candidates: Vec<(&ServerId, &ServerView)> = servers
         .iter()
-        .filter(|(id, s)| s.alive && s.free >= free_min && !exclude.contains(id))
+        .filter(|(id, s)| s.alive && !s.draining && s.free >= free_min && !exclude.contains(id))
         .collect();
     candidates.sort_by_key(|(id, s)| (fullness(s), **id));
     if candidates.len() < r {
@@ -175,6 +181,7 @@ pub fn place(
 pub fn plan(input: &PlanInput<'_>, limits: &Limits) -> Plan {
     let mut out = Plan::default();
     let alive = |id: &ServerId| input.servers.get(id).is_some_and(|s| s.alive);
+    let draining = |id: &ServerId| input.servers.get(id).is_some_and(|s| s.draining);
     let cutoff = input.now_ms.saturating_sub(limits.grace_ms);
     let empty = BTreeMap::new();
     // The servers as this tick leaves them: copies planned here count against the bounds.
@@ -207,14 +214,17 @@ pub fn plan(input: &PlanInput<'_>, limits: &Limits) -> Plan {
         if !live || input.copying.contains(h) {
             continue;
         }
-        let good: Vec<ServerId> = reps
+        let all_good: Vec<ServerId> = reps
             .iter()
             .filter(|(sid, r)| alive(sid) && r.sealed && r.version == rec.version)
             .map(|(sid, _)| *sid)
             .collect();
+        // Replicas on draining servers are copy sources but do not count towards R.
+        let (leaving, good): (Vec<ServerId>, Vec<ServerId>) =
+            all_good.iter().partition(|id| draining(id));
         let want = usize::from(rec.replication);
         let good_len = good.len();
-        if good.is_empty() {
+        if all_good.is_empty() {
             out.lost += 1;
         } else if good_len < want {
             out.under_replicated += 1;
@@ -222,10 +232,15 @@ pub fn plan(input: &PlanInput<'_>, limits: &Limits) -> Plan {
             needs.push(Need {
                 handle: *h,
                 version: rec.version,
-                good,
+                good: all_good,
                 holders,
                 missing: want - good_len,
             });
+        } else if !leaving.is_empty() {
+            // R replicas elsewhere: the draining servers let go of theirs.
+            for sid in leaving {
+                out.deletes.push((sid, *h, DeleteReason::Surplus));
+            }
         } else if good_len > want {
             // A move drops its source; otherwise the fullest servers give up their replicas.
             let source = input.moving.get(h).filter(|id| good.contains(id));
@@ -303,7 +318,7 @@ pub fn plan(input: &PlanInput<'_>, limits: &Limits) -> Plan {
             }
         }
         out.deletes.sort_by_key(|(sid, h, _)| (*sid, *h));
-        if out.copies.is_empty() && out.under_replicated == 0 {
+        if out.copies.is_empty() && out.under_replicated == 0 && !input.rebalance_paused {
             rebalance(input, limits, &mut servers, &mut out);
         }
     }
@@ -341,7 +356,7 @@ fn rebalance(
     for _ in 0..limits.rebalance_per_tick {
         let live: Vec<(ServerId, u64)> = servers
             .iter()
-            .filter(|(_, s)| s.alive)
+            .filter(|(_, s)| s.alive && !s.draining)
             .map(|(id, s)| (*id, s.held))
             .collect();
         let Some(&(full, full_held)) = live.iter().max_by_key(|(id, held)| (*held, *id)) else {
@@ -419,6 +434,7 @@ mod tests {
             alive: true,
             held,
             copies_in: 0,
+            draining: false,
         }
     }
 
@@ -447,6 +463,7 @@ mod tests {
         moving: HashMap<ChunkHandle, ServerId>,
         now_ms: u64,
         next_handle: u64,
+        rebalance_paused: bool,
     }
 
     impl World {
@@ -459,6 +476,7 @@ mod tests {
                 moving: HashMap::new(),
                 now_ms: 10_000_000,
                 next_handle: 1,
+                rebalance_paused: false,
             }
         }
         fn chunk(&mut self, h: u64, rec: ChunkRecord, on: &[(ServerId, ReplicaView)]) {
@@ -479,6 +497,7 @@ mod tests {
                     copying: &self.copying,
                     moving: &self.moving,
                     settled: true,
+                    rebalance_paused: self.rebalance_paused,
                 },
                 &Limits::default(),
             )
@@ -696,6 +715,7 @@ mod tests {
                 copying: &w.copying,
                 moving: &w.moving,
                 settled: false,
+                rebalance_paused: false,
             },
             &Limits::default(),
         );
@@ -736,6 +756,9 @@ mod tests {
         let p = w.plan();
         assert_eq!(p.copies.len(), 2, "bounded per tick");
         assert!(p.copies.iter().all(|c| c.to == 3 && c.moves));
+        w.rebalance_paused = true;
+        assert!(w.plan().copies.is_empty(), "paused by the operator");
+        w.rebalance_paused = false;
         assert_ne!(
             p.copies[0].from, p.copies[1].from,
             "from the fullest each time"
@@ -748,5 +771,68 @@ mod tests {
         ]);
         w.chunk(1, live(2), &[(1, rep(1)), (2, rep(1))]);
         assert!(w.plan().copies.is_empty());
+    }
+
+    #[test]
+    fn a_draining_server_is_copied_off_then_let_go_and_takes_nothing_new() {
+        let draining = ServerView {
+            draining: true,
+            ..server(None, 2 * MB)
+        };
+        let mut w = World::new(&[
+            (1, draining.clone()),
+            (2, server(None, 2 * MB)),
+            (3, server(None, 2 * MB)),
+            (4, server(None, 0)),
+        ]);
+        // R = 3 with one replica on the draining server: copied to 4 from any holder, and
+        // counted as under-replicated until then.
+        w.chunk(1, live(3), &[(1, rep(1)), (2, rep(1)), (3, rep(1))]);
+        let p = w.plan();
+        assert_eq!(p.under_replicated, 1);
+        assert_eq!(p.copies.len(), 1);
+        assert_eq!(p.copies[0].to, 4);
+        assert!(
+            p.deletes.is_empty(),
+            "nothing deleted before the copy lands"
+        );
+        // Once 4 holds it, the draining server's replica goes.
+        w.replicas
+            .get_mut(&ChunkHandle(1))
+            .unwrap()
+            .insert(4, rep(1));
+        let p = w.plan();
+        assert_eq!(p.under_replicated, 0);
+        assert_eq!(p.deletes, vec![(1, ChunkHandle(1), DeleteReason::Surplus)]);
+        assert!(
+            p.copies.is_empty(),
+            "no rebalancing onto or off a draining server"
+        );
+        // A chunk only the draining server holds is not lost: it is the copy source.
+        w.chunk(2, live(1), &[(1, rep(1))]);
+        let p = w.plan();
+        assert_eq!(p.lost, 0);
+        assert!(
+            p.copies
+                .iter()
+                .any(|c| c.handle == ChunkHandle(2) && c.from == 1 && c.to != 1)
+        );
+        // New chunks never go to it, even when it is the emptiest.
+        let servers: BTreeMap<ServerId, ServerView> = [
+            (
+                1,
+                ServerView {
+                    draining: true,
+                    ..server(None, 0)
+                },
+            ),
+            (2, server(None, 5 * MB)),
+            (3, server(None, 6 * MB)),
+        ]
+        .into_iter()
+        .collect();
+        let chosen = place(&servers, 2, &BTreeSet::new(), &BTreeSet::new(), 0).unwrap();
+        assert_eq!(chosen, vec![2, 3]);
+        assert!(place(&servers, 3, &BTreeSet::new(), &BTreeSet::new(), 0).is_err());
     }
 }

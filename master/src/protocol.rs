@@ -113,6 +113,8 @@ pub struct ServerStatus {
     pub last_heartbeat_ms_ago: u64,
     pub chunks: u64,
     pub bytes: u64,
+    /// Being drained (`cairn admin drain`) or retired (`cairn admin decommission`).
+    pub draining: bool,
 }
 
 /// The data plane as the leader sees it (`cairn admin status`).
