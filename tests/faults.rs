@@ -117,6 +117,19 @@ impl Node {
         }
         self.paused = false;
     }
+    /// SIGTERM, and wait for the clean exit.
+    fn stop(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.signal(libc::SIGTERM).unwrap();
+            let st = p.wait().unwrap();
+            assert!(
+                st.success(),
+                "{} did not stop cleanly: {st:?}\n{}",
+                self.name,
+                p.log()
+            );
+        }
+    }
     fn up(&self) -> bool {
         self.process.is_some() && !self.paused
     }
@@ -127,7 +140,7 @@ struct Cluster {
     masters: Vec<Node>,
     chunkservers: Vec<Node>,
     gateways: Vec<SocketAddr>,
-    _gateway_nodes: Vec<Node>,
+    gateway_nodes: Vec<Node>,
     admin_tls: PathBuf,
     master_addrs: Vec<SocketAddr>,
 }
@@ -310,7 +323,7 @@ impl Cluster {
             masters,
             chunkservers,
             gateways,
-            _gateway_nodes: gateway_nodes,
+            gateway_nodes: gateway_nodes,
             admin_tls,
             master_addrs,
         }
@@ -342,7 +355,19 @@ impl Cluster {
 }
 
 fn client(addr: SocketAddr) -> Client {
+    client_with_retries(addr, 3)
+}
+
+/// An S3 client that retries what S3 clients retry (503s, dropped connections) up to
+/// `attempts` times with backoff.
+fn client_with_retries(addr: SocketAddr, attempts: u32) -> Client {
     let conf = aws_sdk_s3::Config::builder()
+        .retry_config(
+            aws_sdk_s3::config::retry::RetryConfig::standard()
+                .with_max_attempts(attempts)
+                .with_initial_backoff(Duration::from_millis(200))
+                .with_max_backoff(Duration::from_secs(2)),
+        )
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
         .endpoint_url(format!("http://{addr}"))
@@ -903,4 +928,115 @@ async fn acknowledged_writes_survive_kills_pauses_and_bit_flips() {
     for seed in seeds {
         run_seed(seed, secs).await;
     }
+}
+
+/// Every role restarted one node at a time (SIGTERM, start again, wait until it serves) while
+/// clients keep writing and reading: no client request fails (clients retry as S3 clients do,
+/// on another attempt to the same gateway) and every read sees the client's last write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rolling_restart_of_every_role_fails_no_client_request() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path());
+    let c0 = client_with_retries(cluster.gateways[0], 20);
+    let deadline = Instant::now() + PATIENCE;
+    while c0.create_bucket().bucket("rolling").send().await.is_err() {
+        assert!(Instant::now() < deadline, "no bucket");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let deadline = Instant::now() + PATIENCE;
+    while metric(cluster.gateways[0], "cairn_chunkservers_alive").await != Some(5.0) {
+        assert!(Instant::now() < deadline, "chunkservers never all reported");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut workers = Vec::new();
+    for who in 0..CLIENTS {
+        let c = client_with_retries(cluster.gateways[(who % 2) as usize], 20);
+        let (stop, failures) = (stop.clone(), failures.clone());
+        workers.push(tokio::spawn(async move {
+            let mut rng = Rng(who + 100);
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let key = format!("c{who}-{}", n % 4);
+                let bytes = value_bytes(who, n, &mut rng);
+                if let Err(e) = c
+                    .put_object()
+                    .bucket("rolling")
+                    .key(&key)
+                    .body(ByteStream::from(bytes.clone()))
+                    .send()
+                    .await
+                {
+                    failures.lock().push(format!("put {key}: {e:?}"));
+                    continue;
+                }
+                match c.get_object().bucket("rolling").key(&key).send().await {
+                    Ok(o) => {
+                        let got = o.body.collect().await.map(|b| b.into_bytes());
+                        if got.as_deref().ok() != Some(bytes.as_slice()) {
+                            failures
+                                .lock()
+                                .push(format!("get {key}: not the last write"));
+                        }
+                    }
+                    Err(e) => failures.lock().push(format!("get {key}: {e:?}")),
+                }
+                n += 1;
+            }
+            n
+        }));
+    }
+    let root = cluster.root.clone();
+    let healed = |gw: SocketAddr| async move {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let alive = metric(gw, "cairn_chunkservers_alive").await;
+            let under = metric(gw, "cairn_chunks_under_replicated").await;
+            if alive == Some(5.0) && under == Some(0.0) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not healed: alive {alive:?}, under {under:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let gw = cluster.gateways[0];
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for i in 0..cluster.chunkservers.len() {
+        cluster.chunkservers[i].stop();
+        cluster.chunkservers[i].start(&root);
+        healed(gw).await;
+    }
+    for i in 0..cluster.masters.len() {
+        cluster.masters[i].stop();
+        cluster.masters[i].start(&root);
+        let deadline = Instant::now() + PATIENCE;
+        while !cluster.status().is_some_and(|v| v["healthy"] == true) {
+            assert!(Instant::now() < deadline, "the master group did not heal");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        healed(gw).await;
+    }
+    for i in 0..cluster.gateway_nodes.len() {
+        cluster.gateway_nodes[i].stop();
+        cluster.gateway_nodes[i].start(&root);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut ops = 0;
+    for w in workers {
+        ops += w.await.unwrap();
+    }
+    let failures = failures.lock().clone();
+    assert!(
+        failures.is_empty(),
+        "{} failed requests of {ops} rounds: {failures:#?}",
+        failures.len()
+    );
+    assert!(ops > 20, "the clients made progress: {ops}");
+    eprintln!("rolling restart of 10 nodes: {ops} put+get rounds, none failed");
 }
