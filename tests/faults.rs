@@ -323,7 +323,7 @@ impl Cluster {
             masters,
             chunkservers,
             gateways,
-            gateway_nodes: gateway_nodes,
+            gateway_nodes,
             admin_tls,
             master_addrs,
         }

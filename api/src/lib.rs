@@ -17,6 +17,7 @@
 
 pub mod auth;
 pub mod body;
+pub mod fuzzing;
 pub mod http;
 pub mod images;
 pub mod mail;
