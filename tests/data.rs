@@ -217,10 +217,19 @@ fn live_replicas(s: &DataStatus) -> u64 {
     s.servers.iter().filter(|s| s.alive).map(|s| s.chunks).sum()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chunkservers_store_heal_scrub_and_collect() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().to_path_buf();
+struct Setup {
+    cluster: Cluster,
+    master_addr: SocketAddr,
+    master_client: MasterClient,
+    endpoint: cairn_proto::Endpoint,
+    client: DataClient,
+    client_tls: PathBuf,
+}
+
+/// One master and four chunkservers under `root`, a client certificate, and a data client
+/// once all four have reported.
+async fn four_servers(root: &Path) -> Setup {
+    let root = root.to_path_buf();
     let master_addr = free_udp();
     let master = Cluster::start_master(&root, master_addr);
     let master_data = root.join("master");
@@ -279,6 +288,29 @@ async fn chunkservers_store_heal_scrub_and_collect() {
         s.servers.iter().filter(|s| s.alive).count() == 4
     })
     .await;
+
+    Setup {
+        cluster,
+        master_addr,
+        master_client,
+        endpoint,
+        client,
+        client_tls,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunkservers_store_heal_scrub_and_collect() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let Setup {
+        mut cluster,
+        master_addr,
+        master_client,
+        endpoint,
+        client,
+        client_tls,
+    } = four_servers(&root).await;
 
     // `cairn admin status` lists the chunkservers and their capacity.
     let m = master_addr.to_string();
@@ -602,63 +634,14 @@ async fn wait_log(p: &CairnProcess, needle: &str) -> bool {
 async fn a_drained_chunkserver_gives_up_its_chunks_and_is_decommissioned() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_path_buf();
-    let master_addr = free_udp();
-    let master = Cluster::start_master(&root, master_addr);
-    let md = root.join("master");
-    let md = md.to_str().unwrap();
-    let mut cluster = Cluster {
-        root: root.clone(),
+    let Setup {
+        cluster,
         master_addr,
-        master,
-        servers: BTreeMap::new(),
-    };
-    for i in 1..=4 {
-        let data = root.join(format!("cs{i}"));
-        let tls = data.join("tls");
-        cairn(
-            &[
-                "cluster",
-                "issue-cert",
-                "--data",
-                md,
-                "--name",
-                &format!("cs-{i}"),
-                "--out",
-                tls.to_str().unwrap(),
-            ],
-            &root,
-        );
-        cluster.servers.insert(i, (data, free_udp(), None));
-        cluster.start_server(i);
-    }
-    let client_tls = root.join("client-tls");
-    cairn(
-        &[
-            "cluster",
-            "issue-cert",
-            "--data",
-            md,
-            "--name",
-            "client",
-            "--out",
-            client_tls.to_str().unwrap(),
-        ],
-        &root,
-    );
-    let identity = NodeIdentity::load(&client_tls).unwrap();
-    let endpoint = cairn_proto::endpoint(
-        "127.0.0.1:0".parse().unwrap(),
-        &identity,
-        &TransportOptions::default(),
-    )
-    .unwrap();
-    let mut master_client = MasterClient::new(endpoint.clone(), vec![master_addr]);
-    master_client.patience = Duration::from_secs(30);
-    let client = DataClient::new(master_client.clone(), endpoint.clone());
-    converge(&client, &cluster, "four chunkservers alive", |s| {
-        s.servers.iter().filter(|s| s.alive).count() == 4
-    })
-    .await;
+        master_client,
+        client,
+        client_tls,
+        ..
+    } = four_servers(&root).await;
     // With R = 3 on 4 servers, most servers hold most chunks.
     let mut objects = Vec::new();
     for i in 0..6u64 {

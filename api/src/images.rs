@@ -490,35 +490,9 @@ async fn upload(
     let mut form = axum::extract::Multipart::from_request(req, &())
         .await
         .map_err(|e| ApiError::bad(format!("expected a multipart/form-data body: {e}")))?;
-    let mut field = loop {
-        match form
-            .next_field()
-            .await
-            .map_err(|e| ApiError::bad(format!("malformed multipart body: {e}")))?
-        {
-            Some(f) if f.name() == Some("file") => break f,
-            Some(_) => {}
-            None => return Err(ApiError::bad("the form has no field named file")),
-        }
-    };
+    let mut field = crate::namespaces::file_field!(form);
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
-    let pump = async {
-        loop {
-            match field.chunk().await {
-                Ok(Some(piece)) => {
-                    if tx.send(Ok(piece)).await.is_err() {
-                        break;
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
-                    break;
-                }
-            }
-        }
-        drop(tx);
-    };
+    let pump = crate::namespaces::pump_field(&mut field, tx, |_| {});
     let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
     let store = store_content(&g, p.tenant, id, img.meta.format.as_deref(), stream);
     let ((), stored) = tokio::join!(pump, store);

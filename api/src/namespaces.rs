@@ -38,6 +38,28 @@ use crate::storage::{
     authorised, client_ip, empty_bucket, from_s3, latest, page, principal, record, writer,
 };
 
+/// The form field named `file` (fields before it are skipped), or the caller's 400. A macro,
+/// not a function: the field borrows the form, and a loop that returns such a borrow on one
+/// branch is refused by the borrow checker.
+macro_rules! file_field {
+    ($form:ident) => {
+        loop {
+            match $form.next_field().await.map_err(|e| {
+                $crate::rest::ApiError::bad(format!("malformed multipart body: {e}"))
+            })? {
+                Some(f) if f.name() == Some("file") => break f,
+                Some(_) => {}
+                None => {
+                    return Err($crate::rest::ApiError::bad(
+                        "the form has no field named file",
+                    ));
+                }
+            }
+        }
+    };
+}
+pub(crate) use file_field;
+
 /// Names the `/storage` routes take: no namespace can have them.
 pub const ROUTE_NAMES: &[&str] = &[
     "namespaces",
@@ -541,17 +563,7 @@ async fn upload(State(g): State<Arc<Gateway>>, req: Request) -> ApiResult<Respon
     let mut form = axum::extract::Multipart::from_request(req, &())
         .await
         .map_err(|e| ApiError::bad(format!("expected a multipart/form-data body: {e}")))?;
-    let mut field = loop {
-        match form
-            .next_field()
-            .await
-            .map_err(|e| ApiError::bad(format!("malformed multipart body: {e}")))?
-        {
-            Some(f) if f.name() == Some("file") => break f,
-            Some(_) => {}
-            None => return Err(ApiError::bad("the form has no field named file")),
-        }
-    };
+    let mut field = file_field!(form);
     let path = match q
         .path
         .clone()
@@ -588,32 +600,17 @@ async fn upload(State(g): State<Arc<Gateway>>, req: Request) -> ApiResult<Respon
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
     let pump = async {
         let mut last_step = 0u64;
-        loop {
-            match field.chunk().await {
-                Ok(Some(piece)) => {
-                    let got = progress
-                        .received
-                        .fetch_add(piece.len() as u64, Ordering::Relaxed)
-                        + piece.len() as u64;
-                    if let Some(t) = total.filter(|t| *t > 0) {
-                        let step = (got.min(t) * 10 / t).min(10);
-                        if step > last_step {
-                            last_step = step;
-                            tracing::debug!(namespace = %q.namespace, path = %path, percent = step * 10, "upload progress");
-                        }
-                    }
-                    if tx.send(Ok(piece)).await.is_err() {
-                        break;
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
-                    break;
+        pump_field(&mut field, tx, |len| {
+            let got = progress.received.fetch_add(len, Ordering::Relaxed) + len;
+            if let Some(t) = total.filter(|t| *t > 0) {
+                let step = (got.min(t) * 10 / t).min(10);
+                if step > last_step {
+                    last_step = step;
+                    tracing::debug!(namespace = %q.namespace, path = %path, percent = step * 10, "upload progress");
                 }
             }
-        }
-        drop(tx);
+        })
+        .await;
     };
     let s3 = crate::s3::CairnS3::new(Arc::clone(&g));
     let body = s3s::dto::StreamingBlob::wrap(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)));
@@ -667,6 +664,31 @@ async fn upload(State(g): State<Arc<Gateway>>, req: Request) -> ApiResult<Respon
         axum::Json(file_json(&q.namespace, &path, &v, v.modified_ms)),
     )
         .into_response())
+}
+
+/// Forward a form field's pieces into `tx` (telling `seen` each piece's length) until the
+/// field ends, fails (the error goes to the reader) or the reader stops. The field borrows the
+/// form, so it cannot move to a task: this runs beside the reader in the same task.
+pub(crate) async fn pump_field(
+    field: &mut axum::extract::multipart::Field<'_>,
+    tx: tokio::sync::mpsc::Sender<Result<bytes::Bytes, std::io::Error>>,
+    mut seen: impl FnMut(u64),
+) {
+    loop {
+        match field.chunk().await {
+            Ok(Some(piece)) => {
+                seen(piece.len() as u64);
+                if tx.send(Ok(piece)).await.is_err() {
+                    return;
+                }
+            }
+            Ok(None) => return,
+            Err(e) => {
+                let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+                return;
+            }
+        }
+    }
 }
 
 /// `GET /storage/uploads`: the caller's uploads in flight on this gateway.

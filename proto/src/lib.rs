@@ -14,6 +14,7 @@ pub mod secrets;
 pub mod tls;
 
 pub use endpoint::{EndpointError, TransportOptions, endpoint};
+pub use quinn::Endpoint;
 pub use rpc::{
     Client, ClientOptions, ErrorCode, RemoteError, Router, Rpc, RpcError, ServeOptions, serve,
 };
