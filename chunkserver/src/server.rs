@@ -816,6 +816,8 @@ impl Chunkserver {
     async fn heartbeats(&self) {
         let mut reported: Option<HashMap<ChunkHandle, Replica>> = None;
         let mut beats: u64 = 0;
+        // Heartbeats failed in a row: the first failure and every 20th after it are warned of.
+        let mut failing: u64 = 0;
         loop {
             beats += 1;
             // A full report now and then repairs anything a lost reply left the master
@@ -859,6 +861,10 @@ impl Chunkserver {
             };
             match self.inner.master.call_leader::<HeartbeatRpc, _>(&hb).await {
                 Ok(reply) => {
+                    if failing > 0 {
+                        tracing::info!(failed = failing, "heartbeats reach the leader again");
+                    }
+                    failing = 0;
                     // In order: deletions (quick) before copies, so a deletion never races a
                     // copy of the same chunk.
                     for task in reply.tasks {
@@ -878,7 +884,12 @@ impl Chunkserver {
                     }
                 }
                 Err(e) => {
-                    tracing::debug!(error = %e, "heartbeat failed");
+                    if failing.is_multiple_of(20) {
+                        tracing::warn!(error = %e, failed_in_a_row = failing + 1, "heartbeat failed");
+                    } else {
+                        tracing::debug!(error = %e, "heartbeat failed");
+                    }
+                    failing += 1;
                     self.inner.corrupt.lock().extend(corrupt);
                     self.inner.copies_failed.lock().extend(copies_failed);
                     reported = None;
