@@ -287,6 +287,21 @@ async fn data_status(client: &MasterClient) -> anyhow::Result<DataStatus> {
         .context("data-plane status from the leader")
 }
 
+/// An admin client, the id of a chunkserver the leader knows, and the data-plane status.
+async fn known_server(
+    tls: &Path,
+    masters: &[SocketAddr],
+    server: &str,
+) -> anyhow::Result<(MasterClient, u64, DataStatus)> {
+    let id = server_id(server)?;
+    let client = admin_client(tls, masters)?;
+    let status = data_status(&client).await?;
+    if !status.servers.iter().any(|s| s.info.id == id) {
+        bail!("no chunkserver {id:016x} is known to the leader (see `cairn admin status`)");
+    }
+    Ok((client, id, status))
+}
+
 /// `cairn admin drain`: mark (or unmark) a chunkserver as draining.
 pub async fn drain(
     tls: &Path,
@@ -294,12 +309,7 @@ pub async fn drain(
     server: &str,
     cancel: bool,
 ) -> anyhow::Result<()> {
-    let id = server_id(server)?;
-    let client = admin_client(tls, masters)?;
-    let status = data_status(&client).await?;
-    if !status.servers.iter().any(|s| s.info.id == id) {
-        bail!("no chunkserver {id:016x} is known to the leader (see `cairn admin status`)");
-    }
+    let (client, id, _) = known_server(tls, masters, server).await?;
     let key = format!("{}{id:016x}", cairn_master::dataplane::DRAIN_PREFIX);
     if cancel {
         set_setting(&client, SettingsCommand::Delete { key }).await?;
@@ -328,12 +338,7 @@ pub async fn set_zone(
     zone: Option<String>,
     clear: bool,
 ) -> anyhow::Result<()> {
-    let id = server_id(server)?;
-    let client = admin_client(tls, masters)?;
-    let status = data_status(&client).await?;
-    if !status.servers.iter().any(|s| s.info.id == id) {
-        bail!("no chunkserver {id:016x} is known to the leader (see `cairn admin status`)");
-    }
+    let (client, id, _) = known_server(tls, masters, server).await?;
     let key = format!("{}{id:016x}", cairn_master::dataplane::ZONE_PREFIX);
     match (zone, clear) {
         (_, true) => {
@@ -386,11 +391,9 @@ pub async fn rebalance(tls: &Path, masters: &[SocketAddr], pause: bool) -> anyho
 
 /// `cairn admin decommission`: retire a drained chunkserver.
 pub async fn decommission(tls: &Path, masters: &[SocketAddr], server: &str) -> anyhow::Result<()> {
-    let id = server_id(server)?;
-    let client = admin_client(tls, masters)?;
-    let status = data_status(&client).await?;
+    let (client, id, status) = known_server(tls, masters, server).await?;
     let Some(s) = status.servers.iter().find(|s| s.info.id == id) else {
-        bail!("no chunkserver {id:016x} is known to the leader (see `cairn admin status`)");
+        bail!("chunkserver {id:016x} vanished from the leader's view");
     };
     if !s.draining {
         bail!("chunkserver {id:016x} is not draining: run `cairn admin drain {id:016x}` first");
