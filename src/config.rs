@@ -14,6 +14,7 @@ use cairn_engine::chunk::{
 
 /// A configuration key, by its dotted name (as in the file). What each means is in the
 /// README's configuration table and in `cairn serve --help`.
+#[derive(Debug)]
 pub struct Key {
     pub name: &'static str,
 }
@@ -176,6 +177,11 @@ impl Layers {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
+        self.text(&text, path)
+    }
+
+    /// Layer the keys of a config file's text (`path` names it in errors).
+    pub fn text(&mut self, text: &str, path: &Path) -> Result<(), ConfigError> {
         let table: toml::Table = text
             .parse()
             .map_err(|e: toml::de::Error| ConfigError::File {

@@ -1,12 +1,7 @@
 //! `cairn`: one binary for every role. `cairn serve` runs everything in one process on a local
 //! data folder; `master`, `chunkserver` and `gateway` run the roles of a cluster apart.
 
-mod chunkserver;
-mod config;
-mod gateway;
-mod lock;
-mod master;
-mod serve;
+use cairn::{chunkserver, config, gateway, master, serve};
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;

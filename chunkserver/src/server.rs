@@ -6,8 +6,8 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use cairn_engine::chunk::{ChunkError, ChunkHandle, ChunkStore, ChunkStoreOptions};
@@ -108,6 +108,10 @@ struct Inner {
     rereport: Mutex<Vec<ChunkHandle>>,
     /// Chunks being written or copied in (not reported until sealed; not scrubbed).
     busy: Mutex<HashSet<ChunkHandle>>,
+    /// When the process started, and milliseconds after it when the last heartbeat call
+    /// finished (answered or failed): a loop that stops finishing them is warned of.
+    started: Instant,
+    last_beat_ms: AtomicU64,
 }
 
 /// Counts a transfer in the server's load while alive.
@@ -269,6 +273,8 @@ impl Chunkserver {
             copies_failed: Mutex::new(Vec::new()),
             rereport: Mutex::new(Vec::new()),
             busy: Mutex::new(HashSet::new()),
+            started: Instant::now(),
+            last_beat_ms: AtomicU64::new(0),
         });
         let cs = Chunkserver { inner };
         tokio::spawn(cairn_proto::serve(
@@ -277,7 +283,9 @@ impl Chunkserver {
             ServeOptions::default(),
         ));
         let hb = cs.clone();
-        tokio::spawn(async move { hb.heartbeats().await });
+        let beats = tokio::spawn(async move { hb.heartbeats().await });
+        let watch = cs.clone();
+        tokio::spawn(async move { watch.watch_heartbeats(beats).await });
         if cs.inner.options.scrub_rate > 0 {
             let sc = cs.clone();
             tokio::spawn(async move { sc.scrub().await });
@@ -812,6 +820,42 @@ impl Chunkserver {
             .collect()
     }
 
+    fn since_start_ms(&self) -> u64 {
+        u64::try_from(self.inner.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// A chunkserver that serves chunks but no longer heartbeats is dead to the master while
+    /// it looks alive to a supervisor. If the heartbeat loop panics, exit (status 70) so the
+    /// supervisor restarts the process; if it stops finishing calls, say so every minute.
+    async fn watch_heartbeats(&self, mut beats: tokio::task::JoinHandle<()>) {
+        const STALL_MS: u64 = 30_000;
+        let mut warned_at = 0u64;
+        loop {
+            tokio::select! {
+                ended = &mut beats => {
+                    if let Err(e) = ended
+                        && e.is_panic()
+                    {
+                        tracing::error!(error = %e, "the heartbeat loop panicked; exiting so that the chunkserver is restarted");
+                        std::process::exit(70);
+                    }
+                    return;
+                }
+                () = tokio::time::sleep(Duration::from_secs(5)) => {}
+            }
+            let now = self.since_start_ms();
+            let last = self.inner.last_beat_ms.load(Ordering::Relaxed);
+            let stalled = now.saturating_sub(last);
+            if stalled > STALL_MS && now.saturating_sub(warned_at) >= 60_000 {
+                warned_at = now;
+                tracing::warn!(
+                    stalled_s = stalled / 1000,
+                    "no heartbeat call has finished for a while (the masters unreachable, or the heartbeat loop stuck)"
+                );
+            }
+        }
+    }
+
     /// Report to the master group every interval and carry out what it answers.
     async fn heartbeats(&self) {
         let mut reported: Option<HashMap<ChunkHandle, Replica>> = None;
@@ -859,7 +903,11 @@ impl Chunkserver {
                 corrupt: corrupt.clone(),
                 copies_failed: copies_failed.clone(),
             };
-            match self.inner.master.call_leader::<HeartbeatRpc, _>(&hb).await {
+            let answer = self.inner.master.call_leader::<HeartbeatRpc, _>(&hb).await;
+            self.inner
+                .last_beat_ms
+                .store(self.since_start_ms(), Ordering::Relaxed);
+            match answer {
                 Ok(reply) => {
                     if failing > 0 {
                         tracing::info!(failed = failing, "heartbeats reach the leader again");

@@ -551,6 +551,9 @@ pub struct MasterClient {
     client: Client,
     masters: Vec<SocketAddr>,
     leader: Arc<parking_lot::Mutex<Option<SocketAddr>>>,
+    /// Where the search for a leader starts when none is known: it moves on with every try,
+    /// across calls, so an unreachable master early in the list is not tried first each time.
+    rotation: Arc<std::sync::atomic::AtomicUsize>,
     /// How long to keep looking for a leader (elections take seconds).
     pub patience: Duration,
     /// Coalesces this client's concurrent proposals into `ProposeManyRpc` calls (started on
@@ -602,6 +605,7 @@ impl MasterClient {
             client: Client::new(endpoint, options),
             masters,
             leader: Arc::new(parking_lot::Mutex::new(None)),
+            rotation: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             patience: Duration::from_secs(20),
             proposals: Arc::new(tokio::sync::OnceCell::new()),
             local: None,
@@ -613,6 +617,25 @@ impl MasterClient {
     pub fn with_local(mut self, node: RaftNode) -> MasterClient {
         self.local = Some(LocalNode(node));
         self
+    }
+
+    /// The master to try next: the leader last seen or hinted, else the next in turn.
+    /// `masters` is not empty.
+    fn target(&self) -> SocketAddr {
+        if let Some(l) = *self.leader.lock() {
+            return l;
+        }
+        let i = self
+            .rotation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.masters[i % self.masters.len()]
+    }
+
+    /// Remember the leader a master named (or forget it: `None` while an election runs).
+    fn follow(&self, leader: Option<&(u64, String)>) -> Option<SocketAddr> {
+        let hint = leader.and_then(|(_, a)| a.parse().ok());
+        *self.leader.lock() = hint;
+        hint
     }
 
     /// Commit one command envelope; returns the service's outcome once committed and applied.
@@ -651,7 +674,6 @@ impl MasterClient {
     /// appended) go again to the leader hinted, the others get their results.
     async fn propose_group(&self, mut group: Vec<Waiting>) {
         let deadline = tokio::time::Instant::now() + self.patience;
-        let mut next = 0usize;
         loop {
             if self.masters.is_empty() {
                 for (_, w) in group {
@@ -659,13 +681,7 @@ impl MasterClient {
                 }
                 return;
             }
-            let target = match *self.leader.lock() {
-                Some(l) => l,
-                None => {
-                    next += 1;
-                    self.masters[next % self.masters.len()]
-                }
-            };
+            let target = self.target();
             let commands = ManyCommands(group.iter().map(|(c, _)| c.clone()).collect());
             match self.client.call::<ProposeManyRpc>(target, &commands).await {
                 Ok(results) => {
@@ -674,11 +690,15 @@ impl MasterClient {
                     let mut results = results.into_iter();
                     for (command, w) in group {
                         match results.next() {
-                            Some(Err(ProposeError::NotLeader { leader }))
-                                if tokio::time::Instant::now() < deadline =>
-                            {
-                                *self.leader.lock() = leader.and_then(|(_, a)| a.parse().ok());
-                                retry.push((command, w));
+                            // The hint is kept even past the deadline: the next call goes
+                            // straight to the leader.
+                            Some(Err(ProposeError::NotLeader { leader })) => {
+                                self.follow(leader.as_ref());
+                                if tokio::time::Instant::now() < deadline {
+                                    retry.push((command, w));
+                                } else {
+                                    let _ = w.send(Err(ProposeError::NotLeader { leader }));
+                                }
                             }
                             Some(r) => {
                                 let _ = w.send(r.map(|o| o.0));
@@ -734,24 +754,16 @@ impl MasterClient {
 
     async fn send(&self, req: ClientRequest) -> Result<Outcome, ProposeError> {
         let deadline = tokio::time::Instant::now() + self.patience;
-        let mut next = 0usize;
         let mut last_error = ProposeError::Failed("no masters configured".into());
         while tokio::time::Instant::now() < deadline && !self.masters.is_empty() {
-            let target = match *self.leader.lock() {
-                Some(l) => l,
-                None => {
-                    next += 1;
-                    self.masters[next % self.masters.len()]
-                }
-            };
+            let target = self.target();
             match self.client.call::<ClientRpc>(target, &req).await {
                 Ok(Ok(outcome)) => {
                     *self.leader.lock() = Some(target);
                     return Ok(outcome.0);
                 }
                 Ok(Err(ProposeError::NotLeader { leader })) => {
-                    let hint = leader.and_then(|(_, addr)| addr.parse().ok());
-                    *self.leader.lock() = hint;
+                    let hint = self.follow(leader.as_ref());
                     last_error = ProposeError::NotLeader { leader: None };
                     if hint.is_none() {
                         // An election is running: give it a moment.
@@ -785,21 +797,23 @@ impl MasterClient {
             return Err(ProposeError::Failed("no masters configured".into()));
         }
         let deadline = tokio::time::Instant::now() + self.patience;
-        let mut next = 0usize;
+        // Past the deadline, a master that names the leader still gets the call sent there
+        // once: the time went on an unreachable master, and the leader is one step away.
+        let mut last_chance = false;
         loop {
-            let target = self.leader.lock().unwrap_or_else(|| {
-                next += 1;
-                self.masters[next % self.masters.len()]
-            });
+            let target = self.target();
             let late = tokio::time::Instant::now() >= deadline;
             match self.client.call::<R>(target, req).await {
                 Ok(Ok(v)) => {
                     *self.leader.lock() = Some(target);
                     return Ok(v);
                 }
-                Ok(Err(ProposeError::NotLeader { leader })) if !late => {
-                    let hint = leader.and_then(|(_, a)| a.parse().ok());
-                    *self.leader.lock() = hint;
+                Ok(Err(ProposeError::NotLeader { leader })) => {
+                    let hint = self.follow(leader.as_ref());
+                    if late && (last_chance || hint.is_none()) {
+                        return Err(ProposeError::NotLeader { leader });
+                    }
+                    last_chance |= late;
                     if hint.is_none() {
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
@@ -809,7 +823,13 @@ impl MasterClient {
                 }
                 Ok(Err(e)) => return Err(e),
                 Err(e) if e.is_retryable() && !late => *self.leader.lock() = None,
-                Err(e) => return Err(ProposeError::Failed(e.to_string())),
+                Err(e) => {
+                    // An unreachable leader is not tried first again by the next call.
+                    if e.is_retryable() {
+                        *self.leader.lock() = None;
+                    }
+                    return Err(ProposeError::Failed(e.to_string()));
+                }
             }
         }
     }

@@ -394,3 +394,68 @@ async fn five_masters_survive_two_failures() {
         n.shutdown().await;
     }
 }
+
+/// A client whose list of masters holds an unreachable address finds the leader on its first
+/// call even with a patience shorter than the time spent on that address, and every later call
+/// goes straight to the leader. Chunkservers heartbeat with 2 s of patience; before, the search
+/// always began at the second master of the list and gave up after a follower's answer past the
+/// deadline without keeping its hint, so while that master was down a chunkserver could not
+/// heartbeat at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_finds_the_leader_past_an_unreachable_master() {
+    let h = Harness::new();
+    let addrs: Vec<SocketAddr> = (0..2).map(|_| free_addr()).collect();
+    let n1 = h.start(1, addrs[0]).await;
+    assert!(n1.initialize_if_new().await.unwrap());
+    let n2 = h.start(2, addrs[1]).await;
+    let setup = h.client(addrs.clone());
+    setup
+        .admin(AdminRequest::AddLearner {
+            id: 2,
+            addr: addrs[1].to_string(),
+        })
+        .await
+        .unwrap();
+    setup
+        .admin(AdminRequest::SetVoters(BTreeSet::from([1, 2])))
+        .await
+        .unwrap();
+    let leader = n1.status().leader.unwrap();
+    let (leader, follower) = if leader == 1 {
+        (addrs[0], addrs[1])
+    } else {
+        (addrs[1], addrs[0])
+    };
+    let dead = free_addr();
+    // Each order puts the unreachable master where a search from either end meets it first.
+    for (i, masters) in [
+        vec![dead, follower, leader],
+        vec![leader, dead, follower],
+        vec![follower, dead, leader],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut client = h.client(masters.clone());
+        client.patience = Duration::from_secs(2);
+        client
+            .admin(AdminRequest::SetVoters(BTreeSet::from([1, 2])))
+            .await
+            .unwrap_or_else(|e| panic!("{masters:?}: the first call failed: {e}"));
+        // From now on the leader is known: writes and reads go straight there.
+        for n in 0..3u64 {
+            client
+                .propose(set(&format!("order{i}-{n}"), "v", 1000 + i as u64 * 10 + n))
+                .await
+                .unwrap_or_else(|e| panic!("{masters:?}: write {n}: {e}"))
+                .unwrap();
+        }
+        let seen = all_settings(&client, Consistency::Linearizable).await;
+        assert_eq!(
+            seen.get(&format!("order{i}-2")).map(String::as_str),
+            Some("v")
+        );
+    }
+    n1.shutdown().await;
+    n2.shutdown().await;
+}

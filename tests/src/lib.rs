@@ -161,6 +161,11 @@ impl CairnProcess {
         }
     }
 
+    /// The exit status, if the process has exited (without waiting).
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// Kill the process hard (SIGKILL), as a crash would.
     pub fn kill(&mut self) -> Result<ExitStatus, HarnessError> {
         self.child.kill()?;
