@@ -829,7 +829,7 @@ impl Chunkserver {
     /// supervisor restarts the process; if it stops finishing calls, say so every minute.
     async fn watch_heartbeats(&self, mut beats: tokio::task::JoinHandle<()>) {
         const STALL_MS: u64 = 30_000;
-        let mut warned_at = 0u64;
+        let mut warned_at: Option<u64> = None;
         loop {
             tokio::select! {
                 ended = &mut beats => {
@@ -846,8 +846,8 @@ impl Chunkserver {
             let now = self.since_start_ms();
             let last = self.inner.last_beat_ms.load(Ordering::Relaxed);
             let stalled = now.saturating_sub(last);
-            if stalled > STALL_MS && now.saturating_sub(warned_at) >= 60_000 {
-                warned_at = now;
+            if stalled > STALL_MS && warned_at.is_none_or(|at| now.saturating_sub(at) >= 60_000) {
+                warned_at = Some(now);
                 tracing::warn!(
                     stalled_s = stalled / 1000,
                     "no heartbeat call has finished for a while (the masters unreachable, or the heartbeat loop stuck)"

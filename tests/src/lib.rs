@@ -68,14 +68,24 @@ impl CairnProcess {
         if let Some(stderr) = child.stderr.take() {
             let log = log.clone();
             std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
+                // Read on whatever the bytes are: a reader that stopped would let the pipe
+                // fill, and the process would block on its next log line.
+                let mut reader = BufReader::new(stderr);
+                let mut raw = Vec::new();
+                loop {
+                    raw.clear();
+                    match reader.read_until(b'\n', &mut raw) {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                    let line = String::from_utf8_lossy(&raw)
+                        .trim_end_matches('\n')
+                        .to_owned();
                     if let Ok(mut l) = log.lock() {
                         l.push(line.clone());
                     }
-                    if tx.send(line).is_err() {
-                        break;
-                    }
+                    // Nobody waiting for lines any more is no reason to stop draining.
+                    let _ = tx.send(line);
                 }
             });
         }
