@@ -84,6 +84,9 @@ pub const KEYS: &[Key] = &[
         name: "gateway.domain",
     },
     Key {
+        name: "gateway.cluster_bind",
+    },
+    Key {
         name: "api.auth_rate_limit",
     },
     Key {
@@ -433,6 +436,11 @@ impl Layers {
                 }
             })
         })?;
+        let gateway_cluster_bind = self.parse("gateway.cluster_bind", "0.0.0.0:0", |s| {
+            s.parse::<SocketAddr>().map_err(|_| {
+                format!("{s:?} is not an address like 10.0.0.5:7071 (port 0: any free port)")
+            })
+        })?;
         let domain = self.parse("gateway.domain", "", |s| {
             let ok = s.len() <= 253
                 && s.split('.').all(|l| {
@@ -517,6 +525,7 @@ impl Layers {
             lifecycle_ms,
             chunkservers,
             gateway_masters,
+            gateway_cluster_bind,
             region,
             inline_max,
             replication,
@@ -599,6 +608,9 @@ pub struct ServeConfig {
     pub chunkservers: u8,
     /// Master addresses a gateway talks to.
     pub gateway_masters: Vec<SocketAddr>,
+    /// The UDP address a gateway's QUIC connections to the cluster leave from (port 0: any;
+    /// a fixed port suits firewall rules).
+    pub gateway_cluster_bind: SocketAddr,
     /// The S3 region the gateway reports.
     pub region: String,
     /// Objects up to this size live inline in the metadata.

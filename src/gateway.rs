@@ -37,6 +37,7 @@ pub fn smtp(config: &ServeConfig) -> (Option<String>, Option<String>) {
 /// With `local`, calls go straight to that in-process master while it leads.
 pub fn build(
     tls: &Path,
+    bind: SocketAddr,
     masters: &[SocketAddr],
     local: Option<cairn_raft::RaftNode>,
     local_chunkservers: &[cairn_chunkserver::Chunkserver],
@@ -51,11 +52,8 @@ pub fn build(
         )
     })?;
     let secrets = SecretsKey::load(tls).context("the cluster secrets key")?;
-    let endpoint = cairn_proto::endpoint(
-        SocketAddr::from(([0, 0, 0, 0], 0)),
-        &identity,
-        &TransportOptions::default(),
-    )?;
+    let endpoint = cairn_proto::endpoint(bind, &identity, &TransportOptions::default())
+        .with_context(|| format!("the cluster address gateway.cluster_bind = {bind}"))?;
     let mut master = MasterClient::new(endpoint.clone(), masters.to_vec());
     if let Some(node) = local {
         master = master.with_local(node);
@@ -170,6 +168,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     }
     let g = build(
         &config.data.join("tls"),
+        config.gateway_cluster_bind,
         &config.gateway_masters,
         None,
         &[],

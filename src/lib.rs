@@ -9,3 +9,4 @@ pub mod gateway;
 pub mod lock;
 pub mod master;
 pub mod serve;
+pub mod watchdog;

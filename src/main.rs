@@ -118,7 +118,8 @@ struct ChunkserverArgs {
 }
 
 /// Flags of `cairn gateway`. Each may also come from a `CAIRN_*` variable or the config file
-/// (keys `gateway.masters`, `listen`, `data`, `gateway.region`, `gateway.inline_max`).
+/// (keys `gateway.masters`, `listen`, `data`, `gateway.region`, `gateway.inline_max`,
+/// `gateway.domain`, `gateway.cluster_bind`).
 #[derive(Debug, Args)]
 struct GatewayArgs {
     /// TOML config file (also CAIRN_CONFIG).
@@ -144,6 +145,10 @@ struct GatewayArgs {
     /// (CAIRN_GATEWAY_INLINE_MAX).
     #[arg(long, value_name = "SIZE")]
     inline_max: Option<String>,
+    /// UDP address the gateway's QUIC connections to the cluster leave from [default:
+    /// 0.0.0.0:0, any free port] (CAIRN_GATEWAY_CLUSTER_BIND).
+    #[arg(long, value_name = "ADDR")]
+    cluster_bind: Option<String>,
     /// Log filter (CAIRN_LOG).
     #[arg(long)]
     log: Option<String>,
@@ -161,6 +166,7 @@ fn gateway_config(args: &GatewayArgs) -> Result<config::ServeConfig, config::Con
     layers.flag("gateway.region", args.region.as_deref());
     layers.flag("gateway.domain", args.domain.as_deref());
     layers.flag("gateway.inline_max", args.inline_max.as_deref());
+    layers.flag("gateway.cluster_bind", args.cluster_bind.as_deref());
     layers.flag("log", args.log.as_deref());
     layers.resolve()
 }
@@ -466,7 +472,7 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(&config.log);
-            block_on(master::run(config))
+            block_on_watched("master", master::run(config))
         }
         Command::Chunkserver(args) => {
             let config = match chunkserver_config(&args) {
@@ -477,7 +483,7 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(&config.log);
-            block_on(chunkserver::run(config))
+            block_on_watched("chunkserver", chunkserver::run(config))
         }
         Command::Gateway(args) => {
             let config = match gateway_config(&args) {
@@ -488,7 +494,7 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(&config.log);
-            block_on(gateway::run(config))
+            block_on_watched("gateway", gateway::run(config))
         }
         Command::Admin(command) => {
             init_logging("warn");
@@ -536,7 +542,7 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(&config.log);
-            block_on(serve::run(config))
+            block_on_watched("node", serve::run(config))
         }
     }
 }
@@ -558,6 +564,21 @@ fn init_logging(filter: &str) {
 }
 
 fn block_on(work: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    run_on_runtime(None, work)
+}
+
+/// A long-running role: its runtime is watched (`cairn::watchdog`).
+fn block_on_watched(
+    role: &'static str,
+    work: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> ExitCode {
+    run_on_runtime(Some(role), work)
+}
+
+fn run_on_runtime(
+    watched: Option<&'static str>,
+    work: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -565,6 +586,9 @@ fn block_on(work: impl std::future::Future<Output = anyhow::Result<()>>) -> Exit
             return ExitCode::FAILURE;
         }
     };
+    if let Some(role) = watched {
+        cairn::watchdog::start(runtime.handle(), role);
+    }
     match runtime.block_on(work) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

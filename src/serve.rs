@@ -79,6 +79,7 @@ impl Node {
         local.extend(more_chunkservers.iter().cloned());
         let gateway = crate::gateway::build(
             &tls,
+            config.gateway_cluster_bind,
             &[master.addr],
             Some(master.clone()),
             &local,

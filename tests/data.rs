@@ -345,6 +345,19 @@ async fn chunkservers_store_heal_scrub_and_collect() {
     );
     println!("{table}");
 
+    // The four chunkservers share one disk: the objects below take 3 x 392 MiB, and a fourth
+    // copy of a killed node's chunks is made while its own files stay. Say so plainly rather
+    // than fail later on a "No space left on device" deep in a replication chain.
+    let needed = 1700 * MIB as u64;
+    let free = servers[0]["info"]["free"].as_u64().unwrap_or(0);
+    assert!(
+        free >= needed,
+        "this test stores about {} MiB on the disk of {}, which has only {} MiB free",
+        needed / MIB as u64,
+        root.display(),
+        free / MIB as u64
+    );
+
     // Awkward sizes around the block (64 KiB) and chunk (64 MiB) boundaries.
     let sizes = [
         0,

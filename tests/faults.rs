@@ -127,8 +127,19 @@ impl Node {
     /// SIGTERM, and wait for the clean exit.
     fn stop(&mut self) {
         if let Some(mut p) = self.process.take() {
+            let asked = Instant::now();
             p.signal(libc::SIGTERM).unwrap();
             let st = p.wait().unwrap();
+            if asked.elapsed() > Duration::from_secs(2) {
+                let log = p.log();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                eprintln!(
+                    "{} took {:?} to stop; its last lines:\n{}",
+                    self.name,
+                    asked.elapsed(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
             assert!(
                 st.success(),
                 "{} did not stop cleanly: {st:?}\n{}",
@@ -471,7 +482,7 @@ impl Cluster {
         for i in 1..=2 {
             let name = format!("gw{i}");
             let listen = free_tcp();
-            let args = with_masters(
+            let mut args = with_masters(
                 [
                     "gateway",
                     "--listen",
@@ -483,6 +494,11 @@ impl Cluster {
                 .map(|s| (*s).to_owned())
                 .collect(),
             );
+            // Its QUIC connections leave from a port of its own, so that partitions can cut it
+            // off too (an older binary of a rolling upgrade may not know the flag).
+            if first == bin() {
+                args.extend(["--cluster-bind".to_owned(), free_udp().to_string()]);
+            }
             let mut env = quiet();
             env.push(("CAIRN_ROOT_ACCESS_KEY".into(), AK.into()));
             env.push(("CAIRN_ROOT_SECRET_KEY".into(), SK.into()));
@@ -555,6 +571,16 @@ fn client_with_retries(addr: SocketAddr, attempts: u32, timeout: Duration) -> Cl
                 .with_initial_backoff(Duration::from_millis(200))
                 .with_max_backoff(Duration::from_secs(2)),
         )
+        // The SDK also caps retries with a token bucket that every client of the process
+        // shares by default (500 tokens, 5 to 10 a retry). The suite's clients retry through
+        // minutes of faults together and drained it, after which a refused connection to a
+        // restarting gateway surfaced as a failed request on its first attempt. The suite
+        // counts what the server does, so each client retries up to its attempts, unmetered.
+        .retry_partition(
+            aws_sdk_s3::config::retry::RetryPartition::custom(format!("faults-{addr}"))
+                .token_bucket(aws_sdk_s3::config::retry::TokenBucket::unlimited())
+                .build(),
+        )
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
         .endpoint_url(format!("http://{addr}"))
@@ -599,17 +625,28 @@ enum Verdict {
     Inconclusive(usize),
 }
 
-/// States one key's search may visit before it is called inconclusive.
+/// States one piece of a key's history may visit before it is called inconclusive.
 const SEARCH_MAX: usize = 1_000_000;
 
-/// Whether a register history is linearizable (Wing & Gong, with memoisation on the set of
-/// operations taken and the value): some order of the operations that respects real time,
-/// where every answered operation takes effect once, an unanswered write at most once, and
-/// every read sees the latest write before it.
+/// Whether a register history is linearizable: some order of the operations that respects
+/// real time, where every answered operation takes effect once, an unanswered write at most
+/// once, and every read sees the latest write before it. A Wing & Gong search with
+/// memoisation, made to scale to soak-sized histories (tens of thousands of operations on one
+/// key) by three exact reductions:
 ///
-/// An unanswered put whose value no read returned is dropped first: every value is unique, so
-/// "it never happened" explains the history whenever anything does, and such writes would
-/// otherwise multiply the states searched.
+/// - An unanswered put whose value no read returned is dropped: every value is unique, so "it
+///   never happened" explains the history whenever anything does. An unanswered put some read
+///   returned did happen, before the first such read answered: it counts as answered then.
+/// - The unanswered deletes left are all alike (each sets "no object", at most once, at any
+///   point after its call), so the search counts how many it has used rather than which: a
+///   delete is available once its call is before the earliest answer still to be placed, and
+///   stays available. Using one on a key already absent is never needed (it only uses it up).
+/// - The history is cut where no answered operation is in flight (every one before the cut
+///   answered before any after it was called): all the operations before such a point take
+///   effect before all those after it, so the pieces are searched one after another, each from
+///   every state the one before can end in (the value, and the fewest deletes used for it). A
+///   dead end then costs the search its own piece, not every order of the whole history, and
+///   a refusal names the piece that has no explanation.
 fn linearizable(ops: &[Op], initial: Value) -> Result<Verdict, String> {
     let read: HashSet<[u8; 32]> = ops
         .iter()
@@ -618,38 +655,84 @@ fn linearizable(ops: &[Op], initial: Value) -> Result<Verdict, String> {
             _ => None,
         })
         .collect();
-    let mut ops: Vec<Op> = ops
-        .iter()
-        .filter(|o| {
-            !(o.ret == u64::MAX && matches!(o.kind, Kind::Write(Some(v)) if !read.contains(&v)))
-        })
-        .cloned()
-        .collect();
-    // A lost put whose value some read returned did happen, before the first such read
-    // answered: it is as good as answered then (sound, since values are unique), and the
-    // search need not try it at every later point.
     let mut first_seen: HashMap<[u8; 32], u64> = HashMap::new();
-    for o in &ops {
+    for o in ops {
         if let Kind::Read(Some(v)) = o.kind {
             let at = first_seen.entry(v).or_insert(o.ret);
             *at = (*at).min(o.ret);
         }
     }
-    for o in &mut ops {
-        if o.ret == u64::MAX
-            && let Kind::Write(Some(v)) = o.kind
-            && let Some(&seen) = first_seen.get(&v)
-        {
-            o.ret = seen.max(o.call);
+    let mut answered: Vec<Op> = Vec::new();
+    let mut deletes: Vec<u64> = Vec::new();
+    for o in ops {
+        match (o.ret == u64::MAX, &o.kind) {
+            (false, _) => answered.push(o.clone()),
+            // A read without an answer says nothing.
+            (true, Kind::Read(_)) => {}
+            (true, Kind::Write(None)) => deletes.push(o.call),
+            (true, Kind::Write(Some(v))) => {
+                if read.contains(v) {
+                    let mut o = o.clone();
+                    o.ret = first_seen.get(v).copied().unwrap_or(u64::MAX).max(o.call);
+                    answered.push(o);
+                }
+            }
         }
     }
-    // In call order: the candidates of a state are then a run from its first untaken
-    // operation, and the search below tries them in the order the history most likely took.
-    ops.sort_by_key(|o| o.call);
-    let ops = ops.as_slice();
+    answered.sort_by_key(|o| o.call);
+    deletes.sort_unstable();
+    let mut starts: HashMap<Value, usize> = HashMap::from([(initial, 0)]);
+    let mut from = 0;
+    while from < answered.len() {
+        let mut to = from + 1;
+        let mut last_ret = answered[from].ret;
+        while to < answered.len() && answered[to].call <= last_ret {
+            last_ret = last_ret.max(answered[to].ret);
+            to += 1;
+        }
+        let piece = &answered[from..to];
+        let last = to == answered.len();
+        let ends = match search_piece(piece, &deletes, &starts, last) {
+            Piece::Ends(ends) => ends,
+            Piece::GaveUp(states) => return Ok(Verdict::Inconclusive(states)),
+        };
+        if ends.is_empty() {
+            return Err(format!(
+                "no linearization of operations {from}..{to} (of {}), from any of the states \
+                 the history before them can end in ({:?}), with {} unanswered deletes: {:#?}",
+                answered.len(),
+                starts,
+                deletes.len(),
+                piece
+                    .iter()
+                    .map(|o| format!(
+                        "client {} [{}..{}] {:?}",
+                        o.client,
+                        o.call / 1_000_000,
+                        o.ret / 1_000_000,
+                        o.kind
+                    ))
+                    .collect::<Vec<_>>()
+            ));
+        }
+        starts = ends;
+        from = to;
+    }
+    Ok(Verdict::Linearizable)
+}
+
+/// What searching one piece found.
+enum Piece {
+    /// Every value the piece can leave the key with, and the fewest unanswered deletes used to
+    /// get there (empty: no order of the piece works from any start).
+    Ends(HashMap<Value, usize>),
+    GaveUp(usize),
+}
+
+/// Search one piece (all answered, sorted by call) from each start state; `first` stops at
+/// the first way through (the last piece needs no more).
+fn search_piece(ops: &[Op], deletes: &[u64], starts: &HashMap<Value, usize>, first: bool) -> Piece {
     let n = ops.len();
-    let answered_total = ops.iter().filter(|o| o.ret != u64::MAX).count();
-    let mut seen: HashSet<(Vec<u64>, Value)> = HashSet::new();
     let words = n.div_ceil(64);
     // The untaken operations in call order (whole words of taken ones skipped at once); the
     // callers stop early, so a state costs about as much as its window of candidates.
@@ -669,18 +752,33 @@ fn linearizable(ops: &[Op], initial: Value) -> Result<Verdict, String> {
             })
             .take_while(move |&i| i < n)
     };
-    // Depth-first over (taken set, value, answered operations taken); explicit stack to stay
-    // off the call stack.
-    let mut stack = vec![(vec![0u64; words], initial, 0usize)];
-    while let Some((taken, value, done)) = stack.pop() {
-        if done == answered_total {
-            return Ok(Verdict::Linearizable);
-        }
-        if !seen.insert((taken.clone(), value)) {
+    let mut ends: HashMap<Value, usize> = HashMap::new();
+    // (taken, value) -> the fewest deletes used on reaching it: fewer used dominates.
+    let mut seen: HashMap<(Vec<u64>, Value), usize> = HashMap::new();
+    // Depth-first over (taken set, value, operations taken, deletes used); explicit stack to
+    // stay off the call stack.
+    let mut stack: Vec<(Vec<u64>, Value, usize, usize)> = starts
+        .iter()
+        .map(|(&v, &used)| (vec![0u64; words], v, 0, used))
+        .collect();
+    while let Some((taken, value, done, used)) = stack.pop() {
+        if done == n {
+            let e = ends.entry(value).or_insert(used);
+            *e = (*e).min(used);
+            if first {
+                return Piece::Ends(ends);
+            }
             continue;
         }
+        match seen.get_mut(&(taken.clone(), value)) {
+            Some(best) if *best <= used => continue,
+            Some(best) => *best = used,
+            None => {
+                seen.insert((taken.clone(), value), used);
+            }
+        }
         if seen.len() > SEARCH_MAX {
-            return Ok(Verdict::Inconclusive(seen.len()));
+            return Piece::GaveUp(seen.len());
         }
         // The earliest answer among operations not yet taken: anything called after it
         // cannot go before it. (An answer comes after its call, so the scan stops at the
@@ -692,45 +790,28 @@ fn linearizable(ops: &[Op], initial: Value) -> Result<Verdict, String> {
             }
             bound = bound.min(ops[i].ret);
         }
+        // The stack is last in, first out: an unanswered delete is pushed first (tried
+        // last), then the candidates latest-called first, so that the search tries the
+        // operation called earliest first and backtracks from there.
+        let available = deletes.partition_point(|&c| c <= bound);
+        if value.is_some() && available > used {
+            stack.push((taken.clone(), None, done, used + 1));
+        }
         let candidates: Vec<usize> = untaken(&taken)
             .take_while(|&i| ops[i].call <= bound)
             .collect();
-        // The stack is last in, first out: push the unanswered candidates first and the
-        // answered ones latest-called first, so that the search tries the answered operation
-        // called earliest first and backtracks from there; an unanswered write is tried only
-        // when no answered order works.
-        for answered_pass in [false, true] {
-            for &i in candidates.iter().rev() {
-                if (ops[i].ret != u64::MAX) != answered_pass {
-                    continue;
-                }
-                let next = match &ops[i].kind {
-                    Kind::Write(v) => *v,
-                    Kind::Read(v) if *v == value => value,
-                    Kind::Read(_) => continue,
-                };
-                let mut t = taken.clone();
-                t[i / 64] |= 1 << (i % 64);
-                stack.push((t, next, done + usize::from(answered_pass)));
-            }
+        for &i in candidates.iter().rev() {
+            let next = match &ops[i].kind {
+                Kind::Write(v) => *v,
+                Kind::Read(v) if *v == value => value,
+                Kind::Read(_) => continue,
+            };
+            let mut t = taken.clone();
+            t[i / 64] |= 1 << (i % 64);
+            stack.push((t, next, done + 1, used));
         }
     }
-    Err(format!(
-        "no linearization of {n} operations: {:#?}",
-        ops.iter()
-            .map(|o| format!(
-                "client {} [{}..{}] {:?}",
-                o.client,
-                o.call / 1_000_000,
-                if o.ret == u64::MAX {
-                    "?".to_owned()
-                } else {
-                    (o.ret / 1_000_000).to_string()
-                },
-                o.kind
-            ))
-            .collect::<Vec<_>>()
-    ))
+    Piece::Ends(ends)
 }
 
 #[test]
@@ -1413,7 +1494,10 @@ impl Drop for FullDisk {
 /// this run's own, removed when dropped.
 struct Partitions {
     chain: String,
-    isolated: Vec<u16>,
+    /// Partitions in force (they overlap: up to two at once).
+    count: usize,
+    /// Ports of the nodes no one can reach (cut off or deaf).
+    unreachable: Vec<u16>,
 }
 
 fn iptables(args: &[&str]) -> Result<(), String> {
@@ -1442,20 +1526,23 @@ impl Partitions {
         }
         Ok(Partitions {
             chain,
-            isolated: Vec::new(),
+            count: 0,
+            unreachable: Vec::new(),
         })
     }
     fn isolate(&mut self, port: u16) {
         let p = port.to_string();
         iptables(&["-A", &self.chain, "-p", "udp", "--dport", &p, "-j", "DROP"]).unwrap();
         iptables(&["-A", &self.chain, "-p", "udp", "--sport", &p, "-j", "DROP"]).unwrap();
-        self.isolated.push(port);
+        self.unreachable.push(port);
+        self.count += 1;
     }
     /// Drop only what reaches the node: it still sends, and hears nothing back.
     fn deafen(&mut self, port: u16) {
         let p = port.to_string();
         iptables(&["-A", &self.chain, "-p", "udp", "--dport", &p, "-j", "DROP"]).unwrap();
-        self.isolated.push(port);
+        self.unreachable.push(port);
+        self.count += 1;
     }
     /// Cut the one link between two nodes; both still reach everyone else.
     fn cut(&mut self, a: u16, b: u16) {
@@ -1475,11 +1562,12 @@ impl Partitions {
             ])
             .unwrap();
         }
-        self.isolated.extend([a, b]);
+        self.count += 1;
     }
     fn heal(&mut self) {
         iptables(&["-F", &self.chain]).unwrap();
-        self.isolated.clear();
+        self.count = 0;
+        self.unreachable.clear();
     }
 }
 
@@ -1492,9 +1580,16 @@ impl Drop for Partitions {
 }
 
 /// The UDP port a node listens on (its `--listen` argument).
-fn node_port(n: &Node) -> u16 {
-    let at = n.args.iter().position(|a| a == "--listen").unwrap();
-    n.args[at + 1].parse::<SocketAddr>().unwrap().port()
+/// The UDP port a node's QUIC traffic uses: a master's or chunkserver's `--listen`, a
+/// gateway's `--cluster-bind` (none without one).
+fn node_port(n: &Node) -> Option<u16> {
+    let flag = if n.args.first().is_some_and(|a| a == "gateway") {
+        "--cluster-bind"
+    } else {
+        "--listen"
+    };
+    let at = n.args.iter().position(|a| a == flag)?;
+    Some(n.args[at + 1].parse::<SocketAddr>().ok()?.port())
 }
 
 fn nemesis_step(
@@ -1505,11 +1600,11 @@ fn nemesis_step(
 ) {
     let root = cluster.root.clone();
     if let Some(p) = partitions.as_mut()
-        && !p.isolated.is_empty()
+        && p.count > 0
         && rng.below(2) == 0
     {
         p.heal();
-        eprintln!("nemesis: partition healed");
+        eprintln!("nemesis: partitions healed");
     }
     // First heal what an earlier step broke, at random.
     if let Some(d) = cluster.disk.as_mut()
@@ -1535,9 +1630,25 @@ fn nemesis_step(
             }
         }
     }
-    let masters_down = cluster.masters.iter().filter(|n| !n.up()).count();
-    let servers_down = cluster.chunkservers.iter().filter(|n| !n.up()).count();
-    let gateways_down = cluster.gateway_nodes.iter().filter(|n| !n.up()).count();
+    // Down (killed or paused) or cut off by a partition: at most one master and two
+    // chunkservers are out of reach at a time, so a majority and a chain of 3 remain.
+    let unreachable = |n: &Node| {
+        !n.up()
+            || partitions
+                .as_ref()
+                .is_some_and(|p| node_port(n).is_some_and(|port| p.unreachable.contains(&port)))
+    };
+    let masters_down = cluster.masters.iter().filter(|n| unreachable(n)).count();
+    let servers_down = cluster
+        .chunkservers
+        .iter()
+        .filter(|n| unreachable(n))
+        .count();
+    let gateways_down = cluster
+        .gateway_nodes
+        .iter()
+        .filter(|n| unreachable(n))
+        .count();
     match rng.below(10) {
         0 if servers_down < 2 => {
             let i = rng.below(5) as usize;
@@ -1575,19 +1686,37 @@ fn nemesis_step(
             }
         }
         // A partition: one node cut off (a master, never more than one unreachable master in
-        // all, or a chunkserver), one node deaf (its packets go out, none come in), or the one
-        // link between two nodes cut while both reach everyone else.
-        5 if partitions.as_ref().is_some_and(|p| p.isolated.is_empty()) => {
+        // all; a chunkserver, never more than two; a gateway, never both), one node deaf (its
+        // packets go out, none come in), or the one link between two nodes cut while both
+        // reach everyone else (a gateway and a master, say). Up to two at once, overlapping
+        // (a deaf chunkserver while a link between two masters is cut), all healed together.
+        5 if partitions.as_ref().is_some_and(|p| p.count < 2) => {
             let shape = rng.below(3);
-            let pick = rng.below(8) as usize;
+            let pick = rng.below(10) as usize;
             let node = |i: usize| {
                 if i < 3 {
                     &cluster.masters[i]
-                } else {
+                } else if i < 8 {
                     &cluster.chunkservers[i - 3]
+                } else {
+                    &cluster.gateway_nodes[i - 8]
                 }
             };
-            if shape < 2 && ((pick < 3 && masters_down > 0) || (pick >= 3 && servers_down >= 2)) {
+            if shape < 2
+                && ((pick < 3 && masters_down > 0)
+                    || ((3..8).contains(&pick) && servers_down >= 2)
+                    || (pick >= 8 && gateways_down > 0)
+                    || unreachable(node(pick)))
+            {
+                return;
+            }
+            let other = (pick + 1 + rng.below(9) as usize) % 10;
+            let (Some(port), Some(other_port)) = (node_port(node(pick)), node_port(node(other)))
+            else {
+                return;
+            };
+            // Gateways do not talk to each other.
+            if shape == 2 && pick >= 8 && other >= 8 {
                 return;
             }
             let Some(p) = partitions else {
@@ -1595,16 +1724,15 @@ fn nemesis_step(
             };
             match shape {
                 0 => {
-                    p.isolate(node_port(node(pick)));
+                    p.isolate(port);
                     eprintln!("nemesis: {} cut off", node(pick).name);
                 }
                 1 => {
-                    p.deafen(node_port(node(pick)));
+                    p.deafen(port);
                     eprintln!("nemesis: {} deaf", node(pick).name);
                 }
                 _ => {
-                    let other = (pick + 1 + rng.below(7) as usize) % 8;
-                    p.cut(node_port(node(pick)), node_port(node(other)));
+                    p.cut(port, other_port);
                     eprintln!(
                         "nemesis: link {} - {} cut",
                         node(pick).name,
@@ -1745,7 +1873,8 @@ async fn run_seed(seed: u64, secs: u64) {
     }
 
     // Converge: a leader, every chunk at R live replicas, nothing lost.
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let healing = Instant::now();
+    let deadline = healing + Duration::from_secs(120);
     loop {
         cluster.assert_none_died(seed);
         let leader = cluster.status().is_some_and(|v| {
@@ -1758,6 +1887,7 @@ async fn run_seed(seed: u64, secs: u64) {
         let lost = metric(gw, "cairn_chunks_lost").await;
         let alive = metric(gw, "cairn_chunkservers_alive").await;
         if leader && under == Some(0.0) && lost == Some(0.0) && alive == Some(5.0) {
+            eprintln!("seed {seed}: healed in {:?}", healing.elapsed());
             break;
         }
         if Instant::now() >= deadline {
@@ -1786,7 +1916,10 @@ async fn run_seed(seed: u64, secs: u64) {
         let queued = data.as_ref().and_then(|d| d["deletes_queued"].as_u64());
         let on_disk: usize = files.iter().sum();
         if records.is_some_and(|r| r * 3 == on_disk as u64) && queued == Some(0) {
-            eprintln!("seed {seed}: no garbage: {on_disk} chunk files for {records:?} chunks");
+            eprintln!(
+                "seed {seed}: no garbage {:?} after healing: {on_disk} chunk files for {records:?} chunks",
+                healing.elapsed()
+            );
             break;
         }
         assert!(
@@ -1929,6 +2062,7 @@ async fn a_rolling_restart_of_every_role_fails_no_client_request() {
     }
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let began = Instant::now();
     let mut workers = Vec::new();
     for who in 0..CLIENTS {
         // A request may be slow while a master leader moves (a new election, gateways finding
@@ -1945,6 +2079,7 @@ async fn a_rolling_restart_of_every_role_fails_no_client_request() {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let key = format!("c{who}-{}", n % 4);
                 let bytes = value_bytes(who, n, &mut rng);
+                let asked = Instant::now();
                 if let Err(e) = c
                     .put_object()
                     .bucket("rolling")
@@ -1953,19 +2088,30 @@ async fn a_rolling_restart_of_every_role_fails_no_client_request() {
                     .send()
                     .await
                 {
-                    failures.lock().push(format!("put {key}: {e:?}"));
+                    failures.lock().push(format!(
+                        "put {key} at {:?}, after {:?}: {e:?}",
+                        began.elapsed(),
+                        asked.elapsed()
+                    ));
                     continue;
                 }
                 match c.get_object().bucket("rolling").key(&key).send().await {
-                    Ok(o) => {
-                        let got = o.body.collect().await.map(|b| b.into_bytes());
-                        if got.as_deref().ok() != Some(bytes.as_slice()) {
-                            failures
-                                .lock()
-                                .push(format!("get {key}: not the last write"));
-                        }
-                    }
-                    Err(e) => failures.lock().push(format!("get {key}: {e:?}")),
+                    Ok(o) => match o.body.collect().await.map(|b| b.into_bytes()) {
+                        Ok(got) if got == bytes => {}
+                        Ok(got) => failures.lock().push(format!(
+                            "get {key} at {:?}: {} bytes, not the last write ({} bytes)",
+                            began.elapsed(),
+                            got.len(),
+                            bytes.len()
+                        )),
+                        Err(e) => failures.lock().push(format!(
+                            "get {key} at {:?}: the body broke off: {e:?}",
+                            began.elapsed()
+                        )),
+                    },
+                    Err(e) => failures
+                        .lock()
+                        .push(format!("get {key} at {:?}: {e:?}", began.elapsed())),
                 }
                 n += 1;
             }
@@ -1995,6 +2141,7 @@ async fn a_rolling_restart_of_every_role_fails_no_client_request() {
         cluster.chunkservers[i].bin = bin();
         cluster.chunkservers[i].start(&root);
         healed(gw).await;
+        eprintln!("chunkserver {} restarted (at {:?})", i + 1, began.elapsed());
     }
     for i in 0..cluster.masters.len() {
         cluster.masters[i].stop();
@@ -2006,11 +2153,20 @@ async fn a_rolling_restart_of_every_role_fails_no_client_request() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         healed(gw).await;
+        eprintln!("master {} restarted (at {:?})", i + 1, began.elapsed());
     }
     for i in 0..cluster.gateway_nodes.len() {
+        let t = Instant::now();
         cluster.gateway_nodes[i].stop();
+        let stopped = t.elapsed();
         cluster.gateway_nodes[i].bin = bin();
         cluster.gateway_nodes[i].start(&root);
+        eprintln!(
+            "gateway {}: stopped in {stopped:?}, serving again after {:?} (at {:?})",
+            i + 1,
+            t.elapsed(),
+            began.elapsed()
+        );
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);

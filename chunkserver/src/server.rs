@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use cairn_engine::chunk::{ChunkError, ChunkHandle, ChunkStore, ChunkStoreOptions};
+use cairn_engine::chunk::{ChunkError, ChunkHandle, ChunkInfo, ChunkStore, ChunkStoreOptions};
 use cairn_master::protocol::{Heartbeat, HeartbeatRpc, Replica, ServerId, ServerInfo, Task};
 use cairn_proto::frame::{self, Frame, Kind};
 use cairn_proto::{Client, ClientOptions, NodeIdentity, Router, ServeOptions, TransportOptions};
@@ -799,13 +799,21 @@ impl Chunkserver {
         }
     }
 
-    fn replicas(&self) -> HashMap<ChunkHandle, Replica> {
+    /// The sealed chunks no transfer holds (a chunk being written or copied is neither
+    /// reported nor scrubbed).
+    fn settled(&self) -> Vec<ChunkInfo> {
         let busy = self.inner.busy.lock().clone();
         self.inner
             .store
             .list()
             .into_iter()
             .filter(|i| i.sealed && !busy.contains(&i.handle))
+            .collect()
+    }
+
+    fn replicas(&self) -> HashMap<ChunkHandle, Replica> {
+        self.settled()
+            .into_iter()
             .map(|i| {
                 (
                     i.handle,
@@ -982,13 +990,18 @@ impl Chunkserver {
     async fn scrub(&self) {
         let rate = self.inner.options.scrub_rate.max(1);
         loop {
-            let chunks = self.inner.store.list();
+            // Only sealed chunks that no transfer holds. A pass that finds none must still
+            // sleep: this loop once spun without an await while the store held only chunks
+            // being written, which pinned a runtime worker (and the timers that worker
+            // owned, the heartbeat's among them) until the process was restarted.
+            let chunks = self.settled();
             if chunks.is_empty() {
                 tokio::time::sleep(Duration::from_secs(5)).await;
                 continue;
             }
-            for info in chunks.into_iter().filter(|i| i.sealed) {
+            for info in chunks {
                 if self.inner.busy.lock().contains(&info.handle) {
+                    tokio::task::yield_now().await;
                     continue;
                 }
                 let inner = self.inner.clone();

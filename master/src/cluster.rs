@@ -187,18 +187,24 @@ impl ClusterMap {
             .collect()
     }
 
-    /// Choose a chain for a new chunk of up to `size` bytes.
+    /// Choose a chain for a new chunk of up to `size` bytes, away from the servers that just
+    /// failed this writer (`avoid`) when there are enough others. When there are not, they
+    /// are chosen again: a failed chain names the server where it broke, which may be back at
+    /// once (a chunkserver restarted on its address fails the writer's stale connection, and
+    /// is fine on a new one), and a writer that runs out of servers to try fails its request,
+    /// where trying a suspect one again costs one more attempt.
     pub fn place(
         &mut self,
         r: usize,
-        exclude: &BTreeSet<ServerId>,
+        avoid: &BTreeSet<ServerId>,
         size: u64,
         now_ms: u64,
         dead_after_ms: u64,
         free_min: u64,
     ) -> Result<Vec<(ServerId, String)>, PlacementError> {
         let views = self.views(now_ms, dead_after_ms);
-        let chosen = planner::place(&views, r, exclude, &BTreeSet::new(), free_min)?;
+        let chosen = planner::place(&views, r, avoid, &BTreeSet::new(), free_min)
+            .or_else(|_| planner::place(&views, r, &BTreeSet::new(), &BTreeSet::new(), free_min))?;
         Ok(chosen
             .into_iter()
             .filter_map(|id| {
@@ -375,5 +381,60 @@ impl ClusterMap {
                 })
                 .sum(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn beat(id: ServerId) -> Heartbeat {
+        Heartbeat {
+            server: ServerInfo {
+                id,
+                addr: format!("127.0.0.1:{}", 7000 + id),
+                zone: None,
+                capacity: 1 << 40,
+                free: 1 << 40,
+                load: 0,
+            },
+            full: true,
+            replicas: Vec::new(),
+            removed: Vec::new(),
+            corrupt: Vec::new(),
+            copies_failed: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_writer_is_kept_away_from_servers_that_failed_it_while_others_remain() {
+        let mut map = ClusterMap::new(1, 0);
+        for id in 1..=5 {
+            map.heartbeat(beat(id), 0);
+        }
+        let place = |map: &mut ClusterMap, avoid: &[ServerId]| -> BTreeSet<ServerId> {
+            let avoid: BTreeSet<ServerId> = avoid.iter().copied().collect();
+            map.place(3, &avoid, 1, 10, 10_000, 0)
+                .unwrap()
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect()
+        };
+        // Two failed it: the chain is the other three.
+        assert_eq!(place(&mut map, &[1, 2]), BTreeSet::from([3, 4, 5]));
+        // Three failed it (say three restarted chunkservers): too few are left, so the chain
+        // may use them again rather than fail the write.
+        assert_eq!(place(&mut map, &[1, 2, 3]).len(), 3);
+        // Dead servers are never chosen, avoided or not.
+        let mut map = ClusterMap::new(1, 0);
+        for id in 1..=3 {
+            map.heartbeat(beat(id), 0);
+        }
+        map.heartbeat(beat(4), 50_000);
+        assert!(
+            map.place(3, &BTreeSet::from([4]), 1, 50_000, 10_000, 0)
+                .is_err(),
+            "servers 1 to 3 are dead"
+        );
     }
 }

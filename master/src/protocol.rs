@@ -74,7 +74,8 @@ pub struct HeartbeatReply {
 pub struct AllocateRequest {
     /// Replicas wanted; the cluster default when absent.
     pub replication: Option<u8>,
-    /// Chunkservers not to use (they just failed this writer).
+    /// Chunkservers to keep away from (they just failed this writer); used again only when
+    /// too few others are left.
     pub exclude: Vec<ServerId>,
 }
 

@@ -88,6 +88,31 @@ fn udp_socket(
 }
 
 /// A QUIC endpoint on `addr` that accepts cluster peers and connects to them.
+/// The same in every life of the node: a node restarted on its address (after a crash or in a
+/// rolling restart) recognises the connection IDs of its previous life and answers their
+/// packets with a stateless reset its peers can verify, so they drop the dead connection at
+/// once. With quinn's defaults (a random reset key and connection-ID key per process) the new
+/// process silently drops those packets, and the peer keeps writing into the dead connection
+/// until its idle timeout (30 s), stalling every call on it: in the rolling-restart test a
+/// gateway's put, and the gateway's shutdown behind it, waited that long on a restarted
+/// chunkserver.
+fn endpoint_config(identity: &NodeIdentity) -> EndpointConfig {
+    let reset = identity.derived_secret("quic stateless reset key");
+    let cid = identity.derived_secret("quic connection id key");
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(&cid[..8]);
+    let cid_key = u64::from_le_bytes(cid_key);
+    let mut config = EndpointConfig::new(Arc::new(ring::hmac::Key::new(
+        ring::hmac::HMAC_SHA256,
+        &reset,
+    )));
+    config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+            as Box<dyn quinn::ConnectionIdGenerator>
+    });
+    config
+}
+
 pub fn endpoint(
     addr: SocketAddr,
     identity: &NodeIdentity,
@@ -106,7 +131,7 @@ pub fn endpoint(
     let socket = udp_socket(addr, options)?;
     let runtime = Arc::new(quinn::TokioRuntime);
     let mut endpoint =
-        quinn::Endpoint::new(EndpointConfig::default(), Some(server), socket, runtime)
+        quinn::Endpoint::new(endpoint_config(identity), Some(server), socket, runtime)
             .map_err(|source| EndpointError::Bind { addr, source })?;
     endpoint.set_default_client_config(client);
     Ok(endpoint)

@@ -290,6 +290,16 @@ impl NodeIdentity {
         Ok((vec![cert], key, Arc::new(roots)))
     }
 
+    /// A secret for `purpose`, derived from the node's private key: the same in every life of
+    /// the node, and telling nothing about the key.
+    pub(crate) fn derived_secret(&self, purpose: &str) -> [u8; 32] {
+        let from_private = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, self.key_pem.as_bytes());
+        let tag = ring::hmac::sign(&from_private, format!("cairn {purpose} v1").as_bytes());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(&tag.as_ref()[..32]);
+        out
+    }
+
     /// Server side: TLS 1.3, our certificate, and a client certificate from the CA required.
     pub fn server_config(&self) -> Result<rustls::ServerConfig, TlsError> {
         let (chain, key, roots) = self.parts()?;

@@ -370,3 +370,93 @@ mod fuzz_bodies {
         }
     }
 }
+
+/// A node restarted on its address (after a crash, or in a rolling restart) resets the
+/// connections of its previous life at once: its stateless-reset key comes from its private
+/// key, so the peer can verify the reset. Found by the rolling-restart test: with quinn's
+/// random key per process, a gateway kept writing into its connection to a restarted
+/// chunkserver until the 30 s idle timeout, and a put and the gateway's own shutdown waited
+/// with it. The node is a real process (this test binary, run again as a server), killed
+/// with SIGKILL.
+#[tokio::test]
+async fn a_node_restarted_on_its_address_resets_the_connections_of_its_previous_life() {
+    const TEST: &str =
+        "a_node_restarted_on_its_address_resets_the_connections_of_its_previous_life";
+    if let (Ok(at), Ok(tls)) = (
+        std::env::var("CAIRN_TEST_SERVE_AT"),
+        std::env::var("CAIRN_TEST_SERVE_TLS"),
+    ) {
+        // The server's side: serve until killed.
+        let identity = NodeIdentity::load(std::path::Path::new(&tls)).unwrap();
+        let _server = start_server(&identity, at.parse().unwrap());
+        println!("serving");
+        std::future::pending::<()>().await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ClusterCa::create(dir.path()).unwrap();
+    let tls = dir.path().join("server");
+    ca.issue("server", &[]).unwrap().save(&tls).unwrap();
+    let client_id = ca.issue("client", &[]).unwrap();
+    let addr = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let life = || {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", TEST, "--nocapture", "--test-threads=1"])
+            .env("CAIRN_TEST_SERVE_AT", addr.to_string())
+            .env("CAIRN_TEST_SERVE_TLS", &tls)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = std::io::BufReader::new(child.stdout.take().unwrap());
+        for line in out.lines() {
+            if line.unwrap().contains("serving") {
+                return child;
+            }
+        }
+        let status = child.wait();
+        panic!("the server process ended before serving: {status:?}");
+    };
+    let mut first_life = life();
+    let ep = cairn_proto::endpoint(local(), &client_id, &TransportOptions::default()).unwrap();
+    let conn = ep
+        .connect(addr, cairn_proto::tls::CLUSTER_SERVER_NAME)
+        .unwrap()
+        .await
+        .unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let request = Frame::new(
+        Kind::Request,
+        Echo::METHOD,
+        postcard::to_stdvec(&echo("first")).unwrap(),
+    );
+    frame::write_frame(&mut send, &request).await.unwrap();
+    let _ = send.finish();
+    let reply = frame::read_frame(&mut recv, FRAME_BODY_MAX).await.unwrap();
+    assert_eq!(reply.kind, Kind::Response);
+
+    // kill -9, and the node comes back on its address.
+    first_life.kill().unwrap();
+    first_life.wait().unwrap();
+    let mut second_life = life();
+
+    // The client's next packet on the old connection meets the new process, which answers
+    // with a stateless reset; the connection ends as reset, not timed out.
+    if let Ok((mut send, _recv)) = conn.open_bi().await {
+        let _ = send.write_all(&[0u8; 200]).await;
+        let _ = send.finish();
+    }
+    let why = conn.closed().await;
+    // And a call reconnects to the second life.
+    let c = client(&client_id, quick());
+    let again = c.call::<Echo>(addr, &echo("again")).await;
+    second_life.kill().unwrap();
+    let _ = second_life.wait();
+    assert!(
+        matches!(why, quinn::ConnectionError::Reset),
+        "the old connection ended with {why:?}, not a stateless reset"
+    );
+    assert_eq!(again.unwrap(), "echo: again");
+}
