@@ -1425,33 +1425,23 @@ struct Faults {
 /// A small file system (tmpfs) mounted under one chunkserver's data folder, which the nemesis
 /// fills to the last byte and empties again. Unmounted when dropped.
 struct FullDisk {
-    at: PathBuf,
+    /// Unmounted when the run is over.
+    _disk: cairn_tests::Tmpfs,
     filler: PathBuf,
     full: bool,
 }
 
 /// Size of the small file system: room for the chunks of this workload.
-const SMALL_DISK: &str = "size=1g";
+const SMALL_DISK: &str = "1g";
 
 impl FullDisk {
     /// Mount it at `at`; an error says why that cannot be done here (it needs root).
     fn mount(at: &Path) -> Result<FullDisk, String> {
-        std::fs::create_dir_all(at).map_err(|e| format!("create {}: {e}", at.display()))?;
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", SMALL_DISK, "tmpfs"])
-            .arg(at)
-            .output()
-            .map_err(|e| format!("mount: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "mount tmpfs on {}: {}",
-                at.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
+        let disk = cairn_tests::Tmpfs::mount(at, SMALL_DISK)?;
+        let filler = disk.path().join("filler");
         Ok(FullDisk {
-            at: at.to_owned(),
-            filler: at.join("filler"),
+            _disk: disk,
+            filler,
             full: false,
         })
     }
@@ -1477,15 +1467,6 @@ impl FullDisk {
             std::fs::remove_file(&self.filler).unwrap();
             self.full = false;
         }
-    }
-}
-
-impl Drop for FullDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.at)
-            .output();
     }
 }
 

@@ -182,17 +182,26 @@ async fn a_peer_with_a_certificate_from_another_ca_is_refused_at_the_handshake()
 
 /// Open a raw stream to the server as a member and send `bytes`; returns what came back and the
 /// connection's close code.
-async fn raw_exchange(
+/// A bare QUIC connection to `addr` (its endpoint must live as long as it).
+async fn connect(
     identity: &NodeIdentity,
     addr: SocketAddr,
-    bytes: &[u8],
-) -> (Result<Frame, frame::FrameError>, Option<u64>) {
+) -> (quinn::Endpoint, quinn::Connection) {
     let ep = cairn_proto::endpoint(local(), identity, &TransportOptions::default()).unwrap();
     let conn = ep
         .connect(addr, cairn_proto::tls::CLUSTER_SERVER_NAME)
         .unwrap()
         .await
         .unwrap();
+    (ep, conn)
+}
+
+async fn raw_exchange(
+    identity: &NodeIdentity,
+    addr: SocketAddr,
+    bytes: &[u8],
+) -> (Result<Frame, frame::FrameError>, Option<u64>) {
+    let (_ep, conn) = connect(identity, addr).await;
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     send.write_all(bytes).await.unwrap();
     let _ = send.finish();
@@ -255,12 +264,7 @@ async fn bad_frames_close_the_connection_with_a_typed_error_and_the_node_keeps_s
     let c = client(&member, quick());
     let junk_body = Frame::new(Kind::Request, Echo::METHOD, vec![0xff; 3]);
     let (reply, _) = {
-        let ep = cairn_proto::endpoint(local(), &member, &TransportOptions::default()).unwrap();
-        let conn = ep
-            .connect(addr, cairn_proto::tls::CLUSTER_SERVER_NAME)
-            .unwrap()
-            .await
-            .unwrap();
+        let (_ep, conn) = connect(&member, addr).await;
         let (mut send, mut recv) = conn.open_bi().await.unwrap();
         frame::write_frame(&mut send, &junk_body).await.unwrap();
         let _ = send.finish();
@@ -420,12 +424,7 @@ async fn a_node_restarted_on_its_address_resets_the_connections_of_its_previous_
         panic!("the server process ended before serving: {status:?}");
     };
     let mut first_life = life();
-    let ep = cairn_proto::endpoint(local(), &client_id, &TransportOptions::default()).unwrap();
-    let conn = ep
-        .connect(addr, cairn_proto::tls::CLUSTER_SERVER_NAME)
-        .unwrap()
-        .await
-        .unwrap();
+    let (_ep, conn) = connect(&client_id, addr).await;
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     let request = Frame::new(
         Kind::Request,

@@ -230,3 +230,41 @@ pub fn run(
         String::from_utf8_lossy(&out.stderr).into_owned(),
     ))
 }
+
+/// A tmpfs mounted for a test (it needs root), unmounted (lazily) when dropped: a disk that can
+/// be filled to its last byte, or room in memory for data the real disk has no space for.
+#[derive(Debug)]
+pub struct Tmpfs {
+    at: std::path::PathBuf,
+}
+
+impl Tmpfs {
+    /// Mount a tmpfs of `size` (as `mount -o size=`, e.g. `1g`) at `at`, creating it; an error
+    /// says why that cannot be done here.
+    pub fn mount(at: &Path, size: &str) -> Result<Tmpfs, String> {
+        std::fs::create_dir_all(at).map_err(|e| format!("create {}: {e}", at.display()))?;
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .output()
+            .map_err(|e| format!("mount: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "mount tmpfs on {}: {}",
+                at.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(Tmpfs { at: at.to_owned() })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.at
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.at).output();
+    }
+}
