@@ -586,9 +586,8 @@ fn run_on_runtime(
             return ExitCode::FAILURE;
         }
     };
-    if let Some(role) = watched {
-        cairn::watchdog::start(runtime.handle(), role);
-    }
+    // Dropped before the runtime (declared after it): its shutdown is not watched.
+    let _watching = watched.map(|role| cairn::watchdog::start(runtime.handle(), role));
     match runtime.block_on(work) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

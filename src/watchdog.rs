@@ -13,7 +13,7 @@
 //! the watching thread is stopped too, and a gap in its own wakeups tells it so.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// How long the runtime may run no timer before the process is counted stalled.
@@ -66,8 +66,23 @@ impl Watch {
     }
 }
 
+/// Watching stops when this is dropped: once the role's work has returned, the runtime's
+/// own shutdown (which stops the ticker and waits for blocking tasks) is not a stall.
+#[derive(Debug)]
+pub struct Watching {
+    off: Arc<AtomicBool>,
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        self.off.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Start watching the runtime `handle` belongs to; `role` names the process in the log.
-pub fn start(handle: &tokio::runtime::Handle, role: &'static str) {
+pub fn start(handle: &tokio::runtime::Handle, role: &'static str) -> Watching {
+    let off = Arc::new(AtomicBool::new(false));
+    let watching = Watching { off: off.clone() };
     let ticks = Arc::new(AtomicU64::new(0));
     let ticker = ticks.clone();
     handle.spawn(async move {
@@ -83,6 +98,9 @@ pub fn start(handle: &tokio::runtime::Handle, role: &'static str) {
             let mut watch = Watch::new(Instant::now(), STALL, INTERVAL);
             loop {
                 std::thread::sleep(INTERVAL);
+                if off.load(Ordering::Relaxed) {
+                    return;
+                }
                 if let Some(still) = watch.look(Instant::now(), ticks.load(Ordering::Relaxed)) {
                     tracing::error!(
                         role,
@@ -102,6 +120,7 @@ pub fn start(handle: &tokio::runtime::Handle, role: &'static str) {
     if let Err(e) = spawned {
         tracing::warn!(error = %e, "cannot start the runtime watchdog; running without it");
     }
+    watching
 }
 
 #[cfg(test)]

@@ -87,8 +87,7 @@ fn udp_socket(
     Ok(socket.into())
 }
 
-/// A QUIC endpoint on `addr` that accepts cluster peers and connects to them.
-/// The same in every life of the node: a node restarted on its address (after a crash or in a
+/// Endpoint keys that are the same in every life of the node: a node restarted on its address (after a crash or in a
 /// rolling restart) recognises the connection IDs of its previous life and answers their
 /// packets with a stateless reset its peers can verify, so they drop the dead connection at
 /// once. With quinn's defaults (a random reset key and connection-ID key per process) the new
@@ -113,6 +112,7 @@ fn endpoint_config(identity: &NodeIdentity) -> EndpointConfig {
     config
 }
 
+/// A QUIC endpoint on `addr` that accepts cluster peers and connects to them.
 pub fn endpoint(
     addr: SocketAddr,
     identity: &NodeIdentity,
