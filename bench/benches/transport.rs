@@ -2,7 +2,10 @@
 //!
 //! - `raw_tcp`: 256 MiB over one loopback TCP connection (the physical limit here).
 //! - `quic_1_stream` / `quic_4_streams`: the same bytes over one or four QUIC streams between two
-//!   `cairn_proto` endpoints (mutual TLS, Cairn's tuned windows and socket buffers).
+//!   `cairn_proto` endpoints (mutual TLS, Cairn's tuned windows and socket buffers, MTU discovery
+//!   up to 6,500-byte datagrams, which loopback carries).
+//! - `quic_1_stream_1452`: one stream with datagrams capped at 1452 bytes (quinn's default bound,
+//!   what an Ethernet path without jumbo frames allows).
 //!
 //! Connections are set up outside the timed region; each transfer ends when the receiver has
 //! read every byte and acknowledged it.
@@ -91,12 +94,16 @@ async fn quic_receiver(endpoint: quinn::Endpoint) {
     }
 }
 
-fn quic(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>) {
+fn quic(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    options: TransportOptions,
+    suffix: &str,
+    stream_counts: &[usize],
+) {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
     let ca = ClusterCa::create(dir.path()).unwrap();
     let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let options = TransportOptions::default();
     let (conn, _server, _client) = rt.block_on(async {
         let server =
             cairn_proto::endpoint(local, &ca.issue("receiver", &[]).unwrap(), &options).unwrap();
@@ -112,11 +119,11 @@ fn quic(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>)
         (conn, server, client)
     });
     let data = bytes::Bytes::from(vec![7u8; MIB]);
-    for streams in [1usize, 4] {
+    for &streams in stream_counts {
         let name = if streams == 1 {
-            "quic_1_stream".to_owned()
+            format!("quic_1_stream{suffix}")
         } else {
-            format!("quic_{streams}_streams")
+            format!("quic_{streams}_streams{suffix}")
         };
         g.bench_function(name, |b| {
             b.iter_custom(|iters| {
@@ -158,7 +165,12 @@ fn transfer(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(15))
         .throughput(Throughput::Bytes(TOTAL as u64));
     tcp(&mut g);
-    quic(&mut g);
+    quic(&mut g, TransportOptions::default(), "", &[1, 4]);
+    let ethernet = TransportOptions {
+        max_udp_payload: 1452,
+        ..TransportOptions::default()
+    };
+    quic(&mut g, ethernet, "_1452", &[1]);
     g.finish();
 }
 
