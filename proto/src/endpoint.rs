@@ -105,14 +105,14 @@ fn udp_socket(
     Ok(socket.into())
 }
 
-/// Endpoint keys that are the same in every life of the node: a node restarted on its address (after a crash or in a
-/// rolling restart) recognises the connection IDs of its previous life and answers their
-/// packets with a stateless reset its peers can verify, so they drop the dead connection at
-/// once. With quinn's defaults (a random reset key and connection-ID key per process) the new
-/// process silently drops those packets, and the peer keeps writing into the dead connection
-/// until its idle timeout (30 s), stalling every call on it: in the rolling-restart test a
-/// gateway's put, and the gateway's shutdown behind it, waited that long on a restarted
-/// chunkserver.
+/// Endpoint keys that are the same in every life of the node: a node restarted on its address
+/// (after a crash or in a rolling restart) recognises the connection IDs of its previous life
+/// and answers their packets with a stateless reset its peers can verify, so they drop the dead
+/// connection at once. With quinn's defaults (a random reset key and connection-ID key per
+/// process) the new process silently drops those packets, and the peer keeps writing into the
+/// dead connection until its idle timeout (30 s), stalling every call on it: in the
+/// rolling-restart test a gateway's put, and the gateway's shutdown behind it, waited that long
+/// on a restarted chunkserver.
 fn endpoint_config(
     identity: &NodeIdentity,
     options: &TransportOptions,
