@@ -315,6 +315,13 @@ proptest! {
         prop_assert_eq!(out.len(), pending.len());
         let txn = store.db().begin_read().unwrap();
         let got: BTreeMap<String, String> = ClusterSettings::list(&txn).unwrap().into_iter().map(|(k, s)| (k, s.value)).collect();
+        // A prefix scan returns exactly the model's keys with that prefix ("k1" also matches
+        // "k10", "k11"; "k" matches all; "k9x" none).
+        for prefix in ["k", "k1", "k5", "k9x", "j"] {
+            let scanned: BTreeMap<String, String> = ClusterSettings::with_prefix(&txn, prefix).unwrap().into_iter().map(|(k, s)| (k, s.value)).collect();
+            let want: BTreeMap<String, String> = model.iter().filter(|(k, _)| k.starts_with(prefix)).map(|(k, v)| (k.clone(), v.clone())).collect();
+            prop_assert_eq!(scanned, want);
+        }
         prop_assert_eq!(got, model);
         prop_assert_eq!(store.last_applied().unwrap(), index);
     }

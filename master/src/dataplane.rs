@@ -413,30 +413,25 @@ pub const ZONE_PREFIX: &str = "chunkserver.zone.";
 /// Rebalancing paused while this setting exists.
 pub const REBALANCE_PAUSED: &str = "rebalance.paused";
 
-/// The operator's settings for the data plane.
+/// The operator's settings for the data plane: prefix scans of the few keys it reads, never
+/// the whole settings table (which users may fill; a full scan every tick once held a copy of a
+/// million settings in the leader's heap).
 fn overrides(txn: &redb::ReadTransaction) -> Result<crate::cluster::Overrides, StateError> {
-    use cairn_engine::state::settings::{ClusterSettings, SettingsQuery, SettingsQueryResponse};
-    let all = match ClusterSettings
-        .query(txn, SettingsQuery::List)
-        .map_err(|e| StateError::Corrupt(format!("settings: {e}")))?
-    {
-        SettingsQueryResponse::All(all) => all,
-        SettingsQueryResponse::Value(_) => Vec::new(),
-    };
+    use cairn_engine::state::settings::ClusterSettings;
     let id = |hex: &str| u64::from_str_radix(hex, 16).ok();
     let mut o = crate::cluster::Overrides::default();
-    for (k, v) in &all {
-        if let Some(s) = k
-            .strip_prefix(DRAIN_PREFIX)
-            .or_else(|| k.strip_prefix(RETIRED_PREFIX))
-            .and_then(id)
-        {
-            o.draining.insert(s);
-        } else if let Some(s) = k.strip_prefix(ZONE_PREFIX).and_then(id) {
-            o.zones.insert(s, v.value.clone());
-        } else if k == REBALANCE_PAUSED {
-            o.rebalance_paused = true;
+    for prefix in [DRAIN_PREFIX, RETIRED_PREFIX] {
+        for (k, _) in ClusterSettings::with_prefix(txn, prefix)? {
+            if let Some(s) = k.strip_prefix(prefix).and_then(id) {
+                o.draining.insert(s);
+            }
         }
     }
+    for (k, v) in ClusterSettings::with_prefix(txn, ZONE_PREFIX)? {
+        if let Some(s) = k.strip_prefix(ZONE_PREFIX).and_then(id) {
+            o.zones.insert(s, v.value);
+        }
+    }
+    o.rebalance_paused = ClusterSettings::get(txn, REBALANCE_PAUSED)?.is_some();
     Ok(o)
 }

@@ -1,7 +1,5 @@
 //! Cairn's openraft type configuration.
 
-use std::io::Cursor;
-
 use cairn_engine::state::Outcome;
 use serde::{Deserialize, Serialize};
 
@@ -25,13 +23,13 @@ pub struct Applied(pub Vec<Outcome>);
 
 openraft::declare_raft_types!(
     /// Cairn's Raft types: node ids are u64, a node is its QUIC address, snapshots are the
-    /// engine's checksummed snapshot stream.
+    /// engine's checksummed snapshot stream in a file.
     pub TypeConfig:
         D = Proposal,
         R = Applied,
         NodeId = u64,
         Node = openraft::BasicNode,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = tokio::fs::File,
 );
 
 pub type NodeId = u64;

@@ -3,7 +3,7 @@
 //! Keys are 1..=128 characters of `a-z 0-9 . _ -`; values at most 4 KiB of UTF-8. Each entry
 //! remembers when (proposer time) and at which log index it was last written.
 
-use redb::{ReadTransaction, ReadableTable, WriteTransaction};
+use redb::{ReadTransaction, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use super::command::ServiceId;
@@ -148,10 +148,23 @@ impl ClusterSettings {
 
     /// Every setting in key order.
     pub fn list(txn: &ReadTransaction) -> Result<Vec<(String, Setting)>, StateError> {
+        Self::with_prefix(txn, "")
+    }
+
+    /// The settings whose keys start with `prefix`, in key order: a range scan that reads only
+    /// those keys, so a caller that wants a handful of them (the planner, every tick) costs the
+    /// same whether the table holds ten settings or a million.
+    pub fn with_prefix(
+        txn: &ReadTransaction,
+        prefix: &str,
+    ) -> Result<Vec<(String, Setting)>, StateError> {
         let table = txn.open_table(SETTINGS)?;
         let mut out = Vec::new();
-        for item in table.iter()? {
+        for item in table.range(prefix.as_bytes()..)? {
             let (k, v) = item?;
+            if !k.value().starts_with(prefix.as_bytes()) {
+                break;
+            }
             let key = String::from_utf8(k.value().to_vec())
                 .map_err(|_| StateError::Corrupt("settings key is not UTF-8".into()))?;
             out.push((key, decode(v.value())?));
