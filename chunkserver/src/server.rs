@@ -171,6 +171,33 @@ fn failure(server: &str, message: impl Into<String>) -> ChunkFailure {
     }
 }
 
+/// Where a chain write's frames come from: the writer's QUIC stream, or (for a writer in this
+/// process, the short-circuit head of a chain) a channel.
+pub(crate) trait FrameSource {
+    async fn next_frame(&mut self, max_body: u32) -> Result<Frame, String>;
+}
+
+impl FrameSource for quinn::RecvStream {
+    async fn next_frame(&mut self, max_body: u32) -> Result<Frame, String> {
+        frame::read_frame(self, max_body)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl FrameSource for mpsc::Receiver<Frame> {
+    async fn next_frame(&mut self, max_body: u32) -> Result<Frame, String> {
+        match self.recv().await {
+            Some(f) if f.body.len() > max_body as usize => Err(format!(
+                "frame body of {} bytes over the {max_body}-byte limit",
+                f.body.len()
+            )),
+            Some(f) => Ok(f),
+            None => Err("the writer went away".into()),
+        }
+    }
+}
+
 /// Appends pieces to a new local chunk on a blocking thread, then seals it (which fsyncs).
 /// Dropping the sender without `finish` leaves the chunk unsealed (the caller deletes it).
 struct LocalWriter {
@@ -394,25 +421,11 @@ impl Chunkserver {
         mut send: quinn::SendStream,
         mut recv: quinn::RecvStream,
     ) {
-        let _load = LoadGuard::new(&self.inner.load);
         let result = match postcard::from_bytes::<WriteHeader>(&body) {
             Err(e) => Err(failure(&self.me(), format!("bad write header: {e}"))),
-            Ok(h) => {
-                let handle = h.handle;
-                if !self.inner.busy.lock().insert(handle) {
-                    Err(failure(
-                        &self.me(),
-                        format!("chunk {handle} is already being written"),
-                    ))
-                } else {
-                    let r = self.write_chain(h, &mut recv).await;
-                    self.inner.busy.lock().remove(&handle);
-                    r
-                }
-            }
+            Ok(h) => self.accept_write(h, &mut recv).await,
         };
-        if let Err(e) = &result {
-            tracing::warn!(error = %e, "chunk write failed");
+        if result.is_err() {
             let _ = recv.stop(quinn::VarInt::from_u32(1));
         }
         let reply = Frame::new(Kind::Response, METHOD_WRITE, encode(&result));
@@ -422,11 +435,46 @@ impl Chunkserver {
         }
     }
 
+    /// A chain write from a writer in this process (the short-circuit head of its chain): the
+    /// same checks, local write, forwarding and acknowledgement as one arriving over QUIC, with
+    /// the frames handed over on a channel instead of encrypted, sent and decrypted.
+    pub(crate) async fn write_local(
+        &self,
+        h: WriteHeader,
+        mut frames: mpsc::Receiver<Frame>,
+    ) -> Result<WriteAck, ChunkFailure> {
+        self.accept_write(h, &mut frames).await
+    }
+
+    /// One chain write, refused if the chunk is already being written.
+    async fn accept_write(
+        &self,
+        h: WriteHeader,
+        recv: &mut impl FrameSource,
+    ) -> Result<WriteAck, ChunkFailure> {
+        let _load = LoadGuard::new(&self.inner.load);
+        let handle = h.handle;
+        let result = if !self.inner.busy.lock().insert(handle) {
+            Err(failure(
+                &self.me(),
+                format!("chunk {handle} is already being written"),
+            ))
+        } else {
+            let r = self.write_chain(h, recv).await;
+            self.inner.busy.lock().remove(&handle);
+            r
+        };
+        if let Err(e) = &result {
+            tracing::warn!(error = %e, "chunk write failed");
+        }
+        result
+    }
+
     /// Receive a chunk, writing it locally while forwarding it down the chain.
     async fn write_chain(
         &self,
         h: WriteHeader,
-        recv: &mut quinn::RecvStream,
+        recv: &mut impl FrameSource,
     ) -> Result<WriteAck, ChunkFailure> {
         let me = self.me();
         if h.chain.len() >= CHAIN_MAX {
@@ -456,7 +504,7 @@ impl Chunkserver {
     async fn write_pieces(
         &self,
         h: &WriteHeader,
-        recv: &mut quinn::RecvStream,
+        recv: &mut impl FrameSource,
     ) -> Result<WriteAck, ChunkFailure> {
         let me = self.me();
         // The next replica, if any: open its stream first so a dead peer fails fast.
@@ -484,7 +532,8 @@ impl Chunkserver {
         let size_max = self.inner.store.options().chunk_size_max;
         let mut received: u64 = 0;
         let end = loop {
-            let f = frame::read_frame(recv, (PIECE + 64) as u32)
+            let f = recv
+                .next_frame((PIECE + 64) as u32)
                 .await
                 .map_err(|e| failure(&me, format!("reading from the writer: {e}")))?;
             match (f.kind, f.method) {

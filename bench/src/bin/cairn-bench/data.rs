@@ -209,8 +209,15 @@ fn sample_peak() -> (
 pub async fn run(
     size: u64,
     replication: Vec<u8>,
+    clients: Vec<String>,
     dir: Option<std::path::PathBuf>,
 ) -> anyhow::Result<()> {
+    for c in &clients {
+        anyhow::ensure!(
+            c == "remote" || c == "in-process",
+            "unknown client {c:?}: use remote, in-process or both"
+        );
+    }
     let base = dir.unwrap_or_else(std::env::temp_dir);
     let tmp = tempfile::tempdir_in(&base)?;
     let root = tmp.path();
@@ -222,9 +229,9 @@ pub async fn run(
         "Object: {gib:.2} GiB. Same run: raw disk write+fsync {disk_write:.2} GiB/s, raw read {disk_read:.2} GiB/s, raw TCP loopback {tcp:.2} GiB/s, raw QUIC stream (mutual TLS) {quic:.2} GiB/s.\n"
     );
     println!(
-        "| R | write GiB/s | vs target base | write vs raw QUIC | read GiB/s | vs min(raw read, TCP) | read vs raw QUIC | peak anon RSS |"
+        "| R | client | write GiB/s | vs target base | write vs raw QUIC | read GiB/s | vs min(raw read, TCP) | read vs raw QUIC | peak anon RSS |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for r in replication {
         let dir = root.join(format!("r{r}"));
         let ca = ClusterCa::create(&dir.join("ca"))?;
@@ -274,38 +281,51 @@ pub async fn run(
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let (stop, peak) = sample_peak();
-        let start = Instant::now();
-        let written = client.put(&mut Source::new(size)).await?;
-        let write = gib_s(size, start.elapsed());
-        let start = Instant::now();
-        let mut sink = tokio::io::sink();
-        client
-            .read(&written.extents, 0, written.size, &mut sink)
-            .await?;
-        let read = gib_s(size, start.elapsed());
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let peak = peak.await.unwrap_or(0.0);
-        let write_base = disk_write / f64::from(r);
-        println!(
-            "| {r} | {write:.2} | {:.0}% of raw write{} | {:.0}% | {read:.2} | {:.0}% | {:.0}% | {peak:.0} MiB |",
-            100.0 * write / write_base,
-            if r > 1 {
-                format!(" / {r}")
+        // The same cluster, written and read by a client elsewhere (every hop QUIC) and by one
+        // in the chunkservers' process, as `cairn serve`'s gateway is (the chain's first hop
+        // and reads of local replicas short-circuit the transport).
+        let in_process = servers
+            .iter()
+            .fold(client.clone(), |c, s| c.with_local(s.clone()));
+        for label in &clients {
+            let client = if label == "remote" {
+                client.clone()
             } else {
-                String::new()
-            },
-            100.0 * write / quic,
-            100.0 * read / disk_read.min(tcp),
-            100.0 * read / quic,
-        );
+                in_process.clone()
+            };
+            let (stop, peak) = sample_peak();
+            let start = Instant::now();
+            let written = client.put(&mut Source::new(size)).await?;
+            let write = gib_s(size, start.elapsed());
+            let start = Instant::now();
+            let mut sink = tokio::io::sink();
+            client
+                .read(&written.extents, 0, written.size, &mut sink)
+                .await?;
+            let read = gib_s(size, start.elapsed());
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let peak = peak.await.unwrap_or(0.0);
+            let write_base = disk_write / f64::from(r);
+            println!(
+                "| {r} | {label} | {write:.2} | {:.0}% of raw write{} | {:.0}% | {read:.2} | {:.0}% | {:.0}% | {peak:.0} MiB |",
+                100.0 * write / write_base,
+                if r > 1 {
+                    format!(" / {r}")
+                } else {
+                    String::new()
+                },
+                100.0 * write / quic,
+                100.0 * read / disk_read.min(tcp),
+                100.0 * read / quic,
+            );
+        }
         for s in &servers {
             s.shutdown().await;
         }
         node.shutdown().await;
     }
     println!(
-        "\nPeak anonymous RSS is of this whole process: master, 3 chunkservers and the client."
+        "\nPeak anonymous RSS is of this whole process: master, 3 chunkservers and the client. A remote client reaches every replica over QUIC; an in-process one (as `cairn serve`'s gateway) hands the chain's first replica its data on a channel and reads local replicas from their stores."
     );
     println!(
         "Raw QUIC is one stream between two of Cairn's endpoints in this process, no disk, no checksums: every data-plane byte crosses at least one such hop."

@@ -127,6 +127,13 @@ enum Command {
         /// Replication factors to measure (comma-separated; three chunkservers run).
         #[arg(long, value_delimiter = ',', default_value = "1,3")]
         replication: Vec<u8>,
+        /// Clients to measure, in this order (comma-separated): `remote` reaches every
+        /// replica over QUIC; `in-process` runs beside the chunkservers as `cairn serve`'s
+        /// gateway does (short-circuit chain head and local reads). Each object written after
+        /// the first meets a disk still flushing the one before, so compare like with like:
+        /// one client per run.
+        #[arg(long, value_delimiter = ',', default_value = "remote,in-process")]
+        clients: Vec<String>,
         #[arg(long)]
         dir: Option<std::path::PathBuf>,
     },
@@ -444,8 +451,9 @@ fn main() -> ExitCode {
             Command::Data {
                 size,
                 replication,
+                clients,
                 dir,
-            } => data::run(size, replication, dir).await,
+            } => data::run(size, replication, clients, dir).await,
             Command::S3 {
                 endpoint,
                 access_key,
