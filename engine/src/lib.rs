@@ -11,3 +11,8 @@ pub mod chunk;
 pub mod fuzzing;
 pub mod state;
 pub mod wire;
+
+/// fsync a directory, so a file created, renamed or removed in it survives a crash.
+pub fn sync_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}

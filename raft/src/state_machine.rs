@@ -107,11 +107,6 @@ fn io_state(what: &str, path: &Path, e: std::io::Error) -> StateError {
     StateError::Corrupt(format!("{what} {}: {e}", path.display()))
 }
 
-/// fsync a directory, so a rename or removal in it survives a crash.
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
-}
-
 /// The snapshot files in `dir`: the newest complete snapshot (a `.snap` whose `.meta` decodes)
 /// and the highest file number seen. Everything else (partial files from a build or a transfer
 /// cut short by a crash, older snapshots) is removed.
@@ -220,7 +215,7 @@ impl Inner {
         f.write_all(&bytes).map_err(snap_err)?;
         f.sync_all().map_err(snap_err)?;
         std::fs::rename(data, &path).map_err(snap_err)?;
-        sync_dir(&self.dir).map_err(snap_err)?;
+        cairn_engine::sync_dir(&self.dir).map_err(snap_err)?;
         let previous = self.current.lock().replace((meta.clone(), path.clone()));
         if let Some((_, old)) = previous
             && old != path

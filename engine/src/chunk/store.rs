@@ -111,9 +111,7 @@ impl AsRef<[u8]> for MappedRange {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), ChunkError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(ChunkError::io(format!("sync directory {}", dir.display())))
+    crate::sync_dir(dir).map_err(ChunkError::io(format!("sync directory {}", dir.display())))
 }
 
 fn parse_chunk_name(name: &str) -> Option<ChunkHandle> {
