@@ -545,7 +545,7 @@ impl Layers {
             chunks: ChunkStoreOptions {
                 sync,
                 chunk_size_max,
-                sealed_reads: SealedReads::Mmap,
+                sealed_reads: SealedReads::Pread,
             },
         })
     }

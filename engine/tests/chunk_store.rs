@@ -348,6 +348,36 @@ fn sealed_reads_verify_with_both_methods() {
     }
 }
 
+/// The default read path on a running store whose sealed file is cut short underneath it (a
+/// failing disk, an operator's mistake): a typed error for the missing blocks, never a signal,
+/// and bytes handed out before the damage stay what they were.
+#[test]
+fn sealed_file_truncated_under_a_running_store_is_an_error_not_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = ChunkStoreOptions::default();
+    assert_eq!(options.sealed_reads, SealedReads::Pread, "the default");
+    let h = ChunkHandle(6);
+    let data = bytes(21, 1 << 20);
+    let (store, _) = ChunkStore::open(dir.path(), options).unwrap();
+    store.create(h, 1).unwrap();
+    store.append(h, &data).unwrap();
+    store.seal(h).unwrap();
+    let before = store.read(h, 0, 1 << 20).unwrap();
+    let layout = Layout::new(options.chunk_size_max);
+    let f = OpenOptions::new()
+        .write(true)
+        .open(chunk_path(dir.path(), h))
+        .unwrap();
+    f.set_len(layout.data_offset + 512 * 1024).unwrap();
+    drop(f);
+    assert!(matches!(
+        store.read(h, 600_000, 100_000),
+        Err(ChunkError::Corrupt { .. })
+    ));
+    assert_eq!(store.read(h, 0, 65_536).unwrap(), data[..65_536]);
+    assert_eq!(before, data[..]);
+}
+
 // ---- model-based test: random operations against a BTreeMap<handle, Vec<u8>> ----
 
 #[derive(Clone, Debug)]

@@ -55,9 +55,12 @@ pub struct ChunkStoreOptions {
 /// for the measurement behind the default.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SealedReads {
-    /// Map the sealed file read-only once and hand out ranges of the mapping without copying.
+    /// Map the range read-only for this one read and hand it out without copying (unmapped
+    /// when its last `Bytes` is dropped). A file truncated under a live mapping faults the
+    /// reader with SIGBUS.
     Mmap,
-    /// `pread` into a fresh buffer.
+    /// `pread` into a fresh buffer (the default): as fast as a mapping kept per chunk, faster
+    /// than one made per read, and a damaged file is an error, never a signal.
     Pread,
 }
 
@@ -66,7 +69,7 @@ impl Default for ChunkStoreOptions {
         ChunkStoreOptions {
             sync: SyncPolicy::Always,
             chunk_size_max: CHUNK_SIZE_MAX_DEFAULT,
-            sealed_reads: SealedReads::Mmap,
+            sealed_reads: SealedReads::Pread,
         }
     }
 }

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use memmap2::{Mmap, MmapOptions};
@@ -17,7 +17,7 @@ use parking_lot::{Mutex, RwLock};
 
 use super::format::{
     self, BLOCK_SIZE, CHUNK_SIZE_MAX_LIMIT, FLAG_SEALED, Header, Layout, RECORD_OFFSETS,
-    StateRecord, TABLE_OFFSET,
+    StateRecord,
 };
 use super::recovery::{self, QuarantinedFile, RecoverError, RecoveryReport, read_full_at};
 use super::{ChunkError, ChunkHandle, ChunkStoreOptions, SealedReads, SyncPolicy};
@@ -67,8 +67,6 @@ struct Chunk {
     layout: Layout,
     writer: Mutex<Writer>,
     published: RwLock<Published>,
-    /// Read-only mapping of the table and data of a sealed chunk, made on first read.
-    map: OnceLock<Arc<Mmap>>,
 }
 
 #[derive(Debug)]
@@ -99,7 +97,7 @@ struct Published {
 
 /// A range of a sealed chunk's mapping, handed out as `Bytes` without copying.
 struct MappedRange {
-    map: Arc<Mmap>,
+    map: Mmap,
     start: usize,
     end: usize,
 }
@@ -353,7 +351,6 @@ impl ChunkStore {
                 sealed: false,
                 digest: [0; 32],
             }),
-            map: OnceLock::new(),
         };
         let info = chunk.info();
         self.chunks.write().insert(handle, Arc::new(chunk));
@@ -595,7 +592,6 @@ impl Chunk {
                 sealed: s.sealed(),
                 digest: s.digest,
             }),
-            map: OnceLock::new(),
         }
     }
 
@@ -764,23 +760,31 @@ impl Chunk {
         // Full blocks in range take their checksum from the table; only the chunk's last
         // partial block (if the range reaches it) uses the tail checksum.
         let full_end = (end / BS).max(first);
+        let mut table = vec![0u8; 4 * (full_end - first) as usize];
+        let ctx = || format!("read chunk {}", self.handle);
         if p.sealed && sealed_reads == SealedReads::Mmap {
-            let map = self.mapping(p)?;
-            let data_base = (self.layout.data_offset - TABLE_OFFSET) as usize;
-            let table_base = (self.layout.table_entry_offset(first) - TABLE_OFFSET) as usize;
-            let table = &map[table_base..table_base + 4 * (full_end - first) as usize];
-            let data = &map[data_base + start as usize..data_base + end as usize];
-            self.verify_blocks(first, data, table, p)?;
-            let a = data_base + offset as usize;
+            let table_ok = read_full_at(
+                &self.file,
+                &mut table,
+                self.layout.table_entry_offset(first),
+            )
+            .map_err(ChunkError::io(ctx()))?;
+            let map = self.mapping(p, start, end)?;
+            if !table_ok {
+                return Err(ChunkError::Corrupt {
+                    chunk: self.handle,
+                    block: first,
+                });
+            }
+            self.verify_blocks(first, &map, &table, p)?;
+            let a = (offset - start) as usize;
             return Ok(Bytes::from_owner(MappedRange {
                 map,
                 start: a,
                 end: a + len as usize,
             }));
         }
-        let mut table = vec![0u8; 4 * (full_end - first) as usize];
         let mut buf = BytesMut::zeroed((end - start) as usize);
-        let ctx = || format!("read chunk {}", self.handle);
         let table_ok = read_full_at(
             &self.file,
             &mut table,
@@ -826,35 +830,37 @@ impl Chunk {
         Ok(())
     }
 
-    /// The read-only mapping of a sealed chunk's table and data (page-aligned at 4096).
-    fn mapping(&self, p: &Published) -> Result<Arc<Mmap>, ChunkError> {
-        if let Some(m) = self.map.get() {
-            return Ok(m.clone());
-        }
-        let want = (self.layout.data_offset - TABLE_OFFSET + p.len) as usize;
+    /// A read-only mapping of data bytes `[start, end)` of a sealed chunk (`start` is a block
+    /// boundary, so page-aligned), made for one read and unmapped when the last `Bytes` of that
+    /// read is dropped.
+    ///
+    /// Not kept per chunk: pages a mapping has touched count in the process's RSS (and in the
+    /// OOM killer's score) for as long as it lives, so mappings kept for every chunk ever read
+    /// made a chunkserver's RSS grow with the data it had served (1.1 GiB after reading back a
+    /// 1 GiB object), and each one holds a VMA against `vm.max_map_count` (65,530 by default:
+    /// 4 TiB of 64 MiB chunks). The pages stay in the page cache either way.
+    fn mapping(&self, p: &Published, start: u64, end: u64) -> Result<Mmap, ChunkError> {
         let ctx = || format!("map chunk {}", self.handle);
         let file_len = self.file.metadata().map_err(ChunkError::io(ctx()))?.len();
-        if file_len < TABLE_OFFSET + want as u64 {
+        if file_len < self.layout.data_offset + p.len {
             return Err(ChunkError::Corrupt {
                 chunk: self.handle,
                 block: file_len.saturating_sub(self.layout.data_offset) / BS,
             });
         }
-        // SAFETY: the mapping covers only the table and data of a sealed chunk, which this store
-        // never writes again (state records live in page 0, outside the mapping), and recovery
-        // truncates files before any mapping exists. The file stays open while mapped, and an
-        // unlink leaves the mapping valid. Truncation by another process would fault; the
-        // store's directory is owned by the one process holding the data folder lock.
+        // SAFETY: the mapping covers only data of a sealed chunk, which this store never writes
+        // again (state records live in page 0, outside the mapping), and recovery truncates
+        // files before any read. An unlink leaves the mapping valid. Truncation by another
+        // process would fault; the store's directory is owned by the one process holding the
+        // data folder lock.
         #[allow(unsafe_code)]
         let map = unsafe {
             MmapOptions::new()
-                .offset(TABLE_OFFSET)
-                .len(want)
+                .offset(self.layout.data_offset + start)
+                .len((end - start) as usize)
                 .map(&self.file)
         }
         .map_err(ChunkError::io(ctx()))?;
-        let map = Arc::new(map);
-        let _ = self.map.set(map.clone());
-        Ok(self.map.get().cloned().unwrap_or(map))
+        Ok(map)
     }
 }
