@@ -8,8 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use cairn_engine::chunk::{
-    CHUNK_SIZE_MAX_DEFAULT, ChunkStoreOptions, SealedReads, SyncPolicy,
-    format::CHUNK_SIZE_MAX_LIMIT,
+    CHUNK_SIZE_MAX_DEFAULT, ChunkStoreOptions, SyncPolicy, format::CHUNK_SIZE_MAX_LIMIT,
 };
 
 /// A configuration key, by its dotted name (as in the file). What each means is in the
@@ -545,7 +544,7 @@ impl Layers {
             chunks: ChunkStoreOptions {
                 sync,
                 chunk_size_max,
-                sealed_reads: SealedReads::Pread,
+                ..ChunkStoreOptions::default()
             },
         })
     }

@@ -762,20 +762,22 @@ impl Chunk {
         let full_end = (end / BS).max(first);
         let mut table = vec![0u8; 4 * (full_end - first) as usize];
         let ctx = || format!("read chunk {}", self.handle);
+        let table_ok = read_full_at(
+            &self.file,
+            &mut table,
+            self.layout.table_entry_offset(first),
+        )
+        .map_err(ChunkError::io(ctx()))?;
+        // The file is shorter than its durable state: damaged underneath us.
+        let cut_short = || ChunkError::Corrupt {
+            chunk: self.handle,
+            block: first,
+        };
+        if !table_ok {
+            return Err(cut_short());
+        }
         if p.sealed && sealed_reads == SealedReads::Mmap {
-            let table_ok = read_full_at(
-                &self.file,
-                &mut table,
-                self.layout.table_entry_offset(first),
-            )
-            .map_err(ChunkError::io(ctx()))?;
             let map = self.mapping(p, start, end)?;
-            if !table_ok {
-                return Err(ChunkError::Corrupt {
-                    chunk: self.handle,
-                    block: first,
-                });
-            }
             self.verify_blocks(first, &map, &table, p)?;
             let a = (offset - start) as usize;
             return Ok(Bytes::from_owner(MappedRange {
@@ -785,20 +787,10 @@ impl Chunk {
             }));
         }
         let mut buf = BytesMut::zeroed((end - start) as usize);
-        let table_ok = read_full_at(
-            &self.file,
-            &mut table,
-            self.layout.table_entry_offset(first),
-        )
-        .map_err(ChunkError::io(ctx()))?;
         let data_ok = read_full_at(&self.file, &mut buf, self.layout.data_offset + start)
             .map_err(ChunkError::io(ctx()))?;
-        if !table_ok || !data_ok {
-            // The file is shorter than its durable state: damaged underneath us.
-            return Err(ChunkError::Corrupt {
-                chunk: self.handle,
-                block: first,
-            });
+        if !data_ok {
+            return Err(cut_short());
         }
         self.verify_blocks(first, &buf, &table, p)?;
         let rel = (offset - start) as usize;
