@@ -36,13 +36,17 @@ const VOTE: &str = "vote";
 const PURGED: &str = "last_purged";
 const COMMITTED: &str = "committed";
 
-/// The log store; clones share the database, the writer and the pending entries (the log
-/// reader is a clone).
+/// The log store; clones share the database, the writer and the tail (the log reader is a
+/// clone).
 #[derive(Clone, Debug)]
 pub struct LogStore {
     db: Arc<Database>,
-    /// Entries queued for the writer but not yet committed, readable meanwhile.
-    pending: Arc<RwLock<BTreeMap<u64, Arc<Vec<u8>>>>>,
+    /// The newest entries, encoded: those queued for the writer and not yet durable, readable
+    /// meanwhile, and the most recent durable ones (up to [`TAIL_DURABLE_BYTES`]), so that the
+    /// state machine and replication read what was just appended without a read transaction
+    /// on a blocking thread. Always a contiguous suffix of the log (appends go in at the end,
+    /// eviction takes the oldest, truncation cuts the end, purging the start).
+    tail: Arc<RwLock<BTreeMap<u64, Arc<Vec<u8>>>>>,
     /// The latest committed index openraft saved, encoded, not yet written: the writer's next
     /// transaction (or its last, when the store closes) carries it.
     committed: Arc<parking_lot::Mutex<Option<Vec<u8>>>>,
@@ -78,6 +82,10 @@ impl std::fmt::Debug for Op {
 /// throughput; 16 keeps a master with a million keys well under 200 MiB, BENCHMARKS.md).
 const LOG_CACHE_BYTES: usize = 16 << 20;
 
+/// Durable entries kept in the tail: enough for the last two full groups
+/// (`GROUP_BYTES_MAX` is 4 MiB), so applying an entry right after its fsync finds it there.
+const TAIL_DURABLE_BYTES: usize = 8 << 20;
+
 /// Upper bound on the entries one group commit takes from the queue.
 const GROUP_ENTRIES_MAX: usize = 4096;
 
@@ -97,11 +105,14 @@ fn write_committed(
 
 fn writer_loop(
     db: Arc<Database>,
-    pending: Arc<RwLock<BTreeMap<u64, Arc<Vec<u8>>>>>,
+    tail: Arc<RwLock<BTreeMap<u64, Arc<Vec<u8>>>>>,
     committed: Arc<parking_lot::Mutex<Option<Vec<u8>>>>,
     ops: mpsc::Receiver<Op>,
 ) {
     let mut carry: Option<Op> = None;
+    // Durable entries still in the tail, oldest first, and their bytes.
+    let mut durable: std::collections::VecDeque<(u64, Arc<Vec<u8>>)> = Default::default();
+    let mut durable_bytes = 0usize;
     loop {
         let first = match carry.take() {
             Some(op) => op,
@@ -164,13 +175,26 @@ fn writer_loop(
                     txn.commit().map_err(write_err)
                 })();
                 {
-                    // Committed entries are now read from redb.
-                    let mut p = pending.write();
+                    // Durable entries stay in the tail until newer ones push them out; after a
+                    // failed commit they leave at once (openraft stops on the error).
+                    let mut t = tail.write();
                     for (entries, _) in &group {
                         for (index, bytes) in entries {
-                            if p.get(index).is_some_and(|b| Arc::ptr_eq(b, bytes)) {
-                                p.remove(index);
+                            if result.is_ok() {
+                                durable_bytes += bytes.len();
+                                durable.push_back((*index, bytes.clone()));
+                            } else if t.get(index).is_some_and(|b| Arc::ptr_eq(b, bytes)) {
+                                t.remove(index);
                             }
+                        }
+                    }
+                    while durable_bytes > TAIL_DURABLE_BYTES
+                        && let Some((index, bytes)) = durable.pop_front()
+                    {
+                        durable_bytes -= bytes.len();
+                        // Unless truncation replaced it meanwhile.
+                        if t.get(&index).is_some_and(|b| Arc::ptr_eq(b, &bytes)) {
+                            t.remove(&index);
                         }
                     }
                 }
@@ -211,17 +235,17 @@ impl LogStore {
         txn.open_table(META).map_err(write_err)?;
         txn.commit().map_err(write_err)?;
         let db = Arc::new(db);
-        let pending = Arc::new(RwLock::new(BTreeMap::new()));
+        let tail = Arc::new(RwLock::new(BTreeMap::new()));
         let (writer, ops) = mpsc::channel();
         let committed = Arc::new(parking_lot::Mutex::new(None));
-        let (wdb, wpending, wcommitted) = (db.clone(), pending.clone(), committed.clone());
+        let (wdb, wtail, wcommitted) = (db.clone(), tail.clone(), committed.clone());
         std::thread::Builder::new()
             .name("raft-log-writer".into())
-            .spawn(move || writer_loop(wdb, wpending, wcommitted, ops))
+            .spawn(move || writer_loop(wdb, wtail, wcommitted, ops))
             .map_err(write_err)?;
         Ok(LogStore {
             db,
-            pending,
+            tail,
             committed,
             writer,
         })
@@ -303,13 +327,26 @@ impl RaftLogReader<TypeConfig> for LogStore {
         if end <= start {
             return Ok(Vec::new());
         }
-        // Pending entries first (snapshot them), then what redb holds; pending wins on overlap.
-        let pending: BTreeMap<u64, Arc<Vec<u8>>> = self
-            .pending
+        // The tail first (snapshot it), then what redb holds; the tail wins on overlap.
+        let tail: BTreeMap<u64, Arc<Vec<u8>>> = self
+            .tail
             .read()
             .range(start..end)
             .map(|(k, v)| (*k, v.clone()))
             .collect();
+        // The tail is a suffix of the log: if it holds the range from its start, it holds all of
+        // it, and nothing needs reading from redb.
+        if tail.first_key_value().is_some_and(|(k, _)| *k == start)
+            && tail.last_key_value().is_some_and(|(k, _)| {
+                k.checked_sub(start)
+                    .is_some_and(|span| span.checked_add(1) == Some(tail.len() as u64))
+            })
+        {
+            return tail
+                .values()
+                .map(|bytes| postcard::from_bytes(bytes).map_err(read_err))
+                .collect();
+        }
         let db = self.db.clone();
         blocking(move || {
             let mut raw: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
@@ -319,10 +356,10 @@ impl RaftLogReader<TypeConfig> for LogStore {
                 let (k, v) = item.map_err(read_err)?;
                 raw.insert(k.value(), v.value().to_vec());
             }
-            let mut out = Vec::with_capacity(raw.len() + pending.len());
+            let mut out = Vec::with_capacity(raw.len() + tail.len());
             let mut merged: BTreeMap<u64, &[u8]> =
                 raw.iter().map(|(k, v)| (*k, v.as_slice())).collect();
-            for (k, v) in &pending {
+            for (k, v) in &tail {
                 merged.insert(*k, v.as_slice());
             }
             for (_, bytes) in merged {
@@ -339,8 +376,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged: Option<LogId> = self.get_meta(PURGED)?;
-        let pending_last = self.pending.read().last_key_value().map(|(_, v)| v.clone());
-        let last_bytes = match pending_last {
+        let tail_last = self.tail.read().last_key_value().map(|(_, v)| v.clone());
+        let last_bytes = match tail_last {
             Some(b) => Some(b.as_ref().clone()),
             None => {
                 let txn = self.db.begin_read().map_err(read_err)?;
@@ -408,7 +445,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         // Readable at once; durable when the writer calls back.
         {
-            let mut p = self.pending.write();
+            let mut p = self.tail.write();
             for (index, bytes) in &encoded {
                 p.insert(*index, bytes.clone());
             }
@@ -422,9 +459,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.pending
-            .write()
-            .retain(|index, _| *index < log_id.index);
+        self.tail.write().retain(|index, _| *index < log_id.index);
         self.write(move |txn| {
             txn.open_table(LOG)
                 .map_err(write_err)?
@@ -447,9 +482,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .map_err(write_err)
         })
         .await?;
-        self.pending
-            .write()
-            .retain(|index, _| *index > log_id.index);
+        self.tail.write().retain(|index, _| *index > log_id.index);
         Ok(())
     }
 }
