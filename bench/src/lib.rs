@@ -19,8 +19,9 @@ impl Measured {
         self.bytes / self.mean_ns
     }
 
-    /// Every `<group>/<bench>/new/{estimates,benchmark}.json` under a criterion folder,
-    /// ordered by group then benchmark.
+    /// Every `<group>/<bench>/new/{estimates,benchmark}.json` under a criterion folder that
+    /// measured bytes, ordered by group then benchmark. Benchmarks counted in other units
+    /// (the apply benchmark's commands) have no raw baseline to compare with and are left out.
     pub fn load_all(dir: &Path) -> Result<Vec<Measured>, String> {
         let mut out = Vec::new();
         let groups = std::fs::read_dir(dir).map_err(|e| format!("read {}: {e}", dir.display()))?;
@@ -30,8 +31,10 @@ impl Measured {
             };
             for bench in benches.flatten() {
                 let new = bench.path().join("new");
-                if new.join("estimates.json").exists() {
-                    out.push(Measured::load(&new)?);
+                if new.join("estimates.json").exists()
+                    && let Some(m) = Measured::load(&new)?
+                {
+                    out.push(m);
                 }
             }
         }
@@ -39,7 +42,7 @@ impl Measured {
         Ok(out)
     }
 
-    fn load(new: &Path) -> Result<Measured, String> {
+    fn load(new: &Path) -> Result<Option<Measured>, String> {
         let read = |name: &str| -> Result<serde_json::Value, String> {
             let p = new.join(name);
             let text =
@@ -51,17 +54,17 @@ impl Measured {
         let mean_ns = est["mean"]["point_estimate"]
             .as_f64()
             .ok_or_else(|| format!("{}: no mean estimate", new.display()))?;
-        let bytes = meta["throughput"]["Bytes"]
-            .as_f64()
-            .ok_or_else(|| format!("{}: no byte throughput", new.display()))?;
+        let Some(bytes) = meta["throughput"]["Bytes"].as_f64() else {
+            return Ok(None);
+        };
         let group = meta["group_id"].as_str().unwrap_or_default().to_owned();
         let bench = meta["function_id"].as_str().unwrap_or_default().to_owned();
-        Ok(Measured {
+        Ok(Some(Measured {
             group,
             bench,
             mean_ns,
             bytes,
-        })
+        }))
     }
 }
 
@@ -92,6 +95,19 @@ mod tests {
             )
             .unwrap();
         }
+        // A benchmark counted in elements (no byte throughput) is left out, not an error.
+        let other = dir.path().join("h").join("apply").join("new");
+        std::fs::create_dir_all(&other).unwrap();
+        std::fs::write(
+            other.join("estimates.json"),
+            "{\"mean\":{\"point_estimate\":800000}}",
+        )
+        .unwrap();
+        std::fs::write(
+            other.join("benchmark.json"),
+            "{\"group_id\":\"h\",\"function_id\":\"apply\",\"throughput\":{\"Elements\":14}}",
+        )
+        .unwrap();
         let all = Measured::load_all(dir.path()).unwrap();
         assert_eq!(all.len(), 2);
         let base = baseline_of(&all, "g").unwrap();

@@ -49,13 +49,29 @@ struct Inner {
     receiving: Mutex<Option<PathBuf>>,
     /// Numbers snapshot files (unique within this directory, also across restarts).
     built: Mutex<u64>,
-    /// Apply batches committed without fsync since the last durable commit.
-    lazy_applies: Mutex<u32>,
+    /// Apply batches committed without fsync since the last durable commit, and the bytes of
+    /// the commands they carried.
+    lazy_applies: Mutex<(u32, u64)>,
 }
 
 /// Every this many apply batches, one is committed durably (bounds redb's un-synced growth and
 /// the log to replay after a crash).
-const DURABLE_APPLY_EVERY: u32 = 64;
+pub const DURABLE_APPLY_EVERY: u32 = 64;
+
+/// An apply batch is also committed durably once the commands applied without fsync since the
+/// last durable one reach this many bytes. A durable commit writes every page dirtied since the
+/// last one and stalls the next apply meanwhile, so bounding the bytes bounds that stall: at 64
+/// batches of 14 small PUTs (~60 KB each) it lasted long enough to set the small-PUT p99
+/// (BENCHMARKS.md, S3 gateway, session 12).
+pub const DURABLE_APPLY_BYTES: u64 = 1 << 20;
+
+/// Whether an apply batch of `bytes` may be committed without fsync, given the batches and
+/// bytes committed without fsync since the last durable one: the counts after it if so, `None`
+/// if it must be durable.
+fn next_lazy((batches, lazy_bytes): (u32, u64), bytes: u64) -> Option<(u32, u64)> {
+    let next = (batches + 1, lazy_bytes.saturating_add(bytes));
+    (next.0 < DURABLE_APPLY_EVERY && next.1 < DURABLE_APPLY_BYTES).then_some(next)
+}
 
 /// Make every apply committed so far durable (an empty durable commit persists all before it).
 fn make_durable(store: &StateStore) -> Result<(), StorageError> {
@@ -180,7 +196,7 @@ impl StateMachine {
                 current: Mutex::new(current),
                 receiving: Mutex::new(None),
                 built: Mutex::new(highest),
-                lazy_applies: Mutex::new(0),
+                lazy_applies: Mutex::new((0, 0)),
             }),
         })
     }
@@ -243,7 +259,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             // A snapshot lets openraft purge the log up to it: first make sure the state it
             // covers is on disk, so the log is never purged past what a restart can rebuild.
             make_durable(&inner.store)?;
-            *inner.lazy_applies.lock() = 0;
+            *inner.lazy_applies.lock() = (0, 0);
             let n = inner.next_number();
             let partial = inner.dir.join(format!("{n:020}.{PARTIAL_EXT}"));
             let file = std::fs::File::create(&partial).map_err(snap_err)?;
@@ -306,15 +322,24 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let mut txn = inner.store.db().begin_write().map_err(sm_write)?;
             // The log is the durable record of every committed command: applies are committed
             // without fsync (a restart re-applies from the last durable one), except one batch in
-            // DURABLE_APPLY_EVERY, and before every snapshot.
+            // DURABLE_APPLY_EVERY or once DURABLE_APPLY_BYTES have gone by, and before every
+            // snapshot.
+            let bytes: u64 = entries
+                .iter()
+                .map(|e| match &e.payload {
+                    EntryPayload::Normal(p) => p.0.iter().map(|c| c.len() as u64).sum(),
+                    _ => 0,
+                })
+                .sum();
             {
                 let mut lazy = inner.lazy_applies.lock();
-                if *lazy + 1 < DURABLE_APPLY_EVERY {
-                    *lazy += 1;
-                    txn.set_durability(redb::Durability::None)
-                        .map_err(sm_write)?;
-                } else {
-                    *lazy = 0;
+                match next_lazy(*lazy, bytes) {
+                    Some(next) => {
+                        *lazy = next;
+                        txn.set_durability(redb::Durability::None)
+                            .map_err(sm_write)?;
+                    }
+                    None => *lazy = (0, 0),
                 }
             }
             // Every entry's commands in log order, all in this one transaction.
@@ -428,5 +453,48 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             })),
             None => Ok(None),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Play the rule over a run of batches of one size: the positions of the durable ones.
+    fn durable_positions(batch_bytes: u64, batches: u32) -> Vec<u32> {
+        let mut lazy = (0, 0);
+        let mut out = Vec::new();
+        for i in 0..batches {
+            match next_lazy(lazy, batch_bytes) {
+                Some(next) => lazy = next,
+                None => {
+                    out.push(i);
+                    lazy = (0, 0);
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn small_batches_are_durable_once_in_durable_apply_every() {
+        let every = DURABLE_APPLY_EVERY;
+        assert_eq!(
+            durable_positions(100, 3 * every),
+            vec![every - 1, 2 * every - 1, 3 * every - 1]
+        );
+    }
+
+    #[test]
+    fn large_batches_are_durable_once_their_bytes_add_up() {
+        // 60 KB batches, as 14 small PUTs make: every 18th is durable (18 * 60 KB >= 1 MiB).
+        let per = DURABLE_APPLY_BYTES.div_ceil(60_000) as u32;
+        assert!(per < DURABLE_APPLY_EVERY);
+        assert_eq!(
+            durable_positions(60_000, 2 * per),
+            vec![per - 1, 2 * per - 1]
+        );
+        // A batch as large as the bound on its own is durable every time.
+        assert_eq!(durable_positions(DURABLE_APPLY_BYTES, 3), vec![0, 1, 2]);
     }
 }

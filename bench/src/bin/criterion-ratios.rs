@@ -22,7 +22,7 @@ fn main() -> ExitCode {
     };
     if measured.is_empty() {
         eprintln!(
-            "error: no criterion results under {}; run `cargo bench -p cairn-bench` first",
+            "error: no criterion results in bytes under {}; run `cargo bench -p cairn-bench --bench chunk` (or `--bench transport`) first",
             dir.display()
         );
         return ExitCode::FAILURE;
