@@ -17,7 +17,6 @@
 // Benchmark code: a failure to set up is a failed run.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use cairn_engine::state::{StateStore, TypedService};
@@ -29,13 +28,6 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 const GROUP: usize = 14;
 const OBJECT: usize = 4096;
-
-fn bench_dir() -> tempfile::TempDir {
-    let base = std::env::var_os("CAIRN_BENCH_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir);
-    tempfile::tempdir_in(base).unwrap()
-}
 
 fn command(c: &BucketCommand, n: u64) -> Vec<u8> {
     let mut seed = [0u8; 16];
@@ -71,7 +63,7 @@ fn put(n: u64, body: &[u8]) -> Vec<u8> {
 }
 
 fn apply(c: &mut Criterion) {
-    let dir = bench_dir();
+    let dir = cairn_bench::bench_dir().unwrap();
     let store = StateStore::open(dir.path().join("state.redb")).unwrap();
     let registry = cairn_master::registry().unwrap();
     registry.init(&store).unwrap();

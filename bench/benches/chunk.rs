@@ -17,7 +17,6 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use cairn_engine::chunk::{ChunkHandle, ChunkStore, ChunkStoreOptions, SealedReads, SyncPolicy};
@@ -25,13 +24,6 @@ use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_
 
 const MIB: usize = 1 << 20;
 const CHUNK: usize = 64 * MIB;
-
-fn bench_dir() -> tempfile::TempDir {
-    let base = std::env::var_os("CAIRN_BENCH_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir);
-    tempfile::tempdir_in(base).unwrap()
-}
 
 fn payload() -> Vec<u8> {
     let mut x: u64 = 0x2545_f491_4f6c_dd1d;
@@ -46,7 +38,7 @@ fn payload() -> Vec<u8> {
 }
 
 fn append(c: &mut Criterion) {
-    let dir = bench_dir();
+    let dir = cairn_bench::bench_dir().unwrap();
     let data = payload();
     let mut g = c.benchmark_group("chunk_append");
     g.sampling_mode(SamplingMode::Flat)
@@ -131,7 +123,7 @@ fn append(c: &mut Criterion) {
 }
 
 fn read(c: &mut Criterion) {
-    let dir = bench_dir();
+    let dir = cairn_bench::bench_dir().unwrap();
     let data = payload();
 
     // The raw baseline file and the sealed chunk hold the same 64 MiB.

@@ -3,7 +3,16 @@
 //! same run (a benchmark whose name starts with `raw_` is its group's baseline). The
 //! `cairn-bench` S3 load generator joins this crate with the S3 gateway.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// A fresh folder for a benchmark's files under `$CAIRN_BENCH_DIR` (default: the system temp
+/// folder), removed when dropped.
+pub fn bench_dir() -> std::io::Result<tempfile::TempDir> {
+    let base = std::env::var_os("CAIRN_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    tempfile::tempdir_in(base)
+}
 
 /// One benchmark's result: mean time per iteration and bytes per iteration.
 #[derive(Clone, Debug, PartialEq)]

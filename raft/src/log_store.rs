@@ -334,14 +334,14 @@ impl RaftLogReader<TypeConfig> for LogStore {
             .range(start..end)
             .map(|(k, v)| (*k, v.clone()))
             .collect();
-        // The tail is a suffix of the log: if it holds the range from its start, it holds all of
-        // it, and nothing needs reading from redb.
-        if tail.first_key_value().is_some_and(|(k, _)| *k == start)
-            && tail.last_key_value().is_some_and(|(k, _)| {
-                k.checked_sub(start)
-                    .is_some_and(|span| span.checked_add(1) == Some(tail.len() as u64))
-            })
-        {
+        // The tail is a suffix of the log: if it holds the range from its start without a gap
+        // (a failed group commit can leave one), it holds all of it, and nothing needs reading
+        // from redb. Keys are in `start..end`, so `last - start` cannot underflow.
+        let whole = match (tail.keys().next(), tail.keys().next_back()) {
+            (Some(&first), Some(&last)) => first == start && last - start + 1 == tail.len() as u64,
+            _ => false,
+        };
+        if whole {
             return tail
                 .values()
                 .map(|bytes| postcard::from_bytes(bytes).map_err(read_err))
