@@ -44,7 +44,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     let cs = Chunkserver::start(&data, &identity, options(&config))
         .await
         .context("start chunkserver")?;
-    crate::serve::shutdown_signal().await;
+    crate::signal::shutdown_signal().await;
     cs.shutdown().await;
     tracing::info!("shutdown complete");
     Ok(())

@@ -7,9 +7,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use cairn_api::{Gateway, GatewayOptions};
-use cairn_chunkserver::DataClient;
+use cairn_client::{DataClient, MasterClient};
 use cairn_proto::{NodeIdentity, SecretsKey, TransportOptions};
-use cairn_raft::MasterClient;
 
 use crate::config::ServeConfig;
 
@@ -58,11 +57,11 @@ pub fn build(
     if let Some(node) = local {
         master = master.with_local(node);
     }
-    let mut data = DataClient::new(master, endpoint);
+    let mut data = DataClient::new(master.clone(), endpoint);
     for cs in local_chunkservers {
         data = data.with_local(cs.clone());
     }
-    let mut gateway = Gateway::new(data, Arc::new(secrets), options);
+    let mut gateway = Gateway::new(master, data, Arc::new(secrets), options);
     if let (Some(url), Some(from)) = (&smtp.0, &smtp.1) {
         let mailer = cairn_api::mail::Mailer::new(url, from).map_err(anyhow::Error::msg)?;
         tracing::info!(?mailer, "password reset tokens are sent by mail");
@@ -154,7 +153,7 @@ pub async fn serve_http(
         listener,
         router.into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(crate::serve::shutdown_signal())
+    .with_graceful_shutdown(crate::signal::shutdown_signal())
     .await
     .context("HTTP server")
 }

@@ -9,4 +9,5 @@ pub mod gateway;
 pub mod lock;
 pub mod master;
 pub mod serve;
+pub mod signal;
 pub mod watchdog;

@@ -6,13 +6,14 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use cairn_client::MasterClient;
 use cairn_engine::state::TypedService;
 use cairn_engine::state::settings::{ClusterSettings, SettingsCommand};
 use cairn_master::planner::Limits;
-use cairn_master::protocol::{DataStatus, DataStatusRpc};
 use cairn_master::{DataOptions, DataPlane};
+use cairn_proto::dataplane::{DataStatus, DataStatusRpc};
 use cairn_proto::{NodeIdentity, TransportOptions};
-use cairn_raft::{AdminRequest, MasterClient, NodeStatus, RaftNode, RaftOptions};
+use cairn_raft::{AdminRequest, NodeStatus, RaftNode, RaftOptions};
 
 use crate::lock::DataLock;
 
@@ -84,7 +85,7 @@ pub async fn run(config: crate::config::ServeConfig) -> anyhow::Result<()> {
         data_options(&config, 3),
     )
     .await?;
-    crate::serve::shutdown_signal().await;
+    crate::signal::shutdown_signal().await;
     node.shutdown().await;
     tracing::info!("shutdown complete");
     Ok(())

@@ -17,11 +17,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use cairn_chunkserver::{DataClient, Written};
-use cairn_engine::chunk::ChunkHandle;
-use cairn_master::protocol::{DataStatus, LocateRpc, Location};
-use cairn_proto::{NodeIdentity, TransportOptions};
-use cairn_raft::MasterClient;
+use cairn_client::{DataClient, DataError, MasterClient, Written};
+use cairn_engine::state::TypedService;
+use cairn_master::objects::{
+    ObjectCommand, ObjectQuery, ObjectQueryResponse, ObjectRecord, ObjectResponse, ObjectService,
+};
+use cairn_proto::dataplane::{DataStatus, LocateRpc, Location};
+use cairn_proto::{ChunkHandle, Consistency, NodeIdentity, TransportOptions};
 use cairn_tests::{CairnProcess, run};
 
 const BIN: &str = env!("CARGO_BIN_EXE_cairn");
@@ -202,14 +204,74 @@ async fn converge(
     }
 }
 
+/// The object service (service 3): a key names the extents a data client wrote.
+async fn object_command(client: &DataClient, cmd: &ObjectCommand) -> ObjectResponse {
+    let outcome = client
+        .master()
+        .propose_typed::<ObjectService>(cmd)
+        .await
+        .unwrap();
+    ObjectService::response(&outcome.unwrap()).unwrap()
+}
+
+/// Write `source` through chains, then commit it under `key`.
+async fn put_object(
+    client: &DataClient,
+    key: &str,
+    source: &mut (impl tokio::io::AsyncRead + Unpin),
+) -> Result<Written, DataError> {
+    let written = client.put(source).await?;
+    let cmd = ObjectCommand::Put {
+        key: key.to_owned(),
+        size: written.size,
+        blake3: written.blake3,
+        extents: written.extents.clone(),
+    };
+    let outcome = client.master().propose_typed::<ObjectService>(&cmd).await?;
+    outcome.map_err(|r| DataError::Rejected(r.to_string()))?;
+    Ok(written)
+}
+
+async fn delete_object(client: &DataClient, key: &str) -> bool {
+    let cmd = ObjectCommand::Delete {
+        key: key.to_owned(),
+    };
+    match object_command(client, &cmd).await {
+        ObjectResponse::Deleted { existed } => existed,
+        other => panic!("unexpected response {other:?}"),
+    }
+}
+
+/// An object's record (linearizable).
+async fn stat(client: &DataClient, key: &str) -> Option<ObjectRecord> {
+    let q = ObjectService::encode_query(&ObjectQuery::Get {
+        key: key.to_owned(),
+    })
+    .unwrap();
+    let bytes = client
+        .master()
+        .query(ObjectService::ID, q, Consistency::Linearizable)
+        .await
+        .unwrap()
+        .unwrap();
+    match ObjectService::query_response(&bytes).unwrap() {
+        ObjectQueryResponse::Object(o) => o,
+        other => panic!("unexpected response {other:?}"),
+    }
+}
+
 async fn put(client: &DataClient, key: &str, bytes: &[u8]) -> Written {
     let mut src = bytes;
-    client.put_object(key, &mut src).await.unwrap()
+    put_object(client, key, &mut src).await.unwrap()
 }
 
 async fn get(client: &DataClient, key: &str) -> Vec<u8> {
+    let record = stat(client, key).await.unwrap();
     let mut out = Vec::new();
-    client.get_object(key, &mut out).await.unwrap().unwrap();
+    client
+        .read(&record.extents, 0, record.size, &mut out)
+        .await
+        .unwrap();
     out
 }
 
@@ -281,7 +343,7 @@ async fn four_servers(root: &Path) -> Setup {
     )
     .unwrap();
     let mut master_client = MasterClient::new(endpoint.clone(), vec![master_addr]);
-    master_client.patience = Duration::from_secs(30);
+    master_client.set_patience(Duration::from_secs(30));
     let client = DataClient::new(master_client.clone(), endpoint.clone());
 
     converge(&client, &cluster, "four chunkservers alive", |s| {
@@ -565,7 +627,7 @@ async fn chunkservers_store_heal_scrub_and_collect() {
         .iter()
         .map(|e| e.handle.0)
         .collect();
-    assert!(client.delete_object("obj-67108865").await.unwrap());
+    assert!(delete_object(&client, "obj-67108865").await);
     objects.remove("obj-67108865");
     let abandoned = {
         let bytes = data(3 * MIB, 99);
@@ -595,7 +657,7 @@ async fn chunkservers_store_heal_scrub_and_collect() {
         let bytes = bytes.clone();
         tokio::spawn(async move {
             let mut src = bytes.as_slice();
-            client.put_object("mid-failover", &mut src).await
+            put_object(&client, "mid-failover", &mut src).await
         })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -606,7 +668,7 @@ async fn chunkservers_store_heal_scrub_and_collect() {
         "write across a master restart: {:?}",
         result.as_ref().map(|w| w.size)
     );
-    match client.stat("mid-failover").await.unwrap() {
+    match stat(&client, "mid-failover").await {
         Some(record) => {
             assert_eq!(record.size, bytes.len() as u64);
             assert_eq!(get(&client, "mid-failover").await, bytes);

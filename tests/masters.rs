@@ -10,12 +10,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use cairn_client::MasterClient;
 use cairn_engine::state::TypedService;
 use cairn_engine::state::settings::{
     ClusterSettings, SettingsCommand, SettingsQuery, SettingsQueryResponse,
 };
+use cairn_proto::Consistency;
 use cairn_proto::{NodeIdentity, TransportOptions};
-use cairn_raft::{Consistency, MasterClient};
 use cairn_tests::{CairnProcess, PATIENCE, run};
 use serde_json::Value;
 

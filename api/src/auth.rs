@@ -25,7 +25,7 @@ use cairn_master::identity::{IdentityQuery, IdentityQueryResponse, IdentityServi
 use cairn_master::keys::{AccessKey, KeyCommand, KeyQuery, KeyQueryResponse, KeyService};
 use cairn_master::policy::{Decision, Request, Role, Statement, decide, s3_action};
 use cairn_master::tenancy::{DEFAULT_TENANT, bucket_tenant};
-use cairn_raft::Consistency;
+use cairn_proto::Consistency;
 use parking_lot::Mutex;
 use s3s::access::{S3Access, S3AccessContext};
 use s3s::auth::{S3Auth, SecretKey};
@@ -77,8 +77,7 @@ async fn key_record(gateway: &Gateway, access_key: &str) -> S3Result<Option<Acce
     })
     .map_err(internal)?;
     let bytes = gateway
-        .data
-        .master()
+        .master
         .query(KeyService::ID, q, Consistency::Stale)
         .await
         .map_err(|e| propose_error(&e))?
@@ -120,8 +119,7 @@ pub async fn principal_of(
     })
     .map_err(internal)?;
     let bytes = gateway
-        .data
-        .master()
+        .master
         .query(IdentityService::ID, q, Consistency::Linearizable)
         .await
         .map_err(|e| propose_error(&e))?
@@ -546,8 +544,7 @@ pub async fn create_key(
     };
     let bytes = command::<KeyService>(&c).map_err(|e| e.to_string())?;
     gateway
-        .data
-        .master()
+        .master
         .propose(bytes)
         .await
         .map_err(|e| e.to_string())?
@@ -559,8 +556,7 @@ pub async fn create_key(
 pub async fn key_query(gateway: &Gateway, q: &KeyQuery) -> Result<KeyQueryResponse, String> {
     let q = KeyService::encode_query(q).map_err(|e| e.to_string())?;
     let bytes = gateway
-        .data
-        .master()
+        .master
         .query(KeyService::ID, q, Consistency::Linearizable)
         .await
         .map_err(|e| e.to_string())?

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use cairn_chunkserver::DataClient;
-use cairn_master::objects::Extent;
+use cairn_client::DataClient;
+use cairn_proto::dataplane::Extent;
 use futures::Stream;
 use s3s::checksum::ChecksumHasher;
 use s3s::crypto::{Checksum, Md5};

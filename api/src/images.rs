@@ -29,7 +29,7 @@ use cairn_master::images::{
     ImageService, ImageStatus, blob_key,
 };
 use cairn_master::policy::{ActionClass, Decision, Request as PolicyRequest, decide};
-use cairn_raft::Consistency;
+use cairn_proto::Consistency;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, ReadBuf};
@@ -105,8 +105,7 @@ pub fn is_public_address(ip: IpAddr) -> bool {
 async fn image_command(g: &Gateway, c: &ImageCommand) -> ApiResult<ImageResponse> {
     let bytes = command::<ImageService>(c).map_err(|e| from_s3(crate::propose_error(&e)))?;
     let outcome = g
-        .data
-        .master()
+        .master
         .propose(bytes)
         .await
         .map_err(|e| from_s3(crate::propose_error(&e)))?;
@@ -123,8 +122,7 @@ async fn image_command(g: &Gateway, c: &ImageCommand) -> ApiResult<ImageResponse
 async fn image_query(g: &Gateway, q: &ImageQuery) -> ApiResult<ImageQueryResponse> {
     let payload = ImageService::encode_query(q).map_err(ApiError::internal)?;
     let outcome = g
-        .data
-        .master()
+        .master
         .query(ImageService::ID, payload, Consistency::Linearizable)
         .await
         .map_err(|e| from_s3(crate::propose_error(&e)))?;
@@ -422,7 +420,7 @@ where
     };
     let written = match g.data.put(&mut src).await {
         Ok(w) => w,
-        Err(cairn_chunkserver::DataError::Source(e)) => {
+        Err(cairn_client::DataError::Source(e)) => {
             return Err(if src.len > src.max {
                 ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
             } else {

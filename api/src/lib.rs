@@ -1,7 +1,7 @@
 //! The gateway: the S3 API (through s3s, with SigV4), health, readiness and metrics over HTTP.
 //!
 //! A gateway is stateless: bucket and object metadata live in the master group (the bucket
-//! service, `cairn_master::buckets`), bytes on chunkservers (`cairn_chunkserver::DataClient`).
+//! service, `cairn_master::buckets`), bytes on chunkservers (`cairn_client::DataClient`).
 //! Any number of gateways can serve one cluster; `cairn serve` runs one in-process.
 //!
 //! - [`s3`]: the S3 operations.
@@ -31,14 +31,14 @@ pub mod tenants;
 
 use std::sync::Arc;
 
-use cairn_chunkserver::DataClient;
+use cairn_client::{DataClient, MasterClient};
 use cairn_engine::state::TypedService;
 use cairn_master::buckets::{
     BucketCommand, BucketQuery, BucketQueryResponse, BucketResponse, BucketService,
 };
 use cairn_master::dataplane::command;
 use cairn_proto::SecretsKey;
-use cairn_raft::{Consistency, ProposeError};
+use cairn_proto::{Consistency, ProposeError};
 use s3s::{S3Error, S3ErrorCode};
 
 pub use http::router;
@@ -90,6 +90,9 @@ impl Default for GatewayOptions {
 /// What every request handler shares.
 #[derive(Debug)]
 pub struct Gateway {
+    /// The master group: proposals and queries of every service.
+    pub master: MasterClient,
+    /// The chunkservers: object bytes.
     pub data: DataClient,
     pub secrets: Arc<SecretsKey>,
     pub options: GatewayOptions,
@@ -154,8 +157,14 @@ pub fn propose_error(e: &ProposeError) -> S3Error {
 }
 
 impl Gateway {
-    pub fn new(data: DataClient, secrets: Arc<SecretsKey>, options: GatewayOptions) -> Gateway {
+    pub fn new(
+        master: MasterClient,
+        data: DataClient,
+        secrets: Arc<SecretsKey>,
+        options: GatewayOptions,
+    ) -> Gateway {
         Gateway {
+            master,
             data,
             secrets,
             options,
@@ -173,8 +182,7 @@ impl Gateway {
     pub async fn command(&self, c: &BucketCommand) -> Result<BucketResponse, S3Error> {
         let bytes = command::<BucketService>(c).map_err(|e| propose_error(&e))?;
         let outcome = self
-            .data
-            .master()
+            .master
             .propose(bytes)
             .await
             .map_err(|e| propose_error(&e))?;
@@ -195,7 +203,7 @@ impl Gateway {
         }]);
         match command::<cairn_master::audit::AuditService>(&cmd) {
             Ok(bytes) => {
-                if let Err(e) = self.data.master().propose(bytes).await {
+                if let Err(e) = self.master.propose(bytes).await {
                     tracing::error!(error = %e, "could not append to the audit log");
                 }
             }
@@ -217,8 +225,7 @@ impl Gateway {
         let payload = BucketService::encode_query(q)
             .map_err(|e| S3Error::with_message(S3ErrorCode::InternalError, e.to_string()))?;
         let outcome = self
-            .data
-            .master()
+            .master
             .query(BucketService::ID, payload, consistency)
             .await
             .map_err(|e| propose_error(&e))?;

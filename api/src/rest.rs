@@ -23,7 +23,7 @@ use cairn_master::identity::{
     IdentityCommand, IdentityQuery, IdentityQueryResponse, IdentityResponse, IdentityService,
     Session, User,
 };
-use cairn_raft::{Consistency, ProposeError};
+use cairn_proto::{Consistency, ProposeError};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -184,7 +184,7 @@ async fn audit_layer(
     let cmd = cairn_master::audit::AuditCommand::Append(vec![entry]);
     match command::<cairn_master::audit::AuditService>(&cmd) {
         Ok(bytes) => {
-            if let Err(e) = g.data.master().propose(bytes).await {
+            if let Err(e) = g.master.propose(bytes).await {
                 tracing::error!(error = %e, "could not append to the audit log");
             }
         }
@@ -226,8 +226,7 @@ async fn audit_logs(State(g): State<Arc<Gateway>>, req: Request) -> ApiResult<Re
     )
     .map_err(ApiError::internal)?;
     let bytes = g
-        .data
-        .master()
+        .master
         .query(
             cairn_master::audit::AuditService::ID,
             q,
@@ -250,7 +249,7 @@ async fn audit_logs(State(g): State<Arc<Gateway>>, req: Request) -> ApiResult<Re
 /// Commit an identity command; a refusal maps to its status.
 pub(crate) async fn propose(g: &Gateway, c: &IdentityCommand) -> ApiResult<IdentityResponse> {
     let bytes = command::<IdentityService>(c)?;
-    match g.data.master().propose(bytes).await? {
+    match g.master.propose(bytes).await? {
         Ok(b) => IdentityService::response(&b).map_err(ApiError::internal),
         Err(r) => Err(match r.code.as_str() {
             "setup_done" | "email_taken" => ApiError::new(StatusCode::CONFLICT, r.message),
@@ -273,8 +272,7 @@ pub(crate) async fn propose(g: &Gateway, c: &IdentityCommand) -> ApiResult<Ident
 pub(crate) async fn ask(g: &Gateway, q: &IdentityQuery) -> ApiResult<IdentityQueryResponse> {
     let payload = IdentityService::encode_query(q).map_err(ApiError::internal)?;
     let bytes = g
-        .data
-        .master()
+        .master
         .query(IdentityService::ID, payload, Consistency::Linearizable)
         .await?
         .map_err(|r| ApiError::internal(r.message))?;
@@ -1318,8 +1316,7 @@ async fn delete_s3_key(
     }
     let c = cairn_master::keys::KeyCommand::Delete { access_key: id };
     let bytes = command::<cairn_master::keys::KeyService>(&c)?;
-    g.data
-        .master()
+    g.master
         .propose(bytes)
         .await?
         .map_err(|r| ApiError::internal(r.message))?;
@@ -1566,7 +1563,7 @@ async fn reset_password(State(g): State<Arc<Gateway>>, req: Request) -> ApiResul
         password_hash: hash,
     };
     let bytes = command::<IdentityService>(&cmd)?;
-    match g.data.master().propose(bytes).await? {
+    match g.master.propose(bytes).await? {
         Ok(_) => Ok(
             axum::Json(json!({"status": "password changed; every session ended"})).into_response(),
         ),

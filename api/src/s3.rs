@@ -14,7 +14,7 @@ use cairn_master::buckets::{
     Conditions, Content, CorsRule, LifecycleRule, ListPage, ListRequest, ObjectData, ObjectMeta,
     Version, VersionRef, Versioning, parse_upload, upload_string, version_string,
 };
-use cairn_master::objects::Extent;
+use cairn_proto::dataplane::Extent;
 use futures::StreamExt;
 use s3s::checksum::ChecksumHasher;
 use s3s::crypto::{Checksum as _, Md5};
@@ -748,7 +748,7 @@ impl CairnS3 {
                 drop(src);
                 match written {
                     Ok(w) => Content::Chunks(w.extents),
-                    Err(cairn_chunkserver::DataError::Source(e)) => {
+                    Err(cairn_client::DataError::Source(e)) => {
                         return Err(body_error(&hashing, &e));
                     }
                     Err(e) => {

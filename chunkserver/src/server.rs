@@ -11,18 +11,28 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use cairn_engine::chunk::{ChunkError, ChunkHandle, ChunkInfo, ChunkStore, ChunkStoreOptions};
-use cairn_master::protocol::{Heartbeat, HeartbeatRpc, Replica, ServerId, ServerInfo, Task};
+use cairn_proto::chunk::{
+    CHAIN_MAX, ChunkFailure, LocalChunkserver, LocalFuture, METHOD_READ, METHOD_WRITE,
+    METHOD_WRITE_DATA, METHOD_WRITE_END, PIECE, RESET_CORRUPT, RESET_READ_FAILED, ReadHeader,
+    ReadRequest, WriteAck, WriteEnd, WriteHeader, encode,
+};
+use cairn_proto::dataplane::{Heartbeat, HeartbeatRpc, Replica, ServerId, ServerInfo, Task};
 use cairn_proto::frame::{self, Frame, Kind};
-use cairn_proto::{Client, ClientOptions, NodeIdentity, Router, ServeOptions, TransportOptions};
-use cairn_raft::MasterClient;
+use cairn_proto::{
+    Client, ClientOptions, Leader, NodeIdentity, Router, ServeOptions, TransportOptions,
+};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
-use crate::protocol::{
-    CHAIN_MAX, ChunkFailure, METHOD_READ, METHOD_WRITE, METHOD_WRITE_DATA, METHOD_WRITE_END, PIECE,
-    RESET_CORRUPT, RESET_READ_FAILED, ReadHeader, ReadRequest, WriteAck, WriteEnd, WriteHeader,
-    encode,
-};
+/// The store's name for a chunk the wire names (the same number).
+fn stored(h: cairn_proto::ChunkHandle) -> ChunkHandle {
+    ChunkHandle(h.0)
+}
+
+/// The wire's name for a chunk the store holds.
+fn wire(h: ChunkHandle) -> cairn_proto::ChunkHandle {
+    cairn_proto::ChunkHandle(h.0)
+}
 
 /// Heartbeats between two full replica reports.
 const FULL_REPORT_EVERY: u64 = 300;
@@ -96,7 +106,7 @@ struct Inner {
     root: PathBuf,
     endpoint: quinn::Endpoint,
     peers: Client,
-    master: MasterClient,
+    master: Leader,
     options: ChunkserverOptions,
     load: AtomicU32,
     /// Replicas found corrupt (already deleted), for the next heartbeat.
@@ -120,10 +130,6 @@ const LOCAL_PIECE: u64 = 4 << 20;
 
 /// How a short-circuit read failed.
 #[derive(Debug)]
-pub(crate) enum LocalReadError {
-    Replica(ChunkFailure),
-}
-
 struct LoadGuard<'a>(&'a AtomicU32);
 impl<'a> LoadGuard<'a> {
     fn new(load: &'a AtomicU32) -> LoadGuard<'a> {
@@ -284,7 +290,17 @@ impl Chunkserver {
                 ..ClientOptions::default()
             },
         );
-        let mut master = MasterClient::new(endpoint.clone(), options.masters.clone());
+        let mut master = Leader::new(
+            Client::new(
+                endpoint.clone(),
+                ClientOptions {
+                    attempts: 2,
+                    attempt_timeout: Duration::from_secs(5),
+                    ..ClientOptions::default()
+                },
+            ),
+            options.masters.clone(),
+        );
         master.patience = options.heartbeat.max(Duration::from_secs(2));
         let inner = Arc::new(Inner {
             id,
@@ -336,21 +352,21 @@ impl Chunkserver {
     /// Read `n` verified bytes at `offset` of a sealed chunk straight from this process's store
     /// (a data client's short-circuit read: no QUIC hop when the replica is local). The same
     /// checks as a remote read: sealed, not stale, in range; a corrupt block drops the replica.
-    pub(crate) async fn read_local(
+    async fn read_local(
         &self,
         req: ReadRequest,
-        out: &mut crate::client::Pieces,
+        out: &mut Vec<Bytes>,
         done: &mut u64,
-    ) -> Result<(), LocalReadError> {
-        let header = self.read_header(req).map_err(LocalReadError::Replica)?;
+    ) -> Result<(), ChunkFailure> {
+        let header = self.read_header(req)?;
         if header.len != req.len {
-            return Err(LocalReadError::Replica(failure(
+            return Err(failure(
                 &self.me(),
                 format!(
                     "replica holds {} bytes of the range, {} wanted",
                     header.len, req.len
                 ),
-            )));
+            ));
         }
         let mut offset = req.offset;
         let end = req.offset + header.len;
@@ -359,29 +375,26 @@ impl Chunkserver {
             let inner = self.inner.clone();
             let piece = {
                 let _load = LoadGuard::new(&self.inner.load);
-                tokio::task::spawn_blocking(move || inner.store.read(req.handle, offset, n)).await
+                tokio::task::spawn_blocking(move || inner.store.read(stored(req.handle), offset, n))
+                    .await
             };
             match piece {
                 Ok(Ok(bytes)) => {
-                    out.0.push(bytes);
+                    out.push(bytes);
                     *done += n;
                 }
                 Ok(Err(ChunkError::Corrupt { block, .. })) => {
                     tracing::error!(chunk = %req.handle, block, "corrupt block found while reading");
-                    self.drop_corrupt(req.handle).await;
+                    self.drop_corrupt(stored(req.handle)).await;
                     let mut f = failure(
                         &self.me(),
                         format!("block {block} of {} is corrupt", req.handle),
                     );
                     f.corrupt = true;
-                    return Err(LocalReadError::Replica(f));
+                    return Err(f);
                 }
-                Ok(Err(e)) => {
-                    return Err(LocalReadError::Replica(failure(&self.me(), e.to_string())));
-                }
-                Err(e) => {
-                    return Err(LocalReadError::Replica(failure(&self.me(), e.to_string())));
-                }
+                Ok(Err(e)) => return Err(failure(&self.me(), e.to_string())),
+                Err(e) => return Err(failure(&self.me(), e.to_string())),
             }
             offset += n;
         }
@@ -435,17 +448,6 @@ impl Chunkserver {
         }
     }
 
-    /// A chain write from a writer in this process (the short-circuit head of its chain): the
-    /// same checks, local write, forwarding and acknowledgement as one arriving over QUIC, with
-    /// the frames handed over on a channel instead of encrypted, sent and decrypted.
-    pub(crate) async fn write_local(
-        &self,
-        h: WriteHeader,
-        mut frames: mpsc::Receiver<Frame>,
-    ) -> Result<WriteAck, ChunkFailure> {
-        self.accept_write(h, &mut frames).await
-    }
-
     /// One chain write, refused if the chunk is already being written.
     async fn accept_write(
         &self,
@@ -453,7 +455,7 @@ impl Chunkserver {
         recv: &mut impl FrameSource,
     ) -> Result<WriteAck, ChunkFailure> {
         let _load = LoadGuard::new(&self.inner.load);
-        let handle = h.handle;
+        let handle = stored(h.handle);
         let result = if !self.inner.busy.lock().insert(handle) {
             Err(failure(
                 &self.me(),
@@ -480,7 +482,7 @@ impl Chunkserver {
         if h.chain.len() >= CHAIN_MAX {
             return Err(failure(&me, format!("chain longer than {CHAIN_MAX}")));
         }
-        let handle = h.handle;
+        let handle = stored(h.handle);
         let inner = self.inner.clone();
         let version = h.version;
         tokio::task::spawn_blocking(move || inner.store.create(handle, version))
@@ -528,7 +530,7 @@ impl Chunkserver {
                 Some((addr.clone(), send, recv))
             }
         };
-        let writer = LocalWriter::start(&self.inner, h.handle);
+        let writer = LocalWriter::start(&self.inner, stored(h.handle));
         let size_max = self.inner.store.options().chunk_size_max;
         let mut received: u64 = 0;
         let end = loop {
@@ -572,7 +574,7 @@ impl Chunkserver {
             }
         };
         let len = writer
-            .finish(&self.inner, h.handle)
+            .finish(&self.inner, stored(h.handle))
             .await
             .map_err(|e| failure(&me, e))?;
         let Some(end) = end else {
@@ -624,8 +626,10 @@ impl Chunkserver {
         while offset < end {
             let n = (end - offset).min(PIECE as u64);
             let inner = self.inner.clone();
-            let piece =
-                tokio::task::spawn_blocking(move || inner.store.read(req.handle, offset, n)).await;
+            let piece = tokio::task::spawn_blocking(move || {
+                inner.store.read(stored(req.handle), offset, n)
+            })
+            .await;
             match piece {
                 Ok(Ok(bytes)) => {
                     if send.write_chunk(bytes).await.is_err() {
@@ -635,7 +639,7 @@ impl Chunkserver {
                 Ok(Err(ChunkError::Corrupt { block, .. })) => {
                     tracing::error!(chunk = %req.handle, block, "corrupt block found while reading");
                     let _ = send.reset(quinn::VarInt::from_u32(RESET_CORRUPT));
-                    self.drop_corrupt(req.handle).await;
+                    self.drop_corrupt(stored(req.handle)).await;
                     return;
                 }
                 Ok(Err(e)) => {
@@ -659,7 +663,7 @@ impl Chunkserver {
         let info = self
             .inner
             .store
-            .stat(req.handle)
+            .stat(stored(req.handle))
             .map_err(|e| failure(&me, e.to_string()))?;
         if !info.sealed {
             return Err(failure(
@@ -687,7 +691,7 @@ impl Chunkserver {
         }
         let len = req.len.min(info.len - req.offset);
         let digest = if req.offset == 0 && len == info.len {
-            self.inner.store.digest(req.handle).ok()
+            self.inner.store.digest(stored(req.handle)).ok()
         } else {
             None
         };
@@ -739,7 +743,7 @@ impl Chunkserver {
         }
         let peer: SocketAddr = from.parse().map_err(|_| format!("bad address {from:?}"))?;
         let req = ReadRequest {
-            handle,
+            handle: wire(handle),
             version,
             offset: 0,
             len: u64::MAX,
@@ -860,14 +864,14 @@ impl Chunkserver {
             .collect()
     }
 
-    fn replicas(&self) -> HashMap<ChunkHandle, Replica> {
+    fn replicas(&self) -> HashMap<cairn_proto::ChunkHandle, Replica> {
         self.settled()
             .into_iter()
             .map(|i| {
                 (
-                    i.handle,
+                    wire(i.handle),
                     Replica {
-                        handle: i.handle,
+                        handle: wire(i.handle),
                         version: i.version,
                         len: i.len,
                         sealed: i.sealed,
@@ -915,7 +919,7 @@ impl Chunkserver {
 
     /// Report to the master group every interval and carry out what it answers.
     async fn heartbeats(&self) {
-        let mut reported: Option<HashMap<ChunkHandle, Replica>> = None;
+        let mut reported: Option<HashMap<cairn_proto::ChunkHandle, Replica>> = None;
         let mut beats: u64 = 0;
         // Heartbeats failed in a row: the first failure and every 20th after it are warned of.
         let mut failing: u64 = 0;
@@ -934,7 +938,7 @@ impl Chunkserver {
             let rereport = std::mem::take(&mut *self.inner.rereport.lock());
             if let Some(before) = reported.as_mut() {
                 for h in corrupt.iter().chain(&rereport) {
-                    before.remove(h);
+                    before.remove(&wire(*h));
                 }
             }
             let (full, replicas, removed) = match &reported {
@@ -957,10 +961,10 @@ impl Chunkserver {
                 full,
                 replicas,
                 removed,
-                corrupt: corrupt.clone(),
-                copies_failed: copies_failed.clone(),
+                corrupt: corrupt.iter().copied().map(wire).collect(),
+                copies_failed: copies_failed.iter().copied().map(wire).collect(),
             };
-            let answer = self.inner.master.call_leader::<HeartbeatRpc, _>(&hb).await;
+            let answer = self.inner.master.call::<HeartbeatRpc, _>(&hb).await;
             self.inner
                 .last_beat_ms
                 .store(self.since_start_ms(), Ordering::Relaxed);
@@ -1007,6 +1011,7 @@ impl Chunkserver {
     async fn run_task(&self, task: Task) {
         match task {
             Task::Delete { handle } => {
+                let handle = stored(handle);
                 if self.inner.busy.lock().contains(&handle) {
                     return;
                 }
@@ -1022,14 +1027,14 @@ impl Chunkserver {
                 handle,
                 version,
                 from,
-            } => match self.copy_from(handle, version, &from).await {
+            } => match self.copy_from(stored(handle), version, &from).await {
                 Ok(()) => {
                     tracing::info!(chunk = %handle, %from, "replica copied");
-                    self.inner.rereport.lock().push(handle);
+                    self.inner.rereport.lock().push(stored(handle));
                 }
                 Err(e) => {
                     tracing::warn!(chunk = %handle, %from, error = %e, "copy failed");
-                    self.inner.copies_failed.lock().push(handle);
+                    self.inner.copies_failed.lock().push(stored(handle));
                 }
             },
         }
@@ -1068,5 +1073,33 @@ impl Chunkserver {
                 tokio::time::sleep(pause.max(Duration::from_millis(1))).await;
             }
         }
+    }
+}
+
+/// A data client in this process reaches this chunkserver without QUIC: the same checks,
+/// local write, forwarding and acknowledgement as a write arriving over a stream, with the
+/// frames handed over on a channel instead of encrypted, sent and decrypted; reads come
+/// straight from the store.
+impl LocalChunkserver for Chunkserver {
+    fn addr(&self) -> SocketAddr {
+        self.inner.addr
+    }
+
+    fn write(
+        &self,
+        header: WriteHeader,
+        mut frames: mpsc::Receiver<Frame>,
+    ) -> LocalFuture<'static, Result<WriteAck, ChunkFailure>> {
+        let cs = self.clone();
+        Box::pin(async move { cs.accept_write(header, &mut frames).await })
+    }
+
+    fn read<'a>(
+        &'a self,
+        req: ReadRequest,
+        out: &'a mut Vec<Bytes>,
+        done: &'a mut u64,
+    ) -> LocalFuture<'a, Result<(), ChunkFailure>> {
+        Box::pin(self.read_local(req, out, done))
     }
 }

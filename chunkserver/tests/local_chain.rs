@@ -7,10 +7,11 @@
 
 use std::time::{Duration, Instant};
 
-use cairn_chunkserver::{Chunkserver, ChunkserverOptions, DataClient};
+use cairn_chunkserver::{Chunkserver, ChunkserverOptions};
+use cairn_client::{DataClient, MasterClient};
 use cairn_master::DataOptions;
 use cairn_proto::{ClusterCa, TransportOptions};
-use cairn_raft::{MasterClient, RaftOptions};
+use cairn_raft::RaftOptions;
 
 fn pattern(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 31 % 251) as u8).collect()
@@ -80,13 +81,20 @@ async fn an_in_process_chunkserver_heads_the_chain_and_a_broken_chain_leaves_not
         assert_eq!(written.blake3, *blake3::hash(&data).as_bytes());
         for e in &written.extents {
             assert!(
-                servers[0].store().stat(e.handle).is_ok(),
+                servers[0]
+                    .store()
+                    .stat(cairn_engine::chunk::ChunkHandle(e.handle.0))
+                    .is_ok(),
                 "chunk {} not on the local server",
                 e.handle
             );
             let elsewhere = servers[1..]
                 .iter()
-                .filter(|s| s.store().stat(e.handle).is_ok())
+                .filter(|s| {
+                    s.store()
+                        .stat(cairn_engine::chunk::ChunkHandle(e.handle.0))
+                        .is_ok()
+                })
                 .count();
             assert_eq!(
                 elsewhere, 2,

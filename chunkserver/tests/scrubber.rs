@@ -13,12 +13,11 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use cairn_chunkserver::protocol::{
-    ChunkFailure, METHOD_READ, METHOD_WRITE, METHOD_WRITE_DATA, ReadHeader, ReadRequest,
-    WriteHeader,
-};
 use cairn_chunkserver::{Chunkserver, ChunkserverOptions};
-use cairn_engine::chunk::ChunkHandle;
+use cairn_proto::chunk::{
+    ChunkFailure, ChunkHandle, METHOD_READ, METHOD_WRITE, METHOD_WRITE_DATA, ReadHeader,
+    ReadRequest, WriteHeader,
+};
 use cairn_proto::frame::{self, Frame, Kind};
 use cairn_proto::{Client, ClientOptions, ClusterCa, TransportOptions};
 

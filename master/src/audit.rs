@@ -5,7 +5,9 @@
 //!
 //! Tables: `audit.entries`: sequence number (u64 BE) → [`AuditEntry`]; `audit.meta`: `next` → u64.
 
-use cairn_engine::state::{ApplyContext, ApplyError, ServiceId, StateError, Table, TypedService};
+use cairn_engine::state::{
+    ApplyContext, ApplyError, ServiceId, StateError, Table, TypedService, encode,
+};
 use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
@@ -93,7 +95,7 @@ pub fn append(
             ip: clip(&e.ip, 64),
             outcome: clip(&e.outcome, 16),
         };
-        let bytes = postcard::to_stdvec(&entry).map_err(|e| StateError::Encode(e.to_string()))?;
+        let bytes = encode(&entry)?;
         t.insert(next.to_be_bytes().as_slice(), bytes.as_slice())?;
         next += 1;
     }

@@ -17,10 +17,11 @@
 
 use std::collections::BTreeMap;
 
-use cairn_engine::chunk::ChunkHandle;
 use cairn_engine::state::{
-    ApplyContext, ApplyError, Rejection, ServiceId, StateError, Table, TypedService,
+    ApplyContext, ApplyError, Rejection, ServiceId, StateError, Table, TypedService, decode,
+    encode, reject,
 };
+use cairn_proto::ChunkHandle;
 use md5::Digest;
 use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
@@ -561,18 +562,6 @@ pub enum BucketQueryResponse {
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct BucketService;
-
-fn reject(code: &str, message: impl Into<String>) -> ApplyError {
-    Rejection::new(code, message).into()
-}
-
-fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StateError> {
-    postcard::to_stdvec(v).map_err(|e| StateError::Encode(e.to_string()))
-}
-
-fn decode<T: serde::de::DeserializeOwned>(what: &str, b: &[u8]) -> Result<T, StateError> {
-    postcard::from_bytes(b).map_err(|e| StateError::Corrupt(format!("{what}: {e}")))
-}
 
 /// S3 bucket naming rules (the common subset: 3-63 of `a-z 0-9 . -`, starting and ending with
 /// a letter or digit, no `..`, not an IPv4 address).

@@ -1,6 +1,6 @@
 //! The chunk service (service 2): which chunks exist, their versions, replication factors and
 //! whether anything still refers to them. Where the replicas are is soft state
-//! ([`crate::cluster`]), rebuilt from chunkserver heartbeats and never logged.
+//! (the `cluster` module), rebuilt from chunkserver heartbeats and never logged.
 //!
 //! A chunk's life: `Allocate` creates it `Pending` (a writer is filling its replicas); an object
 //! that commits it makes it `Live` (reference counted); when the last reference goes it is
@@ -9,10 +9,10 @@
 //! Handles are allocated in increasing order, so a replica whose handle is below the next handle
 //! and has no record is known garbage.
 
-use cairn_engine::chunk::ChunkHandle;
 use cairn_engine::state::{
-    ApplyContext, ApplyError, Rejection, ServiceId, StateError, Table, TypedService,
+    ApplyContext, ApplyError, Rejection, ServiceId, StateError, Table, TypedService, decode, encode,
 };
+use cairn_proto::ChunkHandle;
 use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
@@ -98,12 +98,8 @@ fn key(h: ChunkHandle) -> [u8; 8] {
     h.0.to_be_bytes()
 }
 
-fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StateError> {
-    postcard::to_stdvec(v).map_err(|e| StateError::Encode(e.to_string()))
-}
-
 fn decode_record(bytes: &[u8]) -> Result<ChunkRecord, StateError> {
-    postcard::from_bytes(bytes).map_err(|e| StateError::Corrupt(format!("chunk record: {e}")))
+    decode("chunk record", bytes)
 }
 
 fn handle_of(k: &[u8]) -> Result<ChunkHandle, StateError> {

@@ -6,11 +6,11 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use cairn_engine::chunk::ChunkHandle;
+use cairn_proto::ChunkHandle;
 
 use crate::chunks::ChunkRecord;
 use crate::planner::{self, Limits, PlacementError, Plan, PlanInput, ReplicaView, ServerView};
-use crate::protocol::{
+use cairn_proto::dataplane::{
     DataStatus, Heartbeat, HeartbeatReply, ServerId, ServerInfo, ServerStatus, Task,
 };
 

@@ -5,23 +5,21 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use cairn_engine::chunk::ChunkHandle;
 use cairn_engine::state::{StateError, TypedService};
+use cairn_proto::ChunkHandle;
+use cairn_proto::ProposeError;
 use cairn_proto::{RemoteError, Router};
-use cairn_raft::{ProposeError, RaftNode};
+use cairn_raft::RaftNode;
 use parking_lot::Mutex;
 use redb::ReadableDatabase;
 
 use crate::chunks::{ChunkCommand, ChunkResponse, ChunkService};
 use crate::cluster::ClusterMap;
 use crate::planner::Limits;
-use crate::protocol::{
+use cairn_proto::dataplane::{
     AllocateRequest, AllocateRpc, Allocation, BadReplicaRpc, DataStatus, DataStatusRpc,
-    HeartbeatRpc, LocateRpc, Location,
+    HeartbeatRpc, LOCATE_MAX, LocateRpc, Location,
 };
-
-/// Most chunks one locate call may name.
-pub const LOCATE_MAX: usize = 1024;
 
 /// Data-plane settings of the master group.
 #[derive(Clone, Copy, Debug)]

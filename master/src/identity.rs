@@ -15,7 +15,8 @@
 //! - `id.resets`: reset id (u128 BE) → [`PasswordReset`]
 
 use cairn_engine::state::{
-    ApplyContext, ApplyError, Rejection, ServiceId, StateError, Table, TypedService,
+    ApplyContext, ApplyError, Rejection, ServiceId, StateError, Table, TypedService, decode,
+    encode, reject,
 };
 use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransaction};
 use serde::{Deserialize, Serialize};
@@ -340,21 +341,6 @@ pub enum IdentityQueryResponse {
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct IdentityService;
-
-pub(crate) fn reject(code: &str, message: impl Into<String>) -> ApplyError {
-    Rejection::new(code, message).into()
-}
-
-pub(crate) fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StateError> {
-    postcard::to_stdvec(v).map_err(|e| StateError::Encode(e.to_string()))
-}
-
-pub(crate) fn decode<T: serde::de::DeserializeOwned>(
-    what: &str,
-    b: &[u8],
-) -> Result<T, StateError> {
-    postcard::from_bytes(b).map_err(|e| StateError::Corrupt(format!("{what}: {e}")))
-}
 
 /// A stored key id (u32 BE); absent is 0.
 fn kid_of(v: Option<&[u8]>) -> Result<u32, StateError> {

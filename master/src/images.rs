@@ -13,7 +13,7 @@
 //! - `img.blobs`: BLAKE3 (32) → reference count (u64 BE).
 
 use cairn_engine::state::{
-    ApplyContext, ApplyError, Rejection, ServiceId, StateError, Table, TypedService,
+    ApplyContext, ApplyError, Rejection, ServiceId, StateError, Table, TypedService, encode, reject,
 };
 use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
@@ -143,12 +143,8 @@ pub enum ImageQueryResponse {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ImageService;
 
-fn reject(code: &str, message: impl Into<String>) -> ApplyError {
-    Rejection::new(code, message).into()
-}
-
 fn decode(b: &[u8]) -> Result<Image, StateError> {
-    postcard::from_bytes(b).map_err(|e| StateError::Corrupt(format!("image record: {e}")))
+    cairn_engine::state::decode("image record", b)
 }
 
 /// Field rules for registered metadata.
@@ -192,7 +188,7 @@ fn image(txn: &WriteTransaction, id: u128) -> Result<Image, ApplyError> {
 }
 
 fn put_image(txn: &WriteTransaction, id: u128, i: &Image) -> Result<(), ApplyError> {
-    let bytes = postcard::to_stdvec(i).map_err(|e| StateError::Encode(e.to_string()))?;
+    let bytes = encode(i)?;
     txn.open_table(IMAGES)?
         .insert(id.to_be_bytes().as_slice(), bytes.as_slice())?;
     Ok(())

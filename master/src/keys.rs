@@ -5,7 +5,7 @@
 //! store or a snapshot. The identity issue builds users and tenants on top of this.
 
 use cairn_engine::state::{
-    ApplyContext, ApplyError, Rejection, ServiceId, StateError, Table, TypedService,
+    ApplyContext, ApplyError, Rejection, ServiceId, StateError, Table, TypedService, decode, encode,
 };
 use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
@@ -39,8 +39,7 @@ fn decode_key(b: &[u8]) -> Result<AccessKey, StateError> {
     if let Ok(k) = postcard::from_bytes::<AccessKey>(b) {
         return Ok(k);
     }
-    let old: AccessKeyV1 =
-        postcard::from_bytes(b).map_err(|e| StateError::Corrupt(format!("access key: {e}")))?;
+    let old: AccessKeyV1 = decode("access key", b)?;
     Ok(AccessKey {
         sealed_secret: old.sealed_secret,
         owner: old.owner,
@@ -67,7 +66,7 @@ pub fn adopt_root_keys(txn: &WriteTransaction, user: &str, tenant: u128) -> Resu
     for (k, mut rec) in found {
         rec.owner = user.to_owned();
         rec.tenant = Some(tenant);
-        let bytes = postcard::to_stdvec(&rec).map_err(|e| StateError::Encode(e.to_string()))?;
+        let bytes = encode(&rec)?;
         t.insert(k.as_slice(), bytes.as_slice())?;
     }
     Ok(())
@@ -144,7 +143,7 @@ fn create(
         created_ms: ctx.time_ms,
         tenant,
     };
-    let bytes = postcard::to_stdvec(&rec).map_err(|e| StateError::Encode(e.to_string()))?;
+    let bytes = encode(&rec)?;
     t.insert(access_key.as_bytes(), bytes.as_slice())?;
     Ok(true)
 }

@@ -11,7 +11,7 @@
 //! - [`audit`]: the append-only audit log, service 7.
 //! - [`images`]: the image store's records, service 8 (content in the system bucket).
 //! - [`shares`]: share links, in the bucket service's transactions.
-//! - [`protocol`]: the RPCs chunkservers and data clients send to the master group.
+//!   The RPCs chunkservers and data clients send to the master group are `cairn_proto::dataplane`.
 //! - [`planner`]: pure planning functions (placement, re-replication, GC, rebalancing).
 //! - [`cluster`]: the leader's map of chunkservers and replicas, rebuilt from heartbeats.
 //! - [`dataplane`]: the RPC handlers and the planner tick on a master node.
@@ -27,7 +27,6 @@ pub mod keys;
 pub mod objects;
 pub mod planner;
 pub mod policy;
-pub mod protocol;
 pub mod shares;
 pub mod tenancy;
 

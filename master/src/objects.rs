@@ -8,10 +8,10 @@
 //! Keys are 1..=1024 bytes of UTF-8 without NUL. (Buckets, versions and S3 metadata are built on
 //! this by the S3 gateway.)
 
-use cairn_engine::chunk::ChunkHandle;
 use cairn_engine::state::{
-    ApplyContext, ApplyError, Rejection, ServiceId, StateError, Table, TypedService,
+    ApplyContext, ApplyError, Rejection, ServiceId, StateError, Table, TypedService, encode,
 };
+use cairn_proto::ChunkHandle;
 use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
@@ -22,13 +22,7 @@ pub const KEY_LEN_MAX: usize = 1024;
 /// Most extents one object may have (64 MiB chunks: 4 TiB).
 pub const EXTENTS_MAX: usize = 65_536;
 
-/// A piece of an object: `len` bytes at `offset` in chunk `handle`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Extent {
-    pub handle: ChunkHandle,
-    pub offset: u64,
-    pub len: u64,
-}
+pub use cairn_proto::dataplane::Extent;
 
 /// One stored object.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,7 +85,7 @@ fn check_key(key: &str) -> Result<(), Rejection> {
 }
 
 fn decode(bytes: &[u8]) -> Result<ObjectRecord, StateError> {
-    postcard::from_bytes(bytes).map_err(|e| StateError::Corrupt(format!("object record: {e}")))
+    cairn_engine::state::decode("object record", bytes)
 }
 
 /// Extents must be non-empty pieces that add up to the size.
@@ -184,8 +178,7 @@ impl TypedService for ObjectService {
                     extents,
                     created_ms: ctx.time_ms,
                 };
-                let bytes =
-                    postcard::to_stdvec(&record).map_err(|e| StateError::Encode(e.to_string()))?;
+                let bytes = encode(&record)?;
                 txn.open_table(OBJECTS)?
                     .insert(key.as_bytes(), bytes.as_slice())?;
                 Ok(ObjectResponse::Put {

@@ -6,10 +6,10 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use cairn_engine::chunk::ChunkHandle;
+use cairn_proto::ChunkHandle;
 
 use crate::chunks::{ChunkRecord, ChunkState};
-use crate::protocol::ServerId;
+use cairn_proto::dataplane::ServerId;
 
 /// One chunkserver, as the planner sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]

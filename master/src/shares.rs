@@ -9,7 +9,7 @@
 //! Expired links are removed when their tenant creates a new one (so the tables stay as large
 //! as the live links plus what expired since the last creation).
 
-use cairn_engine::state::{ApplyContext, ApplyError, Rejection, StateError, Table};
+use cairn_engine::state::{ApplyContext, ApplyError, Rejection, StateError, Table, encode};
 use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
@@ -44,7 +44,7 @@ fn pair(tenant: u128, id: u128) -> [u8; 32] {
 }
 
 fn decode(b: &[u8]) -> Result<ShareRecord, StateError> {
-    postcard::from_bytes(b).map_err(|e| StateError::Corrupt(format!("share record: {e}")))
+    cairn_engine::state::decode("share record", b)
 }
 
 /// The ids of a tenant's links with their records.
@@ -100,7 +100,7 @@ pub(crate) fn create(
         index.remove(pair(r.tenant, *id).as_slice())?;
     }
     let id = ctx.fresh_id();
-    let bytes = postcard::to_stdvec(&record).map_err(|e| StateError::Encode(e.to_string()))?;
+    let bytes = encode(&record)?;
     shares.insert(id.to_be_bytes().as_slice(), bytes.as_slice())?;
     index.insert(pair(record.tenant, id).as_slice(), [].as_slice())?;
     Ok(id)

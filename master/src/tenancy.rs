@@ -12,11 +12,10 @@
 //!
 //! Every command checks everything before it writes anything: a refusal leaves no trace.
 
-use cairn_engine::state::{ApplyError, Rejection, StateError, Table};
+use cairn_engine::state::{ApplyError, Rejection, StateError, Table, decode, encode, reject};
 use redb::{ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
-use crate::identity::{decode, encode, reject};
 use crate::policy::{Policy, Role, Statement};
 
 const TENANTS: Table = Table::new("id.tenants");

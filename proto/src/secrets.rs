@@ -13,9 +13,18 @@ use std::path::{Path, PathBuf};
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
 
-use crate::tls::TlsError;
-
 pub const SECRETS_KEY: &str = "secrets.key";
+
+/// Write a new key file (mode 0600), refusing to overwrite one.
+fn write_key(path: &Path, contents: &str) -> Result<(), SecretsError> {
+    crate::files::write_new(path, contents, 0o600).map_err(|source| SecretsError::Io {
+        context: match source.kind() {
+            std::io::ErrorKind::AlreadyExists => format!("{} exists already", path.display()),
+            _ => format!("write {}", path.display()),
+        },
+        source,
+    })
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecretsError {
@@ -25,8 +34,12 @@ pub enum SecretsError {
     Missing(PathBuf),
     #[error("{0}: not a 64-digit hex key")]
     Malformed(PathBuf),
-    #[error(transparent)]
-    Io(#[from] TlsError),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("sealed secret does not open with this cluster's secrets key (wrong key or damaged)")]
     Open,
     #[error("system randomness failed")]
@@ -64,7 +77,7 @@ impl SecretsKey {
         SystemRandom::new()
             .fill(&mut raw)
             .map_err(|_| SecretsError::Random)?;
-        crate::tls::write_private(&dir.join(SECRETS_KEY), &format!("{}\n", hex(&raw)))?;
+        write_key(&dir.join(SECRETS_KEY), &format!("{}\n", hex(&raw)))?;
         Self::from_raw(raw)
     }
 
@@ -73,11 +86,9 @@ impl SecretsKey {
         if !path.exists() {
             return Err(SecretsError::Missing(path));
         }
-        let text = std::fs::read_to_string(&path).map_err(|e| {
-            SecretsError::Io(TlsError::Io {
-                context: format!("read {}", path.display()),
-                source: e,
-            })
+        let text = std::fs::read_to_string(&path).map_err(|source| SecretsError::Io {
+            context: format!("read {}", path.display()),
+            source,
         })?;
         let text = text.trim();
         let mut raw = [0u8; 32];
@@ -104,7 +115,7 @@ impl SecretsKey {
 
     /// Write a copy of this key into another node's folder.
     pub fn save_copy(&self, dir: &Path) -> Result<(), SecretsError> {
-        crate::tls::write_private(&dir.join(SECRETS_KEY), &format!("{}\n", hex(&self.raw)))?;
+        write_key(&dir.join(SECRETS_KEY), &format!("{}\n", hex(&self.raw)))?;
         Ok(())
     }
 

@@ -9,8 +9,6 @@
 //! Private keys are written with mode 0600.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -71,29 +69,13 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> TlsError {
 
 /// Write `contents` to `path`, creating it with `mode`, refusing to overwrite, and syncing it.
 fn write_new(path: &Path, contents: &str, mode: u32) -> Result<(), TlsError> {
-    let ctx = || format!("write {}", path.display());
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::AlreadyExists => TlsError::Exists(path.to_path_buf()),
-            _ => TlsError::Io {
-                context: ctx(),
-                source: e,
-            },
-        })?;
-    f.write_all(contents.as_bytes()).map_err(io(ctx()))?;
-    // The mode given at creation is filtered by the umask; set it exactly.
-    f.set_permissions(fs::Permissions::from_mode(mode))
-        .map_err(io(ctx()))?;
-    f.sync_all().map_err(io(ctx()))
-}
-
-/// Write a new private file (mode 0600), refusing to overwrite.
-pub(crate) fn write_private(path: &Path, contents: &str) -> Result<(), TlsError> {
-    write_new(path, contents, 0o600)
+    crate::files::write_new(path, contents, mode).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => TlsError::Exists(path.to_path_buf()),
+        _ => TlsError::Io {
+            context: format!("write {}", path.display()),
+            source: e,
+        },
+    })
 }
 
 fn read(path: &Path) -> Result<String, TlsError> {
@@ -159,7 +141,7 @@ impl ClusterCa {
         if !dir.join(crate::secrets::SECRETS_KEY).exists() {
             crate::secrets::SecretsKey::create(dir).map_err(|e| TlsError::Io {
                 context: format!("create the secrets key in {}", dir.display()),
-                source: std::io::Error::other(e.to_string()),
+                source: std::io::Error::other(e),
             })?;
         }
         Ok(ca)

@@ -8,12 +8,14 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use cairn_client::MasterClient;
 use cairn_engine::state::settings::{
     ClusterSettings, SettingsCommand, SettingsQuery, SettingsQueryResponse,
 };
 use cairn_engine::state::{Registry, StateError, Typed, TypedService};
+use cairn_proto::Consistency;
 use cairn_proto::{ClusterCa, TransportOptions};
-use cairn_raft::{AdminRequest, Consistency, MasterClient, RaftNode, RaftOptions};
+use cairn_raft::{AdminRequest, RaftNode, RaftOptions};
 
 fn registry() -> Result<Registry, StateError> {
     let mut r = Registry::new();
@@ -437,7 +439,7 @@ async fn a_client_finds_the_leader_past_an_unreachable_master() {
     .enumerate()
     {
         let mut client = h.client(masters.clone());
-        client.patience = Duration::from_secs(2);
+        client.set_patience(Duration::from_secs(2));
         client
             .admin(AdminRequest::SetVoters(BTreeSet::from([1, 2])))
             .await

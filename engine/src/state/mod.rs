@@ -6,6 +6,7 @@
 //! - State changes only through [`Registry::apply_batch`], which applies a batch of log entries
 //!   in one write transaction and records the last applied index in the same transaction.
 
+mod codec;
 mod command;
 mod registry;
 mod service;
@@ -16,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableDatabase, TableDefinition};
 
+pub use codec::{decode, encode, reject};
 pub use command::{
     COMMAND_FORMAT_VERSION, COMMAND_PAYLOAD_MAX, Command, CommandDecodeError, ServiceId,
 };

@@ -6,10 +6,11 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use cairn_chunkserver::{Chunkserver, ChunkserverOptions, DataClient};
+use cairn_chunkserver::{Chunkserver, ChunkserverOptions};
+use cairn_client::{DataClient, MasterClient};
 use cairn_master::DataOptions;
 use cairn_proto::{ClusterCa, TransportOptions};
-use cairn_raft::{MasterClient, RaftOptions};
+use cairn_raft::RaftOptions;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 
 const MIB: usize = 1 << 20;

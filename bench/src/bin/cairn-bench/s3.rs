@@ -31,7 +31,8 @@ pub struct Load {
     pub large_count: usize,
     pub large_concurrency: usize,
     pub small_size: u64,
-    pub concurrency: usize,
+    /// The small workloads run once at each of these concurrencies.
+    pub concurrency: Vec<usize>,
     pub seconds: u64,
 }
 
@@ -211,8 +212,9 @@ async fn large(c: &Client, l: &Load, label: &str) -> anyhow::Result<(Figure, Fig
     Ok((put, get))
 }
 
-/// Small objects for `seconds` at `concurrency`: PUT (fresh keys), then GET of what was put.
-async fn small(c: &Client, l: &Load, label: &str) -> anyhow::Result<(Figure, Figure)> {
+/// Small objects for `seconds` at `conc` requests in flight: PUT (fresh keys), then GET of
+/// what was put.
+async fn small(c: &Client, l: &Load, conc: usize, label: &str) -> anyhow::Result<(Figure, Figure)> {
     let data = body(l.small_size, 7);
     let run = |get: bool, keys: u64| {
         let (c, data, l) = (c.clone(), data.clone(), l.clone());
@@ -222,7 +224,7 @@ async fn small(c: &Client, l: &Load, label: &str) -> anyhow::Result<(Figure, Fig
             let deadline = Instant::now() + Duration::from_secs(l.seconds);
             let start = Instant::now();
             let mut tasks = Vec::new();
-            for _ in 0..l.concurrency {
+            for _ in 0..conc {
                 let (c, data, next, done, l) = (
                     c.clone(),
                     data.clone(),
@@ -236,7 +238,7 @@ async fn small(c: &Client, l: &Load, label: &str) -> anyhow::Result<(Figure, Fig
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let t0 = Instant::now();
                         let ok = if get {
-                            let key = format!("small/{}", i % keys.max(1));
+                            let key = format!("small/c{conc}/{}", i % keys.max(1));
                             match c.get_object().bucket(&l.bucket).key(key).send().await {
                                 Ok(r) => {
                                     f.ttfb.push(t0.elapsed().as_secs_f64() * 1e3);
@@ -253,7 +255,7 @@ async fn small(c: &Client, l: &Load, label: &str) -> anyhow::Result<(Figure, Fig
                         } else {
                             c.put_object()
                                 .bucket(&l.bucket)
-                                .key(format!("small/{i}"))
+                                .key(format!("small/c{conc}/{i}"))
                                 .body(ByteStream::from(data.clone()))
                                 .send()
                                 .await
@@ -274,6 +276,7 @@ async fn small(c: &Client, l: &Load, label: &str) -> anyhow::Result<(Figure, Fig
                 }));
             }
             let what = if get { "small GET" } else { "small PUT" };
+            let what = format!("{what} at concurrency {conc}");
             while tasks.iter().any(|t| !t.is_finished()) {
                 progress(
                     &format!("{label} {what}"),
@@ -303,7 +306,15 @@ async fn small(c: &Client, l: &Load, label: &str) -> anyhow::Result<(Figure, Fig
     Ok((put, get))
 }
 
-async fn measure(c: &Client, l: &Load, label: &str) -> anyhow::Result<[Figure; 4]> {
+/// Everything one endpoint did: the large PUT and GET, and a small PUT and GET at each
+/// concurrency.
+struct Measured {
+    large_put: Figure,
+    large_get: Figure,
+    small: Vec<(usize, Figure, Figure)>,
+}
+
+async fn measure(c: &Client, l: &Load, label: &str) -> anyhow::Result<Measured> {
     match c.create_bucket().bucket(&l.bucket).send().await {
         Ok(_) => {}
         Err(e) => {
@@ -319,9 +330,17 @@ async fn measure(c: &Client, l: &Load, label: &str) -> anyhow::Result<[Figure; 4
             }
         }
     }
-    let (lput, lget) = large(c, l, label).await?;
-    let (sput, sget) = small(c, l, label).await?;
-    Ok([lput, lget, sput, sget])
+    let (large_put, large_get) = large(c, l, label).await?;
+    let mut small_figures = Vec::new();
+    for &conc in &l.concurrency {
+        let (put, get) = small(c, l, conc, label).await?;
+        small_figures.push((conc, put, get));
+    }
+    Ok(Measured {
+        large_put,
+        large_get,
+        small: small_figures,
+    })
 }
 
 /// Sequential writes of `size` bytes then one fdatasync: GiB/s.
@@ -424,53 +443,80 @@ pub async fn run(
     let disk = raw_disk_write(&dir, load.large_size * load.large_count as u64)?;
     let floor = hashing_floor(1 << 30);
 
-    let names = ["large PUT", "large GET", "small PUT", "small GET"];
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
-    let rows = [
+    // (name, endpoint, unit, ceiling, what the ceiling is)
+    let mut rows = vec![
         (
-            "large PUT",
-            target[0].gib_s(),
+            "large PUT".to_owned(),
+            target.large_put.gib_s(),
             "GiB/s",
             disk,
             "raw disk write+fsync",
         ),
         (
-            "large GET",
-            target[1].gib_s(),
+            "large GET".to_owned(),
+            target.large_get.gib_s(),
             "GiB/s",
-            nul[1].gib_s(),
-            "null GET",
-        ),
-        (
-            "small PUT",
-            target[2].ops_s(),
-            "ops/s",
-            nul[2].ops_s(),
-            "null PUT",
-        ),
-        (
-            "small GET",
-            target[3].ops_s(),
-            "ops/s",
-            nul[3].ops_s(),
+            nul.large_get.gib_s(),
             "null GET",
         ),
     ];
+    for ((conc, put, get), (_, nput, nget)) in target.small.iter().zip(&nul.small) {
+        rows.push((
+            format!("small PUT c{conc}"),
+            put.ops_s(),
+            "ops/s",
+            nput.ops_s(),
+            "null PUT",
+        ));
+        rows.push((
+            format!("small GET c{conc}"),
+            get.ops_s(),
+            "ops/s",
+            nget.ops_s(),
+            "null GET",
+        ));
+    }
+    let errors = target.large_put.errors
+        + target.large_get.errors
+        + target
+            .small
+            .iter()
+            .map(|(_, p, g)| p.errors + g.errors)
+            .sum::<u64>();
     if as_json {
         let mut out = serde_json::Map::new();
-        for (i, n) in names.iter().enumerate() {
-            out.insert(
-                (*n).to_owned(),
-                json!({"target": target[i].json(), "null": nul[i].json()}),
-            );
-        }
+        out.insert(
+            "large PUT".into(),
+            json!({"target": target.large_put.json(), "null": nul.large_put.json()}),
+        );
+        out.insert(
+            "large GET".into(),
+            json!({"target": target.large_get.json(), "null": nul.large_get.json()}),
+        );
+        out.insert(
+            "small".into(),
+            json!(
+                target
+                    .small
+                    .iter()
+                    .zip(&nul.small)
+                    .map(|((conc, put, get), (_, nput, nget))| json!({
+                        "concurrency": conc,
+                        "PUT": {"target": put.json(), "null": nput.json()},
+                        "GET": {"target": get.json(), "null": nget.json()},
+                    }))
+                    .collect::<Vec<_>>()
+            ),
+        );
         out.insert("raw_disk_write_gib_per_s".into(), json!(disk));
         out.insert("hashing_floor_gib_per_s".into(), json!(floor));
+        out.insert("errors".into(), json!(errors));
         out.insert(
             "ratios".into(),
             json!(
                 rows.iter()
-                    .map(|r| (r.0, ratio(r.1, r.3)))
+                    .map(|r| (r.0.clone(), ratio(r.1, r.3)))
                     .collect::<HashMap<_, _>>()
             ),
         );
@@ -483,7 +529,7 @@ pub async fn run(
         return Ok(());
     }
     println!(
-        "S3 load: {} x {} MiB (concurrency {}), {} B objects for {} s (concurrency {})",
+        "S3 load: {} x {} MiB (concurrency {}), {} B objects for {} s at each concurrency of {:?}",
         load.large_count,
         load.large_size >> 20,
         load.large_concurrency,
@@ -492,41 +538,34 @@ pub async fn run(
         load.concurrency
     );
     println!(
-        "{:<10} {:>12} {:>14} {:>7}   ceiling",
+        "{:<15} {:>12} {:>14} {:>7}   ceiling",
         "workload", "endpoint", "ceiling", "ratio"
     );
-    for (n, v, unit, c, what) in rows {
+    for (n, v, unit, c, what) in &rows {
         println!(
-            "{n:<10} {v:>8.2} {unit:<5} {c:>8.2} {unit:<5} {:>6.1}%   {what}",
-            100.0 * ratio(v, c)
+            "{n:<15} {v:>8.2} {unit:<5} {c:>8.2} {unit:<5} {:>6.1}%   {what}",
+            100.0 * ratio(*v, *c)
         );
     }
     println!(
         "large PUT beside the other limits of this machine: null PUT {:.2} GiB/s ({:.1}%), S3 hashing alone on both cores {floor:.2} GiB/s ({:.1}%: MD5 + SHA-256 + CRC32 on the server, SHA-256 + CRC32 on the client)",
-        nul[0].gib_s(),
-        100.0 * ratio(target[0].gib_s(), nul[0].gib_s()),
-        100.0 * ratio(target[0].gib_s(), floor),
+        nul.large_put.gib_s(),
+        100.0 * ratio(target.large_put.gib_s(), nul.large_put.gib_s()),
+        100.0 * ratio(target.large_put.gib_s(), floor),
     );
-    println!(
-        "small GET latency (endpoint): TTFB p50 {:.2} ms p99 {:.2} ms; whole p50 {:.2} ms p99 {:.2} ms",
-        percentile(&target[3].ttfb, 0.5),
-        percentile(&target[3].ttfb, 0.99),
-        percentile(&target[3].whole, 0.5),
-        percentile(&target[3].whole, 0.99)
-    );
-    println!(
-        "small GET latency (null):     TTFB p50 {:.2} ms p99 {:.2} ms; whole p50 {:.2} ms p99 {:.2} ms",
-        percentile(&nul[3].ttfb, 0.5),
-        percentile(&nul[3].ttfb, 0.99),
-        percentile(&nul[3].whole, 0.5),
-        percentile(&nul[3].whole, 0.99)
-    );
-    println!(
-        "small PUT latency (endpoint): whole p50 {:.2} ms p99 {:.2} ms; errors: {}",
-        percentile(&target[2].whole, 0.5),
-        percentile(&target[2].whole, 0.99),
-        target.iter().map(|f| f.errors).sum::<u64>()
-    );
+    for ((conc, put, get), (_, _, nget)) in target.small.iter().zip(&nul.small) {
+        println!(
+            "concurrency {conc}: small GET whole p50 {:.2} ms p99 {:.2} ms, TTFB p50 {:.2} ms (null: whole p50 {:.2} ms p99 {:.2} ms); small PUT whole p50 {:.2} ms p99 {:.2} ms",
+            percentile(&get.whole, 0.5),
+            percentile(&get.whole, 0.99),
+            percentile(&get.ttfb, 0.5),
+            percentile(&nget.whole, 0.5),
+            percentile(&nget.whole, 0.99),
+            percentile(&put.whole, 0.5),
+            percentile(&put.whole, 0.99),
+        );
+    }
+    println!("errors: {errors}");
     Ok(())
 }
 

@@ -8,27 +8,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use cairn_engine::chunk::ChunkHandle;
-use cairn_engine::state::TypedService;
-use cairn_master::dataplane::command;
-use cairn_master::objects::{
-    Extent, ObjectCommand, ObjectQuery, ObjectQueryResponse, ObjectRecord, ObjectResponse,
-    ObjectService,
+use cairn_proto::chunk::{
+    ChunkFailure, ChunkHandle, LocalChunkserver, METHOD_READ, METHOD_WRITE, METHOD_WRITE_DATA,
+    METHOD_WRITE_END, PIECE, RESET_CORRUPT, ReadHeader, ReadRequest, WriteAck, WriteEnd,
+    WriteHeader, encode,
 };
-use cairn_master::protocol::{
+use cairn_proto::dataplane::{
     AllocateRequest, AllocateRpc, Allocation, BadReplica, BadReplicaRpc, DataStatus, DataStatusRpc,
-    LocateRpc, Location, ServerId,
+    Extent, LOCATE_MAX, LocateRpc, Location, ServerId,
 };
 use cairn_proto::frame::{self, Frame, Kind};
-use cairn_proto::{Client, ClientOptions};
-use cairn_raft::{Consistency, MasterClient, ProposeError};
+use cairn_proto::{Client, ClientOptions, ProposeError};
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::protocol::{
-    ChunkFailure, METHOD_READ, METHOD_WRITE, METHOD_WRITE_DATA, METHOD_WRITE_END, PIECE,
-    RESET_CORRUPT, ReadHeader, ReadRequest, WriteAck, WriteEnd, WriteHeader, encode,
-};
+use crate::master::MasterClient;
 
 /// Fresh chains tried for one chunk before a write gives up.
 const CHAIN_ATTEMPTS: usize = 4;
@@ -79,7 +73,7 @@ pub struct DataClient {
     /// Replicas per chunk; the cluster default when `None`.
     pub replication: Option<u8>,
     /// Chunkservers in this process: their replicas are read straight from their stores.
-    local: Vec<crate::server::Chunkserver>,
+    local: Vec<Arc<dyn LocalChunkserver>>,
 }
 
 /// Longest wait for a chain's acknowledgement after the last byte (every replica syncs).
@@ -138,8 +132,7 @@ impl ChunkSink for tokio::sync::mpsc::Sender<Bytes> {
 }
 
 /// The buffers of one read span.
-#[derive(Default)]
-pub(crate) struct Pieces(pub(crate) Vec<Bytes>);
+type Pieces = Vec<Bytes>;
 
 /// Why reading from one replica failed.
 enum ReadFail {
@@ -249,8 +242,8 @@ impl DataClient {
 
     /// Read replicas held by `cs` (a chunkserver in this process) from its store directly,
     /// without a QUIC round trip (a short-circuit read, as HDFS does for local replicas).
-    pub fn with_local(mut self, cs: crate::server::Chunkserver) -> DataClient {
-        self.local.push(cs);
+    pub fn with_local(mut self, cs: impl LocalChunkserver + 'static) -> DataClient {
+        self.local.push(Arc::new(cs));
         self
     }
 
@@ -316,7 +309,7 @@ impl DataClient {
         if let Some(cs) = self.local_server(&first) {
             let (frames, rx) = tokio::sync::mpsc::channel(4);
             let cs = cs.clone();
-            let ack = tokio::spawn(async move { cs.write_local(header, rx).await });
+            let ack = tokio::spawn(async move { cs.write(header, rx).await });
             return Ok(ChainWrite {
                 alloc,
                 link: Link::Local { frames, ack },
@@ -338,7 +331,7 @@ impl DataClient {
     }
 
     /// The chunkserver in this process at `addr`, if any.
-    fn local_server(&self, addr: &str) -> Option<&crate::server::Chunkserver> {
+    fn local_server(&self, addr: &str) -> Option<&Arc<dyn LocalChunkserver>> {
         let addr: SocketAddr = addr.parse().ok()?;
         self.local.iter().find(|cs| cs.addr() == addr)
     }
@@ -638,77 +631,6 @@ impl DataClient {
         })
     }
 
-    /// Record `written` under `key` (replacing any previous object atomically).
-    pub async fn commit(&self, key: &str, written: &Written) -> Result<ObjectResponse, DataError> {
-        let cmd = ObjectCommand::Put {
-            key: key.to_owned(),
-            size: written.size,
-            blake3: written.blake3,
-            extents: written.extents.clone(),
-        };
-        self.object_command(&cmd).await
-    }
-
-    /// `put` then `commit`.
-    pub async fn put_object(
-        &self,
-        key: &str,
-        source: &mut (impl AsyncRead + Unpin),
-    ) -> Result<Written, DataError> {
-        let written = self.put(source).await?;
-        self.commit(key, &written).await?;
-        Ok(written)
-    }
-
-    pub async fn delete_object(&self, key: &str) -> Result<bool, DataError> {
-        match self
-            .object_command(&ObjectCommand::Delete {
-                key: key.to_owned(),
-            })
-            .await?
-        {
-            ObjectResponse::Deleted { existed } => Ok(existed),
-            ObjectResponse::Put { .. } => Err(DataError::Rejected("unexpected response".into())),
-        }
-    }
-
-    async fn object_command(&self, cmd: &ObjectCommand) -> Result<ObjectResponse, DataError> {
-        let outcome = self.master.propose(command::<ObjectService>(cmd)?).await?;
-        let bytes = outcome.map_err(|r| DataError::Rejected(r.to_string()))?;
-        ObjectService::response(&bytes).map_err(|e| DataError::Rejected(e.to_string()))
-    }
-
-    /// An object's record (linearizable).
-    pub async fn stat(&self, key: &str) -> Result<Option<ObjectRecord>, DataError> {
-        let q = ObjectService::encode_query(&ObjectQuery::Get {
-            key: key.to_owned(),
-        })
-        .map_err(|e| DataError::Rejected(e.to_string()))?;
-        let bytes = self
-            .master
-            .query(ObjectService::ID, q, Consistency::Linearizable)
-            .await?
-            .map_err(|r| DataError::Rejected(r.to_string()))?;
-        match ObjectService::query_response(&bytes) {
-            Ok(ObjectQueryResponse::Object(o)) => Ok(o),
-            Ok(_) => Err(DataError::Rejected("unexpected response".into())),
-            Err(e) => Err(DataError::Rejected(e.to_string())),
-        }
-    }
-
-    /// Stream the whole object `key` into `out`; `None` if there is no such object.
-    pub async fn get_object(
-        &self,
-        key: &str,
-        out: &mut (impl AsyncWrite + Unpin),
-    ) -> Result<Option<ObjectRecord>, DataError> {
-        let Some(record) = self.stat(key).await? else {
-            return Ok(None);
-        };
-        self.read(&record.extents, 0, record.size, out).await?;
-        Ok(Some(record))
-    }
-
     async fn locate(&self, handles: Vec<ChunkHandle>) -> Result<Vec<Location>, DataError> {
         Ok(self.master.call_leader::<LocateRpc, _>(&handles).await?)
     }
@@ -757,7 +679,7 @@ impl DataClient {
         handles.sort_unstable();
         handles.dedup();
         let mut locations = std::collections::HashMap::new();
-        for batch in handles.chunks(cairn_master::dataplane::LOCATE_MAX) {
+        for batch in handles.chunks(LOCATE_MAX) {
             for loc in self.locate(batch.to_vec()).await? {
                 locations.insert(loc.handle, loc);
             }
@@ -785,11 +707,11 @@ impl DataClient {
                 });
                 let client = self.clone();
                 running.push_back(tokio::spawn(async move {
-                    let mut buf = Pieces::default();
+                    let mut buf = Pieces::new();
                     client
                         .read_segment(loc, off, n, &mut buf)
                         .await
-                        .map(|()| buf.0)
+                        .map(|()| buf)
                 }));
             }
             let Some(next) = running.pop_front() else {
@@ -872,12 +794,13 @@ impl DataClient {
             len: n,
         };
         if let Some(cs) = self.local.iter().find(|cs| cs.addr() == peer) {
-            return cs.read_local(req, out, done).await.map_err(|e| match e {
-                crate::server::LocalReadError::Replica(f) => ReadFail::Replica {
+            return cs
+                .read(req, out, done)
+                .await
+                .map_err(|f| ReadFail::Replica {
                     corrupt: f.corrupt,
                     message: f.to_string(),
-                },
-            });
+                });
         }
         let (mut send, mut recv) = self
             .peers
@@ -909,7 +832,7 @@ impl DataClient {
             match next {
                 Ok(Some(chunk)) => {
                     let take = (chunk.bytes.len() as u64).min(left) as usize;
-                    out.0.push(chunk.bytes.slice(..take));
+                    out.push(chunk.bytes.slice(..take));
                     left -= take as u64;
                     *done += take as u64;
                 }

@@ -13,13 +13,31 @@
 //! then exactly `len` raw bytes. A block that fails its checksum mid-stream resets the stream with
 //! [`RESET_CORRUPT`] (the replica is dropped and reported; the reader fails over).
 
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+
 use bytes::Bytes;
-use cairn_engine::chunk::ChunkHandle;
 use serde::{Deserialize, Serialize};
+
+use crate::frame::Frame;
+
+/// Identifies a chunk cluster-wide; allocated by the master. The chunkserver stores it under
+/// the same number in its local store (`cairn_engine::chunk::ChunkHandle` names the file; the
+/// engine knows nothing of the wire, so the two crates each own their id).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ChunkHandle(pub u64);
+
+impl fmt::Display for ChunkHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
 
 /// A protocol message as a frame body. The messages are plain structs, which postcard always
 /// encodes.
-pub(crate) fn encode<T: Serialize>(v: &T) -> Bytes {
+pub fn encode<T: Serialize>(v: &T) -> Bytes {
     Bytes::from(postcard::to_stdvec(v).unwrap_or_default())
 }
 
@@ -86,4 +104,34 @@ pub struct ReadHeader {
     pub version: u64,
     /// BLAKE3 of the whole chunk, when the whole sealed chunk is read (copies verify it).
     pub digest: Option<[u8; 32]>,
+}
+
+/// A boxed future, for the [`LocalChunkserver`] methods (object-safe).
+pub type LocalFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A chunkserver in the data client's own process, reached without a QUIC hop: the
+/// short-circuit head of a write chain (frames on a channel instead of encrypted packets) and
+/// short-circuit reads straight from its store (as HDFS does for local replicas). The same
+/// checks as over QUIC: a chunkserver implements this, a data client holds it as a trait
+/// object, and neither crate depends on the other.
+pub trait LocalChunkserver: Send + Sync + fmt::Debug {
+    /// Its QUIC address for the chunk protocol (how chains and locations name it).
+    fn addr(&self) -> SocketAddr;
+
+    /// A chain write whose first replica is this server: the frames a writer would send on a
+    /// write stream (data pieces, then the end), answered as the stream would be.
+    fn write(
+        &self,
+        header: WriteHeader,
+        frames: tokio::sync::mpsc::Receiver<Frame>,
+    ) -> LocalFuture<'static, Result<WriteAck, ChunkFailure>>;
+
+    /// Read the range `req` names from this server's replica, appending the buffers to `out`
+    /// and counting the bytes in `done` as they arrive (a failure part way keeps what was read).
+    fn read<'a>(
+        &'a self,
+        req: ReadRequest,
+        out: &'a mut Vec<Bytes>,
+        done: &'a mut u64,
+    ) -> LocalFuture<'a, Result<(), ChunkFailure>>;
 }

@@ -2,10 +2,23 @@
 //! same mutual-TLS QUIC endpoint as Raft. Followers answer [`ProposeError::NotLeader`] with a
 //! hint; the soft state lives on the leader.
 
-use cairn_engine::chunk::ChunkHandle;
-use cairn_proto::Rpc;
-use cairn_raft::ProposeError;
 use serde::{Deserialize, Serialize};
+
+use crate::Rpc;
+use crate::chunk::ChunkHandle;
+use crate::group::ProposeError;
+
+/// Most chunks one [`LocateRpc`] call may name.
+pub const LOCATE_MAX: usize = 1024;
+
+/// A piece of an object: `len` bytes at `offset` in chunk `handle`. What the data client's
+/// writes return and the bucket service's versions record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Extent {
+    pub handle: ChunkHandle,
+    pub offset: u64,
+    pub len: u64,
+}
 
 /// A chunkserver's cluster-wide id (random, kept in its data folder).
 pub type ServerId = u64;
