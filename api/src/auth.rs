@@ -99,7 +99,7 @@ pub async fn principal_of(
         None
     } else {
         Some(
-            crate::rest::parse_id(&rec.owner)
+            crate::kernel::parse_id(&rec.owner)
                 .ok_or_else(|| internal(format!("access key {access_key} has an unknown owner")))?,
         )
     };

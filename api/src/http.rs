@@ -11,24 +11,22 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, get};
 use cairn_master::buckets::{BucketQuery, BucketQueryResponse, CorsRule};
 use s3s::service::S3ServiceBuilder;
 use serde_json::json;
 
 use crate::Gateway;
 use crate::auth::{Access, KeyAuth};
+use crate::kernel::names::RESERVED;
 use crate::s3::CairnS3;
-
-/// Names the gateway serves itself: buckets cannot take them.
-pub const RESERVED: &[&str] = &["health", "ready", "metrics", "api", "storage"];
 
 /// Largest error body the middleware rewrites to carry the request id.
 const ERROR_BODY_MAX: usize = 64 * 1024;
 
-/// The whole gateway as an axum router. `ready` replaces the default readiness check (the
-/// master group has a leader and a chunkserver is alive).
-pub fn router(gateway: Arc<Gateway>, ready: Option<MethodRouter>) -> Router {
+/// The gateway's own routes `own` with S3 behind them (for every path they do not take, and
+/// for every request to a virtual-hosted bucket), every request observed (request id, access
+/// log, metrics, CORS).
+pub fn serve(gateway: Arc<Gateway>, own: Router) -> Router {
     let s3 = {
         let mut b = S3ServiceBuilder::new(CairnS3::new(gateway.clone()));
         b.set_auth(KeyAuth::new(gateway.clone()));
@@ -49,20 +47,7 @@ pub fn router(gateway: Arc<Gateway>, ready: Option<MethodRouter>) -> Router {
         )
             .into_response()
     });
-    let ready = ready.unwrap_or_else(|| get(default_ready).with_state(gateway.clone()));
-    let own = Router::new()
-        .route(
-            "/health",
-            get(|| async { axum::Json(json!({"status": "ok"})) }),
-        )
-        .route("/ready", ready)
-        .route("/metrics", get(metrics).with_state(gateway.clone()))
-        .nest("/api", crate::rest::router(gateway.clone()))
-        .nest("/storage", crate::namespaces::router(gateway.clone()))
-        // The faces' own roots are theirs too (not S3 buckets named `api` or `storage`).
-        .route("/api/", axum::routing::any(crate::rest::not_found))
-        .route("/storage/", axum::routing::any(crate::rest::not_found))
-        .fallback_service(s3.clone());
+    let own = own.fallback_service(s3.clone());
     // A request to `BUCKET.DOMAIN` is S3 whatever its path: `/api/x` there is the object
     // `api/x` of that bucket, not the REST API.
     let domain = gateway
@@ -130,7 +115,7 @@ impl s3s::host::S3Host for VirtualHosts {
     }
 }
 
-async fn default_ready(State(g): State<Arc<Gateway>>) -> Response {
+pub(crate) async fn default_ready(State(g): State<Arc<Gateway>>) -> Response {
     match g.data.status().await {
         Ok(s) if s.servers.iter().any(|s| s.alive) => (
             StatusCode::OK,
@@ -150,7 +135,7 @@ async fn default_ready(State(g): State<Arc<Gateway>>) -> Response {
     }
 }
 
-async fn metrics(State(g): State<Arc<Gateway>>) -> Response {
+pub(crate) async fn metrics(State(g): State<Arc<Gateway>>) -> Response {
     let mut extra = Vec::new();
     if let Ok(s) = g.data.status().await {
         extra.push((

@@ -36,9 +36,10 @@ use tokio::io::{AsyncRead, ReadBuf};
 
 use crate::Gateway;
 use crate::auth::Principal;
+use crate::kernel::from_s3;
+use crate::kernel::{ApiError, ApiResult, Caller, authenticate, hex_id, json_body};
 use crate::namespaces::serve;
-use crate::rest::{ApiError, ApiResult, Caller, authenticate, hex_id, json_body};
-use crate::storage::{from_s3, principal};
+use crate::storage::principal;
 
 /// Bytes of a content's beginning kept to recognise its format (an ISO's descriptor is at
 /// 32,769).

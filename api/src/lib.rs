@@ -4,27 +4,41 @@
 //! service, `cairn_master::buckets`), bytes on chunkservers (`cairn_client::DataClient`).
 //! Any number of gateways can serve one cluster; `cairn serve` runs one in-process.
 //!
-//! - [`s3`]: the S3 operations.
-//! - [`auth`]: SigV4 secrets from the key service, and who may do what.
-//! - [`body`]: request and response body streams (hashing on the way in, bounded on the way out).
-//! - [`http`]: the axum router: request ids, access logs, metrics, `/health`, `/ready`, CORS.
-//! - [`rest`]: the JSON REST API under `/api`: users, sessions, keys, audit.
+//! Every surface is one module; what they share is the [`kernel`] (callers, errors, limits,
+//! layers) and [`objects`] (the object storage path). [`router`] assembles them; no two
+//! modules import each other.
+//!
+//! - [`kernel`]: authentication, the JSON error, rate limits, audit and JSON layers.
+//! - [`objects`]: storing a request body, reading an object back, committing a write.
+//! - [`auth`]: SigV4 secrets from the key service, and who may do what (S3 and REST alike).
+//! - [`s3`]: the S3 operations (s3s).
+//! - [`sessions`]: users and sessions under `/api/auth`.
+//! - [`keys`]: S3 and API keys under `/api/s3-keys` and `/api/keys`.
+//! - [`audit`]: the audit log under `/api/audit/logs`.
 //! - [`tenants`]: tenants, members and IAM policies under `/api`.
 //! - [`storage`]: the REST storage API under `/api/storage`.
 //! - [`namespaces`]: namespaces, files and direct URLs under `/storage`.
 //! - [`shares`]: signed, expiring, revocable share links (`/api/shares`, `/storage/share`).
 //! - [`images`]: the image store under `/api/images`.
+//! - [`body`]: request and response body streams (hashing on the way in, bounded on the way out).
+//! - [`http`]: S3 behind the gateway's own routes; request ids, access logs, metrics, CORS.
+//! - [`router`]: the one place every route and the OpenAPI document are assembled.
 
+pub mod audit;
 pub mod auth;
 pub mod body;
 pub mod fuzzing;
 pub mod http;
 pub mod images;
+pub mod kernel;
+pub mod keys;
 pub mod mail;
 pub mod metrics;
 pub mod namespaces;
-pub mod rest;
+pub mod objects;
+pub mod router;
 pub mod s3;
+pub mod sessions;
 pub mod shares;
 pub mod storage;
 pub mod tenants;
@@ -41,7 +55,7 @@ use cairn_proto::SecretsKey;
 use cairn_proto::{Consistency, ProposeError};
 use s3s::{S3Error, S3ErrorCode};
 
-pub use http::router;
+pub use router::router;
 
 /// Gateway settings.
 #[derive(Clone, Debug)]
@@ -79,7 +93,7 @@ impl Default for GatewayOptions {
             domain: None,
             auth_rate_limit: 5,
             api_rate_limit: 600,
-            access_ttl_s: rest::ACCESS_TTL_S,
+            access_ttl_s: kernel::ACCESS_TTL_S,
             share_links_max: 1000,
             share_ttl_max_s: 365 * 24 * 3600,
             image_max: 64 << 30,
@@ -98,11 +112,11 @@ pub struct Gateway {
     pub options: GatewayOptions,
     pub metrics: metrics::Metrics,
     /// The access-token signing keys, opened from the replicated state and kept a minute.
-    pub jwt_key: parking_lot::Mutex<Option<rest::JwtKeys>>,
-    pub auth_limiter: rest::RateLimiter,
+    pub jwt_key: parking_lot::Mutex<Option<kernel::JwtKeys>>,
+    pub auth_limiter: kernel::RateLimiter,
     /// Per API key or login session, for every authenticated `/api` request.
-    pub caller_limiter: rest::RateLimiter<String>,
-    pub api_keys: rest::ApiKeyCache,
+    pub caller_limiter: kernel::RateLimiter<String>,
+    pub api_keys: kernel::ApiKeyCache,
     /// Sends password reset tokens by mail when SMTP is configured.
     pub mailer: Option<Arc<mail::Mailer>>,
     /// File uploads in flight on this gateway (for progress reports).
@@ -170,9 +184,9 @@ impl Gateway {
             options,
             metrics: metrics::Metrics::default(),
             jwt_key: parking_lot::Mutex::new(None),
-            auth_limiter: rest::RateLimiter::default(),
-            caller_limiter: rest::RateLimiter::default(),
-            api_keys: rest::ApiKeyCache::default(),
+            auth_limiter: kernel::RateLimiter::default(),
+            caller_limiter: kernel::RateLimiter::default(),
+            api_keys: kernel::ApiKeyCache::default(),
             mailer: None,
             uploads: namespaces::Uploads::default(),
         }

@@ -33,10 +33,9 @@ use serde_json::{Value, json};
 
 use crate::Gateway;
 use crate::auth::{Principal, judge};
-use crate::rest::{ApiError, ApiResult, Caller, authenticate, authenticate_optional, json_body};
-use crate::storage::{
-    authorised, client_ip, empty_bucket, from_s3, latest, page, principal, record, writer,
-};
+use crate::kernel::{ApiError, ApiResult, Caller, authenticate, authenticate_optional, json_body};
+use crate::kernel::{client_ip, from_s3};
+use crate::storage::{authorised, empty_bucket, latest, page, principal, record, writer};
 
 /// The form field named `file` (fields before it are skipped), or the caller's 400. A macro,
 /// not a function: the field borrows the form, and a loop that returns such a borrow on one
@@ -45,12 +44,12 @@ macro_rules! file_field {
     ($form:ident) => {
         loop {
             match $form.next_field().await.map_err(|e| {
-                $crate::rest::ApiError::bad(format!("malformed multipart body: {e}"))
+                $crate::kernel::ApiError::bad(format!("malformed multipart body: {e}"))
             })? {
                 Some(f) if f.name() == Some("file") => break f,
                 Some(_) => {}
                 None => {
-                    return Err($crate::rest::ApiError::bad(
+                    return Err($crate::kernel::ApiError::bad(
                         "the form has no field named file",
                     ));
                 }
@@ -76,8 +75,8 @@ pub const ROUTE_NAMES: &[&str] = &[
 const PATH_MAX: usize = 1024;
 
 /// The routes, nested at `/storage`.
-pub fn router(g: Arc<Gateway>) -> Router {
-    let routes = Router::new()
+pub fn routes() -> Router<Arc<Gateway>> {
+    Router::new()
         .route("/namespaces", get(list_namespaces).post(create_namespace))
         .route(
             "/namespaces/{name}",
@@ -92,10 +91,8 @@ pub fn router(g: Arc<Gateway>) -> Router {
         .route("/download", get(download_by_query))
         .route("/delete", delete(delete_file))
         .route("/status", get(status))
-        .route("/share/{token}", get(crate::shares::open))
         .route("/download/{namespace}/{*path}", get(direct_attachment))
-        .route("/{namespace}/{*path}", get(direct_inline));
-    crate::rest::with_layers(routes, g)
+        .route("/{namespace}/{*path}", get(direct_inline))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -117,7 +114,9 @@ pub fn check_namespace_name(name: &str) -> Result<(), String> {
                 .into(),
         );
     }
-    if ROUTE_NAMES.contains(&name) || crate::http::RESERVED.contains(&name) || name == SYSTEM_BUCKET
+    if ROUTE_NAMES.contains(&name)
+        || crate::kernel::names::RESERVED.contains(&name)
+        || name == SYSTEM_BUCKET
     {
         return Err(format!("the name {name} is reserved"));
     }
@@ -612,10 +611,9 @@ async fn upload(State(g): State<Arc<Gateway>>, req: Request) -> ApiResult<Respon
         })
         .await;
     };
-    let s3 = crate::s3::CairnS3::new(Arc::clone(&g));
     let body = s3s::dto::StreamingBlob::wrap(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)));
     let no_headers = HeaderMap::new();
-    let store = s3.store_body(Some(body), &no_headers, None, &q.namespace, true);
+    let store = crate::objects::store_body(&g, Some(body), &no_headers, None, &q.namespace, true);
     let ((), stored) = tokio::join!(pump, store);
     let stored = stored.map_err(from_s3)?;
     drop(form);
@@ -624,27 +622,27 @@ async fn upload(State(g): State<Arc<Gateway>>, req: Request) -> ApiResult<Respon
         ..Conditions::default()
     };
     let who = writer(&caller, &p, ip);
-    let written = s3
-        .write(
-            &who,
-            BucketCommand::PutObject {
-                bucket: q.namespace.clone(),
-                key: path.clone(),
-                data: ObjectData {
-                    size: stored.size,
-                    etag: stored.md5.clone(),
-                    parts: Vec::new(),
-                    content: stored.content,
-                    meta: ObjectMeta {
-                        content_type,
-                        ..ObjectMeta::default()
-                    },
-                    tags: Vec::new(),
+    let written = crate::objects::write(
+        &g,
+        &who,
+        BucketCommand::PutObject {
+            bucket: q.namespace.clone(),
+            key: path.clone(),
+            data: ObjectData {
+                size: stored.size,
+                etag: stored.md5.clone(),
+                parts: Vec::new(),
+                content: stored.content,
+                meta: ObjectMeta {
+                    content_type,
+                    ..ObjectMeta::default()
                 },
-                conditions,
+                tags: Vec::new(),
             },
-        )
-        .await;
+            conditions,
+        },
+    )
+    .await;
     match written {
         Ok(_) => {}
         Err(e) if e.code().as_str() == "PreconditionFailed" => {
@@ -743,50 +741,24 @@ async fn delete_file(State(g): State<Arc<Gateway>>, req: Request) -> ApiResult<R
         .await
         .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "no such file"))?;
     let who = writer(&caller, &p, client_ip(&req));
-    crate::s3::CairnS3::new(Arc::clone(&g))
-        .write(
-            &who,
-            BucketCommand::DeleteObject {
-                bucket: q.namespace,
-                key: q.name,
-                version: None,
-            },
-        )
-        .await
-        .map_err(from_s3)?;
+    crate::objects::write(
+        &g,
+        &who,
+        BucketCommand::DeleteObject {
+            bucket: q.namespace,
+            key: q.name,
+            version: None,
+        },
+    )
+    .await
+    .map_err(from_s3)?;
     Ok(axum::Json(json!({"status": "deleted"})).into_response())
 }
 
 /// `GET /storage/status`: the data plane at a glance (signed-in callers).
 async fn status(State(g): State<Arc<Gateway>>, headers: HeaderMap) -> ApiResult<Response> {
     authenticate(&g, &headers).await?;
-    Ok(axum::Json(cluster_health(&g).await?).into_response())
-}
-
-/// Chunkservers, capacity and replication health, as `/storage/status` and
-/// `/api/storage/health` report it.
-pub(crate) async fn cluster_health(g: &Gateway) -> ApiResult<Value> {
-    let s =
-        g.data.status().await.map_err(|e| {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("no status: {e}"))
-        })?;
-    let live: Vec<_> = s.servers.iter().filter(|s| s.alive).collect();
-    let capacity: u64 = live.iter().map(|s| s.info.capacity).sum();
-    let free: u64 = live.iter().map(|s| s.info.free).sum();
-    Ok(json!({
-        "chunkservers": s.servers.len(),
-        "live_servers": live.len(),
-        "capacity_bytes": capacity,
-        "used_bytes": capacity.saturating_sub(free),
-        "free_bytes": free,
-        "stored_bytes": live.iter().map(|s| s.bytes).sum::<u64>(),
-        "chunks": s.chunks,
-        "under_replicated_chunks": s.under_replicated,
-        "lost_chunks": s.lost,
-        "copies_in_flight": s.copies_in_flight,
-        "replication_default": s.replication_default,
-        "healthy": !live.is_empty() && s.under_replicated == 0 && s.lost == 0,
-    }))
+    Ok(axum::Json(crate::storage::cluster_health(&g).await?).into_response())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -914,8 +886,7 @@ pub(crate) fn serve(
     let body = if method == Method::HEAD || len == 0 {
         axum::body::Body::empty()
     } else {
-        let s3 = crate::s3::CairnS3::new(Arc::clone(g));
-        axum::body::Body::from_stream(s3.body_of(d, first, len))
+        axum::body::Body::from_stream(crate::objects::body_of(g, d, first, len))
     };
     let mut r = validators(status);
     *r.body_mut() = body;

@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
 use cairn_master::buckets::{
     BucketChange, BucketCommand, BucketQuery, BucketQueryResponse, BucketRecord, BucketResponse,
     Conditions, Content, CorsRule, LifecycleRule, ListPage, ListRequest, ObjectData, ObjectMeta,
@@ -16,13 +15,12 @@ use cairn_master::buckets::{
 };
 use cairn_proto::dataplane::Extent;
 use futures::StreamExt;
-use s3s::checksum::ChecksumHasher;
 use s3s::crypto::{Checksum as _, Md5};
 use s3s::dto::*;
 use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, TrailingHeaders, s3_error};
 
 use crate::Gateway;
-use crate::body::{Hashing, chain_prefix, object_stream, read_prefix};
+use crate::objects::{self, Stored, Who, custom_error};
 
 #[derive(Debug, Clone)]
 pub struct CairnS3 {
@@ -58,13 +56,6 @@ fn etag(s: &str) -> ETag {
 
 fn internal(e: impl std::fmt::Display) -> S3Error {
     S3Error::with_message(S3ErrorCode::InternalError, e.to_string())
-}
-
-/// An S3 error code s3s does not list, with its status.
-fn custom_error(code: &'static str, status: http::StatusCode, message: &'static str) -> S3Error {
-    let mut e = S3Error::with_message(S3ErrorCode::Custom(code.into()), message);
-    e.set_status_code(status);
-    e
 }
 
 fn parse_version(v: Option<&str>) -> S3Result<Option<VersionRef>> {
@@ -222,97 +213,6 @@ fn meta(
 
 fn user_metadata(m: &ObjectMeta) -> Option<Metadata> {
     (!m.user.is_empty()).then(|| m.user.iter().cloned().collect::<HashMap<_, _>>())
-}
-
-const CHECKSUMS: [(&str, &str); 5] = [
-    ("CRC32", "x-amz-checksum-crc32"),
-    ("CRC32C", "x-amz-checksum-crc32c"),
-    ("CRC64NVME", "x-amz-checksum-crc64nvme"),
-    ("SHA1", "x-amz-checksum-sha1"),
-    ("SHA256", "x-amz-checksum-sha256"),
-];
-
-fn header_str<'a>(h: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
-    h.get(name).and_then(|v| v.to_str().ok())
-}
-
-/// The checksums a write asks for: a value header, the SDK's algorithm header, or a trailer.
-fn checksum_plan(h: &http::HeaderMap) -> ChecksumHasher {
-    let mut c = ChecksumHasher::default();
-    let algo = header_str(h, "x-amz-sdk-checksum-algorithm").map(str::to_ascii_uppercase);
-    let trailer = header_str(h, "x-amz-trailer").map(str::to_ascii_lowercase);
-    for (alg, name) in CHECKSUMS {
-        let on = h.contains_key(name)
-            || algo.as_deref() == Some(alg)
-            || trailer
-                .as_deref()
-                .is_some_and(|t| t.split(',').any(|x| x.trim() == name));
-        if on {
-            match alg {
-                "CRC32" => c.crc32 = Some(Default::default()),
-                "CRC32C" => c.crc32c = Some(Default::default()),
-                "CRC64NVME" => c.crc64nvme = Some(Default::default()),
-                "SHA1" => c.sha1 = Some(Default::default()),
-                _ => c.sha256 = Some(Default::default()),
-            }
-        }
-    }
-    c
-}
-
-fn computed<'a>(c: &'a s3s::dto::Checksum, alg: &str) -> Option<&'a String> {
-    match alg {
-        "CRC32" => c.checksum_crc32.as_ref(),
-        "CRC32C" => c.checksum_crc32c.as_ref(),
-        "CRC64NVME" => c.checksum_crc64nvme.as_ref(),
-        "SHA1" => c.checksum_sha1.as_ref(),
-        _ => c.checksum_sha256.as_ref(),
-    }
-}
-
-/// Check every checksum the client sent (header or trailer) against the bytes received;
-/// returns the one to keep with the object.
-fn verify_checksums(
-    sums: &s3s::dto::Checksum,
-    h: &http::HeaderMap,
-    trailers: Option<&http::HeaderMap>,
-) -> S3Result<Option<(String, String)>> {
-    let mut keep = None;
-    for (alg, name) in CHECKSUMS {
-        let sent = trailers
-            .and_then(|t| header_str(t, name))
-            .or_else(|| header_str(h, name));
-        let got = computed(sums, alg);
-        if let Some(sent) = sent
-            && got.map(String::as_str) != Some(sent.trim())
-        {
-            return Err(S3Error::with_message(
-                S3ErrorCode::BadDigest,
-                format!("The {alg} you specified did not match the calculated checksum."),
-            ));
-        }
-        if keep.is_none()
-            && let Some(g) = got
-        {
-            keep = Some((alg.to_owned(), g.clone()));
-        }
-    }
-    Ok(keep)
-}
-
-fn decode_base64(s: &str) -> Option<Vec<u8>> {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD
-        .decode(s.trim())
-        .ok()
-}
-
-/// What a stored body turned into.
-pub(crate) struct Stored {
-    pub(crate) size: u64,
-    pub(crate) md5: String,
-    pub(crate) checksum: Option<(String, String)>,
-    pub(crate) content: Content,
 }
 
 /// Sub-extents covering `len` bytes at `offset` of an object made of `extents`.
@@ -493,14 +393,6 @@ type ReadConditions<'a> = (
     &'a Option<Timestamp>,
 );
 
-/// Who made a request, for the audit log: the access key and the client address; and the
-/// tenant its key acts in (writes check it atomically).
-pub(crate) struct Who {
-    pub(crate) actor: String,
-    pub(crate) ip: String,
-    pub(crate) tenant: Option<u128>,
-}
-
 /// The version a lookup found, or the S3 error for none.
 fn found_version(found: Option<Version>, asked: Option<VersionRef>) -> S3Result<Version> {
     found.ok_or_else(|| {
@@ -536,20 +428,28 @@ fn who<T>(req: &S3Request<T>) -> Who {
 }
 
 impl CairnS3 {
-    /// An object write that records itself in the audit log (actor, action, `bucket/key`,
-    /// address), in the same log entry and transaction as the write.
+    /// See [`objects::write`].
     pub(crate) async fn write(&self, who: &Who, c: BucketCommand) -> S3Result<BucketResponse> {
-        let tenant = who
-            .tenant
-            .ok_or_else(|| s3_error!(AccessDenied, "sign the request"))?;
-        self.g
-            .command(&BucketCommand::Audited {
-                actor: who.actor.clone(),
-                ip: who.ip.clone(),
-                tenant,
-                command: Box::new(c),
-            })
-            .await
+        objects::write(&self.g, who, c).await
+    }
+
+    async fn bucket(&self, name: &str) -> S3Result<BucketRecord> {
+        objects::bucket_record(&self.g, name).await
+    }
+
+    async fn store_body(
+        &self,
+        body: Option<StreamingBlob>,
+        headers: &http::HeaderMap,
+        trailers: Option<TrailingHeaders>,
+        bucket: &str,
+        allow_inline: bool,
+    ) -> S3Result<Stored> {
+        objects::store_body(&self.g, body, headers, trailers, bucket, allow_inline).await
+    }
+
+    fn body_of(&self, d: &ObjectData, offset: u64, len: u64) -> StreamingBlob {
+        objects::body_of(&self.g, d, offset, len)
     }
 
     /// Find the version, check the preconditions, resolve the range or part.
@@ -626,23 +526,6 @@ impl CairnS3 {
         Ok((version, data, bucket.to_string(), key.to_string()))
     }
 
-    async fn bucket(&self, name: &str) -> S3Result<BucketRecord> {
-        match self
-            .g
-            .query(&BucketQuery::Bucket {
-                name: name.to_owned(),
-            })
-            .await?
-        {
-            BucketQueryResponse::Bucket(Some(b)) => Ok(b),
-            BucketQueryResponse::Bucket(None) => Err(s3_error!(
-                NoSuchBucket,
-                "The specified bucket does not exist"
-            )),
-            _ => Err(internal("unexpected answer")),
-        }
-    }
-
     /// A key's version (the newest if `version` is `None`); delete markers included.
     async fn version(
         &self,
@@ -677,129 +560,6 @@ impl CairnS3 {
     ) -> S3Result<(Version, ObjectData)> {
         let r = parse_version(version_id)?;
         data_of(self.version(bucket, key, r).await?, r)
-    }
-
-    /// Stream a request body into storage, hashing it on the way.
-    pub(crate) async fn store_body(
-        &self,
-        body: Option<StreamingBlob>,
-        headers: &http::HeaderMap,
-        trailers: Option<TrailingHeaders>,
-        bucket: &str,
-        allow_inline: bool,
-    ) -> S3Result<Stored> {
-        let inline_max = if allow_inline {
-            self.g.options.inline_max
-        } else {
-            0
-        };
-        let mut hashing = Hashing::new(body, checksum_plan(headers), self.g.options.put_max);
-        let body_error = |hashing: &Hashing, e: &dyn std::fmt::Display| {
-            let text = e.to_string();
-            if hashing.too_large {
-                s3_error!(
-                    EntityTooLarge,
-                    "Your proposed upload exceeds the maximum allowed object size."
-                )
-            } else if text.contains("Sha256Mismatch") {
-                custom_error(
-                    "XAmzContentSHA256Mismatch",
-                    http::StatusCode::BAD_REQUEST,
-                    "The provided 'x-amz-content-sha256' header does not match what was computed.",
-                )
-            } else if text.contains("SignatureMismatch") || text.contains("signature") {
-                S3Error::with_message(
-                    S3ErrorCode::SignatureDoesNotMatch,
-                    format!("a chunk of the request body is not signed right: {text}"),
-                )
-            } else {
-                S3Error::with_message(
-                    S3ErrorCode::IncompleteBody,
-                    format!("reading the request body: {e}"),
-                )
-            }
-        };
-        let content = {
-            let mut reader = tokio_util::io::StreamReader::new(&mut hashing);
-            let prefix = match read_prefix(&mut reader, inline_max).await {
-                Ok(p) => p,
-                Err(e) => {
-                    drop(reader);
-                    return Err(body_error(&hashing, &e));
-                }
-            };
-            if allow_inline && prefix.len() <= inline_max {
-                drop(reader);
-                Content::Inline(prefix)
-            } else {
-                // Large body: the bucket must exist before any chunk is written (a small one
-                // needs no lookup: the commit itself refuses a missing bucket).
-                let replication = match self.bucket(bucket).await {
-                    Ok(b) => b.replication,
-                    Err(e) => {
-                        drop(reader);
-                        return Err(e);
-                    }
-                };
-                let mut src = chain_prefix(prefix, reader);
-                let mut dc = self.g.data.clone();
-                dc.replication = replication;
-                let written = dc.put(&mut src).await;
-                drop(src);
-                match written {
-                    Ok(w) => Content::Chunks(w.extents),
-                    Err(cairn_client::DataError::Source(e)) => {
-                        return Err(body_error(&hashing, &e));
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "storing a body failed");
-                        return Err(S3Error::with_message(
-                            S3ErrorCode::ServiceUnavailable,
-                            format!("the data plane could not store the body: {e}"),
-                        ));
-                    }
-                }
-            }
-        };
-        let size = hashing.len;
-        let (md5, sums) = hashing.finish();
-        if let Some(sent) = header_str(headers, "content-md5") {
-            let raw = decode_base64(sent)
-                .filter(|r| r.len() == 16)
-                .ok_or_else(|| {
-                    s3_error!(InvalidDigest, "The Content-MD5 you specified was invalid.")
-                })?;
-            if cairn_master::buckets::hex(&raw) != md5 {
-                return Err(s3_error!(
-                    BadDigest,
-                    "The Content-MD5 you specified did not match what we received."
-                ));
-            }
-        }
-        let trailer_map = trailers.and_then(|t| t.take());
-        let checksum = verify_checksums(&sums, headers, trailer_map.as_ref())?;
-        Ok(Stored {
-            size,
-            md5,
-            checksum,
-            content,
-        })
-    }
-
-    pub(crate) fn body_of(&self, d: &ObjectData, offset: u64, len: u64) -> StreamingBlob {
-        match &d.content {
-            Content::Inline(b) => {
-                let lo = usize::try_from(offset).unwrap_or(usize::MAX).min(b.len());
-                let hi = usize::try_from(offset + len)
-                    .unwrap_or(usize::MAX)
-                    .min(b.len());
-                let bytes = Bytes::copy_from_slice(&b[lo..hi]);
-                StreamingBlob::wrap(futures::stream::once(async move {
-                    Ok::<_, std::io::Error>(bytes)
-                }))
-            }
-            Content::Chunks(e) => object_stream(&self.g.data, Arc::new(e.clone()), offset, len),
-        }
     }
 
     /// The byte range a GET/HEAD asks for: (offset, len, Content-Range, parts count).
@@ -1083,7 +843,7 @@ impl S3 for CairnS3 {
         let audit_who = who(&req);
         let audited = req.input.bucket.clone();
         let input = req.input;
-        if crate::http::RESERVED.contains(&input.bucket.as_str()) {
+        if crate::kernel::names::RESERVED.contains(&input.bucket.as_str()) {
             return Err(s3_error!(
                 InvalidBucketName,
                 "this bucket name is reserved by the gateway"

@@ -23,9 +23,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::Gateway;
+use crate::kernel::from_s3;
+use crate::kernel::{ApiError, ApiResult, authenticate, hex_id, json_body};
 use crate::namespaces::{check_path, serve};
-use crate::rest::{ApiError, ApiResult, authenticate, hex_id, json_body};
-use crate::storage::{authorised, from_s3, principal};
+use crate::storage::{authorised, principal};
 
 const PURPOSE: &str = "cairn share link v1";
 /// Link lifetime when the request names none: a day.

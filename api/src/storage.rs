@@ -27,28 +27,13 @@ use serde_json::{Value, json};
 
 use crate::Gateway;
 use crate::auth::{Principal, judge};
-use crate::rest::{ApiError, ApiResult, Caller, authenticate, hex_id, json_body};
+use crate::kernel::{
+    ApiError, ApiResult, Caller, authenticate, client_ip, from_s3, hex_id, json_body,
+};
 use cairn_master::buckets::BucketResponse;
 
 /// Most objects a forced delete removes (versions, delete markers and uploads together).
 const FORCE_DELETE_MAX: usize = 100_000;
-
-/// An S3 error from the shared authorisation or the bucket service, as a REST error.
-pub(crate) fn from_s3(e: s3s::S3Error) -> ApiError {
-    let status = e.status_code().unwrap_or(StatusCode::BAD_REQUEST);
-    let message = e.message().unwrap_or("refused").to_owned();
-    if status.is_server_error() {
-        return ApiError::internal(message);
-    }
-    match e.code().as_str() {
-        "NoSuchBucket" => ApiError::new(StatusCode::NOT_FOUND, "no such bucket"),
-        "BucketAlreadyExists" | "BucketAlreadyOwnedByYou" | "BucketNotEmpty" => {
-            ApiError::new(StatusCode::CONFLICT, message)
-        }
-        "AccessDenied" => ApiError::new(StatusCode::FORBIDDEN, message),
-        _ => ApiError::new(status, message),
-    }
-}
 
 /// The caller as an S3 principal in the tenant they act in, after the key-scope check.
 pub(crate) async fn principal(g: &Gateway, caller: &Caller, op: &str) -> ApiResult<Principal> {
@@ -143,7 +128,7 @@ struct NewBucket {
 async fn create(State(g): State<Arc<Gateway>>, req: Request) -> ApiResult<Response> {
     let caller = authenticate(&g, req.headers()).await?;
     let body: NewBucket = json_body(req).await?;
-    if crate::http::RESERVED.contains(&body.name.as_str()) {
+    if crate::kernel::names::RESERVED.contains(&body.name.as_str()) {
         return Err(ApiError::bad("this bucket name is reserved by the gateway"));
     }
     let p = principal(&g, &caller, "CreateBucket").await?;
@@ -208,10 +193,9 @@ pub(crate) async fn page(g: &Gateway, q: &BucketQuery) -> ApiResult<ListPage> {
 pub(crate) async fn empty_bucket(
     g: &Arc<Gateway>,
     p: &Principal,
-    who: &crate::s3::Who,
+    who: &crate::objects::Who,
     bucket: &str,
 ) -> ApiResult<usize> {
-    let s3 = crate::s3::CairnS3::new(Arc::clone(g));
     let first = || ListRequest {
         bucket: bucket.to_owned(),
         limit: 1000,
@@ -241,7 +225,7 @@ pub(crate) async fn empty_bucket(
                 key: o.key,
                 version,
             };
-            s3.write(who, c).await.map_err(from_s3)?;
+            crate::objects::write(g, who, c).await.map_err(from_s3)?;
             removed += 1;
             if removed >= FORCE_DELETE_MAX {
                 return Err(ApiError::new(
@@ -262,7 +246,7 @@ pub(crate) async fn empty_bucket(
                 key: u.key,
                 upload: u.id,
             };
-            s3.write(who, c).await.map_err(from_s3)?;
+            crate::objects::write(g, who, c).await.map_err(from_s3)?;
             removed += 1;
         }
     }
@@ -401,19 +385,12 @@ async fn list_versions(
     list_page(&g, &caller, &name, &query, true).await
 }
 
-pub(crate) fn writer(caller: &Caller, p: &Principal, req_ip: String) -> crate::s3::Who {
-    crate::s3::Who {
+pub(crate) fn writer(caller: &Caller, p: &Principal, req_ip: String) -> crate::objects::Who {
+    crate::objects::Who {
         actor: hex_id(caller.user),
         ip: req_ip,
         tenant: Some(p.tenant),
     }
-}
-
-pub(crate) fn client_ip(req: &Request) -> String {
-    req.extensions()
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip().to_string())
-        .unwrap_or_default()
 }
 
 /// `PUT /api/storage/buckets/{name}/objects/{key}`: the raw body becomes the object's new
@@ -432,10 +409,8 @@ async fn upload(
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let s3 = crate::s3::CairnS3::new(Arc::clone(&g));
     let body = sync_body(req.into_body());
-    let stored = s3
-        .store_body(Some(body), &HeaderMap::new(), None, &name, true)
+    let stored = crate::objects::store_body(&g, Some(body), &HeaderMap::new(), None, &name, true)
         .await
         .map_err(from_s3)?;
     let meta = ObjectMeta {
@@ -443,7 +418,8 @@ async fn upload(
         checksum: stored.checksum.clone(),
         ..ObjectMeta::default()
     };
-    s3.write(
+    crate::objects::write(
+        &g,
         &who,
         BucketCommand::PutObject {
             bucket: name.clone(),
@@ -516,8 +492,7 @@ async fn download(
     let Some(d) = v.data() else {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "no such object"));
     };
-    let s3 = crate::s3::CairnS3::new(Arc::clone(&g));
-    let body = axum::body::Body::from_stream(s3.body_of(d, 0, d.size));
+    let body = axum::body::Body::from_stream(crate::objects::body_of(&g, d, 0, d.size));
     let mut resp = Response::new(body);
     let h = resp.headers_mut();
     let ct = d
@@ -552,8 +527,8 @@ async fn delete_object(
     let caller = authenticate(&g, req.headers()).await?;
     let (p, _) = authorised(&g, &caller, "DeleteObject", &name, Some(&key)).await?;
     let who = writer(&caller, &p, client_ip(&req));
-    let s3 = crate::s3::CairnS3::new(Arc::clone(&g));
-    s3.write(
+    crate::objects::write(
+        &g,
         &who,
         BucketCommand::DeleteObject {
             bucket: name,
@@ -611,23 +586,22 @@ async fn initiate(
     let body: NewUpload = json_body(req).await?;
     let (p, _) = authorised(&g, &caller, "CreateMultipartUpload", &name, Some(&body.key)).await?;
     let who = writer(&caller, &p, ip);
-    let s3 = crate::s3::CairnS3::new(Arc::clone(&g));
-    let r = s3
-        .write(
-            &who,
-            BucketCommand::CreateUpload {
-                bucket: name.clone(),
-                key: body.key.clone(),
-                owner: format!("user:{}", hex_id(caller.user)),
-                meta: ObjectMeta {
-                    content_type: body.content_type,
-                    ..ObjectMeta::default()
-                },
-                tags: Vec::new(),
+    let r = crate::objects::write(
+        &g,
+        &who,
+        BucketCommand::CreateUpload {
+            bucket: name.clone(),
+            key: body.key.clone(),
+            owner: format!("user:{}", hex_id(caller.user)),
+            meta: ObjectMeta {
+                content_type: body.content_type,
+                ..ObjectMeta::default()
             },
-        )
-        .await
-        .map_err(from_s3)?;
+            tags: Vec::new(),
+        },
+    )
+    .await
+    .map_err(from_s3)?;
     let BucketResponse::Upload { id } = r else {
         return Err(ApiError::internal("unexpected answer"));
     };
@@ -676,17 +650,16 @@ async fn put_part(
         BucketQueryResponse::Upload(Some(_)) => {}
         _ => return Err(ApiError::new(StatusCode::NOT_FOUND, "no such upload")),
     }
-    let s3 = crate::s3::CairnS3::new(Arc::clone(&g));
-    let stored = s3
-        .store_body(
-            Some(sync_body(req.into_body())),
-            &HeaderMap::new(),
-            None,
-            &name,
-            false,
-        )
-        .await
-        .map_err(from_s3)?;
+    let stored = crate::objects::store_body(
+        &g,
+        Some(sync_body(req.into_body())),
+        &HeaderMap::new(),
+        None,
+        &name,
+        false,
+    )
+    .await
+    .map_err(from_s3)?;
     let extents = match stored.content {
         cairn_master::buckets::Content::Chunks(e) => e,
         cairn_master::buckets::Content::Inline(_) => Vec::new(),
@@ -748,19 +721,19 @@ async fn complete(
         .into_iter()
         .map(|x| (x.part_number, x.etag.trim_matches('"').to_owned()))
         .collect();
-    crate::s3::CairnS3::new(Arc::clone(&g))
-        .write(
-            &who,
-            BucketCommand::CompleteUpload {
-                bucket: name.clone(),
-                key: body.key.clone(),
-                upload,
-                parts,
-                conditions: Conditions::default(),
-            },
-        )
-        .await
-        .map_err(upload_error)?;
+    crate::objects::write(
+        &g,
+        &who,
+        BucketCommand::CompleteUpload {
+            bucket: name.clone(),
+            key: body.key.clone(),
+            upload,
+            parts,
+            conditions: Conditions::default(),
+        },
+    )
+    .await
+    .map_err(upload_error)?;
     let v = latest(&g, &name, &body.key).await?;
     Ok((
         StatusCode::CREATED,
@@ -781,17 +754,17 @@ async fn abort(
     let upload = upload_id(&id)?;
     let (p, _) = authorised(&g, &caller, "AbortMultipartUpload", &name, Some(&key)).await?;
     let who = writer(&caller, &p, client_ip(&req));
-    crate::s3::CairnS3::new(Arc::clone(&g))
-        .write(
-            &who,
-            BucketCommand::AbortUpload {
-                bucket: name,
-                key,
-                upload,
-            },
-        )
-        .await
-        .map_err(upload_error)?;
+    crate::objects::write(
+        &g,
+        &who,
+        BucketCommand::AbortUpload {
+            bucket: name,
+            key,
+            upload,
+        },
+    )
+    .await
+    .map_err(upload_error)?;
     Ok(axum::Json(json!({"status": "aborted"})).into_response())
 }
 
@@ -915,7 +888,7 @@ async fn delete_rule(
 async fn health(State(g): State<Arc<Gateway>>, headers: HeaderMap) -> ApiResult<Response> {
     let caller = authenticate(&g, &headers).await?;
     caller.scoped("storage:read")?;
-    Ok(axum::Json(crate::namespaces::cluster_health(&g).await?).into_response())
+    Ok(axum::Json(cluster_health(&g).await?).into_response())
 }
 
 /// The routes, to merge into the `/api` router.
@@ -982,3 +955,29 @@ pub fn routes() -> Router<Arc<Gateway>> {
     health
 ))]
 pub(crate) struct StorageDoc;
+
+/// Chunkservers, capacity and replication health, as `/storage/status` and
+/// `/api/storage/health` report it.
+pub(crate) async fn cluster_health(g: &Gateway) -> ApiResult<Value> {
+    let s =
+        g.data.status().await.map_err(|e| {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("no status: {e}"))
+        })?;
+    let live: Vec<_> = s.servers.iter().filter(|s| s.alive).collect();
+    let capacity: u64 = live.iter().map(|s| s.info.capacity).sum();
+    let free: u64 = live.iter().map(|s| s.info.free).sum();
+    Ok(json!({
+        "chunkservers": s.servers.len(),
+        "live_servers": live.len(),
+        "capacity_bytes": capacity,
+        "used_bytes": capacity.saturating_sub(free),
+        "free_bytes": free,
+        "stored_bytes": live.iter().map(|s| s.bytes).sum::<u64>(),
+        "chunks": s.chunks,
+        "under_replicated_chunks": s.under_replicated,
+        "lost_chunks": s.lost,
+        "copies_in_flight": s.copies_in_flight,
+        "replication_default": s.replication_default,
+        "healthy": !live.is_empty() && s.under_replicated == 0 && s.lost == 0,
+    }))
+}

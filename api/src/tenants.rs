@@ -21,7 +21,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::Gateway;
-use crate::rest::{
+use crate::kernel::{
     ApiError, ApiResult, Caller, ask, authenticate, hex_id, json_body, parse_id, propose,
 };
 

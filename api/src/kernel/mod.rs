@@ -1,0 +1,27 @@
+//! The gateway's kernel: what every surface shares and no surface owns. Surfaces import the
+//! kernel; the kernel imports no surface.
+//!
+//! - [`error`]: `ApiError`, the JSON error of every route.
+//! - [`caller`]: authentication (access tokens, API keys) and the identity service calls.
+//! - [`limits`]: rate limits.
+//! - [`layers`]: audit entries, rate-limit headers, JSON 404/405s, client addresses.
+//! - [`crypto`], [`ids`], [`json`]: hashing and tokens, ids, JSON bodies.
+//! - [`names`]: names the gateway keeps for itself.
+
+pub mod caller;
+pub mod crypto;
+pub mod error;
+pub mod ids;
+pub mod json;
+pub mod layers;
+pub mod limits;
+pub mod names;
+
+pub(crate) use caller::{
+    ACCESS_TTL_S, ApiKeyCache, Caller, JwtKeys, ask, authenticate, authenticate_optional, propose,
+};
+pub(crate) use error::{ApiError, ApiResult, from_s3, not_found};
+pub(crate) use ids::{hex_id, parse_id};
+pub(crate) use json::json_body;
+pub(crate) use layers::{client_ip, with_layers};
+pub(crate) use limits::RateLimiter;

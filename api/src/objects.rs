@@ -1,0 +1,285 @@
+//! The object storage path every surface shares: a request body streamed into storage (inline
+//! in the metadata when small, through the data plane otherwise) with its digests and
+//! checksums verified on the way; an object's bytes read back as a stream; and a write
+//! committed to the bucket service with its audit entry. S3, the REST storage API, namespaces
+//! and the image store all store and read objects through here.
+use std::sync::Arc;
+
+use bytes::Bytes;
+use cairn_master::buckets::{
+    BucketCommand, BucketQuery, BucketQueryResponse, BucketRecord, BucketResponse, Content,
+    ObjectData,
+};
+use s3s::checksum::ChecksumHasher;
+use s3s::dto::*;
+use s3s::{S3Error, S3ErrorCode, S3Result, TrailingHeaders, s3_error};
+
+use crate::Gateway;
+use crate::body::{Hashing, chain_prefix, object_stream, read_prefix};
+
+/// An S3 error code s3s does not list, with its status.
+pub(crate) fn custom_error(
+    code: &'static str,
+    status: http::StatusCode,
+    message: &'static str,
+) -> S3Error {
+    let mut e = S3Error::with_message(S3ErrorCode::Custom(code.into()), message);
+    e.set_status_code(status);
+    e
+}
+
+const CHECKSUMS: [(&str, &str); 5] = [
+    ("CRC32", "x-amz-checksum-crc32"),
+    ("CRC32C", "x-amz-checksum-crc32c"),
+    ("CRC64NVME", "x-amz-checksum-crc64nvme"),
+    ("SHA1", "x-amz-checksum-sha1"),
+    ("SHA256", "x-amz-checksum-sha256"),
+];
+
+fn header_str<'a>(h: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The checksums a write asks for: a value header, the SDK's algorithm header, or a trailer.
+fn checksum_plan(h: &http::HeaderMap) -> ChecksumHasher {
+    let mut c = ChecksumHasher::default();
+    let algo = header_str(h, "x-amz-sdk-checksum-algorithm").map(str::to_ascii_uppercase);
+    let trailer = header_str(h, "x-amz-trailer").map(str::to_ascii_lowercase);
+    for (alg, name) in CHECKSUMS {
+        let on = h.contains_key(name)
+            || algo.as_deref() == Some(alg)
+            || trailer
+                .as_deref()
+                .is_some_and(|t| t.split(',').any(|x| x.trim() == name));
+        if on {
+            match alg {
+                "CRC32" => c.crc32 = Some(Default::default()),
+                "CRC32C" => c.crc32c = Some(Default::default()),
+                "CRC64NVME" => c.crc64nvme = Some(Default::default()),
+                "SHA1" => c.sha1 = Some(Default::default()),
+                _ => c.sha256 = Some(Default::default()),
+            }
+        }
+    }
+    c
+}
+
+fn computed<'a>(c: &'a s3s::dto::Checksum, alg: &str) -> Option<&'a String> {
+    match alg {
+        "CRC32" => c.checksum_crc32.as_ref(),
+        "CRC32C" => c.checksum_crc32c.as_ref(),
+        "CRC64NVME" => c.checksum_crc64nvme.as_ref(),
+        "SHA1" => c.checksum_sha1.as_ref(),
+        _ => c.checksum_sha256.as_ref(),
+    }
+}
+
+/// Check every checksum the client sent (header or trailer) against the bytes received;
+/// returns the one to keep with the object.
+fn verify_checksums(
+    sums: &s3s::dto::Checksum,
+    h: &http::HeaderMap,
+    trailers: Option<&http::HeaderMap>,
+) -> S3Result<Option<(String, String)>> {
+    let mut keep = None;
+    for (alg, name) in CHECKSUMS {
+        let sent = trailers
+            .and_then(|t| header_str(t, name))
+            .or_else(|| header_str(h, name));
+        let got = computed(sums, alg);
+        if let Some(sent) = sent
+            && got.map(String::as_str) != Some(sent.trim())
+        {
+            return Err(S3Error::with_message(
+                S3ErrorCode::BadDigest,
+                format!("The {alg} you specified did not match the calculated checksum."),
+            ));
+        }
+        if keep.is_none()
+            && let Some(g) = got
+        {
+            keep = Some((alg.to_owned(), g.clone()));
+        }
+    }
+    Ok(keep)
+}
+
+fn decode_base64(s: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(s.trim())
+        .ok()
+}
+
+/// What a stored body turned into.
+pub(crate) struct Stored {
+    pub(crate) size: u64,
+    pub(crate) md5: String,
+    pub(crate) checksum: Option<(String, String)>,
+    pub(crate) content: Content,
+}
+
+/// Who made a request, for the audit log: the access key and the client address; and the
+/// tenant its key acts in (writes check it atomically).
+pub(crate) struct Who {
+    pub(crate) actor: String,
+    pub(crate) ip: String,
+    pub(crate) tenant: Option<u128>,
+}
+
+/// An object write that records itself in the audit log (actor, action, `bucket/key`,
+/// address), in the same log entry and transaction as the write.
+pub(crate) async fn write(g: &Gateway, who: &Who, c: BucketCommand) -> S3Result<BucketResponse> {
+    let tenant = who
+        .tenant
+        .ok_or_else(|| s3_error!(AccessDenied, "sign the request"))?;
+    g.command(&BucketCommand::Audited {
+        actor: who.actor.clone(),
+        ip: who.ip.clone(),
+        tenant,
+        command: Box::new(c),
+    })
+    .await
+}
+
+pub(crate) async fn bucket_record(g: &Gateway, name: &str) -> S3Result<BucketRecord> {
+    match g
+        .query(&BucketQuery::Bucket {
+            name: name.to_owned(),
+        })
+        .await?
+    {
+        BucketQueryResponse::Bucket(Some(b)) => Ok(b),
+        BucketQueryResponse::Bucket(None) => Err(s3_error!(
+            NoSuchBucket,
+            "The specified bucket does not exist"
+        )),
+        _ => Err(S3Error::with_message(
+            S3ErrorCode::InternalError,
+            "unexpected answer",
+        )),
+    }
+}
+
+/// Stream a request body into storage, hashing it on the way.
+pub(crate) async fn store_body(
+    g: &Gateway,
+    body: Option<StreamingBlob>,
+    headers: &http::HeaderMap,
+    trailers: Option<TrailingHeaders>,
+    bucket: &str,
+    allow_inline: bool,
+) -> S3Result<Stored> {
+    let inline_max = if allow_inline {
+        g.options.inline_max
+    } else {
+        0
+    };
+    let mut hashing = Hashing::new(body, checksum_plan(headers), g.options.put_max);
+    let body_error = |hashing: &Hashing, e: &dyn std::fmt::Display| {
+        let text = e.to_string();
+        if hashing.too_large {
+            s3_error!(
+                EntityTooLarge,
+                "Your proposed upload exceeds the maximum allowed object size."
+            )
+        } else if text.contains("Sha256Mismatch") {
+            custom_error(
+                "XAmzContentSHA256Mismatch",
+                http::StatusCode::BAD_REQUEST,
+                "The provided 'x-amz-content-sha256' header does not match what was computed.",
+            )
+        } else if text.contains("SignatureMismatch") || text.contains("signature") {
+            S3Error::with_message(
+                S3ErrorCode::SignatureDoesNotMatch,
+                format!("a chunk of the request body is not signed right: {text}"),
+            )
+        } else {
+            S3Error::with_message(
+                S3ErrorCode::IncompleteBody,
+                format!("reading the request body: {e}"),
+            )
+        }
+    };
+    let content = {
+        let mut reader = tokio_util::io::StreamReader::new(&mut hashing);
+        let prefix = match read_prefix(&mut reader, inline_max).await {
+            Ok(p) => p,
+            Err(e) => {
+                drop(reader);
+                return Err(body_error(&hashing, &e));
+            }
+        };
+        if allow_inline && prefix.len() <= inline_max {
+            drop(reader);
+            Content::Inline(prefix)
+        } else {
+            // Large body: the bucket must exist before any chunk is written (a small one
+            // needs no lookup: the commit itself refuses a missing bucket).
+            let replication = match bucket_record(g, bucket).await {
+                Ok(b) => b.replication,
+                Err(e) => {
+                    drop(reader);
+                    return Err(e);
+                }
+            };
+            let mut src = chain_prefix(prefix, reader);
+            let mut dc = g.data.clone();
+            dc.replication = replication;
+            let written = dc.put(&mut src).await;
+            drop(src);
+            match written {
+                Ok(w) => Content::Chunks(w.extents),
+                Err(cairn_client::DataError::Source(e)) => {
+                    return Err(body_error(&hashing, &e));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "storing a body failed");
+                    return Err(S3Error::with_message(
+                        S3ErrorCode::ServiceUnavailable,
+                        format!("the data plane could not store the body: {e}"),
+                    ));
+                }
+            }
+        }
+    };
+    let size = hashing.len;
+    let (md5, sums) = hashing.finish();
+    if let Some(sent) = header_str(headers, "content-md5") {
+        let raw = decode_base64(sent)
+            .filter(|r| r.len() == 16)
+            .ok_or_else(|| {
+                s3_error!(InvalidDigest, "The Content-MD5 you specified was invalid.")
+            })?;
+        if cairn_master::buckets::hex(&raw) != md5 {
+            return Err(s3_error!(
+                BadDigest,
+                "The Content-MD5 you specified did not match what we received."
+            ));
+        }
+    }
+    let trailer_map = trailers.and_then(|t| t.take());
+    let checksum = verify_checksums(&sums, headers, trailer_map.as_ref())?;
+    Ok(Stored {
+        size,
+        md5,
+        checksum,
+        content,
+    })
+}
+
+pub(crate) fn body_of(g: &Gateway, d: &ObjectData, offset: u64, len: u64) -> StreamingBlob {
+    match &d.content {
+        Content::Inline(b) => {
+            let lo = usize::try_from(offset).unwrap_or(usize::MAX).min(b.len());
+            let hi = usize::try_from(offset + len)
+                .unwrap_or(usize::MAX)
+                .min(b.len());
+            let bytes = Bytes::copy_from_slice(&b[lo..hi]);
+            StreamingBlob::wrap(futures::stream::once(async move {
+                Ok::<_, std::io::Error>(bytes)
+            }))
+        }
+        Content::Chunks(e) => object_stream(&g.data, Arc::new(e.clone()), offset, len),
+    }
+}
