@@ -546,6 +546,21 @@ fn now_s() -> u64 {
         .as_secs()
 }
 
+/// A JSON timestamp: every route writes RFC 3339 in UTC, to the second
+/// (`2026-12-07T03:25:00Z`). Returns Unix seconds.
+fn time_of(v: &Value) -> u64 {
+    let s = v
+        .as_str()
+        .unwrap_or_else(|| panic!("a timestamp is a string, not {v}"));
+    assert!(
+        s.len() == 20 && s.ends_with('Z') && s.as_bytes()[10] == b'T',
+        "not RFC 3339 UTC to the second: {s}"
+    );
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|e| panic!("{s}: {e}"));
+    u64::try_from(t.unix_timestamp()).unwrap()
+}
+
 #[tokio::test]
 async fn registration_switch_and_two_factor_login() {
     let api = Api::start(&[("CAIRN_API_AUTH_RATE_LIMIT", "1000")]);
@@ -713,13 +728,37 @@ async fn api_keys_work_as_bearer_tokens_and_can_be_rotated_and_deleted() {
     let (status, me) = api.call("GET", "/auth/me", Some(&key), None).await;
     assert_eq!(status, 200, "{me}");
     assert_eq!(me["email"], "root@example.com");
+    // The same key in an `X-API-Key` header; an access token there is refused, and so are two
+    // credentials at once.
+    let with_header = |value: &str| {
+        api.http
+            .get(format!("{}/auth/me", api.base))
+            .header("x-api-key", value.to_owned())
+    };
+    let resp = with_header(&key).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let me: Value = resp.json().await.unwrap();
+    assert_eq!(me["email"], "root@example.com");
+    let resp = with_header(&token).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+    let v: Value = resp.json().await.unwrap();
+    assert!(error_of(&v).contains("X-API-Key takes an API key"), "{v}");
+    let resp = with_header(&key)
+        .header("authorization", format!("Bearer {token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
     // Listed without the key itself, with its last use.
     let (_, list) = api.call("GET", "/keys", Some(&token), None).await;
     let keys = list["keys"].as_array().unwrap();
     assert_eq!(keys.len(), 1);
     assert!(keys[0].get("key").is_none());
     assert_eq!(keys[0]["scopes"], json!(["storage:read"]));
-    assert!(keys[0]["last_used_at"].is_u64(), "{list}");
+    let used = time_of(&keys[0]["last_used_at"]);
+    assert!(used + 60 >= now_s() && used <= now_s() + 5, "{list}");
+    let created = time_of(&keys[0]["created_at"]);
+    assert!(created <= used, "{list}");
     // A key cannot manage the account, nor act as admin without the admin scope.
     assert_eq!(
         api.call("POST", "/keys", Some(&key), Some(json!({"name": "x"})))
@@ -787,7 +826,8 @@ async fn api_keys_work_as_bearer_tokens_and_can_be_rotated_and_deleted() {
         )
         .await;
     let short_key = short["key"].as_str().unwrap().to_owned();
-    assert!(short["expires_at"].is_u64());
+    let expires = time_of(&short["expires_at"]);
+    assert!(expires <= now_s() + 5, "{short}");
     until_refused(&api, &short_key).await;
 }
 
@@ -856,6 +896,32 @@ async fn audit_log_records_every_change_and_cannot_be_altered() {
         .call("GET", "/audit/logs?limit=lots", Some(&token), None)
         .await;
     assert_eq!(status, 400, "{v}");
+    // Times are RFC 3339; `from` and `to` take RFC 3339 or Unix seconds.
+    let newest = time_of(&entries[0]["time"]);
+    assert!(newest <= now_s() + 5 && newest + 600 >= now_s(), "{log}");
+    let stamp = entries[0]["time"].as_str().unwrap().to_owned();
+    for (from, to) in [
+        (stamp.clone(), stamp.clone()),
+        (newest.to_string(), newest.to_string()),
+    ] {
+        let (status, within) = api
+            .call(
+                "GET",
+                &format!("/audit/logs?from={from}&to={to}"),
+                Some(&token),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{within}");
+        let within = within["entries"].as_array().unwrap();
+        assert!(!within.is_empty());
+        assert!(within.iter().all(|e| time_of(&e["time"]) == newest));
+    }
+    let (status, v) = api
+        .call("GET", "/audit/logs?from=yesterday", Some(&token), None)
+        .await;
+    assert_eq!(status, 400, "{v}");
+    assert!(error_of(&v).contains("RFC 3339"), "{v}");
     // Nothing can change or delete an entry, and only admins read them.
     let (status, v) = api.call("DELETE", "/audit/logs", Some(&token), None).await;
     assert_eq!(status, 405, "{v}");
@@ -3220,7 +3286,7 @@ async fn share_links_work_until_they_expire_or_are_revoked_and_refuse_tampering(
             .unwrap()
             .starts_with(&format!("http://{}/storage/share/", api.addr))
     );
-    let expires = link["expires_at"].as_u64().unwrap();
+    let expires = time_of(&link["expires_at"]);
     assert!(
         expires >= now_s() + 3590 && expires <= now_s() + 3610,
         "{link}"

@@ -15,17 +15,31 @@ use serde_json::json;
 use crate::Gateway;
 use crate::kernel::caller::*;
 use crate::kernel::error::*;
+use crate::kernel::rfc3339;
 
 #[derive(Deserialize)]
 struct AuditParams {
     actor: Option<String>,
     action: Option<String>,
     resource: Option<String>,
-    /// Unix seconds.
-    from: Option<u64>,
-    to: Option<u64>,
+    /// RFC 3339 or Unix seconds.
+    from: Option<String>,
+    to: Option<String>,
     limit: Option<u32>,
     offset: Option<u32>,
+}
+
+/// A `from` or `to` parameter, in ms.
+fn time_param(name: &str, value: Option<&str>) -> ApiResult<Option<u64>> {
+    value
+        .map(|v| {
+            crate::kernel::time::parse_time(v).ok_or_else(|| {
+                ApiError::bad(format!(
+                    "{name} is a time: RFC 3339 (2026-12-07T03:25:00Z) or Unix seconds"
+                ))
+            })
+        })
+        .transpose()
 }
 
 /// `GET /api/audit/logs` (admins): entries newest first, filtered.
@@ -39,8 +53,8 @@ async fn audit_logs(State(g): State<Arc<Gateway>>, req: Request) -> ApiResult<Re
         actor: p.actor,
         action: p.action,
         resource: p.resource,
-        from_ms: p.from.map(|s| s.saturating_mul(1000)),
-        to_ms: p.to.map(|s| s.saturating_mul(1000).saturating_add(999)),
+        from_ms: time_param("from", p.from.as_deref())?,
+        to_ms: time_param("to", p.to.as_deref())?.map(|ms| ms.saturating_add(999)),
         limit: p.limit.unwrap_or(100).min(cairn_master::audit::LIST_MAX),
         offset: p.offset.unwrap_or(0),
     };
@@ -62,7 +76,7 @@ async fn audit_logs(State(g): State<Arc<Gateway>>, req: Request) -> ApiResult<Re
     let items: Vec<_> = entries
         .into_iter()
         .map(|(id, e)| {
-            json!({"id": id, "time": e.time_ms / 1000, "actor": e.actor, "action": e.action,
+            json!({"id": id, "time": rfc3339(e.time_ms), "actor": e.actor, "action": e.action,
                    "resource": e.resource, "ip": e.ip, "outcome": e.outcome})
         })
         .collect();

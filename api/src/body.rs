@@ -14,6 +14,47 @@ use s3s::crypto::{Checksum, Md5};
 use s3s::dto::StreamingBlob;
 use tokio::io::AsyncRead;
 
+/// Why a request body could not be read: classified once, where the body stream fails, and
+/// carried inside the `std::io::Error` the readers downstream pass on.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// More bytes came than the limit allows.
+    #[error("body too large")]
+    TooLarge,
+    /// The body is not the one its `x-amz-content-sha256` names.
+    #[error("{0}")]
+    Sha256Mismatch(String),
+    /// A chunk of an aws-chunked body is not signed right.
+    #[error("{0}")]
+    Signature(String),
+    /// The client went away or sent something unreadable.
+    #[error("{0}")]
+    Read(String),
+}
+
+impl BodyError {
+    /// s3s reports a body that fails its digest or chunk-signature checks through error types
+    /// it does not export (`UploadStreamError::Sha256Mismatch`,
+    /// `AwsChunkedStreamError::SignatureMismatch`): their text is all it exposes, so this is
+    /// the one place that reads it.
+    fn of_s3s(e: &(dyn std::error::Error + Send + Sync)) -> BodyError {
+        let text = e.to_string();
+        if text.contains("Sha256Mismatch") {
+            BodyError::Sha256Mismatch(text)
+        } else if text.contains("SignatureMismatch") || text.contains("signature") {
+            BodyError::Signature(text)
+        } else {
+            BodyError::Read(text)
+        }
+    }
+
+    /// The body error inside an I/O error that a reader of the body passed on, if it is one.
+    pub fn of_io(e: &std::io::Error) -> Option<&BodyError> {
+        e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<BodyError>())
+    }
+}
+
 /// Hashes and counts what flows through; fails the stream once more than `limit` bytes came.
 pub struct Hashing {
     inner: Option<StreamingBlob>,
@@ -21,8 +62,6 @@ pub struct Hashing {
     pub checksums: ChecksumHasher,
     pub len: u64,
     pub limit: u64,
-    /// The body was larger than `limit`.
-    pub too_large: bool,
 }
 
 impl std::fmt::Debug for Hashing {
@@ -39,7 +78,6 @@ impl Hashing {
             checksums,
             len: 0,
             limit,
-            too_large: false,
         }
     }
 
@@ -64,9 +102,8 @@ impl Stream for Hashing {
             Poll::Ready(Some(Ok(b))) => {
                 this.len += b.len() as u64;
                 if this.len > this.limit {
-                    this.too_large = true;
                     this.inner = None;
-                    return Poll::Ready(Some(Err(std::io::Error::other("body too large"))));
+                    return Poll::Ready(Some(Err(std::io::Error::other(BodyError::TooLarge))));
                 }
                 this.md5.update(&b);
                 this.checksums.update(&b);
@@ -74,7 +111,7 @@ impl Stream for Hashing {
             }
             Poll::Ready(Some(Err(e))) => {
                 this.inner = None;
-                Poll::Ready(Some(Err(std::io::Error::other(e.to_string()))))
+                Poll::Ready(Some(Err(std::io::Error::other(BodyError::of_s3s(&*e)))))
             }
             Poll::Ready(None) => {
                 this.inner = None;

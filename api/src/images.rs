@@ -37,7 +37,7 @@ use tokio::io::{AsyncRead, ReadBuf};
 use crate::Gateway;
 use crate::auth::Principal;
 use crate::kernel::from_s3;
-use crate::kernel::{ApiError, ApiResult, Caller, authenticate, hex_id, json_body};
+use crate::kernel::{ApiError, ApiResult, Caller, authenticate, hex_id, json_body, rfc3339};
 use crate::namespaces::serve;
 use crate::storage::principal;
 
@@ -154,8 +154,8 @@ fn image_json(id: u128, i: &Image) -> Value {
         "source_url": i.source,
         "tenant_id": hex_id(i.tenant),
         "owner_id": hex_id(i.owner),
-        "created_at": i.created_ms / 1000,
-        "updated_at": i.updated_ms / 1000,
+        "created_at": rfc3339(i.created_ms),
+        "updated_at": rfc3339(i.updated_ms),
     })
 }
 

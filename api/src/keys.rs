@@ -19,6 +19,7 @@ use crate::kernel::crypto::*;
 use crate::kernel::error::*;
 use crate::kernel::ids::*;
 use crate::kernel::json::*;
+use crate::kernel::rfc3339;
 
 /// `POST /api/s3-keys`: a new S3 key for the caller; the secret is shown once.
 #[utoipa::path(post, path = "/api/s3-keys", responses((status = 201, description = "An S3 access key and its secret, shown once")))]
@@ -45,7 +46,7 @@ async fn create_s3_key(State(g): State<Arc<Gateway>>, headers: HeaderMap) -> Api
             "access_key": access,
             "secret_key": secret,
             "tenant_id": hex_id(tenant),
-            "created_at": wall_ms() / 1000,
+            "created_at": rfc3339(wall_ms()),
         })),
     )
         .into_response())
@@ -78,7 +79,7 @@ async fn list_s3_keys(State(g): State<Arc<Gateway>>, headers: HeaderMap) -> ApiR
         .await?
         .into_iter()
         .map(|(id, created, tenant)| {
-            json!({"id": id, "access_key": id, "created_at": created / 1000,
+            json!({"id": id, "access_key": id, "created_at": rfc3339(created),
                    "tenant_id": tenant.map(hex_id)})
         })
         .collect();
@@ -125,9 +126,9 @@ fn api_key_json(id: &str, k: &cairn_master::identity::ApiKey) -> serde_json::Val
         "name": k.name,
         "scopes": k.scopes,
         "prefix": format!("cairn_{id}_"),
-        "created_at": k.created_ms / 1000,
-        "expires_at": k.expires_ms.map(|e| e / 1000),
-        "last_used_at": k.last_used_ms.map(|e| e / 1000),
+        "created_at": rfc3339(k.created_ms),
+        "expires_at": k.expires_ms.map(rfc3339),
+        "last_used_at": k.last_used_ms.map(rfc3339),
     })
 }
 

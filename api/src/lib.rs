@@ -46,7 +46,7 @@ pub mod tenants;
 use std::sync::Arc;
 
 use cairn_client::{DataClient, MasterClient};
-use cairn_engine::state::TypedService;
+use cairn_engine::state::{Rejection, TypedService};
 use cairn_master::buckets::{
     BucketCommand, BucketQuery, BucketQueryResponse, BucketResponse, BucketService,
 };
@@ -192,17 +192,31 @@ impl Gateway {
         }
     }
 
-    /// Commit one bucket-service command.
+    /// Commit one bucket-service command; a refusal is its S3 error.
     pub async fn command(&self, c: &BucketCommand) -> Result<BucketResponse, S3Error> {
+        self.command_or_refusal(c)
+            .await?
+            .map_err(|r| rejection_error(&r.code, &r.message))
+    }
+
+    /// Commit one bucket-service command; a refusal comes back as the service's rejection, for
+    /// callers that decide on its stable code.
+    pub async fn command_or_refusal(
+        &self,
+        c: &BucketCommand,
+    ) -> Result<Result<BucketResponse, Rejection>, S3Error> {
         let bytes = command::<BucketService>(c).map_err(|e| propose_error(&e))?;
         let outcome = self
             .master
             .propose(bytes)
             .await
             .map_err(|e| propose_error(&e))?;
-        let bytes = outcome.map_err(|r| rejection_error(&r.code, &r.message))?;
-        BucketService::response(&bytes)
-            .map_err(|e| S3Error::with_message(S3ErrorCode::InternalError, e.to_string()))
+        match outcome {
+            Ok(bytes) => BucketService::response(&bytes)
+                .map(Ok)
+                .map_err(|e| S3Error::with_message(S3ErrorCode::InternalError, e.to_string())),
+            Err(r) => Ok(Err(r)),
+        }
     }
 
     /// Append one entry to the audit log (a failure to do so is logged, not returned: the

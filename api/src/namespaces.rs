@@ -33,7 +33,9 @@ use serde_json::{Value, json};
 
 use crate::Gateway;
 use crate::auth::{Principal, judge};
-use crate::kernel::{ApiError, ApiResult, Caller, authenticate, authenticate_optional, json_body};
+use crate::kernel::{
+    ApiError, ApiResult, Caller, authenticate, authenticate_optional, json_body, rfc3339,
+};
 use crate::kernel::{client_ip, from_s3};
 use crate::storage::{authorised, empty_bucket, latest, page, principal, record, writer};
 
@@ -293,7 +295,7 @@ fn namespace_json(name: &str, b: &BucketRecord, usage: Option<Usage>) -> Value {
         "hidden": v != 2,
         "visibility": v,
         "owner_id": tenant_hex(bucket_tenant(&b.owner)),
-        "created_at": b.created_ms / 1000,
+        "created_at": rfc3339(b.created_ms),
     })
 }
 
@@ -447,8 +449,8 @@ fn file_json(namespace: &str, path: &str, v: &Version, created_ms: u64) -> Value
         "size": size,
         "content_type": content_type,
         "etag": v.data().map(|d| d.etag.clone()),
-        "created_at": created_ms / 1000,
-        "modified_at": v.modified_ms / 1000,
+        "created_at": rfc3339(created_ms),
+        "modified_at": rfc3339(v.modified_ms),
     })
 }
 
@@ -709,7 +711,7 @@ async fn uploads_in_flight(
                 "received_bytes": received,
                 "total_bytes": u.total,
                 "percent": u.total.filter(|t| *t > 0).map(|t| received.min(t) * 100 / t),
-                "started_at": u.started_ms / 1000,
+                "started_at": rfc3339(u.started_ms),
             })
         })
         .collect();

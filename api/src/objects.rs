@@ -14,8 +14,10 @@ use s3s::checksum::ChecksumHasher;
 use s3s::dto::*;
 use s3s::{S3Error, S3ErrorCode, S3Result, TrailingHeaders, s3_error};
 
+use cairn_engine::state::Rejection;
+
 use crate::Gateway;
-use crate::body::{Hashing, chain_prefix, object_stream, read_prefix};
+use crate::body::{BodyError, Hashing, chain_prefix, object_stream, read_prefix};
 
 /// An S3 error code s3s does not list, with its status.
 pub(crate) fn custom_error(
@@ -130,10 +132,21 @@ pub(crate) struct Who {
 /// An object write that records itself in the audit log (actor, action, `bucket/key`,
 /// address), in the same log entry and transaction as the write.
 pub(crate) async fn write(g: &Gateway, who: &Who, c: BucketCommand) -> S3Result<BucketResponse> {
+    write_or_refusal(g, who, c)
+        .await?
+        .map_err(|r| crate::rejection_error(&r.code, &r.message))
+}
+
+/// [`write`], with a refusal returned as the bucket service's rejection (its stable code).
+pub(crate) async fn write_or_refusal(
+    g: &Gateway,
+    who: &Who,
+    c: BucketCommand,
+) -> S3Result<Result<BucketResponse, Rejection>> {
     let tenant = who
         .tenant
         .ok_or_else(|| s3_error!(AccessDenied, "sign the request"))?;
-    g.command(&BucketCommand::Audited {
+    g.command_or_refusal(&BucketCommand::Audited {
         actor: who.actor.clone(),
         ip: who.ip.clone(),
         tenant,
@@ -176,30 +189,24 @@ pub(crate) async fn store_body(
         0
     };
     let mut hashing = Hashing::new(body, checksum_plan(headers), g.options.put_max);
-    let body_error = |hashing: &Hashing, e: &dyn std::fmt::Display| {
-        let text = e.to_string();
-        if hashing.too_large {
-            s3_error!(
-                EntityTooLarge,
-                "Your proposed upload exceeds the maximum allowed object size."
-            )
-        } else if text.contains("Sha256Mismatch") {
-            custom_error(
-                "XAmzContentSHA256Mismatch",
-                http::StatusCode::BAD_REQUEST,
-                "The provided 'x-amz-content-sha256' header does not match what was computed.",
-            )
-        } else if text.contains("SignatureMismatch") || text.contains("signature") {
-            S3Error::with_message(
-                S3ErrorCode::SignatureDoesNotMatch,
-                format!("a chunk of the request body is not signed right: {text}"),
-            )
-        } else {
-            S3Error::with_message(
-                S3ErrorCode::IncompleteBody,
-                format!("reading the request body: {e}"),
-            )
-        }
+    let body_error = |e: &std::io::Error| match BodyError::of_io(e) {
+        Some(BodyError::TooLarge) => s3_error!(
+            EntityTooLarge,
+            "Your proposed upload exceeds the maximum allowed object size."
+        ),
+        Some(BodyError::Sha256Mismatch(_)) => custom_error(
+            "XAmzContentSHA256Mismatch",
+            http::StatusCode::BAD_REQUEST,
+            "The provided 'x-amz-content-sha256' header does not match what was computed.",
+        ),
+        Some(BodyError::Signature(text)) => S3Error::with_message(
+            S3ErrorCode::SignatureDoesNotMatch,
+            format!("a chunk of the request body is not signed right: {text}"),
+        ),
+        Some(BodyError::Read(_)) | None => S3Error::with_message(
+            S3ErrorCode::IncompleteBody,
+            format!("reading the request body: {e}"),
+        ),
     };
     let content = {
         let mut reader = tokio_util::io::StreamReader::new(&mut hashing);
@@ -207,7 +214,7 @@ pub(crate) async fn store_body(
             Ok(p) => p,
             Err(e) => {
                 drop(reader);
-                return Err(body_error(&hashing, &e));
+                return Err(body_error(&e));
             }
         };
         if allow_inline && prefix.len() <= inline_max {
@@ -231,7 +238,7 @@ pub(crate) async fn store_body(
             match written {
                 Ok(w) => Content::Chunks(w.extents),
                 Err(cairn_client::DataError::Source(e)) => {
-                    return Err(body_error(&hashing, &e));
+                    return Err(body_error(&e));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "storing a body failed");

@@ -1524,31 +1524,32 @@ impl S3 for CairnS3 {
         } else {
             sd.tags.clone()
         };
-        let r = self
-            .write(
-                &who,
-                BucketCommand::PutObject {
-                    bucket: input.bucket.clone(),
-                    key: input.key.clone(),
-                    data: ObjectData {
-                        size: sd.size,
-                        etag: sd.etag.clone(),
-                        parts: sd.parts.clone(),
-                        content: sd.content.clone(),
-                        meta: m,
-                        tags,
-                    },
-                    conditions: Conditions::default(),
+        let r = objects::write_or_refusal(
+            &self.g,
+            &who,
+            BucketCommand::PutObject {
+                bucket: input.bucket.clone(),
+                key: input.key.clone(),
+                data: ObjectData {
+                    size: sd.size,
+                    etag: sd.etag.clone(),
+                    parts: sd.parts.clone(),
+                    content: sd.content.clone(),
+                    meta: m,
+                    tags,
                 },
-            )
-            .await
-            .map_err(|e| {
-                if e.message().is_some_and(|m| m.contains("chunk")) {
-                    s3_error!(NoSuchKey, "the source object was deleted during the copy")
-                } else {
-                    e
-                }
-            })?;
+                conditions: Conditions::default(),
+            },
+        )
+        .await?
+        .map_err(|r| {
+            // The source's chunks were released between reading it and committing the copy.
+            if r.code == "chunk_gone" {
+                s3_error!(NoSuchKey, "the source object was deleted during the copy")
+            } else {
+                crate::rejection_error(&r.code, &r.message)
+            }
+        })?;
         let (version, modified) = match r {
             BucketResponse::Put { version, .. } => (version, crate_now_ms()),
             _ => (None, crate_now_ms()),

@@ -29,6 +29,7 @@ use crate::kernel::ids::*;
 use crate::kernel::json::*;
 use crate::kernel::layers::*;
 use crate::kernel::limits::*;
+use crate::kernel::rfc3339;
 
 /// Refresh tokens (sessions) live this long after their last use.
 pub const REFRESH_TTL_MS: u64 = 30 * 24 * 3600 * 1000;
@@ -53,7 +54,7 @@ fn user_json(id: u128, u: &User) -> serde_json::Value {
         "email": u.email,
         "name": u.name,
         "admin": u.admin,
-        "created_at": u.created_ms / 1000,
+        "created_at": rfc3339(u.created_ms),
         "totp_enabled": u.totp.is_some(),
     })
 }
@@ -375,9 +376,9 @@ async fn sessions(State(g): State<Arc<Gateway>>, headers: HeaderMap) -> ApiResul
         .map(|(id, s)| {
             json!({
                 "id": hex_id(id),
-                "created_at": s.created_ms / 1000,
-                "last_used_at": s.refreshed_ms / 1000,
-                "expires_at": s.expires_ms / 1000,
+                "created_at": rfc3339(s.created_ms),
+                "last_used_at": rfc3339(s.refreshed_ms),
+                "expires_at": rfc3339(s.expires_ms),
                 "ip": s.ip,
                 "user_agent": s.agent,
                 "current": id == caller.session,
@@ -602,8 +603,8 @@ async fn password_resets(State(g): State<Arc<Gateway>>, headers: HeaderMap) -> A
         items.push(json!({
             "email": u.email,
             "token": String::from_utf8_lossy(&token),
-            "created_at": r.created_ms / 1000,
-            "expires_at": r.expires_ms / 1000,
+            "created_at": rfc3339(r.created_ms),
+            "expires_at": rfc3339(r.expires_ms),
         }));
     }
     Ok(axum::Json(json!({"resets": items})).into_response())

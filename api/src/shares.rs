@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 
 use crate::Gateway;
 use crate::kernel::from_s3;
-use crate::kernel::{ApiError, ApiResult, authenticate, hex_id, json_body};
+use crate::kernel::{ApiError, ApiResult, authenticate, hex_id, json_body, rfc3339};
 use crate::namespaces::{check_path, serve};
 use crate::storage::{authorised, principal};
 
@@ -96,8 +96,8 @@ fn share_json(g: &Gateway, headers: &HeaderMap, id: u128, r: &ShareRecord) -> Va
         "namespace": r.bucket,
         "path": r.key,
         "created_by": hex_id(r.created_by),
-        "created_at": r.created_ms / 1000,
-        "expires_at": r.expires_ms / 1000,
+        "created_at": rfc3339(r.created_ms),
+        "expires_at": rfc3339(r.expires_ms),
         "expired": r.expires_ms <= wall_ms(),
     })
 }

@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 use crate::Gateway;
 use crate::auth::{Principal, judge};
 use crate::kernel::{
-    ApiError, ApiResult, Caller, authenticate, client_ip, from_s3, hex_id, json_body,
+    ApiError, ApiResult, Caller, authenticate, client_ip, from_s3, hex_id, json_body, rfc3339,
 };
 use cairn_master::buckets::BucketResponse;
 
@@ -93,7 +93,7 @@ fn bucket_json(name: &str, b: &BucketRecord) -> Value {
             Versioning::Suspended => "suspended",
         },
         "tenant_id": tenant_hex(bucket_tenant(&b.owner)),
-        "created_at": b.created_ms / 1000,
+        "created_at": rfc3339(b.created_ms),
     })
 }
 
@@ -306,7 +306,7 @@ fn object_json(bucket: &str, key: &str, v: &Version) -> Value {
         "checksum": checksum,
         "version_id": version_string(v.id),
         "delete_marker": v.data().is_none(),
-        "created_at": v.modified_ms / 1000,
+        "created_at": rfc3339(v.modified_ms),
     })
 }
 

@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 
 use crate::Gateway;
 use crate::kernel::{
-    ApiError, ApiResult, Caller, ask, authenticate, hex_id, json_body, parse_id, propose,
+    ApiError, ApiResult, Caller, ask, authenticate, hex_id, json_body, parse_id, propose, rfc3339,
 };
 
 fn not_found(what: &str) -> ApiError {
@@ -47,7 +47,7 @@ fn tenant_json(id: u128, t: &Tenant, role: Role, current: Option<u128>) -> Value
         "name": t.name,
         "role": role.as_str(),
         "current": current == Some(id),
-        "created_at": t.created_ms / 1000,
+        "created_at": rfc3339(t.created_ms),
     })
 }
 
@@ -384,7 +384,7 @@ fn policy_json(id: u128, p: &Policy, attached: &[u128]) -> Value {
         "tenant_id": hex_id(p.tenant),
         "statements": statements,
         "attached_to": attached.iter().map(|u| hex_id(*u)).collect::<Vec<_>>(),
-        "created_at": p.created_ms / 1000,
+        "created_at": rfc3339(p.created_ms),
     })
 }
 

@@ -260,19 +260,44 @@ pub(crate) async fn authenticate_optional(
     g: &Gateway,
     headers: &HeaderMap,
 ) -> ApiResult<Option<Caller>> {
-    if headers.contains_key(header::AUTHORIZATION) {
+    if headers.contains_key(header::AUTHORIZATION) || headers.contains_key(API_KEY_HEADER) {
         authenticate(g, headers).await.map(Some)
     } else {
         Ok(None)
     }
 }
 
+/// The header an API key may come in instead of `Authorization: Bearer` (as the platforms
+/// Cairn's users come from accept it).
+pub(crate) const API_KEY_HEADER: &str = "x-api-key";
+
+/// The caller a request's credentials name: an API key in `X-API-Key`, or an access token or
+/// API key in `Authorization: Bearer`. Sending both is refused (which one would count?).
 pub(crate) async fn authenticate(g: &Gateway, headers: &HeaderMap) -> ApiResult<Caller> {
+    if let Some(key) = headers.get(API_KEY_HEADER) {
+        if headers.contains_key(header::AUTHORIZATION) {
+            return Err(ApiError::bad(
+                "send one credential: X-API-Key or Authorization, not both",
+            ));
+        }
+        let key = key
+            .to_str()
+            .map_err(|_| ApiError::unauthorized("invalid API key"))?
+            .trim();
+        if split_api_key(key).is_none() {
+            return Err(ApiError::unauthorized(
+                "invalid API key: X-API-Key takes an API key (cairn_ID_SECRET)",
+            ));
+        }
+        return authenticate_key(g, key).await;
+    }
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer token"))?
+        .ok_or_else(|| {
+            ApiError::unauthorized("missing credentials: Authorization: Bearer or X-API-Key")
+        })?
         .trim();
     if token.starts_with("cairn_") {
         return authenticate_key(g, token).await;

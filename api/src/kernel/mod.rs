@@ -7,6 +7,7 @@
 //! - [`layers`]: audit entries, rate-limit headers, JSON 404/405s, client addresses.
 //! - [`crypto`], [`ids`], [`json`]: hashing and tokens, ids, JSON bodies.
 //! - [`names`]: names the gateway keeps for itself.
+//! - [`time`]: timestamps as RFC 3339.
 
 pub mod caller;
 pub mod crypto;
@@ -16,6 +17,7 @@ pub mod json;
 pub mod layers;
 pub mod limits;
 pub mod names;
+pub mod time;
 
 pub(crate) use caller::{
     ACCESS_TTL_S, ApiKeyCache, Caller, JwtKeys, ask, authenticate, authenticate_optional, propose,
@@ -25,3 +27,4 @@ pub(crate) use ids::{hex_id, parse_id};
 pub(crate) use json::json_body;
 pub(crate) use layers::{client_ip, with_layers};
 pub(crate) use limits::RateLimiter;
+pub(crate) use time::rfc3339;
