@@ -13,7 +13,8 @@
 //! - `img.blobs`: BLAKE3 (32) → reference count (u64 BE).
 
 use cairn_engine::state::{
-    ApplyContext, ApplyError, Rejection, ServiceId, StateError, Table, TypedService, encode, reject,
+    ApplyContext, ApplyError, Record, Rejection, ServiceId, StateError, Table, TypedService,
+    TypedTable, reject,
 };
 use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
@@ -22,7 +23,7 @@ use crate::buckets::{
     BucketCommand, BucketService, Conditions, ObjectData, SYSTEM_BUCKET, SYSTEM_OWNER, hex,
 };
 
-const IMAGES: Table = Table::new("img.images");
+const IMAGES: TypedTable<u128, Image> = TypedTable::new("img.images");
 const BLOBS: Table = Table::new("img.blobs");
 
 /// Most images one listing returns.
@@ -143,8 +144,10 @@ pub enum ImageQueryResponse {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ImageService;
 
-fn decode(b: &[u8]) -> Result<Image, StateError> {
-    cairn_engine::state::decode("image record", b)
+impl Record for Image {
+    const NAME: &'static str = "image record";
+    /// 1: `Image` as it is.
+    const VERSION: u8 = 1;
 }
 
 /// Field rules for registered metadata.
@@ -179,18 +182,14 @@ pub fn check_meta(m: &ImageMeta) -> Result<(), Rejection> {
 }
 
 fn image(txn: &WriteTransaction, id: u128) -> Result<Image, ApplyError> {
-    let t = txn.open_table(IMAGES)?;
-    let v = t.get(id.to_be_bytes().as_slice())?;
-    match v {
-        Some(v) => Ok(decode(v.value())?),
+    match IMAGES.open(txn)?.get(&id)? {
+        Some(i) => Ok(i),
         None => Err(reject("no_such_image", "no such image")),
     }
 }
 
 fn put_image(txn: &WriteTransaction, id: u128, i: &Image) -> Result<(), ApplyError> {
-    let bytes = encode(i)?;
-    txn.open_table(IMAGES)?
-        .insert(id.to_be_bytes().as_slice(), bytes.as_slice())?;
+    IMAGES.open(txn)?.insert(&id, i)?;
     Ok(())
 }
 
@@ -246,7 +245,7 @@ impl TypedService for ImageService {
     type QueryResponse = ImageQueryResponse;
 
     fn init(&self, txn: &WriteTransaction) -> Result<(), StateError> {
-        txn.open_table(IMAGES)?;
+        IMAGES.init(txn)?;
         txn.open_table(BLOBS)?;
         Ok(())
     }
@@ -361,8 +360,7 @@ impl TypedService for ImageService {
                 if let Some(c) = &img.content {
                     release(txn, ctx, c)?;
                 }
-                txn.open_table(IMAGES)?
-                    .remove(id.to_be_bytes().as_slice())?;
+                IMAGES.open(txn)?.remove(&id)?;
                 Ok(ImageResponse::Done)
             }
         }
@@ -373,24 +371,16 @@ impl TypedService for ImageService {
         txn: &ReadTransaction,
         query: ImageQuery,
     ) -> Result<ImageQueryResponse, ApplyError> {
-        let t = txn.open_table(IMAGES)?;
+        let t = IMAGES.read(txn)?;
         Ok(match query {
-            ImageQuery::Get { id } => ImageQueryResponse::Image(
-                t.get(id.to_be_bytes().as_slice())?
-                    .map(|v| decode(v.value()))
-                    .transpose()?,
-            ),
+            ImageQuery::Get { id } => ImageQueryResponse::Image(t.get(&id)?),
             ImageQuery::List { tenant } => {
                 let mut out = Vec::new();
                 for item in t.iter()? {
-                    let (k, v) = item?;
-                    let img = decode(v.value())?;
+                    let (id, img) = item?;
                     if img.tenant != tenant && !img.meta.is_public {
                         continue;
                     }
-                    let id = <[u8; 16]>::try_from(k.value())
-                        .map(u128::from_be_bytes)
-                        .map_err(|_| StateError::Corrupt("image key is not 16 bytes".into()))?;
                     out.push((id, img));
                     if out.len() >= LIST_MAX {
                         break;

@@ -5,12 +5,14 @@
 //! store or a snapshot. The identity issue builds users and tenants on top of this.
 
 use cairn_engine::state::{
-    ApplyContext, ApplyError, Rejection, ServiceId, StateError, Table, TypedService, decode, encode,
+    ApplyContext, ApplyError, Record, Rejection, ServiceId, StateError, TableMut, TypedService,
+    TypedTable, decode,
 };
-use redb::{ReadTransaction, ReadableTable, WriteTransaction};
+use redb::{ReadTransaction, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
-const KEYS: Table = Table::new("s3.keys");
+/// Access key id → its record.
+const KEYS: TypedTable<String, AccessKey> = TypedTable::new("s3.keys");
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccessKey {
@@ -25,27 +27,39 @@ pub struct AccessKey {
     pub tenant: Option<u128>,
 }
 
-/// The record as stored before keys carried a tenant; read and upgraded on the fly.
+/// The record as stored before keys carried a tenant.
 #[derive(Deserialize)]
-struct AccessKeyV1 {
+struct AccessKeyNoTenant {
     sealed_secret: Vec<u8>,
     owner: String,
     created_ms: u64,
 }
 
-/// Decode a key record of either layout (postcard is not self-describing: the older, shorter
-/// one fails to decode as the newer one, and is then read as what it is).
-fn decode_key(b: &[u8]) -> Result<AccessKey, StateError> {
-    if let Ok(k) = postcard::from_bytes::<AccessKey>(b) {
-        return Ok(k);
+impl Record for AccessKey {
+    const NAME: &'static str = "access key";
+    /// 1: `AccessKey` as it is.
+    const VERSION: u8 = 1;
+
+    /// Records from before versions came in two layouts, with and without the tenant.
+    /// Postcard is not self-describing: the older, shorter one fails to decode as the newer
+    /// one, and is then read as what it is.
+    fn migrate(version: u8, b: &[u8]) -> Result<AccessKey, StateError> {
+        if version != 0 {
+            return Err(StateError::Corrupt(format!(
+                "access key: unknown layout version {version}"
+            )));
+        }
+        if let Ok(k) = postcard::from_bytes::<AccessKey>(b) {
+            return Ok(k);
+        }
+        let old: AccessKeyNoTenant = decode("access key", b)?;
+        Ok(AccessKey {
+            sealed_secret: old.sealed_secret,
+            owner: old.owner,
+            created_ms: old.created_ms,
+            tenant: None,
+        })
     }
-    let old: AccessKeyV1 = decode("access key", b)?;
-    Ok(AccessKey {
-        sealed_secret: old.sealed_secret,
-        owner: old.owner,
-        created_ms: old.created_ms,
-        tenant: None,
-    })
 }
 
 /// The owner of the root key until setup gives it to the first admin.
@@ -54,20 +68,16 @@ pub const ROOT_OWNER: &str = "root";
 /// Hand every key still owned by `root` to `user` in `tenant` (the first admin's setup, in the
 /// same transaction as the identity service's command).
 pub fn adopt_root_keys(txn: &WriteTransaction, user: &str, tenant: u128) -> Result<(), StateError> {
-    let mut t = txn.open_table(KEYS)?;
-    let mut found = Vec::new();
-    for item in t.iter()? {
-        let (k, v) = item?;
-        let rec = decode_key(v.value())?;
-        if rec.owner == ROOT_OWNER {
-            found.push((k.value().to_vec(), rec));
-        }
-    }
+    let mut t = KEYS.open(txn)?;
+    let found: Vec<_> = t
+        .all()?
+        .into_iter()
+        .filter(|(_, rec)| rec.owner == ROOT_OWNER)
+        .collect();
     for (k, mut rec) in found {
         rec.owner = user.to_owned();
         rec.tenant = Some(tenant);
-        let bytes = encode(&rec)?;
-        t.insert(k.as_slice(), bytes.as_slice())?;
+        t.insert(&k, &rec)?;
     }
     Ok(())
 }
@@ -126,7 +136,7 @@ pub fn check_access_key(k: &str) -> Result<(), Rejection> {
 }
 
 fn create(
-    t: &mut redb::Table<'_, &'static [u8], &'static [u8]>,
+    t: &mut TableMut<'_, String, AccessKey>,
     ctx: &ApplyContext,
     access_key: String,
     sealed_secret: Vec<u8>,
@@ -134,7 +144,7 @@ fn create(
     tenant: Option<u128>,
 ) -> Result<bool, ApplyError> {
     check_access_key(&access_key)?;
-    if t.get(access_key.as_bytes())?.is_some() {
+    if t.get(&access_key)?.is_some() {
         return Err(Rejection::new("key_exists", "that access key exists").into());
     }
     let rec = AccessKey {
@@ -143,8 +153,7 @@ fn create(
         created_ms: ctx.time_ms,
         tenant,
     };
-    let bytes = encode(&rec)?;
-    t.insert(access_key.as_bytes(), bytes.as_slice())?;
+    t.insert(&access_key, &rec)?;
     Ok(true)
 }
 
@@ -158,8 +167,7 @@ impl TypedService for KeyService {
     type QueryResponse = KeyQueryResponse;
 
     fn init(&self, txn: &WriteTransaction) -> Result<(), StateError> {
-        txn.open_table(KEYS)?;
-        Ok(())
+        KEYS.init(txn)
     }
 
     fn apply(
@@ -168,7 +176,7 @@ impl TypedService for KeyService {
         ctx: &ApplyContext,
         command: KeyCommand,
     ) -> Result<bool, ApplyError> {
-        let mut t = txn.open_table(KEYS)?;
+        let mut t = KEYS.open(txn)?;
         match command {
             KeyCommand::Create {
                 access_key,
@@ -181,7 +189,7 @@ impl TypedService for KeyService {
                 owner,
                 tenant,
             } => create(&mut t, ctx, access_key, sealed_secret, owner, Some(tenant)),
-            KeyCommand::Delete { access_key } => Ok(t.remove(access_key.as_bytes())?.is_some()),
+            KeyCommand::Delete { access_key } => Ok(t.remove(&access_key)?),
         }
     }
 
@@ -190,30 +198,16 @@ impl TypedService for KeyService {
         txn: &ReadTransaction,
         query: KeyQuery,
     ) -> Result<KeyQueryResponse, ApplyError> {
-        let t = txn.open_table(KEYS)?;
+        let t = KEYS.read(txn)?;
         Ok(match query {
-            KeyQuery::Get { access_key } => {
-                let v = t.get(access_key.as_bytes())?;
-                KeyQueryResponse::Key(v.map(|v| decode_key(v.value())).transpose()?)
-            }
-            KeyQuery::Count => {
-                use redb::ReadableTableMetadata;
-                KeyQueryResponse::Count(t.len()?)
-            }
-            KeyQuery::ByOwner { owner } => {
-                let mut out = Vec::new();
-                for item in t.iter()? {
-                    let (k, v) = item?;
-                    let rec = decode_key(v.value())?;
-                    if rec.owner == owner {
-                        let id = String::from_utf8(k.value().to_vec()).map_err(|_| {
-                            StateError::Corrupt("access key id is not UTF-8".into())
-                        })?;
-                        out.push((id, rec));
-                    }
-                }
-                KeyQueryResponse::Keys(out)
-            }
+            KeyQuery::Get { access_key } => KeyQueryResponse::Key(t.get(&access_key)?),
+            KeyQuery::Count => KeyQueryResponse::Count(t.len()?),
+            KeyQuery::ByOwner { owner } => KeyQueryResponse::Keys(
+                t.all()?
+                    .into_iter()
+                    .filter(|(_, rec)| rec.owner == owner)
+                    .collect(),
+            ),
         })
     }
 }

@@ -417,6 +417,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .store
                 .import_snapshot(BufReader::with_capacity(1 << 20, &file))
                 .map_err(snap_err)?;
+            // A snapshot from an older release may lack a table this build has, or hold
+            // records from before they carried versions: bring it to this build's layout.
+            inner.registry.init(&inner.store).map_err(snap_err)?;
             tracing::info!(snapshot = %meta.snapshot_id, entries = summary.entries, "installed snapshot");
             // Keep the received file as the current snapshot when it is the one openraft
             // streamed into (the same inode as the file `begin_receiving_snapshot` made).

@@ -1,8 +1,10 @@
 //! The state store: one redb database holding every platform service's replicated state.
 //!
 //! Rules every service follows:
-//! - Every table is `&[u8] -> &[u8]`; the service owns its key and value encodings. This lets
-//!   snapshots copy any table without knowing its types.
+//! - Every table is `&[u8] -> &[u8]` on disk, so snapshots copy any table without knowing its
+//!   types. Services declare their tables as [`TypedTable<K, V>`](table::TypedTable): keys
+//!   encoded by [`Key`], values as a version byte and postcard, old layouts upgraded on read
+//!   in one place ([`Record::migrate`]).
 //! - State changes only through [`Registry::apply_batch`], which applies a batch of log entries
 //!   in one write transaction and records the last applied index in the same transaction.
 
@@ -12,6 +14,7 @@ mod registry;
 mod service;
 pub mod settings;
 mod snapshot;
+pub mod table;
 
 use std::path::{Path, PathBuf};
 
@@ -24,6 +27,7 @@ pub use command::{
 pub use registry::{Outcome, Registry};
 pub use service::{ApplyContext, ApplyError, Rejection, Service, Typed, TypedService};
 pub use snapshot::{SNAPSHOT_FORMAT_VERSION, SnapshotError, SnapshotSummary};
+pub use table::{Key, Record, TableMut, TableRead, TypedTable, decode_record, encode_record};
 
 /// Default page cache of a state store (64 MiB): bounds a master's memory whatever the size of
 /// its state; hot metadata stays cached, the rest is read from the page cache of the OS.

@@ -1,0 +1,140 @@
+//! Replica copies the master asks for: a sealed chunk read from a peer and checked against its
+//! digest before it counts.
+
+use std::net::SocketAddr;
+
+use bytes::BytesMut;
+use cairn_engine::chunk::ChunkHandle;
+use cairn_proto::chunk::{ChunkFailure, METHOD_READ, PIECE, ReadHeader, ReadRequest, encode};
+use cairn_proto::frame::{self};
+
+use crate::server::*;
+use crate::write::{FORWARD_TIMEOUT, LocalWriter};
+
+impl Chunkserver {
+    /// Copy a sealed chunk from a peer, verifying its digest; the master learns of it from the
+    /// next heartbeat.
+    pub(crate) async fn copy_from(
+        &self,
+        handle: ChunkHandle,
+        version: u64,
+        from: &str,
+    ) -> Result<(), String> {
+        let _load = LoadGuard::new(&self.inner.load);
+        if !self.inner.busy.lock().insert(handle) {
+            return Err("the chunk is already being written here".into());
+        }
+        let result = self.copy_in(handle, version, from).await;
+        self.inner.busy.lock().remove(&handle);
+        result
+    }
+
+    pub(crate) async fn copy_in(
+        &self,
+        handle: ChunkHandle,
+        version: u64,
+        from: &str,
+    ) -> Result<(), String> {
+        if let Ok(info) = self.inner.store.stat(handle) {
+            if info.sealed && info.version >= version {
+                return Ok(());
+            }
+            let inner = self.inner.clone();
+            tokio::task::spawn_blocking(move || inner.store.delete(handle))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+        }
+        let peer: SocketAddr = from.parse().map_err(|_| format!("bad address {from:?}"))?;
+        let req = ReadRequest {
+            handle: wire(handle),
+            version,
+            offset: 0,
+            len: u64::MAX,
+        };
+        let (mut send, mut recv) = self
+            .inner
+            .peers
+            .open_stream(peer, METHOD_READ, encode(&req))
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = send.finish();
+        let f = match tokio::time::timeout(FORWARD_TIMEOUT, frame::read_frame(&mut recv, 1 << 20))
+            .await
+        {
+            Ok(Ok(f)) => f,
+            Ok(Err(e)) => {
+                self.inner.peers.forget(peer);
+                return Err(e.to_string());
+            }
+            Err(_) => {
+                self.inner.peers.forget(peer);
+                return Err(format!("{from} did not answer within {FORWARD_TIMEOUT:?}"));
+            }
+        };
+        let header: Result<ReadHeader, ChunkFailure> =
+            postcard::from_bytes(&f.body).map_err(|e| e.to_string())?;
+        let header = header.map_err(|e| e.to_string())?;
+        let digest = header
+            .digest
+            .ok_or_else(|| "the source sent no digest".to_string())?;
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.store.create(handle, header.version))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        let result = self
+            .copy_pieces(handle, header.len, digest, &mut recv)
+            .await;
+        if result.is_err() {
+            self.inner.peers.forget(peer);
+            let inner = self.inner.clone();
+            let _ = tokio::task::spawn_blocking(move || inner.store.delete(handle)).await;
+        }
+        result
+    }
+
+    pub(crate) async fn copy_pieces(
+        &self,
+        handle: ChunkHandle,
+        len: u64,
+        digest: [u8; 32],
+        recv: &mut quinn::RecvStream,
+    ) -> Result<(), String> {
+        let writer = LocalWriter::start(&self.inner, handle);
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(PIECE as u64) as usize;
+            let mut buf = BytesMut::with_capacity(n);
+            while buf.len() < n {
+                let want = (n - buf.len()) as u64;
+                let got = tokio::time::timeout(
+                    FORWARD_TIMEOUT,
+                    tokio::io::AsyncReadExt::read_buf(
+                        &mut tokio::io::AsyncReadExt::take(&mut *recv, want),
+                        &mut buf,
+                    ),
+                )
+                .await
+                .map_err(|_| format!("the source stalled for {FORWARD_TIMEOUT:?}"))?
+                .map_err(|e| e.to_string())?;
+                if got == 0 {
+                    return Err("the source ended early".into());
+                }
+            }
+            if !writer.push(buf.freeze()).await {
+                break;
+            }
+            left -= n as u64;
+        }
+        let stored = writer.finish(&self.inner, handle).await?;
+        if stored != len {
+            return Err(format!("copied {stored} of {len} bytes"));
+        }
+        let ours = self.inner.store.digest(handle).map_err(|e| e.to_string())?;
+        if ours != digest {
+            return Err("the copy's BLAKE3 digest differs from the source's".into());
+        }
+        Ok(())
+    }
+}
