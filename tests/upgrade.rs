@@ -131,6 +131,17 @@ async fn check_fixture(addr: std::net::SocketAddr, http: &reqwest::Client) -> St
     let images = images["images"].as_array().unwrap();
     assert_eq!(images.len(), 1, "{images:?}");
     assert_eq!(images[0]["name"], "fixture image");
+    // The audit log the old release wrote.
+    let (status, log) = call(http, addr, "GET", "/audit/logs", Some(&token), None).await;
+    assert_eq!(status, 200, "{log}");
+    assert!(
+        log["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "POST /api/auth/setup"),
+        "{log}"
+    );
     token
 }
 
@@ -161,6 +172,15 @@ async fn a_data_folder_from_before_typed_tables_opens_and_serves() {
         .send()
         .await
         .unwrap();
+    let mut new_large = large();
+    new_large.reverse();
+    c.put_object()
+        .bucket("kept")
+        .key("new-large.bin")
+        .body(ByteStream::from(new_large.clone()))
+        .send()
+        .await
+        .unwrap();
     let (status, created) = call(&http, addr, "POST", "/s3-keys", Some(&token), None).await;
     assert_eq!(status, 201, "{created}");
     let (status, image) = call(
@@ -179,9 +199,24 @@ async fn a_data_folder_from_before_typed_tables_opens_and_serves() {
     // A second start: the upgrade ran once; old and new records read alike.
     let (_p, addr) = serve(&data);
     let token = check_fixture_after(addr, &http).await;
-    assert_eq!(
-        get(&s3(addr), "new.txt").await,
-        b"written after the upgrade"
+    let c = s3(addr);
+    assert_eq!(get(&c, "new.txt").await, b"written after the upgrade");
+    assert_eq!(get(&c, "new-large.bin").await, new_large);
+    // Deleting the old chunked object releases its chunk, whose record is from before
+    // versions.
+    c.delete_object()
+        .bucket("kept")
+        .key("large.bin")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        c.get_object()
+            .bucket("kept")
+            .key("large.bin")
+            .send()
+            .await
+            .is_err()
     );
     let (_, keys) = call(&http, addr, "GET", "/s3-keys", Some(&token), None).await;
     assert_eq!(keys["keys"].as_array().unwrap().len(), 3, "{keys}");

@@ -6,12 +6,12 @@
 //! Tables: `audit.entries`: sequence number (u64 BE) → [`AuditEntry`]; `audit.meta`: `next` → u64.
 
 use cairn_engine::state::{
-    ApplyContext, ApplyError, ServiceId, StateError, Table, TypedService, encode,
+    ApplyContext, ApplyError, Record, ServiceId, StateError, Table, TypedService, TypedTable,
 };
 use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
-const ENTRIES: Table = Table::new("audit.entries");
+const ENTRIES: TypedTable<u64, AuditEntry> = TypedTable::new("audit.entries");
 const META: Table = Table::new("audit.meta");
 const NEXT: &[u8] = b"next";
 
@@ -85,7 +85,7 @@ pub fn append(
         }
         None => 1,
     };
-    let mut t = txn.open_table(ENTRIES)?;
+    let mut t = ENTRIES.open(txn)?;
     for e in entries.into_iter().take(1000) {
         let entry = AuditEntry {
             time_ms,
@@ -95,12 +95,17 @@ pub fn append(
             ip: clip(&e.ip, 64),
             outcome: clip(&e.outcome, 16),
         };
-        let bytes = encode(&entry)?;
-        t.insert(next.to_be_bytes().as_slice(), bytes.as_slice())?;
+        t.insert(&next, &entry)?;
         next += 1;
     }
     meta.insert(NEXT, next.to_be_bytes().as_slice())?;
     Ok(next - 1)
+}
+
+impl Record for AuditEntry {
+    const NAME: &'static str = "audit entry";
+    /// 1: `AuditEntry` as it is.
+    const VERSION: u8 = 1;
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -120,7 +125,7 @@ impl TypedService for AuditService {
     type QueryResponse = Vec<(u64, AuditEntry)>;
 
     fn init(&self, txn: &WriteTransaction) -> Result<(), StateError> {
-        txn.open_table(ENTRIES)?;
+        ENTRIES.init(txn)?;
         txn.open_table(META)?;
         Ok(())
     }
@@ -141,7 +146,7 @@ impl TypedService for AuditService {
         query: AuditQuery,
     ) -> Result<Vec<(u64, AuditEntry)>, ApplyError> {
         let AuditQuery::List(f) = query;
-        let t = txn.open_table(ENTRIES)?;
+        let t = ENTRIES.read(txn)?;
         let limit = f.limit.min(LIST_MAX) as usize;
         let mut skipped = 0u32;
         let mut out = Vec::new();
@@ -149,9 +154,7 @@ impl TypedService for AuditService {
             if out.len() >= limit || examined >= SCAN_MAX {
                 break;
             }
-            let (k, v) = item?;
-            let e: AuditEntry = postcard::from_bytes(v.value())
-                .map_err(|e| StateError::Corrupt(format!("audit entry: {e}")))?;
+            let (seq, e) = item?;
             let keep = f.actor.as_ref().is_none_or(|a| *a == e.actor)
                 && f.action.as_ref().is_none_or(|a| *a == e.action)
                 && f.resource.as_ref().is_none_or(|r| *r == e.resource)
@@ -164,11 +167,7 @@ impl TypedService for AuditService {
                 skipped += 1;
                 continue;
             }
-            let b: [u8; 8] = k
-                .value()
-                .try_into()
-                .map_err(|_| StateError::Corrupt("audit key is not 8 bytes".into()))?;
-            out.push((u64::from_be_bytes(b), e));
+            out.push((seq, e));
         }
         Ok(out)
     }

@@ -10,13 +10,15 @@
 //! and has no record is known garbage.
 
 use cairn_engine::state::{
-    ApplyContext, ApplyError, Rejection, ServiceId, StateError, Table, TypedService, decode, encode,
+    ApplyContext, ApplyError, Record, Rejection, ServiceId, StateError, Table, TypedService,
+    TypedTable,
 };
 use cairn_proto::ChunkHandle;
 use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
-const CHUNKS: Table = Table::new("chunks");
+/// Handle → record.
+const CHUNKS: TypedTable<u64, ChunkRecord> = TypedTable::new("chunks");
 const CHUNKS_META: Table = Table::new("chunks.meta");
 const NEXT_HANDLE: &[u8] = b"next_handle";
 /// Most chunks one `Allocate` may ask for.
@@ -94,19 +96,10 @@ pub enum ChunkQueryResponse {
     },
 }
 
-fn key(h: ChunkHandle) -> [u8; 8] {
-    h.0.to_be_bytes()
-}
-
-fn decode_record(bytes: &[u8]) -> Result<ChunkRecord, StateError> {
-    decode("chunk record", bytes)
-}
-
-fn handle_of(k: &[u8]) -> Result<ChunkHandle, StateError> {
-    let b: [u8; 8] = k
-        .try_into()
-        .map_err(|_| StateError::Corrupt("chunk key is not 8 bytes".into()))?;
-    Ok(ChunkHandle(u64::from_be_bytes(b)))
+impl Record for ChunkRecord {
+    const NAME: &'static str = "chunk record";
+    /// 1: `ChunkRecord` as it is.
+    const VERSION: u8 = 1;
 }
 
 fn read_u64(v: Option<&[u8]>) -> Result<u64, StateError> {
@@ -127,15 +120,11 @@ impl ChunkService {
         txn: &WriteTransaction,
         h: ChunkHandle,
     ) -> Result<Option<ChunkRecord>, StateError> {
-        let table = txn.open_table(CHUNKS)?;
-        let v = table.get(key(h).as_slice())?;
-        v.map(|v| decode_record(v.value())).transpose()
+        CHUNKS.open(txn)?.get(&h.0)
     }
 
     fn put(txn: &WriteTransaction, h: ChunkHandle, r: &ChunkRecord) -> Result<(), StateError> {
-        let mut table = txn.open_table(CHUNKS)?;
-        table.insert(key(h).as_slice(), encode(r)?.as_slice())?;
-        Ok(())
+        CHUNKS.open(txn)?.insert(&h.0, r)
     }
 
     /// Check that an object may refer to `handles`: each exists and is not released. For
@@ -221,26 +210,24 @@ impl ChunkService {
         after: Option<ChunkHandle>,
         limit: usize,
     ) -> Result<Vec<(ChunkHandle, ChunkRecord)>, StateError> {
-        let table = txn.open_table(CHUNKS)?;
+        let table = CHUNKS.read(txn)?;
         let start = after.map_or(0, |h| h.0.saturating_add(1));
         let mut out = Vec::new();
         if after.is_some_and(|h| h.0 == u64::MAX) {
             return Ok(out);
         }
-        for item in table.range(start.to_be_bytes().as_slice()..)? {
+        for item in table.range_from(&start)? {
             if out.len() >= limit {
                 break;
             }
-            let (k, v) = item?;
-            out.push((handle_of(k.value())?, decode_record(v.value())?));
+            let (h, r) = item?;
+            out.push((ChunkHandle(h), r));
         }
         Ok(out)
     }
 
     pub fn get(txn: &ReadTransaction, h: ChunkHandle) -> Result<Option<ChunkRecord>, StateError> {
-        let table = txn.open_table(CHUNKS)?;
-        let v = table.get(key(h).as_slice())?;
-        v.map(|v| decode_record(v.value())).transpose()
+        CHUNKS.read(txn)?.get(&h.0)
     }
 }
 
@@ -254,7 +241,7 @@ impl TypedService for ChunkService {
     type QueryResponse = ChunkQueryResponse;
 
     fn init(&self, txn: &WriteTransaction) -> Result<(), StateError> {
-        txn.open_table(CHUNKS)?;
+        CHUNKS.init(txn)?;
         txn.open_table(CHUNKS_META)?;
         Ok(())
     }
@@ -297,12 +284,11 @@ impl TypedService for ChunkService {
                     },
                     created_ms: ctx.time_ms,
                 };
-                let bytes = encode(&record)?;
                 let mut handles = Vec::with_capacity(count as usize);
                 {
-                    let mut table = txn.open_table(CHUNKS)?;
+                    let mut table = CHUNKS.open(txn)?;
                     for h in first..end {
-                        table.insert(h.to_be_bytes().as_slice(), bytes.as_slice())?;
+                        table.insert(&h, &record)?;
                         handles.push(ChunkHandle(h));
                     }
                 }
@@ -323,7 +309,7 @@ impl TypedService for ChunkService {
                         ChunkState::Live { .. } => false,
                     };
                     if collectable {
-                        txn.open_table(CHUNKS)?.remove(key(h).as_slice())?;
+                        CHUNKS.open(txn)?.remove(&h.0)?;
                         forgotten.push(h);
                     }
                 }

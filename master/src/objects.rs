@@ -9,15 +9,16 @@
 //! this by the S3 gateway.)
 
 use cairn_engine::state::{
-    ApplyContext, ApplyError, Rejection, ServiceId, StateError, Table, TypedService, encode,
+    ApplyContext, ApplyError, Record, Rejection, ServiceId, StateError, TypedService, TypedTable,
 };
 use cairn_proto::ChunkHandle;
-use redb::{ReadTransaction, ReadableTable, WriteTransaction};
+use redb::{ReadTransaction, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use crate::chunks::ChunkService;
 
-const OBJECTS: Table = Table::new("objects");
+/// Object key → record.
+const OBJECTS: TypedTable<String, ObjectRecord> = TypedTable::new("objects");
 pub const KEY_LEN_MAX: usize = 1024;
 /// Most extents one object may have (64 MiB chunks: 4 TiB).
 pub const EXTENTS_MAX: usize = 65_536;
@@ -84,8 +85,10 @@ fn check_key(key: &str) -> Result<(), Rejection> {
     Ok(())
 }
 
-fn decode(bytes: &[u8]) -> Result<ObjectRecord, StateError> {
-    cairn_engine::state::decode("object record", bytes)
+impl Record for ObjectRecord {
+    const NAME: &'static str = "object record";
+    /// 1: `ObjectRecord` as it is.
+    const VERSION: u8 = 1;
 }
 
 /// Extents must be non-empty pieces that add up to the size.
@@ -124,9 +127,7 @@ pub(crate) fn handles(extents: &[Extent]) -> Vec<ChunkHandle> {
 
 impl ObjectService {
     pub fn get(txn: &ReadTransaction, key: &str) -> Result<Option<ObjectRecord>, StateError> {
-        let table = txn.open_table(OBJECTS)?;
-        let v = table.get(key.as_bytes())?;
-        v.map(|v| decode(v.value())).transpose()
+        OBJECTS.read(txn)?.get(&key.to_owned())
     }
 }
 
@@ -140,8 +141,7 @@ impl TypedService for ObjectService {
     type QueryResponse = ObjectQueryResponse;
 
     fn init(&self, txn: &WriteTransaction) -> Result<(), StateError> {
-        txn.open_table(OBJECTS)?;
-        Ok(())
+        OBJECTS.init(txn)
     }
 
     fn apply(
@@ -161,11 +161,7 @@ impl TypedService for ObjectService {
                 check_extents(size, &extents)?;
                 let new = handles(&extents);
                 ChunkService::check_referable(txn, &new)?;
-                let old = {
-                    let table = txn.open_table(OBJECTS)?;
-                    let v = table.get(key.as_bytes())?;
-                    v.map(|v| decode(v.value())).transpose()?
-                };
+                let old = OBJECTS.open(txn)?.get(&key)?;
                 // References first, then releases: a chunk shared by the old and new version
                 // never drops to zero on the way.
                 ChunkService::add_refs(txn, &new)?;
@@ -178,22 +174,17 @@ impl TypedService for ObjectService {
                     extents,
                     created_ms: ctx.time_ms,
                 };
-                let bytes = encode(&record)?;
-                txn.open_table(OBJECTS)?
-                    .insert(key.as_bytes(), bytes.as_slice())?;
+                OBJECTS.open(txn)?.insert(&key, &record)?;
                 Ok(ObjectResponse::Put {
                     replaced: old.is_some(),
                 })
             }
             ObjectCommand::Delete { key } => {
                 check_key(&key)?;
-                let old = txn
-                    .open_table(OBJECTS)?
-                    .remove(key.as_bytes())?
-                    .map(|v| decode(v.value()));
+                let old = OBJECTS.open(txn)?.take(&key)?;
                 match old {
                     Some(old) => {
-                        ChunkService::release(txn, &handles(&old?.extents), ctx.time_ms)?;
+                        ChunkService::release(txn, &handles(&old.extents), ctx.time_ms)?;
                         Ok(ObjectResponse::Deleted { existed: true })
                     }
                     None => Ok(ObjectResponse::Deleted { existed: false }),
@@ -214,25 +205,21 @@ impl TypedService for ObjectService {
                 after,
                 limit,
             } => {
-                let table = txn.open_table(OBJECTS)?;
+                let table = OBJECTS.read(txn)?;
                 let start = match &after {
-                    Some(a) if a.as_str() >= prefix.as_str() => a.as_bytes().to_vec(),
-                    _ => prefix.as_bytes().to_vec(),
+                    Some(a) if a.as_str() >= prefix.as_str() => a.clone(),
+                    _ => prefix.clone(),
                 };
                 let mut out = Vec::new();
-                for item in table.range(start.as_slice()..)? {
-                    let (k, v) = item?;
-                    let k = k.value();
-                    if !k.starts_with(prefix.as_bytes()) || out.len() >= limit.min(10_000) as usize
-                    {
+                for item in table.range_from(&start)? {
+                    let (key, record) = item?;
+                    if !key.starts_with(&prefix) || out.len() >= limit.min(10_000) as usize {
                         break;
                     }
-                    if after.as_ref().is_some_and(|a| a.as_bytes() == k) {
+                    if after.as_ref().is_some_and(|a| *a == key) {
                         continue;
                     }
-                    let key = String::from_utf8(k.to_vec())
-                        .map_err(|_| StateError::Corrupt("object key is not UTF-8".into()))?;
-                    out.push((key, decode(v.value())?.size));
+                    out.push((key, record.size));
                 }
                 ObjectQueryResponse::Keys(out)
             }

@@ -3,17 +3,20 @@
 //! expiry); the record here is what makes a link revocable, and what the per-tenant limit counts.
 //!
 //! Tables:
-//! - `s3.shares`: id (16 BE) → [`ShareRecord`].
+//! - `s3.shares`: id (16 BE) → [`ShareRecord`] (typed, layout 1).
 //! - `s3.tenant_shares`: tenant (16 BE) ‖ id (16 BE) → `()`, to list and count a tenant's links.
 //!
 //! Expired links are removed when their tenant creates a new one (so the tables stay as large
 //! as the live links plus what expired since the last creation).
 
-use cairn_engine::state::{ApplyContext, ApplyError, Rejection, StateError, Table, encode};
+use cairn_engine::state::{
+    ApplyContext, ApplyError, Record, Rejection, StateError, Table, TypedTable,
+};
 use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
-const SHARES: Table = Table::new("s3.shares");
+const SHARES: TypedTable<u128, ShareRecord> = TypedTable::new("s3.shares");
+/// An index of fixed-width keys and empty values: nothing to version.
 const TENANT_SHARES: Table = Table::new("s3.tenant_shares");
 
 /// Most links one tenant's listing returns.
@@ -30,8 +33,14 @@ pub struct ShareRecord {
     pub expires_ms: u64,
 }
 
+impl Record for ShareRecord {
+    const NAME: &'static str = "share record";
+    /// 1: `ShareRecord` as it is.
+    const VERSION: u8 = 1;
+}
+
 pub(crate) fn init(txn: &WriteTransaction) -> Result<(), StateError> {
-    txn.open_table(SHARES)?;
+    SHARES.init(txn)?;
     txn.open_table(TENANT_SHARES)?;
     Ok(())
 }
@@ -43,14 +52,10 @@ fn pair(tenant: u128, id: u128) -> [u8; 32] {
     k
 }
 
-fn decode(b: &[u8]) -> Result<ShareRecord, StateError> {
-    cairn_engine::state::decode("share record", b)
-}
-
-/// The ids of a tenant's links with their records.
-fn of_tenant<T: ReadableTable<&'static [u8], &'static [u8]>>(
-    index: &T,
-    shares: &T,
+/// The ids of a tenant's links with their records (`record` looks one up).
+fn of_tenant(
+    index: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    record: impl Fn(u128) -> Result<Option<ShareRecord>, StateError>,
     tenant: u128,
 ) -> Result<Vec<(u128, ShareRecord)>, ApplyError> {
     let lo = pair(tenant, 0);
@@ -64,8 +69,8 @@ fn of_tenant<T: ReadableTable<&'static [u8], &'static [u8]>>(
             .and_then(|b| <[u8; 16]>::try_from(b).ok())
             .map(u128::from_be_bytes)
             .ok_or_else(|| StateError::Corrupt("share index key is not 32 bytes".into()))?;
-        if let Some(v) = shares.get(id.to_be_bytes().as_slice())? {
-            out.push((id, decode(v.value())?));
+        if let Some(r) = record(id)? {
+            out.push((id, r));
         }
     }
     Ok(out)
@@ -85,8 +90,8 @@ pub(crate) fn create(
         );
     }
     let mut index = txn.open_table(TENANT_SHARES)?;
-    let mut shares = txn.open_table(SHARES)?;
-    let existing = of_tenant(&index, &shares, record.tenant)?;
+    let mut shares = SHARES.open(txn)?;
+    let existing = of_tenant(&index, |id| shares.get(&id), record.tenant)?;
     let active = existing.iter().filter(|(_, r)| r.expires_ms > now).count();
     if active >= max_active as usize {
         return Err(Rejection::new(
@@ -96,26 +101,21 @@ pub(crate) fn create(
         .into());
     }
     for (id, r) in existing.iter().filter(|(_, r)| r.expires_ms <= now) {
-        shares.remove(id.to_be_bytes().as_slice())?;
+        shares.remove(id)?;
         index.remove(pair(r.tenant, *id).as_slice())?;
     }
     let id = ctx.fresh_id();
-    let bytes = encode(&record)?;
-    shares.insert(id.to_be_bytes().as_slice(), bytes.as_slice())?;
+    shares.insert(&id, &record)?;
     index.insert(pair(record.tenant, id).as_slice(), [].as_slice())?;
     Ok(id)
 }
 
 /// Revoke a link of `tenant` (another tenant's link is answered like a missing one).
 pub(crate) fn delete(txn: &WriteTransaction, tenant: u128, id: u128) -> Result<(), ApplyError> {
-    let mut shares = txn.open_table(SHARES)?;
-    let found = match shares.get(id.to_be_bytes().as_slice())? {
-        Some(v) => Some(decode(v.value())?),
-        None => None,
-    };
-    match found {
+    let mut shares = SHARES.open(txn)?;
+    match shares.get(&id)? {
         Some(r) if r.tenant == tenant => {
-            shares.remove(id.to_be_bytes().as_slice())?;
+            shares.remove(&id)?;
             txn.open_table(TENANT_SHARES)?
                 .remove(pair(tenant, id).as_slice())?;
             Ok(())
@@ -125,9 +125,7 @@ pub(crate) fn delete(txn: &WriteTransaction, tenant: u128, id: u128) -> Result<(
 }
 
 pub(crate) fn get(txn: &ReadTransaction, id: u128) -> Result<Option<ShareRecord>, ApplyError> {
-    let t = txn.open_table(SHARES)?;
-    let v = t.get(id.to_be_bytes().as_slice())?;
-    Ok(v.map(|v| decode(v.value())).transpose()?)
+    Ok(SHARES.read(txn)?.get(&id)?)
 }
 
 pub(crate) fn list(
@@ -135,8 +133,8 @@ pub(crate) fn list(
     tenant: u128,
 ) -> Result<Vec<(u128, ShareRecord)>, ApplyError> {
     let index = txn.open_table(TENANT_SHARES)?;
-    let shares = txn.open_table(SHARES)?;
-    let mut all = of_tenant(&index, &shares, tenant)?;
+    let shares = SHARES.read(txn)?;
+    let mut all = of_tenant(&index, |id| shares.get(&id), tenant)?;
     all.truncate(LIST_MAX);
     Ok(all)
 }

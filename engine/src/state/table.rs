@@ -255,6 +255,14 @@ impl<K: Key, V: Record> TableMut<'_, K, V> {
         Ok(self.table.remove(key.to_bytes().as_slice())?.is_some())
     }
 
+    /// Remove `key` and return what it held.
+    pub fn take(&mut self, key: &K) -> Result<Option<V>, StateError> {
+        match self.table.remove(key.to_bytes().as_slice())? {
+            None => Ok(None),
+            Some(v) => decode_record(v.value()).map(Some),
+        }
+    }
+
     /// Every record, in key order.
     pub fn all(&self) -> Result<Vec<(K, V)>, StateError> {
         all(&self.table)
@@ -278,11 +286,23 @@ impl<K: Key, V: Record> TableRead<K, V> {
         get(&self.table, key)
     }
 
-    /// Every record in key order, decoded as it is reached.
+    /// Every record in key order (`.rev()` for the other way), decoded as it is reached.
     pub fn iter(
         &self,
-    ) -> Result<impl Iterator<Item = Result<(K, V), StateError>> + '_, StateError> {
+    ) -> Result<impl DoubleEndedIterator<Item = Result<(K, V), StateError>> + '_, StateError> {
         Ok(self.table.iter()?.map(|item| {
+            let (k, v) = item?;
+            Ok((K::from_bytes(k.value())?, decode_record(v.value())?))
+        }))
+    }
+
+    /// The records from `start` on, in key order.
+    pub fn range_from(
+        &self,
+        start: &K,
+    ) -> Result<impl DoubleEndedIterator<Item = Result<(K, V), StateError>> + '_, StateError> {
+        let start = start.to_bytes();
+        Ok(self.table.range::<&[u8]>(start.as_slice()..)?.map(|item| {
             let (k, v) = item?;
             Ok((K::from_bytes(k.value())?, decode_record(v.value())?))
         }))
