@@ -94,14 +94,8 @@ async fn call(
     (status, resp.json().await.unwrap())
 }
 
-/// Everything the fixture holds, seen through S3 and REST.
-async fn check_fixture(addr: std::net::SocketAddr, http: &reqwest::Client) -> String {
-    let c = s3(addr);
-    assert_eq!(
-        get(&c, "small.txt").await,
-        b"small object from the old release\n"
-    );
-    assert_eq!(get(&c, "large.bin").await, large());
+/// The fixture's admin logs in; the access token.
+async fn login(addr: std::net::SocketAddr, http: &reqwest::Client) -> String {
     let (status, login) = call(
         http,
         addr,
@@ -112,7 +106,18 @@ async fn check_fixture(addr: std::net::SocketAddr, http: &reqwest::Client) -> St
     )
     .await;
     assert_eq!(status, 200, "{login}");
-    let token = login["access_token"].as_str().unwrap().to_owned();
+    login["access_token"].as_str().unwrap().to_owned()
+}
+
+/// Everything the fixture holds, seen through S3 and REST.
+async fn check_fixture(addr: std::net::SocketAddr, http: &reqwest::Client) -> String {
+    let c = s3(addr);
+    assert_eq!(
+        get(&c, "small.txt").await,
+        b"small object from the old release\n"
+    );
+    assert_eq!(get(&c, "large.bin").await, large());
+    let token = login(addr, http).await;
     // The root key (adopted by the admin at setup) and the admin's own S3 key: records from
     // before versions, and from before tenants for the root key's first life.
     let (status, keys) = call(http, addr, "GET", "/s3-keys", Some(&token), None).await;
@@ -228,15 +233,5 @@ async fn a_data_folder_from_before_typed_tables_opens_and_serves() {
 async fn check_fixture_after(addr: std::net::SocketAddr, http: &reqwest::Client) -> String {
     let c = s3(addr);
     assert_eq!(get(&c, "large.bin").await, large());
-    let (status, login) = call(
-        http,
-        addr,
-        "POST",
-        "/auth/login",
-        None,
-        Some(json!({"email": "root@example.com", "password": "fixture-password-1"})),
-    )
-    .await;
-    assert_eq!(status, 200, "{login}");
-    login["access_token"].as_str().unwrap().to_owned()
+    login(addr, http).await
 }
