@@ -13,8 +13,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::Gateway;
-use crate::kernel::caller::*;
-use crate::kernel::error::*;
+use crate::kernel::caller::authenticate;
+use crate::kernel::error::{ApiError, ApiResult};
 use crate::kernel::rfc3339;
 
 #[derive(Deserialize)]

@@ -14,11 +14,11 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::Gateway;
-use crate::kernel::caller::*;
-use crate::kernel::crypto::*;
-use crate::kernel::error::*;
-use crate::kernel::ids::*;
-use crate::kernel::json::*;
+use crate::kernel::caller::{Caller, ask, authenticate, propose};
+use crate::kernel::crypto::{hash_password, hex, random_string, random32};
+use crate::kernel::error::{ApiError, ApiResult};
+use crate::kernel::ids::hex_id;
+use crate::kernel::json::json_body;
 use crate::kernel::rfc3339;
 
 /// `POST /api/s3-keys`: a new S3 key for the caller; the secret is shown once.

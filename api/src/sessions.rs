@@ -22,13 +22,13 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::Gateway;
-use crate::kernel::caller::*;
-use crate::kernel::crypto::*;
-use crate::kernel::error::*;
-use crate::kernel::ids::*;
-use crate::kernel::json::*;
-use crate::kernel::layers::*;
-use crate::kernel::limits::*;
+use crate::kernel::caller::{Claims, JWT_KEY_PURPOSE, ask, authenticate, jwt_keys, propose};
+use crate::kernel::crypto::{hash_password, hex, random32, sha256, unhex32, verify_password};
+use crate::kernel::error::{ApiError, ApiResult};
+use crate::kernel::ids::{hex_id, parse_id};
+use crate::kernel::json::json_body;
+use crate::kernel::layers::{client_ip, set_actor};
+use crate::kernel::limits::limit_auth;
 use crate::kernel::rfc3339;
 
 /// Refresh tokens (sessions) live this long after their last use.

@@ -8,7 +8,7 @@ use cairn_engine::chunk::ChunkHandle;
 use cairn_proto::chunk::{ChunkFailure, METHOD_READ, PIECE, ReadHeader, ReadRequest, encode};
 use cairn_proto::frame::{self};
 
-use crate::server::*;
+use crate::server::{Chunkserver, LoadGuard, wire};
 use crate::write::{FORWARD_TIMEOUT, LocalWriter};
 
 impl Chunkserver {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use cairn_engine::chunk::{ChunkError, ChunkInfo};
 use cairn_proto::dataplane::{Heartbeat, HeartbeatRpc, Replica, ServerInfo, Task};
 
-use crate::server::*;
+use crate::server::{Chunkserver, stored, wire};
 
 /// Heartbeats between two full replica reports.
 pub(crate) const FULL_REPORT_EVERY: u64 = 300;

@@ -9,7 +9,7 @@ use cairn_proto::chunk::{
 };
 use cairn_proto::frame::{self, Frame, Kind};
 
-use crate::server::*;
+use crate::server::{Chunkserver, LoadGuard, failure, stored};
 
 /// Counts a transfer in the server's load while alive.
 /// Bytes one blocking read of a short-circuit (local) read takes at a time.

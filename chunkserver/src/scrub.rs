@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use cairn_engine::chunk::ChunkError;
 
-use crate::server::*;
+use crate::server::Chunkserver;
 
 impl Chunkserver {
     /// Re-verify every sealed chunk at the configured rate, forever.

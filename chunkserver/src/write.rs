@@ -15,7 +15,7 @@ use cairn_proto::chunk::{
 use cairn_proto::frame::{self, Frame, Kind};
 use tokio::sync::mpsc;
 
-use crate::server::*;
+use crate::server::{Chunkserver, Inner, LoadGuard, failure, stored};
 
 /// Where a chain write's frames come from: the writer's QUIC stream, or (for a writer in this
 /// process, the short-circuit head of a chain) a channel.

@@ -12,11 +12,11 @@ use cairn_proto::Consistency;
 use serde::{Deserialize, Serialize};
 
 use crate::Gateway;
-use crate::kernel::crypto::*;
-use crate::kernel::error::*;
-use crate::kernel::ids::*;
-use crate::kernel::layers::*;
-use crate::kernel::limits::*;
+use crate::kernel::crypto::{sha256, verify_password};
+use crate::kernel::error::{ApiError, ApiResult};
+use crate::kernel::ids::{hex_id, parse_id};
+use crate::kernel::layers::set_actor;
+use crate::kernel::limits::limit_caller;
 
 /// Access tokens live this long by default (`api.access_token_ttl`).
 pub const ACCESS_TTL_S: u64 = 15 * 60;

@@ -3,7 +3,7 @@
 use axum::extract::Request;
 use axum::http::StatusCode;
 
-use crate::kernel::error::*;
+use crate::kernel::error::{ApiError, ApiResult};
 
 /// Largest JSON body the auth routes read.
 pub(crate) const BODY_MAX: usize = 64 * 1024;

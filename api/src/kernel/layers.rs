@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use cairn_master::dataplane::command;
 
 use crate::Gateway;
-use crate::kernel::error::*;
+use crate::kernel::error::{ApiError, not_found};
 
 tokio::task_local! {
     /// Who the current `/api` request acts for, as far as it is known (for the audit log).

@@ -9,8 +9,8 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::Gateway;
-use crate::kernel::error::*;
-use crate::kernel::layers::*;
+use crate::kernel::error::{ApiError, ApiResult};
+use crate::kernel::layers::RATE;
 
 /// Fixed one-minute windows of requests per client: per address for the credential routes,
 /// per API key or session for everything authenticated. At most 100,000 clients are tracked
