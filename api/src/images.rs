@@ -25,8 +25,8 @@ use cairn_master::buckets::{
 };
 use cairn_master::dataplane::command;
 use cairn_master::images::{
-    Image, ImageCommand, ImageContent, ImageMeta, ImageQuery, ImageQueryResponse, ImageResponse,
-    ImageService, ImageStatus, blob_key,
+    Image, ImageCommand, ImageContent, ImageMeta, ImageQuery, ImageQueryResponse, ImageRefusal,
+    ImageResponse, ImageService, ImageStatus, blob_key,
 };
 use cairn_master::policy::{ActionClass, Decision, Request as PolicyRequest, decide};
 use cairn_proto::Consistency;
@@ -112,10 +112,14 @@ async fn image_command(g: &Gateway, c: &ImageCommand) -> ApiResult<ImageResponse
         .map_err(|e| from_s3(crate::propose_error(&e)))?;
     match outcome {
         Ok(b) => ImageService::response(&b).map_err(ApiError::internal),
-        Err(r) => Err(match r.code.as_str() {
-            "no_such_image" => ApiError::new(StatusCode::NOT_FOUND, "no such image"),
-            "invalid_state" => ApiError::new(StatusCode::CONFLICT, r.message),
-            _ => ApiError::bad(r.message),
+        Err(r) => Err(match r.kind::<ImageRefusal>() {
+            Some(ImageRefusal::NoSuchImage) => {
+                ApiError::new(StatusCode::NOT_FOUND, "no such image")
+            }
+            Some(ImageRefusal::InvalidState) => ApiError::new(StatusCode::CONFLICT, r.message),
+            Some(ImageRefusal::InvalidArgument | ImageRefusal::FormatMismatch) | None => {
+                ApiError::bad(r.message)
+            }
         }),
     }
 }

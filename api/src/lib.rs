@@ -48,7 +48,7 @@ use std::sync::Arc;
 use cairn_client::{DataClient, MasterClient};
 use cairn_engine::state::{Rejection, TypedService};
 use cairn_master::buckets::{
-    BucketCommand, BucketQuery, BucketQueryResponse, BucketResponse, BucketService,
+    BucketCommand, BucketQuery, BucketQueryResponse, BucketRefusal, BucketResponse, BucketService,
 };
 use cairn_master::dataplane::command;
 use cairn_proto::SecretsKey;
@@ -123,32 +123,37 @@ pub struct Gateway {
     pub uploads: namespaces::Uploads,
 }
 
-/// The S3 error for a refusal from the bucket service.
-pub fn rejection_error(code: &str, message: &str) -> S3Error {
-    let c = match code {
-        "no_such_bucket" => S3ErrorCode::NoSuchBucket,
-        "bucket_not_empty" => S3ErrorCode::BucketNotEmpty,
-        "bucket_exists" => S3ErrorCode::BucketAlreadyExists,
-        "bucket_owned_by_you" => S3ErrorCode::BucketAlreadyOwnedByYou,
-        "invalid_bucket_name" => S3ErrorCode::InvalidBucketName,
-        "invalid_key" => S3ErrorCode::KeyTooLongError,
-        "precondition_failed" => S3ErrorCode::PreconditionFailed,
-        "no_such_upload" => S3ErrorCode::NoSuchUpload,
-        "invalid_part" => S3ErrorCode::InvalidPart,
-        "invalid_part_order" => S3ErrorCode::InvalidPartOrder,
-        "entity_too_small" => S3ErrorCode::EntityTooSmall,
-        "malformed_xml" => S3ErrorCode::MalformedXML,
-        "no_such_key" => S3ErrorCode::NoSuchKey,
-        "no_such_version" => S3ErrorCode::NoSuchVersion,
-        "invalid_tag" => S3ErrorCode::InvalidTag,
-        "method_not_allowed" => S3ErrorCode::MethodNotAllowed,
-        "too_many_versions" => S3ErrorCode::InvalidRequest,
-        "chunk_gone" => S3ErrorCode::InternalError,
-        "too_many_shares" => S3ErrorCode::Custom("TooManyShareLinks".into()),
-        "no_such_share" => S3ErrorCode::Custom("NoSuchShareLink".into()),
-        _ => S3ErrorCode::InvalidArgument,
+/// The S3 error for a refusal from the bucket service: each [`BucketRefusal`] maps here, once
+/// (the JSON surfaces take the same mapping through `kernel::from_s3`).
+pub fn rejection_error(r: &Rejection) -> S3Error {
+    use BucketRefusal as B;
+    let c = match r.kind::<BucketRefusal>() {
+        Some(B::NoSuchBucket) => S3ErrorCode::NoSuchBucket,
+        Some(B::BucketNotEmpty) => S3ErrorCode::BucketNotEmpty,
+        Some(B::BucketExists) => S3ErrorCode::BucketAlreadyExists,
+        Some(B::BucketOwnedByYou) => S3ErrorCode::BucketAlreadyOwnedByYou,
+        Some(B::InvalidBucketName) => S3ErrorCode::InvalidBucketName,
+        Some(B::InvalidKey) => S3ErrorCode::KeyTooLongError,
+        Some(B::PreconditionFailed) => S3ErrorCode::PreconditionFailed,
+        Some(B::NoSuchUpload) => S3ErrorCode::NoSuchUpload,
+        Some(B::InvalidPart) => S3ErrorCode::InvalidPart,
+        Some(B::InvalidPartOrder) => S3ErrorCode::InvalidPartOrder,
+        Some(B::EntityTooSmall) => S3ErrorCode::EntityTooSmall,
+        Some(B::MalformedXml) => S3ErrorCode::MalformedXML,
+        Some(B::NoSuchKey) => S3ErrorCode::NoSuchKey,
+        Some(B::NoSuchVersion) => S3ErrorCode::NoSuchVersion,
+        Some(B::InvalidTag) => S3ErrorCode::InvalidTag,
+        Some(B::MethodNotAllowed) => S3ErrorCode::MethodNotAllowed,
+        Some(B::TooManyVersions) => S3ErrorCode::InvalidRequest,
+        Some(B::ChunkGone) => S3ErrorCode::InternalError,
+        Some(B::TooManyShares) => S3ErrorCode::Custom("TooManyShareLinks".into()),
+        Some(B::NoSuchShare) => S3ErrorCode::Custom("NoSuchShareLink".into()),
+        Some(B::InvalidArgument) => S3ErrorCode::InvalidArgument,
+        // The envelope's refusals (a command this build cannot read) and any code a newer
+        // master sends: the request is what was refused.
+        None => S3ErrorCode::InvalidArgument,
     };
-    S3Error::with_message(c, message.to_owned())
+    S3Error::with_message(c, r.message.clone())
 }
 
 /// The S3 error for a control-plane failure: no quorum or leader right now is a 503 the client
@@ -196,7 +201,7 @@ impl Gateway {
     pub async fn command(&self, c: &BucketCommand) -> Result<BucketResponse, S3Error> {
         self.command_or_refusal(c)
             .await?
-            .map_err(|r| rejection_error(&r.code, &r.message))
+            .map_err(|r| rejection_error(&r))
     }
 
     /// Commit one bucket-service command; a refusal comes back as the service's rejection, for
@@ -257,7 +262,7 @@ impl Gateway {
             .query(BucketService::ID, payload, consistency)
             .await
             .map_err(|e| propose_error(&e))?;
-        let bytes = outcome.map_err(|r| rejection_error(&r.code, &r.message))?;
+        let bytes = outcome.map_err(|r| rejection_error(&r))?;
         BucketService::query_response(&bytes)
             .map_err(|e| S3Error::with_message(S3ErrorCode::InternalError, e.to_string()))
     }

@@ -134,7 +134,7 @@ pub(crate) struct Who {
 pub(crate) async fn write(g: &Gateway, who: &Who, c: BucketCommand) -> S3Result<BucketResponse> {
     write_or_refusal(g, who, c)
         .await?
-        .map_err(|r| crate::rejection_error(&r.code, &r.message))
+        .map_err(|r| crate::rejection_error(&r))
 }
 
 /// [`write`], with a refusal returned as the bucket service's rejection (its stable code).

@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use cairn_master::buckets::{
-    BucketChange, BucketCommand, BucketQuery, BucketQueryResponse, BucketRecord, BucketResponse,
-    Conditions, Content, CorsRule, LifecycleRule, ListPage, ListRequest, ObjectData, ObjectMeta,
-    Version, VersionRef, Versioning, parse_upload, upload_string, version_string,
+    BucketChange, BucketCommand, BucketQuery, BucketQueryResponse, BucketRecord, BucketRefusal,
+    BucketResponse, Conditions, Content, CorsRule, LifecycleRule, ListPage, ListRequest,
+    ObjectData, ObjectMeta, Version, VersionRef, Versioning, parse_upload, upload_string,
+    version_string,
 };
 use cairn_proto::dataplane::Extent;
 use futures::StreamExt;
@@ -1544,10 +1545,10 @@ impl S3 for CairnS3 {
         .await?
         .map_err(|r| {
             // The source's chunks were released between reading it and committing the copy.
-            if r.code == "chunk_gone" {
+            if r.kind() == Some(BucketRefusal::ChunkGone) {
                 s3_error!(NoSuchKey, "the source object was deleted during the copy")
             } else {
-                crate::rejection_error(&r.code, &r.message)
+                crate::rejection_error(&r)
             }
         })?;
         let (version, modified) = match r {

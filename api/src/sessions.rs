@@ -15,8 +15,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use cairn_master::dataplane::{command, wall_ms};
 use cairn_master::identity::{
-    IdentityCommand, IdentityQuery, IdentityQueryResponse, IdentityResponse, IdentityService,
-    Session, User,
+    IdentityCommand, IdentityQuery, IdentityQueryResponse, IdentityRefusal, IdentityResponse,
+    IdentityService, Session, User,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -637,7 +637,7 @@ async fn reset_password(State(g): State<Arc<Gateway>>, req: Request) -> ApiResul
         Ok(_) => Ok(
             axum::Json(json!({"status": "password changed; every session ended"})).into_response(),
         ),
-        Err(r) if r.code == "bad_reset" => Err(invalid()),
+        Err(r) if r.kind() == Some(IdentityRefusal::BadReset) => Err(invalid()),
         Err(r) => Err(ApiError::bad(r.message)),
     }
 }

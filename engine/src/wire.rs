@@ -64,7 +64,13 @@ mod tests {
         let fast = postcard::to_stdvec(&Fast(v.clone())).unwrap();
         assert_eq!(plain, fast);
         assert_eq!(postcard::from_bytes::<Fast>(&plain).unwrap(), Fast(v));
-        for o in [Ok(vec![9u8; 100]), Err(Rejection::new("x", "why"))] {
+        for o in [
+            Ok(vec![9u8; 100]),
+            Err(crate::state::Refusal::with(
+                crate::state::Envelope::Malformed,
+                "why",
+            )),
+        ] {
             let plain = postcard::to_stdvec(&o).unwrap();
             let fast = postcard::to_stdvec(&WireOutcome(o.clone())).unwrap();
             assert_eq!(plain, fast);

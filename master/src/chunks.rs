@@ -17,6 +17,18 @@ use cairn_proto::ChunkHandle;
 use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
+cairn_engine::refusals! {
+    /// Why the chunk service refuses a command.
+    pub enum ChunkRefusal {
+        /// A chunk a write names is released or unknown: the write must start over.
+        ChunkGone = "chunk_gone",
+        /// The chunk handle space is used up.
+        Exhausted = "exhausted",
+        /// A count, replication or handle outside the limits.
+        InvalidArgument = "invalid_argument",
+    }
+}
+
 /// Handle → record.
 const CHUNKS: TypedTable<u64, ChunkRecord> = TypedTable::new("chunks");
 const CHUNKS_META: Table = Table::new("chunks.meta");
@@ -137,7 +149,7 @@ impl ChunkService {
             match Self::record(txn, h)? {
                 None => {
                     return Err(Rejection::new(
-                        "chunk_gone",
+                        ChunkRefusal::ChunkGone,
                         format!("chunk {h} does not exist (never allocated or already collected)"),
                     )
                     .into());
@@ -146,9 +158,11 @@ impl ChunkService {
                     state: ChunkState::Released { .. },
                     ..
                 }) => {
-                    return Err(
-                        Rejection::new("chunk_gone", format!("chunk {h} was released")).into(),
-                    );
+                    return Err(Rejection::new(
+                        ChunkRefusal::ChunkGone,
+                        format!("chunk {h} was released"),
+                    )
+                    .into());
                 }
                 Some(_) => {}
             }
@@ -256,14 +270,14 @@ impl TypedService for ChunkService {
             ChunkCommand::Allocate { count, replication } => {
                 if count == 0 || count > ALLOCATE_MAX {
                     return Err(Rejection::new(
-                        "invalid_argument",
+                        ChunkRefusal::InvalidArgument,
                         format!("allocate 1..={ALLOCATE_MAX} chunks, not {count}"),
                     )
                     .into());
                 }
                 if replication == 0 || replication > REPLICATION_MAX {
                     return Err(Rejection::new(
-                        "invalid_argument",
+                        ChunkRefusal::InvalidArgument,
                         format!("replication must be 1..={REPLICATION_MAX}, not {replication}"),
                     )
                     .into());
@@ -273,7 +287,10 @@ impl TypedService for ChunkService {
                     read_u64(meta.get(NEXT_HANDLE)?.as_ref().map(|v| v.value()))?.max(1)
                 };
                 let end = first.checked_add(u64::from(count)).ok_or_else(|| {
-                    Rejection::new("exhausted", "the chunk handle space is exhausted")
+                    Rejection::new(
+                        ChunkRefusal::Exhausted,
+                        "the chunk handle space is exhausted",
+                    )
                 })?;
                 let version = 1;
                 let record = ChunkRecord {

@@ -15,25 +15,26 @@
 //! - `id.resets`: reset id (u128 BE) → [`PasswordReset`]
 
 use cairn_engine::state::{
-    ApplyContext, ApplyError, Rejection, ServiceId, StateError, Table, TypedService, decode,
-    encode, reject,
+    ApplyContext, ApplyError, Record, Rejection, ServiceId, StateError, Table, TypedService,
+    TypedTable, reject,
 };
-use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransaction};
+use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use crate::policy::{Policy, Role, Statement};
+pub use crate::tenancy::IdentityRefusal;
 use crate::tenancy::{self, AccessView, DEFAULT_TENANT, Tenant};
 
-const USERS: Table = Table::new("id.users");
+pub(crate) const USERS: TypedTable<u128, User> = TypedTable::new("id.users");
 const EMAILS: Table = Table::new("id.emails");
-const SESSIONS: Table = Table::new("id.sessions");
+const SESSIONS: TypedTable<u128, Session> = TypedTable::new("id.sessions");
 /// user id ‖ session id → nothing: a user's sessions without a scan.
 const USER_SESSIONS: Table = Table::new("id.user_sessions");
 const META: Table = Table::new("id.meta");
 /// API key id → [`ApiKey`].
-const API_KEYS: Table = Table::new("id.api_keys");
+const API_KEYS: TypedTable<String, ApiKey> = TypedTable::new("id.api_keys");
 /// Password reset id → [`PasswordReset`].
-const RESETS: Table = Table::new("id.resets");
+const RESETS: TypedTable<u128, PasswordReset> = TypedTable::new("id.resets");
 const JWT_KEY: &[u8] = b"jwt_key";
 /// The current signing key's id (u32 BE; absent: 0, the key setup made).
 const JWT_KID: &[u8] = b"jwt_kid";
@@ -380,24 +381,47 @@ pub fn check_email(email: &str) -> Result<(), Rejection> {
     if ok {
         Ok(())
     } else {
-        Err(Rejection::new("invalid_email", "not a valid email address"))
+        Err(Rejection::new(
+            IdentityRefusal::InvalidEmail,
+            "not a valid email address",
+        ))
     }
 }
 
 fn check_name(name: &str) -> Result<(), Rejection> {
     if name.trim().is_empty() || name.chars().count() > 200 {
         return Err(Rejection::new(
-            "invalid_name",
+            IdentityRefusal::InvalidName,
             "names are 1 to 200 characters",
         ));
     }
     Ok(())
 }
 
+impl Record for User {
+    const NAME: &'static str = "user";
+    const VERSION: u8 = 1;
+}
+
+impl Record for Session {
+    const NAME: &'static str = "session";
+    const VERSION: u8 = 1;
+}
+
+impl Record for ApiKey {
+    const NAME: &'static str = "api key";
+    const VERSION: u8 = 1;
+}
+
+impl Record for PasswordReset {
+    const NAME: &'static str = "password reset";
+    const VERSION: u8 = 1;
+}
+
 fn check_hash(hash: &str) -> Result<(), Rejection> {
     if !hash.starts_with("$argon2") || hash.len() > 512 {
         return Err(Rejection::new(
-            "invalid_argument",
+            IdentityRefusal::InvalidArgument,
             "passwords are stored as argon2 hashes",
         ));
     }
@@ -405,26 +429,26 @@ fn check_hash(hash: &str) -> Result<(), Rejection> {
 }
 
 fn load_user(txn: &WriteTransaction, id: u128) -> Result<User, ApplyError> {
-    let t = txn.open_table(USERS)?;
-    let v = t.get(id.to_be_bytes().as_slice())?;
-    match v {
-        Some(v) => Ok(decode("user", v.value())?),
-        None => Err(reject("no_such_user", "no such user")),
-    }
+    USERS
+        .open(txn)?
+        .get(&id)?
+        .ok_or_else(|| reject(IdentityRefusal::NoSuchUser, "no such user"))
 }
 
 fn load_api_key(txn: &WriteTransaction, id: &str) -> Result<ApiKey, ApplyError> {
-    let t = txn.open_table(API_KEYS)?;
-    let v = t.get(id.as_bytes())?;
-    match v {
-        Some(v) => Ok(decode("api key", v.value())?),
-        None => Err(reject("no_such_key", "no such API key")),
-    }
+    API_KEYS
+        .open(txn)?
+        .get(&id.to_owned())?
+        .ok_or_else(|| reject(IdentityRefusal::NoSuchKey, "no such API key"))
+}
+
+fn store_api_key(txn: &WriteTransaction, id: &str, key: &ApiKey) -> Result<(), ApplyError> {
+    API_KEYS.open(txn)?.insert(&id.to_owned(), key)?;
+    Ok(())
 }
 
 fn store_user(txn: &WriteTransaction, id: u128, u: &User) -> Result<(), ApplyError> {
-    txn.open_table(USERS)?
-        .insert(id.to_be_bytes().as_slice(), encode(u)?.as_slice())?;
+    USERS.open(txn)?.insert(&id, u)?;
     Ok(())
 }
 
@@ -451,17 +475,14 @@ fn sessions_of(
 }
 
 fn session(txn: &WriteTransaction, id: u128) -> Result<Session, ApplyError> {
-    let t = txn.open_table(SESSIONS)?;
-    let v = t.get(id.to_be_bytes().as_slice())?;
-    match v {
-        Some(v) => Ok(decode("session", v.value())?),
-        None => Err(reject("no_such_session", "no such session")),
-    }
+    SESSIONS
+        .open(txn)?
+        .get(&id)?
+        .ok_or_else(|| reject(IdentityRefusal::NoSuchSession, "no such session"))
 }
 
 fn put_session(txn: &WriteTransaction, id: u128, s: &Session) -> Result<(), ApplyError> {
-    txn.open_table(SESSIONS)?
-        .insert(id.to_be_bytes().as_slice(), encode(s)?.as_slice())?;
+    SESSIONS.open(txn)?.insert(&id, s)?;
     Ok(())
 }
 
@@ -475,13 +496,13 @@ impl TypedService for IdentityService {
     type QueryResponse = IdentityQueryResponse;
 
     fn init(&self, txn: &WriteTransaction) -> Result<(), StateError> {
-        txn.open_table(USERS)?;
+        USERS.init(txn)?;
         txn.open_table(EMAILS)?;
-        txn.open_table(SESSIONS)?;
+        SESSIONS.init(txn)?;
         txn.open_table(USER_SESSIONS)?;
         txn.open_table(META)?;
-        txn.open_table(API_KEYS)?;
-        txn.open_table(RESETS)?;
+        API_KEYS.init(txn)?;
+        RESETS.init(txn)?;
         tenancy::init(txn)?;
         Ok(())
     }
@@ -503,8 +524,11 @@ impl TypedService for IdentityService {
                 check_email(&email)?;
                 check_name(&name)?;
                 check_hash(&password_hash)?;
-                if txn.open_table(USERS)?.len()? > 0 {
-                    return Err(reject("setup_done", "setup is done: a user exists"));
+                if !USERS.open(txn)?.is_empty()? {
+                    return Err(reject(
+                        IdentityRefusal::SetupDone,
+                        "setup is done: a user exists",
+                    ));
                 }
                 let id = ctx.fresh_id();
                 let user = User {
@@ -517,8 +541,7 @@ impl TypedService for IdentityService {
                     totp_pending: None,
                     totp_last_step: 0,
                 };
-                txn.open_table(USERS)?
-                    .insert(id.to_be_bytes().as_slice(), encode(&user)?.as_slice())?;
+                store_user(txn, id, &user)?;
                 txn.open_table(EMAILS)?
                     .insert(email.as_bytes(), id.to_be_bytes().as_slice())?;
                 {
@@ -547,10 +570,16 @@ impl TypedService for IdentityService {
                     .get(REGISTRATION)?
                     .is_some_and(|v| v.value() == [1]);
                 if !open {
-                    return Err(reject("registration_closed", "self-registration is off"));
+                    return Err(reject(
+                        IdentityRefusal::RegistrationClosed,
+                        "self-registration is off",
+                    ));
                 }
                 if txn.open_table(EMAILS)?.get(email.as_bytes())?.is_some() {
-                    return Err(reject("email_taken", "an account with this email exists"));
+                    return Err(reject(
+                        IdentityRefusal::EmailTaken,
+                        "an account with this email exists",
+                    ));
                 }
                 let id = ctx.fresh_id();
                 let workspace: String = format!("{name}'s workspace")
@@ -568,8 +597,7 @@ impl TypedService for IdentityService {
                     totp_pending: None,
                     totp_last_step: 0,
                 };
-                txn.open_table(USERS)?
-                    .insert(id.to_be_bytes().as_slice(), encode(&user)?.as_slice())?;
+                store_user(txn, id, &user)?;
                 txn.open_table(EMAILS)?
                     .insert(email.as_bytes(), id.to_be_bytes().as_slice())?;
                 // Every registered user starts in a tenant of their own.
@@ -590,7 +618,10 @@ impl TypedService for IdentityService {
             IdentityCommand::TotpEnable { user, step } => {
                 let mut u = load_user(txn, user)?;
                 let Some(pending) = u.totp_pending.take() else {
-                    return Err(reject("no_pending_totp", "start with totp/enable"));
+                    return Err(reject(
+                        IdentityRefusal::NoPendingTotp,
+                        "start with totp/enable",
+                    ));
                 };
                 u.totp = Some(pending);
                 u.totp_last_step = step;
@@ -600,7 +631,10 @@ impl TypedService for IdentityService {
             IdentityCommand::TotpUse { user, step } => {
                 let mut u = load_user(txn, user)?;
                 if step <= u.totp_last_step {
-                    return Err(reject("totp_reused", "this code was already used"));
+                    return Err(reject(
+                        IdentityRefusal::TotpReused,
+                        "this code was already used",
+                    ));
                 }
                 u.totp_last_step = step;
                 store_user(txn, user, &u)?;
@@ -613,13 +647,7 @@ impl TypedService for IdentityService {
                 ip,
                 agent,
             } => {
-                if txn
-                    .open_table(USERS)?
-                    .get(user.to_be_bytes().as_slice())?
-                    .is_none()
-                {
-                    return Err(reject("no_such_user", "no such user"));
-                }
+                load_user(txn, user)?;
                 let id = ctx.fresh_id();
                 txn.open_table(USER_SESSIONS)?
                     .insert(pair(user, id).as_slice(), [].as_slice())?;
@@ -648,7 +676,10 @@ impl TypedService for IdentityService {
             } => {
                 let mut s = session(txn, sid)?;
                 if s.revoked || s.expires_ms <= ctx.time_ms {
-                    return Err(reject("session_ended", "the session is revoked or expired"));
+                    return Err(reject(
+                        IdentityRefusal::SessionEnded,
+                        "the session is revoked or expired",
+                    ));
                 }
                 if same(&presented, &s.refresh_hash) {
                     s.previous_hash = Some(s.refresh_hash);
@@ -662,7 +693,10 @@ impl TypedService for IdentityService {
                     put_session(txn, sid, &s)?;
                     Ok(IdentityResponse::Reused)
                 } else {
-                    Err(reject("bad_token", "the refresh token is not valid"))
+                    Err(reject(
+                        IdentityRefusal::BadToken,
+                        "the refresh token is not valid",
+                    ))
                 }
             }
             IdentityCommand::Revoke { session: sid } => {
@@ -681,24 +715,27 @@ impl TypedService for IdentityService {
             } => {
                 check_hash(&hash)?;
                 if id.len() != 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    return Err(reject("invalid_argument", "API key ids are 16 hex digits"));
+                    return Err(reject(
+                        IdentityRefusal::InvalidArgument,
+                        "API key ids are 16 hex digits",
+                    ));
                 }
                 if name.trim().is_empty() || name.chars().count() > 100 {
                     return Err(reject(
-                        "invalid_argument",
+                        IdentityRefusal::InvalidArgument,
                         "key names are 1 to 100 characters",
                     ));
                 }
                 if let Some(bad) = scopes.iter().find(|s| !SCOPES.contains(&s.as_str())) {
                     return Err(reject(
-                        "invalid_argument",
+                        IdentityRefusal::InvalidArgument,
                         format!("unknown scope {bad:?} (known: {})", SCOPES.join(", ")),
                     ));
                 }
                 load_user(txn, user)?;
-                let mut t = txn.open_table(API_KEYS)?;
-                if t.get(id.as_bytes())?.is_some() {
-                    return Err(reject("key_exists", "that key id exists"));
+                let mut t = API_KEYS.open(txn)?;
+                if t.get(&id)?.is_some() {
+                    return Err(reject(IdentityRefusal::KeyExists, "that key id exists"));
                 }
                 let key = ApiKey {
                     user,
@@ -709,26 +746,24 @@ impl TypedService for IdentityService {
                     expires_ms,
                     last_used_ms: None,
                 };
-                t.insert(id.as_bytes(), encode(&key)?.as_slice())?;
+                t.insert(&id, &key)?;
                 Ok(IdentityResponse::Done)
             }
             IdentityCommand::RotateApiKey { id, hash } => {
                 check_hash(&hash)?;
                 let mut key = load_api_key(txn, &id)?;
                 key.hash = hash;
-                txn.open_table(API_KEYS)?
-                    .insert(id.as_bytes(), encode(&key)?.as_slice())?;
+                store_api_key(txn, &id, &key)?;
                 Ok(IdentityResponse::Done)
             }
             IdentityCommand::DeleteApiKey { id } => {
-                txn.open_table(API_KEYS)?.remove(id.as_bytes())?;
+                API_KEYS.open(txn)?.remove(&id)?;
                 Ok(IdentityResponse::Done)
             }
             IdentityCommand::TouchApiKey { id } => {
                 let mut key = load_api_key(txn, &id)?;
                 key.last_used_ms = Some(ctx.time_ms);
-                txn.open_table(API_KEYS)?
-                    .insert(id.as_bytes(), encode(&key)?.as_slice())?;
+                store_api_key(txn, &id, &key)?;
                 Ok(IdentityResponse::Done)
             }
             IdentityCommand::CreateReset {
@@ -747,8 +782,7 @@ impl TypedService for IdentityService {
                     expires_ms,
                     used: false,
                 };
-                txn.open_table(RESETS)?
-                    .insert(id.to_be_bytes().as_slice(), encode(&r)?.as_slice())?;
+                RESETS.open(txn)?.insert(&id, &r)?;
                 Ok(IdentityResponse::Done)
             }
             IdentityCommand::UseReset {
@@ -757,23 +791,23 @@ impl TypedService for IdentityService {
                 password_hash,
             } => {
                 check_hash(&password_hash)?;
-                let mut r: PasswordReset = {
-                    let t = txn.open_table(RESETS)?;
-                    let v = t.get(id.to_be_bytes().as_slice())?;
-                    match v {
-                        Some(v) => decode("password reset", v.value())?,
-                        None => return Err(reject("bad_reset", "the reset token is not valid")),
-                    }
+                let Some(mut r) = RESETS.open(txn)?.get(&id)? else {
+                    return Err(reject(
+                        IdentityRefusal::BadReset,
+                        "the reset token is not valid",
+                    ));
                 };
                 if r.used || r.expires_ms <= ctx.time_ms || !same(&r.hash, &presented) {
-                    return Err(reject("bad_reset", "the reset token is not valid"));
+                    return Err(reject(
+                        IdentityRefusal::BadReset,
+                        "the reset token is not valid",
+                    ));
                 }
                 let mut u = load_user(txn, r.user)?;
                 u.password_hash = password_hash;
                 store_user(txn, r.user, &u)?;
                 r.used = true;
-                txn.open_table(RESETS)?
-                    .insert(id.to_be_bytes().as_slice(), encode(&r)?.as_slice())?;
+                RESETS.open(txn)?.insert(&id, &r)?;
                 let ids = {
                     let t = txn.open_table(USER_SESSIONS)?;
                     sessions_of(&t, r.user)?
@@ -813,7 +847,7 @@ impl TypedService for IdentityService {
                 let mut meta = txn.open_table(META)?;
                 let Some(current) = meta.get(JWT_KEY)?.map(|v| v.value().to_vec()) else {
                     return Err(reject(
-                        "setup_needed",
+                        IdentityRefusal::SetupNeeded,
                         "no signing key yet: run setup first",
                     ));
                 };
@@ -890,15 +924,10 @@ impl TypedService for IdentityService {
         query: IdentityQuery,
     ) -> Result<IdentityQueryResponse, ApplyError> {
         let user = |id: u128| -> Result<Option<(u128, User)>, ApplyError> {
-            let t = txn.open_table(USERS)?;
-            let v = t.get(id.to_be_bytes().as_slice())?;
-            Ok(match v {
-                Some(v) => Some((id, decode("user", v.value())?)),
-                None => None,
-            })
+            Ok(USERS.read(txn)?.get(&id)?.map(|u| (id, u)))
         };
         Ok(match query {
-            IdentityQuery::UserCount => IdentityQueryResponse::Count(txn.open_table(USERS)?.len()?),
+            IdentityQuery::UserCount => IdentityQueryResponse::Count(USERS.read(txn)?.len()?),
             IdentityQuery::Registration => IdentityQueryResponse::Flag(
                 txn.open_table(META)?
                     .get(REGISTRATION)?
@@ -917,51 +946,43 @@ impl TypedService for IdentityService {
             }
             IdentityQuery::User { id } => IdentityQueryResponse::User(user(id)?),
             IdentityQuery::Session { id } => {
-                let t = txn.open_table(SESSIONS)?;
-                let v = t.get(id.to_be_bytes().as_slice())?;
-                IdentityQueryResponse::Session(v.map(|v| decode("session", v.value())).transpose()?)
+                IdentityQueryResponse::Session(SESSIONS.read(txn)?.get(&id)?)
             }
             IdentityQuery::Sessions { user } => {
                 let ids = sessions_of(&txn.open_table(USER_SESSIONS)?, user)?;
-                let t = txn.open_table(SESSIONS)?;
+                let t = SESSIONS.read(txn)?;
                 let mut out = Vec::new();
                 for id in ids.into_iter().rev().take(SESSIONS_LIST_MAX) {
-                    if let Some(v) = t.get(id.to_be_bytes().as_slice())? {
-                        out.push((id, decode("session", v.value())?));
+                    if let Some(s) = t.get(&id)? {
+                        out.push((id, s));
                     }
                 }
                 IdentityQueryResponse::Sessions(out)
             }
             IdentityQuery::ApiKey { id } => {
-                let t = txn.open_table(API_KEYS)?;
-                let v = t.get(id.as_bytes())?;
-                IdentityQueryResponse::ApiKey(v.map(|v| decode("api key", v.value())).transpose()?)
+                IdentityQueryResponse::ApiKey(API_KEYS.read(txn)?.get(&id)?)
             }
             IdentityQuery::ApiKeys { user } => {
-                let t = txn.open_table(API_KEYS)?;
+                let t = API_KEYS.read(txn)?;
                 let mut out = Vec::new();
                 for item in t.iter()? {
-                    let (k, v) = item?;
-                    let key: ApiKey = decode("api key", v.value())?;
+                    let (id, key) = item?;
                     if key.user == user {
-                        let id = String::from_utf8(k.value().to_vec())
-                            .map_err(|_| StateError::Corrupt("API key id is not UTF-8".into()))?;
                         out.push((id, key));
                     }
                 }
                 IdentityQueryResponse::ApiKeys(out)
             }
             IdentityQuery::PendingResets { now_ms } => {
-                let t = txn.open_table(RESETS)?;
+                let t = RESETS.read(txn)?;
                 let mut out = Vec::new();
                 for item in t.iter()? {
-                    let (k, v) = item?;
-                    let r: PasswordReset = decode("password reset", v.value())?;
+                    let (id, r) = item?;
                     if r.used || r.expires_ms <= now_ms {
                         continue;
                     }
                     if let Some((_, u)) = user(r.user)? {
-                        out.push((id_of(k.value())?, r, u));
+                        out.push((id, r, u));
                     }
                 }
                 IdentityQueryResponse::Resets(out)

@@ -20,8 +20,23 @@ use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use crate::buckets::{
-    BucketCommand, BucketService, Conditions, ObjectData, SYSTEM_BUCKET, SYSTEM_OWNER, hex,
+    BucketCommand, BucketRefusal, BucketService, Conditions, ObjectData, SYSTEM_BUCKET,
+    SYSTEM_OWNER, hex,
 };
+
+cairn_engine::refusals! {
+    /// Why the image service refuses a command.
+    pub enum ImageRefusal {
+        /// The content is not in the format the image claims.
+        FormatMismatch = "format_mismatch",
+        /// Metadata outside the limits.
+        InvalidArgument = "invalid_argument",
+        /// The image is not in a state that allows this.
+        InvalidState = "invalid_state",
+        /// No image has that id.
+        NoSuchImage = "no_such_image",
+    }
+}
 
 const IMAGES: TypedTable<u128, Image> = TypedTable::new("img.images");
 const BLOBS: Table = Table::new("img.blobs");
@@ -152,7 +167,7 @@ impl Record for Image {
 
 /// Field rules for registered metadata.
 pub fn check_meta(m: &ImageMeta) -> Result<(), Rejection> {
-    let bad = |what: &str| Rejection::new("invalid_argument", what.to_owned());
+    let bad = |what: &str| Rejection::new(ImageRefusal::InvalidArgument, what.to_owned());
     if m.name.trim().is_empty() || m.name.chars().count() > NAME_MAX {
         return Err(bad("name must be 1-128 characters"));
     }
@@ -184,7 +199,7 @@ pub fn check_meta(m: &ImageMeta) -> Result<(), Rejection> {
 fn image(txn: &WriteTransaction, id: u128) -> Result<Image, ApplyError> {
     match IMAGES.open(txn)?.get(&id)? {
         Some(i) => Ok(i),
-        None => Err(reject("no_such_image", "no such image")),
+        None => Err(reject(ImageRefusal::NoSuchImage, "no such image")),
     }
 }
 
@@ -290,16 +305,19 @@ impl TypedService for ImageService {
             } => {
                 let mut img = image(txn, id)?;
                 if img.tenant != tenant {
-                    return Err(reject("no_such_image", "no such image"));
+                    return Err(reject(ImageRefusal::NoSuchImage, "no such image"));
                 }
                 if !FORMATS.contains(&content.format.as_str()) || data.size != content.size {
-                    return Err(reject("invalid_argument", "the content does not add up"));
+                    return Err(reject(
+                        ImageRefusal::InvalidArgument,
+                        "the content does not add up",
+                    ));
                 }
                 if let Some(declared) = &img.meta.format
                     && *declared != content.format
                 {
                     return Err(reject(
-                        "format_mismatch",
+                        ImageRefusal::FormatMismatch,
                         format!(
                             "the image was declared {declared} but its content is {}",
                             content.format
@@ -318,7 +336,8 @@ impl TypedService for ImageService {
                         },
                     ) {
                         Ok(_) => {}
-                        Err(ApplyError::Rejected(r)) if r.code == "bucket_owned_by_you" => {}
+                        Err(ApplyError::Rejected(r))
+                            if r.kind() == Some(BucketRefusal::BucketOwnedByYou) => {}
                         Err(e) => return Err(e),
                     }
                     BucketService.apply(
@@ -345,7 +364,10 @@ impl TypedService for ImageService {
             ImageCommand::Fail { id, reason } => {
                 let mut img = image(txn, id)?;
                 if img.status != ImageStatus::Pending {
-                    return Err(reject("invalid_state", "the image is not pending"));
+                    return Err(reject(
+                        ImageRefusal::InvalidState,
+                        "the image is not pending",
+                    ));
                 }
                 img.status = ImageStatus::Failed(reason.chars().take(TEXT_MAX).collect());
                 img.updated_ms = now;
@@ -355,7 +377,7 @@ impl TypedService for ImageService {
             ImageCommand::Delete { id, tenant } => {
                 let img = image(txn, id)?;
                 if img.tenant != tenant {
-                    return Err(reject("no_such_image", "no such image"));
+                    return Err(reject(ImageRefusal::NoSuchImage, "no such image"));
                 }
                 if let Some(c) = &img.content {
                     release(txn, ctx, c)?;

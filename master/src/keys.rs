@@ -11,6 +11,16 @@ use cairn_engine::state::{
 use redb::{ReadTransaction, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
+cairn_engine::refusals! {
+    /// Why the key service refuses a command.
+    pub enum KeyRefusal {
+        /// An access key id or secret outside the rules.
+        InvalidArgument = "invalid_argument",
+        /// That access key id is taken.
+        KeyExists = "key_exists",
+    }
+}
+
 /// Access key id → its record.
 const KEYS: TypedTable<String, AccessKey> = TypedTable::new("s3.keys");
 
@@ -129,7 +139,7 @@ pub fn check_access_key(k: &str) -> Result<(), Rejection> {
         Ok(())
     } else {
         Err(Rejection::new(
-            "invalid_argument",
+            KeyRefusal::InvalidArgument,
             "access keys are 16 to 128 letters and digits",
         ))
     }
@@ -145,7 +155,7 @@ fn create(
 ) -> Result<bool, ApplyError> {
     check_access_key(&access_key)?;
     if t.get(&access_key)?.is_some() {
-        return Err(Rejection::new("key_exists", "that access key exists").into());
+        return Err(Rejection::new(KeyRefusal::KeyExists, "that access key exists").into());
     }
     let rec = AccessKey {
         sealed_secret,

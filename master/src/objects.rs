@@ -17,6 +17,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::chunks::ChunkService;
 
+cairn_engine::refusals! {
+    /// Why the object service refuses a command.
+    pub enum ObjectRefusal {
+        /// A key, size or extent list outside the rules.
+        InvalidArgument = "invalid_argument",
+        /// A chunk the object names is released or unknown.
+        ChunkGone = "chunk_gone",
+    }
+}
+
 /// Object key → record.
 const OBJECTS: TypedTable<String, ObjectRecord> = TypedTable::new("objects");
 pub const KEY_LEN_MAX: usize = 1024;
@@ -78,7 +88,7 @@ pub enum ObjectQueryResponse {
 fn check_key(key: &str) -> Result<(), Rejection> {
     if key.is_empty() || key.len() > KEY_LEN_MAX || key.contains('\0') {
         return Err(Rejection::new(
-            "invalid_argument",
+            ObjectRefusal::InvalidArgument,
             format!("object keys are 1..={KEY_LEN_MAX} bytes of UTF-8 without NUL"),
         ));
     }
@@ -95,22 +105,25 @@ impl Record for ObjectRecord {
 pub(crate) fn check_extents(size: u64, extents: &[Extent]) -> Result<(), Rejection> {
     if extents.len() > EXTENTS_MAX {
         return Err(Rejection::new(
-            "invalid_argument",
+            ObjectRefusal::InvalidArgument,
             format!("an object has at most {EXTENTS_MAX} extents"),
         ));
     }
     let mut total: u64 = 0;
     for e in extents {
         if e.len == 0 {
-            return Err(Rejection::new("invalid_argument", "empty extent"));
+            return Err(Rejection::new(
+                ObjectRefusal::InvalidArgument,
+                "empty extent",
+            ));
         }
-        total = total
-            .checked_add(e.len)
-            .ok_or_else(|| Rejection::new("invalid_argument", "extent lengths overflow"))?;
+        total = total.checked_add(e.len).ok_or_else(|| {
+            Rejection::new(ObjectRefusal::InvalidArgument, "extent lengths overflow")
+        })?;
     }
     if total != size {
         return Err(Rejection::new(
-            "invalid_argument",
+            ObjectRefusal::InvalidArgument,
             format!("extents hold {total} bytes but the object size is {size}"),
         ));
     }

@@ -17,6 +17,14 @@
 use cairn_engine::state::Rejection;
 use serde::{Deserialize, Serialize};
 
+cairn_engine::refusals! {
+    /// Why a policy is refused.
+    pub enum PolicyRefusal {
+        /// A name, action or resource pattern outside the rules.
+        InvalidPolicy = "invalid_policy",
+    }
+}
+
 /// A member's role in a tenant, strongest first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Role {
@@ -215,7 +223,7 @@ pub fn glob(pattern: &str, text: &str) -> bool {
 }
 
 fn bad(message: impl Into<String>) -> Rejection {
-    Rejection::new("invalid_policy", message)
+    Rejection::new(PolicyRefusal::InvalidPolicy, message)
 }
 
 /// Check a policy's name and statements against the limits and the pattern syntax.

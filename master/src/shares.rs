@@ -15,6 +15,19 @@ use cairn_engine::state::{
 use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
+cairn_engine::refusals! {
+    /// Why a share link command is refused (answered through the bucket service, whose
+    /// [`crate::buckets::BucketRefusal`] carries the same codes).
+    pub enum ShareRefusal {
+        /// A time or limit outside the rules.
+        InvalidArgument = "invalid_argument",
+        /// No share link of the tenant has that id.
+        NoSuchShare = "no_such_share",
+        /// The tenant has the most unexpired share links it may.
+        TooManyShares = "too_many_shares",
+    }
+}
+
 const SHARES: TypedTable<u128, ShareRecord> = TypedTable::new("s3.shares");
 /// An index of fixed-width keys and empty values: nothing to version.
 const TENANT_SHARES: Table = Table::new("s3.tenant_shares");
@@ -85,9 +98,11 @@ pub(crate) fn create(
 ) -> Result<u128, ApplyError> {
     let now = ctx.time_ms;
     if record.expires_ms <= now {
-        return Err(
-            Rejection::new("invalid_argument", "the link would already have expired").into(),
-        );
+        return Err(Rejection::new(
+            ShareRefusal::InvalidArgument,
+            "the link would already have expired",
+        )
+        .into());
     }
     let mut index = txn.open_table(TENANT_SHARES)?;
     let mut shares = SHARES.open(txn)?;
@@ -95,7 +110,7 @@ pub(crate) fn create(
     let active = existing.iter().filter(|(_, r)| r.expires_ms > now).count();
     if active >= max_active as usize {
         return Err(Rejection::new(
-            "too_many_shares",
+            ShareRefusal::TooManyShares,
             format!("this tenant already has {active} active share links (the limit is {max_active}); revoke some first"),
         )
         .into());
@@ -120,7 +135,7 @@ pub(crate) fn delete(txn: &WriteTransaction, tenant: u128, id: u128) -> Result<(
                 .remove(pair(tenant, id).as_slice())?;
             Ok(())
         }
-        _ => Err(Rejection::new("no_such_share", "no such share link").into()),
+        _ => Err(Rejection::new(ShareRefusal::NoSuchShare, "no such share link").into()),
     }
 }
 

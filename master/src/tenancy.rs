@@ -2,7 +2,8 @@
 //! the identity service (service 6), applied in its transactions so that, for example, a new
 //! user and their first tenant appear together.
 //!
-//! Tables (ids u128 big-endian, values postcard):
+//! Tables (ids u128 big-endian; records versioned, see `docs/formats.md`; the others are
+//! indexes whose values are a role byte, an id or nothing):
 //! - `id.tenants`: tenant → [`Tenant`]
 //! - `id.members`: tenant ‖ user → role byte ([`Role::to_byte`])
 //! - `id.memberships`: user ‖ tenant → role byte (the same facts, indexed by user)
@@ -12,18 +13,76 @@
 //!
 //! Every command checks everything before it writes anything: a refusal leaves no trace.
 
-use cairn_engine::state::{ApplyError, Rejection, StateError, Table, decode, encode, reject};
+use cairn_engine::state::{ApplyError, Record, Rejection, StateError, Table, TypedTable, reject};
 use redb::{ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use crate::policy::{Policy, Role, Statement};
 
-const TENANTS: Table = Table::new("id.tenants");
+const TENANTS: TypedTable<u128, Tenant> = TypedTable::new("id.tenants");
 const MEMBERS: Table = Table::new("id.members");
 const MEMBERSHIPS: Table = Table::new("id.memberships");
 const CURRENT: Table = Table::new("id.current_tenant");
-const POLICIES: Table = Table::new("id.policies");
+const POLICIES: TypedTable<[u8; 32], Policy> = TypedTable::new("id.policies");
 const ATTACHED: Table = Table::new("id.attached");
+
+cairn_engine::refusals! {
+    /// Why the identity service refuses a command (tenancy and policies included).
+    pub enum IdentityRefusal {
+        /// Setup is done: a user exists.
+        SetupDone = "setup_done",
+        /// No user exists yet: run setup first.
+        SetupNeeded = "setup_needed",
+        /// Self-registration is off.
+        RegistrationClosed = "registration_closed",
+        /// An account with this email exists.
+        EmailTaken = "email_taken",
+        /// Not an email address.
+        InvalidEmail = "invalid_email",
+        /// A user or tenant name outside the limits.
+        InvalidName = "invalid_name",
+        /// A value outside the rules (hashes, scopes, ...).
+        InvalidArgument = "invalid_argument",
+        /// A policy outside the rules.
+        InvalidPolicy = "invalid_policy",
+        /// No user has that id.
+        NoSuchUser = "no_such_user",
+        /// No session has that id.
+        NoSuchSession = "no_such_session",
+        /// The session is revoked or expired.
+        SessionEnded = "session_ended",
+        /// The refresh token does not match.
+        BadToken = "bad_token",
+        /// The reset token is not valid (unknown, used or expired).
+        BadReset = "bad_reset",
+        /// Two-factor enrolment was not started.
+        NoPendingTotp = "no_pending_totp",
+        /// This code was already used.
+        TotpReused = "totp_reused",
+        /// That API key id exists.
+        KeyExists = "key_exists",
+        /// No API key has that id.
+        NoSuchKey = "no_such_key",
+        /// No such tenant (or the caller is not a member).
+        NoSuchTenant = "no_such_tenant",
+        /// That tenant exists.
+        TenantExists = "tenant_exists",
+        /// The user is not a member of the tenant.
+        NotMember = "not_member",
+        /// The caller's role does not allow this.
+        Forbidden = "forbidden",
+        /// A tenant keeps at least one owner.
+        LastOwner = "last_owner",
+        /// A limit on tenants, members, policies or attachments is reached.
+        TooMany = "too_many",
+        /// No policy of the tenant has that id.
+        NoSuchPolicy = "no_such_policy",
+        /// A policy of that name exists.
+        PolicyExists = "policy_exists",
+        /// That policy is not attached.
+        NotAttached = "not_attached",
+    }
+}
 
 /// The tenant the first admin's setup creates. Buckets and the root key from before setup (or
 /// from before tenants existed) belong to it.
@@ -102,17 +161,45 @@ fn role_of(v: &[u8]) -> Result<Role, StateError> {
 }
 
 pub fn init(txn: &WriteTransaction) -> Result<(), StateError> {
-    for t in [TENANTS, MEMBERS, MEMBERSHIPS, CURRENT, POLICIES, ATTACHED] {
+    TENANTS.init(txn)?;
+    POLICIES.init(txn)?;
+    for t in [MEMBERS, MEMBERSHIPS, CURRENT, ATTACHED] {
         txn.open_table(t)?;
     }
     Ok(())
+}
+
+impl Record for Tenant {
+    const NAME: &'static str = "tenant";
+    const VERSION: u8 = 1;
+}
+
+impl Record for Policy {
+    const NAME: &'static str = "policy";
+    const VERSION: u8 = 1;
+}
+
+/// The policies of `tenant`, by id, from a table open in a read or a write.
+fn policies_of(
+    items: impl Iterator<Item = Result<([u8; 32], Policy), StateError>>,
+    tenant: u128,
+) -> Result<Vec<(u128, Policy)>, StateError> {
+    let mut out = Vec::new();
+    for item in items {
+        let (k, p) = item?;
+        if k[..16] != tenant.to_be_bytes() {
+            break;
+        }
+        out.push((id_at(&k, 16)?, p));
+    }
+    Ok(out)
 }
 
 /// Tenant names are 1 to 200 characters.
 pub fn check_tenant_name(name: &str) -> Result<(), Rejection> {
     if name.trim().is_empty() || name.chars().count() > 200 || name.contains('\0') {
         return Err(Rejection::new(
-            "invalid_name",
+            IdentityRefusal::InvalidName,
             "tenant names are 1 to 200 characters",
         ));
     }
@@ -155,13 +242,13 @@ pub fn attached(t: &impl Readable, tenant: u128, user: u128) -> Result<Vec<u128>
         .collect()
 }
 
-fn require_user(txn: &WriteTransaction, users: Table, user: u128) -> Result<(), ApplyError> {
-    if txn
-        .open_table(users)?
-        .get(user.to_be_bytes().as_slice())?
-        .is_none()
-    {
-        return Err(reject("no_such_user", "no such user"));
+fn require_user<U: Record>(
+    txn: &WriteTransaction,
+    users: TypedTable<u128, U>,
+    user: u128,
+) -> Result<(), ApplyError> {
+    if users.open(txn)?.get(&user)?.is_none() {
+        return Err(reject(IdentityRefusal::NoSuchUser, "no such user"));
     }
     Ok(())
 }
@@ -169,7 +256,7 @@ fn require_user(txn: &WriteTransaction, users: Table, user: u128) -> Result<(), 
 /// The actor's role in `tenant`; a non-member learns only that there is no such tenant.
 fn actor_role(txn: &WriteTransaction, tenant: u128, actor: u128) -> Result<Role, ApplyError> {
     role(&txn.open_table(MEMBERS)?, tenant, actor)?
-        .ok_or_else(|| reject("no_such_tenant", "no such tenant"))
+        .ok_or_else(|| reject(IdentityRefusal::NoSuchTenant, "no such tenant"))
 }
 
 fn write_member(
@@ -188,9 +275,9 @@ fn write_member(
 
 /// Create `tenant` with `owner` as its owner (and the tenant they act in, if it is their first).
 /// `users` is the identity service's user table (the owner must exist).
-pub fn create(
+pub fn create<U: Record>(
     txn: &WriteTransaction,
-    users: Table,
+    users: TypedTable<u128, U>,
     tenant: u128,
     name: &str,
     owner: u128,
@@ -198,16 +285,12 @@ pub fn create(
 ) -> Result<(), ApplyError> {
     check_tenant_name(name)?;
     require_user(txn, users, owner)?;
-    if txn
-        .open_table(TENANTS)?
-        .get(tenant.to_be_bytes().as_slice())?
-        .is_some()
-    {
-        return Err(reject("tenant_exists", "that tenant exists"));
+    if TENANTS.open(txn)?.get(&tenant)?.is_some() {
+        return Err(reject(IdentityRefusal::TenantExists, "that tenant exists"));
     }
     if memberships(&txn.open_table(MEMBERSHIPS)?, owner)?.len() >= TENANTS_PER_USER_MAX {
         return Err(reject(
-            "too_many",
+            IdentityRefusal::TooMany,
             format!("a user belongs to at most {TENANTS_PER_USER_MAX} tenants"),
         ));
     }
@@ -215,8 +298,7 @@ pub fn create(
         name: name.to_owned(),
         created_ms: now_ms,
     };
-    txn.open_table(TENANTS)?
-        .insert(tenant.to_be_bytes().as_slice(), encode(&rec)?.as_slice())?;
+    TENANTS.open(txn)?.insert(&tenant, &rec)?;
     write_member(txn, tenant, owner, Role::Owner)?;
     act_in_if_none(txn, owner, tenant)
 }
@@ -252,9 +334,9 @@ fn owners(txn: &WriteTransaction, tenant: u128) -> Result<usize, ApplyError> {
 
 /// Add `user` to `tenant` with `role`, or change their role. Admins manage members; only an
 /// owner grants, changes or takes away the owner role; the last owner stays one.
-pub fn set_member(
+pub fn set_member<U: Record>(
     txn: &WriteTransaction,
-    users: Table,
+    users: TypedTable<u128, U>,
     tenant: u128,
     actor: u128,
     user: u128,
@@ -262,29 +344,35 @@ pub fn set_member(
 ) -> Result<(), ApplyError> {
     let actor_role = actor_role(txn, tenant, actor)?;
     if !actor_role.manages() {
-        return Err(reject("forbidden", "only owners and admins manage members"));
+        return Err(reject(
+            IdentityRefusal::Forbidden,
+            "only owners and admins manage members",
+        ));
     }
     require_user(txn, users, user)?;
     let current = self::role(&txn.open_table(MEMBERS)?, tenant, user)?;
     if (role == Role::Owner || current == Some(Role::Owner)) && actor_role != Role::Owner {
         return Err(reject(
-            "forbidden",
+            IdentityRefusal::Forbidden,
             "only an owner grants or changes the owner role",
         ));
     }
     if current == Some(Role::Owner) && role != Role::Owner && owners(txn, tenant)? <= 1 {
-        return Err(reject("last_owner", "a tenant keeps at least one owner"));
+        return Err(reject(
+            IdentityRefusal::LastOwner,
+            "a tenant keeps at least one owner",
+        ));
     }
     if current.is_none() {
         if members(&txn.open_table(MEMBERS)?, tenant)?.len() >= MEMBERS_MAX {
             return Err(reject(
-                "too_many",
+                IdentityRefusal::TooMany,
                 format!("a tenant has at most {MEMBERS_MAX} members"),
             ));
         }
         if memberships(&txn.open_table(MEMBERSHIPS)?, user)?.len() >= TENANTS_PER_USER_MAX {
             return Err(reject(
-                "too_many",
+                IdentityRefusal::TooMany,
                 format!("a user belongs to at most {TENANTS_PER_USER_MAX} tenants"),
             ));
         }
@@ -302,18 +390,30 @@ pub fn remove_member(
 ) -> Result<(), ApplyError> {
     let actor_role = actor_role(txn, tenant, actor)?;
     let Some(current) = role(&txn.open_table(MEMBERS)?, tenant, user)? else {
-        return Err(reject("not_member", "that user is not a member"));
+        return Err(reject(
+            IdentityRefusal::NotMember,
+            "that user is not a member",
+        ));
     };
     if actor != user {
         if !actor_role.manages() {
-            return Err(reject("forbidden", "only owners and admins manage members"));
+            return Err(reject(
+                IdentityRefusal::Forbidden,
+                "only owners and admins manage members",
+            ));
         }
         if current == Role::Owner && actor_role != Role::Owner {
-            return Err(reject("forbidden", "only an owner removes an owner"));
+            return Err(reject(
+                IdentityRefusal::Forbidden,
+                "only an owner removes an owner",
+            ));
         }
     }
     if current == Role::Owner && owners(txn, tenant)? <= 1 {
-        return Err(reject("last_owner", "a tenant keeps at least one owner"));
+        return Err(reject(
+            IdentityRefusal::LastOwner,
+            "a tenant keeps at least one owner",
+        ));
     }
     txn.open_table(MEMBERS)?
         .remove(key2(tenant, user).as_slice())?;
@@ -357,7 +457,7 @@ fn require_manager(txn: &WriteTransaction, tenant: u128, actor: u128) -> Result<
         Ok(())
     } else {
         Err(reject(
-            "forbidden",
+            IdentityRefusal::Forbidden,
             "only owners and admins manage policies",
         ))
     }
@@ -374,17 +474,22 @@ pub fn create_policy(
 ) -> Result<(), ApplyError> {
     require_manager(txn, tenant, actor)?;
     crate::policy::check_policy(name, &statements)?;
-    let existing = scan(&txn.open_table(POLICIES)?, &tenant.to_be_bytes())?;
+    let existing = {
+        let t = POLICIES.open(txn)?;
+        policies_of(t.range_from(&key2(tenant, 0))?, tenant)?
+    };
     if existing.len() >= POLICIES_MAX {
         return Err(reject(
-            "too_many",
+            IdentityRefusal::TooMany,
             format!("a tenant has at most {POLICIES_MAX} policies"),
         ));
     }
-    for (_, v) in &existing {
-        let p: Policy = decode("policy", v)?;
+    for (_, p) in &existing {
         if p.name == name {
-            return Err(reject("policy_exists", "a policy of that name exists"));
+            return Err(reject(
+                IdentityRefusal::PolicyExists,
+                "a policy of that name exists",
+            ));
         }
     }
     let p = Policy {
@@ -393,18 +498,13 @@ pub fn create_policy(
         statements,
         created_ms: now_ms,
     };
-    txn.open_table(POLICIES)?
-        .insert(key2(tenant, id).as_slice(), encode(&p)?.as_slice())?;
+    POLICIES.open(txn)?.insert(&key2(tenant, id), &p)?;
     Ok(())
 }
 
 fn policy_exists(txn: &WriteTransaction, tenant: u128, policy: u128) -> Result<(), ApplyError> {
-    if txn
-        .open_table(POLICIES)?
-        .get(key2(tenant, policy).as_slice())?
-        .is_none()
-    {
-        return Err(reject("no_such_policy", "no such policy"));
+    if POLICIES.open(txn)?.get(&key2(tenant, policy))?.is_none() {
+        return Err(reject(IdentityRefusal::NoSuchPolicy, "no such policy"));
     }
     Ok(())
 }
@@ -426,8 +526,7 @@ pub fn delete_policy(
     for k in attachments {
         t.remove(k.as_slice())?;
     }
-    txn.open_table(POLICIES)?
-        .remove(key2(tenant, policy).as_slice())?;
+    POLICIES.open(txn)?.remove(&key2(tenant, policy))?;
     Ok(())
 }
 
@@ -442,21 +541,27 @@ pub fn attach(
     require_manager(txn, tenant, actor)?;
     policy_exists(txn, tenant, policy)?;
     if role(&txn.open_table(MEMBERS)?, tenant, user)?.is_none() {
-        return Err(reject("not_member", "that user is not a member"));
+        return Err(reject(
+            IdentityRefusal::NotMember,
+            "that user is not a member",
+        ));
     }
     let key = key3(tenant, user, policy);
     if on {
         let have = attached(&txn.open_table(ATTACHED)?, tenant, user)?;
         if !have.contains(&policy) && have.len() >= ATTACHED_MAX {
             return Err(reject(
-                "too_many",
+                IdentityRefusal::TooMany,
                 format!("at most {ATTACHED_MAX} policies are attached to a member"),
             ));
         }
         txn.open_table(ATTACHED)?
             .insert(key.as_slice(), [].as_slice())?;
     } else if txn.open_table(ATTACHED)?.remove(key.as_slice())?.is_none() {
-        return Err(reject("not_attached", "that policy is not attached"));
+        return Err(reject(
+            IdentityRefusal::NotAttached,
+            "that policy is not attached",
+        ));
     }
     Ok(())
 }
@@ -469,11 +574,7 @@ pub struct View<'a> {
 
 impl View<'_> {
     pub fn tenant(&self, id: u128) -> Result<Option<Tenant>, StateError> {
-        self.txn
-            .open_table(TENANTS)?
-            .get(id.to_be_bytes().as_slice())?
-            .map(|v| decode("tenant", v.value()))
-            .transpose()
+        TENANTS.read(self.txn)?.get(&id)
     }
 
     /// `user`'s tenants with their role, and the one they act in.
@@ -515,11 +616,10 @@ impl View<'_> {
         let Some(role) = role(&self.txn.open_table(MEMBERS)?, tenant, user)? else {
             return Ok(None);
         };
-        let policies = self.txn.open_table(POLICIES)?;
+        let policies = POLICIES.read(self.txn)?;
         let mut statements = Vec::new();
         for p in attached(&self.txn.open_table(ATTACHED)?, tenant, user)? {
-            if let Some(v) = policies.get(key2(tenant, p).as_slice())? {
-                let p: Policy = decode("policy", v.value())?;
+            if let Some(p) = policies.get(&key2(tenant, p))? {
                 statements.extend(p.statements);
             }
         }
@@ -540,14 +640,14 @@ impl View<'_> {
                 .or_default()
                 .push(id_at(&k, 16)?);
         }
-        scan(&self.txn.open_table(POLICIES)?, &tenant.to_be_bytes())?
+        let t = POLICIES.read(self.txn)?;
+        Ok(policies_of(t.range_from(&key2(tenant, 0))?, tenant)?
             .into_iter()
-            .map(|(k, v)| {
-                let id = id_at(&k, 16)?;
-                let p: Policy = decode("policy", &v)?;
-                Ok((id, p, users.remove(&id).unwrap_or_default()))
+            .map(|(id, p)| {
+                let attached = users.remove(&id).unwrap_or_default();
+                (id, p, attached)
             })
-            .collect()
+            .collect())
     }
 }
 

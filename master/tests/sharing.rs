@@ -456,7 +456,9 @@ fn bucket_records_from_before_visibility_still_read() {
     {
         let def: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("s3.buckets");
         let mut t = txn.open_table(def).unwrap();
-        let bytes = postcard::to_stdvec(&old).unwrap();
+        // As an older release wrote it, after the upgrade marked it layout 0.
+        let mut bytes = vec![0u8];
+        bytes.extend(postcard::to_stdvec(&old).unwrap());
         t.insert(b"old-bucket".as_slice(), bytes.as_slice())
             .unwrap();
     }

@@ -3,10 +3,11 @@
 //! identity service's commands and queries the credentials live in.
 
 use axum::http::{HeaderMap, StatusCode, header};
-use cairn_engine::state::TypedService;
+use cairn_engine::state::{Rejection, TypedService};
 use cairn_master::dataplane::{command, wall_ms};
 use cairn_master::identity::{
-    IdentityCommand, IdentityQuery, IdentityQueryResponse, IdentityResponse, IdentityService, User,
+    IdentityCommand, IdentityQuery, IdentityQueryResponse, IdentityRefusal, IdentityResponse,
+    IdentityService, User,
 };
 use cairn_proto::Consistency;
 use serde::{Deserialize, Serialize};
@@ -352,21 +353,40 @@ pub(crate) async fn propose(g: &Gateway, c: &IdentityCommand) -> ApiResult<Ident
     let bytes = command::<IdentityService>(c)?;
     match g.master.propose(bytes).await? {
         Ok(b) => IdentityService::response(&b).map_err(ApiError::internal),
-        Err(r) => Err(match r.code.as_str() {
-            "setup_done" | "email_taken" => ApiError::new(StatusCode::CONFLICT, r.message),
-            "registration_closed" => ApiError::new(StatusCode::FORBIDDEN, r.message),
-            "invalid_email" | "invalid_name" | "invalid_argument" => ApiError::bad(r.message),
-            "no_such_session" | "session_ended" | "bad_token" => {
-                ApiError::unauthorized("the refresh token is not valid")
-            }
-            "no_such_user" | "no_such_tenant" | "not_member" | "no_such_policy"
-            | "not_attached" => ApiError::new(StatusCode::NOT_FOUND, r.message),
-            "forbidden" => ApiError::new(StatusCode::FORBIDDEN, r.message),
-            "last_owner" | "policy_exists" | "tenant_exists" | "too_many" => {
-                ApiError::new(StatusCode::CONFLICT, r.message)
-            }
-            _ => ApiError::bad(r.message),
-        }),
+        Err(r) => Err(identity_error(r)),
+    }
+}
+
+/// The JSON error for a refusal from the identity service: each [`IdentityRefusal`] maps here,
+/// once.
+pub(crate) fn identity_error(r: Rejection) -> ApiError {
+    use IdentityRefusal as I;
+    let Some(kind) = r.kind::<IdentityRefusal>() else {
+        // The envelope's refusals (a command this build cannot read), or a code a newer
+        // master sends: the request is what was refused.
+        return ApiError::bad(r.message);
+    };
+    match kind {
+        I::SetupDone | I::EmailTaken => ApiError::new(StatusCode::CONFLICT, r.message),
+        I::RegistrationClosed | I::Forbidden => ApiError::new(StatusCode::FORBIDDEN, r.message),
+        I::InvalidEmail | I::InvalidName | I::InvalidArgument | I::InvalidPolicy => {
+            ApiError::bad(r.message)
+        }
+        I::NoSuchSession | I::SessionEnded | I::BadToken => {
+            ApiError::unauthorized("the refresh token is not valid")
+        }
+        I::NoSuchUser | I::NoSuchTenant | I::NotMember | I::NoSuchPolicy | I::NotAttached => {
+            ApiError::new(StatusCode::NOT_FOUND, r.message)
+        }
+        I::LastOwner | I::PolicyExists | I::TenantExists | I::TooMany => {
+            ApiError::new(StatusCode::CONFLICT, r.message)
+        }
+        I::SetupNeeded
+        | I::BadReset
+        | I::NoPendingTotp
+        | I::TotpReused
+        | I::KeyExists
+        | I::NoSuchKey => ApiError::bad(r.message),
     }
 }
 

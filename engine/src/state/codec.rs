@@ -4,7 +4,7 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{ApplyError, Rejection, StateError};
+use super::{ApplyError, Refusal, StateError};
 
 /// A record's bytes.
 pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StateError> {
@@ -18,6 +18,6 @@ pub fn decode<T: DeserializeOwned>(what: &str, b: &[u8]) -> Result<T, StateError
 }
 
 /// Refuse a command: the caller gets `code` and `message`, and nothing is changed.
-pub fn reject(code: &str, message: impl Into<String>) -> ApplyError {
-    Rejection::new(code, message).into()
+pub fn reject<R: Refusal>(code: R, message: impl Into<String>) -> ApplyError {
+    code.reject(message)
 }

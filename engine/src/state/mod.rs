@@ -25,7 +25,9 @@ pub use command::{
     COMMAND_FORMAT_VERSION, COMMAND_PAYLOAD_MAX, Command, CommandDecodeError, ServiceId,
 };
 pub use registry::{Outcome, Registry};
-pub use service::{ApplyContext, ApplyError, Rejection, Service, Typed, TypedService};
+pub use service::{
+    ApplyContext, ApplyError, Envelope, Refusal, Rejection, Service, Typed, TypedService,
+};
 pub use snapshot::{SNAPSHOT_FORMAT_VERSION, SnapshotError, SnapshotSummary};
 pub use table::{Key, Record, TableMut, TableRead, TypedTable, decode_record, encode_record};
 

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use redb::{ReadableDatabase, ReadableTable};
 
 use super::command::{Command, ServiceId};
-use super::service::{ApplyContext, ApplyError, Rejection, Service};
+use super::service::{ApplyContext, ApplyError, Envelope, Rejection, Service};
 use super::{META, META_LAST_APPLIED, StateError, StateStore, read_u64};
 
 /// The result of one command: the service's response bytes, or its deterministic rejection.
@@ -129,7 +129,7 @@ impl Registry {
     ) -> Result<Outcome, StateError> {
         let Some(s) = self.services.get(&service) else {
             return Ok(Err(Rejection::new(
-                "unknown_service",
+                Envelope::UnknownService,
                 format!("no {service} in this build"),
             )));
         };
@@ -149,11 +149,11 @@ impl Registry {
     ) -> Result<Outcome, StateError> {
         let command = match Command::decode(bytes) {
             Ok(c) => c,
-            Err(e) => return Ok(Err(Rejection::new("malformed", e.to_string()))),
+            Err(e) => return Ok(Err(Rejection::new(Envelope::Malformed, e.to_string()))),
         };
         let Some(service) = self.services.get(&command.service) else {
             return Ok(Err(Rejection::new(
-                "unknown_service",
+                Envelope::UnknownService,
                 format!("no {} in this build", command.service),
             )));
         };

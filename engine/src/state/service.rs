@@ -60,11 +60,73 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    pub fn new(code: &str, message: impl Into<String>) -> Rejection {
+    pub fn new<R: Refusal>(code: R, message: impl Into<String>) -> Rejection {
         Rejection {
-            code: code.to_owned(),
+            code: code.code().to_owned(),
             message: message.into(),
         }
+    }
+
+    /// The refusal this names, if it is one of `R` (or one of the [`Envelope`] refusals every
+    /// service can answer, with `R = Envelope`).
+    pub fn kind<R: Refusal>(&self) -> Option<R> {
+        R::ALL.iter().copied().find(|r| r.code() == self.code)
+    }
+}
+
+/// A service's reasons to refuse a command: an enum (made with [`refusals!`]) whose variants
+/// each carry a stable code, the form a [`Rejection`] travels in. Callers decide on the variant
+/// ([`Rejection::kind`]), never on the message.
+pub trait Refusal: Copy + Eq + std::fmt::Debug + 'static {
+    /// Every variant.
+    const ALL: &'static [Self];
+    /// The stable code (snake case).
+    fn code(self) -> &'static str;
+
+    /// This refusal with a message for the caller.
+    fn with(self, message: impl Into<String>) -> Rejection {
+        Rejection::new(self, message)
+    }
+
+    /// Refuse the command being applied with this.
+    fn reject(self, message: impl Into<String>) -> ApplyError {
+        ApplyError::Rejected(self.with(message))
+    }
+}
+
+/// Define a refusal enum: `refusals! { pub enum Name { Variant = "code", ... } }`.
+#[macro_export]
+macro_rules! refusals {
+    ($(#[$m:meta])* $vis:vis enum $name:ident {
+        $($(#[$vm:meta])* $variant:ident = $code:literal,)*
+    }) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        $vis enum $name {
+            $($(#[$vm])* $variant,)*
+        }
+
+        impl $crate::state::Refusal for $name {
+            const ALL: &'static [Self] = &[$(Self::$variant,)*];
+            fn code(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $code,)*
+                }
+            }
+        }
+    };
+}
+
+refusals! {
+    /// Refusals the registry and the typed-service envelope answer for any service, before the
+    /// service sees the command.
+    pub enum Envelope {
+        /// The command or query does not decode.
+        Malformed = "malformed",
+        /// No service has that id.
+        UnknownService = "unknown_service",
+        /// The command's version is newer than this build applies.
+        UnsupportedVersion = "unsupported_version",
     }
 }
 
@@ -139,7 +201,7 @@ pub trait TypedService: Send + Sync + 'static {
     fn decode(version: u16, payload: &[u8]) -> Result<Self::Command, Rejection> {
         if version != Self::VERSION {
             return Err(Rejection::new(
-                "unsupported_version",
+                Envelope::UnsupportedVersion,
                 format!(
                     "{} reads command version {}, got {version}",
                     Self::NAME,
@@ -147,8 +209,9 @@ pub trait TypedService: Send + Sync + 'static {
                 ),
             ));
         }
-        postcard::from_bytes(payload)
-            .map_err(|e| Rejection::new("malformed", format!("{} command: {e}", Self::NAME)))
+        postcard::from_bytes(payload).map_err(|e| {
+            Rejection::new(Envelope::Malformed, format!("{} command: {e}", Self::NAME))
+        })
     }
 
     /// Frame a command for the log: the proposer supplies the time and a random id seed.
@@ -214,7 +277,7 @@ impl<T: TypedService> Service for Typed<T> {
 
     fn query(&self, txn: &ReadTransaction, payload: &[u8]) -> Result<Vec<u8>, ApplyError> {
         let query: T::Query = postcard::from_bytes(payload)
-            .map_err(|e| Rejection::new("malformed", format!("{} query: {e}", T::NAME)))?;
+            .map_err(|e| Rejection::new(Envelope::Malformed, format!("{} query: {e}", T::NAME)))?;
         let response = self.0.query(txn, query)?;
         postcard::to_stdvec(&response)
             .map_err(|e| ApplyError::Storage(StateError::Encode(e.to_string())))

@@ -6,13 +6,22 @@
 use redb::{ReadTransaction, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
+use super::StateError;
 use super::command::ServiceId;
 use super::service::{ApplyContext, ApplyError, Rejection, TypedService};
-use super::{StateError, Table};
+use super::table::{Record, TypedTable};
 
-const SETTINGS: Table = Table::new("settings");
+const SETTINGS: TypedTable<String, Setting> = TypedTable::new("settings");
 pub const KEY_LEN_MAX: usize = 128;
 pub const VALUE_LEN_MAX: usize = 4096;
+
+crate::refusals! {
+    /// Why the settings service refuses a command.
+    pub enum SettingsRefusal {
+        /// A key or value outside the limits.
+        InvalidArgument = "invalid_argument",
+    }
+}
 
 /// The service; stateless itself, its state is the `settings` table.
 #[derive(Clone, Copy, Debug, Default)]
@@ -57,15 +66,16 @@ fn check_key(key: &str) -> Result<(), Rejection> {
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'));
     if key.is_empty() || key.len() > KEY_LEN_MAX || !ok_chars {
         return Err(Rejection::new(
-            "invalid_argument",
+            SettingsRefusal::InvalidArgument,
             format!("setting key {key:?} must be 1..={KEY_LEN_MAX} characters of a-z 0-9 . _ -"),
         ));
     }
     Ok(())
 }
 
-fn decode(bytes: &[u8]) -> Result<Setting, StateError> {
-    postcard::from_bytes(bytes).map_err(|e| StateError::Corrupt(format!("settings entry: {e}")))
+impl Record for Setting {
+    const NAME: &'static str = "settings entry";
+    const VERSION: u8 = 1;
 }
 
 impl TypedService for ClusterSettings {
@@ -91,8 +101,7 @@ impl TypedService for ClusterSettings {
     }
 
     fn init(&self, txn: &WriteTransaction) -> Result<(), StateError> {
-        txn.open_table(SETTINGS)?;
-        Ok(())
+        SETTINGS.init(txn)
     }
 
     fn apply(
@@ -101,13 +110,13 @@ impl TypedService for ClusterSettings {
         ctx: &ApplyContext,
         command: SettingsCommand,
     ) -> Result<SettingsResponse, ApplyError> {
-        let mut table = txn.open_table(SETTINGS)?;
+        let mut table = SETTINGS.open(txn)?;
         match command {
             SettingsCommand::Set { key, value } => {
                 check_key(&key)?;
                 if value.len() > VALUE_LEN_MAX {
                     return Err(Rejection::new(
-                        "invalid_argument",
+                        SettingsRefusal::InvalidArgument,
                         format!(
                             "value of {key:?} is {} bytes, over the {VALUE_LEN_MAX}-byte limit",
                             value.len()
@@ -120,17 +129,13 @@ impl TypedService for ClusterSettings {
                     updated_ms: ctx.time_ms,
                     updated_index: ctx.index,
                 };
-                let bytes =
-                    postcard::to_stdvec(&entry).map_err(|e| StateError::Encode(e.to_string()))?;
-                let previous = match table.insert(key.as_bytes(), bytes.as_slice())? {
-                    Some(old) => Some(decode(old.value())?.value),
-                    None => None,
-                };
+                let previous = table.take(&key)?.map(|old| old.value);
+                table.insert(&key, &entry)?;
                 Ok(SettingsResponse::Set { previous })
             }
             SettingsCommand::Delete { key } => {
                 check_key(&key)?;
-                let existed = table.remove(key.as_bytes())?.is_some();
+                let existed = table.remove(&key)?;
                 Ok(SettingsResponse::Deleted { existed })
             }
         }
@@ -139,11 +144,7 @@ impl TypedService for ClusterSettings {
 
 impl ClusterSettings {
     pub fn get(txn: &ReadTransaction, key: &str) -> Result<Option<Setting>, StateError> {
-        let table = txn.open_table(SETTINGS)?;
-        match table.get(key.as_bytes())? {
-            Some(v) => Ok(Some(decode(v.value())?)),
-            None => Ok(None),
-        }
+        SETTINGS.read(txn)?.get(&key.to_owned())
     }
 
     /// Every setting in key order.
@@ -158,16 +159,14 @@ impl ClusterSettings {
         txn: &ReadTransaction,
         prefix: &str,
     ) -> Result<Vec<(String, Setting)>, StateError> {
-        let table = txn.open_table(SETTINGS)?;
+        let table = SETTINGS.read(txn)?;
         let mut out = Vec::new();
-        for item in table.range(prefix.as_bytes()..)? {
-            let (k, v) = item?;
-            if !k.value().starts_with(prefix.as_bytes()) {
+        for item in table.range_from(&prefix.to_owned())? {
+            let (key, setting) = item?;
+            if !key.starts_with(prefix) {
                 break;
             }
-            let key = String::from_utf8(k.value().to_vec())
-                .map_err(|_| StateError::Corrupt("settings key is not UTF-8".into()))?;
-            out.push((key, decode(v.value())?));
+            out.push((key, setting));
         }
         Ok(out)
     }

@@ -57,6 +57,17 @@ impl Key for [u8; 32] {
     }
 }
 
+/// Raw bytes: for keys a service composes itself (a bucket name, `/`, an object key, ...),
+/// where prefix scans over the composed bytes are the point.
+impl Key for Vec<u8> {
+    fn to_bytes(&self) -> Vec<u8> {
+        self.clone()
+    }
+    fn from_bytes(b: &[u8]) -> Result<Self, StateError> {
+        Ok(b.to_vec())
+    }
+}
+
 impl Key for String {
     fn to_bytes(&self) -> Vec<u8> {
         self.as_bytes().to_vec()
@@ -267,6 +278,35 @@ impl<K: Key, V: Record> TableMut<'_, K, V> {
     pub fn all(&self) -> Result<Vec<(K, V)>, StateError> {
         all(&self.table)
     }
+
+    /// How many records the table holds.
+    pub fn len(&self) -> Result<u64, StateError> {
+        use redb::ReadableTableMetadata;
+        Ok(self.table.len()?)
+    }
+
+    pub fn is_empty(&self) -> Result<bool, StateError> {
+        Ok(self.len()? == 0)
+    }
+
+    /// The records from `start` on, in key order (collect before writing to the table).
+    pub fn range_from(
+        &self,
+        start: &K,
+    ) -> Result<impl DoubleEndedIterator<Item = Result<(K, V), StateError>> + '_, StateError> {
+        range_from(&self.table, start)
+    }
+}
+
+fn range_from<'t, K: Key, V: Record>(
+    t: &'t impl ReadableTable<&'static [u8], &'static [u8]>,
+    start: &K,
+) -> Result<impl DoubleEndedIterator<Item = Result<(K, V), StateError>> + 't, StateError> {
+    let start = start.to_bytes();
+    Ok(t.range::<&[u8]>(start.as_slice()..)?.map(|item| {
+        let (k, v) = item?;
+        Ok((K::from_bytes(k.value())?, decode_record(v.value())?))
+    }))
 }
 
 /// A typed table open for reading.
@@ -301,11 +341,7 @@ impl<K: Key, V: Record> TableRead<K, V> {
         &self,
         start: &K,
     ) -> Result<impl DoubleEndedIterator<Item = Result<(K, V), StateError>> + '_, StateError> {
-        let start = start.to_bytes();
-        Ok(self.table.range::<&[u8]>(start.as_slice()..)?.map(|item| {
-            let (k, v) = item?;
-            Ok((K::from_bytes(k.value())?, decode_record(v.value())?))
-        }))
+        range_from(&self.table, start)
     }
 
     /// How many records the table holds.

@@ -1,0 +1,182 @@
+//! Lifecycle rules carried out: one `Expire` command removes what a bucket's rules say is due
+//! at the command's time (expired current versions, noncurrent versions, lone delete markers,
+//! stale incomplete uploads), at most [`EXPIRE_BATCH`] of them; the leader's planner repeats
+//! the command while it reports more.
+
+use cairn_engine::state::{ApplyContext, ApplyError};
+
+use super::BucketResponse;
+use super::settings::{LifecycleRule, Versioning};
+use super::tables::{OBJECTS, Tx, UPLOADS, object_key, split_upload_key};
+use super::versions::{Version, VersionKind};
+
+/// Versions, markers and uploads one lifecycle command expires at most.
+pub const EXPIRE_BATCH: usize = 1000;
+/// Keys one lifecycle command examines at most.
+const SCAN_MAX: usize = 20_000;
+pub(super) const DAY_MS: u64 = 86_400_000;
+
+/// What happens to one key's versions: the ones kept, the ones removed, and whether the
+/// current version expired into a new delete marker (versioned buckets).
+struct Outcome {
+    keep: Vec<Version>,
+    gone: Vec<Version>,
+    add_marker: bool,
+}
+
+/// Judge one key's versions (newest first) against the rules that apply to it.
+fn judge(
+    versions: Vec<Version>,
+    rules: &[&LifecycleRule],
+    versioning: Versioning,
+    now: u64,
+) -> Outcome {
+    let mut keep = Vec::with_capacity(versions.len());
+    let mut gone = Vec::new();
+    let mut add_marker = false;
+    let mut newer_ms: Option<u64> = None;
+    for (i, ver) in versions.into_iter().enumerate() {
+        let expire = match newer_ms {
+            None => {
+                !ver.is_marker()
+                    && rules.iter().any(|r| {
+                        r.expiration_days.is_some_and(|d| {
+                            ver.modified_ms.saturating_add(u64::from(d) * DAY_MS) <= now
+                        }) || r
+                            .expiration_date_ms
+                            .is_some_and(|at| i64::try_from(now).is_ok_and(|n| n >= at))
+                    })
+            }
+            // Noncurrent since the newer version was written.
+            Some(since) => rules.iter().any(|r| {
+                r.noncurrent_days
+                    .is_some_and(|d| since.saturating_add(u64::from(d) * DAY_MS) <= now)
+            }),
+        };
+        newer_ms = Some(ver.modified_ms);
+        if expire && i == 0 && versioning == Versioning::Enabled {
+            // Expiring a current version in a versioned bucket stacks a marker.
+            add_marker = true;
+            keep.push(ver);
+        } else if expire {
+            gone.push(ver);
+        } else {
+            keep.push(ver);
+        }
+    }
+    // A lone delete marker with nothing beneath it.
+    if keep.len() == 1
+        && keep[0].is_marker()
+        && rules.iter().any(|r| r.expired_object_delete_marker)
+    {
+        gone.push(keep.remove(0));
+    }
+    Outcome {
+        keep,
+        gone,
+        add_marker,
+    }
+}
+
+pub(super) fn expire(
+    tx: &Tx,
+    ctx: &ApplyContext,
+    name: &str,
+) -> Result<BucketResponse, ApplyError> {
+    let bucket = tx.bucket(name)?;
+    let rules: Vec<LifecycleRule> = bucket
+        .lifecycle
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r.enabled)
+        .collect();
+    let now = ctx.time_ms;
+    let mut removed = 0u32;
+    let mut more = false;
+    if rules.is_empty() {
+        return Ok(BucketResponse::Expired { removed, more });
+    }
+    let start = object_key(name, "");
+    // Objects: collect the changes first (the scan holds the table), then write them.
+    let mut changes: Vec<(Vec<u8>, Vec<Version>, Vec<Version>)> = Vec::new();
+    {
+        let t = OBJECTS.open(tx.txn)?;
+        for (examined, item) in t.range_from(&start)?.enumerate() {
+            let (k, history) = item?;
+            if !k.starts_with(&start) {
+                break;
+            }
+            if examined >= SCAN_MAX || removed as usize >= EXPIRE_BATCH {
+                more = true;
+                break;
+            }
+            let key = std::str::from_utf8(&k[start.len()..]).unwrap_or("");
+            let applicable: Vec<&LifecycleRule> = rules
+                .iter()
+                .filter(|r| key.starts_with(&r.prefix))
+                .collect();
+            if applicable.is_empty() {
+                continue;
+            }
+            let Outcome {
+                mut keep,
+                gone,
+                add_marker,
+            } = judge(history.0, &applicable, bucket.versioning, now);
+            if add_marker {
+                keep.insert(
+                    0,
+                    Version {
+                        id: Some(ctx.fresh_id()),
+                        modified_ms: now,
+                        kind: VersionKind::DeleteMarker,
+                    },
+                );
+            }
+            if !gone.is_empty() || add_marker {
+                removed = removed.saturating_add(gone.len() as u32 + u32::from(add_marker));
+                changes.push((k, keep, gone));
+            }
+        }
+    }
+    for (k, keep, gone) in changes {
+        for g in &gone {
+            tx.release_version(g, now)?;
+        }
+        tx.put_versions(&k, keep)?;
+    }
+    // Incomplete uploads.
+    let mut abort: Vec<Vec<u8>> = Vec::new();
+    {
+        let t = UPLOADS.open(tx.txn)?;
+        for item in t.range_from(&start)? {
+            let (k, u) = item?;
+            if !k.starts_with(&start) {
+                break;
+            }
+            if removed as usize + abort.len() >= EXPIRE_BATCH {
+                more = true;
+                break;
+            }
+            let key = split_upload_key(&k)
+                .and_then(|(object, _)| object.get(start.len()..))
+                .and_then(|key| std::str::from_utf8(key).ok())
+                .unwrap_or("");
+            let due = rules.iter().any(|r| {
+                key.starts_with(&r.prefix)
+                    && r.abort_incomplete_days.is_some_and(|d| {
+                        u.initiated_ms.saturating_add(u64::from(d) * DAY_MS) <= now
+                    })
+            });
+            if due {
+                abort.push(k);
+            }
+        }
+    }
+    for k in &abort {
+        tx.drop_upload(k, now)?;
+    }
+    removed = removed.saturating_add(abort.len() as u32);
+    Ok(BucketResponse::Expired { removed, more })
+}

@@ -1,0 +1,453 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use super::lifecycle::DAY_MS;
+use super::*;
+use crate::chunks::ChunkService;
+use crate::chunks::{ChunkCommand, ChunkRecord, ChunkResponse, ChunkState};
+use cairn_proto::ChunkHandle;
+use redb::ReadableDatabase;
+
+struct Db {
+    db: redb::Database,
+    _dir: tempfile::TempDir,
+    clock: u64,
+}
+
+impl Db {
+    fn new() -> Db {
+        let dir = tempfile::tempdir().unwrap();
+        let db = redb::Database::create(dir.path().join("s.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        ChunkService.init(&txn).unwrap();
+        BucketService.init(&txn).unwrap();
+        txn.commit().unwrap();
+        Db {
+            db,
+            _dir: dir,
+            clock: 1_000_000,
+        }
+    }
+
+    fn run(&mut self, c: BucketCommand) -> Result<BucketResponse, ApplyError> {
+        self.clock += 1;
+        let ctx = ApplyContext::new(self.clock, self.clock, rand_seed(self.clock));
+        let txn = self.db.begin_write().unwrap();
+        let r = BucketService.apply(&txn, &ctx, c);
+        txn.commit().unwrap();
+        r
+    }
+
+    fn ok(&mut self, c: BucketCommand) -> BucketResponse {
+        self.run(c).unwrap()
+    }
+
+    fn code(&mut self, c: BucketCommand) -> String {
+        match self.run(c) {
+            Err(ApplyError::Rejected(r)) => r.code,
+            other => panic!("expected a rejection, got {other:?}"),
+        }
+    }
+
+    fn q(&self, q: BucketQuery) -> BucketQueryResponse {
+        let txn = self.db.begin_read().unwrap();
+        BucketService.query(&txn, q).unwrap()
+    }
+
+    fn chunk(&self, h: ChunkHandle) -> ChunkRecord {
+        let txn = self.db.begin_read().unwrap();
+        ChunkService::get(&txn, h).unwrap().unwrap()
+    }
+
+    fn alloc(&mut self) -> ChunkHandle {
+        let ctx = ApplyContext::new(1, self.clock, [0; 16]);
+        let txn = self.db.begin_write().unwrap();
+        let r = ChunkService
+            .apply(
+                &txn,
+                &ctx,
+                ChunkCommand::Allocate {
+                    count: 1,
+                    replication: 1,
+                },
+            )
+            .unwrap();
+        txn.commit().unwrap();
+        match r {
+            ChunkResponse::Allocated { handles, .. } => handles[0],
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+fn rand_seed(n: u64) -> [u8; 16] {
+    let mut s = [0u8; 16];
+    s[..8].copy_from_slice(&n.to_le_bytes());
+    s
+}
+
+fn inline(bytes: &[u8]) -> ObjectData {
+    ObjectData {
+        size: bytes.len() as u64,
+        etag: "e".into(),
+        parts: Vec::new(),
+        content: Content::Inline(bytes.to_vec()),
+        meta: ObjectMeta::default(),
+        tags: Vec::new(),
+    }
+}
+
+fn put(db: &mut Db, bucket: &str, key: &str) -> BucketResponse {
+    db.ok(BucketCommand::PutObject {
+        bucket: bucket.into(),
+        key: key.into(),
+        data: inline(key.as_bytes()),
+        conditions: Conditions::default(),
+    })
+}
+
+fn create(db: &mut Db, name: &str) {
+    db.ok(BucketCommand::CreateBucket {
+        name: name.into(),
+        owner: "me".into(),
+        public_read: false,
+    });
+}
+
+fn list(db: &Db, req: ListRequest, versions: bool) -> ListPage {
+    let q = if versions {
+        BucketQuery::Versions(req)
+    } else {
+        BucketQuery::List(req)
+    };
+    match db.q(q) {
+        BucketQueryResponse::Page(p) => p,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Every entry (keys and common prefixes) of a listing, page by page.
+fn walk(db: &Db, prefix: &str, delimiter: Option<&str>, limit: u32) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut after = None;
+    loop {
+        let page = list(
+            db,
+            ListRequest {
+                bucket: "bkt".into(),
+                prefix: prefix.into(),
+                delimiter: delimiter.map(str::to_owned),
+                after: after.clone(),
+                limit,
+                ..ListRequest::default()
+            },
+            false,
+        );
+        assert!(page.objects.len() + page.prefixes.len() <= limit as usize);
+        let mut items: Vec<String> = page.objects.iter().map(|o| o.key.clone()).collect();
+        items.extend(page.prefixes.iter().cloned());
+        items.sort();
+        out.extend(items);
+        if !page.truncated {
+            return out;
+        }
+        after = page.next.clone();
+        assert!(after.is_some());
+    }
+}
+
+#[test]
+fn listing_pages_prefixes_and_delimiters_agree_with_a_model() {
+    let mut db = Db::new();
+    create(&mut db, "bkt");
+    create(&mut db, "bkt2");
+    let keys = [
+        "a", "a/1", "a/2", "a/b/1", "a/b/2", "ab", "b/x", "b/y/z", "c", "dir/", "dir/x", "zz",
+        "ü/1", "ü2",
+    ];
+    for k in keys {
+        put(&mut db, "bkt", k);
+    }
+    put(&mut db, "bkt2", "a/1"); // another bucket never leaks in
+    for limit in [1, 2, 3, 5, 1000] {
+        assert_eq!(walk(&db, "", None, limit), keys.to_vec(), "limit {limit}");
+        for (prefix, delim) in [("", "/"), ("a/", "/"), ("a", "/"), ("", "b"), ("a/b/", "/")] {
+            // The model: keys under the prefix, rolled up at the first delimiter after it.
+            let mut model: Vec<String> = keys
+                .iter()
+                .filter(|k| k.starts_with(prefix))
+                .map(|k| match k[prefix.len()..].find(delim) {
+                    Some(i) => k[..prefix.len() + i + delim.len()].to_owned(),
+                    None => (*k).to_owned(),
+                })
+                .collect();
+            model.dedup();
+            let mut got = walk(&db, prefix, Some(delim), limit);
+            got.sort();
+            model.sort();
+            assert_eq!(
+                got, model,
+                "prefix {prefix:?} delimiter {delim:?} limit {limit}"
+            );
+        }
+    }
+    // Deleting in an unversioned bucket removes the key entirely.
+    db.ok(BucketCommand::DeleteObject {
+        bucket: "bkt".into(),
+        key: "a".into(),
+        version: None,
+    });
+    assert!(!walk(&db, "", None, 1000).contains(&"a".to_owned()));
+    assert_eq!(
+        db.code(BucketCommand::DeleteBucket {
+            name: "bkt2".into()
+        }),
+        "bucket_not_empty"
+    );
+    assert_eq!(
+        db.code(BucketCommand::PutObject {
+            bucket: "nope".into(),
+            key: "k".into(),
+            data: inline(b"x"),
+            conditions: Conditions::default()
+        }),
+        "no_such_bucket"
+    );
+}
+
+#[test]
+fn versions_markers_and_version_paging() {
+    let mut db = Db::new();
+    create(&mut db, "bkt");
+    db.ok(BucketCommand::Configure {
+        name: "bkt".into(),
+        change: BucketChange::Versioning(Versioning::Enabled),
+    });
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        match put(&mut db, "bkt", "k") {
+            BucketResponse::Put {
+                version: Some(v), ..
+            } => ids.push(v),
+            other => panic!("{other:?}"),
+        }
+    }
+    put(&mut db, "bkt", "j");
+    let d = db.ok(BucketCommand::DeleteObject {
+        bucket: "bkt".into(),
+        key: "k".into(),
+        version: None,
+    });
+    assert!(matches!(d, BucketResponse::Deleted { marker: true, .. }));
+    // Hidden from the plain listing, all there in the versions listing, newest first.
+    assert_eq!(walk(&db, "", None, 10), vec!["j".to_owned()]);
+    let mut seen = Vec::new();
+    let (mut after, mut vafter) = (None, None);
+    loop {
+        let p = list(
+            &db,
+            ListRequest {
+                bucket: "bkt".into(),
+                after: after.clone(),
+                version_after: vafter,
+                limit: 2,
+                ..ListRequest::default()
+            },
+            true,
+        );
+        seen.extend(
+            p.objects
+                .iter()
+                .map(|o| (o.key.clone(), o.version.id, o.latest)),
+        );
+        if !p.truncated {
+            break;
+        }
+        after = p.next.clone();
+        vafter = p.next_version;
+    }
+    assert_eq!(seen.len(), 5, "{seen:?}");
+    assert_eq!(seen[0].0, "j");
+    assert!(seen[1].2, "the marker is the latest of k");
+    assert_eq!(seen[2].1, Some(ids[2]));
+    assert_eq!(seen[4].1, Some(ids[0]));
+}
+
+#[test]
+fn chunk_references_follow_parts_objects_and_copies() {
+    let mut db = Db::new();
+    create(&mut db, "bkt");
+    let h1 = db.alloc();
+    let h2 = db.alloc();
+    let up = match db.ok(BucketCommand::CreateUpload {
+        bucket: "bkt".into(),
+        key: "k".into(),
+        owner: "me".into(),
+        meta: ObjectMeta::default(),
+        tags: Vec::new(),
+    }) {
+        BucketResponse::Upload { id } => id,
+        other => panic!("{other:?}"),
+    };
+    let part = |n: u32, h: ChunkHandle, len: u64| BucketCommand::PutPart {
+        bucket: "bkt".into(),
+        key: "k".into(),
+        upload: up,
+        number: n,
+        etag: format!("{:032x}", n),
+        size: len,
+        extents: vec![Extent {
+            handle: h,
+            offset: 0,
+            len,
+        }],
+    };
+    db.ok(part(1, h1, PART_SIZE_MIN));
+    db.ok(part(2, h2, 10));
+    assert_eq!(db.chunk(h1).state, ChunkState::Live { refs: 1 });
+    // Completing with part 1 only: part 2's chunk is released, part 1's moves to the object.
+    db.ok(BucketCommand::CompleteUpload {
+        bucket: "bkt".into(),
+        key: "k".into(),
+        upload: up,
+        parts: vec![(1, format!("\"{:032x}\"", 1))],
+        conditions: Conditions::default(),
+    });
+    assert_eq!(db.chunk(h1).state, ChunkState::Live { refs: 1 });
+    assert!(matches!(db.chunk(h2).state, ChunkState::Released { .. }));
+    // A copy shares the chunk; deleting one copy keeps it live.
+    let obj = match db.q(BucketQuery::Object {
+        bucket: "bkt".into(),
+        key: "k".into(),
+        version: None,
+    }) {
+        BucketQueryResponse::Object(Some(Some(v))) => v.data().unwrap().clone(),
+        other => panic!("{other:?}"),
+    };
+    assert!(obj.etag.ends_with("-1"));
+    db.ok(BucketCommand::PutObject {
+        bucket: "bkt".into(),
+        key: "copy".into(),
+        data: obj,
+        conditions: Conditions::default(),
+    });
+    assert_eq!(db.chunk(h1).state, ChunkState::Live { refs: 2 });
+    db.ok(BucketCommand::DeleteObject {
+        bucket: "bkt".into(),
+        key: "k".into(),
+        version: None,
+    });
+    assert_eq!(db.chunk(h1).state, ChunkState::Live { refs: 1 });
+    db.ok(BucketCommand::DeleteObject {
+        bucket: "bkt".into(),
+        key: "copy".into(),
+        version: None,
+    });
+    assert!(matches!(db.chunk(h1).state, ChunkState::Released { .. }));
+    // The upload is gone.
+    assert_eq!(
+        db.code(BucketCommand::AbortUpload {
+            bucket: "bkt".into(),
+            key: "k".into(),
+            upload: up
+        }),
+        "no_such_upload"
+    );
+}
+
+#[test]
+fn lifecycle_expires_noncurrent_versions_markers_and_stale_uploads() {
+    let mut db = Db::new();
+    create(&mut db, "bkt");
+    db.ok(BucketCommand::Configure {
+        name: "bkt".into(),
+        change: BucketChange::Versioning(Versioning::Enabled),
+    });
+    put(&mut db, "bkt", "logs/1");
+    put(&mut db, "bkt", "logs/1");
+    put(&mut db, "bkt", "keep/1");
+    put(&mut db, "bkt", "keep/1");
+    db.ok(BucketCommand::DeleteObject {
+        bucket: "bkt".into(),
+        key: "logs/2".into(),
+        version: None,
+    });
+    let h = db.alloc();
+    let up = match db.ok(BucketCommand::CreateUpload {
+        bucket: "bkt".into(),
+        key: "logs/big".into(),
+        owner: "me".into(),
+        meta: ObjectMeta::default(),
+        tags: Vec::new(),
+    }) {
+        BucketResponse::Upload { id } => id,
+        other => panic!("{other:?}"),
+    };
+    db.ok(BucketCommand::PutPart {
+        bucket: "bkt".into(),
+        key: "logs/big".into(),
+        upload: up,
+        number: 1,
+        etag: "00".repeat(16),
+        size: 5,
+        extents: vec![Extent {
+            handle: h,
+            offset: 0,
+            len: 5,
+        }],
+    });
+    db.ok(BucketCommand::Configure {
+        name: "bkt".into(),
+        change: BucketChange::Lifecycle(Some(vec![LifecycleRule {
+            id: Some("r".into()),
+            enabled: true,
+            prefix: "logs/".into(),
+            noncurrent_days: Some(1),
+            expired_object_delete_marker: true,
+            abort_incomplete_days: Some(2),
+            ..LifecycleRule::default()
+        }])),
+    });
+    // At once: only the lone delete marker (nothing beneath it) is due.
+    assert_eq!(
+        db.ok(BucketCommand::Expire {
+            bucket: "bkt".into()
+        }),
+        BucketResponse::Expired {
+            removed: 1,
+            more: false
+        }
+    );
+    assert_eq!(
+        db.ok(BucketCommand::Expire {
+            bucket: "bkt".into()
+        }),
+        BucketResponse::Expired {
+            removed: 0,
+            more: false
+        }
+    );
+    // Three days later: the noncurrent logs version and the stale upload go; keep/ is
+    // untouched.
+    db.clock += 3 * DAY_MS;
+    match db.ok(BucketCommand::Expire {
+        bucket: "bkt".into(),
+    }) {
+        BucketResponse::Expired {
+            removed,
+            more: false,
+        } => assert_eq!(removed, 2),
+        other => panic!("{other:?}"),
+    }
+    let page = list(
+        &db,
+        ListRequest {
+            bucket: "bkt".into(),
+            limit: 100,
+            ..ListRequest::default()
+        },
+        true,
+    );
+    let keys: Vec<&str> = page.objects.iter().map(|o| o.key.as_str()).collect();
+    assert_eq!(keys, vec!["keep/1", "keep/1", "logs/1"]);
+    assert!(matches!(db.chunk(h).state, ChunkState::Released { .. }));
+}
