@@ -19,8 +19,9 @@ use std::time::{Duration, Instant};
 
 use cairn_client::{DataClient, DataError, MasterClient, Written};
 use cairn_engine::state::TypedService;
-use cairn_master::objects::{
-    ObjectCommand, ObjectQuery, ObjectQueryResponse, ObjectRecord, ObjectResponse, ObjectService,
+use cairn_master::buckets::{
+    BucketCommand, BucketQuery, BucketQueryResponse, BucketResponse, BucketService, Conditions,
+    Content, ObjectData, ObjectMeta,
 };
 use cairn_proto::dataplane::{DataStatus, LocateRpc, Location};
 use cairn_proto::{ChunkHandle, Consistency, NodeIdentity, TransportOptions};
@@ -204,60 +205,94 @@ async fn converge(
     }
 }
 
-/// The object service (service 3): a key names the extents a data client wrote.
-async fn object_command(client: &DataClient, cmd: &ObjectCommand) -> ObjectResponse {
+/// The bucket every object of these tests lives in.
+const BUCKET: &str = "data-plane";
+
+/// A bucket-service command, committed (a refusal fails the test).
+async fn bucket_command(client: &DataClient, cmd: &BucketCommand) -> BucketResponse {
     let outcome = client
         .master()
-        .propose_typed::<ObjectService>(cmd)
+        .propose_typed::<BucketService>(cmd)
         .await
         .unwrap();
-    ObjectService::response(&outcome.unwrap()).unwrap()
+    BucketService::response(&outcome.unwrap()).unwrap()
 }
 
-/// Write `source` through chains, then commit it under `key`.
+async fn create_bucket(client: &DataClient) {
+    let cmd = BucketCommand::CreateBucket {
+        name: BUCKET.into(),
+        owner: "data-plane-test".into(),
+        public_read: false,
+    };
+    assert_eq!(bucket_command(client, &cmd).await, BucketResponse::Done);
+}
+
+/// Write `source` through chains, then commit it as `key`'s version, as the S3 gateway does.
 async fn put_object(
     client: &DataClient,
     key: &str,
     source: &mut (impl tokio::io::AsyncRead + Unpin),
 ) -> Result<Written, DataError> {
     let written = client.put(source).await?;
-    let cmd = ObjectCommand::Put {
+    let cmd = BucketCommand::PutObject {
+        bucket: BUCKET.into(),
         key: key.to_owned(),
-        size: written.size,
-        blake3: written.blake3,
-        extents: written.extents.clone(),
+        data: ObjectData {
+            size: written.size,
+            etag: format!("{:016x}", written.size),
+            parts: Vec::new(),
+            content: Content::Chunks(written.extents.clone()),
+            meta: ObjectMeta::default(),
+            tags: Vec::new(),
+        },
+        conditions: Conditions::default(),
     };
-    let outcome = client.master().propose_typed::<ObjectService>(&cmd).await?;
-    outcome.map_err(|r| DataError::Rejected(r.to_string()))?;
+    let outcome = client.master().propose_typed::<BucketService>(&cmd).await?;
+    outcome.map_err(DataError::Rejected)?;
     Ok(written)
 }
 
+/// Delete `key`; whether it existed.
 async fn delete_object(client: &DataClient, key: &str) -> bool {
-    let cmd = ObjectCommand::Delete {
+    let existed = stat(client, key).await.is_some();
+    let cmd = BucketCommand::DeleteObject {
+        bucket: BUCKET.into(),
         key: key.to_owned(),
+        version: None,
     };
-    match object_command(client, &cmd).await {
-        ObjectResponse::Deleted { existed } => existed,
+    match bucket_command(client, &cmd).await {
+        BucketResponse::Deleted { marker: false, .. } => existed,
         other => panic!("unexpected response {other:?}"),
     }
 }
 
-/// An object's record (linearizable).
-async fn stat(client: &DataClient, key: &str) -> Option<ObjectRecord> {
-    let q = ObjectService::encode_query(&ObjectQuery::Get {
+/// An object's size and extents (linearizable).
+async fn stat(client: &DataClient, key: &str) -> Option<Written> {
+    let q = BucketService::encode_query(&BucketQuery::Object {
+        bucket: BUCKET.into(),
         key: key.to_owned(),
+        version: None,
     })
     .unwrap();
     let bytes = client
         .master()
-        .query(ObjectService::ID, q, Consistency::Linearizable)
+        .query(BucketService::ID, q, Consistency::Linearizable)
         .await
         .unwrap()
         .unwrap();
-    match ObjectService::query_response(&bytes).unwrap() {
-        ObjectQueryResponse::Object(o) => o,
+    let version = match BucketService::query_response(&bytes).unwrap() {
+        BucketQueryResponse::Object(Some(v)) => v?,
         other => panic!("unexpected response {other:?}"),
-    }
+    };
+    let data = version.data()?;
+    let extents = match &data.content {
+        Content::Chunks(e) => e.clone(),
+        Content::Inline(_) => panic!("the data plane tests store chunks"),
+    };
+    Some(Written {
+        size: data.size,
+        extents,
+    })
 }
 
 async fn put(client: &DataClient, key: &str, bytes: &[u8]) -> Written {
@@ -350,6 +385,7 @@ async fn four_servers(root: &Path) -> Setup {
         s.servers.iter().filter(|s| s.alive).count() == 4
     })
     .await;
+    create_bucket(&client).await;
 
     Setup {
         cluster,
@@ -440,7 +476,6 @@ async fn chunkservers_store_heal_scrub_and_collect() {
         let written = put(&client, &key, &bytes).await;
         println!("put {size} bytes in {:?}", t.elapsed());
         assert_eq!(written.size, size as u64);
-        assert_eq!(written.blake3, *blake3::hash(&bytes).as_bytes());
         assert_eq!(written.extents.len(), size.div_ceil(64 * MIB));
         objects.insert(key, (bytes, written));
     }

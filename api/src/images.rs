@@ -373,12 +373,14 @@ async fn download(
     serve(&g, req.method(), req.headers(), &name, version, true)
 }
 
-/// Counts what passes, keeps the first [`HEAD_LEN`] bytes, and fails past `max`.
+/// Counts what passes, keeps the first [`HEAD_LEN`] bytes, takes the BLAKE3 digest that names
+/// the content, and fails past `max`.
 struct Capture<R> {
     inner: R,
     head: Vec<u8>,
     len: u64,
     max: u64,
+    digest: blake3::Hasher,
 }
 
 impl<R: AsyncRead + Unpin> AsyncRead for Capture<R> {
@@ -391,6 +393,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for Capture<R> {
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = &r {
             let new = &buf.filled()[before..];
+            self.digest.update(new);
             let room = HEAD_LEN.saturating_sub(self.head.len()).min(new.len());
             let keep = new[..room].to_vec();
             self.head.extend_from_slice(&keep);
@@ -422,6 +425,7 @@ where
         head: Vec::with_capacity(HEAD_LEN),
         len: 0,
         max: g.options.image_max,
+        digest: blake3::Hasher::new(),
     };
     let written = match g.data.put(&mut src).await {
         Ok(w) => w,
@@ -451,15 +455,16 @@ where
             "the image was declared {d} but its content is {format}"
         )));
     }
+    let blake3 = *src.digest.finalize().as_bytes();
     let content = ImageContent {
-        blake3: written.blake3,
+        blake3,
         size: written.size,
         format: format.into(),
         virtual_size,
     };
     let data = ObjectData {
         size: written.size,
-        etag: blob_key(&written.blake3)[..32].to_owned(),
+        etag: blob_key(&blake3)[..32].to_owned(),
         parts: Vec::new(),
         content: Content::Chunks(written.extents),
         meta: ObjectMeta {

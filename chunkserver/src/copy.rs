@@ -5,10 +5,12 @@ use std::net::SocketAddr;
 
 use bytes::BytesMut;
 use cairn_engine::chunk::ChunkHandle;
-use cairn_proto::chunk::{ChunkFailure, METHOD_READ, PIECE, ReadHeader, ReadRequest, encode};
+use cairn_proto::chunk::{
+    ChunkFailure, FailureKind, METHOD_READ, PIECE, ReadHeader, ReadRequest, encode,
+};
 use cairn_proto::frame::{self};
 
-use crate::server::{Chunkserver, LoadGuard, wire};
+use crate::server::{Chunkserver, LoadGuard, refused, store_failure, unavailable, wire};
 use crate::write::{FORWARD_TIMEOUT, LocalWriter};
 
 impl Chunkserver {
@@ -19,10 +21,13 @@ impl Chunkserver {
         handle: ChunkHandle,
         version: u64,
         from: &str,
-    ) -> Result<(), String> {
+    ) -> Result<(), ChunkFailure> {
         let _load = LoadGuard::new(&self.inner.load);
         if !self.inner.busy.lock().insert(handle) {
-            return Err("the chunk is already being written here".into());
+            return Err(refused(
+                &self.me(),
+                "the chunk is already being written here",
+            ));
         }
         let result = self.copy_in(handle, version, from).await;
         self.inner.busy.lock().remove(&handle);
@@ -34,7 +39,8 @@ impl Chunkserver {
         handle: ChunkHandle,
         version: u64,
         from: &str,
-    ) -> Result<(), String> {
+    ) -> Result<(), ChunkFailure> {
+        let me = self.me();
         if let Ok(info) = self.inner.store.stat(handle) {
             if info.sealed && info.version >= version {
                 return Ok(());
@@ -42,10 +48,12 @@ impl Chunkserver {
             let inner = self.inner.clone();
             tokio::task::spawn_blocking(move || inner.store.delete(handle))
                 .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| unavailable(&me, e.to_string()))?
+                .map_err(|e| store_failure(&me, &e))?;
         }
-        let peer: SocketAddr = from.parse().map_err(|_| format!("bad address {from:?}"))?;
+        let peer: SocketAddr = from
+            .parse()
+            .map_err(|_| refused(&me, format!("bad address {from:?}")))?;
         let req = ReadRequest {
             handle: wire(handle),
             version,
@@ -57,7 +65,7 @@ impl Chunkserver {
             .peers
             .open_stream(peer, METHOD_READ, encode(&req))
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| unavailable(from, e.to_string()))?;
         let _ = send.finish();
         let f = match tokio::time::timeout(FORWARD_TIMEOUT, frame::read_frame(&mut recv, 1 << 20))
             .await
@@ -65,26 +73,29 @@ impl Chunkserver {
             Ok(Ok(f)) => f,
             Ok(Err(e)) => {
                 self.inner.peers.forget(peer);
-                return Err(e.to_string());
+                return Err(unavailable(from, e.to_string()));
             }
             Err(_) => {
                 self.inner.peers.forget(peer);
-                return Err(format!("{from} did not answer within {FORWARD_TIMEOUT:?}"));
+                return Err(unavailable(
+                    from,
+                    format!("no answer within {FORWARD_TIMEOUT:?}"),
+                ));
             }
         };
-        let header: Result<ReadHeader, ChunkFailure> =
-            postcard::from_bytes(&f.body).map_err(|e| e.to_string())?;
-        let header = header.map_err(|e| e.to_string())?;
+        let header: Result<ReadHeader, ChunkFailure> = postcard::from_bytes(&f.body)
+            .map_err(|e| unavailable(from, format!("bad read header: {e}")))?;
+        let header = header?;
         let digest = header
             .digest
-            .ok_or_else(|| "the source sent no digest".to_string())?;
+            .ok_or_else(|| unavailable(from, "the source sent no digest"))?;
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || inner.store.create(handle, header.version))
             .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| unavailable(&me, e.to_string()))?
+            .map_err(|e| store_failure(&me, &e))?;
         let result = self
-            .copy_pieces(handle, header.len, digest, &mut recv)
+            .copy_pieces(handle, header.len, digest, from, &mut recv)
             .await;
         if result.is_err() {
             self.inner.peers.forget(peer);
@@ -99,8 +110,10 @@ impl Chunkserver {
         handle: ChunkHandle,
         len: u64,
         digest: [u8; 32],
+        from: &str,
         recv: &mut quinn::RecvStream,
-    ) -> Result<(), String> {
+    ) -> Result<(), ChunkFailure> {
+        let me = self.me();
         let writer = LocalWriter::start(&self.inner, handle);
         let mut left = len;
         while left > 0 {
@@ -116,10 +129,10 @@ impl Chunkserver {
                     ),
                 )
                 .await
-                .map_err(|_| format!("the source stalled for {FORWARD_TIMEOUT:?}"))?
-                .map_err(|e| e.to_string())?;
+                .map_err(|_| unavailable(from, format!("stalled for {FORWARD_TIMEOUT:?}")))?
+                .map_err(|e| unavailable(from, e.to_string()))?;
                 if got == 0 {
-                    return Err("the source ended early".into());
+                    return Err(unavailable(from, "the source ended early"));
                 }
             }
             if !writer.push(buf.freeze()).await {
@@ -127,13 +140,22 @@ impl Chunkserver {
             }
             left -= n as u64;
         }
-        let stored = writer.finish(&self.inner, handle).await?;
+        let stored = writer.finish(&self.inner, handle, &me).await?;
         if stored != len {
-            return Err(format!("copied {stored} of {len} bytes"));
+            return Err(unavailable(&me, format!("copied {stored} of {len} bytes")));
         }
-        let ours = self.inner.store.digest(handle).map_err(|e| e.to_string())?;
+        let ours = self
+            .inner
+            .store
+            .digest(handle)
+            .map_err(|e| store_failure(&me, &e))?;
         if ours != digest {
-            return Err("the copy's BLAKE3 digest differs from the source's".into());
+            // The bytes arrived intact (every block checked) but are not the source's.
+            return Err(ChunkFailure::new(
+                from,
+                FailureKind::Corrupt,
+                "the copy's BLAKE3 digest differs from the source's",
+            ));
         }
         Ok(())
     }

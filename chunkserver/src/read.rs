@@ -4,12 +4,12 @@
 use bytes::Bytes;
 use cairn_engine::chunk::{ChunkError, ChunkHandle};
 use cairn_proto::chunk::{
-    ChunkFailure, METHOD_READ, PIECE, RESET_CORRUPT, RESET_READ_FAILED, ReadHeader, ReadRequest,
-    encode,
+    ChunkFailure, FailureKind, METHOD_READ, PIECE, RESET_CORRUPT, RESET_READ_FAILED, ReadHeader,
+    ReadRequest, encode,
 };
 use cairn_proto::frame::{self, Frame, Kind};
 
-use crate::server::{Chunkserver, LoadGuard, failure, stored};
+use crate::server::{Chunkserver, LoadGuard, missing, refused, store_failure, stored, unavailable};
 
 /// Counts a transfer in the server's load while alive.
 /// Bytes one blocking read of a short-circuit (local) read takes at a time.
@@ -27,7 +27,7 @@ impl Chunkserver {
     ) -> Result<(), ChunkFailure> {
         let header = self.read_header(req)?;
         if header.len != req.len {
-            return Err(failure(
+            return Err(missing(
                 &self.me(),
                 format!(
                     "replica holds {} bytes of the range, {} wanted",
@@ -53,15 +53,14 @@ impl Chunkserver {
                 Ok(Err(ChunkError::Corrupt { block, .. })) => {
                     tracing::error!(chunk = %req.handle, block, "corrupt block found while reading");
                     self.drop_corrupt(stored(req.handle)).await;
-                    let mut f = failure(
+                    return Err(ChunkFailure::new(
                         &self.me(),
+                        FailureKind::Corrupt,
                         format!("block {block} of {} is corrupt", req.handle),
-                    );
-                    f.corrupt = true;
-                    return Err(f);
+                    ));
                 }
-                Ok(Err(e)) => return Err(failure(&self.me(), e.to_string())),
-                Err(e) => return Err(failure(&self.me(), e.to_string())),
+                Ok(Err(e)) => return Err(store_failure(&self.me(), &e)),
+                Err(e) => return Err(unavailable(&self.me(), e.to_string())),
             }
             offset += n;
         }
@@ -72,7 +71,7 @@ impl Chunkserver {
         let _load = LoadGuard::new(&self.inner.load);
         let me = self.me();
         let header = match postcard::from_bytes::<ReadRequest>(&body) {
-            Err(e) => Err(failure(&me, format!("bad read request: {e}"))),
+            Err(e) => Err(refused(&me, format!("bad read request: {e}"))),
             Ok(req) => self.read_header(req).map(|h| (req, h)),
         };
         let reply = Frame::new(
@@ -130,15 +129,15 @@ impl Chunkserver {
             .inner
             .store
             .stat(stored(req.handle))
-            .map_err(|e| failure(&me, e.to_string()))?;
+            .map_err(|e| store_failure(&me, &e))?;
         if !info.sealed {
-            return Err(failure(
+            return Err(missing(
                 &me,
                 format!("chunk {} is still being written", req.handle),
             ));
         }
         if info.version < req.version {
-            return Err(failure(
+            return Err(missing(
                 &me,
                 format!(
                     "replica of {} is stale (version {} < {})",
@@ -147,7 +146,7 @@ impl Chunkserver {
             ));
         }
         if req.offset > info.len {
-            return Err(failure(
+            return Err(missing(
                 &me,
                 format!(
                     "offset {} is past the chunk's {} bytes",

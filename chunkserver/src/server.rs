@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use cairn_engine::chunk::{ChunkError, ChunkHandle, ChunkStore, ChunkStoreOptions};
 use cairn_proto::chunk::{
-    ChunkFailure, LocalChunkserver, LocalFuture, METHOD_READ, METHOD_WRITE, ReadRequest, WriteAck,
-    WriteHeader,
+    ChunkFailure, FailureKind, LocalChunkserver, LocalFuture, METHOD_READ, METHOD_WRITE,
+    ReadRequest, WriteAck, WriteHeader,
 };
 use cairn_proto::dataplane::ServerId;
 use cairn_proto::frame::Frame;
@@ -159,12 +159,32 @@ pub(crate) fn server_id(data: &Path) -> Result<ServerId, StartError> {
     }
 }
 
-pub(crate) fn failure(server: &str, message: impl Into<String>) -> ChunkFailure {
-    ChunkFailure {
-        server: server.to_owned(),
-        message: message.into(),
-        corrupt: false,
-    }
+/// The server (or the path to it) failed: another replica may do.
+pub(crate) fn unavailable(server: &str, message: impl Into<String>) -> ChunkFailure {
+    ChunkFailure::new(server, FailureKind::Unavailable, message)
+}
+
+/// The request was refused: any server would refuse it.
+pub(crate) fn refused(server: &str, message: impl Into<String>) -> ChunkFailure {
+    ChunkFailure::new(server, FailureKind::Rejected, message)
+}
+
+/// The replica cannot serve this: absent, unsealed, stale, or the range is past its end.
+pub(crate) fn missing(server: &str, message: impl Into<String>) -> ChunkFailure {
+    ChunkFailure::new(server, FailureKind::NotFound, message)
+}
+
+/// A local chunk store error as the failure it is.
+pub(crate) fn store_failure(server: &str, e: &ChunkError) -> ChunkFailure {
+    let kind = match e {
+        ChunkError::NotFound { .. } | ChunkError::OutOfRange { .. } => FailureKind::NotFound,
+        ChunkError::Corrupt { .. } => FailureKind::Corrupt,
+        ChunkError::AlreadyExists { .. }
+        | ChunkError::ChunkFull { .. }
+        | ChunkError::Sealed { .. } => FailureKind::Rejected,
+        _ => FailureKind::Unavailable,
+    };
+    ChunkFailure::new(server, kind, e.to_string())
 }
 
 impl Chunkserver {

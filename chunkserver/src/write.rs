@@ -8,14 +8,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cairn_engine::chunk::{ChunkError, ChunkHandle};
-use cairn_proto::chunk::{
-    CHAIN_MAX, ChunkFailure, METHOD_WRITE, METHOD_WRITE_DATA, METHOD_WRITE_END, PIECE, WriteAck,
-    WriteEnd, WriteHeader, encode,
-};
+use cairn_proto::chain::{Receiver, Step, acknowledge, next_hop, read_ack};
+use cairn_proto::chunk::{ChunkFailure, METHOD_WRITE, PIECE, WriteAck, WriteHeader, encode};
 use cairn_proto::frame::{self, Frame, Kind};
 use tokio::sync::mpsc;
 
-use crate::server::{Chunkserver, Inner, LoadGuard, failure, stored};
+use crate::server::{Chunkserver, Inner, LoadGuard, refused, store_failure, stored, unavailable};
 
 /// Where a chain write's frames come from: the writer's QUIC stream, or (for a writer in this
 /// process, the short-circuit head of a chain) a channel.
@@ -69,23 +67,25 @@ impl LocalWriter {
         self.tx.send(piece).await.is_ok()
     }
 
-    /// Wait for every append, then seal (fsync). Returns the chunk length.
+    /// Wait for every append, then seal (fsync). Returns the chunk length; a failure is this
+    /// server's (`me`).
     pub(crate) async fn finish(
         self,
         inner: &Arc<Inner>,
         handle: ChunkHandle,
-    ) -> Result<u64, String> {
+        me: &str,
+    ) -> Result<u64, ChunkFailure> {
         drop(self.tx);
         let len = self
             .done
             .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| unavailable(me, e.to_string()))?
+            .map_err(|e| store_failure(me, &e))?;
         let store = inner.clone();
         tokio::task::spawn_blocking(move || store.store.seal(handle))
             .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| unavailable(me, e.to_string()))?
+            .map_err(|e| store_failure(me, &e))?;
         Ok(len)
     }
 }
@@ -104,7 +104,7 @@ impl Chunkserver {
         mut recv: quinn::RecvStream,
     ) {
         let result = match postcard::from_bytes::<WriteHeader>(&body) {
-            Err(e) => Err(failure(&self.me(), format!("bad write header: {e}"))),
+            Err(e) => Err(refused(&self.me(), format!("bad write header: {e}"))),
             Ok(h) => self.accept_write(h, &mut recv).await,
         };
         if result.is_err() {
@@ -126,7 +126,7 @@ impl Chunkserver {
         let _load = LoadGuard::new(&self.inner.load);
         let handle = stored(h.handle);
         let result = if !self.inner.busy.lock().insert(handle) {
-            Err(failure(
+            Err(refused(
                 &self.me(),
                 format!("chunk {handle} is already being written"),
             ))
@@ -136,7 +136,7 @@ impl Chunkserver {
             r
         };
         if let Err(e) = &result {
-            tracing::warn!(error = %e, "chunk write failed");
+            tracing::warn!(error = %e, kind = ?e.kind, "chunk write failed");
         }
         result
     }
@@ -148,17 +148,15 @@ impl Chunkserver {
         recv: &mut impl FrameSource,
     ) -> Result<WriteAck, ChunkFailure> {
         let me = self.me();
-        if h.chain.len() >= CHAIN_MAX {
-            return Err(failure(&me, format!("chain longer than {CHAIN_MAX}")));
-        }
+        let receiver = Receiver::new(&me, &h, self.inner.store.options().chunk_size_max)?;
         let handle = stored(h.handle);
         let inner = self.inner.clone();
         let version = h.version;
         tokio::task::spawn_blocking(move || inner.store.create(handle, version))
             .await
-            .map_err(|e| failure(&me, e.to_string()))?
-            .map_err(|e| failure(&me, e.to_string()))?;
-        let result = self.write_pieces(&h, recv).await;
+            .map_err(|e| unavailable(&me, e.to_string()))?
+            .map_err(|e| store_failure(&me, &e))?;
+        let result = self.write_pieces(&h, receiver, recv).await;
         if let Err(e) = &result
             && let Ok(peer) = e.server.parse::<SocketAddr>()
             && peer != self.inner.addr
@@ -172,102 +170,74 @@ impl Chunkserver {
         result
     }
 
+    /// The I/O around [`Receiver`]: frames from above, the local replica, the next replica.
     pub(crate) async fn write_pieces(
         &self,
         h: &WriteHeader,
+        mut receiver: Receiver,
         recv: &mut impl FrameSource,
     ) -> Result<WriteAck, ChunkFailure> {
         let me = self.me();
         // The next replica, if any: open its stream first so a dead peer fails fast.
-        let mut next = match h.chain.first() {
+        let mut next = match next_hop(h) {
             None => None,
-            Some(addr) => {
+            Some((addr, header)) => {
                 let peer: SocketAddr = addr
                     .parse()
-                    .map_err(|_| failure(&me, format!("bad chain address {addr:?}")))?;
-                let header = WriteHeader {
-                    handle: h.handle,
-                    version: h.version,
-                    chain: h.chain[1..].to_vec(),
-                };
+                    .map_err(|_| refused(&me, format!("bad chain address {addr:?}")))?;
                 let (send, recv) = self
                     .inner
                     .peers
                     .open_stream(peer, METHOD_WRITE, encode(&header))
                     .await
-                    .map_err(|e| failure(addr, e.to_string()))?;
-                Some((addr.clone(), send, recv))
+                    .map_err(|e| unavailable(addr, e.to_string()))?;
+                Some((addr.to_owned(), send, recv))
             }
         };
         let writer = LocalWriter::start(&self.inner, stored(h.handle));
-        let size_max = self.inner.store.options().chunk_size_max;
-        let mut received: u64 = 0;
         let end = loop {
             let f = recv
                 .next_frame((PIECE + 64) as u32)
                 .await
-                .map_err(|e| failure(&me, format!("reading from the writer: {e}")))?;
-            match (f.kind, f.method) {
-                (Kind::Request, METHOD_WRITE_DATA) => {
-                    received += f.body.len() as u64;
-                    if received > size_max {
-                        return Err(failure(&me, format!("chunk exceeds {size_max} bytes")));
-                    }
-                    if let Some((addr, send, _)) = next.as_mut() {
-                        tokio::time::timeout(FORWARD_TIMEOUT, frame::write_frame_quic(send, &f))
-                            .await
-                            .map_err(|_| failure(addr, "forwarding stalled"))?
-                            .map_err(|e| failure(addr, format!("forwarding: {e}")))?;
-                    }
+                .map_err(|e| unavailable(&me, format!("reading from the writer: {e}")))?;
+            let step = receiver.frame(&f)?;
+            if let Some((addr, send, _)) = next.as_mut() {
+                tokio::time::timeout(FORWARD_TIMEOUT, frame::write_frame_quic(send, &f))
+                    .await
+                    .map_err(|_| unavailable(addr, "forwarding stalled"))?
+                    .map_err(|e| unavailable(addr, format!("forwarding: {e}")))?;
+            }
+            match step {
+                Step::Data => {
                     if !writer.push(f.body).await {
                         break None;
                     }
                 }
-                (Kind::Request, METHOD_WRITE_END) => {
-                    let end: WriteEnd = postcard::from_bytes(&f.body)
-                        .map_err(|e| failure(&me, format!("bad write end: {e}")))?;
-                    if let Some((addr, send, _)) = next.as_mut() {
-                        frame::write_frame_quic(send, &f)
-                            .await
-                            .map_err(|e| failure(addr, format!("forwarding: {e}")))?;
+                Step::End(end) => {
+                    if let Some((_, send, _)) = next.as_mut() {
                         let _ = send.finish();
                     }
                     break Some(end);
                 }
-                (kind, method) => {
-                    return Err(failure(
-                        &me,
-                        format!("unexpected {kind:?} frame {method} in a write"),
-                    ));
-                }
             }
         };
-        let len = writer
-            .finish(&self.inner, stored(h.handle))
-            .await
-            .map_err(|e| failure(&me, e))?;
+        let len = writer.finish(&self.inner, stored(h.handle), &me).await?;
         let Some(end) = end else {
-            return Err(failure(&me, "local writer stopped"));
+            return Err(unavailable(&me, "local writer stopped"));
         };
-        if end.len != received || len != received {
-            return Err(failure(
-                &me,
-                format!(
-                    "length mismatch: writer sent {}, received {received}, stored {len}",
-                    end.len
-                ),
-            ));
-        }
-        let mut stored_on = vec![me.clone()];
-        if let Some((addr, _, mut down)) = next {
-            let f = tokio::time::timeout(ACK_TIMEOUT, frame::read_frame(&mut down, 1 << 20))
-                .await
-                .map_err(|_| failure(&addr, "no acknowledgement in time"))?
-                .map_err(|e| failure(&addr, format!("waiting for the acknowledgement: {e}")))?;
-            let ack: Result<WriteAck, ChunkFailure> = postcard::from_bytes(&f.body)
-                .map_err(|e| failure(&addr, format!("bad acknowledgement: {e}")))?;
-            stored_on.extend(ack?.stored_on);
-        }
-        Ok(WriteAck { stored_on, len })
+        receiver.check_end(&end, len)?;
+        let below = match next {
+            None => None,
+            Some((addr, _, mut down)) => {
+                let f = tokio::time::timeout(ACK_TIMEOUT, frame::read_frame(&mut down, 1 << 20))
+                    .await
+                    .map_err(|_| unavailable(&addr, "no acknowledgement in time"))?
+                    .map_err(|e| {
+                        unavailable(&addr, format!("waiting for the acknowledgement: {e}"))
+                    })?;
+                Some(read_ack(&addr, &f.body)?)
+            }
+        };
+        Ok(acknowledge(me, len, below))
     }
 }

@@ -8,16 +8,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use cairn_engine::state::Rejection;
+use cairn_proto::chain::{check_complete, data_frame, end_frame, read_ack};
 use cairn_proto::chunk::{
-    ChunkFailure, ChunkHandle, LocalChunkserver, METHOD_READ, METHOD_WRITE, METHOD_WRITE_DATA,
-    METHOD_WRITE_END, PIECE, RESET_CORRUPT, ReadHeader, ReadRequest, WriteAck, WriteEnd,
-    WriteHeader, encode,
+    ChunkFailure, ChunkHandle, FailureKind, LocalChunkserver, METHOD_READ, METHOD_WRITE, PIECE,
+    RESET_CORRUPT, ReadHeader, ReadRequest, WriteAck, WriteHeader, encode,
 };
 use cairn_proto::dataplane::{
     AllocateRequest, AllocateRpc, Allocation, BadReplica, BadReplicaRpc, DataStatus, DataStatusRpc,
     Extent, LOCATE_MAX, LocateRpc, Location, ServerId,
 };
-use cairn_proto::frame::{self, Frame, Kind};
+use cairn_proto::frame::{self, Frame};
 use cairn_proto::{Client, ClientOptions, ProposeError};
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -37,18 +38,29 @@ const READ_ROUNDS: usize = 4;
 pub enum DataError {
     #[error("master: {0}")]
     Master(#[from] ProposeError),
+    /// Every chain tried for a chunk failed; `kind` is the last failure's.
     #[error("writing chunk {chunk}: every chain failed; last: {last}")]
-    Write { chunk: String, last: String },
+    Write {
+        chunk: String,
+        last: String,
+        kind: FailureKind,
+    },
+    /// No replica of a chunk could serve the read; `kind` is the last failure's.
     #[error("reading chunk {chunk}: no replica could serve it; last: {last}")]
-    Read { chunk: String, last: String },
+    Read {
+        chunk: String,
+        last: String,
+        kind: FailureKind,
+    },
     #[error("reading the source: {0}")]
     Source(std::io::Error),
     #[error("writing the output: {0}")]
     Sink(std::io::Error),
     #[error("range {offset}+{len} is outside the object's {size} bytes")]
     Range { offset: u64, len: u64, size: u64 },
-    #[error("{0}")]
-    Rejected(String),
+    /// The master group refused the commit.
+    #[error("refused: {0}")]
+    Rejected(Rejection),
     #[error("transfer task failed: {0}")]
     Task(String),
 }
@@ -57,11 +69,10 @@ pub enum DataError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Written {
     pub size: u64,
-    pub blake3: [u8; 32],
     pub extents: Vec<Extent>,
 }
 
-/// Client of the data plane (and of the object service that names what it stores).
+/// Client of the data plane: chunks written through replication chains, read from replicas.
 #[derive(Clone, Debug)]
 pub struct DataClient {
     master: MasterClient,
@@ -134,16 +145,22 @@ impl ChunkSink for tokio::sync::mpsc::Sender<Bytes> {
 /// The buffers of one read span.
 type Pieces = Vec<Bytes>;
 
-/// Why reading from one replica failed.
-enum ReadFail {
-    Replica { corrupt: bool, message: String },
-}
-
 /// Why one chain attempt failed.
 struct ChainError {
     /// The chunkserver to avoid next time, if known.
     server: Option<String>,
     message: String,
+    kind: FailureKind,
+}
+
+impl From<ChunkFailure> for ChainError {
+    fn from(f: ChunkFailure) -> ChainError {
+        ChainError {
+            server: Some(f.server),
+            message: f.message,
+            kind: f.kind,
+        }
+    }
 }
 
 /// Read up to `PIECE` bytes from `source` (fewer only at the end).
@@ -285,6 +302,7 @@ impl DataClient {
                 ChainError {
                     server: None,
                     message: "empty chain".into(),
+                    kind: FailureKind::Rejected,
                 },
             ));
         };
@@ -294,6 +312,7 @@ impl DataClient {
                 ChainError {
                     server: Some(first.clone()),
                     message,
+                    kind: FailureKind::Unavailable,
                 },
             ))
         };
@@ -340,33 +359,30 @@ impl DataClient {
     /// answered, otherwise blame the first.
     async fn chain_failure(w: &mut ChainWrite, cause: String) -> ChainError {
         let first = w.alloc.chain.first().map(|(_, a)| a.clone());
+        let first_addr = first.clone().unwrap_or_default();
         let answer = match &mut w.link {
             Link::Quic { recv, .. } => {
                 match tokio::time::timeout(Duration::from_secs(5), frame::read_frame(recv, 1 << 20))
                     .await
                 {
-                    Ok(Ok(f)) => postcard::from_bytes::<Result<WriteAck, ChunkFailure>>(&f.body)
-                        .map_err(|e| e.to_string()),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err("timed out".into()),
+                    Ok(Ok(f)) => Some(read_ack(&first_addr, &f.body)),
+                    Ok(Err(_)) | Err(_) => None,
                 }
             }
-            Link::Local { ack, .. } => local_ack(ack, Duration::from_secs(5)).await,
+            Link::Local { ack, .. } => local_ack(ack, Duration::from_secs(5)).await.ok(),
         };
         match answer {
-            Ok(Err(fail)) => ChainError {
-                server: Some(fail.server),
-                message: fail.message,
-            },
+            Some(Err(fail)) => fail.into(),
             _ => ChainError {
                 server: first,
                 message: cause,
+                kind: FailureKind::Unavailable,
             },
         }
     }
 
     async fn send_piece(w: &mut ChainWrite, piece: &Bytes) -> Result<(), ChainError> {
-        let f = Frame::new(Kind::Request, METHOD_WRITE_DATA, piece.clone());
+        let f = data_frame(piece.clone());
         let stalled = || format!("stalled for {PEER_TIMEOUT:?}");
         let sent = match &mut w.link {
             Link::Quic { send, .. } => {
@@ -390,11 +406,7 @@ impl DataClient {
     async fn end_chain(
         mut w: ChainWrite,
     ) -> Result<(Allocation, WriteAck), (Allocation, ChainError)> {
-        let end = Frame::new(
-            Kind::Request,
-            METHOD_WRITE_END,
-            encode(&WriteEnd { len: w.sent }),
-        );
+        let end = end_frame(w.sent);
         let ended = match &mut w.link {
             Link::Quic { send, .. } => frame::write_frame(send, &end)
                 .await
@@ -416,8 +428,7 @@ impl DataClient {
                 let _ = send.finish();
                 match tokio::time::timeout(ACK_TIMEOUT, frame::read_frame(&mut recv, 1 << 20)).await
                 {
-                    Ok(Ok(f)) => postcard::from_bytes::<Result<WriteAck, ChunkFailure>>(&f.body)
-                        .map_err(|e| format!("bad acknowledgement: {e}")),
+                    Ok(Ok(f)) => Ok(read_ack(first.as_deref().unwrap_or_default(), &f.body)),
                     Ok(Err(e)) => Err(format!("no acknowledgement: {e}")),
                     Err(_) => Err("no acknowledgement: none in time".into()),
                 }
@@ -430,32 +441,24 @@ impl DataClient {
             }
         };
         match answer {
-            Ok(Ok(ack)) if ack.stored_on.len() == w.alloc.chain.len() && ack.len == w.sent => {
-                Ok((w.alloc, ack))
-            }
-            Ok(Ok(ack)) => Err((
-                w.alloc,
-                ChainError {
-                    server: None,
-                    message: format!(
-                        "acknowledged by {} of the chain with {} bytes",
-                        ack.stored_on.len(),
-                        ack.len
-                    ),
-                },
-            )),
-            Ok(Err(fail)) => Err((
-                w.alloc,
-                ChainError {
-                    server: Some(fail.server),
-                    message: fail.message,
-                },
-            )),
+            Ok(Ok(ack)) => match check_complete(&ack, w.alloc.chain.len(), w.sent) {
+                Ok(()) => Ok((w.alloc, ack)),
+                Err(message) => Err((
+                    w.alloc,
+                    ChainError {
+                        server: None,
+                        message,
+                        kind: FailureKind::Unavailable,
+                    },
+                )),
+            },
+            Ok(Err(fail)) => Err((w.alloc, fail.into())),
             Err(message) => Err((
                 w.alloc,
                 ChainError {
                     server: first,
                     message,
+                    kind: FailureKind::Unavailable,
                 },
             )),
         }
@@ -470,7 +473,6 @@ impl DataClient {
         &self,
         first: Bytes,
         source: &mut (impl AsyncRead + Unpin),
-        hasher: &mut blake3::Hasher,
         exclude: &mut BTreeSet<ServerId>,
     ) -> Result<StreamedChunk, DataError> {
         let alloc = self.allocate(exclude).await?;
@@ -507,7 +509,6 @@ impl DataClient {
             } else {
                 piece
             };
-            hasher.update(&now);
             kept_len += now.len() as u64;
             kept.push(now.clone());
             if let Some(w) = chain.as_mut()
@@ -534,6 +535,7 @@ impl DataClient {
         mut exclude: BTreeSet<ServerId>,
     ) -> Result<Extent, DataError> {
         let mut last = String::from("the chain broke while streaming");
+        let mut kind = FailureKind::Unavailable;
         let mut handle = String::new();
         if let Some(w) = chain {
             handle = w.alloc.handle.to_string();
@@ -542,6 +544,7 @@ impl DataClient {
                 Err((alloc, e)) => {
                     self.exclude(&alloc, &e, &mut exclude);
                     last = e.message;
+                    kind = e.kind;
                 }
             }
         }
@@ -553,6 +556,7 @@ impl DataClient {
                 Err((alloc, e)) => {
                     self.exclude(&alloc, &e, &mut exclude);
                     last = e.message;
+                    kind = e.kind;
                     continue;
                 }
             };
@@ -572,22 +576,25 @@ impl DataClient {
                 Err((alloc, e)) => {
                     self.exclude(&alloc, &e, &mut exclude);
                     last = e.message;
+                    kind = e.kind;
                 }
             }
         }
         Err(DataError::Write {
             chunk: handle,
             last,
+            kind,
         })
     }
 
-    /// Store everything `source` yields; returns its size, BLAKE3 and extents once every replica
-    /// of every chunk has acknowledged. Nothing is visible until [`DataClient::commit`].
+    /// Store everything `source` yields; returns its size and extents once every replica of
+    /// every chunk has acknowledged. Nothing is visible until the caller commits the extents
+    /// (a bucket version, an image). No digest is taken here: a caller that wants one hashes
+    /// the stream it hands over (the image store takes BLAKE3, S3 its MD5 and checksums).
     ///
     /// While one chunk's replicas sync and acknowledge, the next chunk is already streaming: at
     /// most two chunks are held in memory.
     pub async fn put(&self, source: &mut (impl AsyncRead + Unpin)) -> Result<Written, DataError> {
-        let mut hasher = blake3::Hasher::new();
         let mut extents = Vec::new();
         let mut carry: Option<Bytes> = None;
         let mut exclude = BTreeSet::new();
@@ -603,9 +610,7 @@ impl DataClient {
                     p
                 }
             };
-            let streamed = self
-                .stream_chunk(first, source, &mut hasher, &mut exclude)
-                .await?;
+            let streamed = self.stream_chunk(first, source, &mut exclude).await?;
             if let Some(previous) = acking.take() {
                 extents.push(join(previous).await?);
             }
@@ -626,7 +631,6 @@ impl DataClient {
         }
         Ok(Written {
             size: extents.iter().map(|e| e.len).sum(),
-            blake3: *hasher.finalize().as_bytes(),
             extents,
         })
     }
@@ -734,6 +738,7 @@ impl DataClient {
     ) -> Result<(), DataError> {
         let mut done = 0u64;
         let mut last = "no live replica".to_string();
+        let mut kind = FailureKind::NotFound;
         for round in 0..READ_ROUNDS {
             if round > 0 {
                 tokio::time::sleep(Duration::from_millis(250 * round as u64)).await;
@@ -747,20 +752,20 @@ impl DataClient {
                     .await
                 {
                     Ok(()) => return Ok(()),
-                    Err(ReadFail::Replica { corrupt, message }) => {
-                        tracing::warn!(chunk = %loc.handle, %addr, corrupt, error = %message, "replica read failed; trying another");
-                        if !corrupt {
-                            self.suspect(addr);
-                        }
-                        if corrupt {
+                    Err(f) => {
+                        tracing::warn!(chunk = %loc.handle, %addr, kind = ?f.kind, error = %f.message, "replica read failed; trying another");
+                        if f.kind == FailureKind::Corrupt {
                             let bad = BadReplica {
                                 handle: loc.handle,
                                 server: *server,
-                                reason: message.clone(),
+                                reason: f.message.clone(),
                             };
                             let _ = self.master.call_leader::<BadReplicaRpc, _>(&bad).await;
+                        } else {
+                            self.suspect(addr);
                         }
-                        last = message;
+                        last = f.to_string();
+                        kind = f.kind;
                     }
                 }
             }
@@ -768,6 +773,7 @@ impl DataClient {
         Err(DataError::Read {
             chunk: loc.handle.to_string(),
             last,
+            kind,
         })
     }
 
@@ -779,11 +785,8 @@ impl DataClient {
         n: u64,
         out: &mut Pieces,
         done: &mut u64,
-    ) -> Result<(), ReadFail> {
-        let replica = |message: String| ReadFail::Replica {
-            corrupt: false,
-            message,
-        };
+    ) -> Result<(), ChunkFailure> {
+        let replica = |message: String| ChunkFailure::new(addr, FailureKind::Unavailable, message);
         let peer: SocketAddr = addr
             .parse()
             .map_err(|_| replica(format!("bad address {addr:?}")))?;
@@ -794,13 +797,7 @@ impl DataClient {
             len: n,
         };
         if let Some(cs) = self.local.iter().find(|cs| cs.addr() == peer) {
-            return cs
-                .read(req, out, done)
-                .await
-                .map_err(|f| ReadFail::Replica {
-                    corrupt: f.corrupt,
-                    message: f.to_string(),
-                });
+            return cs.read(req, out, done).await;
         }
         let (mut send, mut recv) = self
             .peers
@@ -814,15 +811,16 @@ impl DataClient {
             .map_err(|e| replica(e.to_string()))?;
         let header: Result<ReadHeader, ChunkFailure> =
             postcard::from_bytes(&f.body).map_err(|e| replica(e.to_string()))?;
-        let header = header.map_err(|e| ReadFail::Replica {
-            corrupt: e.corrupt,
-            message: e.to_string(),
-        })?;
+        let header = header?;
         if header.len != n {
-            return Err(replica(format!(
-                "replica holds {} bytes of the range, {n} wanted",
-                header.len
-            )));
+            return Err(ChunkFailure::new(
+                addr,
+                FailureKind::NotFound,
+                format!(
+                    "replica holds {} bytes of the range, {n} wanted",
+                    header.len
+                ),
+            ));
         }
         let mut left = n;
         while left > 0 {
@@ -838,10 +836,16 @@ impl DataClient {
                 }
                 Ok(None) => return Err(replica("stream ended early".into())),
                 Err(quinn::ReadError::Reset(code)) => {
-                    return Err(ReadFail::Replica {
-                        corrupt: code == quinn::VarInt::from_u32(RESET_CORRUPT),
-                        message: format!("replica stopped the read (code {code})"),
-                    });
+                    let kind = if code == quinn::VarInt::from_u32(RESET_CORRUPT) {
+                        FailureKind::Corrupt
+                    } else {
+                        FailureKind::Unavailable
+                    };
+                    return Err(ChunkFailure::new(
+                        addr,
+                        kind,
+                        format!("replica stopped the read (code {code})"),
+                    ));
                 }
                 Err(e) => return Err(replica(e.to_string())),
             }

@@ -3,7 +3,8 @@
 //! heal, balance and collect chunks.
 //!
 //! - [`chunks`]: chunk records (handle, version, replication, life state), service 2.
-//! - [`objects`]: object key → extents, service 3; commits reference chunks atomically.
+//! - [`objects`]: object key → extents, service 3, retired (kept so old logs replay); its
+//!   `Extent` is what bucket versions and parts are made of.
 //! - [`buckets`]: S3 buckets, versions, multipart uploads, lifecycle, service 4.
 //! - [`keys`]: S3 access keys with sealed secrets, service 5.
 //! - [`identity`]: users, login sessions and the token signing key, service 6.

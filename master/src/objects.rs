@@ -5,8 +5,13 @@
 //! and releases the chunks of the object it replaces, in the same transaction as the chunk
 //! service's records (one log, one transaction), so garbage collection never loses a live chunk.
 //!
-//! Keys are 1..=1024 bytes of UTF-8 without NUL. (Buckets, versions and S3 metadata are built on
-//! this by the S3 gateway.)
+//! Keys are 1..=1024 bytes of UTF-8 without NUL.
+//!
+//! **Retired.** Nothing proposes object-service commands any more: every object lives in the
+//! bucket service (service 4), the data-plane tests included. The service stays registered so
+//! that logs and snapshots written by older releases still replay, and its table is upgraded
+//! like every other. [`Extent`], [`check_extents`] and [`handles`] here are what the bucket
+//! service shares of it.
 
 use cairn_engine::state::{
     ApplyContext, ApplyError, Record, Rejection, ServiceId, StateError, TypedService, TypedTable,

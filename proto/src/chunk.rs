@@ -75,15 +75,45 @@ pub struct WriteAck {
     pub len: u64,
 }
 
-/// Why a chunk operation failed, and at which replica.
+/// What kind of failure a chunk operation met, which decides what the caller does next.
+///
+/// On the wire this takes the place of the `corrupt: bool` of earlier releases, with the same
+/// encoding for its first two variants (postcard writes a bool and a variant index alike), so
+/// old and new peers understand each other's `Unavailable` and `Corrupt`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FailureKind {
+    /// The server, its disk or the path to it failed (I/O, a timeout, a dead peer): try
+    /// another replica or another chain, and suspect the server a while.
+    #[default]
+    Unavailable,
+    /// The replica's data failed its checksum: it is dropped and reported to the master.
+    Corrupt,
+    /// The server holds no such chunk, or not in a state that can serve this (unsealed,
+    /// stale, a range past its end).
+    NotFound,
+    /// The request itself was refused (malformed, too large, a chain too long, a chunk
+    /// already being written): another server would refuse it too.
+    Rejected,
+}
+
+/// Why a chunk operation failed, at which replica, and of what kind.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("{server}: {message}")]
 pub struct ChunkFailure {
     /// The chunkserver that failed (its address).
     pub server: String,
     pub message: String,
-    /// The failure is the data's (corrupt replica), not the server's availability.
-    pub corrupt: bool,
+    pub kind: FailureKind,
+}
+
+impl ChunkFailure {
+    pub fn new(server: &str, kind: FailureKind, message: impl Into<String>) -> ChunkFailure {
+        ChunkFailure {
+            server: server.to_owned(),
+            message: message.into(),
+            kind,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -12,7 +12,9 @@
 //! - [`dataplane`]: what chunkservers and data clients say to the master group (heartbeats,
 //!   allocation, locations).
 //! - [`chunk`]: the chunk protocol between data clients and chunkservers (chain writes, reads).
+//! - [`chain`]: the chain write as pure logic both ends share (frames, forwarding, acks).
 
+pub mod chain;
 pub mod chunk;
 pub mod dataplane;
 pub mod endpoint;

@@ -4,11 +4,12 @@
 //! the command while it reports more.
 
 use cairn_engine::state::{ApplyContext, ApplyError};
+use redb::WriteTransaction;
 
-use super::BucketResponse;
-use super::settings::{LifecycleRule, Versioning};
-use super::tables::{OBJECTS, Tx, UPLOADS, object_key, split_upload_key};
-use super::versions::{Version, VersionKind};
+use super::keys::{object_key, split_upload_key};
+use super::multipart::{UPLOADS, drop_upload};
+use super::settings::{self, LifecycleRule, Versioning};
+use super::versions::{self, OBJECTS, Version, VersionKind, set_history};
 
 /// Versions, markers and uploads one lifecycle command expires at most.
 pub const EXPIRE_BATCH: usize = 1000;
@@ -78,12 +79,19 @@ fn judge(
     }
 }
 
+/// What one expiry pass did: versions, markers and uploads removed, and whether more is due.
+#[derive(Debug)]
+pub(super) struct Expired {
+    pub removed: u32,
+    pub more: bool,
+}
+
 pub(super) fn expire(
-    tx: &Tx,
+    txn: &WriteTransaction,
     ctx: &ApplyContext,
     name: &str,
-) -> Result<BucketResponse, ApplyError> {
-    let bucket = tx.bucket(name)?;
+) -> Result<Expired, ApplyError> {
+    let bucket = settings::get(txn, name)?;
     let rules: Vec<LifecycleRule> = bucket
         .lifecycle
         .clone()
@@ -95,13 +103,13 @@ pub(super) fn expire(
     let mut removed = 0u32;
     let mut more = false;
     if rules.is_empty() {
-        return Ok(BucketResponse::Expired { removed, more });
+        return Ok(Expired { removed, more });
     }
     let start = object_key(name, "");
     // Objects: collect the changes first (the scan holds the table), then write them.
     let mut changes: Vec<(Vec<u8>, Vec<Version>, Vec<Version>)> = Vec::new();
     {
-        let t = OBJECTS.open(tx.txn)?;
+        let t = OBJECTS.open(txn)?;
         for (examined, item) in t.range_from(&start)?.enumerate() {
             let (k, history) = item?;
             if !k.starts_with(&start) {
@@ -142,14 +150,14 @@ pub(super) fn expire(
     }
     for (k, keep, gone) in changes {
         for g in &gone {
-            tx.release_version(g, now)?;
+            versions::release(txn, g, now)?;
         }
-        tx.put_versions(&k, keep)?;
+        set_history(txn, &k, keep)?;
     }
     // Incomplete uploads.
     let mut abort: Vec<Vec<u8>> = Vec::new();
     {
-        let t = UPLOADS.open(tx.txn)?;
+        let t = UPLOADS.open(txn)?;
         for item in t.range_from(&start)? {
             let (k, u) = item?;
             if !k.starts_with(&start) {
@@ -175,8 +183,8 @@ pub(super) fn expire(
         }
     }
     for k in &abort {
-        tx.drop_upload(k, now)?;
+        drop_upload(txn, k, now)?;
     }
     removed = removed.saturating_add(abort.len() as u32);
-    Ok(BucketResponse::Expired { removed, more })
+    Ok(Expired { removed, more })
 }

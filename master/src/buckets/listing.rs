@@ -7,9 +7,10 @@ use cairn_engine::state::{ApplyError, Record, StateError, TypedTable};
 use redb::ReadTransaction;
 use serde::{Deserialize, Serialize};
 
-use super::multipart::Upload;
-use super::tables::{OBJECTS, UPLOADS, after_prefix, object_key, require_bucket, split_upload_key};
-use super::versions::{Version, VersionRef};
+use super::keys::{after_prefix, object_key, split_upload_key};
+use super::multipart::{UPLOADS, Upload};
+use super::settings;
+use super::versions::{OBJECTS, Version, VersionRef};
 
 /// Most entries one list query returns.
 pub const LIST_MAX: usize = 1000;
@@ -142,7 +143,7 @@ fn walk<V: Record>(
     req: &ListRequest,
     mut each: impl FnMut(&mut Pager, &[u8], V) -> Result<Flow, ApplyError>,
 ) -> Result<ListPage, ApplyError> {
-    require_bucket(txn, &req.bucket)?;
+    settings::require(txn, &req.bucket)?;
     let mut pager = Pager {
         req,
         delimiter: req.delimiter.as_deref().filter(|d| !d.is_empty()),

@@ -5,25 +5,30 @@
 //! delete, a completed upload are atomic, and garbage collection never loses a chunk that a
 //! version, a part or an upload still names.
 //!
-//! One room per noun:
+//! One room per noun, each owning its table, from the bottom up (a module uses only the ones
+//! above it in this list; this file, on top, dispatches commands and queries to them):
+//! - `keys`: how the tables' keys are composed. [`refusal`]: why a command is refused.
 //! - [`settings`]: the bucket record and its configuration (versioning, visibility, lifecycle
-//!   rules, CORS, tags); creating, configuring, deleting buckets.
-//! - [`objects`]: what a version of an object holds; writes, deletes, tags, reads.
-//! - [`versions`]: versions and delete markers, and how requests name them.
-//! - [`multipart`]: uploads and parts.
+//!   rules, CORS, tags) in `s3.buckets`; creating and configuring buckets.
+//! - [`content`]: what a version of an object holds, and the checks a write passes.
+//! - [`versions`]: versions and delete markers in `s3.objects`, how requests name them, and
+//!   installing a new one under the bucket's versioning.
+//! - [`objects`]: writing, deleting, tagging and reading objects.
+//! - [`multipart`]: uploads and parts in `s3.uploads` and `s3.parts`.
 //! - [`lifecycle`]: carrying out lifecycle rules.
 //! - [`listing`]: objects, versions and uploads a page at a time (the pagination, once).
-//! - `tables`: the four tables, their keys, and the transaction helpers the others share.
 //!
 //! Version and upload ids come from the command's deterministic id source, so every replica
 //! names them alike. Times come from the proposer's stamp.
 
+pub mod content;
+mod keys;
 pub mod lifecycle;
 pub mod listing;
 pub mod multipart;
 pub mod objects;
+pub mod refusal;
 pub mod settings;
-mod tables;
 pub mod versions;
 
 #[cfg(test)]
@@ -33,75 +38,22 @@ use cairn_engine::state::{ApplyContext, ApplyError, ServiceId, StateError, Typed
 use redb::{ReadTransaction, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
+pub use content::{Conditions, Content, KEY_LEN_MAX, ObjectData, ObjectMeta, hex};
 pub use lifecycle::EXPIRE_BATCH;
 pub use listing::{LIST_MAX, ListPage, ListRequest, ListedObject, ListedUpload};
 pub use multipart::{
     PART_NUMBER_MAX, PART_SIZE_MIN, Part, Upload, multipart_etag, parse_upload, upload_string,
 };
-pub use objects::{
-    Conditions, Content, KEY_LEN_MAX, ObjectData, ObjectMeta, USAGE_SCAN_MAX, Usage, hex,
-};
+pub use objects::{USAGE_SCAN_MAX, Usage};
+pub use refusal::BucketRefusal;
 pub use settings::{
-    BucketChange, BucketRecord, CorsRule, LifecycleRule, Versioning, check_bucket_name,
+    BucketChange, BucketRecord, CorsRule, LifecycleRule, SYSTEM_BUCKET, SYSTEM_OWNER, Versioning,
+    check_bucket_name,
 };
 pub use versions::{VERSIONS_MAX, Version, VersionKind, VersionRef, version_string};
 
 use crate::objects::Extent;
-use tables::{Tx, upload_key};
-
-cairn_engine::refusals! {
-    /// Why the bucket service refuses a command (share links included).
-    pub enum BucketRefusal {
-        /// The bucket does not exist (or belongs to another tenant).
-        NoSuchBucket = "no_such_bucket",
-        /// The name is taken by someone else, or reserved.
-        BucketExists = "bucket_exists",
-        /// The caller already owns a bucket of that name.
-        BucketOwnedByYou = "bucket_owned_by_you",
-        /// The bucket still holds versions, markers or uploads.
-        BucketNotEmpty = "bucket_not_empty",
-        /// The name breaks S3's naming rules.
-        InvalidBucketName = "invalid_bucket_name",
-        /// An object key outside 1..=1024 bytes of UTF-8 without NUL.
-        InvalidKey = "invalid_key",
-        /// A value outside the rules (sizes, part numbers, extents, versioning).
-        InvalidArgument = "invalid_argument",
-        /// Tags outside S3's limits.
-        InvalidTag = "invalid_tag",
-        /// `If-Match` or `If-None-Match` does not hold.
-        PreconditionFailed = "precondition_failed",
-        /// The key has no live version.
-        NoSuchKey = "no_such_key",
-        /// The key has no version of that id.
-        NoSuchVersion = "no_such_version",
-        /// The version is a delete marker.
-        MethodNotAllowed = "method_not_allowed",
-        /// The key keeps the most versions it may.
-        TooManyVersions = "too_many_versions",
-        /// The multipart upload is completed, aborted or unknown.
-        NoSuchUpload = "no_such_upload",
-        /// A named part was not uploaded or its ETag differs.
-        InvalidPart = "invalid_part",
-        /// Parts are not in ascending order.
-        InvalidPartOrder = "invalid_part_order",
-        /// A part other than the last is under 5 MiB.
-        EntityTooSmall = "entity_too_small",
-        /// A completion names no part.
-        MalformedXml = "malformed_xml",
-        /// A chunk the write names was released meanwhile: write again.
-        ChunkGone = "chunk_gone",
-        /// No share link of the tenant has that id.
-        NoSuchShare = "no_such_share",
-        /// The tenant has the most unexpired share links it may.
-        TooManyShares = "too_many_shares",
-    }
-}
-
-/// The bucket that holds the image store's content (owned by [`SYSTEM_OWNER`], so no tenant
-/// sees it; no one else may create it).
-pub const SYSTEM_BUCKET: &str = "cairn-images";
-/// The owner of system buckets: tenant 0, which no tenant id ever is.
-pub const SYSTEM_OWNER: &str = "00000000000000000000000000000000";
+use keys::{object_key, upload_key};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BucketCommand {
@@ -308,6 +260,23 @@ pub enum BucketQueryResponse {
     Shares(Vec<(u128, crate::shares::ShareRecord)>),
 }
 
+/// Delete an empty bucket (versions and delete markers count); incomplete uploads go with it.
+fn delete_bucket(txn: &WriteTransaction, now: u64, name: &str) -> Result<(), ApplyError> {
+    settings::get(txn, name)?;
+    let start = object_key(name, "");
+    if versions::any_under(txn, &start)? {
+        return Err(reject(
+            BucketRefusal::BucketNotEmpty,
+            "the bucket you tried to delete is not empty (versions and delete markers count)",
+        ));
+    }
+    for k in multipart::uploads_under(txn, &start)? {
+        multipart::drop_upload(txn, &k, now)?;
+    }
+    settings::remove(txn, name)?;
+    Ok(())
+}
+
 #[derive(Clone, Copy, Debug, Default)]
 pub struct BucketService;
 
@@ -321,7 +290,9 @@ impl TypedService for BucketService {
     type QueryResponse = BucketQueryResponse;
 
     fn init(&self, txn: &WriteTransaction) -> Result<(), StateError> {
-        tables::init(txn)?;
+        settings::init(txn)?;
+        versions::init(txn)?;
+        multipart::init(txn)?;
         crate::shares::init(txn)?;
         Ok(())
     }
@@ -332,8 +303,12 @@ impl TypedService for BucketService {
         ctx: &ApplyContext,
         command: BucketCommand,
     ) -> Result<BucketResponse, ApplyError> {
-        let tx = Tx { txn };
         let now = ctx.time_ms;
+        let done = |()| BucketResponse::Done;
+        let put = |w: objects::Written| BucketResponse::Put {
+            version: w.version,
+            etag: w.etag,
+        };
         match command {
             BucketCommand::Audited {
                 actor,
@@ -347,7 +322,7 @@ impl TypedService for BucketService {
                         "only object writes are audited this way",
                     ));
                 };
-                if crate::tenancy::bucket_tenant(&tx.bucket(bucket)?.owner) != tenant {
+                if crate::tenancy::bucket_tenant(&settings::get(txn, bucket)?.owner) != tenant {
                     return Err(reject(
                         BucketRefusal::NoSuchBucket,
                         "The specified bucket does not exist",
@@ -371,26 +346,33 @@ impl TypedService for BucketService {
                 name,
                 owner,
                 public_read,
-            } => settings::create(&tx, now, name, owner, public_read),
-            BucketCommand::DeleteBucket { name } => settings::delete(&tx, now, &name),
-            BucketCommand::Configure { name, change } => settings::configure(&tx, &name, change),
+            } => settings::create(txn, now, name, owner, public_read).map(done),
+            BucketCommand::DeleteBucket { name } => delete_bucket(txn, now, &name).map(done),
+            BucketCommand::Configure { name, change } => {
+                settings::configure(txn, &name, change).map(done)
+            }
             BucketCommand::PutObject {
                 bucket,
                 key,
                 data,
                 conditions,
-            } => objects::put(&tx, ctx, &bucket, &key, data, &conditions),
+            } => objects::put(txn, ctx, &bucket, &key, data, &conditions).map(put),
             BucketCommand::DeleteObject {
                 bucket,
                 key,
                 version,
-            } => objects::delete(&tx, ctx, &bucket, &key, version),
+            } => {
+                objects::delete(txn, ctx, &bucket, &key, version).map(|r| BucketResponse::Deleted {
+                    version: r.version,
+                    marker: r.marker,
+                })
+            }
             BucketCommand::SetObjectTags {
                 bucket,
                 key,
                 version,
                 tags,
-            } => objects::set_tags(&tx, &bucket, &key, version, tags),
+            } => objects::set_tags(txn, &bucket, &key, version, tags).map(done),
             BucketCommand::CreateUpload {
                 bucket,
                 key,
@@ -398,7 +380,7 @@ impl TypedService for BucketService {
                 meta,
                 tags,
             } => multipart::create(
-                &tx,
+                txn,
                 ctx,
                 &bucket,
                 &key,
@@ -408,7 +390,8 @@ impl TypedService for BucketService {
                     meta,
                     tags,
                 },
-            ),
+            )
+            .map(|id| BucketResponse::Upload { id }),
             BucketCommand::PutPart {
                 bucket,
                 key,
@@ -418,7 +401,7 @@ impl TypedService for BucketService {
                 size,
                 extents,
             } => multipart::put_part(
-                &tx,
+                txn,
                 now,
                 &bucket,
                 &key,
@@ -430,20 +413,29 @@ impl TypedService for BucketService {
                     extents,
                     modified_ms: now,
                 },
-            ),
+            )
+            .map(|etag| BucketResponse::Put {
+                version: None,
+                etag,
+            }),
             BucketCommand::CompleteUpload {
                 bucket,
                 key,
                 upload,
                 parts,
                 conditions,
-            } => multipart::complete(&tx, ctx, &bucket, &key, upload, &parts, &conditions),
+            } => multipart::complete(txn, ctx, &bucket, &key, upload, &parts, &conditions).map(put),
             BucketCommand::AbortUpload {
                 bucket,
                 key,
                 upload,
-            } => multipart::abort(&tx, now, &bucket, &key, upload),
-            BucketCommand::Expire { bucket } => lifecycle::expire(&tx, ctx, &bucket),
+            } => multipart::abort(txn, now, &bucket, &key, upload).map(done),
+            BucketCommand::Expire { bucket } => {
+                lifecycle::expire(txn, ctx, &bucket).map(|e| BucketResponse::Expired {
+                    removed: e.removed,
+                    more: e.more,
+                })
+            }
             BucketCommand::CreateShare {
                 tenant,
                 bucket,
@@ -452,15 +444,15 @@ impl TypedService for BucketService {
                 expires_ms,
                 max_active,
             } => {
-                let b = tx.bucket(&bucket)?;
+                let b = settings::get(txn, &bucket)?;
                 if crate::tenancy::bucket_tenant(&b.owner) != tenant {
                     return Err(reject(
                         BucketRefusal::NoSuchBucket,
                         format!("bucket {bucket} does not exist"),
                     ));
                 }
-                objects::check_key(&key)?;
-                if !objects::is_live(&tx, &bucket, &key)? {
+                content::check_key(&key)?;
+                if !objects::is_live(txn, &bucket, &key)? {
                     return Err(reject(
                         BucketRefusal::NoSuchKey,
                         format!("{bucket}/{key} does not exist"),
@@ -495,9 +487,9 @@ impl TypedService for BucketService {
     ) -> Result<BucketQueryResponse, ApplyError> {
         Ok(match query {
             BucketQuery::Bucket { name } => {
-                BucketQueryResponse::Bucket(tables::bucket_in(txn, &name)?)
+                BucketQueryResponse::Bucket(settings::read(txn, &name)?)
             }
-            BucketQuery::Buckets => BucketQueryResponse::Buckets(tables::BUCKETS.read(txn)?.all()?),
+            BucketQuery::Buckets => BucketQueryResponse::Buckets(settings::all(txn)?),
             BucketQuery::Object {
                 bucket,
                 key,
@@ -530,11 +522,10 @@ impl TypedService for BucketService {
                 bucket,
                 key,
                 upload,
-            } => BucketQueryResponse::Upload(
-                tables::UPLOADS
-                    .read(txn)?
-                    .get(&upload_key(&bucket, &key, upload))?,
-            ),
+            } => BucketQueryResponse::Upload(multipart::upload_in(
+                txn,
+                &upload_key(&bucket, &key, upload),
+            )?),
             BucketQuery::Parts {
                 bucket,
                 key,
@@ -543,12 +534,12 @@ impl TypedService for BucketService {
                 limit,
             } => {
                 let uk = upload_key(&bucket, &key, upload);
-                if tables::UPLOADS.read(txn)?.get(&uk)?.is_none() {
+                if multipart::upload_in(txn, &uk)?.is_none() {
                     return Ok(BucketQueryResponse::Parts(None));
                 }
                 // One more than asked, so the caller can tell whether the list goes on.
                 let most = (limit as usize).min(LIST_MAX).saturating_add(1);
-                BucketQueryResponse::Parts(Some(tables::parts_in(
+                BucketQueryResponse::Parts(Some(multipart::parts_in(
                     txn,
                     &uk,
                     after.saturating_add(1),

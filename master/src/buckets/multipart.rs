@@ -1,23 +1,32 @@
-//! Multipart uploads: an upload and its parts, and creating, filling, completing and aborting
-//! one. A completed upload becomes one version whose extents are its chosen parts' extents.
+//! Multipart uploads: an upload and its parts, their tables, and creating, filling,
+//! completing and aborting one. A completed upload becomes one version whose extents are its
+//! chosen parts' extents.
 
 use std::collections::BTreeMap;
 
-use super::BucketRefusal;
-use cairn_engine::state::{ApplyContext, ApplyError, Rejection, reject};
+use cairn_engine::state::{
+    ApplyContext, ApplyError, Record, Rejection, StateError, TypedTable, reject,
+};
 use md5::Digest;
+use redb::{ReadTransaction, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
-use super::BucketResponse;
-use super::objects::{
+use super::content::{
     Conditions, Content, ObjectData, ObjectMeta, check_conditions, check_key, etag_matches, hex,
     hex_decode,
 };
-use super::settings::check_tags;
-use super::tables::{Tx, object_key, part_key, upload_key};
-use super::versions::{Version, VersionKind, check_room};
+use super::keys::{object_key, part_key, part_number, upload_key};
+use super::objects::Written;
+use super::refusal::BucketRefusal;
+use super::settings::{self, check_tags};
+use super::versions::{Version, VersionKind, check_room, history, install, new_id};
 use crate::chunks::ChunkService;
 use crate::objects::{Extent, check_extents, handles};
+
+/// `bucket / key \0 upload id` → upload.
+pub(super) const UPLOADS: TypedTable<Vec<u8>, Upload> = TypedTable::new("s3.uploads");
+/// Upload key ‖ part number → part.
+const PARTS: TypedTable<Vec<u8>, Part> = TypedTable::new("s3.parts");
 
 /// Parts of one multipart upload (S3's limit).
 pub const PART_NUMBER_MAX: u32 = 10_000;
@@ -63,31 +72,144 @@ pub fn multipart_etag(part_etags: &[&str]) -> Result<String, Rejection> {
     Ok(format!("{}-{}", hex(&h.finalize()), part_etags.len()))
 }
 
+impl Record for Upload {
+    const NAME: &'static str = "upload";
+    const VERSION: u8 = 1;
+}
+
+impl Record for Part {
+    const NAME: &'static str = "part";
+    const VERSION: u8 = 1;
+}
+
+pub(super) fn init(txn: &WriteTransaction) -> Result<(), StateError> {
+    UPLOADS.init(txn)?;
+    PARTS.init(txn)
+}
+
+fn no_such_upload() -> ApplyError {
+    reject(
+        BucketRefusal::NoSuchUpload,
+        "the upload does not exist (aborted or completed?)",
+    )
+}
+
+fn upload(txn: &WriteTransaction, k: &[u8]) -> Result<Upload, ApplyError> {
+    UPLOADS
+        .open(txn)?
+        .get(&k.to_vec())?
+        .ok_or_else(no_such_upload)
+}
+
+/// An upload in a read.
+pub(super) fn upload_in(txn: &ReadTransaction, k: &[u8]) -> Result<Option<Upload>, StateError> {
+    UPLOADS.read(txn)?.get(&k.to_vec())
+}
+
+/// Up to `limit` parts of an upload, from part `from` on.
+fn parts_of(
+    items: impl Iterator<Item = Result<(Vec<u8>, Part), StateError>>,
+    upload_key: &[u8],
+    limit: usize,
+) -> Result<Vec<(u32, Part)>, StateError> {
+    let mut out = Vec::new();
+    for item in items {
+        let (k, p) = item?;
+        let Some(n) = part_number(upload_key, &k) else {
+            break;
+        };
+        if out.len() >= limit {
+            break;
+        }
+        out.push((n, p));
+    }
+    Ok(out)
+}
+
+/// Up to `limit` parts of an upload, from part `from` on, in a read.
+pub(super) fn parts_in(
+    txn: &ReadTransaction,
+    upload_key: &[u8],
+    from: u32,
+    limit: usize,
+) -> Result<Vec<(u32, Part)>, StateError> {
+    let t = PARTS.read(txn)?;
+    parts_of(
+        t.range_from(&part_key(upload_key, from))?,
+        upload_key,
+        limit,
+    )
+}
+
+fn parts(txn: &WriteTransaction, upload_key: &[u8]) -> Result<Vec<(u32, Part)>, StateError> {
+    let t = PARTS.open(txn)?;
+    parts_of(
+        t.range_from(&part_key(upload_key, 0))?,
+        upload_key,
+        usize::MAX,
+    )
+}
+
+/// Every upload whose key starts with `start`.
+pub(super) fn uploads_under(
+    txn: &WriteTransaction,
+    start: &[u8],
+) -> Result<Vec<Vec<u8>>, StateError> {
+    let t = UPLOADS.open(txn)?;
+    let mut out = Vec::new();
+    for item in t.range_from(&start.to_vec())? {
+        let (k, _) = item?;
+        if !k.starts_with(start) {
+            break;
+        }
+        out.push(k);
+    }
+    Ok(out)
+}
+
+/// Remove an upload and its parts, releasing every part's chunks.
+pub(super) fn drop_upload(txn: &WriteTransaction, k: &[u8], now_ms: u64) -> Result<(), ApplyError> {
+    let parts = parts(txn, k)?;
+    {
+        let mut t = PARTS.open(txn)?;
+        for (n, p) in &parts {
+            t.remove(&part_key(k, *n))?;
+            ChunkService::release(txn, &handles(&p.extents), now_ms)?;
+        }
+    }
+    UPLOADS.open(txn)?.remove(&k.to_vec())?;
+    Ok(())
+}
+
+/// Begin an upload; its id.
 pub(super) fn create(
-    tx: &Tx,
+    txn: &WriteTransaction,
     ctx: &ApplyContext,
     bucket: &str,
     key: &str,
     upload: Upload,
-) -> Result<BucketResponse, ApplyError> {
+) -> Result<u128, ApplyError> {
     check_key(key)?;
     check_tags(&upload.tags)?;
-    tx.bucket(bucket)?;
+    settings::get(txn, bucket)?;
     let id = ctx.fresh_id();
-    tx.put_upload(&upload_key(bucket, key, id), &upload)?;
-    Ok(BucketResponse::Upload { id })
+    UPLOADS
+        .open(txn)?
+        .insert(&upload_key(bucket, key, id), &upload)?;
+    Ok(id)
 }
 
-/// Store part `number` of an upload (replacing one uploaded before under that number).
+/// Store part `number` of an upload (replacing one uploaded before under that number); its
+/// ETag.
 pub(super) fn put_part(
-    tx: &Tx,
+    txn: &WriteTransaction,
     now: u64,
     bucket: &str,
     key: &str,
-    upload: u128,
+    id: u128,
     number: u32,
     part: Part,
-) -> Result<BucketResponse, ApplyError> {
+) -> Result<String, ApplyError> {
     check_key(key)?;
     if !(1..=PART_NUMBER_MAX).contains(&number) {
         return Err(reject(
@@ -103,51 +225,55 @@ pub(super) fn put_part(
             "an empty part has no extents",
         ));
     }
-    tx.bucket(bucket)?;
-    let uk = upload_key(bucket, key, upload);
-    tx.upload(&uk)?;
+    settings::get(txn, bucket)?;
+    let uk = upload_key(bucket, key, id);
+    upload(txn, &uk)?;
     let new = handles(&part.extents);
-    ChunkService::check_referable(tx.txn, &new)?;
-    ChunkService::add_refs(tx.txn, &new)?;
+    ChunkService::check_referable(txn, &new)?;
+    ChunkService::add_refs(txn, &new)?;
     let etag = part.etag.clone();
-    if let Some(old) = tx.put_part(&part_key(&uk, number), &part)? {
-        ChunkService::release(tx.txn, &handles(&old.extents), now)?;
+    let old = {
+        let mut t = PARTS.open(txn)?;
+        let pk = part_key(&uk, number);
+        let old = t.get(&pk)?;
+        t.insert(&pk, &part)?;
+        old
+    };
+    if let Some(old) = old {
+        ChunkService::release(txn, &handles(&old.extents), now)?;
     }
-    Ok(BucketResponse::Put {
-        version: None,
-        etag,
-    })
+    Ok(etag)
 }
 
 /// Complete an upload from the parts the client names, (number, ETag) in ascending order.
 pub(super) fn complete(
-    tx: &Tx,
+    txn: &WriteTransaction,
     ctx: &ApplyContext,
     bucket: &str,
     key: &str,
-    upload: u128,
-    parts: &[(u32, String)],
+    id: u128,
+    named: &[(u32, String)],
     conditions: &Conditions,
-) -> Result<BucketResponse, ApplyError> {
+) -> Result<Written, ApplyError> {
     check_key(key)?;
-    let b = tx.bucket(bucket)?;
-    let uk = upload_key(bucket, key, upload);
-    let u = tx.upload(&uk)?;
-    if parts.is_empty() {
+    let b = settings::get(txn, bucket)?;
+    let uk = upload_key(bucket, key, id);
+    let u = upload(txn, &uk)?;
+    if named.is_empty() {
         return Err(reject(
             BucketRefusal::MalformedXml,
             "a completed upload names at least one part",
         ));
     }
-    if parts.windows(2).any(|w| w[0].0 >= w[1].0) {
+    if named.windows(2).any(|w| w[0].0 >= w[1].0) {
         return Err(reject(
             BucketRefusal::InvalidPartOrder,
             "parts must be listed in ascending order of part number",
         ));
     }
-    let stored: BTreeMap<u32, Part> = tx.parts(&uk)?.into_iter().collect();
-    let mut chosen = Vec::with_capacity(parts.len());
-    for (n, etag) in parts {
+    let stored: BTreeMap<u32, Part> = parts(txn, &uk)?.into_iter().collect();
+    let mut chosen = Vec::with_capacity(named.len());
+    for (n, etag) in named {
         let Some(p) = stored.get(n) else {
             return Err(reject(
                 BucketRefusal::InvalidPart,
@@ -169,14 +295,14 @@ pub(super) fn complete(
                 BucketRefusal::EntityTooSmall,
                 format!(
                     "part {} is {} bytes; every part but the last needs 5 MiB",
-                    parts[i].0, p.size
+                    named[i].0, p.size
                 ),
             ));
         }
     }
     let k = object_key(bucket, key);
-    let versions = tx.versions(&k)?;
-    check_conditions(versions.first(), conditions)?;
+    let versions = history(txn, &k)?;
+    check_conditions(versions.first().and_then(Version::data), conditions)?;
     check_room(&b, &versions)?;
     let etags: Vec<&str> = chosen.iter().map(|p| p.etag.as_str()).collect();
     let etag = multipart_etag(&etags)?;
@@ -190,15 +316,16 @@ pub(super) fn complete(
     // The object takes its own references, then the upload (every part, chosen or not)
     // releases its.
     let now = ctx.time_ms;
-    ChunkService::add_refs(tx.txn, &handles(&extents))?;
-    tx.drop_upload(&uk, now)?;
-    let id = Tx::new_id(&b, ctx);
-    tx.install(
+    ChunkService::add_refs(txn, &handles(&extents))?;
+    drop_upload(txn, &uk, now)?;
+    let version = new_id(&b, ctx);
+    install(
+        txn,
         &b,
         &k,
         versions,
         Version {
-            id,
+            id: version,
             modified_ms: now,
             kind: VersionKind::Object(ObjectData {
                 size,
@@ -211,20 +338,19 @@ pub(super) fn complete(
         },
         now,
     )?;
-    Ok(BucketResponse::Put { version: id, etag })
+    Ok(Written { version, etag })
 }
 
 pub(super) fn abort(
-    tx: &Tx,
+    txn: &WriteTransaction,
     now: u64,
     bucket: &str,
     key: &str,
-    upload: u128,
-) -> Result<BucketResponse, ApplyError> {
+    id: u128,
+) -> Result<(), ApplyError> {
     check_key(key)?;
-    tx.bucket(bucket)?;
-    let uk = upload_key(bucket, key, upload);
-    tx.upload(&uk)?;
-    tx.drop_upload(&uk, now)?;
-    Ok(BucketResponse::Done)
+    settings::get(txn, bucket)?;
+    let uk = upload_key(bucket, key, id);
+    upload(txn, &uk)?;
+    drop_upload(txn, &uk, now)
 }

@@ -1,12 +1,21 @@
 //! Buckets themselves: their record (owner, versioning, visibility, lifecycle rules, CORS,
-//! tags, replication), naming rules, and creating, configuring and deleting them.
+//! tags, replication), the `s3.buckets` table, naming rules, and creating and configuring
+//! buckets. (Deleting one needs its objects and uploads: `super::delete_bucket`.)
 
-use super::BucketRefusal;
-use cairn_engine::state::{ApplyError, Record, Rejection, StateError, decode, reject};
+use cairn_engine::state::{ApplyError, Record, Rejection, StateError, TypedTable, decode, reject};
+use redb::{ReadTransaction, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
-use super::tables::{Tx, object_key};
-use super::{BucketResponse, SYSTEM_BUCKET, SYSTEM_OWNER};
+use super::refusal::BucketRefusal;
+
+/// Bucket name → record.
+const BUCKETS: TypedTable<String, BucketRecord> = TypedTable::new("s3.buckets");
+
+/// The bucket that holds the image store's content (owned by [`SYSTEM_OWNER`], so no tenant
+/// sees it; no one else may create it).
+pub const SYSTEM_BUCKET: &str = "cairn-images";
+/// The owner of system buckets: tenant 0, which no tenant id ever is.
+pub const SYSTEM_OWNER: &str = "00000000000000000000000000000000";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum Versioning {
@@ -167,13 +176,61 @@ pub(super) fn check_tags(tags: &[(String, String)]) -> Result<(), Rejection> {
     Ok(())
 }
 
+pub(super) fn init(txn: &WriteTransaction) -> Result<(), StateError> {
+    BUCKETS.init(txn)
+}
+
+fn no_such_bucket(name: &str) -> ApplyError {
+    reject(
+        BucketRefusal::NoSuchBucket,
+        format!("bucket {name} does not exist"),
+    )
+}
+
+/// A bucket's record, `None` when it does not exist.
+pub(super) fn find(txn: &WriteTransaction, name: &str) -> Result<Option<BucketRecord>, StateError> {
+    BUCKETS.open(txn)?.get(&name.to_owned())
+}
+
+/// A bucket's record; a command on a bucket that does not exist is refused.
+pub(super) fn get(txn: &WriteTransaction, name: &str) -> Result<BucketRecord, ApplyError> {
+    find(txn, name)?.ok_or_else(|| no_such_bucket(name))
+}
+
+pub(super) fn put(txn: &WriteTransaction, name: &str, r: &BucketRecord) -> Result<(), StateError> {
+    BUCKETS.open(txn)?.insert(&name.to_owned(), r)
+}
+
+pub(super) fn remove(txn: &WriteTransaction, name: &str) -> Result<(), StateError> {
+    BUCKETS.open(txn)?.remove(&name.to_owned())?;
+    Ok(())
+}
+
+/// A bucket's record in a read, `None` when it does not exist.
+pub(super) fn read(txn: &ReadTransaction, name: &str) -> Result<Option<BucketRecord>, StateError> {
+    BUCKETS.read(txn)?.get(&name.to_owned())
+}
+
+/// A query on a bucket that must exist.
+pub(super) fn require(txn: &ReadTransaction, name: &str) -> Result<(), ApplyError> {
+    match read(txn, name)? {
+        Some(_) => Ok(()),
+        None => Err(no_such_bucket(name)),
+    }
+}
+
+/// Every bucket, by name.
+pub(super) fn all(txn: &ReadTransaction) -> Result<Vec<(String, BucketRecord)>, StateError> {
+    BUCKETS.read(txn)?.all()
+}
+
 pub(super) fn create(
-    tx: &Tx,
+    txn: &WriteTransaction,
     now: u64,
     name: String,
     owner: String,
     public_read: bool,
-) -> Result<BucketResponse, ApplyError> {
+) -> Result<(), ApplyError> {
     check_bucket_name(&name)?;
     if name == SYSTEM_BUCKET && owner != SYSTEM_OWNER {
         return Err(reject(
@@ -181,7 +238,7 @@ pub(super) fn create(
             format!("bucket {name} is reserved for the image store"),
         ));
     }
-    match tx.find_bucket(&name)? {
+    match find(txn, &name)? {
         Some(b) if b.owner == owner => {
             return Err(reject(
                 BucketRefusal::BucketOwnedByYou,
@@ -196,7 +253,8 @@ pub(super) fn create(
         }
         None => {}
     }
-    tx.put_bucket(
+    put(
+        txn,
         &name,
         &BucketRecord {
             created_ms: now,
@@ -205,32 +263,15 @@ pub(super) fn create(
             ..BucketRecord::default()
         },
     )?;
-    Ok(BucketResponse::Done)
-}
-
-/// Delete an empty bucket (versions and delete markers count); incomplete uploads go with it.
-pub(super) fn delete(tx: &Tx, now: u64, name: &str) -> Result<BucketResponse, ApplyError> {
-    tx.bucket(name)?;
-    let start = object_key(name, "");
-    if tx.any_object_under(&start)? {
-        return Err(reject(
-            BucketRefusal::BucketNotEmpty,
-            "the bucket you tried to delete is not empty (versions and delete markers count)",
-        ));
-    }
-    for (k, _) in tx.uploads_under(&start, usize::MAX)? {
-        tx.drop_upload(&k, now)?;
-    }
-    tx.remove_bucket(name)?;
-    Ok(BucketResponse::Done)
+    Ok(())
 }
 
 pub(super) fn configure(
-    tx: &Tx,
+    txn: &WriteTransaction,
     name: &str,
     change: BucketChange,
-) -> Result<BucketResponse, ApplyError> {
-    let mut b = tx.bucket(name)?;
+) -> Result<(), ApplyError> {
+    let mut b = get(txn, name)?;
     match change {
         BucketChange::Versioning(v) => {
             if v == Versioning::Unversioned {
@@ -261,6 +302,6 @@ pub(super) fn configure(
             b.unlisted = public_read && unlisted;
         }
     }
-    tx.put_bucket(name, &b)?;
-    Ok(BucketResponse::Done)
+    put(txn, name, &b)?;
+    Ok(())
 }

@@ -1,14 +1,18 @@
-//! Versions of a key: what one is (an object or a delete marker), how requests name one, and
-//! how many a key may keep. [`super::tables::Tx::install`] stacks a new one under the bucket's
-//! versioning.
+//! Versions of a key: what one is (an object or a delete marker), how requests name one, the
+//! `s3.objects` table of every key's history, and installing a new version under the bucket's
+//! versioning (which releases the chunks of the versions it replaces).
 
-use super::BucketRefusal;
-use cairn_engine::state::ApplyError;
-use cairn_engine::state::reject;
+use cairn_engine::state::{ApplyContext, ApplyError, Record, StateError, TypedTable, reject};
+use redb::{ReadTransaction, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
-use super::objects::ObjectData;
+use super::content::ObjectData;
+use super::refusal::BucketRefusal;
 use super::settings::{BucketRecord, Versioning};
+use crate::chunks::ChunkService;
+
+/// `bucket / key` (see `keys::object_key`) → the key's versions, newest first.
+pub(super) const OBJECTS: TypedTable<Vec<u8>, History> = TypedTable::new("s3.objects");
 
 /// Most versions one key keeps; a put beyond it is refused until old versions are deleted.
 pub const VERSIONS_MAX: usize = 10_000;
@@ -52,6 +56,12 @@ impl Version {
 #[serde(transparent)]
 pub struct History(pub Vec<Version>);
 
+/// Layout 1; layout 0 is the same without the version byte.
+impl Record for History {
+    const NAME: &'static str = "object versions";
+    const VERSION: u8 = 1;
+}
+
 /// Which version a request names: `null` or an id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum VersionRef {
@@ -92,6 +102,88 @@ pub fn version_string(id: Option<u128>) -> String {
     match id {
         None => "null".to_owned(),
         Some(x) => format!("{x:032x}"),
+    }
+}
+
+pub(super) fn init(txn: &WriteTransaction) -> Result<(), StateError> {
+    OBJECTS.init(txn)
+}
+
+/// A key's versions (empty when it has none).
+pub(super) fn history(txn: &WriteTransaction, k: &[u8]) -> Result<Vec<Version>, StateError> {
+    Ok(OBJECTS.open(txn)?.get(&k.to_vec())?.unwrap_or_default().0)
+}
+
+/// A key's versions in a read.
+pub(super) fn history_in(txn: &ReadTransaction, k: &[u8]) -> Result<Vec<Version>, StateError> {
+    Ok(OBJECTS.read(txn)?.get(&k.to_vec())?.unwrap_or_default().0)
+}
+
+/// Store a key's versions; none left removes the key.
+pub(super) fn set_history(
+    txn: &WriteTransaction,
+    k: &[u8],
+    versions: Vec<Version>,
+) -> Result<(), StateError> {
+    let mut t = OBJECTS.open(txn)?;
+    if versions.is_empty() {
+        t.remove(&k.to_vec())?;
+    } else {
+        t.insert(&k.to_vec(), &History(versions))?;
+    }
+    Ok(())
+}
+
+/// Whether any key (versions and delete markers count) starts with `start`.
+pub(super) fn any_under(txn: &WriteTransaction, start: &[u8]) -> Result<bool, StateError> {
+    let t = OBJECTS.open(txn)?;
+    let first = t.range_from(&start.to_vec())?.next().transpose()?;
+    Ok(first.is_some_and(|(k, _)| k.starts_with(start)))
+}
+
+/// Release the chunks a version holds.
+pub(super) fn release(txn: &WriteTransaction, v: &Version, now_ms: u64) -> Result<(), ApplyError> {
+    if let VersionKind::Object(d) = &v.kind {
+        ChunkService::release(txn, &d.content.handles(), now_ms)?;
+    }
+    Ok(())
+}
+
+/// Install `new` as the key's newest version under the bucket's versioning: it replaces the
+/// whole history (unversioned), stacks on it (enabled), or replaces the null version
+/// (suspended). Chunk references of `new` must already be taken.
+pub(super) fn install(
+    txn: &WriteTransaction,
+    bucket: &BucketRecord,
+    k: &[u8],
+    mut versions: Vec<Version>,
+    new: Version,
+    now_ms: u64,
+) -> Result<(), ApplyError> {
+    match bucket.versioning {
+        Versioning::Unversioned => {
+            for v in &versions {
+                release(txn, v, now_ms)?;
+            }
+            versions.clear();
+        }
+        Versioning::Suspended => {
+            if let Some(i) = versions.iter().position(|v| v.id.is_none()) {
+                let old = versions.remove(i);
+                release(txn, &old, now_ms)?;
+            }
+        }
+        Versioning::Enabled => {}
+    }
+    versions.insert(0, new);
+    Ok(set_history(txn, k, versions)?)
+}
+
+/// The id a new version gets under the bucket's versioning.
+pub(super) fn new_id(bucket: &BucketRecord, ctx: &ApplyContext) -> Option<u128> {
+    match bucket.versioning {
+        Versioning::Enabled => Some(ctx.fresh_id()),
+        _ => None,
     }
 }
 
