@@ -6,7 +6,7 @@
 //! Tables: `audit.entries`: sequence number (u64 BE) → [`AuditEntry`]; `audit.meta`: `next` → u64.
 
 use cairn_engine::state::{
-    ApplyContext, ApplyError, Record, ServiceId, StateError, Table, TypedService, TypedTable,
+    ApplyContext, ApplyError, ServiceId, StateError, Table, TypedService, TypedTable,
 };
 use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
@@ -102,11 +102,7 @@ pub fn append(
     Ok(next - 1)
 }
 
-impl Record for AuditEntry {
-    const NAME: &'static str = "audit entry";
-    /// 1: `AuditEntry` as it is.
-    const VERSION: u8 = 1;
-}
+cairn_engine::records! { AuditEntry = "audit entry" }
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct AuditService;

@@ -10,8 +10,7 @@
 //! and has no record is known garbage.
 
 use cairn_engine::state::{
-    ApplyContext, ApplyError, Record, Rejection, ServiceId, StateError, Table, TypedService,
-    TypedTable,
+    ApplyContext, ApplyError, Rejection, ServiceId, StateError, Table, TypedService, TypedTable,
 };
 use cairn_proto::ChunkHandle;
 use redb::{ReadTransaction, ReadableTable, WriteTransaction};
@@ -108,11 +107,7 @@ pub enum ChunkQueryResponse {
     },
 }
 
-impl Record for ChunkRecord {
-    const NAME: &'static str = "chunk record";
-    /// 1: `ChunkRecord` as it is.
-    const VERSION: u8 = 1;
-}
+cairn_engine::records! { ChunkRecord = "chunk record" }
 
 fn read_u64(v: Option<&[u8]>) -> Result<u64, StateError> {
     match v {

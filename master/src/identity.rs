@@ -15,8 +15,8 @@
 //! - `id.resets`: reset id (u128 BE) → [`PasswordReset`]
 
 use cairn_engine::state::{
-    ApplyContext, ApplyError, Record, Rejection, ServiceId, StateError, Table, TypedService,
-    TypedTable, reject,
+    ApplyContext, ApplyError, Rejection, ServiceId, StateError, Table, TypedService, TypedTable,
+    reject,
 };
 use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
@@ -398,24 +398,11 @@ fn check_name(name: &str) -> Result<(), Rejection> {
     Ok(())
 }
 
-impl Record for User {
-    const NAME: &'static str = "user";
-    const VERSION: u8 = 1;
-}
-
-impl Record for Session {
-    const NAME: &'static str = "session";
-    const VERSION: u8 = 1;
-}
-
-impl Record for ApiKey {
-    const NAME: &'static str = "api key";
-    const VERSION: u8 = 1;
-}
-
-impl Record for PasswordReset {
-    const NAME: &'static str = "password reset";
-    const VERSION: u8 = 1;
+cairn_engine::records! {
+    User = "user",
+    Session = "session",
+    ApiKey = "api key",
+    PasswordReset = "password reset",
 }
 
 fn check_hash(hash: &str) -> Result<(), Rejection> {

@@ -13,8 +13,8 @@
 //! - `img.blobs`: BLAKE3 (32) → reference count (u64 BE).
 
 use cairn_engine::state::{
-    ApplyContext, ApplyError, Record, Rejection, ServiceId, StateError, Table, TypedService,
-    TypedTable, reject,
+    ApplyContext, ApplyError, Rejection, ServiceId, StateError, Table, TypedService, TypedTable,
+    reject,
 };
 use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
@@ -159,11 +159,7 @@ pub enum ImageQueryResponse {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ImageService;
 
-impl Record for Image {
-    const NAME: &'static str = "image record";
-    /// 1: `Image` as it is.
-    const VERSION: u8 = 1;
-}
+cairn_engine::records! { Image = "image record" }
 
 /// Field rules for registered metadata.
 pub fn check_meta(m: &ImageMeta) -> Result<(), Rejection> {

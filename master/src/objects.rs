@@ -14,7 +14,7 @@
 //! service shares of it.
 
 use cairn_engine::state::{
-    ApplyContext, ApplyError, Record, Rejection, ServiceId, StateError, TypedService, TypedTable,
+    ApplyContext, ApplyError, Rejection, ServiceId, StateError, TypedService, TypedTable,
 };
 use cairn_proto::ChunkHandle;
 use redb::{ReadTransaction, WriteTransaction};
@@ -100,11 +100,7 @@ fn check_key(key: &str) -> Result<(), Rejection> {
     Ok(())
 }
 
-impl Record for ObjectRecord {
-    const NAME: &'static str = "object record";
-    /// 1: `ObjectRecord` as it is.
-    const VERSION: u8 = 1;
-}
+cairn_engine::records! { ObjectRecord = "object record" }
 
 /// Extents must be non-empty pieces that add up to the size.
 pub(crate) fn check_extents(size: u64, extents: &[Extent]) -> Result<(), Rejection> {

@@ -9,9 +9,7 @@
 //! Expired links are removed when their tenant creates a new one (so the tables stay as large
 //! as the live links plus what expired since the last creation).
 
-use cairn_engine::state::{
-    ApplyContext, ApplyError, Record, Rejection, StateError, Table, TypedTable,
-};
+use cairn_engine::state::{ApplyContext, ApplyError, Rejection, StateError, Table, TypedTable};
 use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
@@ -46,11 +44,7 @@ pub struct ShareRecord {
     pub expires_ms: u64,
 }
 
-impl Record for ShareRecord {
-    const NAME: &'static str = "share record";
-    /// 1: `ShareRecord` as it is.
-    const VERSION: u8 = 1;
-}
+cairn_engine::records! { ShareRecord = "share record" }
 
 pub(crate) fn init(txn: &WriteTransaction) -> Result<(), StateError> {
     SHARES.init(txn)?;

@@ -169,14 +169,9 @@ pub fn init(txn: &WriteTransaction) -> Result<(), StateError> {
     Ok(())
 }
 
-impl Record for Tenant {
-    const NAME: &'static str = "tenant";
-    const VERSION: u8 = 1;
-}
-
-impl Record for Policy {
-    const NAME: &'static str = "policy";
-    const VERSION: u8 = 1;
+cairn_engine::records! {
+    Tenant = "tenant",
+    Policy = "policy",
 }
 
 /// The policies of `tenant`, by id, from a table open in a read or a write.

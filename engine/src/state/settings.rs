@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::StateError;
 use super::command::ServiceId;
 use super::service::{ApplyContext, ApplyError, Rejection, TypedService};
-use super::table::{Record, TypedTable};
+use super::table::TypedTable;
 
 const SETTINGS: TypedTable<String, Setting> = TypedTable::new("settings");
 pub const KEY_LEN_MAX: usize = 128;
@@ -73,10 +73,7 @@ fn check_key(key: &str) -> Result<(), Rejection> {
     Ok(())
 }
 
-impl Record for Setting {
-    const NAME: &'static str = "settings entry";
-    const VERSION: u8 = 1;
-}
+crate::records! { Setting = "settings entry" }
 
 impl TypedService for ClusterSettings {
     const ID: ServiceId = ServiceId(1);

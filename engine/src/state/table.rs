@@ -97,6 +97,19 @@ pub trait Record: Serialize + DeserializeOwned {
     }
 }
 
+/// [`Record`] for record types whose layout has not changed since records carried versions
+/// (version 1; version 0 reads the same layout): `records! { User = "user", Part = "part" }`.
+/// A type whose layout changes writes its `impl Record` by hand, with `migrate`.
+#[macro_export]
+macro_rules! records {
+    ($($t:ty = $name:literal),* $(,)?) => {
+        $(impl $crate::state::Record for $t {
+            const NAME: &'static str = $name;
+            const VERSION: u8 = 1;
+        })*
+    };
+}
+
 fn unknown_version<V: Record>(version: u8) -> StateError {
     StateError::Corrupt(format!(
         "{}: layout version {version} is not one this build reads (it writes {})",

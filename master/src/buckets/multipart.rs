@@ -4,9 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use cairn_engine::state::{
-    ApplyContext, ApplyError, Record, Rejection, StateError, TypedTable, reject,
-};
+use cairn_engine::state::{ApplyContext, ApplyError, Rejection, StateError, TypedTable, reject};
 use md5::Digest;
 use redb::{ReadTransaction, WriteTransaction};
 use serde::{Deserialize, Serialize};
@@ -72,14 +70,9 @@ pub fn multipart_etag(part_etags: &[&str]) -> Result<String, Rejection> {
     Ok(format!("{}-{}", hex(&h.finalize()), part_etags.len()))
 }
 
-impl Record for Upload {
-    const NAME: &'static str = "upload";
-    const VERSION: u8 = 1;
-}
-
-impl Record for Part {
-    const NAME: &'static str = "part";
-    const VERSION: u8 = 1;
+cairn_engine::records! {
+    Upload = "upload",
+    Part = "part",
 }
 
 pub(super) fn init(txn: &WriteTransaction) -> Result<(), StateError> {

@@ -2,7 +2,7 @@
 //! `s3.objects` table of every key's history, and installing a new version under the bucket's
 //! versioning (which releases the chunks of the versions it replaces).
 
-use cairn_engine::state::{ApplyContext, ApplyError, Record, StateError, TypedTable, reject};
+use cairn_engine::state::{ApplyContext, ApplyError, StateError, TypedTable, reject};
 use redb::{ReadTransaction, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
@@ -56,11 +56,8 @@ impl Version {
 #[serde(transparent)]
 pub struct History(pub Vec<Version>);
 
-/// Layout 1; layout 0 is the same without the version byte.
-impl Record for History {
-    const NAME: &'static str = "object versions";
-    const VERSION: u8 = 1;
-}
+// Layout 1; layout 0 is the same without the version byte.
+cairn_engine::records! { History = "object versions" }
 
 /// Which version a request names: `null` or an id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
