@@ -8,6 +8,7 @@ pub mod fuzzing;
 pub mod gateway;
 pub mod lock;
 pub mod master;
+pub mod output;
 pub mod serve;
 pub mod signal;
 pub mod watchdog;

@@ -455,7 +455,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Cluster(command) => match cluster(command) {
             Ok(message) => {
-                println!("{message}");
+                cairn::say!("{message}");
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -592,7 +592,11 @@ fn run_on_runtime(
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            if e.downcast_ref::<cairn::output::Refused>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

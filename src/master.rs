@@ -16,6 +16,7 @@ use cairn_proto::{NodeIdentity, TransportOptions};
 use cairn_raft::{AdminRequest, NodeStatus, RaftNode, RaftOptions};
 
 use crate::lock::DataLock;
+use crate::output::Refused;
 
 /// The data-plane settings in a configuration (`replication` when the config names none).
 pub fn data_options(config: &crate::config::ServeConfig, replication: u8) -> DataOptions {
@@ -176,13 +177,13 @@ pub async fn status(tls: &Path, masters: &[SocketAddr], json: bool) -> anyhow::R
     }
     let healthy = leader_last.is_some() && rows.iter().all(|r| r.healthy);
     if !json {
-        println!(
+        crate::say!(
             "ID   ADDRESS                STATE      TERM  LEADER   LAST LOG    APPLIED    LAG  HEALTH"
         );
         for r in &rows {
             let dash = || "-".to_string();
             let s = r.status.as_ref();
-            println!(
+            crate::say!(
                 "{:<4} {:<22} {:<9} {:>5} {:>7} {:>10} {:>10} {:>6}  {}",
                 r.id.map_or_else(dash, |i| i.to_string()),
                 r.addr,
@@ -202,7 +203,7 @@ pub async fn status(tls: &Path, masters: &[SocketAddr], json: bool) -> anyhow::R
                 },
             );
         }
-        println!("group: {}", if healthy { "healthy" } else { "UNHEALTHY" });
+        crate::say!("group: {}", if healthy { "healthy" } else { "UNHEALTHY" });
     }
     let data = if healthy {
         client.call_leader::<DataStatusRpc, _>(&()).await.ok()
@@ -211,7 +212,7 @@ pub async fn status(tls: &Path, masters: &[SocketAddr], json: bool) -> anyhow::R
     };
     if json {
         let out = serde_json::json!({"healthy": healthy, "members": rows, "data": data});
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        crate::say!("{}", serde_json::to_string_pretty(&out)?);
     } else if let Some(d) = &data {
         print_data_status(d);
     }
@@ -226,6 +227,25 @@ pub async fn add_master(
     addr: SocketAddr,
 ) -> anyhow::Result<()> {
     let client = admin_client(tls, masters)?;
+    let group = group_status(&client, masters).await?;
+    if group.voters.contains(&id) || group.learners.contains(&id) {
+        let at = group.nodes.get(&id).map_or("", String::as_str);
+        return Err(Refused(format!(
+            "master {id} is already a member of the group (at {at}); nothing changed. \
+             To move it, remove it first: cairn admin cluster remove-master --id {id}"
+        ))
+        .into());
+    }
+    if let Some((other, _)) = group
+        .nodes
+        .iter()
+        .find(|(_, a)| a.parse::<SocketAddr>().ok() == Some(addr))
+    {
+        return Err(Refused(format!(
+            "{addr} is already the address of master {other}; nothing changed"
+        ))
+        .into());
+    }
     client
         .admin(AdminRequest::AddLearner {
             id,
@@ -240,7 +260,7 @@ pub async fn add_master(
         .admin(AdminRequest::SetVoters(new))
         .await
         .context("promote to voter")?;
-    println!("master {id} at {addr} added and promoted to voter");
+    crate::say!("master {id} at {addr} added and promoted to voter");
     Ok(())
 }
 
@@ -259,7 +279,7 @@ pub async fn remove_master(tls: &Path, masters: &[SocketAddr], id: u64) -> anyho
         .admin(AdminRequest::SetVoters(new))
         .await
         .context("remove from voters")?;
-    println!("master {id} removed");
+    crate::say!("master {id} removed");
     Ok(())
 }
 
@@ -314,7 +334,7 @@ pub async fn drain(
     let key = format!("{}{id:016x}", cairn_master::dataplane::DRAIN_PREFIX);
     if cancel {
         set_setting(&client, SettingsCommand::Delete { key }).await?;
-        println!("chunkserver {id:016x} takes chunks again");
+        crate::say!("chunkserver {id:016x} takes chunks again");
     } else {
         set_setting(
             &client,
@@ -324,7 +344,7 @@ pub async fn drain(
             },
         )
         .await?;
-        println!(
+        crate::say!(
             "chunkserver {id:016x} is draining: its chunks are being copied to the others (watch CHUNKS fall to 0 in `cairn admin status`)"
         );
     }
@@ -344,7 +364,7 @@ pub async fn set_zone(
     match (zone, clear) {
         (_, true) => {
             set_setting(&client, SettingsCommand::Delete { key }).await?;
-            println!("chunkserver {id:016x} is in the zone it reports again");
+            crate::say!("chunkserver {id:016x} is in the zone it reports again");
         }
         (Some(z), false) => {
             let ok = !z.is_empty()
@@ -362,7 +382,7 @@ pub async fn set_zone(
                 },
             )
             .await?;
-            println!("chunkserver {id:016x} is in zone {z}");
+            crate::say!("chunkserver {id:016x} is in zone {z}");
         }
         (None, false) => bail!("name a zone, or pass --clear"),
     }
@@ -382,10 +402,10 @@ pub async fn rebalance(tls: &Path, masters: &[SocketAddr], pause: bool) -> anyho
             },
         )
         .await?;
-        println!("rebalancing paused (healing and drains go on)");
+        crate::say!("rebalancing paused (healing and drains go on)");
     } else {
         set_setting(&client, SettingsCommand::Delete { key }).await?;
-        println!("rebalancing resumed");
+        crate::say!("rebalancing resumed");
     }
     Ok(())
 }
@@ -415,19 +435,24 @@ pub async fn decommission(tls: &Path, masters: &[SocketAddr], server: &str) -> a
         },
     )
     .await?;
-    println!(
+    crate::say!(
         "chunkserver {id:016x} holds no chunk and is retired: stop it and remove its data folder"
     );
     Ok(())
 }
 
-async fn current_voters(client: &MasterClient, masters: &[SocketAddr]) -> anyhow::Result<Vec<u64>> {
+/// The group as the first master that answers sees it.
+async fn group_status(client: &MasterClient, masters: &[SocketAddr]) -> anyhow::Result<NodeStatus> {
     for m in masters {
         if let Ok(s) = client.status(*m).await {
-            return Ok(s.voters);
+            return Ok(s);
         }
     }
     bail!("no master answered at {masters:?}")
+}
+
+async fn current_voters(client: &MasterClient, masters: &[SocketAddr]) -> anyhow::Result<Vec<u64>> {
+    Ok(group_status(client, masters).await?.voters)
 }
 
 fn gib(bytes: u64) -> String {
@@ -435,12 +460,12 @@ fn gib(bytes: u64) -> String {
 }
 
 fn print_data_status(d: &DataStatus) {
-    println!();
-    println!(
+    crate::say!();
+    crate::say!(
         "CHUNKSERVER       ADDRESS                ZONE       STATE   CHUNKS        DATA        FREE    CAPACITY  LOAD"
     );
     for s in &d.servers {
-        println!(
+        crate::say!(
             "{:016x}  {:<22} {:<10} {:<7} {:>6} {:>11} {:>11} {:>11} {:>5}",
             s.info.id,
             s.info.addr,
@@ -459,7 +484,7 @@ fn print_data_status(d: &DataStatus) {
         );
     }
     let alive = d.servers.iter().filter(|s| s.alive).count();
-    println!(
+    crate::say!(
         "chunkservers: {alive} alive of {}; replication {}; chunks {}; under-replicated {}; lost {}; copies running {}; deletions queued {}",
         d.servers.len(),
         d.replication_default,

@@ -197,6 +197,50 @@ async fn three_master_processes_fail_over_and_keep_every_acknowledged_write() {
     assert!(ok && table.contains("group: healthy"), "{table}");
     println!("{table}");
 
+    // Adding a master that is already there is refused (exit 2) and changes nothing: by id,
+    // and by address under a new id.
+    let add = |id: &str, addr: &str| {
+        let args = [
+            "admin",
+            "cluster",
+            "add-master",
+            "--master",
+            &m1,
+            "--tls",
+            tls,
+            "--id",
+            id,
+            addr,
+        ];
+        let (status, out, err) = run(Path::new(BIN), &args, &[], root).unwrap();
+        (status.code(), format!("{out}{err}"))
+    };
+    let (code, said) = add("2", &addrs[1].to_string());
+    assert_eq!(code, Some(2), "{said}");
+    assert!(said.contains("master 2 is already a member"), "{said}");
+    let (code, said) = add("9", &addrs[2].to_string());
+    assert_eq!(code, Some(2), "{said}");
+    assert!(
+        said.contains(&format!("{} is already the address of master 3", addrs[2])),
+        "{said}"
+    );
+    let (_, v) = status_json(&admin, addrs[0], root);
+    assert_eq!(v["members"].as_array().unwrap().len(), 3, "{v:#}");
+
+    // Output into a pipe whose reader has gone (`cairn admin status | head -0`) ends quietly.
+    let mut child = std::process::Command::new(BIN)
+        .args(["admin", "status", "--master", &m1, "--tls", tls])
+        .current_dir(root)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(out.status.success(), "{:?} {err}", out.status);
+
     // Writes through a client holding a certificate from the cluster CA.
     let identity = NodeIdentity::load(&admin).unwrap();
     let ep = cairn_proto::endpoint(
