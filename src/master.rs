@@ -115,19 +115,41 @@ struct Row {
     error: Option<String>,
 }
 
+/// How long `admin status` waits for one master's answer. Every master is asked at once, in
+/// two rounds (the masters named, then every member they know of), so a member that is down
+/// costs at most two of these, not a retry schedule per member.
+const STATUS_ASK: Duration = Duration::from_millis(900);
+
+/// One master's status, or why there is none within [`STATUS_ASK`].
+async fn ask_status(
+    client: &MasterClient,
+    addr: SocketAddr,
+) -> Result<Result<NodeStatus, cairn_proto::RpcError>, tokio::time::error::Elapsed> {
+    tokio::time::timeout(STATUS_ASK, client.status(addr)).await
+}
+
 /// `cairn admin status`: every member's view, as a table or JSON.
 pub async fn status(tls: &Path, masters: &[SocketAddr], json: bool) -> anyhow::Result<bool> {
     let client = admin_client(tls, masters)?;
-    // Ask the given masters, then every member they know of.
+    // Ask the given masters, then every member they know of, all at once.
     let mut addrs: BTreeSet<String> = masters.iter().map(|a| a.to_string()).collect();
-    for m in masters {
-        if let Ok(s) = client.status(*m).await {
-            addrs.extend(s.nodes.values().cloned());
-        }
+    let first = futures::future::join_all(masters.iter().map(|m| ask_status(&client, *m))).await;
+    for s in first.into_iter().flatten().flatten() {
+        addrs.extend(s.nodes.values().cloned());
     }
+    let answers = futures::future::join_all(addrs.iter().map(|addr| {
+        let client = &client;
+        async move {
+            match addr.parse::<SocketAddr>() {
+                Err(e) => Err(e),
+                Ok(a) => Ok(ask_status(client, a).await),
+            }
+        }
+    }))
+    .await;
     let mut rows = Vec::new();
-    for addr in &addrs {
-        let row = match addr.parse::<SocketAddr>() {
+    for (addr, answer) in addrs.iter().zip(answers) {
+        let row = match answer {
             Err(e) => Row {
                 id: None,
                 addr: addr.clone(),
@@ -136,7 +158,7 @@ pub async fn status(tls: &Path, masters: &[SocketAddr], json: bool) -> anyhow::R
                 lag: None,
                 error: Some(e.to_string()),
             },
-            Ok(a) => match tokio::time::timeout(Duration::from_secs(2), client.status(a)).await {
+            Ok(answer) => match answer {
                 Ok(Ok(s)) => Row {
                     id: Some(s.id),
                     addr: addr.clone(),

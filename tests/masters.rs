@@ -291,6 +291,27 @@ async fn three_master_processes_fail_over_and_keep_every_acknowledged_write() {
     }
     assert_eq!(settings(&client).await, acked);
 
+    // `admin status` with a member down asks every master at once and reports the dead one
+    // as unreachable (the group is then unhealthy: exit 1). The time it took is printed.
+    let asked = Instant::now();
+    let (m2, m3) = (addrs[1].to_string(), addrs[2].to_string());
+    let every = [
+        "admin", "status", "--master", &m1, "--master", &m2, "--master", &m3, "--tls", tls,
+    ];
+    let (ok, table, err) = cairn(&every, root);
+    println!(
+        "admin status with master {old} down took {:?}",
+        asked.elapsed()
+    );
+    assert!(!ok && err.contains("not healthy"), "{table}{err}");
+    let dead = addrs[(old - 1) as usize].to_string();
+    let row = table
+        .lines()
+        .find(|l| l.contains(&dead))
+        .unwrap_or_default();
+    assert!(row.contains("unreachable"), "{table}");
+    assert!(table.contains("group: UNHEALTHY"), "{table}");
+
     // The old leader restarts from its files and catches up.
     let idx = (old - 1) as usize;
     procs.insert(old, start_master(old, &data[idx], addrs[idx]));
