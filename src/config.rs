@@ -44,6 +44,12 @@ pub const KEYS: &[Key] = &[
         name: "master.replication",
     },
     Key {
+        name: "master.election_timeout_ms",
+    },
+    Key {
+        name: "master.write_replicas_min",
+    },
+    Key {
         name: "master.dead_after_ms",
     },
     Key {
@@ -362,6 +368,19 @@ impl Layers {
         } else {
             None
         };
+        let write_replicas_min =
+            if self.is_set("master.write_replicas_min") {
+                Some(self.parse("master.write_replicas_min", "2", |s| {
+                match s.parse::<u8>() {
+                    Ok(n) if (1..=7).contains(&n) => Ok(n),
+                    _ => Err(format!(
+                        "{s:?} is not a number of chunkservers (1 to 7, at most the replication)"
+                    )),
+                }
+            })?)
+            } else {
+                None
+            };
         let millis = |key: &'static str, default: &str, min: u64| {
             self.parse(key, default, |s| match s.parse::<u64>() {
                 Ok(n) if n >= min => Ok(n),
@@ -371,6 +390,7 @@ impl Layers {
             })
         };
         let dead_after_ms = millis("master.dead_after_ms", "5000", 100)?;
+        let election_timeout_ms = millis("master.election_timeout_ms", "250", 25)?;
         let gc_grace_ms = millis("master.gc_grace_ms", "3600000", 0)?;
         let tick_ms = millis("master.tick_ms", "1000", 10)?;
         let heartbeat_ms = millis("chunkserver.heartbeat_ms", "1000", 10)?;
@@ -529,6 +549,8 @@ impl Layers {
             inline_max,
             replication,
             dead_after_ms,
+            write_replicas_min,
+            election_timeout_ms,
             gc_grace_ms,
             tick_ms,
             masters,
@@ -591,6 +613,12 @@ pub struct ServeConfig {
     pub replication: Option<u8>,
     /// A chunkserver silent this long is dead.
     pub dead_after_ms: u64,
+    /// Fewest live chunkservers a write goes to when fewer than R are live; `None`: a
+    /// majority of R.
+    pub write_replicas_min: Option<u8>,
+    /// Raft's minimum election timeout (the maximum is twice it): a follower that hears no
+    /// leader for 3 to 4 times this starts an election.
+    pub election_timeout_ms: u64,
     /// Unreferenced chunks are reclaimed this long after they stopped being used.
     pub gc_grace_ms: u64,
     /// Planner interval.

@@ -22,6 +22,7 @@ use crate::output::Refused;
 pub fn data_options(config: &crate::config::ServeConfig, replication: u8) -> DataOptions {
     DataOptions {
         replication: config.replication.unwrap_or(replication),
+        write_replicas_min: config.write_replicas_min,
         dead_after: Duration::from_millis(config.dead_after_ms),
         tick: Duration::from_millis(config.tick_ms),
         chunk_size: config.chunks.chunk_size_max,
@@ -33,12 +34,30 @@ pub fn data_options(config: &crate::config::ServeConfig, replication: u8) -> Dat
     }
 }
 
+/// Raft timing and compaction from the configuration. openraft starts an election when a
+/// follower has heard nothing from the leader for its lease (the maximum election timeout)
+/// plus its own election timeout (drawn once between the minimum and the maximum): with
+/// `master.election_timeout_ms` as the minimum and twice it as the maximum, 3 to 4 times
+/// the setting (750 ms to 1 s by default). The leader heartbeats every 2/5 of the setting, so
+/// seven heartbeats in a row are lost before anyone stands for election.
+pub fn raft_options(config: &crate::config::ServeConfig) -> RaftOptions {
+    let election = Duration::from_millis(config.election_timeout_ms);
+    RaftOptions {
+        heartbeat: election * 2 / 5,
+        election_timeout_min: election,
+        election_timeout_max: election * 2,
+        snapshot_after_entries: config.snapshot_after_entries,
+        entries_kept_after_snapshot: (config.snapshot_after_entries / 10).max(10),
+        ..RaftOptions::default()
+    }
+}
+
 pub async fn start_node(
     id: u64,
     data: &Path,
     listen: SocketAddr,
     name: &str,
-    snapshot_after_entries: u64,
+    options: RaftOptions,
     data_options: DataOptions,
 ) -> anyhow::Result<(RaftNode, DataPlane)> {
     let tls = data.join("tls");
@@ -47,11 +66,6 @@ pub async fn start_node(
         tracing::info!(dir = %tls.display(), "created a new cluster CA and node certificate");
     }
     let identity = NodeIdentity::load(&tls)?;
-    let options = RaftOptions {
-        snapshot_after_entries,
-        entries_kept_after_snapshot: (snapshot_after_entries / 10).max(10),
-        ..RaftOptions::default()
-    };
     let (node, plane) = cairn_master::start(
         id,
         &data.join("master"),
@@ -82,7 +96,7 @@ pub async fn run(config: crate::config::ServeConfig) -> anyhow::Result<()> {
         &data,
         config.cluster_listen,
         &name,
-        config.snapshot_after_entries,
+        raft_options(&config),
         data_options(&config, 3),
     )
     .await?;

@@ -50,7 +50,7 @@ impl Node {
             data,
             config.cluster_listen,
             "node-1",
-            config.snapshot_after_entries,
+            crate::master::raft_options(config),
             crate::master::data_options(config, replication),
         )
         .await?;

@@ -329,6 +329,11 @@ impl Cluster {
     /// node runs `first` (and the credentials are made by it): this build, or the older
     /// binary a rolling upgrade starts from.
     fn start(root: &Path, small_disk: bool, first: &Path) -> Cluster {
+        Cluster::start_sized(root, small_disk, first, 5)
+    }
+
+    /// [`Cluster::start`] with `chunkservers` chunkservers (R stays 3).
+    fn start_sized(root: &Path, small_disk: bool, first: &Path, servers: usize) -> Cluster {
         let cairn = |args: &[&str], cwd: &Path| cairn_of(first, args, cwd);
         let quiet = || {
             vec![(
@@ -363,7 +368,7 @@ impl Cluster {
         );
         assert!(ok, "{err}");
         let mut names: Vec<String> = vec!["m2".into(), "m3".into(), "admin".into()];
-        names.extend((1..=5).map(|i| format!("cs{i}")));
+        names.extend((1..=servers).map(|i| format!("cs{i}")));
         names.extend((1..=2).map(|i| format!("gw{i}")));
         for name in &names {
             let out = if name == "admin" {
@@ -446,7 +451,7 @@ impl Cluster {
             args
         };
         let mut chunkservers = Vec::new();
-        for i in 1..=5 {
+        for i in 1..=servers {
             let name = format!("cs{i}");
             let args = with_masters(
                 [
@@ -2106,14 +2111,22 @@ async fn a_rolling_restart_of_every_role_fails_no_client_request() {
             let alive = metric(gw, "cairn_chunkservers_alive").await;
             let under = metric(gw, "cairn_chunks_under_replicated").await;
             if alive == Some(5.0) && under == Some(0.0) {
-                return;
+                return Ok(());
             }
-            assert!(
-                Instant::now() < deadline,
-                "not healed: alive {alive:?}, under {under:?}"
-            );
+            if Instant::now() >= deadline {
+                return Err(format!("not healed: alive {alive:?}, under {under:?}"));
+            }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    };
+    let report = |cluster: &Cluster, why: String| -> String {
+        format!(
+            "{why}
+status: {}
+{}",
+            cluster.status().map(|s| s.to_string()).unwrap_or_default(),
+            cluster.warnings()
+        )
     };
     let gw = cluster.gateways[0];
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -2121,7 +2134,9 @@ async fn a_rolling_restart_of_every_role_fails_no_client_request() {
         cluster.chunkservers[i].stop();
         cluster.chunkservers[i].bin = bin();
         cluster.chunkservers[i].start(&root);
-        healed(gw).await;
+        if let Err(why) = healed(gw).await {
+            panic!("{}", report(&cluster, why));
+        }
         eprintln!("chunkserver {} restarted (at {:?})", i + 1, began.elapsed());
     }
     for i in 0..cluster.masters.len() {
@@ -2133,7 +2148,9 @@ async fn a_rolling_restart_of_every_role_fails_no_client_request() {
             assert!(Instant::now() < deadline, "the master group did not heal");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        healed(gw).await;
+        if let Err(why) = healed(gw).await {
+            panic!("{}", report(&cluster, why));
+        }
         eprintln!("master {} restarted (at {:?})", i + 1, began.elapsed());
     }
     for i in 0..cluster.gateway_nodes.len() {
@@ -2163,4 +2180,619 @@ async fn a_rolling_restart_of_every_role_fails_no_client_request() {
     );
     assert!(ops > 20, "the clients made progress: {ops}");
     eprintln!("rolling restart of 10 nodes: {ops} put+get rounds, none failed");
+}
+
+/// One write of the leader-kill run: when it was asked and answered (since the run began),
+/// and how it ended.
+#[derive(Clone, Debug)]
+struct Write {
+    asked: Duration,
+    answered: Duration,
+    /// `None` when acknowledged; else the HTTP status (0: no answer at all).
+    failed: Option<u16>,
+    key: String,
+    digest: u64,
+}
+
+fn digest(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The id of the master that leads right now, by asking the group.
+fn leader_of(cluster: &Cluster) -> Option<u64> {
+    let status = cluster.status()?;
+    status["members"]
+        .as_array()?
+        .iter()
+        .find_map(|m| (m["state"] == "leader").then(|| m["id"].as_u64()).flatten())
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// The leader of the master group is killed (`kill -9`) again and again (20 times by default,
+/// `CAIRN_LEADER_KILLS`; the pauses between kills come from `CAIRN_FAULT_SEED`) under S3
+/// writers that do not retry, small objects (in the metadata) and 256 KiB ones (chunks on three
+/// chunkservers). For each kill it records the unavailability window: from the kill to the
+/// first acknowledged write asked after it, and how long until writes flow at the rate of
+/// the second before the kill. Every request must get an answer (no hang), a failed one must
+/// be a 503 (retryable, never a 500), and every acknowledged write must read back. The windows
+/// are printed (and written to `CAIRN_FAILOVER_REPORT` when set) for BENCHMARKS.md; the test
+/// itself asserts no timing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leader_kills_lose_no_acknowledged_write_and_answer_every_request() {
+    let _one = ONE_CLUSTER.lock().await;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let kills: usize = std::env::var("CAIRN_LEADER_KILLS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    let seed: u64 = std::env::var("CAIRN_FAULT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    eprintln!("leader kills: {kills}, seed {seed} (replay: CAIRN_FAULT_SEED={seed})");
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), false, &bin());
+    let setup = client_with_retries(cluster.gateways[0], 20, Duration::from_secs(60));
+    let deadline = Instant::now() + PATIENCE;
+    while setup
+        .create_bucket()
+        .bucket("failover")
+        .send()
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "no bucket");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let deadline = Instant::now() + PATIENCE;
+    while metric(cluster.gateways[0], "cairn_chunkservers_alive").await != Some(5.0) {
+        assert!(Instant::now() < deadline, "chunkservers never all reported");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let began = Instant::now();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writes = Arc::new(Mutex::new(Vec::<Write>::new()));
+    let mut workers = Vec::new();
+    for who in 0..CLIENTS {
+        // No retries: every failure is seen. The timeout is far above any failover, so an
+        // answer that does not come in it is a hang.
+        let c = client_with_retries(
+            cluster.gateways[(who % 2) as usize],
+            1,
+            Duration::from_secs(30),
+        );
+        let (stop, writes) = (stop.clone(), writes.clone());
+        workers.push(tokio::spawn(async move {
+            let mut rng = Rng(who + 1000);
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let key = format!("w{who}-{n}");
+                let size = if n.is_multiple_of(2) { 2048 } else { 256 << 10 };
+                let mut bytes = vec![0u8; size];
+                for b in bytes.iter_mut().step_by(61) {
+                    *b = rng.below(256) as u8;
+                }
+                let asked = began.elapsed();
+                let r = c
+                    .put_object()
+                    .bucket("failover")
+                    .key(&key)
+                    .body(ByteStream::from(bytes.clone()))
+                    .send()
+                    .await;
+                let failed = match r {
+                    Ok(_) => None,
+                    Err(e) => Some(e.raw_response().map_or(0, |r| r.status().as_u16())),
+                };
+                writes.lock().push(Write {
+                    asked,
+                    answered: began.elapsed(),
+                    failed,
+                    key,
+                    digest: digest(&bytes),
+                });
+                if failed.is_some() {
+                    // What a client does on a 503: wait a little, then go on.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                n += 1;
+            }
+        }));
+    }
+
+    let mut rng = Rng(seed);
+    let mut windows = Vec::new();
+    let mut recoveries = Vec::new();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for k in 0..kills {
+        let deadline = Instant::now() + PATIENCE;
+        let leader = loop {
+            if let Some(l) = leader_of(&cluster) {
+                break l;
+            }
+            assert!(Instant::now() < deadline, "kill {k}: no leader to kill");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let i = (leader - 1) as usize;
+        cluster.masters[i].kill();
+        let killed = began.elapsed();
+        // Wait for the first acknowledged write asked after the kill.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let back = loop {
+            let first = writes
+                .lock()
+                .iter()
+                .filter(|w| w.failed.is_none() && w.asked >= killed)
+                .map(|w| w.answered)
+                .min();
+            if let Some(t) = first {
+                break t;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "kill {k}: no write acknowledged for 60 s after killing master {leader}\n{}",
+                cluster.warnings()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        windows.push(back - killed);
+        // Let the writers run at full speed again before the next kill, with the master back.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        cluster.masters[i].start(&cluster.root.clone());
+        let deadline = Instant::now() + PATIENCE;
+        while !cluster.status().is_some_and(|v| v["healthy"] == true) {
+            assert!(
+                Instant::now() < deadline,
+                "kill {k}: the group did not heal"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // Full throughput: the first 500 ms window after the kill that acknowledges at least
+        // 80% of what the second before the kill did (per 500 ms).
+        {
+            let w = writes.lock();
+            let acked_in = |from: Duration, to: Duration| {
+                w.iter()
+                    .filter(|x| x.failed.is_none() && x.answered >= from && x.answered < to)
+                    .count()
+            };
+            let before = acked_in(killed.saturating_sub(Duration::from_secs(1)), killed) / 2;
+            let step = Duration::from_millis(500);
+            let mut t = killed;
+            let end = began.elapsed();
+            while t + step <= end && acked_in(t, t + step) * 10 < before * 8 {
+                t += step;
+            }
+            recoveries.push(t + step - killed);
+        }
+        eprintln!(
+            "kill {}: master {leader}, writes back after {:?}, full rate after {:?}",
+            k + 1,
+            windows[k],
+            recoveries[k]
+        );
+        tokio::time::sleep(Duration::from_millis(500 + rng.below(1500))).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+
+    let writes = writes.lock().clone();
+    let acked: Vec<&Write> = writes.iter().filter(|w| w.failed.is_none()).collect();
+    let mut failures: BTreeMap<u16, usize> = BTreeMap::new();
+    for w in writes.iter().filter_map(|w| w.failed) {
+        *failures.entry(w).or_default() += 1;
+    }
+    // Every acknowledged write reads back, byte for byte.
+    let reader = client_with_retries(cluster.gateways[0], 10, Duration::from_secs(60));
+    for w in &acked {
+        let got = reader
+            .get_object()
+            .bucket("failover")
+            .key(&w.key)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("acknowledged {} is gone: {e:?}", w.key))
+            .body
+            .collect()
+            .await
+            .unwrap()
+            .into_bytes();
+        assert_eq!(digest(&got), w.digest, "{} changed", w.key);
+    }
+    let mut sorted = windows.clone();
+    sorted.sort();
+    let mut rec = recoveries.clone();
+    rec.sort();
+    let report = format!(
+        "leader kills: {kills} (seed {seed}); writes: {} acknowledged, failed by status {failures:?}\n\
+         write unavailability after a kill: p50 {:?}, max {:?}\n\
+         full write rate back after: p50 {:?}, max {:?}\n\
+         windows: {:?}\n",
+        acked.len(),
+        percentile(&sorted, 0.5),
+        sorted.last().copied().unwrap_or_default(),
+        percentile(&rec, 0.5),
+        rec.last().copied().unwrap_or_default(),
+        windows
+    );
+    eprintln!("{report}");
+    if let Some(path) = std::env::var_os("CAIRN_FAILOVER_REPORT") {
+        std::fs::write(path, &report).unwrap();
+    }
+    // Every request was answered (status 0: the client gave up waiting), and none failed
+    // for a reason other than "retry later".
+    let wrong: Vec<&Write> = writes
+        .iter()
+        .filter(|w| w.failed.is_some_and(|s| s != 503))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "requests that got no answer (0) or a non-retryable error: {:#?}",
+        wrong.iter().take(20).collect::<Vec<_>>()
+    );
+    assert!(acked.len() > kills * 4, "the writers made progress");
+}
+
+/// The rows of `admin status` (every member, as each answers for itself).
+fn members(cluster: &Cluster) -> Vec<serde_json::Value> {
+    cluster
+        .status()
+        .and_then(|s| s["members"].as_array().cloned())
+        .unwrap_or_default()
+}
+
+/// Fencing. The master leader is cut off from the other two masters, while chunkservers and
+/// gateways still reach it: it goes on believing it leads (term T) while the others elect a
+/// leader of a newer term, which takes writes and deletes. The deposed leader's view of the
+/// chunks is stale: the chunks written under its successor look like garbage to it once the
+/// grace period (8 s here) has passed. The partition lasts past that, then heals. Nothing
+/// planned in term T may be carried out by a chunkserver after the cut (every chunkserver
+/// logs the term of the instructions it carries out, and the ones it refuses), and every
+/// acknowledged object reads back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deposed_leader_cannot_instruct_chunkservers() {
+    let _one = ONE_CLUSTER.lock().await;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut partitions = match Partitions::new() {
+        Ok(p) => p,
+        Err(e) => {
+            // As the fault suite does without root: say so plainly (CI runs as root).
+            eprintln!(
+                "SKIPPED: the deposed-leader test cuts links with iptables (run as root): {e}"
+            );
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(dir.path(), false, &bin());
+    let c = client_with_retries(cluster.gateways[0], 20, Duration::from_secs(60));
+    let deadline = Instant::now() + PATIENCE;
+    while c.create_bucket().bucket("fenced").send().await.is_err() {
+        assert!(Instant::now() < deadline, "no bucket");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let deadline = Instant::now() + PATIENCE;
+    while metric(cluster.gateways[0], "cairn_chunkservers_alive").await != Some(5.0) {
+        assert!(Instant::now() < deadline, "chunkservers never all reported");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut rng = Rng(11);
+    let mut acked: BTreeMap<String, u64> = BTreeMap::new();
+    let put = |key: String, rng: &mut Rng| {
+        let mut bytes = vec![0u8; 300 << 10];
+        for b in bytes.iter_mut().step_by(37) {
+            *b = rng.below(256) as u8;
+        }
+        let c = c.clone();
+        async move {
+            let d = digest(&bytes);
+            c.put_object()
+                .bucket("fenced")
+                .key(&key)
+                .body(ByteStream::from(bytes))
+                .send()
+                .await
+                .map(|_| (key, d))
+        }
+    };
+    for n in 0..10 {
+        let (k, d) = put(format!("before-{n}"), &mut rng).await.unwrap();
+        acked.insert(k, d);
+    }
+
+    let old = members(&cluster)
+        .into_iter()
+        .find(|m| m["state"] == "leader")
+        .expect("a leader");
+    let (old_id, old_term) = (old["id"].as_u64().unwrap(), old["term"].as_u64().unwrap());
+    let old_port = node_port(&cluster.masters[(old_id - 1) as usize]).unwrap();
+    // Where each chunkserver's log stands at the cut: only what comes after is checked.
+    let marks: Vec<usize> = cluster
+        .chunkservers
+        .iter()
+        .map(|n| n.process.as_ref().unwrap().log().len())
+        .collect();
+    for (i, m) in cluster.masters.iter().enumerate() {
+        if i as u64 + 1 != old_id {
+            partitions.cut(old_port, node_port(m).unwrap());
+        }
+    }
+    eprintln!("cut master {old_id} (term {old_term}) off from the other masters");
+    let deadline = Instant::now() + PATIENCE;
+    let new_term = loop {
+        if let Some(t) = members(&cluster).iter().find_map(|m| {
+            (m["state"] == "leader" && m["term"].as_u64() > Some(old_term))
+                .then(|| m["term"].as_u64())
+                .flatten()
+        }) {
+            break t;
+        }
+        assert!(Instant::now() < deadline, "no new leader");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!("new leader in term {new_term}");
+    // The new leader acts: new objects, and deletions (their chunks become its garbage).
+    for n in 0..10 {
+        let (k, d) = put(format!("during-{n}"), &mut rng).await.unwrap();
+        acked.insert(k, d);
+    }
+    for n in 0..5 {
+        let key = format!("before-{n}");
+        c.delete_object()
+            .bucket("fenced")
+            .key(&key)
+            .send()
+            .await
+            .unwrap();
+        acked.remove(&key);
+    }
+    // Past the grace period and a few planner ticks: what the old leader would delete, it
+    // would have by now.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    partitions.heal();
+    let deadline = Instant::now() + PATIENCE;
+    while !cluster.status().is_some_and(|v| v["healthy"] == true) {
+        assert!(Instant::now() < deadline, "the group did not heal");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let mut carried = 0;
+    let mut refused = 0;
+    for (n, mark) in cluster.chunkservers.iter().zip(&marks) {
+        let log = n.process.as_ref().unwrap().log();
+        for line in log[*mark..].lines() {
+            let term = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("term="))
+                .and_then(|t| t.parse::<u64>().ok());
+            if line.contains("carrying out the master's instructions") {
+                carried += 1;
+                assert!(
+                    term.is_some_and(|t| t > old_term),
+                    "{} carried out an instruction of the deposed leader's term {old_term}: {line}",
+                    n.name
+                );
+            }
+            if line.contains("refused instructions from a master of an older term") {
+                refused += 1;
+            }
+        }
+    }
+    let old_log = cluster.masters[(old_id - 1) as usize]
+        .process
+        .as_ref()
+        .unwrap()
+        .log();
+    let withheld = old_log
+        .lines()
+        .filter(|l| l.contains("not sending chunkserver instructions"))
+        .count();
+    eprintln!(
+        "after the cut: {carried} instruction batches carried out (all of term > {old_term}), \
+         {refused} refused as stale, {withheld} withheld by the deposed leader"
+    );
+    for (key, d) in &acked {
+        let got = c
+            .get_object()
+            .bucket("fenced")
+            .key(key)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("acknowledged {key} is gone: {e:?}"))
+            .body
+            .collect()
+            .await
+            .unwrap()
+            .into_bytes();
+        assert_eq!(digest(&got), *d, "{key} changed");
+    }
+}
+
+/// Writes with a server down. Three chunkservers, R=3 (so every chunk is on all three), S3
+/// writers that do not retry: small objects, 256 KiB ones (one chunk), and 24 MiB ones that are
+/// in the middle of their chains when one chunkserver is killed (`kill -9`). Writes must go on
+/// on the two left (`master.write_replicas_min` is 2 by default for R=3): the chains broken by
+/// the kill are abandoned and retried on the live servers, new chunks are placed on two. Every
+/// request is answered, a failure can only be a 503, every acknowledged write reads back, and
+/// when the server comes back the cluster copies every chunk up to three replicas. How long
+/// writes stopped, and the longest a write in flight at the kill took, are printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_go_on_with_one_of_three_chunkservers_down() {
+    let _one = ONE_CLUSTER.lock().await;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start_sized(dir.path(), false, &bin(), 3);
+    let setup = client_with_retries(cluster.gateways[0], 20, Duration::from_secs(60));
+    let deadline = Instant::now() + PATIENCE;
+    while setup
+        .create_bucket()
+        .bucket("degraded")
+        .send()
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "no bucket");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let deadline = Instant::now() + PATIENCE;
+    while metric(cluster.gateways[0], "cairn_chunkservers_alive").await != Some(3.0) {
+        assert!(Instant::now() < deadline, "chunkservers never all reported");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let began = Instant::now();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writes = Arc::new(Mutex::new(Vec::<Write>::new()));
+    let mut workers = Vec::new();
+    for who in 0..CLIENTS {
+        let c = client_with_retries(
+            cluster.gateways[(who % 2) as usize],
+            1,
+            Duration::from_secs(60),
+        );
+        let (stop, writes) = (stop.clone(), writes.clone());
+        workers.push(tokio::spawn(async move {
+            let mut rng = Rng(who + 2000);
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let key = format!("w{who}-{n}");
+                let size = match (who, n % 2) {
+                    (0, _) => 24 << 20,
+                    (_, 0) => 2048,
+                    _ => 256 << 10,
+                };
+                let mut bytes = vec![0u8; size];
+                for b in bytes.iter_mut().step_by(61) {
+                    *b = rng.below(256) as u8;
+                }
+                let asked = began.elapsed();
+                let r = c
+                    .put_object()
+                    .bucket("degraded")
+                    .key(&key)
+                    .body(ByteStream::from(bytes.clone()))
+                    .send()
+                    .await;
+                let failed = match r {
+                    Ok(_) => None,
+                    Err(e) => Some(e.raw_response().map_or(0, |r| r.status().as_u16())),
+                };
+                writes.lock().push(Write {
+                    asked,
+                    answered: began.elapsed(),
+                    failed,
+                    key,
+                    digest: digest(&bytes),
+                });
+                if failed.is_some() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                n += 1;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cluster.chunkservers[2].kill();
+    let killed = began.elapsed();
+    eprintln!("killed cs3 at {killed:?}");
+    // Writes asked from 6 s after the kill on: the cluster has settled on two servers.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let later = writes
+            .lock()
+            .iter()
+            .filter(|w| w.failed.is_none() && w.asked >= killed + Duration::from_secs(6))
+            .count();
+        if later >= 10 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "writes did not go on with one chunkserver down\n{}",
+            cluster.warnings()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    let writes = writes.lock().clone();
+    let back = writes
+        .iter()
+        .filter(|w| w.failed.is_none() && w.asked >= killed)
+        .map(|w| w.answered)
+        .min()
+        .unwrap();
+    let in_flight_longest = writes
+        .iter()
+        .filter(|w| w.asked < killed && w.answered > killed)
+        .map(|w| w.answered - w.asked)
+        .max()
+        .unwrap_or_default();
+    let mut failures: BTreeMap<u16, usize> = BTreeMap::new();
+    for w in writes.iter().filter_map(|w| w.failed) {
+        *failures.entry(w).or_default() += 1;
+    }
+    let acked: Vec<&Write> = writes.iter().filter(|w| w.failed.is_none()).collect();
+    eprintln!(
+        "one of three chunkservers down: {} writes acknowledged, failed by status {failures:?}; \
+         first write asked after the kill acknowledged {:?} after it; the longest write in \
+         flight at the kill took {in_flight_longest:?}",
+        acked.len(),
+        back - killed
+    );
+    let wrong: Vec<&Write> = writes
+        .iter()
+        .filter(|w| w.failed.is_some_and(|s| s != 503))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "requests that got no answer (0) or a non-retryable error: {:#?}",
+        wrong.iter().take(20).collect::<Vec<_>>()
+    );
+    let reader = client_with_retries(cluster.gateways[0], 10, Duration::from_secs(60));
+    for w in &acked {
+        let got = reader
+            .get_object()
+            .bucket("degraded")
+            .key(&w.key)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("acknowledged {} is gone: {e:?}", w.key))
+            .body
+            .collect()
+            .await
+            .unwrap()
+            .into_bytes();
+        assert_eq!(digest(&got), w.digest, "{} changed", w.key);
+    }
+    // The server comes back: everything written to two is copied up to three.
+    let root = cluster.root.clone();
+    cluster.chunkservers[2].start(&root);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let alive = metric(cluster.gateways[0], "cairn_chunkservers_alive").await;
+        let under = metric(cluster.gateways[0], "cairn_chunks_under_replicated").await;
+        if alive == Some(3.0) && under == Some(0.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not back at three replicas: alive {alive:?}, under-replicated {under:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -449,6 +449,13 @@ async fn observe(State(g): State<Arc<Gateway>>, req: Request, next: Next) -> Res
     }
     resp.headers_mut()
         .insert(header::SERVER, HeaderValue::from_static("Cairn"));
+    // Every 503 (no leader or quorum right now, too few chunkservers) says when to retry.
+    if status == StatusCode::SERVICE_UNAVAILABLE
+        && !resp.headers().contains_key(header::RETRY_AFTER)
+    {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
     let bytes_out = body_len(&resp).unwrap_or(0);
     let took = started.elapsed();
     g.metrics.record(&op, status.as_u16(), took);

@@ -168,6 +168,9 @@ pub fn propose_error(e: &ProposeError) -> S3Error {
             S3ErrorCode::ServiceUnavailable,
             "no master leader reachable right now",
         ),
+        ProposeError::TryLater(m) => {
+            S3Error::with_message(S3ErrorCode::ServiceUnavailable, m.clone())
+        }
         ProposeError::Failed(m) => {
             tracing::warn!(error = %m, "metadata request failed");
             S3Error::with_message(S3ErrorCode::InternalError, "metadata request failed")

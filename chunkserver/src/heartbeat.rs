@@ -154,6 +154,29 @@ impl Chunkserver {
                         tracing::info!(failed = failing, "heartbeats reach the leader again");
                     }
                     failing = 0;
+                    // Fencing: a master of an older term than one already heard from was
+                    // deposed; what it planned is not carried out.
+                    let newest = self.inner.term.fetch_max(reply.term, Ordering::SeqCst);
+                    if reply.term < newest {
+                        if !reply.tasks.is_empty() {
+                            tracing::warn!(
+                                term = reply.term,
+                                newest,
+                                refused = reply.tasks.len(),
+                                "refused instructions from a master of an older term"
+                            );
+                        }
+                        reported = None;
+                        tokio::time::sleep(self.inner.options.heartbeat).await;
+                        continue;
+                    }
+                    if !reply.tasks.is_empty() {
+                        tracing::info!(
+                            term = reply.term,
+                            tasks = reply.tasks.len(),
+                            "carrying out the master's instructions"
+                        );
+                    }
                     // In order: deletions (quick) before copies, so a deletion never races a
                     // copy of the same chunk.
                     for task in reply.tasks {

@@ -101,6 +101,9 @@ pub(crate) struct Inner {
     pub(crate) master: Leader,
     pub(crate) options: ChunkserverOptions,
     pub(crate) load: AtomicU32,
+    /// The newest master term a heartbeat reply carried (fencing: instructions from an older
+    /// term are refused).
+    pub(crate) term: std::sync::atomic::AtomicU64,
     /// Replicas found corrupt (already deleted), for the next heartbeat.
     pub(crate) corrupt: Mutex<Vec<ChunkHandle>>,
     /// Copies that failed, for the next heartbeat.
@@ -253,6 +256,7 @@ impl Chunkserver {
             master,
             options,
             load: AtomicU32::new(0),
+            term: std::sync::atomic::AtomicU64::new(0),
             corrupt: Mutex::new(Vec::new()),
             copies_failed: Mutex::new(Vec::new()),
             rereport: Mutex::new(Vec::new()),

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_engine::state::{Outcome, ServiceId, TypedService};
+use cairn_proto::group::Reply;
 use cairn_proto::{Client, ClientOptions, Consistency, Leader, ProposeError, Rpc, RpcError};
 use cairn_raft::RaftNode;
 use cairn_raft::batch::{WAITING_MAX, Waiting, run_groups};
@@ -129,69 +130,71 @@ impl MasterClient {
             .map_err(|_| ProposeError::Failed("client is shutting down".into()))?
     }
 
-    /// Send a group of proposals to the leader; commands answered "not the leader" (never
-    /// appended) go again to the leader hinted, the others get their results.
+    /// Send a group of proposals to the leader (found by [`Leader::search`]); commands answered
+    /// "not the leader" (a leadership change between the call and the append) go again.
     async fn propose_group(&self, mut group: Vec<Waiting>) {
         let deadline = tokio::time::Instant::now() + self.leader.patience;
         loop {
-            let Some(target) = self.leader.target() else {
-                for (_, w) in group {
-                    let _ = w.send(Err(ProposeError::Failed("no masters configured".into())));
-                }
-                return;
-            };
             let commands = ManyCommands(group.iter().map(|(c, _)| c.clone()).collect());
-            match self
+            let answer = self
                 .leader
-                .client()
-                .call::<ProposeManyRpc>(target, &commands)
-                .await
-            {
-                Ok(results) => {
-                    self.leader.found(target);
-                    let mut retry = Vec::new();
-                    let mut results = results.into_iter();
-                    for (command, w) in group {
-                        match results.next() {
-                            // The hint is kept even past the deadline: the next call goes
-                            // straight to the leader.
-                            Some(Err(ProposeError::NotLeader { leader })) => {
-                                self.leader.follow(leader.as_ref());
-                                if tokio::time::Instant::now() < deadline {
-                                    retry.push((command, w));
-                                } else {
-                                    let _ = w.send(Err(ProposeError::NotLeader { leader }));
+                .search(|addr| {
+                    let client = self.leader.client().clone();
+                    let commands = &commands;
+                    async move {
+                        match client.call::<ProposeManyRpc>(addr, commands).await {
+                            // A master that refuses every command is not the leader.
+                            Ok(results)
+                                if !results.is_empty()
+                                    && results.iter().all(|r| {
+                                        matches!(r, Err(ProposeError::NotLeader { .. }))
+                                    }) =>
+                            {
+                                match results.into_iter().next() {
+                                    Some(Err(e)) => Reply::from_refusal(e),
+                                    _ => Reply::NotLeader(None),
                                 }
                             }
-                            Some(r) => {
-                                let _ = w.send(r.map(|o| o.0));
-                            }
-                            None => {
-                                let _ = w.send(Err(ProposeError::Failed(
-                                    "the master returned too few results".into(),
-                                )));
-                            }
+                            Ok(results) => Reply::Done(results),
+                            Err(e) => Reply::from_rpc(e),
                         }
                     }
-                    if retry.is_empty() {
-                        return;
-                    }
-                    if !self.leader.known() {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                    group = retry;
-                }
-                Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
-                    self.leader.forget();
-                }
+                })
+                .await;
+            let results = match answer {
+                Ok(results) => results,
                 Err(e) => {
-                    let e = ProposeError::Failed(e.to_string());
                     for (_, w) in group {
                         let _ = w.send(Err(e.clone()));
                     }
                     return;
                 }
+            };
+            let mut retry = Vec::new();
+            let mut results = results.into_iter();
+            for (command, w) in group {
+                match results.next() {
+                    Some(Err(ProposeError::NotLeader { leader })) => {
+                        if tokio::time::Instant::now() < deadline {
+                            retry.push((command, w));
+                        } else {
+                            let _ = w.send(Err(ProposeError::NotLeader { leader }));
+                        }
+                    }
+                    Some(r) => {
+                        let _ = w.send(r.map(|o| o.0));
+                    }
+                    None => {
+                        let _ = w.send(Err(ProposeError::Failed(
+                            "the master returned too few results".into(),
+                        )));
+                    }
+                }
             }
+            if retry.is_empty() {
+                return;
+            }
+            group = retry;
         }
     }
 
@@ -216,40 +219,10 @@ impl MasterClient {
     }
 
     async fn send(&self, req: ClientRequest) -> Result<Outcome, ProposeError> {
-        let deadline = tokio::time::Instant::now() + self.leader.patience;
-        let mut last_error = ProposeError::Failed("no masters configured".into());
-        while tokio::time::Instant::now() < deadline {
-            let Some(target) = self.leader.target() else {
-                break;
-            };
-            match self.leader.client().call::<ClientRpc>(target, &req).await {
-                Ok(Ok(outcome)) => {
-                    self.leader.found(target);
-                    return Ok(outcome.0);
-                }
-                Ok(Err(ProposeError::NotLeader { leader })) => {
-                    let hint = self.leader.follow(leader.as_ref());
-                    last_error = ProposeError::NotLeader { leader: None };
-                    if hint.is_none() {
-                        // An election is running: give it a moment.
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                }
-                Ok(Err(e @ ProposeError::Unavailable(_))) => {
-                    last_error = e;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Ok(Err(e)) => return Err(e),
-                Err(e) => {
-                    self.leader.forget();
-                    last_error = ProposeError::Failed(e.to_string());
-                    if !e.is_retryable() {
-                        return Err(last_error);
-                    }
-                }
-            }
-        }
-        Err(last_error)
+        self.leader
+            .call::<ClientRpc, _>(&req)
+            .await
+            .map(|outcome| outcome.0)
     }
 
     /// Call a leader-only method `R`, following leader hints and trying other masters while

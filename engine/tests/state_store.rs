@@ -190,8 +190,9 @@ fn snapshot_round_trips_and_damaged_snapshot_changes_nothing() {
         Err(SnapshotError::Malformed(_))
     ));
     let summary = b.import_snapshot(&snap[..]).unwrap();
-    // 50 settings, last_applied, and the settings table's format note.
-    assert_eq!(summary.entries, 52);
+    // 50 settings, 50 remembered outcomes (an entry and its age index each), last_applied,
+    // the outcomes' clock, and the settings table's format note.
+    assert_eq!(summary.entries, 153);
     assert_eq!(snapshot(&b), snap);
     assert_eq!(b.last_applied().unwrap(), 50);
 }
@@ -383,4 +384,73 @@ proptest! {
         };
         prop_assert_eq!(values(&a), values(&c));
     }
+}
+
+fn set_at(key: &str, value: &str, seed: u8, time_ms: u64) -> Vec<u8> {
+    let c = SettingsCommand::Set {
+        key: key.into(),
+        value: value.into(),
+    };
+    ClusterSettings::command(&c, time_ms, [seed; 16])
+        .unwrap()
+        .encode()
+}
+
+fn value_of(store: &StateStore, key: &str) -> Option<String> {
+    let txn = store.db().begin_read().unwrap();
+    ClusterSettings::get(&txn, key).unwrap().map(|s| s.value)
+}
+
+/// A proposal applied again (a client that retried on a new leader) gets its first outcome
+/// back and changes nothing; once the window has passed it is forgotten.
+#[test]
+fn a_command_applied_twice_takes_effect_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, registry) = open(dir.path(), "once.redb");
+    let t0 = 1_700_000_000_000;
+    let first = set_at("gc.grace", "1h", 1, t0);
+    let second = set_at("gc.grace", "2h", 2, t0 + 10);
+    let out = registry
+        .apply_batch(&store, [(1, &first[..]), (2, &second[..])])
+        .unwrap();
+    let first_outcome = out[0].clone();
+    assert_eq!(
+        ClusterSettings::response(first_outcome.as_ref().unwrap()).unwrap(),
+        SettingsResponse::Set { previous: None }
+    );
+
+    // The retry, in a later entry and inside a grouped entry: the first outcome, no effect.
+    let again = registry.apply_batch(&store, [(3, &first[..])]).unwrap();
+    assert_eq!(again[0], first_outcome);
+    let txn = store.db().begin_write().unwrap();
+    let grouped = registry
+        .apply_group_in(&txn, 4, &[first.clone(), second.clone()])
+        .unwrap();
+    txn.commit().unwrap();
+    assert_eq!(grouped[0], first_outcome);
+    assert_eq!(grouped[1], out[1]);
+    assert_eq!(value_of(&store, "gc.grace").as_deref(), Some("2h"));
+
+    // The same value under another id is a new proposal and applies.
+    let other = set_at("gc.grace", "1h", 3, t0 + 20);
+    let out = registry.apply_batch(&store, [(5, &other[..])]).unwrap();
+    assert_eq!(
+        ClusterSettings::response(out[0].as_ref().unwrap()).unwrap(),
+        SettingsResponse::Set {
+            previous: Some("2h".into())
+        }
+    );
+
+    // Past the window the first proposal is forgotten (commands keep arriving, each forgets a
+    // few of the oldest), so bytes replayed then apply again.
+    let late = t0 + cairn_engine::state::ONCE_WINDOW_MS + 1_000;
+    for i in 0..4u8 {
+        let c = set_at("other", "x", 10 + i, late + u64::from(i));
+        registry
+            .apply_batch(&store, [(6 + u64::from(i), &c[..])])
+            .unwrap();
+    }
+    registry.apply_batch(&store, [(10, &second[..])]).unwrap();
+    registry.apply_batch(&store, [(11, &first[..])]).unwrap();
+    assert_eq!(value_of(&store, "gc.grace").as_deref(), Some("1h"));
 }

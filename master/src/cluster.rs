@@ -101,6 +101,7 @@ impl ClusterMap {
             return HeartbeatReply {
                 full_report: true,
                 tasks: Vec::new(),
+                term: self.term,
             };
         }
         let tasks = std::mem::take(&mut entry.tasks);
@@ -137,6 +138,7 @@ impl ClusterMap {
         HeartbeatReply {
             full_report: false,
             tasks,
+            term: self.term,
         }
     }
 
@@ -193,9 +195,11 @@ impl ClusterMap {
     /// once (a chunkserver restarted on its address fails the writer's stale connection, and
     /// is fine on a new one), and a writer that runs out of servers to try fails its request,
     /// where trying a suspect one again costs one more attempt.
+    #[allow(clippy::too_many_arguments)]
     pub fn place(
         &mut self,
         r: usize,
+        min: usize,
         avoid: &BTreeSet<ServerId>,
         size: u64,
         now_ms: u64,
@@ -203,8 +207,12 @@ impl ClusterMap {
         free_min: u64,
     ) -> Result<Vec<(ServerId, String)>, PlacementError> {
         let views = self.views(now_ms, dead_after_ms);
-        let chosen = planner::place(&views, r, avoid, &BTreeSet::new(), free_min)
-            .or_else(|_| planner::place(&views, r, &BTreeSet::new(), &BTreeSet::new(), free_min))?;
+        let (no_servers, no_zones) = (BTreeSet::new(), BTreeSet::new());
+        // R servers, away from `avoid` if possible; else as few as `min`, the same way.
+        let chosen = planner::place(&views, r, avoid, &no_zones, free_min)
+            .or_else(|_| planner::place(&views, r, &no_servers, &no_zones, free_min))
+            .or_else(|_| planner::place_at_least(&views, r, min, avoid, free_min))
+            .or_else(|_| planner::place_at_least(&views, r, min, &no_servers, free_min))?;
         Ok(chosen
             .into_iter()
             .filter_map(|id| {
@@ -213,6 +221,22 @@ impl ClusterMap {
                 Some((id, e.info.addr.clone()))
             })
             .collect())
+    }
+
+    /// Give `server` back instructions that could not be sent (the leadership that planned
+    /// them was not confirmed in time): they go with its next heartbeat answer, so a
+    /// momentary failure to confirm loses no copy or deletion.
+    pub fn requeue(&mut self, server: ServerId, tasks: Vec<Task>) {
+        if let Some(e) = self.servers.get_mut(&server) {
+            let later = std::mem::replace(&mut e.tasks, tasks);
+            e.tasks.extend(later);
+        }
+    }
+
+    /// Whether this map has led long enough for every live chunkserver to have reported (a
+    /// new leader's map fills from heartbeats).
+    pub fn settled(&self, now_ms: u64, dead_after_ms: u64) -> bool {
+        now_ms.saturating_sub(self.since_ms) > dead_after_ms
     }
 
     /// Remember the chain a writer was given (stands in for replica reports meanwhile).
@@ -414,7 +438,7 @@ mod tests {
         }
         let place = |map: &mut ClusterMap, avoid: &[ServerId]| -> BTreeSet<ServerId> {
             let avoid: BTreeSet<ServerId> = avoid.iter().copied().collect();
-            map.place(3, &avoid, 1, 10, 10_000, 0)
+            map.place(3, 3, &avoid, 1, 10, 10_000, 0)
                 .unwrap()
                 .into_iter()
                 .map(|(id, _)| id)
@@ -432,9 +456,37 @@ mod tests {
         }
         map.heartbeat(beat(4), 50_000);
         assert!(
-            map.place(3, &BTreeSet::from([4]), 1, 50_000, 10_000, 0)
+            map.place(3, 2, &BTreeSet::from([4]), 1, 50_000, 10_000, 0)
                 .is_err(),
             "servers 1 to 3 are dead"
+        );
+    }
+
+    /// With fewer live servers than R, a write goes to all there are as long as they reach the
+    /// minimum; below it, the error names the minimum.
+    #[test]
+    fn a_write_is_placed_on_fewer_servers_down_to_the_minimum() {
+        let mut map = ClusterMap::new(1, 0);
+        for id in 1..=2 {
+            map.heartbeat(beat(id), 0);
+        }
+        let chain = map.place(3, 2, &BTreeSet::new(), 1, 10, 10_000, 0).unwrap();
+        assert_eq!(chain.len(), 2);
+        // Avoided servers are used again rather than fall below the minimum.
+        let chain = map
+            .place(3, 2, &BTreeSet::from([1]), 1, 10, 10_000, 0)
+            .unwrap();
+        assert_eq!(chain.len(), 2);
+        let e = map
+            .place(3, 3, &BTreeSet::new(), 1, 10, 10_000, 0)
+            .unwrap_err();
+        assert_eq!((e.wanted, e.available), (3, 2));
+        map.heartbeat(beat(3), 0);
+        assert_eq!(
+            map.place(3, 2, &BTreeSet::new(), 1, 10, 10_000, 0)
+                .unwrap()
+                .len(),
+            3
         );
     }
 }

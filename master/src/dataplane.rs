@@ -17,8 +17,8 @@ use crate::chunks::{ChunkCommand, ChunkResponse, ChunkService};
 use crate::cluster::ClusterMap;
 use crate::planner::Limits;
 use cairn_proto::dataplane::{
-    AllocateRequest, AllocateRpc, Allocation, BadReplicaRpc, DataStatus, DataStatusRpc,
-    HeartbeatRpc, LOCATE_MAX, LocateRpc, Location,
+    AllocateRequest, AllocateRpc, Allocation, BadReplicaRpc, DataStatus, DataStatusRpc, Heartbeat,
+    HeartbeatReply, HeartbeatRpc, LOCATE_MAX, LocateRpc, Location,
 };
 
 /// Data-plane settings of the master group.
@@ -26,6 +26,10 @@ use cairn_proto::dataplane::{
 pub struct DataOptions {
     /// Replicas per chunk unless a writer asks otherwise.
     pub replication: u8,
+    /// Fewest live chunkservers a chunk may be written to when fewer than its replication
+    /// are live (it is copied up to R once servers come back); `None`: a majority of R
+    /// (2 when R=3, 1 when R is 1 or 2). See [`write_replicas_min`].
+    pub write_replicas_min: Option<u8>,
     /// A chunkserver silent this long is dead (its replicas no longer count).
     pub dead_after: Duration,
     /// How often the planners run.
@@ -41,6 +45,7 @@ impl Default for DataOptions {
     fn default() -> Self {
         DataOptions {
             replication: 3,
+            write_replicas_min: None,
             dead_after: Duration::from_secs(5),
             tick: Duration::from_secs(1),
             chunk_size: cairn_engine::chunk::CHUNK_SIZE_MAX_DEFAULT,
@@ -48,6 +53,14 @@ impl Default for DataOptions {
             lifecycle: Duration::from_secs(60),
         }
     }
+}
+
+/// The fewest live chunkservers a chunk of replication `r` is written to: `configured`
+/// (at most `r`), else a majority of `r`. An acknowledged write is on that many disks, so it
+/// survives the loss of one fewer servers until repair brings it to `r`.
+pub fn write_replicas_min(r: u8, configured: Option<u8>) -> u8 {
+    let r = r.max(1);
+    configured.unwrap_or(r / 2 + 1).clamp(1, r)
 }
 
 /// Wall-clock milliseconds, as stamped into commands.
@@ -150,10 +163,7 @@ impl DataPlane {
         router
             .route::<HeartbeatRpc, _, _>(move |hb| {
                 let dp = a.clone();
-                async move {
-                    let now = dp.now();
-                    Ok::<_, RemoteError>(dp.map().map(|mut m| m.heartbeat(hb, now)))
-                }
+                async move { Ok::<_, RemoteError>(dp.heartbeat(hb).await) }
             })
             .route::<AllocateRpc, _, _>(move |req| {
                 let dp = b.clone();
@@ -176,6 +186,48 @@ impl DataPlane {
             })
     }
 
+    /// Take a chunkserver's report and answer with its instructions. Fencing: an answer goes
+    /// out only once a quorum has confirmed, after the instructions were planned, that this
+    /// node still leads in the term that planned them, and they carry that term (a chunkserver refuses
+    /// a term older than the newest it has seen). A deposed leader that has not heard of its
+    /// successor plans from a stale map; it cannot get that confirmation, so nothing it
+    /// planned reaches a chunkserver.
+    async fn heartbeat(&self, hb: Heartbeat) -> Result<HeartbeatReply, ProposeError> {
+        let now = self.now();
+        let server = hb.server.id;
+        let reply = self.map()?.heartbeat(hb, now);
+        // Confirmed even with nothing to send: a deposed leader that went on answering
+        // heartbeats would keep the chunkservers from its successor.
+        match self.node.confirm_leadership().await {
+            Ok(term) if term == reply.term => Ok(reply),
+            confirmed => {
+                if reply.tasks.is_empty() {
+                    tracing::debug!(
+                        planned_in = reply.term,
+                        ?confirmed,
+                        "leadership not confirmed"
+                    );
+                } else {
+                    tracing::warn!(
+                        planned_in = reply.term,
+                        ?confirmed,
+                        tasks = reply.tasks.len(),
+                        "not sending chunkserver instructions: leadership of their term not confirmed"
+                    );
+                }
+                if let Ok(mut map) = self.map()
+                    && map.term() == reply.term
+                {
+                    map.requeue(server, reply.tasks);
+                }
+                match confirmed {
+                    Err(e) => Err(e),
+                    Ok(_) => Err(ProposeError::NotLeader { leader: None }),
+                }
+            }
+        }
+    }
+
     pub fn status(&self) -> Result<DataStatus, ProposeError> {
         let now = self.now();
         Ok(self
@@ -186,19 +238,42 @@ impl DataPlane {
     async fn allocate(&self, req: AllocateRequest) -> Result<Allocation, ProposeError> {
         let r = req.replication.unwrap_or(self.options.replication);
         let exclude: BTreeSet<_> = req.exclude.into_iter().collect();
+        let min = write_replicas_min(r, self.options.write_replicas_min);
         let chain = {
             let now = self.now();
-            self.map()?
-                .place(
-                    usize::from(r),
-                    &exclude,
-                    self.options.chunk_size,
-                    now,
-                    self.dead_ms(),
-                    self.options.limits.free_min.min(self.options.chunk_size),
-                )
-                .map_err(|e| ProposeError::Unavailable(e.to_string()))?
+            let mut map = self.map()?;
+            let placed = map.place(
+                usize::from(r),
+                usize::from(min),
+                &exclude,
+                self.options.chunk_size,
+                now,
+                self.dead_ms(),
+                self.options.limits.free_min.min(self.options.chunk_size),
+            );
+            match placed {
+                Ok(chain) => chain,
+                // A new leader's map fills from heartbeats: until every live server has had
+                // the time to report, the writer waits (its leader search retries).
+                Err(e) if !map.settled(now, self.dead_ms()) => {
+                    return Err(ProposeError::Unavailable(format!(
+                        "{e} (this leader is still hearing from the chunkservers)"
+                    )));
+                }
+                Err(e) => {
+                    return Err(ProposeError::TryLater(format!(
+                        "{e}: a write needs at least {min} live chunkservers (master.write_replicas_min)"
+                    )));
+                }
+            }
         };
+        if chain.len() < usize::from(r) {
+            tracing::debug!(
+                replication = r,
+                placed = chain.len(),
+                "chunk placed on fewer servers than its replication; repair will copy it up"
+            );
+        }
         let bytes = command::<ChunkService>(&ChunkCommand::Allocate {
             count: 1,
             replication: r,

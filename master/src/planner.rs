@@ -177,6 +177,36 @@ pub fn place(
     Ok(chosen)
 }
 
+/// Choose the chain of a new chunk: `r` servers when that many are live with free space,
+/// else all there are as long as that is at least `min` (the chunk is under-replicated and
+/// the planner copies it up to `r` once servers come back), else an error naming `min`.
+pub fn place_at_least(
+    servers: &BTreeMap<ServerId, ServerView>,
+    r: usize,
+    min: usize,
+    exclude: &BTreeSet<ServerId>,
+    free_min: u64,
+) -> Result<Vec<ServerId>, PlacementError> {
+    let available = servers
+        .iter()
+        .filter(|(id, s)| s.alive && !s.draining && s.free >= free_min && !exclude.contains(id))
+        .count();
+    let min = min.clamp(1, r.max(1));
+    if available < min {
+        return Err(PlacementError {
+            wanted: min,
+            available,
+        });
+    }
+    place(
+        servers,
+        r.min(available),
+        exclude,
+        &BTreeSet::new(),
+        free_min,
+    )
+}
+
 /// Decide one tick's work.
 pub fn plan(input: &PlanInput<'_>, limits: &Limits) -> Plan {
     let mut out = Plan::default();

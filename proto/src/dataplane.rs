@@ -75,11 +75,49 @@ pub enum Task {
     },
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct HeartbeatReply {
     /// The master lacks this server's complete list: send a full report now.
     pub full_report: bool,
     pub tasks: Vec<Task>,
+    /// The Raft term of the leader that planned `tasks` (fencing: a chunkserver carries out
+    /// no instruction from a term older than the newest it has seen). 0 from a master built
+    /// before fencing, whose replies end after `tasks`.
+    pub term: u64,
+}
+
+/// Written by hand so that a reply without `term` (a master of the previous release, during a
+/// rolling upgrade) still decodes, as term 0. postcard encodes a struct as its fields in
+/// order; the reply is the last thing in its frame, so a missing `term` is the end of input.
+impl<'de> Deserialize<'de> for HeartbeatReply {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> serde::de::Visitor<'de> for Fields {
+            type Value = HeartbeatReply;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a heartbeat reply")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<HeartbeatReply, A::Error> {
+                use serde::de::Error;
+                let full_report = seq
+                    .next_element()?
+                    .ok_or_else(|| A::Error::invalid_length(0, &self))?;
+                let tasks = seq
+                    .next_element()?
+                    .ok_or_else(|| A::Error::invalid_length(1, &self))?;
+                let term = seq.next_element().ok().flatten().unwrap_or(0);
+                Ok(HeartbeatReply {
+                    full_report,
+                    tasks,
+                    term,
+                })
+            }
+        }
+        d.deserialize_struct("HeartbeatReply", &["full_report", "tasks", "term"], Fields)
+    }
 }
 
 /// Ask for a new chunk and its replication chain.
@@ -189,4 +227,47 @@ impl Rpc for DataStatusRpc {
     const NAME: &'static str = "data.status";
     type Request = ();
     type Response = Result<DataStatus, ProposeError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The reply of a master from before fencing (no `term`) still decodes, as term 0; a
+    /// reply with a term round-trips.
+    #[test]
+    fn heartbeat_replies_without_a_term_still_decode() {
+        #[derive(Serialize)]
+        struct Before {
+            full_report: bool,
+            tasks: Vec<Task>,
+        }
+        let tasks = vec![Task::Delete {
+            handle: ChunkHandle(7),
+        }];
+        let old: Result<Before, crate::ProposeError> = Ok(Before {
+            full_report: false,
+            tasks: tasks.clone(),
+        });
+        let bytes = postcard::to_stdvec(&old).unwrap();
+        let got: Result<HeartbeatReply, crate::ProposeError> =
+            postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(
+            got,
+            Ok(HeartbeatReply {
+                full_report: false,
+                tasks: tasks.clone(),
+                term: 0
+            })
+        );
+        let new = HeartbeatReply {
+            full_report: true,
+            tasks,
+            term: 9,
+        };
+        let bytes = postcard::to_stdvec(&new).unwrap();
+        assert_eq!(postcard::from_bytes::<HeartbeatReply>(&bytes).unwrap(), new);
+        // Garbage is still an error, not a default.
+        assert!(postcard::from_bytes::<HeartbeatReply>(&[]).is_err());
+    }
 }

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Client, Rpc};
+use crate::search::{Answer, Move, Search, SearchTimes};
+use crate::{Client, Rpc, RpcError};
 
 /// A master's id in the Raft group.
 pub type NodeId = u64;
@@ -25,6 +26,10 @@ pub enum ProposeError {
     Unavailable(String),
     #[error("{0}")]
     Failed(String),
+    /// The leader answered and cannot do it right now (too few live chunkservers for a write):
+    /// asking another master will not help; retry later (a 503 with `Retry-After`).
+    #[error("{0}")]
+    TryLater(String),
 }
 
 /// A query's consistency.
@@ -106,52 +111,126 @@ impl Leader {
         self.leader.lock().is_some()
     }
 
-    /// Call a leader-only method `R`, following leader hints and trying other masters while
-    /// there is no leader (up to `patience`).
+    /// The timings of this caller's leader searches.
+    pub fn times(&self) -> SearchTimes {
+        SearchTimes {
+            patience: self.patience,
+            ..SearchTimes::default()
+        }
+    }
+
+    /// Call a leader-only method `R`, following leader hints and asking other masters while
+    /// the leader does not answer (up to `patience`; see [`crate::search`]).
     pub async fn call<R, T>(&self, req: &R::Request) -> Result<T, ProposeError>
     where
         R: Rpc<Response = Result<T, ProposeError>>,
     {
-        if self.masters.is_empty() {
+        self.search(|addr| {
+            let client = self.client.clone();
+            async move { Reply::from_call(client.call::<R>(addr, req).await) }
+        })
+        .await
+    }
+
+    /// Run one leader search: `send` makes the call to one master and says what came back.
+    /// Calls may go to several masters at once; the first success wins and the leader is
+    /// remembered for the next search. Giving up is [`ProposeError::Unavailable`] (retry later).
+    pub async fn search<T, F, Fut>(&self, mut send: F) -> Result<T, ProposeError>
+    where
+        F: FnMut(SocketAddr) -> Fut,
+        Fut: Future<Output = Reply<T>>,
+    {
+        use futures::StreamExt;
+        let Some(first) = self.target() else {
             return Err(ProposeError::Failed("no masters configured".into()));
-        }
-        let deadline = tokio::time::Instant::now() + self.patience;
-        // Past the deadline, a master that names the leader still gets the call sent there
-        // once: the time went on an unreachable master, and the leader is one step away.
-        let mut last_chance = false;
+        };
+        let mut search = Search::new(
+            &self.masters,
+            first,
+            tokio::time::Instant::now().into_std(),
+            self.times(),
+        );
+        let mut calls = futures::stream::FuturesUnordered::new();
         loop {
-            let Some(target) = self.target() else {
-                return Err(ProposeError::Failed("no masters configured".into()));
-            };
-            let late = tokio::time::Instant::now() >= deadline;
-            match self.client.call::<R>(target, req).await {
-                Ok(Ok(v)) => {
-                    self.found(target);
-                    return Ok(v);
-                }
-                Ok(Err(ProposeError::NotLeader { leader })) => {
-                    let hint = self.follow(leader.as_ref());
-                    if late && (last_chance || hint.is_none()) {
-                        return Err(ProposeError::NotLeader { leader });
+            let mut wake = None;
+            for m in search.next(tokio::time::Instant::now().into_std()) {
+                match m {
+                    Move::Send(addr) => {
+                        let call = send(addr);
+                        calls.push(async move { (addr, call.await) });
                     }
-                    last_chance |= late;
-                    if hint.is_none() {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                }
-                Ok(Err(ProposeError::Unavailable(_))) if !late => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Ok(Err(e)) => return Err(e),
-                Err(e) if e.is_retryable() && !late => self.forget(),
-                Err(e) => {
-                    // An unreachable leader is not tried first again by the next call.
-                    if e.is_retryable() {
+                    Move::Wait(at) => wake = Some(tokio::time::Instant::from_std(at)),
+                    Move::GiveUp(why) => {
                         self.forget();
+                        return Err(ProposeError::Unavailable(why));
                     }
-                    return Err(ProposeError::Failed(e.to_string()));
                 }
             }
+            let wake = wake.unwrap_or_else(tokio::time::Instant::now);
+            tokio::select! {
+                Some((addr, reply)) = calls.next(), if !calls.is_empty() => {
+                    let now = tokio::time::Instant::now().into_std();
+                    match reply {
+                        Reply::Done(v) => {
+                            self.found(addr);
+                            return Ok(v);
+                        }
+                        Reply::Fatal(e) => return Err(e),
+                        Reply::NotLeader(hint) => search.answered(now, addr, Answer::NotLeader(hint)),
+                        Reply::Busy(why) => search.answered(now, addr, Answer::Busy(why)),
+                        Reply::Unreachable(why) => {
+                            search.answered(now, addr, Answer::Unreachable(why))
+                        }
+                    }
+                }
+                () = tokio::time::sleep_until(wake) => {}
+            }
+        }
+    }
+}
+
+/// What one master's answer to a call means for a leader search.
+#[derive(Debug)]
+pub enum Reply<T> {
+    /// The leader answered: the search is over.
+    Done(T),
+    /// Not the leader; the leader's address, if it knows one.
+    NotLeader(Option<SocketAddr>),
+    /// The leader cannot serve right now.
+    Busy(String),
+    /// The call did not get through.
+    Unreachable(String),
+    /// An answer no other master would change (a refusal, a bad request).
+    Fatal(ProposeError),
+}
+
+impl<T> Reply<T> {
+    /// Classify the result of a leader-only call.
+    pub fn from_call(result: Result<Result<T, ProposeError>, RpcError>) -> Reply<T> {
+        match result {
+            Ok(Ok(v)) => Reply::Done(v),
+            Ok(Err(e)) => Reply::from_refusal(e),
+            Err(e) => Reply::from_rpc(e),
+        }
+    }
+
+    /// Classify a master's refusal.
+    pub fn from_refusal(e: ProposeError) -> Reply<T> {
+        match e {
+            ProposeError::NotLeader { leader } => {
+                Reply::NotLeader(leader.and_then(|(_, a)| a.parse().ok()))
+            }
+            ProposeError::Unavailable(why) => Reply::Busy(why),
+            e @ (ProposeError::Failed(_) | ProposeError::TryLater(_)) => Reply::Fatal(e),
+        }
+    }
+
+    /// Classify a failed call.
+    pub fn from_rpc(e: RpcError) -> Reply<T> {
+        if e.is_retryable() {
+            Reply::Unreachable(e.to_string())
+        } else {
+            Reply::Fatal(ProposeError::Failed(e.to_string()))
         }
     }
 }

@@ -22,6 +22,7 @@ mod files;
 pub mod frame;
 pub mod group;
 pub mod rpc;
+pub mod search;
 pub mod secrets;
 pub mod tls;
 

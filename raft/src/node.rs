@@ -43,9 +43,12 @@ pub struct RaftOptions {
 impl Default for RaftOptions {
     fn default() -> Self {
         RaftOptions {
-            heartbeat: Duration::from_millis(200),
-            election_timeout_min: Duration::from_millis(1000),
-            election_timeout_max: Duration::from_millis(2000),
+            // LAN timings. openraft elects after the leader lease (the maximum) plus the
+            // node's timeout: a dead leader is replaced after 0.75-1 s of silence, while
+            // seven heartbeats in a row must be lost before a live one is.
+            heartbeat: Duration::from_millis(100),
+            election_timeout_min: Duration::from_millis(250),
+            election_timeout_max: Duration::from_millis(500),
             snapshot_after_entries: 10_000,
             entries_kept_after_snapshot: 1_000,
             snapshot_chunk_bytes: 4 << 20,
@@ -269,6 +272,27 @@ impl RaftNode {
             .map_err(|_| ProposeError::Failed("node is shutting down".into()))?
     }
 
+    /// Confirm with a quorum, now, that this node leads (a read-index round); returns the
+    /// term it leads in. A deposed leader that has not heard of its successor yet fails here:
+    /// the other masters refuse its term.
+    pub async fn confirm_leadership(&self) -> Result<u64, ProposeError> {
+        self.raft.ensure_linearizable().await.map_err(|e| match e {
+            RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f)) => {
+                forward(&f)
+            }
+            RaftError::APIError(openraft::error::CheckIsLeaderError::QuorumNotEnough(q)) => {
+                ProposeError::Unavailable(q.to_string())
+            }
+            other => ProposeError::Failed(other.to_string()),
+        })?;
+        let m = self.raft.metrics().borrow().clone();
+        if m.current_leader == Some(self.id) {
+            Ok(m.current_term)
+        } else {
+            Err(ProposeError::NotLeader { leader: None })
+        }
+    }
+
     /// Answer a query from this node's state, after a read-index round if linearizable.
     pub async fn query(
         &self,
@@ -277,15 +301,7 @@ impl RaftNode {
         consistency: Consistency,
     ) -> Result<Outcome, ProposeError> {
         if consistency == Consistency::Linearizable {
-            self.raft.ensure_linearizable().await.map_err(|e| match e {
-                RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f)) => {
-                    forward(&f)
-                }
-                RaftError::APIError(openraft::error::CheckIsLeaderError::QuorumNotEnough(q)) => {
-                    ProposeError::Unavailable(q.to_string())
-                }
-                other => ProposeError::Failed(other.to_string()),
-            })?;
+            self.confirm_leadership().await?;
         }
         // Read in place: a query is one short redb read transaction over (mostly cached)
         // pages, cheaper than the thread hand-off a blocking task would cost per request.

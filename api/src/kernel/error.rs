@@ -39,6 +39,7 @@ impl From<ProposeError> for ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the metadata quorum is unavailable; retry",
             ),
+            ProposeError::TryLater(m) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, m),
             ProposeError::Failed(m) => ApiError::internal(m),
         }
     }

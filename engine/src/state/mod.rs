@@ -7,9 +7,12 @@
 //!   in one place ([`Record::migrate`]).
 //! - State changes only through [`Registry::apply_batch`], which applies a batch of log entries
 //!   in one write transaction and records the last applied index in the same transaction.
+//! - A command applies once: the same envelope bytes applied again (a client's retry after a
+//!   leader change) return the first outcome ([`ONCE_WINDOW_MS`]).
 
 mod codec;
 mod command;
+mod once;
 mod registry;
 mod service;
 pub mod settings;
@@ -24,6 +27,7 @@ pub use codec::{decode, encode, reject};
 pub use command::{
     COMMAND_FORMAT_VERSION, COMMAND_PAYLOAD_MAX, Command, CommandDecodeError, ServiceId,
 };
+pub use once::ONCE_WINDOW_MS;
 pub use registry::{Outcome, Registry};
 pub use service::{
     ApplyContext, ApplyError, Envelope, Refusal, Rejection, Service, Typed, TypedService,

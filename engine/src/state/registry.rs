@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use redb::{ReadableDatabase, ReadableTable};
 
 use super::command::{Command, ServiceId};
+use super::once;
 use super::service::{ApplyContext, ApplyError, Envelope, Rejection, Service};
 use super::{META, META_LAST_APPLIED, StateError, StateStore, read_u64};
 
@@ -157,11 +158,22 @@ impl Registry {
                 format!("no {} in this build", command.service),
             )));
         };
-        let ctx = ApplyContext::new(index, command.time_ms, command.id_seed);
-        match service.apply(txn, &ctx, command.version, &command.payload) {
-            Ok(response) => Ok(Ok(response)),
-            Err(ApplyError::Rejected(r)) => Ok(Err(r)),
-            Err(ApplyError::Storage(e)) => Err(e),
+        // A proposal sent again (after a leader change) gets its first outcome back.
+        let id = once::identity(bytes);
+        if let Some(outcome) = once::remembered(txn, &id)? {
+            return Ok(outcome);
         }
+        let ctx = ApplyContext::new(index, command.time_ms, command.id_seed);
+        let outcome = match service.apply(txn, &ctx, command.version, &command.payload) {
+            Ok(response) => Ok(response),
+            Err(ApplyError::Rejected(r)) => Err(r),
+            Err(ApplyError::Storage(e)) => return Err(e),
+        };
+        // Only what changed the state is remembered: a refusal leaves no trace, and a retried
+        // refused command is decided afresh, as if it had only arrived then.
+        if outcome.is_ok() {
+            once::remember(txn, &id, command.time_ms, &outcome)?;
+        }
+        Ok(outcome)
     }
 }
