@@ -50,6 +50,9 @@ pub const KEYS: &[Key] = &[
         name: "master.write_replicas_min",
     },
     Key {
+        name: "master.repair_copies_per_server",
+    },
+    Key {
         name: "master.dead_after_ms",
     },
     Key {
@@ -381,6 +384,12 @@ impl Layers {
             } else {
                 None
             };
+        let repair_copies_per_server = self.parse("master.repair_copies_per_server", "8", |s| {
+            match s.parse::<u32>() {
+                Ok(n) if (1..=256).contains(&n) => Ok(n),
+                _ => Err(format!("{s:?} is not a number of copies (1 to 256)")),
+            }
+        })?;
         let millis = |key: &'static str, default: &str, min: u64| {
             self.parse(key, default, |s| match s.parse::<u64>() {
                 Ok(n) if n >= min => Ok(n),
@@ -550,6 +559,7 @@ impl Layers {
             replication,
             dead_after_ms,
             write_replicas_min,
+            repair_copies_per_server,
             election_timeout_ms,
             gc_grace_ms,
             tick_ms,
@@ -616,6 +626,8 @@ pub struct ServeConfig {
     /// Fewest live chunkservers a write goes to when fewer than R are live; `None`: a
     /// majority of R.
     pub write_replicas_min: Option<u8>,
+    /// Copies (repair and rebalancing) running into one chunkserver at once.
+    pub repair_copies_per_server: u32,
     /// Raft's minimum election timeout (the maximum is twice it): a follower that hears no
     /// leader for 3 to 4 times this starts an election.
     pub election_timeout_ms: u64,

@@ -174,6 +174,12 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         options(&config),
         smtp(&config),
     )?;
+    // A certificate from another cluster's CA: say so and stop, not retry for ever.
+    g.master
+        .rpc()
+        .check_trust(&config.gateway_masters, std::time::Duration::from_secs(3))
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot join the cluster: {e}"))?;
     let (listener, addr) = bind(config.listen).await?;
     let url = format!("http://{addr}");
     ensure_root_key(&g, &url).await?;

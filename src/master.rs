@@ -28,6 +28,7 @@ pub fn data_options(config: &crate::config::ServeConfig, replication: u8) -> Dat
         chunk_size: config.chunks.chunk_size_max,
         limits: Limits {
             grace_ms: config.gc_grace_ms,
+            copies_per_server: config.repair_copies_per_server,
             ..Limits::default()
         },
         lifecycle: Duration::from_millis(config.lifecycle_ms),

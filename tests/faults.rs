@@ -2781,12 +2781,22 @@ async fn writes_go_on_with_one_of_three_chunkservers_down() {
     }
     // The server comes back: everything written to two is copied up to three.
     let root = cluster.root.clone();
+    let under_before = metric(cluster.gateways[0], "cairn_chunks_under_replicated")
+        .await
+        .unwrap_or(0.0);
+    let restarted = Instant::now();
     cluster.chunkservers[2].start(&root);
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let alive = metric(cluster.gateways[0], "cairn_chunkservers_alive").await;
         let under = metric(cluster.gateways[0], "cairn_chunks_under_replicated").await;
         if alive == Some(3.0) && under == Some(0.0) {
+            let took = restarted.elapsed();
+            eprintln!(
+                "back to three replicas {took:?} after the restart: {under_before} chunks, \
+                 {:.1} chunks/s",
+                under_before / took.as_secs_f64()
+            );
             break;
         }
         assert!(

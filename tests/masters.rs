@@ -406,3 +406,158 @@ async fn three_master_processes_fail_over_and_keep_every_acknowledged_write() {
     acked.insert("k80".into(), "v80".into());
     assert_eq!(settings(&client).await, acked);
 }
+
+/// Start `args` and wait (up to the patience) for the process to exit by itself; returns
+/// whether it succeeded and its log. A process still running then is killed and fails the test.
+fn exits_by_itself(args: &[&str], cwd: &Path) -> (bool, String) {
+    let mut p = CairnProcess::start(Path::new(BIN), args, &[], cwd).unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(status) = p.exited() {
+            // The log reader may lag the exit by a moment.
+            std::thread::sleep(Duration::from_millis(200));
+            return (status.success(), p.log());
+        }
+        if Instant::now() >= deadline {
+            let log = p.log();
+            p.kill().unwrap();
+            panic!("{args:?} did not exit by itself; log:\n{log}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Operator errors with certificates. A chunkserver or a gateway whose certificate comes from
+/// another cluster's CA says so in words and exits at start (it used to retry for ever, ~16
+/// times a second); a node.key that is not node.pem's key, and a damaged node.pem, are named
+/// plainly (not `KeyMismatch: keys may not be consistent: KeyMismatch`, not byte arrays).
+#[test]
+fn nodes_with_wrong_certificates_say_what_is_wrong_and_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let d = |n: &str| root.join(n);
+    for ca in ["ours", "theirs"] {
+        let (ok, _, err) = cairn(
+            &[
+                "cluster",
+                "init",
+                "--data",
+                d(ca).to_str().unwrap(),
+                "--name",
+                "master-1",
+            ],
+            root,
+        );
+        assert!(ok, "{err}");
+    }
+    let addr = free_udp();
+    let mut master = start_master(1, &d("ours"), addr);
+    let issue = |ca: &str, name: &str| {
+        let (ok, _, err) = cairn(
+            &[
+                "cluster",
+                "issue-cert",
+                "--data",
+                d(ca).to_str().unwrap(),
+                "--name",
+                name,
+                "--out",
+                d(name).join("tls").to_str().unwrap(),
+            ],
+            root,
+        );
+        assert!(ok, "{err}");
+    };
+    issue("theirs", "stranger-cs");
+    issue("theirs", "stranger-gw");
+    issue("ours", "mixed");
+    issue("ours", "damaged");
+    let addr_s = addr.to_string();
+    let chunkserver = |name: &str| {
+        exits_by_itself(
+            &[
+                "chunkserver",
+                "--listen",
+                &free_udp().to_string(),
+                "--data",
+                d(name).to_str().unwrap(),
+                "--master",
+                &addr_s,
+            ],
+            root,
+        )
+    };
+
+    let (ok, log) = chunkserver("stranger-cs");
+    assert!(!ok, "{log}");
+    assert!(
+        log.contains("cannot join the cluster")
+            && log.contains("do not trust each other's certificates")
+            && log.contains("another cluster's CA"),
+        "{log}"
+    );
+    let (ok, log) = exits_by_itself(
+        &[
+            "gateway",
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+            d("stranger-gw").to_str().unwrap(),
+            "--master",
+            &addr_s,
+        ],
+        root,
+    );
+    assert!(!ok, "{log}");
+    assert!(
+        log.contains("do not trust each other's certificates"),
+        "{log}"
+    );
+
+    // A key from another certificate folder.
+    std::fs::copy(
+        d("ours").join("tls/node.key"),
+        d("mixed").join("tls/node.key"),
+    )
+    .unwrap();
+    let (ok, log) = chunkserver("mixed");
+    assert!(!ok, "{log}");
+    assert!(
+        log.contains("node.key is not the private key of node.pem"),
+        "{log}"
+    );
+    assert_eq!(log.matches("KeyMismatch").count(), 0, "{log}");
+
+    // A certificate cut short.
+    let pem = std::fs::read_to_string(d("damaged").join("tls/node.pem")).unwrap();
+    std::fs::write(d("damaged").join("tls/node.pem"), &pem[..pem.len() / 2]).unwrap();
+    let (ok, log) = chunkserver("damaged");
+    assert!(!ok, "{log}");
+    assert!(
+        log.contains("node.pem")
+            && log.contains("never ends")
+            && log.contains("-----END CERTIFICATE-----"),
+        "{log}"
+    );
+
+    // The master itself was never disturbed: a node with the right certificate joins.
+    issue("ours", "member");
+    let mut member = CairnProcess::start(
+        Path::new(BIN),
+        &[
+            "chunkserver",
+            "--listen",
+            &free_udp().to_string(),
+            "--data",
+            d("member").to_str().unwrap(),
+            "--master",
+            &addr_s,
+        ],
+        &[],
+        root,
+    )
+    .unwrap();
+    member.wait_for_line("chunkserver listening").unwrap();
+    member.kill().unwrap();
+    master.kill().unwrap();
+}

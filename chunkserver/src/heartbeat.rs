@@ -187,7 +187,13 @@ impl Chunkserver {
                             self.run_task(task).await;
                         } else {
                             let cs = self.clone();
-                            tokio::spawn(async move { cs.run_task(task).await });
+                            cs.inner.copies_running.fetch_add(1, Ordering::SeqCst);
+                            tokio::spawn(async move {
+                                cs.run_task(task).await;
+                                cs.inner.copies_running.fetch_sub(1, Ordering::SeqCst);
+                                // Report it now: the master plans the next copy when it hears.
+                                cs.inner.wake.notify_one();
+                            });
                         }
                     }
                     reported = if reply.full_report { None } else { Some(now) };
@@ -196,18 +202,26 @@ impl Chunkserver {
                     }
                 }
                 Err(e) => {
-                    if failing.is_multiple_of(20) {
-                        tracing::warn!(error = %e, failed_in_a_row = failing + 1, "heartbeat failed");
-                    } else {
-                        tracing::debug!(error = %e, "heartbeat failed");
-                    }
                     failing += 1;
+                    tracing::warn!(
+                        error = %e,
+                        failed_in_a_row = failing,
+                        retry_in = ?retry_pause(self.inner.options.heartbeat, failing),
+                        "heartbeat failed"
+                    );
                     self.inner.corrupt.lock().extend(corrupt);
                     self.inner.copies_failed.lock().extend(copies_failed);
                     reported = None;
                 }
             }
-            tokio::time::sleep(self.inner.options.heartbeat).await;
+            let mut pause = retry_pause(self.inner.options.heartbeat, failing);
+            if failing == 0 && self.inner.copies_running.load(Ordering::SeqCst) > 0 {
+                pause = pause.min(BUSY_BEAT);
+            }
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = self.inner.wake.notified(), if failing == 0 => {}
+            }
         }
     }
 
@@ -241,5 +255,41 @@ impl Chunkserver {
                 }
             },
         }
+    }
+}
+
+/// The pause before the next heartbeat after `failing` failures in a row: the interval, then
+/// doubling up to the larger of the interval and 5 s, so a node that cannot reach the masters
+/// (down, unreachable, or refusing its certificate) backs off instead of hammering them.
+fn retry_pause(interval: Duration, failing: u64) -> Duration {
+    if failing == 0 {
+        return interval;
+    }
+    let cap = interval.max(RETRY_PAUSE_MAX);
+    let doubled = interval.saturating_mul(1u32 << (failing - 1).min(16) as u32);
+    doubled.min(cap)
+}
+
+/// The heartbeat interval while copies run (repair and rebalancing): finished copies are
+/// reported at once anyway; this picks up the copies planned meanwhile.
+const BUSY_BEAT: Duration = Duration::from_millis(200);
+
+/// The longest pause between failed heartbeats.
+const RETRY_PAUSE_MAX: Duration = Duration::from_secs(5);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_heartbeats_back_off_up_to_a_cap() {
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        let pauses: Vec<Duration> = (0..6).map(|f| retry_pause(s(1), f)).collect();
+        assert_eq!(pauses, vec![s(1), s(1), s(2), s(4), s(5), s(5)]);
+        assert_eq!(retry_pause(ms(300), 3), ms(1200));
+        assert_eq!(retry_pause(ms(300), 60), s(5));
+        // An interval above the cap is kept.
+        assert_eq!(retry_pause(s(10), 3), s(10));
     }
 }

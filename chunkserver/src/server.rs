@@ -64,6 +64,9 @@ impl Default for ChunkserverOptions {
     }
 }
 
+/// How long the start-up trust check waits for each master's handshake.
+const TRUST_CHECK_WAIT: Duration = Duration::from_secs(3);
+
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
@@ -72,6 +75,9 @@ pub enum StartError {
     Endpoint(#[from] cairn_proto::EndpointError),
     #[error("chunkserver id file {path}: {reason}")]
     Id { path: PathBuf, reason: String },
+    /// The masters and this node do not trust each other's certificates.
+    #[error("cannot join the cluster: {0}")]
+    Untrusted(cairn_proto::RpcError),
     #[error("{0}")]
     Other(String),
 }
@@ -104,6 +110,11 @@ pub(crate) struct Inner {
     /// The newest master term a heartbeat reply carried (fencing: instructions from an older
     /// term are refused).
     pub(crate) term: std::sync::atomic::AtomicU64,
+    /// Copies running now: while there are any, heartbeats go every `BUSY_BEAT` so finished
+    /// copies are reported and new ones picked up without waiting a whole interval.
+    pub(crate) copies_running: AtomicU32,
+    /// Wakes the heartbeat loop (a copy finished: report it now).
+    pub(crate) wake: tokio::sync::Notify,
     /// Replicas found corrupt (already deleted), for the next heartbeat.
     pub(crate) corrupt: Mutex<Vec<ChunkHandle>>,
     /// Copies that failed, for the next heartbeat.
@@ -246,6 +257,13 @@ impl Chunkserver {
             options.masters.clone(),
         );
         master.patience = options.heartbeat.max(Duration::from_secs(2));
+        // A certificate from another cluster's CA is an operator's mistake: say so and stop,
+        // rather than retry for ever.
+        master
+            .client()
+            .check_trust(&options.masters, TRUST_CHECK_WAIT)
+            .await
+            .map_err(StartError::Untrusted)?;
         let inner = Arc::new(Inner {
             id,
             addr,
@@ -257,6 +275,8 @@ impl Chunkserver {
             options,
             load: AtomicU32::new(0),
             term: std::sync::atomic::AtomicU64::new(0),
+            copies_running: AtomicU32::new(0),
+            wake: tokio::sync::Notify::new(),
             corrupt: Mutex::new(Vec::new()),
             copies_failed: Mutex::new(Vec::new()),
             rereport: Mutex::new(Vec::new()),

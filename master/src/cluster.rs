@@ -223,6 +223,11 @@ impl ClusterMap {
             .collect())
     }
 
+    /// Copies planned and not yet reported done or failed.
+    pub fn copies_running(&self) -> usize {
+        self.copies.len()
+    }
+
     /// Give `server` back instructions that could not be sent (the leadership that planned
     /// them was not confirmed in time): they go with its next heartbeat answer, so a
     /// momentary failure to confirm loses no copy or deletion.

@@ -63,6 +63,9 @@ pub fn write_replicas_min(r: u8, configured: Option<u8>) -> u8 {
     configured.unwrap_or(r / 2 + 1).clamp(1, r)
 }
 
+/// The shortest time between two planner runs started early by finished copies.
+const REPLAN_MIN: Duration = Duration::from_millis(100);
+
 /// Wall-clock milliseconds, as stamped into commands.
 pub fn wall_ms() -> u64 {
     SystemTime::now()
@@ -84,6 +87,8 @@ pub struct DataPlane {
     map: Arc<Mutex<ClusterMap>>,
     options: DataOptions,
     epoch: Instant,
+    /// Run the planner now (copies finished: plan the next ones without waiting for the tick).
+    replan: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for DataPlane {
@@ -102,6 +107,7 @@ impl DataPlane {
             map: Arc::new(Mutex::new(ClusterMap::default())),
             options,
             epoch: Instant::now(),
+            replan: Arc::new(tokio::sync::Notify::new()),
         };
         let ticker = dp.clone();
         tokio::spawn(async move { ticker.run_ticks().await });
@@ -195,7 +201,15 @@ impl DataPlane {
     async fn heartbeat(&self, hb: Heartbeat) -> Result<HeartbeatReply, ProposeError> {
         let now = self.now();
         let server = hb.server.id;
-        let reply = self.map()?.heartbeat(hb, now);
+        let reply = {
+            let mut map = self.map()?;
+            let copies = map.copies_running();
+            let reply = map.heartbeat(hb, now);
+            if map.copies_running() < copies {
+                self.replan.notify_one();
+            }
+            reply
+        };
         // Confirmed even with nothing to send: a deposed leader that went on answering
         // heartbeats would keep the chunkservers from its successor.
         match self.node.confirm_leadership().await {
@@ -242,9 +256,12 @@ impl DataPlane {
         let chain = {
             let now = self.now();
             let mut map = self.map()?;
+            // Until every live server has had the time to report to this leader, a missing
+            // one may just not have reported yet: no write goes to fewer than R then.
+            let settled = map.settled(now, self.dead_ms());
             let placed = map.place(
                 usize::from(r),
-                usize::from(min),
+                usize::from(if settled { min } else { r }),
                 &exclude,
                 self.options.chunk_size,
                 now,
@@ -255,7 +272,7 @@ impl DataPlane {
                 Ok(chain) => chain,
                 // A new leader's map fills from heartbeats: until every live server has had
                 // the time to report, the writer waits (its leader search retries).
-                Err(e) if !map.settled(now, self.dead_ms()) => {
+                Err(e) if !settled => {
                     return Err(ProposeError::Unavailable(format!(
                         "{e} (this leader is still hearing from the chunkservers)"
                     )));
@@ -363,8 +380,16 @@ impl DataPlane {
     async fn run_ticks(&self) {
         let mut interval = tokio::time::interval(self.options.tick);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last = tokio::time::Instant::now();
         loop {
-            interval.tick().await;
+            tokio::select! {
+                _ = interval.tick() => {}
+                // Copies finished: plan the next ones now (at most every REPLAN_MIN).
+                () = self.replan.notified() => {
+                    tokio::time::sleep_until(last + REPLAN_MIN).await;
+                }
+            }
+            last = tokio::time::Instant::now();
             if self.leading().is_err() {
                 continue;
             }

@@ -55,7 +55,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             grace_ms: 3_600_000,
-            copies_per_server: 4,
+            copies_per_server: 8,
             rebalance_per_tick: 2,
             forget_per_tick: 1000,
             free_min: 64 << 20,
@@ -631,7 +631,7 @@ mod tests {
         assert_eq!(p.copies.len(), Limits::default().copies_per_server as usize);
         assert!(p.copies.iter().all(|c| c.from == 1 && c.to == 2));
         // Copies already running count against the bound, and chunks being copied wait.
-        w.servers.get_mut(&2).unwrap().copies_in = 3;
+        w.servers.get_mut(&2).unwrap().copies_in = Limits::default().copies_per_server - 1;
         w.copying.insert(ChunkHandle(1));
         let p = w.plan();
         assert_eq!(p.copies.len(), 1);

@@ -70,6 +70,10 @@ impl RemoteError {
 pub enum RpcError {
     #[error("cannot connect to {addr}: {reason}")]
     Connect { addr: SocketAddr, reason: String },
+    /// The TLS handshake failed: one side does not trust the other's certificate (issued by
+    /// another cluster's CA, expired, or for another name). Trying again will not help.
+    #[error("{addr} and this node do not trust each other's certificates: {reason}")]
+    Untrusted { addr: SocketAddr, reason: String },
     #[error("connection to {addr} failed: {reason}")]
     Connection { addr: SocketAddr, reason: String },
     #[error("call to {addr} timed out after {after:?}")]
@@ -291,6 +295,59 @@ async fn violation(conn: &quinn::Connection, send: &mut quinn::SendStream, reaso
     conn.close(quinn::VarInt::from_u32(CLOSE_PROTOCOL_VIOLATION), &reason);
 }
 
+/// TLS alerts travel as QUIC transport error codes 0x100-0x1ff (RFC 9001, 4.8).
+fn tls_alert(code: quinn_proto::TransportErrorCode) -> Option<u8> {
+    let code = u64::from(code);
+    (0x100..=0x1ff)
+        .contains(&code)
+        .then_some((code & 0xff) as u8)
+}
+
+/// What a TLS alert says, in words.
+fn alert_words(alert: u8) -> &'static str {
+    match alert {
+        42 => "a certificate was refused",
+        43 => "the certificate type is not supported",
+        44 => "a certificate was revoked",
+        45 => "a certificate has expired",
+        46 => "a certificate could not be checked",
+        48 => "a certificate is signed by a CA the other side does not know",
+        51 => "a signature did not verify (a certificate from another cluster's CA)",
+        116 => "no certificate was sent",
+        _ => "the handshake was refused",
+    }
+}
+
+/// Classify a failed connection attempt: a TLS refusal (either side's) is [`RpcError::Untrusted`],
+/// said in words; anything else is [`RpcError::Connect`].
+fn connect_failure(addr: SocketAddr, e: quinn::ConnectionError) -> RpcError {
+    let untrusted = |alert: u8, by: &str| RpcError::Untrusted {
+        addr,
+        reason: format!(
+            "{} ({by}, TLS alert {alert}); are both nodes' certificates issued by this \
+             cluster's CA (`cairn cluster issue-cert` on the node that holds `ca.key`) and still valid?",
+            alert_words(alert)
+        ),
+    };
+    match &e {
+        quinn::ConnectionError::TransportError(t) => {
+            if let Some(alert) = tls_alert(t.code) {
+                return untrusted(alert, "this node refused the peer's certificate");
+            }
+        }
+        quinn::ConnectionError::ConnectionClosed(c) => {
+            if let Some(alert) = tls_alert(c.error_code) {
+                return untrusted(alert, "the peer refused this node's certificate");
+            }
+        }
+        _ => {}
+    }
+    RpcError::Connect {
+        addr,
+        reason: e.to_string(),
+    }
+}
+
 /// Client behaviour.
 #[derive(Clone, Copy, Debug)]
 pub struct ClientOptions {
@@ -394,6 +451,33 @@ impl Client {
         }
     }
 
+    /// Whether this node and the peers trust each other's certificates, asked of all at once
+    /// (a TLS handshake each, up to `wait`). Fails with the first [`RpcError::Untrusted`] when
+    /// some peer refused and none accepted: a node started with a certificate from another
+    /// cluster's CA says so at start instead of retrying for ever. Peers that cannot be
+    /// reached are not counted either way (they may be starting).
+    pub async fn check_trust(&self, peers: &[SocketAddr], wait: Duration) -> Result<(), RpcError> {
+        let tries = peers.iter().map(|addr| async move {
+            tokio::time::timeout(wait, self.connection(*addr))
+                .await
+                .unwrap_or(Err(RpcError::Timeout {
+                    addr: *addr,
+                    after: wait,
+                }))
+        });
+        let results = futures::future::join_all(tries).await;
+        if results.iter().any(Result::is_ok) {
+            return Ok(());
+        }
+        match results
+            .into_iter()
+            .find_map(|r| r.err().filter(|e| matches!(e, RpcError::Untrusted { .. })))
+        {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
     /// Drop the cached connection to `addr` (the next call reconnects). For callers that saw
     /// a stream stall: a peer that restarted on the same address leaves the old connection
     /// open until its idle timeout.
@@ -414,7 +498,7 @@ impl Client {
             .endpoint
             .connect(addr, CLUSTER_SERVER_NAME)
             .map_err(|e| connect_err(e.to_string()))?;
-        let c = connecting.await.map_err(|e| connect_err(e.to_string()))?;
+        let c = connecting.await.map_err(|e| connect_failure(addr, e))?;
         *conn = Some(c.clone());
         Ok(c)
     }

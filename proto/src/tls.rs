@@ -44,8 +44,14 @@ pub enum TlsError {
     Generate(#[from] rcgen::Error),
     #[error("{path}: {reason}")]
     Pem { path: PathBuf, reason: String },
+    /// Not marked as the source: rustls's message already holds it, and printing the chain
+    /// said it twice (`KeyMismatch: keys may not be consistent: KeyMismatch`).
     #[error("TLS configuration: {0}")]
-    Rustls(#[from] rustls::Error),
+    Rustls(rustls::Error),
+    #[error(
+        "node.key is not the private key of node.pem (they come from different certificates); copy both from the same `cairn cluster issue-cert` folder"
+    )]
+    KeyMismatch,
     #[error("TLS client verifier: {0}")]
     Verifier(#[from] rustls::server::VerifierBuilderError),
     #[error("{0} already exists; refusing to overwrite cluster credentials")]
@@ -60,6 +66,36 @@ pub enum TlsError {
     MissingIdentity(PathBuf),
     #[error("invalid node name {0:?}: use letters, digits, '-' and '.'")]
     BadName(String),
+}
+
+impl From<rustls::Error> for TlsError {
+    fn from(e: rustls::Error) -> TlsError {
+        TlsError::Rustls(e)
+    }
+}
+
+/// A PEM parsing error in words (the library's own messages print byte arrays).
+fn pem_words(what: &str, e: &rustls_pki_types::pem::Error) -> String {
+    use rustls_pki_types::pem::Error as E;
+    match e {
+        E::MissingSectionEnd { end_marker } => format!(
+            "a PEM section never ends (no \"-----END {}-----\" line): the file is cut short or damaged",
+            String::from_utf8_lossy(end_marker).trim()
+        ),
+        E::IllegalSectionStart { line } => format!(
+            "a line that starts a PEM section is malformed: \"{}\"",
+            String::from_utf8_lossy(line).trim()
+        ),
+        E::Base64Decode(m) => {
+            format!("a PEM section is not valid base64 ({m}): the file is damaged")
+        }
+        E::Io(e) => format!("cannot be read: {e}"),
+        E::NoItemsFound => {
+            format!("holds no PEM {what}: is it the file `cairn cluster issue-cert` wrote?")
+        }
+        E::SectionTooLarge => "a PEM section is larger than 256 MB: not a certificate file".into(),
+        other => format!("cannot be parsed as PEM: {other}"),
+    }
 }
 
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> TlsError {
@@ -257,16 +293,16 @@ impl NodeIdentity {
         ),
         TlsError,
     > {
-        let pem_err = |what: &str, e: rustls_pki_types::pem::Error| TlsError::Pem {
-            path: PathBuf::from(what),
-            reason: e.to_string(),
+        let pem_err = |file: &str, what: &str, e: rustls_pki_types::pem::Error| TlsError::Pem {
+            path: PathBuf::from(file),
+            reason: pem_words(what, &e),
         };
         let cert = CertificateDer::from_pem_slice(self.cert_pem.as_bytes())
-            .map_err(|e| pem_err(NODE_CERT, e))?;
+            .map_err(|e| pem_err(NODE_CERT, "certificate", e))?;
         let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())
-            .map_err(|e| pem_err(NODE_KEY, e))?;
+            .map_err(|e| pem_err(NODE_KEY, "private key", e))?;
         let ca = CertificateDer::from_pem_slice(self.ca_pem.as_bytes())
-            .map_err(|e| pem_err(CA_CERT, e))?;
+            .map_err(|e| pem_err(CA_CERT, "certificate", e))?;
         let mut roots = RootCertStore::empty();
         roots.add(ca)?;
         Ok((vec![cert], key, Arc::new(roots)))
@@ -282,6 +318,14 @@ impl NodeIdentity {
         out
     }
 
+    /// A certificate and key that rustls refused together, said plainly when they do not match.
+    fn key_error(&self, e: rustls::Error) -> TlsError {
+        match e {
+            rustls::Error::InconsistentKeys(_) => TlsError::KeyMismatch,
+            other => TlsError::Rustls(other),
+        }
+    }
+
     /// Server side: TLS 1.3, our certificate, and a client certificate from the CA required.
     pub fn server_config(&self) -> Result<rustls::ServerConfig, TlsError> {
         let (chain, key, roots) = self.parts()?;
@@ -291,7 +335,8 @@ impl NodeIdentity {
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(verifier)
-            .with_single_cert(chain, key)?;
+            .with_single_cert(chain, key)
+            .map_err(|e| self.key_error(e))?;
         config.alpn_protocols = vec![ALPN.to_vec()];
         Ok(config)
     }
@@ -303,7 +348,8 @@ impl NodeIdentity {
         let mut config = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_root_certificates(roots)
-            .with_client_auth_cert(chain, key)?;
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| self.key_error(e))?;
         config.alpn_protocols = vec![ALPN.to_vec()];
         Ok(config)
     }

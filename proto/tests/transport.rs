@@ -158,10 +158,10 @@ async fn a_peer_with_a_certificate_from_another_ca_is_refused_at_the_handshake()
         .call::<Echo>(addr, &echo("let me in"))
         .await
         .unwrap_err();
-    assert!(
-        matches!(err, RpcError::Connect { .. } | RpcError::Connection { .. }),
-        "{err}"
-    );
+    // Typed, and said in words: a refused handshake is not a connection failure to retry.
+    assert!(matches!(err, RpcError::Untrusted { .. }), "{err}");
+    assert!(!err.is_retryable());
+    assert!(err.to_string().contains("another cluster's CA"), "{err}");
 
     // The server keeps serving members.
     let member = client(&ca.issue("member", &[]).unwrap(), quick());
