@@ -2209,6 +2209,119 @@ fn leader_of(cluster: &Cluster) -> Option<u64> {
         .find_map(|m| (m["state"] == "leader").then(|| m["id"].as_u64()).flatten())
 }
 
+/// Wait until the cluster has `bucket` and every one of its `servers` chunkservers reported.
+async fn ready(cluster: &Cluster, bucket: &str, servers: f64) {
+    let setup = client_with_retries(cluster.gateways[0], 20, Duration::from_secs(60));
+    let deadline = Instant::now() + PATIENCE;
+    while setup.create_bucket().bucket(bucket).send().await.is_err() {
+        assert!(Instant::now() < deadline, "no bucket");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let deadline = Instant::now() + PATIENCE;
+    while metric(cluster.gateways[0], "cairn_chunkservers_alive").await != Some(servers) {
+        assert!(Instant::now() < deadline, "chunkservers never all reported");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `CLIENTS` S3 writers that never retry (every failure is seen; `timeout` is far above any
+/// failover, so no answer within it is a hang), each putting new keys of `size(who, n)` bytes
+/// into `bucket` through the two gateways in turn until `stop`, recording every write.
+fn start_writers(
+    cluster: &Cluster,
+    bucket: &'static str,
+    timeout: Duration,
+    size: fn(u64, u64) -> usize,
+    began: Instant,
+    stop: &Arc<std::sync::atomic::AtomicBool>,
+    writes: &Arc<Mutex<Vec<Write>>>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..CLIENTS)
+        .map(|who| {
+            let c = client_with_retries(cluster.gateways[(who % 2) as usize], 1, timeout);
+            let (stop, writes) = (stop.clone(), writes.clone());
+            tokio::spawn(async move {
+                let mut rng = Rng(who + 1000);
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let key = format!("w{who}-{n}");
+                    let mut bytes = vec![0u8; size(who, n)];
+                    for b in bytes.iter_mut().step_by(61) {
+                        *b = rng.below(256) as u8;
+                    }
+                    let asked = began.elapsed();
+                    let r = c
+                        .put_object()
+                        .bucket(bucket)
+                        .key(&key)
+                        .body(ByteStream::from(bytes.clone()))
+                        .send()
+                        .await;
+                    let failed = match r {
+                        Ok(_) => None,
+                        Err(e) => Some(e.raw_response().map_or(0, |r| r.status().as_u16())),
+                    };
+                    writes.lock().push(Write {
+                        asked,
+                        answered: began.elapsed(),
+                        failed,
+                        key,
+                        digest: digest(&bytes),
+                    });
+                    if failed.is_some() {
+                        // What a client does on a 503: wait a little, then go on.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    n += 1;
+                }
+            })
+        })
+        .collect()
+}
+
+/// Failed writes by HTTP status (0: no answer).
+fn failures_by_status(writes: &[Write]) -> BTreeMap<u16, usize> {
+    let mut failures = BTreeMap::new();
+    for w in writes.iter().filter_map(|w| w.failed) {
+        *failures.entry(w).or_default() += 1;
+    }
+    failures
+}
+
+/// Every request was answered (status 0: the client gave up waiting), and none failed for a
+/// reason other than "retry later" (503).
+fn assert_only_retryable_failures(writes: &[Write]) {
+    let wrong: Vec<&Write> = writes
+        .iter()
+        .filter(|w| w.failed.is_some_and(|s| s != 503))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "requests that got no answer (0) or a non-retryable error: {:#?}",
+        wrong.iter().take(20).collect::<Vec<_>>()
+    );
+}
+
+/// Every acknowledged write into `bucket` reads back, byte for byte.
+async fn assert_acknowledged_read_back(cluster: &Cluster, bucket: &str, acked: &[&Write]) {
+    let reader = client_with_retries(cluster.gateways[0], 10, Duration::from_secs(60));
+    for w in acked {
+        let got = reader
+            .get_object()
+            .bucket(bucket)
+            .key(&w.key)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("acknowledged {} is gone: {e:?}", w.key))
+            .body
+            .collect()
+            .await
+            .unwrap()
+            .into_bytes();
+        assert_eq!(digest(&got), w.digest, "{} changed", w.key);
+    }
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -2241,74 +2354,20 @@ async fn leader_kills_lose_no_acknowledged_write_and_answer_every_request() {
     eprintln!("leader kills: {kills}, seed {seed} (replay: CAIRN_FAULT_SEED={seed})");
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = Cluster::start(dir.path(), false, &bin());
-    let setup = client_with_retries(cluster.gateways[0], 20, Duration::from_secs(60));
-    let deadline = Instant::now() + PATIENCE;
-    while setup
-        .create_bucket()
-        .bucket("failover")
-        .send()
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "no bucket");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let deadline = Instant::now() + PATIENCE;
-    while metric(cluster.gateways[0], "cairn_chunkservers_alive").await != Some(5.0) {
-        assert!(Instant::now() < deadline, "chunkservers never all reported");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-
+    ready(&cluster, "failover", 5.0).await;
     let began = Instant::now();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writes = Arc::new(Mutex::new(Vec::<Write>::new()));
-    let mut workers = Vec::new();
-    for who in 0..CLIENTS {
-        // No retries: every failure is seen. The timeout is far above any failover, so an
-        // answer that does not come in it is a hang.
-        let c = client_with_retries(
-            cluster.gateways[(who % 2) as usize],
-            1,
-            Duration::from_secs(30),
-        );
-        let (stop, writes) = (stop.clone(), writes.clone());
-        workers.push(tokio::spawn(async move {
-            let mut rng = Rng(who + 1000);
-            let mut n = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let key = format!("w{who}-{n}");
-                let size = if n.is_multiple_of(2) { 2048 } else { 256 << 10 };
-                let mut bytes = vec![0u8; size];
-                for b in bytes.iter_mut().step_by(61) {
-                    *b = rng.below(256) as u8;
-                }
-                let asked = began.elapsed();
-                let r = c
-                    .put_object()
-                    .bucket("failover")
-                    .key(&key)
-                    .body(ByteStream::from(bytes.clone()))
-                    .send()
-                    .await;
-                let failed = match r {
-                    Ok(_) => None,
-                    Err(e) => Some(e.raw_response().map_or(0, |r| r.status().as_u16())),
-                };
-                writes.lock().push(Write {
-                    asked,
-                    answered: began.elapsed(),
-                    failed,
-                    key,
-                    digest: digest(&bytes),
-                });
-                if failed.is_some() {
-                    // What a client does on a 503: wait a little, then go on.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                n += 1;
-            }
-        }));
-    }
+    let size = |_: u64, n: u64| if n.is_multiple_of(2) { 2048 } else { 256 << 10 };
+    let workers = start_writers(
+        &cluster,
+        "failover",
+        Duration::from_secs(30),
+        size,
+        began,
+        &stop,
+        &writes,
+    );
 
     let mut rng = Rng(seed);
     let mut windows = Vec::new();
@@ -2390,27 +2449,8 @@ async fn leader_kills_lose_no_acknowledged_write_and_answer_every_request() {
 
     let writes = writes.lock().clone();
     let acked: Vec<&Write> = writes.iter().filter(|w| w.failed.is_none()).collect();
-    let mut failures: BTreeMap<u16, usize> = BTreeMap::new();
-    for w in writes.iter().filter_map(|w| w.failed) {
-        *failures.entry(w).or_default() += 1;
-    }
-    // Every acknowledged write reads back, byte for byte.
-    let reader = client_with_retries(cluster.gateways[0], 10, Duration::from_secs(60));
-    for w in &acked {
-        let got = reader
-            .get_object()
-            .bucket("failover")
-            .key(&w.key)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("acknowledged {} is gone: {e:?}", w.key))
-            .body
-            .collect()
-            .await
-            .unwrap()
-            .into_bytes();
-        assert_eq!(digest(&got), w.digest, "{} changed", w.key);
-    }
+    let failures = failures_by_status(&writes);
+    assert_acknowledged_read_back(&cluster, "failover", &acked).await;
     let mut sorted = windows.clone();
     sorted.sort();
     let mut rec = recoveries.clone();
@@ -2431,17 +2471,7 @@ async fn leader_kills_lose_no_acknowledged_write_and_answer_every_request() {
     if let Some(path) = std::env::var_os("CAIRN_FAILOVER_REPORT") {
         std::fs::write(path, &report).unwrap();
     }
-    // Every request was answered (status 0: the client gave up waiting), and none failed
-    // for a reason other than "retry later".
-    let wrong: Vec<&Write> = writes
-        .iter()
-        .filter(|w| w.failed.is_some_and(|s| s != 503))
-        .collect();
-    assert!(
-        wrong.is_empty(),
-        "requests that got no answer (0) or a non-retryable error: {:#?}",
-        wrong.iter().take(20).collect::<Vec<_>>()
-    );
+    assert_only_retryable_failures(&writes);
     assert!(acked.len() > kills * 4, "the writers made progress");
 }
 
@@ -2477,17 +2507,8 @@ async fn a_deposed_leader_cannot_instruct_chunkservers() {
     };
     let dir = tempfile::tempdir().unwrap();
     let cluster = Cluster::start(dir.path(), false, &bin());
+    ready(&cluster, "fenced", 5.0).await;
     let c = client_with_retries(cluster.gateways[0], 20, Duration::from_secs(60));
-    let deadline = Instant::now() + PATIENCE;
-    while c.create_bucket().bucket("fenced").send().await.is_err() {
-        assert!(Instant::now() < deadline, "no bucket");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let deadline = Instant::now() + PATIENCE;
-    while metric(cluster.gateways[0], "cairn_chunkservers_alive").await != Some(5.0) {
-        assert!(Instant::now() < deadline, "chunkservers never all reported");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
     let mut rng = Rng(11);
     let mut acked: BTreeMap<String, u64> = BTreeMap::new();
     let put = |key: String, rng: &mut Rng| {
@@ -2635,74 +2656,24 @@ async fn writes_go_on_with_one_of_three_chunkservers_down() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = Cluster::start_sized(dir.path(), false, &bin(), 3);
-    let setup = client_with_retries(cluster.gateways[0], 20, Duration::from_secs(60));
-    let deadline = Instant::now() + PATIENCE;
-    while setup
-        .create_bucket()
-        .bucket("degraded")
-        .send()
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "no bucket");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let deadline = Instant::now() + PATIENCE;
-    while metric(cluster.gateways[0], "cairn_chunkservers_alive").await != Some(3.0) {
-        assert!(Instant::now() < deadline, "chunkservers never all reported");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    ready(&cluster, "degraded", 3.0).await;
     let began = Instant::now();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writes = Arc::new(Mutex::new(Vec::<Write>::new()));
-    let mut workers = Vec::new();
-    for who in 0..CLIENTS {
-        let c = client_with_retries(
-            cluster.gateways[(who % 2) as usize],
-            1,
-            Duration::from_secs(60),
-        );
-        let (stop, writes) = (stop.clone(), writes.clone());
-        workers.push(tokio::spawn(async move {
-            let mut rng = Rng(who + 2000);
-            let mut n = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let key = format!("w{who}-{n}");
-                let size = match (who, n % 2) {
-                    (0, _) => 24 << 20,
-                    (_, 0) => 2048,
-                    _ => 256 << 10,
-                };
-                let mut bytes = vec![0u8; size];
-                for b in bytes.iter_mut().step_by(61) {
-                    *b = rng.below(256) as u8;
-                }
-                let asked = began.elapsed();
-                let r = c
-                    .put_object()
-                    .bucket("degraded")
-                    .key(&key)
-                    .body(ByteStream::from(bytes.clone()))
-                    .send()
-                    .await;
-                let failed = match r {
-                    Ok(_) => None,
-                    Err(e) => Some(e.raw_response().map_or(0, |r| r.status().as_u16())),
-                };
-                writes.lock().push(Write {
-                    asked,
-                    answered: began.elapsed(),
-                    failed,
-                    key,
-                    digest: digest(&bytes),
-                });
-                if failed.is_some() {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                n += 1;
-            }
-        }));
-    }
+    let size = |who: u64, n: u64| match (who, n % 2) {
+        (0, _) => 24 << 20,
+        (_, 0) => 2048,
+        _ => 256 << 10,
+    };
+    let workers = start_writers(
+        &cluster,
+        "degraded",
+        Duration::from_secs(60),
+        size,
+        began,
+        &stop,
+        &writes,
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
     cluster.chunkservers[2].kill();
     let killed = began.elapsed();
@@ -2742,10 +2713,7 @@ async fn writes_go_on_with_one_of_three_chunkservers_down() {
         .map(|w| w.answered - w.asked)
         .max()
         .unwrap_or_default();
-    let mut failures: BTreeMap<u16, usize> = BTreeMap::new();
-    for w in writes.iter().filter_map(|w| w.failed) {
-        *failures.entry(w).or_default() += 1;
-    }
+    let failures = failures_by_status(&writes);
     let acked: Vec<&Write> = writes.iter().filter(|w| w.failed.is_none()).collect();
     eprintln!(
         "one of three chunkservers down: {} writes acknowledged, failed by status {failures:?}; \
@@ -2754,31 +2722,8 @@ async fn writes_go_on_with_one_of_three_chunkservers_down() {
         acked.len(),
         back - killed
     );
-    let wrong: Vec<&Write> = writes
-        .iter()
-        .filter(|w| w.failed.is_some_and(|s| s != 503))
-        .collect();
-    assert!(
-        wrong.is_empty(),
-        "requests that got no answer (0) or a non-retryable error: {:#?}",
-        wrong.iter().take(20).collect::<Vec<_>>()
-    );
-    let reader = client_with_retries(cluster.gateways[0], 10, Duration::from_secs(60));
-    for w in &acked {
-        let got = reader
-            .get_object()
-            .bucket("degraded")
-            .key(&w.key)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("acknowledged {} is gone: {e:?}", w.key))
-            .body
-            .collect()
-            .await
-            .unwrap()
-            .into_bytes();
-        assert_eq!(digest(&got), w.digest, "{} changed", w.key);
-    }
+    assert_only_retryable_failures(&writes);
+    assert_acknowledged_read_back(&cluster, "degraded", &acked).await;
     // The server comes back: everything written to two is copied up to three.
     let root = cluster.root.clone();
     let under_before = metric(cluster.gateways[0], "cairn_chunks_under_replicated")
