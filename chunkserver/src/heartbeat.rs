@@ -149,26 +149,24 @@ impl Chunkserver {
                 .last_beat_ms
                 .store(self.since_start_ms(), Ordering::Relaxed);
             match answer {
-                Ok(reply) => {
+                Ok(mut reply) => {
                     if failing > 0 {
                         tracing::info!(failed = failing, "heartbeats reach the leader again");
                     }
                     failing = 0;
                     // Fencing: a master of an older term than one already heard from was
-                    // deposed; what it planned is not carried out.
+                    // deposed; what it planned is not carried out, and what it was told is
+                    // sent again in full to the leader.
                     let newest = self.inner.term.fetch_max(reply.term, Ordering::SeqCst);
-                    if reply.term < newest {
-                        if !reply.tasks.is_empty() {
-                            tracing::warn!(
-                                term = reply.term,
-                                newest,
-                                refused = reply.tasks.len(),
-                                "refused instructions from a master of an older term"
-                            );
-                        }
-                        reported = None;
-                        tokio::time::sleep(self.inner.options.heartbeat).await;
-                        continue;
+                    let stale = reply.term < newest;
+                    if stale && !reply.tasks.is_empty() {
+                        tracing::warn!(
+                            term = reply.term,
+                            newest,
+                            refused = reply.tasks.len(),
+                            "refused instructions from a master of an older term"
+                        );
+                        reply.tasks.clear();
                     }
                     if !reply.tasks.is_empty() {
                         tracing::info!(
@@ -196,8 +194,12 @@ impl Chunkserver {
                             });
                         }
                     }
-                    reported = if reply.full_report { None } else { Some(now) };
-                    if reply.full_report {
+                    reported = if reply.full_report || stale {
+                        None
+                    } else {
+                        Some(now)
+                    };
+                    if reply.full_report && !stale {
                         continue;
                     }
                 }
