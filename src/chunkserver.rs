@@ -18,6 +18,10 @@ pub fn options(config: &ServeConfig) -> ChunkserverOptions {
         zone: config.zone.clone(),
         heartbeat: Duration::from_millis(config.heartbeat_ms),
         scrub_rate: config.scrub_rate,
+        copy_rates: cairn_chunkserver::CopyRates {
+            idle: config.repair_rate,
+            busy: config.repair_rate_busy,
+        },
         store,
     }
 }

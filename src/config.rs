@@ -74,6 +74,12 @@ pub const KEYS: &[Key] = &[
         name: "chunkserver.scrub_rate",
     },
     Key {
+        name: "chunkserver.repair_rate",
+    },
+    Key {
+        name: "chunkserver.repair_rate_busy",
+    },
+    Key {
         name: "master.lifecycle_ms",
     },
     Key {
@@ -429,6 +435,8 @@ impl Layers {
             }
         })?;
         let scrub_rate = self.parse("chunkserver.scrub_rate", "32MiB", parse_size)?;
+        let repair_rate = self.parse("chunkserver.repair_rate", "0", parse_size)?;
+        let repair_rate_busy = self.parse("chunkserver.repair_rate_busy", "32MiB", parse_size)?;
         let lifecycle_ms = millis("master.lifecycle_ms", "60000", 10)?;
         let chunkservers = self.parse("serve.chunkservers", "1", |s| match s.parse::<u8>() {
             Ok(n) if (1..=16).contains(&n) => Ok(n),
@@ -567,6 +575,8 @@ impl Layers {
             zone,
             heartbeat_ms,
             scrub_rate,
+            repair_rate,
+            repair_rate_busy,
             data,
             listen,
             cluster_listen,
@@ -641,6 +651,11 @@ pub struct ServeConfig {
     pub heartbeat_ms: u64,
     /// Scrubber rate in bytes per second (0: off).
     pub scrub_rate: u64,
+    /// Bytes per second replica copies into a chunkserver may take while no client transfer
+    /// runs on it (0: unlimited).
+    pub repair_rate: u64,
+    /// The same while clients read or write on it (0: unlimited).
+    pub repair_rate_busy: u64,
     /// How often the master carries out bucket lifecycle rules.
     pub lifecycle_ms: u64,
     /// Chunkservers `cairn serve` runs in-process.

@@ -109,6 +109,14 @@ struct ChunkserverArgs {
     /// Scrubber rate, e.g. 32MiB (per second; 0 turns it off) (CAIRN_CHUNKSERVER_SCRUB_RATE).
     #[arg(long, value_name = "SIZE")]
     scrub_rate: Option<String>,
+    /// Replica copies into this server per second while no client transfer runs on it, e.g.
+    /// 200MiB; 0: unlimited [default: 0] (CAIRN_CHUNKSERVER_REPAIR_RATE).
+    #[arg(long, value_name = "SIZE")]
+    repair_rate: Option<String>,
+    /// The same while clients read or write on it [default: 32MiB]
+    /// (CAIRN_CHUNKSERVER_REPAIR_RATE_BUSY).
+    #[arg(long, value_name = "SIZE")]
+    repair_rate_busy: Option<String>,
     /// Log filter (CAIRN_LOG).
     #[arg(long)]
     log: Option<String>,
@@ -183,6 +191,11 @@ fn chunkserver_config(args: &ChunkserverArgs) -> Result<config::ServeConfig, con
     layers.flag("chunkserver.zone", args.zone.as_deref());
     layers.flag("chunkserver.heartbeat_ms", args.heartbeat_ms.as_deref());
     layers.flag("chunkserver.scrub_rate", args.scrub_rate.as_deref());
+    layers.flag("chunkserver.repair_rate", args.repair_rate.as_deref());
+    layers.flag(
+        "chunkserver.repair_rate_busy",
+        args.repair_rate_busy.as_deref(),
+    );
     layers.flag("log", args.log.as_deref());
     layers.flag("chunks.size_max", args.chunk_size_max.as_deref());
     layers.resolve()

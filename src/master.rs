@@ -11,7 +11,7 @@ use cairn_engine::state::TypedService;
 use cairn_engine::state::settings::{ClusterSettings, SettingsCommand};
 use cairn_master::planner::Limits;
 use cairn_master::{DataOptions, DataPlane};
-use cairn_proto::dataplane::{DataStatus, DataStatusRpc};
+use cairn_proto::dataplane::{DataRepairRpc, DataStatus, DataStatusRpc, RepairProgress};
 use cairn_proto::{NodeIdentity, TransportOptions};
 use cairn_raft::{AdminRequest, NodeStatus, RaftNode, RaftOptions};
 
@@ -242,16 +242,24 @@ pub async fn status(tls: &Path, masters: &[SocketAddr], json: bool) -> anyhow::R
         }
         crate::say!("group: {}", if healthy { "healthy" } else { "UNHEALTHY" });
     }
-    let data = if healthy {
-        client.call_leader::<DataStatusRpc, _>(&()).await.ok()
+    let (data, repair) = if healthy {
+        // A master of an older release has no repair progress to give: it is left out.
+        let (d, r) = tokio::join!(
+            client.call_leader::<DataStatusRpc, _>(&()),
+            client.call_leader::<DataRepairRpc, _>(&())
+        );
+        (d.ok(), r.ok())
     } else {
-        None
+        (None, None)
     };
     if json {
-        let out = serde_json::json!({"healthy": healthy, "members": rows, "data": data});
+        let out = serde_json::json!({"healthy": healthy, "members": rows, "data": data, "repair": repair});
         crate::say!("{}", serde_json::to_string_pretty(&out)?);
     } else if let Some(d) = &data {
         print_data_status(d);
+        if let Some(r) = &repair {
+            crate::say!("{}", repair_line(r));
+        }
     }
     Ok(healthy)
 }
@@ -496,6 +504,40 @@ fn gib(bytes: u64) -> String {
     format!("{:.1} GiB", bytes as f64 / f64::from(1u32 << 30))
 }
 
+fn mib(bytes: f64) -> String {
+    format!("{:.1} MiB", bytes / f64::from(1u32 << 20))
+}
+
+/// One line on re-replication and rebalancing: what is left, how fast it goes, when it ends.
+pub fn repair_line(r: &RepairProgress) -> String {
+    let done = format!(
+        "{} replicas ({}) copied since this leader took over",
+        r.copied_replicas,
+        mib(r.copied_bytes as f64)
+    );
+    if r.remaining_replicas == 0 {
+        return format!("repair: nothing to copy; {done}");
+    }
+    let rate = if r.bytes_per_sec > 0.0 {
+        format!(
+            "{}/s, {:.1} replicas/s",
+            mib(r.bytes_per_sec),
+            r.chunks_per_sec
+        )
+    } else {
+        "no copy landed in the last 10 s".to_string()
+    };
+    let eta = r
+        .eta_secs
+        .map_or_else(|| "unknown".to_string(), |s| format!("~{s} s"));
+    format!(
+        "repair: {} replicas ({}) to copy, {} running; {rate}; done in {eta}; {done}",
+        r.remaining_replicas,
+        mib(r.remaining_bytes as f64),
+        r.copies_running,
+    )
+}
+
 fn print_data_status(d: &DataStatus) {
     crate::say!();
     crate::say!(
@@ -531,4 +573,43 @@ fn print_data_status(d: &DataStatus) {
         d.copies_in_flight,
         d.deletes_queued,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_repair_line_says_what_is_left_how_fast_and_when() {
+        let idle = RepairProgress {
+            copied_replicas: 3,
+            copied_bytes: 3 << 20,
+            ..RepairProgress::default()
+        };
+        assert_eq!(
+            repair_line(&idle),
+            "repair: nothing to copy; 3 replicas (3.0 MiB) copied since this leader took over"
+        );
+        let busy = RepairProgress {
+            remaining_replicas: 12,
+            remaining_bytes: 48 << 20,
+            copies_running: 4,
+            chunks_per_sec: 2.5,
+            bytes_per_sec: f64::from(10u32 << 20),
+            eta_secs: Some(5),
+            copied_replicas: 0,
+            copied_bytes: 0,
+        };
+        assert_eq!(
+            repair_line(&busy),
+            "repair: 12 replicas (48.0 MiB) to copy, 4 running; 10.0 MiB/s, 2.5 replicas/s; \
+             done in ~5 s; 0 replicas (0.0 MiB) copied since this leader took over"
+        );
+        let stalled = RepairProgress {
+            bytes_per_sec: 0.0,
+            eta_secs: None,
+            ..busy
+        };
+        assert!(repair_line(&stalled).contains("no copy landed in the last 10 s; done in unknown"));
+    }
 }

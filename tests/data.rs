@@ -540,6 +540,22 @@ async fn chunkservers_store_heal_scrub_and_collect() {
         "chunks back to 3 live replicas {:?} after the kill",
         killed.elapsed()
     );
+    // The repair is in the leader's progress report: the killed server's replicas were copied
+    // (each chunk it held, once), and nothing is left.
+    let repair = client.repair().await.unwrap();
+    println!("repair progress: {repair:?}");
+    assert_eq!(repair.remaining_replicas, 0, "{repair:?}");
+    assert_eq!(repair.remaining_bytes, 0, "{repair:?}");
+    assert_eq!(repair.eta_secs, None, "{repair:?}");
+    let lost_replicas = objects
+        .values()
+        .flat_map(|(_, w)| &w.extents)
+        .filter(|e| before.contains(&e.handle.0))
+        .count() as u64;
+    assert!(
+        lost_replicas > 0 && repair.copied_replicas >= lost_replicas && repair.copied_bytes > 0,
+        "{lost_replicas} live replicas were on the killed server: {repair:?}"
+    );
     check_all(client.clone(), objects.clone()).await;
 
     // --- restart it: its replicas are now surplus and are removed.

@@ -137,7 +137,8 @@ pub(crate) async fn default_ready(State(g): State<Arc<Gateway>>) -> Response {
 
 pub(crate) async fn metrics(State(g): State<Arc<Gateway>>) -> Response {
     let mut extra = Vec::new();
-    if let Ok(s) = g.data.status().await {
+    let (status, repair) = tokio::join!(g.data.status(), g.data.repair());
+    if let Ok(s) = status {
         extra.push((
             "cairn_chunks_under_replicated",
             "Live chunks with fewer replicas than wanted (replication backlog).",
@@ -158,6 +159,44 @@ pub(crate) async fn metrics(State(g): State<Arc<Gateway>>) -> Response {
             "Chunkservers heartbeating.",
             s.servers.iter().filter(|s| s.alive).count() as f64,
         ));
+    }
+    if let Ok(r) = repair {
+        extra.extend([
+            (
+                "cairn_repair_remaining_replicas",
+                "Replicas still to copy (re-replication and rebalancing), running copies included.",
+                r.remaining_replicas as f64,
+            ),
+            (
+                "cairn_repair_remaining_bytes",
+                "Bytes of the replicas still to copy.",
+                r.remaining_bytes as f64,
+            ),
+            (
+                "cairn_repair_bytes_per_second",
+                "Bytes of replica copies landed per second over the last 10 s.",
+                r.bytes_per_sec,
+            ),
+            (
+                "cairn_repair_replicas_per_second",
+                "Replica copies landed per second over the last 10 s.",
+                r.chunks_per_sec,
+            ),
+            (
+                "cairn_repair_eta_seconds",
+                "Seconds until the remaining bytes are copied at the current rate (-1: unknown, 0: nothing left).",
+                match (r.remaining_replicas, r.eta_secs) {
+                    (0, _) => 0.0,
+                    (_, Some(s)) => s as f64,
+                    (_, None) => -1.0,
+                },
+            ),
+            (
+                "cairn_repair_copied_bytes",
+                "Bytes of replica copies landed since the current master leader took over.",
+                r.copied_bytes as f64,
+            ),
+        ]);
     }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

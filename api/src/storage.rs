@@ -884,7 +884,7 @@ async fn delete_rule(
 }
 
 /// `GET /api/storage/health`: chunkservers, capacity and replication health.
-#[utoipa::path(get, path = "/api/storage/health", responses((status = 200, description = "Cluster health")))]
+#[utoipa::path(get, path = "/api/storage/health", responses((status = 200, description = "Cluster health: chunkservers, capacity, the replication backlog and repair progress (`repair`: replicas and bytes left, copies running, replicas and bytes per second over the last 10 s, estimated seconds left)")))]
 async fn health(State(g): State<Arc<Gateway>>, headers: HeaderMap) -> ApiResult<Response> {
     let caller = authenticate(&g, &headers).await?;
     caller.scoped("storage:read")?;
@@ -959,10 +959,10 @@ pub(crate) struct StorageDoc;
 /// Chunkservers, capacity and replication health, as `/storage/status` and
 /// `/api/storage/health` report it.
 pub(crate) async fn cluster_health(g: &Gateway) -> ApiResult<Value> {
+    let (s, repair) = tokio::join!(g.data.status(), g.data.repair());
     let s =
-        g.data.status().await.map_err(|e| {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("no status: {e}"))
-        })?;
+        s.map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("no status: {e}")))?;
+    let repair = repair.ok();
     let live: Vec<_> = s.servers.iter().filter(|s| s.alive).collect();
     let capacity: u64 = live.iter().map(|s| s.info.capacity).sum();
     let free: u64 = live.iter().map(|s| s.info.free).sum();
@@ -977,6 +977,7 @@ pub(crate) async fn cluster_health(g: &Gateway) -> ApiResult<Value> {
         "under_replicated_chunks": s.under_replicated,
         "lost_chunks": s.lost,
         "copies_in_flight": s.copies_in_flight,
+        "repair": repair,
         "replication_default": s.replication_default,
         "healthy": !live.is_empty() && s.under_replicated == 0 && s.lost == 0,
     }))

@@ -2,11 +2,12 @@
 //! digest before it counts.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 
 use bytes::BytesMut;
 use cairn_engine::chunk::ChunkHandle;
 use cairn_proto::chunk::{
-    ChunkFailure, FailureKind, METHOD_READ, PIECE, ReadHeader, ReadRequest, encode,
+    ChunkFailure, FailureKind, METHOD_READ, PIECE, REST_OF_CHUNK, ReadHeader, ReadRequest, encode,
 };
 use cairn_proto::frame::{self};
 
@@ -58,7 +59,7 @@ impl Chunkserver {
             handle: wire(handle),
             version,
             offset: 0,
-            len: u64::MAX,
+            len: REST_OF_CHUNK,
         };
         let (mut send, mut recv) = self
             .inner
@@ -105,6 +106,22 @@ impl Chunkserver {
         result
     }
 
+    /// How long to wait before copying `bytes` more: at the busy rate while clients read or
+    /// write here (chain writes and span reads; copies in or out are not foreground), else
+    /// at the idle rate.
+    fn pace(&self, bytes: u64) -> std::time::Duration {
+        let rates = self.inner.options.copy_rates;
+        let rate = if self.inner.foreground.load(Ordering::Relaxed) > 0 {
+            rates.busy
+        } else {
+            rates.idle
+        };
+        self.inner
+            .pacer
+            .lock()
+            .book(std::time::Instant::now(), bytes, rate)
+    }
+
     pub(crate) async fn copy_pieces(
         &self,
         handle: ChunkHandle,
@@ -134,6 +151,10 @@ impl Chunkserver {
                 if got == 0 {
                     return Err(unavailable(from, "the source ended early"));
                 }
+            }
+            let wait = self.pace(n as u64);
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
             }
             if !writer.push(buf.freeze()).await {
                 break;

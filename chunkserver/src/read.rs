@@ -4,8 +4,8 @@
 use bytes::Bytes;
 use cairn_engine::chunk::{ChunkError, ChunkHandle};
 use cairn_proto::chunk::{
-    ChunkFailure, FailureKind, METHOD_READ, PIECE, RESET_CORRUPT, RESET_READ_FAILED, ReadHeader,
-    ReadRequest, encode,
+    ChunkFailure, FailureKind, METHOD_READ, PIECE, RESET_CORRUPT, RESET_READ_FAILED, REST_OF_CHUNK,
+    ReadHeader, ReadRequest, encode,
 };
 use cairn_proto::frame::{self, Frame, Kind};
 
@@ -26,6 +26,7 @@ impl Chunkserver {
         done: &mut u64,
     ) -> Result<(), ChunkFailure> {
         let header = self.read_header(req)?;
+        let _foreground = LoadGuard::new(&self.inner.foreground);
         if header.len != req.len {
             return Err(missing(
                 &self.me(),
@@ -86,6 +87,9 @@ impl Chunkserver {
             let _ = send.finish();
             return;
         };
+        // A span is a client's read; the rest of a chunk, a replica copy's.
+        let _foreground =
+            (req.len != REST_OF_CHUNK).then(|| LoadGuard::new(&self.inner.foreground));
         let mut offset = req.offset;
         let end = req.offset + h.len;
         while offset < end {

@@ -42,6 +42,8 @@ pub struct ChunkserverOptions {
     pub heartbeat: Duration,
     /// Bytes per second the scrubber re-verifies (0 turns it off).
     pub scrub_rate: u64,
+    /// How fast replica copies into this server may go.
+    pub copy_rates: crate::pace::CopyRates,
     pub store: ChunkStoreOptions,
 }
 
@@ -53,6 +55,7 @@ impl Default for ChunkserverOptions {
             zone: None,
             heartbeat: Duration::from_secs(1),
             scrub_rate: 32 << 20,
+            copy_rates: crate::pace::CopyRates::default(),
             store: ChunkStoreOptions {
                 // Writes are synced once, when the chunk is sealed, before the acknowledgement.
                 sync: cairn_engine::chunk::SyncPolicy::Batch {
@@ -107,12 +110,17 @@ pub(crate) struct Inner {
     pub(crate) master: Leader,
     pub(crate) options: ChunkserverOptions,
     pub(crate) load: AtomicU32,
+    /// Client transfers running here (chain writes, reads of a span): while there are any,
+    /// copies into this server go at the busy rate.
+    pub(crate) foreground: AtomicU32,
     /// The newest master term a heartbeat reply carried (fencing: instructions from an older
     /// term are refused).
     pub(crate) term: std::sync::atomic::AtomicU64,
     /// Copies running now: while there are any, heartbeats go every `BUSY_BEAT` so finished
     /// copies are reported and new ones picked up without waiting a whole interval.
     pub(crate) copies_running: AtomicU32,
+    /// The schedule copies into this server are paced by.
+    pub(crate) pacer: Mutex<crate::pace::Pacer>,
     /// Wakes the heartbeat loop (a copy finished: report it now).
     pub(crate) wake: tokio::sync::Notify,
     /// Replicas found corrupt (already deleted), for the next heartbeat.
@@ -274,8 +282,10 @@ impl Chunkserver {
             master,
             options,
             load: AtomicU32::new(0),
+            foreground: AtomicU32::new(0),
             term: std::sync::atomic::AtomicU64::new(0),
             copies_running: AtomicU32::new(0),
+            pacer: Mutex::new(crate::pace::Pacer::default()),
             wake: tokio::sync::Notify::new(),
             corrupt: Mutex::new(Vec::new()),
             copies_failed: Mutex::new(Vec::new()),

@@ -124,6 +124,7 @@ impl Chunkserver {
         recv: &mut impl FrameSource,
     ) -> Result<WriteAck, ChunkFailure> {
         let _load = LoadGuard::new(&self.inner.load);
+        let _foreground = LoadGuard::new(&self.inner.foreground);
         let handle = stored(h.handle);
         let result = if !self.inner.busy.lock().insert(handle) {
             Err(refused(

@@ -15,8 +15,8 @@ use cairn_proto::chunk::{
     RESET_CORRUPT, ReadHeader, ReadRequest, WriteAck, WriteHeader, encode,
 };
 use cairn_proto::dataplane::{
-    AllocateRequest, AllocateRpc, Allocation, BadReplica, BadReplicaRpc, DataStatus, DataStatusRpc,
-    Extent, LOCATE_MAX, LocateRpc, Location, ServerId,
+    AllocateRequest, AllocateRpc, Allocation, BadReplica, BadReplicaRpc, DataRepairRpc, DataStatus,
+    DataStatusRpc, Extent, LOCATE_MAX, LocateRpc, Location, RepairProgress, ServerId,
 };
 use cairn_proto::frame::{self, Frame};
 use cairn_proto::{Client, ClientOptions, ProposeError};
@@ -271,6 +271,11 @@ impl DataClient {
     /// The data plane as the master leader sees it.
     pub async fn status(&self) -> Result<DataStatus, DataError> {
         Ok(self.master.call_leader::<DataStatusRpc, _>(&()).await?)
+    }
+
+    /// Repair progress as the master leader sees it.
+    pub async fn repair(&self) -> Result<RepairProgress, DataError> {
+        Ok(self.master.call_leader::<DataRepairRpc, _>(&()).await?)
     }
 
     async fn allocate(&self, exclude: &BTreeSet<ServerId>) -> Result<Allocation, DataError> {

@@ -4,14 +4,15 @@
 //!
 //! Time here is a monotonic millisecond count chosen by the caller (liveness is local).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use cairn_proto::ChunkHandle;
 
 use crate::chunks::ChunkRecord;
 use crate::planner::{self, Limits, PlacementError, Plan, PlanInput, ReplicaView, ServerView};
 use cairn_proto::dataplane::{
-    DataStatus, Heartbeat, HeartbeatReply, ServerId, ServerInfo, ServerStatus, Task,
+    DataStatus, Heartbeat, HeartbeatReply, REPAIR_WINDOW_MS, RepairProgress, ServerId, ServerInfo,
+    ServerStatus, Task,
 };
 
 /// How long a planned copy may run before it is planned again.
@@ -37,16 +38,31 @@ pub struct ClusterMap {
     replicas: HashMap<ChunkHandle, BTreeMap<ServerId, ReplicaView>>,
     /// Chains handed to writers, until replicas are reported.
     expected: HashMap<ChunkHandle, (Vec<ServerId>, u64)>,
-    /// Copies running: chunk → (target, deadline).
-    copies: HashMap<ChunkHandle, (ServerId, u64)>,
+    /// Copies running, by chunk.
+    copies: HashMap<ChunkHandle, Copying>,
+    /// Copies landed in the last `REPAIR_WINDOW_MS`: (when, bytes).
+    landed: VecDeque<(u64, u64)>,
+    /// Copies landed since this map was made, and their bytes.
+    landed_total: (u64, u64),
     /// Rebalancing moves: chunk → the server to drop it from once the copy has landed.
     moves: HashMap<ChunkHandle, ServerId>,
     /// When this leader started listening (reports are trusted one dead-interval later).
     since_ms: u64,
     term: u64,
     last_plan: (u64, u64, u64),
+    /// Replicas missing at the last tick, besides running copies, and their bytes.
+    missing: (u64, u64),
     /// Operator settings from the log, refreshed every tick.
     overrides: Overrides,
+}
+
+/// A copy the planner started.
+#[derive(Clone, Copy, Debug)]
+struct Copying {
+    to: ServerId,
+    /// When it is given up and planned again.
+    deadline_ms: u64,
+    len: u64,
 }
 
 /// What the operator set through `cairn admin` (replicated settings).
@@ -114,8 +130,11 @@ impl ClusterMap {
                     sealed: r.sealed,
                 },
             );
-            if self.copies.get(&r.handle).is_some_and(|(to, _)| *to == id) {
+            if self.copies.get(&r.handle).is_some_and(|c| c.to == id) {
                 self.copies.remove(&r.handle);
+                self.landed.push_back((now_ms, r.len));
+                self.landed_total.0 += 1;
+                self.landed_total.1 += r.len;
             }
             self.expected.remove(&r.handle);
         }
@@ -131,7 +150,7 @@ impl ClusterMap {
             tracing::warn!(chunk = %h, server = id, "chunkserver reported a corrupt replica");
         }
         for h in &hb.copies_failed {
-            if self.copies.get(h).is_some_and(|(to, _)| *to == id) {
+            if self.copies.get(h).is_some_and(|c| c.to == id) {
                 self.copies.remove(h);
             }
         }
@@ -161,8 +180,8 @@ impl ClusterMap {
     fn views(&self, now_ms: u64, dead_after_ms: u64) -> BTreeMap<ServerId, ServerView> {
         let held = self.held();
         let mut copies_in: HashMap<ServerId, u32> = HashMap::new();
-        for (to, _) in self.copies.values() {
-            *copies_in.entry(*to).or_default() += 1;
+        for c in self.copies.values() {
+            *copies_in.entry(c.to).or_default() += 1;
         }
         self.servers
             .iter()
@@ -304,7 +323,7 @@ impl ClusterMap {
         limits: &Limits,
         dead_after_ms: u64,
     ) -> Plan {
-        self.copies.retain(|_, (_, deadline)| *deadline > now_ms);
+        self.copies.retain(|_, c| c.deadline_ms > now_ms);
         let copies = &self.copies;
         self.moves.retain(|h, _| {
             copies.contains_key(h) || self.replicas.get(h).is_some_and(|r| r.len() > 1)
@@ -345,8 +364,19 @@ impl ClusterMap {
                     version: c.version,
                     from,
                 });
-                self.copies
-                    .insert(c.handle, (c.to, now_ms + COPY_TIMEOUT_MS));
+                let len = self
+                    .replicas
+                    .get(&c.handle)
+                    .and_then(|reps| reps.get(&c.from))
+                    .map_or(0, |r| r.len);
+                self.copies.insert(
+                    c.handle,
+                    Copying {
+                        to: c.to,
+                        deadline_ms: now_ms + COPY_TIMEOUT_MS,
+                        len,
+                    },
+                );
                 if c.moves {
                     self.moves.insert(c.handle, c.from);
                 }
@@ -369,7 +399,49 @@ impl ClusterMap {
             }
         }
         self.last_plan = (plan.under_replicated, plan.lost, records.len() as u64);
+        // The repairs started just now count as running copies, not as missing.
+        let (mut replicas, mut bytes) = (plan.missing_replicas, plan.missing_bytes);
+        for c in plan.copies.iter().filter(|c| !c.moves) {
+            let len = self.copies.get(&c.handle).map_or(0, |x| x.len);
+            replicas = replicas.saturating_sub(1);
+            bytes = bytes.saturating_sub(len);
+        }
+        self.missing = (replicas, bytes);
         plan
+    }
+
+    /// How repair is getting on: what is left (at the last tick, plus the copies running) and
+    /// the rate copies landed at over the last `REPAIR_WINDOW_MS`.
+    pub fn repair(&mut self, now_ms: u64) -> RepairProgress {
+        while self
+            .landed
+            .front()
+            .is_some_and(|(at, _)| now_ms.saturating_sub(*at) > REPAIR_WINDOW_MS)
+        {
+            self.landed.pop_front();
+        }
+        let running: u64 = self.copies.values().map(|c| c.len).sum();
+        let remaining_bytes = self.missing.1 + running;
+        // Over the window, or since leading began if that is shorter (a new leader's rate is
+        // not diluted by the time before it led).
+        let span_ms = REPAIR_WINDOW_MS
+            .min(now_ms.saturating_sub(self.since_ms))
+            .max(1_000);
+        let secs = span_ms as f64 / 1000.0;
+        let chunks_per_sec = self.landed.len() as f64 / secs;
+        let bytes_per_sec = self.landed.iter().map(|(_, b)| *b).sum::<u64>() as f64 / secs;
+        let eta_secs = (remaining_bytes > 0 && bytes_per_sec > 0.0)
+            .then(|| (remaining_bytes as f64 / bytes_per_sec).ceil() as u64);
+        RepairProgress {
+            remaining_replicas: self.missing.0 + self.copies.len() as u64,
+            remaining_bytes,
+            copies_running: self.copies.len() as u64,
+            chunks_per_sec,
+            bytes_per_sec,
+            eta_secs,
+            copied_replicas: self.landed_total.0,
+            copied_bytes: self.landed_total.1,
+        }
     }
 
     /// What `cairn admin status` shows.
@@ -493,5 +565,70 @@ mod tests {
                 .len(),
             3
         );
+    }
+
+    /// Repair progress: what is left counts missing replicas and running copies once each;
+    /// the rate is what landed over the window; the estimate is what is left at that rate.
+    #[test]
+    fn repair_progress_counts_what_is_left_and_the_rate_copies_land_at() {
+        use crate::chunks::{ChunkRecord, ChunkState};
+        const MB: u64 = 1 << 20;
+        let replica = |h: u64| cairn_proto::dataplane::Replica {
+            handle: ChunkHandle(h),
+            version: 1,
+            len: 4 * MB,
+            sealed: true,
+        };
+        let mut map = ClusterMap::new(1, 0);
+        // Ten chunks of R=3 on servers 1 and 2; server 3 is new and empty.
+        for id in 1..=2 {
+            let mut hb = beat(id);
+            hb.replicas = (1..=10).map(replica).collect();
+            map.heartbeat(hb, 15_000);
+        }
+        map.heartbeat(beat(3), 15_000);
+        let records: Vec<(ChunkHandle, ChunkRecord)> = (1..=10)
+            .map(|h| {
+                (
+                    ChunkHandle(h),
+                    ChunkRecord {
+                        version: 1,
+                        replication: 3,
+                        state: ChunkState::Live { refs: 1 },
+                        created_ms: 0,
+                    },
+                )
+            })
+            .collect();
+        let limits = Limits {
+            copies_per_server: 4,
+            ..Limits::default()
+        };
+        // Settled (one dead-interval after taking over), nothing landed yet: no rate, no ETA.
+        let plan = map.tick(20_000, 0, &records, 11, &limits, 10_000);
+        assert_eq!(plan.copies.len(), 4);
+        let p = map.repair(20_000);
+        assert_eq!(p.remaining_replicas, 10, "4 running + 6 waiting, each once");
+        assert_eq!(p.remaining_bytes, 40 * MB);
+        assert_eq!(p.copies_running, 4);
+        assert_eq!((p.chunks_per_sec, p.eta_secs), (0.0, None));
+        // Two copies land two seconds later.
+        let mut hb = beat(3);
+        hb.full = false;
+        hb.replicas = plan.copies[..2]
+            .iter()
+            .map(|c| replica(c.handle.0))
+            .collect();
+        map.heartbeat(hb, 22_000);
+        let p = map.repair(22_000);
+        assert_eq!((p.remaining_replicas, p.copies_running), (8, 2));
+        assert_eq!((p.copied_replicas, p.copied_bytes), (2, 8 * MB));
+        // 8 MB over the 10 s window: 0.8 MB/s, 32 MB left: 40 s.
+        assert_eq!(p.bytes_per_sec, 8.0 * MB as f64 / 10.0);
+        assert_eq!(p.eta_secs, Some(40));
+        // Out of the window, the rate is gone but the totals stay.
+        let p = map.repair(40_000);
+        assert_eq!((p.bytes_per_sec, p.eta_secs), (0.0, None));
+        assert_eq!(p.copied_replicas, 2);
     }
 }

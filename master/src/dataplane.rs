@@ -17,8 +17,9 @@ use crate::chunks::{ChunkCommand, ChunkResponse, ChunkService};
 use crate::cluster::ClusterMap;
 use crate::planner::Limits;
 use cairn_proto::dataplane::{
-    AllocateRequest, AllocateRpc, Allocation, BadReplicaRpc, DataStatus, DataStatusRpc, Heartbeat,
-    HeartbeatReply, HeartbeatRpc, LOCATE_MAX, LocateRpc, Location,
+    AllocateRequest, AllocateRpc, Allocation, BadReplicaRpc, DataRepairRpc, DataStatus,
+    DataStatusRpc, Heartbeat, HeartbeatReply, HeartbeatRpc, LOCATE_MAX, LocateRpc, Location,
+    RepairProgress,
 };
 
 /// Data-plane settings of the master group.
@@ -159,7 +160,8 @@ impl DataPlane {
 
     /// Routes for the master's endpoint.
     pub fn routes(&self, router: Router) -> Router {
-        let (a, b, c, d, e) = (
+        let (a, b, c, d, e, f) = (
+            self.clone(),
             self.clone(),
             self.clone(),
             self.clone(),
@@ -189,6 +191,10 @@ impl DataPlane {
             .route::<DataStatusRpc, _, _>(move |()| {
                 let dp = e.clone();
                 async move { Ok::<_, RemoteError>(dp.status()) }
+            })
+            .route::<DataRepairRpc, _, _>(move |()| {
+                let dp = f.clone();
+                async move { Ok::<_, RemoteError>(dp.repair()) }
             })
     }
 
@@ -247,6 +253,12 @@ impl DataPlane {
         Ok(self
             .map()?
             .status(now, self.dead_ms(), self.options.replication))
+    }
+
+    /// How re-replication and rebalancing are getting on.
+    pub fn repair(&self) -> Result<RepairProgress, ProposeError> {
+        let now = self.now();
+        Ok(self.map()?.repair(now))
     }
 
     async fn allocate(&self, req: AllocateRequest) -> Result<Allocation, ProposeError> {

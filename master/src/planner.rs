@@ -114,6 +114,10 @@ pub struct Plan {
     pub forget: Vec<ChunkHandle>,
     pub under_replicated: u64,
     pub lost: u64,
+    /// Replicas missing from live chunks, besides the copies already running, and their
+    /// bytes (each chunk's length as its good replicas report it): the repair backlog.
+    pub missing_replicas: u64,
+    pub missing_bytes: u64,
 }
 
 /// Why no chain could be formed.
@@ -241,7 +245,7 @@ pub fn plan(input: &PlanInput<'_>, limits: &Limits) -> Plan {
                 out.deletes.push((*sid, *h, DeleteReason::Stale));
             }
         }
-        if !live || input.copying.contains(h) {
+        if !live {
             continue;
         }
         let all_good: Vec<ServerId> = reps
@@ -254,10 +258,24 @@ pub fn plan(input: &PlanInput<'_>, limits: &Limits) -> Plan {
             all_good.iter().partition(|id| draining(id));
         let want = usize::from(rec.replication);
         let good_len = good.len();
+        let len = all_good
+            .iter()
+            .filter_map(|id| reps.get(id).map(|r| r.len))
+            .max()
+            .unwrap_or(0);
+        if input.copying.contains(h) {
+            // One copy runs (a chunk gets one at a time): the rest is still to come.
+            let later = want.saturating_sub(good_len + 1) as u64;
+            out.missing_replicas += later;
+            out.missing_bytes += later * len;
+            continue;
+        }
         if all_good.is_empty() {
             out.lost += 1;
         } else if good_len < want {
             out.under_replicated += 1;
+            out.missing_replicas += (want - good_len) as u64;
+            out.missing_bytes += (want - good_len) as u64 * len;
             let holders: Vec<ServerId> = reps.keys().copied().collect();
             needs.push(Need {
                 handle: *h,
@@ -607,6 +625,11 @@ mod tests {
         let p = w.plan();
         assert_eq!(p.under_replicated, 2);
         assert_eq!(p.lost, 0);
+        assert_eq!(
+            (p.missing_replicas, p.missing_bytes),
+            (3, 3 * MB),
+            "one replica missing from chunk 1, two from chunk 2"
+        );
         assert_eq!(p.copies.len(), 2);
         assert_eq!(
             p.copies[0].handle,

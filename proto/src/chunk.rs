@@ -122,9 +122,14 @@ pub struct ReadRequest {
     /// The version the reader expects (older replicas are stale and refuse).
     pub version: u64,
     pub offset: u64,
-    /// Bytes wanted; `u64::MAX` for the rest of the chunk.
+    /// Bytes wanted; [`REST_OF_CHUNK`] for the rest of the chunk.
     pub len: u64,
 }
+
+/// `ReadRequest::len` for "the rest of the chunk": what a replica copy asks for (from offset
+/// 0). Data clients always ask for a span, so a chunkserver tells copies from client reads by
+/// it (copies are paced; client reads are the foreground they yield to).
+pub const REST_OF_CHUNK: u64 = u64::MAX;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReadHeader {

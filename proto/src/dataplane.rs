@@ -184,6 +184,30 @@ pub struct DataStatus {
     pub deletes_queued: u64,
 }
 
+/// How re-replication and rebalancing are getting on, as the leader sees them (`cairn admin
+/// status`, `/metrics`). Rates are over the copies that landed in the last
+/// [`REPAIR_WINDOW_MS`]; totals count from when this master became leader.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RepairProgress {
+    /// Replicas still to make: missing ones not yet started, plus copies running.
+    pub remaining_replicas: u64,
+    /// Their bytes.
+    pub remaining_bytes: u64,
+    pub copies_running: u64,
+    /// Copies landed per second, and their bytes per second.
+    pub chunks_per_sec: f64,
+    pub bytes_per_sec: f64,
+    /// Seconds until `remaining_bytes` are copied at `bytes_per_sec`; `None` while nothing is
+    /// left or nothing has landed lately to measure a rate by.
+    pub eta_secs: Option<u64>,
+    /// Copies landed since this leader took over, and their bytes.
+    pub copied_replicas: u64,
+    pub copied_bytes: u64,
+}
+
+/// The span the repair rates are measured over.
+pub const REPAIR_WINDOW_MS: u64 = 10_000;
+
 #[derive(Debug)]
 pub struct HeartbeatRpc;
 impl Rpc for HeartbeatRpc {
@@ -227,6 +251,17 @@ impl Rpc for DataStatusRpc {
     const NAME: &'static str = "data.status";
     type Request = ();
     type Response = Result<DataStatus, ProposeError>;
+}
+
+/// Repair progress (added after `data.status`, so a master of an older release answers
+/// "unknown method" and callers leave the progress out).
+#[derive(Debug)]
+pub struct DataRepairRpc;
+impl Rpc for DataRepairRpc {
+    const METHOD: u16 = 205;
+    const NAME: &'static str = "data.repair";
+    type Request = ();
+    type Response = Result<RepairProgress, ProposeError>;
 }
 
 #[cfg(test)]

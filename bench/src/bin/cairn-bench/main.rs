@@ -140,6 +140,22 @@ enum Command {
         #[arg(long)]
         dir: Option<std::path::PathBuf>,
     },
+    /// Repair: three chunkservers at R=3 hold `size` bytes; one is stopped and an empty one
+    /// takes its place. Measures the time back to full replication and the copy rate, beside
+    /// the raw disk write and one bare QUIC stream measured in the same run.
+    Repair {
+        /// Bytes stored before the replacement (e.g. 1GiB).
+        #[arg(long, default_value = "1GiB", value_parser = parse_size)]
+        size: u64,
+        /// Bytes per object written (each its own chunks).
+        #[arg(long, default_value = "64MiB", value_parser = parse_size)]
+        object: u64,
+        /// Copies into one server at once (`master.repair_copies_per_server`).
+        #[arg(long, default_value_t = 8)]
+        copies: u32,
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -457,6 +473,12 @@ fn main() -> ExitCode {
                 clients,
                 dir,
             } => data::run(size, replication, clients, dir).await,
+            Command::Repair {
+                size,
+                object,
+                copies,
+                dir,
+            } => data::repair(size, object, copies, dir).await,
             Command::S3 {
                 endpoint,
                 access_key,
