@@ -534,6 +534,12 @@ impl Cluster {
     }
 
     fn status(&self) -> Option<serde_json::Value> {
+        self.status_of(true)
+    }
+
+    /// `admin status --json` from the first master up; with `healthy_only` false, also what
+    /// an unhealthy group (a member down) reports.
+    fn status_of(&self, healthy_only: bool) -> Option<serde_json::Value> {
         for (m, a) in self.masters.iter().zip(&self.master_addrs) {
             if !m.up() {
                 continue;
@@ -550,7 +556,9 @@ impl Cluster {
                 ],
                 &self.root,
             );
-            if ok && let Ok(v) = serde_json::from_str(&out) {
+            if (ok || !healthy_only)
+                && let Ok(v) = serde_json::from_str(&out)
+            {
                 return Some(v);
             }
         }
@@ -2372,6 +2380,7 @@ async fn leader_kills_lose_no_acknowledged_write_and_answer_every_request() {
     let mut rng = Rng(seed);
     let mut windows = Vec::new();
     let mut recoveries = Vec::new();
+    let mut election_rounds = Vec::new();
     tokio::time::sleep(Duration::from_secs(2)).await;
     for k in 0..kills {
         let deadline = Instant::now() + PATIENCE;
@@ -2382,6 +2391,7 @@ async fn leader_kills_lose_no_acknowledged_write_and_answer_every_request() {
             assert!(Instant::now() < deadline, "kill {k}: no leader to kill");
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
+        let term_before = leader_term(&cluster);
         let i = (leader - 1) as usize;
         cluster.masters[i].kill();
         let killed = began.elapsed();
@@ -2405,6 +2415,10 @@ async fn leader_kills_lose_no_acknowledged_write_and_answer_every_request() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         windows.push(back - killed);
+        // Elections it took: one term per round (a split vote costs a second round).
+        let rounds = leader_term(&cluster)
+            .zip(term_before)
+            .map(|(after, before)| after.saturating_sub(before));
         // Let the writers run at full speed again before the next kill, with the master back.
         tokio::time::sleep(Duration::from_secs(3)).await;
         cluster.masters[i].start(&cluster.root.clone());
@@ -2435,11 +2449,13 @@ async fn leader_kills_lose_no_acknowledged_write_and_answer_every_request() {
             recoveries.push(t + step - killed);
         }
         eprintln!(
-            "kill {}: master {leader}, writes back after {:?}, full rate after {:?}",
+            "kill {}: master {leader}, writes back after {:?}, full rate after {:?}, election rounds {}",
             k + 1,
             windows[k],
-            recoveries[k]
+            recoveries[k],
+            rounds.map_or("?".to_string(), |r| r.to_string())
         );
+        election_rounds.push(rounds.unwrap_or(0));
         tokio::time::sleep(Duration::from_millis(500 + rng.below(1500))).await;
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -2459,13 +2475,15 @@ async fn leader_kills_lose_no_acknowledged_write_and_answer_every_request() {
         "leader kills: {kills} (seed {seed}); writes: {} acknowledged, failed by status {failures:?}\n\
          write unavailability after a kill: p50 {:?}, max {:?}\n\
          full write rate back after: p50 {:?}, max {:?}\n\
-         windows: {:?}\n",
+         windows: {:?}\n\
+         election rounds (terms) per kill: {:?}\n",
         acked.len(),
         percentile(&sorted, 0.5),
         sorted.last().copied().unwrap_or_default(),
         percentile(&rec, 0.5),
         rec.last().copied().unwrap_or_default(),
-        windows
+        windows,
+        election_rounds
     );
     eprintln!("{report}");
     if let Some(path) = std::env::var_os("CAIRN_FAILOVER_REPORT") {
@@ -2473,6 +2491,15 @@ async fn leader_kills_lose_no_acknowledged_write_and_answer_every_request() {
     }
     assert_only_retryable_failures(&writes);
     assert!(acked.len() > kills * 4, "the writers made progress");
+}
+
+/// The term of the master that leads right now, as it says itself.
+fn leader_term(cluster: &Cluster) -> Option<u64> {
+    cluster.status_of(false)?["members"]
+        .as_array()?
+        .iter()
+        .find(|m| m["state"] == "leader")
+        .and_then(|m| m["term"].as_u64())
 }
 
 /// The rows of `admin status` (every member, as each answers for itself).
