@@ -340,6 +340,7 @@ pub async fn repair(
     size: u64,
     object: u64,
     copies: u32,
+    sync_batch: Option<u64>,
     dir: Option<std::path::PathBuf>,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(
@@ -375,11 +376,14 @@ pub async fn repair(
         let ca = &ca;
         let addr = node.addr;
         async move {
-            let options = ChunkserverOptions {
+            let mut options = ChunkserverOptions {
                 masters: vec![addr],
                 scrub_rate: 0,
                 ..ChunkserverOptions::default()
             };
+            if let Some(bytes_max) = sync_batch {
+                options.store.sync = cairn_engine::chunk::SyncPolicy::Batch { bytes_max };
+            }
             let id = ca.issue(&format!("cs-{i}"), &[])?;
             anyhow::Ok(Chunkserver::start(&root.join(format!("cs{i}")), &id, options).await?)
         }

@@ -153,6 +153,10 @@ enum Command {
         /// Copies into one server at once (`master.repair_copies_per_server`).
         #[arg(long, default_value_t = 8)]
         copies: u32,
+        /// Unsynced bytes a chunk may gather before it is synced (`chunks.sync_batch_bytes`
+        /// as the chunkservers use it; default as they do).
+        #[arg(long, value_parser = parse_size)]
+        sync_batch: Option<u64>,
         #[arg(long)]
         dir: Option<std::path::PathBuf>,
     },
@@ -477,8 +481,9 @@ fn main() -> ExitCode {
                 size,
                 object,
                 copies,
+                sync_batch,
                 dir,
-            } => data::repair(size, object, copies, dir).await,
+            } => data::repair(size, object, copies, sync_batch, dir).await,
             Command::S3 {
                 endpoint,
                 access_key,
