@@ -2777,4 +2777,28 @@ async fn writes_go_on_with_one_of_three_chunkservers_down() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // The copies are in the leader's repair progress, in `/metrics` and `admin status`
+    // (chunks the returning server already held heal without a copy, so no exact count).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metric(cluster.gateways[0], "cairn_repair_remaining_replicas").await != Some(0.0) {
+        assert!(
+            Instant::now() < deadline,
+            "repair progress never reached nothing left"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let copied_bytes = metric(cluster.gateways[0], "cairn_repair_copied_bytes").await;
+    assert!(
+        copied_bytes.is_some_and(|b| b > 0.0),
+        "no copied bytes in /metrics: {copied_bytes:?}"
+    );
+    let status = cluster.status().expect("admin status");
+    let repair = &status["repair"];
+    eprintln!("repair progress in admin status: {repair}");
+    assert!(
+        repair["copied_replicas"].as_u64().is_some_and(|n| n > 0)
+            && repair["remaining_bytes"] == 0
+            && repair["eta_secs"].is_null(),
+        "{repair}"
+    );
 }

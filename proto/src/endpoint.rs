@@ -30,7 +30,7 @@ pub struct TransportOptions {
     /// quarter of it, so only a dead or cut-off peer gets there). This is how a write into a
     /// chain notices a replica that died (`kill -9` leaves no one to answer): at 30 s, a
     /// chain with a dead replica held its writer for 30 s; at 4 s, about 4.5 s; at 2 s (a
-    /// keep-alive every 0.5 s, so four in a row must go unanswered), about 2.6 s
+    /// keep-alive every 0.5 s, so four in a row must go unanswered), 2.6-3.5 s
     /// (`writes_go_on_with_one_of_three_chunkservers_down`).
     pub idle_timeout: Duration,
     /// Largest UDP payload this endpoint accepts and MTU discovery searches up to (1200-65527).
