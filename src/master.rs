@@ -539,7 +539,7 @@ pub fn repair_line(r: &RepairProgress) -> String {
         format!(
             "{}/s, {:.1} replicas/s",
             mib(r.bytes_per_sec),
-            r.chunks_per_sec
+            r.replicas_per_sec
         )
     } else {
         "no copy landed in the last 10 s".to_string()
@@ -639,7 +639,7 @@ mod tests {
             remaining_replicas: 12,
             remaining_bytes: 48 << 20,
             copies_running: 4,
-            chunks_per_sec: 2.5,
+            replicas_per_sec: 2.5,
             bytes_per_sec: f64::from(10u32 << 20),
             eta_secs: Some(5),
             copied_replicas: 0,

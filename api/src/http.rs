@@ -180,7 +180,7 @@ pub(crate) async fn metrics(State(g): State<Arc<Gateway>>) -> Response {
             (
                 "cairn_repair_replicas_per_second",
                 "Replica copies landed per second over the last 10 s.",
-                r.chunks_per_sec,
+                r.replicas_per_sec,
             ),
             (
                 "cairn_repair_eta_seconds",

@@ -132,6 +132,7 @@ impl ClusterMap {
             );
             if self.copies.get(&r.handle).is_some_and(|c| c.to == id) {
                 self.copies.remove(&r.handle);
+                self.prune_landed(now_ms);
                 self.landed.push_back((now_ms, r.len));
                 self.landed_total.0 += 1;
                 self.landed_total.1 += r.len;
@@ -410,9 +411,9 @@ impl ClusterMap {
         plan
     }
 
-    /// How repair is getting on: what is left (at the last tick, plus the copies running) and
-    /// the rate copies landed at over the last `REPAIR_WINDOW_MS`.
-    pub fn repair(&mut self, now_ms: u64) -> RepairProgress {
+    /// Forget copies that landed before the window (also as new ones land, so the record
+    /// stays bounded when nobody asks for progress).
+    fn prune_landed(&mut self, now_ms: u64) {
         while self
             .landed
             .front()
@@ -420,6 +421,12 @@ impl ClusterMap {
         {
             self.landed.pop_front();
         }
+    }
+
+    /// How repair is getting on: what is left (at the last tick, plus the copies running) and
+    /// the rate copies landed at over the last `REPAIR_WINDOW_MS`.
+    pub fn repair(&mut self, now_ms: u64) -> RepairProgress {
+        self.prune_landed(now_ms);
         let running: u64 = self.copies.values().map(|c| c.len).sum();
         let remaining_bytes = self.missing.1 + running;
         // Over the window, or since leading began if that is shorter (a new leader's rate is
@@ -428,7 +435,7 @@ impl ClusterMap {
             .min(now_ms.saturating_sub(self.since_ms))
             .max(1_000);
         let secs = span_ms as f64 / 1000.0;
-        let chunks_per_sec = self.landed.len() as f64 / secs;
+        let replicas_per_sec = self.landed.len() as f64 / secs;
         let bytes_per_sec = self.landed.iter().map(|(_, b)| *b).sum::<u64>() as f64 / secs;
         let eta_secs = (remaining_bytes > 0 && bytes_per_sec > 0.0)
             .then(|| (remaining_bytes as f64 / bytes_per_sec).ceil() as u64);
@@ -436,7 +443,7 @@ impl ClusterMap {
             remaining_replicas: self.missing.0 + self.copies.len() as u64,
             remaining_bytes,
             copies_running: self.copies.len() as u64,
-            chunks_per_sec,
+            replicas_per_sec,
             bytes_per_sec,
             eta_secs,
             copied_replicas: self.landed_total.0,
@@ -611,7 +618,7 @@ mod tests {
         assert_eq!(p.remaining_replicas, 10, "4 running + 6 waiting, each once");
         assert_eq!(p.remaining_bytes, 40 * MB);
         assert_eq!(p.copies_running, 4);
-        assert_eq!((p.chunks_per_sec, p.eta_secs), (0.0, None));
+        assert_eq!((p.replicas_per_sec, p.eta_secs), (0.0, None));
         // Two copies land two seconds later.
         let mut hb = beat(3);
         hb.full = false;

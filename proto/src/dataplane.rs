@@ -195,7 +195,7 @@ pub struct RepairProgress {
     pub remaining_bytes: u64,
     pub copies_running: u64,
     /// Copies landed per second, and their bytes per second.
-    pub chunks_per_sec: f64,
+    pub replicas_per_sec: f64,
     pub bytes_per_sec: f64,
     /// Seconds until `remaining_bytes` are copied at `bytes_per_sec`; `None` while nothing is
     /// left or nothing has landed lately to measure a rate by.

@@ -177,6 +177,23 @@ async fn raw_quic(root: &Path, size: u64) -> anyhow::Result<f64> {
     Ok(gib_s(size, elapsed))
 }
 
+/// Wait until the master leader sees `n` chunkservers alive (at most 60 s).
+async fn wait_alive(client: &DataClient, n: usize) -> anyhow::Result<()> {
+    let start = Instant::now();
+    loop {
+        if let Ok(s) = client.status().await
+            && s.servers.iter().filter(|s| s.alive).count() == n
+        {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(60),
+            "{n} chunkservers never reported alive"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Anonymous resident memory (heap, buffers) in MiB. Mapped chunk files (sealed chunks are read
 /// through mmap) are page cache the kernel can drop at will, so they are left out.
 fn anon_mib() -> f64 {
@@ -268,20 +285,7 @@ pub async fn run(
             &TransportOptions::default(),
         )?;
         let client = DataClient::new(MasterClient::new(ep.clone(), vec![node.addr]), ep);
-        // Wait for the three chunkservers to report.
-        let start = Instant::now();
-        loop {
-            if let Ok(s) = client.status().await
-                && s.servers.iter().filter(|s| s.alive).count() == 3
-            {
-                break;
-            }
-            anyhow::ensure!(
-                start.elapsed() < Duration::from_secs(30),
-                "chunkservers did not report"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_alive(&client, 3).await?;
         // The same cluster, written and read by a client elsewhere (every hop QUIC) and by one
         // in the chunkservers' process, as `cairn serve`'s gateway is (the chain's first hop
         // and reads of local replicas short-circuit the transport).
@@ -398,25 +402,7 @@ pub async fn repair(
         &TransportOptions::default(),
     )?;
     let client = DataClient::new(MasterClient::new(ep.clone(), vec![node.addr]), ep);
-    let alive = |n: usize| {
-        let client = client.clone();
-        async move {
-            let start = Instant::now();
-            loop {
-                if let Ok(s) = client.status().await
-                    && s.servers.iter().filter(|s| s.alive).count() == n
-                {
-                    return anyhow::Ok(());
-                }
-                anyhow::ensure!(
-                    start.elapsed() < Duration::from_secs(60),
-                    "{n} chunkservers never reported alive"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    };
-    alive(3).await?;
+    wait_alive(&client, 3).await?;
     // Objects committed as the S3 gateway commits them: only live chunks are repaired.
     use cairn_master::buckets::{
         BucketCommand, BucketService, Conditions, Content, ObjectData, ObjectMeta,
@@ -516,7 +502,7 @@ pub async fn repair(
                     replaced.elapsed().as_secs_f64(),
                     on_new >> 20,
                     s.servers.iter().filter(|x| x.alive).count(),
-                    cairn_bench_repair_line(&r)
+                    progress_line(&r)
                 );
             }
         }
@@ -566,7 +552,7 @@ pub async fn repair(
     Ok(())
 }
 
-fn cairn_bench_repair_line(r: &cairn_proto::dataplane::RepairProgress) -> String {
+fn progress_line(r: &cairn_proto::dataplane::RepairProgress) -> String {
     format!(
         "{} replicas ({} MiB) left, {} running, {:.1} MiB/s",
         r.remaining_replicas,
