@@ -13,7 +13,7 @@ use cairn_proto::{
     Consistency, NodeIdentity, ProposeError, RemoteError as WireError, Router, ServeOptions,
     TransportOptions,
 };
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::{BasicNode, Config, ServerState, SnapshotPolicy};
 
 use crate::batch::{GROUPS_IN_FLIGHT, WAITING_MAX, Waiting, run_groups};
@@ -129,6 +129,19 @@ fn forward(f: &openraft::error::ForwardToLeader<NodeId, BasicNode>) -> ProposeEr
             .leader_id
             .zip(f.leader_node.as_ref().map(|n| n.addr.clone())),
     }
+}
+
+/// How long a membership change waits for the previous one to be committed.
+const MEMBERSHIP_WAIT: Duration = Duration::from_secs(10);
+
+/// Whether a membership change was refused because another is still being committed.
+fn change_in_progress(e: &RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> bool {
+    matches!(
+        e.api_error(),
+        Some(ClientWriteError::ChangeMembershipError(
+            ChangeMembershipError::InProgress(_)
+        ))
+    )
 }
 
 fn not_leader(e: &RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Option<ProposeError> {
@@ -341,18 +354,36 @@ impl RaftNode {
         }
     }
 
+    /// A membership change. openraft refuses one while the previous change (two log entries,
+    /// through a joint configuration) is still being committed; such a refusal is waited out
+    /// for up to [`MEMBERSHIP_WAIT`] here, so that two changes asked back to back (`cairn admin
+    /// cluster add-master` run twice) both succeed instead of the second failing at random.
     async fn admin(&self, req: AdminRequest) -> Result<(), ProposeError> {
-        let result = match req {
-            AdminRequest::AddLearner { id, addr } => self
-                .raft
-                .add_learner(id, BasicNode::new(addr), true)
-                .await
-                .map(|_| ()),
-            AdminRequest::SetVoters(voters) => {
-                self.raft.change_membership(voters, false).await.map(|_| ())
+        let deadline = tokio::time::Instant::now() + MEMBERSHIP_WAIT;
+        loop {
+            let result = match &req {
+                AdminRequest::AddLearner { id, addr } => self
+                    .raft
+                    .add_learner(*id, BasicNode::new(addr.clone()), true)
+                    .await
+                    .map(|_| ()),
+                AdminRequest::SetVoters(voters) => self
+                    .raft
+                    .change_membership(voters.clone(), false)
+                    .await
+                    .map(|_| ()),
+            };
+            match result {
+                Err(e) if change_in_progress(&e) && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                r => {
+                    return r.map_err(|e| {
+                        not_leader(&e).unwrap_or_else(|| ProposeError::Failed(e.to_string()))
+                    });
+                }
             }
-        };
-        result.map_err(|e| not_leader(&e).unwrap_or_else(|| ProposeError::Failed(e.to_string())))
+        }
     }
 
     /// This node's view of itself and the group.
