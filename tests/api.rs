@@ -1078,6 +1078,17 @@ async fn openapi_document_lists_every_route() {
         ("/api/storage/buckets/{name}/objects/{key}", "put"),
         ("/api/storage/buckets/{name}/objects/{key}", "get"),
         ("/api/storage/buckets/{name}/objects/{key}", "delete"),
+        ("/api/storage/buckets/{name}/policy", "get"),
+        ("/api/storage/buckets/{name}/policy", "put"),
+        ("/api/storage/buckets/{name}/policy", "delete"),
+        ("/api/storage/buckets/{name}/public-access-block", "get"),
+        ("/api/storage/buckets/{name}/public-access-block", "put"),
+        ("/api/storage/buckets/{name}/public-access-block", "delete"),
+        ("/api/storage/buckets/{name}/object-lock", "get"),
+        ("/api/storage/buckets/{name}/object-lock", "put"),
+        ("/api/storage/buckets/{name}/retention/{key}", "get"),
+        ("/api/storage/buckets/{name}/retention/{key}", "put"),
+        ("/api/storage/buckets/{name}/legal-hold/{key}", "put"),
     ] {
         assert!(
             paths.get(path).and_then(|p| p.get(method)).is_some(),
@@ -4320,4 +4331,586 @@ async fn every_route_answers_malformed_input_with_a_4xx_and_loses_nothing() {
     );
     let (_, v) = api.call("GET", "/storage/buckets", Some(&t), None).await;
     assert_eq!(v["buckets"].as_array().unwrap().len(), 1, "{v}");
+}
+
+/// An anonymous GET of `bucket/key` over S3: its status.
+async fn anonymous_get(api: &Api, bucket: &str, key: &str) -> u16 {
+    api.http
+        .get(format!("http://{}/{bucket}/{key}", api.addr))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+#[allow(clippy::too_many_lines)]
+async fn bucket_policies_and_the_public_access_block() {
+    use aws_sdk_s3::primitives::ByteStream;
+    use aws_sdk_s3::types::{BucketCannedAcl, PublicAccessBlockConfiguration};
+    let api = Api::start(&[("CAIRN_API_AUTH_RATE_LIMIT", "1000")]);
+    let ada = first_admin(&api).await;
+    let ada_t = ada["access_token"].as_str().unwrap().to_owned();
+    let bob = register(&api, &ada_t, "bob@example.com", "Bob").await;
+    let bob_t = bob["access_token"].as_str().unwrap().to_owned();
+    let (_, tenants) = api.call("GET", "/tenants", Some(&bob_t), None).await;
+    let bob_tenant = tenants["current"].as_str().unwrap().to_owned();
+    let (_, tenants) = api.call("GET", "/tenants", Some(&ada_t), None).await;
+    let ada_tenant = tenants["current"].as_str().unwrap().to_owned();
+    let (ada_ak, ada_s3) = s3_key(&api, &ada_t).await;
+    let (_, bob_s3) = s3_key(&api, &bob_t).await;
+
+    ada_s3
+        .create_bucket()
+        .bucket("shared")
+        .send()
+        .await
+        .unwrap();
+    for key in ["public/a.txt", "private/b.txt", "in/c.txt"] {
+        ada_s3
+            .put_object()
+            .bucket("shared")
+            .key(key)
+            .body(ByteStream::from_static(b"contents"))
+            .send()
+            .await
+            .unwrap();
+    }
+
+    // No policy yet: nobody outside the tenant gets in.
+    assert_eq!(anonymous_get(&api, "shared", "public/a.txt").await, 403);
+    let r = ada_s3.get_bucket_policy().bucket("shared").send().await;
+    assert_eq!(
+        s3_code(&r).as_deref(),
+        Some("NoSuchBucketPolicy"),
+        "{}",
+        s3_said(&r)
+    );
+    let r = ada_s3
+        .get_bucket_policy_status()
+        .bucket("shared")
+        .send()
+        .await;
+    assert_eq!(s3_code(&r).as_deref(), Some("NoSuchBucketPolicy"));
+    let r = bob_s3
+        .get_object()
+        .bucket("shared")
+        .key("public/a.txt")
+        .send()
+        .await;
+    assert_eq!(s3_code(&r).as_deref(), Some("NoSuchBucket"));
+
+    // Malformed policies are refused with S3's reason, and nothing is stored.
+    for (doc, why) in [
+        ("{not json", "invalid Json"),
+        (
+            r#"{"Statement":[{"Effect":"Allow","Principal":"*","Action":"s3:GetObject","Resource":"arn:aws:s3:::elsewhere/*"}]}"#,
+            "invalid resource",
+        ),
+        (
+            r#"{"Statement":[{"Effect":"Allow","Principal":"*","Action":"s3:GetObject","Resource":"arn:aws:s3:::shared"}]}"#,
+            "does not apply to any resource",
+        ),
+        (
+            r#"{"Statement":[{"Effect":"Allow","Principal":{"AWS":"someone"},"Action":"s3:GetObject","Resource":"arn:aws:s3:::shared/*"}]}"#,
+            "Invalid principal",
+        ),
+    ] {
+        let r = ada_s3
+            .put_bucket_policy()
+            .bucket("shared")
+            .policy(doc)
+            .send()
+            .await;
+        assert_eq!(s3_code(&r).as_deref(), Some("MalformedPolicy"), "{doc}");
+        assert!(s3_said(&r).contains(why), "{doc}: {}", s3_said(&r));
+    }
+    let r = ada_s3.get_bucket_policy().bucket("shared").send().await;
+    assert_eq!(s3_code(&r).as_deref(), Some("NoSuchBucketPolicy"));
+
+    // A policy: anyone reads public/*, Bob's tenant lists and reads in/*, Ada's own key may
+    // not delete under private/ (Deny wins over her owner role).
+    let policy = format!(
+        r#"{{"Version":"2012-10-17","Statement":[
+        {{"Sid":"PublicRead","Effect":"Allow","Principal":"*","Action":"s3:GetObject","Resource":"arn:aws:s3:::shared/public/*"}},
+        {{"Sid":"BobsTenant","Effect":"Allow","Principal":{{"AWS":"arn:aws:iam::{bob_tenant}:root"}},"Action":["s3:ListBucket","s3:GetObject"],"Resource":["arn:aws:s3:::shared","arn:aws:s3:::shared/in/*"]}},
+        {{"Sid":"KeepPrivate","Effect":"Deny","Principal":{{"AWS":"arn:aws:iam::{ada_tenant}:key/{ada_ak}"}},"Action":"s3:DeleteObject","Resource":"arn:aws:s3:::shared/private/*"}}]}}"#
+    );
+    ada_s3
+        .put_bucket_policy()
+        .bucket("shared")
+        .policy(&policy)
+        .send()
+        .await
+        .unwrap();
+    let got = ada_s3
+        .get_bucket_policy()
+        .bucket("shared")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.policy(), Some(policy.as_str()));
+    let st = ada_s3
+        .get_bucket_policy_status()
+        .bucket("shared")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(st.policy_status().and_then(|s| s.is_public()), Some(true));
+
+    assert_eq!(anonymous_get(&api, "shared", "public/a.txt").await, 200);
+    assert_eq!(anonymous_get(&api, "shared", "private/b.txt").await, 403);
+    let listed = bob_s3
+        .list_objects_v2()
+        .bucket("shared")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.key_count(), Some(3));
+    let body = bob_s3
+        .get_object()
+        .bucket("shared")
+        .key("in/c.txt")
+        .send()
+        .await
+        .unwrap()
+        .body
+        .collect()
+        .await
+        .unwrap()
+        .into_bytes();
+    assert_eq!(body.as_ref(), b"contents");
+    let r = bob_s3
+        .get_object()
+        .bucket("shared")
+        .key("private/b.txt")
+        .send()
+        .await;
+    assert!(s3_code(&r).is_some(), "Bob read a private object");
+    let r = bob_s3
+        .put_object()
+        .bucket("shared")
+        .key("in/new.txt")
+        .body(ByteStream::from_static(b"x"))
+        .send()
+        .await;
+    assert!(s3_code(&r).is_some(), "Bob wrote into Ada's bucket");
+    let r = ada_s3
+        .delete_object()
+        .bucket("shared")
+        .key("private/b.txt")
+        .send()
+        .await;
+    assert_eq!(
+        s3_code(&r).as_deref(),
+        Some("AccessDenied"),
+        "{}",
+        s3_said(&r)
+    );
+    assert!(s3_said(&r).contains("bucket policy"), "{}", s3_said(&r));
+    // The REST API decides alike: Bob reads in/c.txt there too, Ada cannot delete.
+    let r = api
+        .http
+        .get(format!(
+            "{}/storage/buckets/shared/objects/in/c.txt",
+            api.base
+        ))
+        .bearer_auth(&bob_t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let (s, v) = api
+        .call(
+            "DELETE",
+            "/storage/buckets/shared/objects/private/b.txt",
+            Some(&ada_t),
+            None,
+        )
+        .await;
+    // Ada's REST session is not the key the Deny names: allowed there.
+    assert_eq!(s, 200, "{v}");
+
+    // Conditions: reads of in/* only over TLS. The gateway itself speaks HTTP; a proxy on the
+    // same host that terminated TLS says so with X-Forwarded-Proto.
+    let tls_only = r#"{"Statement":[{"Effect":"Deny","Principal":"*","Action":"s3:GetObject","Resource":"arn:aws:s3:::shared/in/*","Condition":{"Bool":{"aws:SecureTransport":"false"}}}]}"#;
+    let (s, v) = api
+        .call(
+            "PUT",
+            "/storage/buckets/shared/policy",
+            Some(&ada_t),
+            Some(serde_json::from_str(tls_only).unwrap()),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["is_public"], false);
+    let r = ada_s3
+        .get_object()
+        .bucket("shared")
+        .key("in/c.txt")
+        .send()
+        .await;
+    assert_eq!(s3_code(&r).as_deref(), Some("AccessDenied"));
+    let rest_get = |proto: Option<&'static str>| {
+        let mut r = api
+            .http
+            .get(format!(
+                "{}/storage/buckets/shared/objects/in/c.txt",
+                api.base
+            ))
+            .bearer_auth(&ada_t);
+        if let Some(p) = proto {
+            r = r.header("x-forwarded-proto", p);
+        }
+        r.send()
+    };
+    assert_eq!(rest_get(None).await.unwrap().status().as_u16(), 403);
+    assert_eq!(
+        rest_get(Some("https")).await.unwrap().status().as_u16(),
+        200
+    );
+
+    // A policy that denies everyone everything still lets the tenant's owner remove it.
+    let lockout = r#"{"Statement":[{"Effect":"Deny","Principal":"*","Action":"s3:*","Resource":["arn:aws:s3:::shared","arn:aws:s3:::shared/*"]}]}"#;
+    ada_s3
+        .put_bucket_policy()
+        .bucket("shared")
+        .policy(lockout)
+        .send()
+        .await
+        .unwrap();
+    let r = ada_s3.list_objects_v2().bucket("shared").send().await;
+    assert_eq!(s3_code(&r).as_deref(), Some("AccessDenied"));
+    ada_s3
+        .delete_bucket_policy()
+        .bucket("shared")
+        .send()
+        .await
+        .unwrap();
+    ada_s3
+        .list_objects_v2()
+        .bucket("shared")
+        .send()
+        .await
+        .unwrap();
+
+    // The public access block.
+    let r = ada_s3
+        .get_public_access_block()
+        .bucket("shared")
+        .send()
+        .await;
+    assert_eq!(
+        s3_code(&r).as_deref(),
+        Some("NoSuchPublicAccessBlockConfiguration")
+    );
+    assert_eq!(status_of(&r), 404);
+    let public_read = r#"{"Statement":[{"Effect":"Allow","Principal":"*","Action":"s3:GetObject","Resource":"arn:aws:s3:::shared/*"}]}"#;
+    ada_s3
+        .put_bucket_policy()
+        .bucket("shared")
+        .policy(public_read)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous_get(&api, "shared", "in/c.txt").await, 200);
+    let block = |acls: bool, ignore: bool, policy: bool, restrict: bool| {
+        PublicAccessBlockConfiguration::builder()
+            .block_public_acls(acls)
+            .ignore_public_acls(ignore)
+            .block_public_policy(policy)
+            .restrict_public_buckets(restrict)
+            .build()
+    };
+    // RestrictPublicBuckets: the public policy no longer reaches outside the tenant.
+    ada_s3
+        .put_public_access_block()
+        .bucket("shared")
+        .public_access_block_configuration(block(false, false, false, true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous_get(&api, "shared", "in/c.txt").await, 403);
+    ada_s3
+        .get_object()
+        .bucket("shared")
+        .key("in/c.txt")
+        .send()
+        .await
+        .unwrap();
+    let got = ada_s3
+        .get_public_access_block()
+        .bucket("shared")
+        .send()
+        .await
+        .unwrap();
+    let c = got.public_access_block_configuration().unwrap();
+    assert_eq!(
+        (
+            c.block_public_acls(),
+            c.ignore_public_acls(),
+            c.block_public_policy(),
+            c.restrict_public_buckets()
+        ),
+        (Some(false), Some(false), Some(false), Some(true))
+    );
+    // BlockPublicPolicy: a public policy is refused, a private one is not.
+    ada_s3
+        .put_public_access_block()
+        .bucket("shared")
+        .public_access_block_configuration(block(true, true, true, false))
+        .send()
+        .await
+        .unwrap();
+    let r = ada_s3
+        .put_bucket_policy()
+        .bucket("shared")
+        .policy(public_read)
+        .send()
+        .await;
+    assert_eq!(
+        s3_code(&r).as_deref(),
+        Some("AccessDenied"),
+        "{}",
+        s3_said(&r)
+    );
+    assert!(s3_said(&r).contains("BlockPublicPolicy"), "{}", s3_said(&r));
+    ada_s3
+        .put_bucket_policy()
+        .bucket("shared")
+        .policy(tls_only)
+        .send()
+        .await
+        .unwrap();
+    // BlockPublicAcls refuses a public ACL; IgnorePublicAcls makes an existing one private.
+    let r = ada_s3
+        .put_bucket_acl()
+        .bucket("shared")
+        .acl(BucketCannedAcl::PublicRead)
+        .send()
+        .await;
+    assert_eq!(
+        s3_code(&r).as_deref(),
+        Some("AccessDenied"),
+        "{}",
+        s3_said(&r)
+    );
+    ada_s3
+        .put_public_access_block()
+        .bucket("shared")
+        .public_access_block_configuration(block(false, true, false, false))
+        .send()
+        .await
+        .unwrap();
+    ada_s3
+        .put_bucket_acl()
+        .bucket("shared")
+        .acl(BucketCannedAcl::PublicRead)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous_get(&api, "shared", "public/a.txt").await, 403);
+    ada_s3
+        .delete_public_access_block()
+        .bucket("shared")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous_get(&api, "shared", "public/a.txt").await, 200);
+    let (s, v) = api
+        .call(
+            "GET",
+            "/storage/buckets/shared/public-access-block",
+            Some(&ada_t),
+            None,
+        )
+        .await;
+    assert_eq!((s, v["configured"].clone()), (200, json!(false)), "{v}");
+
+    // Changes are audited; Bob cannot touch Ada's policy.
+    let r = bob_s3.delete_bucket_policy().bucket("shared").send().await;
+    assert!(s3_code(&r).is_some());
+    let (_, audit) = api.call("GET", "/audit/logs", Some(&ada_t), None).await;
+    let text = audit.to_string();
+    for action in [
+        "s3:PutBucketPolicy",
+        "s3:DeleteBucketPolicy",
+        "s3:PutBucketPublicAccessBlock",
+    ] {
+        assert!(text.contains(action), "{action} not audited: {text}");
+    }
+}
+
+fn status_of<T, E>(
+    r: &Result<T, aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>>,
+) -> u16 {
+    match r {
+        Ok(_) => 200,
+        Err(e) => e.raw_response().map_or(0, |r| r.status().as_u16()),
+    }
+}
+
+#[tokio::test]
+async fn object_lock_over_the_rest_api() {
+    let api = Api::start(&[]);
+    let ada = first_admin(&api).await;
+    let t = ada["access_token"].as_str().unwrap().to_owned();
+    let (s, v) = api
+        .call(
+            "POST",
+            "/storage/buckets",
+            Some(&t),
+            Some(json!({"name": "records"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    // Object lock needs versioning first.
+    let (s, v) = api
+        .call(
+            "PUT",
+            "/storage/buckets/records/object-lock",
+            Some(&t),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(s, 409, "{v}");
+    let (s, _) = api
+        .call(
+            "PUT",
+            "/storage/buckets/records/versioning",
+            Some(&t),
+            Some(json!({"enabled": true})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (s, v) = api
+        .call(
+            "PUT",
+            "/storage/buckets/records/object-lock",
+            Some(&t),
+            Some(json!({"mode": "COMPLIANCE", "days": 30})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["enabled"], true);
+    assert_eq!(
+        v["default_retention"],
+        json!({"mode": "COMPLIANCE", "days": 30})
+    );
+    let (s, v) = api
+        .call(
+            "PUT",
+            "/storage/buckets/records/versioning",
+            Some(&t),
+            Some(json!({"enabled": false})),
+        )
+        .await;
+    assert_eq!(s, 409, "{v}");
+    // A new object gets the default retention; nothing deletes its version.
+    let r = api
+        .http
+        .put(format!(
+            "{}/storage/buckets/records/objects/2026/ledger.csv",
+            api.base
+        ))
+        .bearer_auth(&t)
+        .body("a,b\n1,2\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let obj: Value = r.json().await.unwrap();
+    let version = obj["version_id"].as_str().unwrap().to_owned();
+    let (s, v) = api
+        .call(
+            "GET",
+            "/storage/buckets/records/retention/2026/ledger.csv",
+            Some(&t),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (v["mode"].as_str(), v["legal_hold"].as_bool()),
+        (Some("COMPLIANCE"), Some(false))
+    );
+    assert_eq!(v["version_id"], json!(version));
+    // COMPLIANCE cannot be shortened, not even with the bypass.
+    let (s, v) = api
+        .call(
+            "PUT",
+            "/storage/buckets/records/retention/2026/ledger.csv",
+            Some(&t),
+            Some(json!({"mode": "COMPLIANCE", "retain_until": "2030-01-01T00:00:00Z"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = api
+        .call(
+            "PUT",
+            "/storage/buckets/records/retention/2026/ledger.csv",
+            Some(&t),
+            Some(json!({"mode": "COMPLIANCE", "retain_until": "2029-01-01T00:00:00Z", "bypass_governance": true})),
+        )
+        .await;
+    assert_eq!(s, 403, "{v}");
+    let (s, v) = api
+        .call(
+            "PUT",
+            "/storage/buckets/records/legal-hold/2026/ledger.csv",
+            Some(&t),
+            Some(json!({"on": true})),
+        )
+        .await;
+    assert_eq!((s, v["legal_hold"].clone()), (200, json!(true)), "{v}");
+    let (s, v) = api
+        .call(
+            "GET",
+            "/storage/buckets/records/retention/2026/ledger.csv",
+            Some(&t),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, v["retain_until"].as_str()),
+        (200, Some("2030-01-01T00:00:00Z")),
+        "{v}"
+    );
+    assert_eq!(v["legal_hold"], true);
+    // A forced bucket delete stops at the locked version.
+    let (s, v) = api
+        .call(
+            "DELETE",
+            "/storage/buckets/records?force=true",
+            Some(&t),
+            None,
+        )
+        .await;
+    assert_eq!(s, 403, "{v}");
+    let (s, v) = api
+        .call(
+            "GET",
+            "/storage/buckets/records/retention/2026/ledger.csv",
+            Some(&t),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    // Malformed input.
+    for body in [
+        json!({"mode": "FOREVER", "retain_until": "2031-01-01T00:00:00Z"}),
+        json!({"mode": "GOVERNANCE"}),
+        json!({"mode": "GOVERNANCE", "retain_until": "next year"}),
+    ] {
+        let (s, v) = api
+            .call(
+                "PUT",
+                "/storage/buckets/records/retention/2026/ledger.csv",
+                Some(&t),
+                Some(body),
+            )
+            .await;
+        assert_eq!(s, 400, "{v}");
+    }
 }

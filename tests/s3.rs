@@ -2621,3 +2621,355 @@ async fn virtual_hosted_style_requests() {
         .unwrap();
     assert_eq!(r.text().await.unwrap(), r#"{"status":"ok"}"#);
 }
+
+#[tokio::test]
+#[allow(clippy::too_many_lines)]
+async fn object_lock_retention_legal_holds_and_governance_bypass() {
+    use aws_sdk_s3::primitives::DateTime;
+    use aws_sdk_s3::types::{
+        DefaultRetention, ObjectLockConfiguration, ObjectLockEnabled, ObjectLockLegalHold,
+        ObjectLockLegalHoldStatus, ObjectLockMode, ObjectLockRetention, ObjectLockRetentionMode,
+        ObjectLockRule,
+    };
+    let s = serve(&[], &[]);
+    wait_ready(s.addr).await;
+    let c = client(s.addr);
+    let in_secs = |n: i64| {
+        DateTime::from_secs(
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_secs() as i64
+                + n,
+        )
+    };
+    let put = |bucket: &'static str, key: &'static str| {
+        c.put_object()
+            .bucket(bucket)
+            .key(key)
+            .body(ByteStream::from_static(b"kept for a while"))
+    };
+
+    // A bucket made without object lock refuses locks.
+    c.create_bucket().bucket("plain").send().await.unwrap();
+    let r = put("plain", "k")
+        .object_lock_mode(ObjectLockMode::Governance)
+        .object_lock_retain_until_date(in_secs(3600))
+        .send()
+        .await;
+    assert_eq!(code(r), "InvalidRequest");
+    let r = c
+        .get_object_lock_configuration()
+        .bucket("plain")
+        .send()
+        .await;
+    assert_eq!(code(r), "ObjectLockConfigurationNotFoundError");
+
+    // With object lock, versioning is on and cannot be suspended.
+    c.create_bucket()
+        .bucket("vault")
+        .object_lock_enabled_for_bucket(true)
+        .send()
+        .await
+        .unwrap();
+    let v = c
+        .get_bucket_versioning()
+        .bucket("vault")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(v.status(), Some(&BucketVersioningStatus::Enabled));
+    let r = c
+        .put_bucket_versioning()
+        .bucket("vault")
+        .versioning_configuration(
+            VersioningConfiguration::builder()
+                .status(BucketVersioningStatus::Suspended)
+                .build(),
+        )
+        .send()
+        .await;
+    assert_eq!(code(r), "InvalidBucketState");
+    let cfg = c
+        .get_object_lock_configuration()
+        .bucket("vault")
+        .send()
+        .await
+        .unwrap();
+    let cfg = cfg.object_lock_configuration().unwrap();
+    assert_eq!(cfg.object_lock_enabled(), Some(&ObjectLockEnabled::Enabled));
+    assert!(cfg.rule().is_none());
+
+    // Bad lock headers.
+    let r = put("vault", "k")
+        .object_lock_mode(ObjectLockMode::Governance)
+        .send()
+        .await;
+    assert_eq!(code(r), "InvalidArgument");
+    let r = put("vault", "k")
+        .object_lock_mode(ObjectLockMode::Governance)
+        .object_lock_retain_until_date(in_secs(-60))
+        .send()
+        .await;
+    assert_eq!(code(r), "InvalidArgument");
+
+    // COMPLIANCE: the version stays, whoever asks; its retention only grows.
+    let until = in_secs(3600);
+    let v1 = put("vault", "c.txt")
+        .object_lock_mode(ObjectLockMode::Compliance)
+        .object_lock_retain_until_date(until)
+        .send()
+        .await
+        .unwrap()
+        .version_id()
+        .unwrap()
+        .to_owned();
+    let head = c
+        .head_object()
+        .bucket("vault")
+        .key("c.txt")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.object_lock_mode(), Some(&ObjectLockMode::Compliance));
+    assert_eq!(
+        head.object_lock_retain_until_date().map(DateTime::secs),
+        Some(until.secs())
+    );
+    assert_eq!(
+        head.object_lock_legal_hold_status(),
+        Some(&ObjectLockLegalHoldStatus::Off)
+    );
+    let del = |key: &'static str, version: &str, bypass: bool| {
+        let mut d = c
+            .delete_object()
+            .bucket("vault")
+            .key(key)
+            .version_id(version);
+        if bypass {
+            d = d.bypass_governance_retention(true);
+        }
+        d.send()
+    };
+    let r = del("c.txt", &v1, false).await;
+    assert_eq!(code(r), "AccessDenied");
+    let r = del("c.txt", &v1, true).await;
+    assert_eq!(code(r), "AccessDenied");
+    // Deleting the key stacks a delete marker, which object lock allows.
+    let marker = c
+        .delete_object()
+        .bucket("vault")
+        .key("c.txt")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(marker.delete_marker(), Some(true));
+    let retention = |mode: ObjectLockRetentionMode, until: DateTime| {
+        ObjectLockRetention::builder()
+            .mode(mode)
+            .retain_until_date(until)
+            .build()
+    };
+    let r = c
+        .put_object_retention()
+        .bucket("vault")
+        .key("c.txt")
+        .version_id(&v1)
+        .retention(retention(ObjectLockRetentionMode::Compliance, in_secs(60)))
+        .bypass_governance_retention(true)
+        .send()
+        .await;
+    assert_eq!(code(r), "AccessDenied");
+    let later = in_secs(7200);
+    c.put_object_retention()
+        .bucket("vault")
+        .key("c.txt")
+        .version_id(&v1)
+        .retention(retention(ObjectLockRetentionMode::Compliance, later))
+        .send()
+        .await
+        .unwrap();
+    let got = c
+        .get_object_retention()
+        .bucket("vault")
+        .key("c.txt")
+        .version_id(&v1)
+        .send()
+        .await
+        .unwrap();
+    let got = got.retention().unwrap();
+    assert_eq!(got.mode(), Some(&ObjectLockRetentionMode::Compliance));
+    assert_eq!(
+        got.retain_until_date().map(DateTime::secs),
+        Some(later.secs())
+    );
+
+    // GOVERNANCE: a delete takes the bypass header (and the permission, which the root key
+    // has as the tenant's owner).
+    let v2 = put("vault", "g.txt")
+        .object_lock_mode(ObjectLockMode::Governance)
+        .object_lock_retain_until_date(in_secs(3600))
+        .send()
+        .await
+        .unwrap()
+        .version_id()
+        .unwrap()
+        .to_owned();
+    let r = del("g.txt", &v2, false).await;
+    assert_eq!(code(r), "AccessDenied");
+    del("g.txt", &v2, true).await.unwrap();
+
+    // A legal hold holds until it is lifted.
+    let v3 = put("vault", "h.txt")
+        .object_lock_legal_hold_status(ObjectLockLegalHoldStatus::On)
+        .send()
+        .await
+        .unwrap()
+        .version_id()
+        .unwrap()
+        .to_owned();
+    let hold = c
+        .get_object_legal_hold()
+        .bucket("vault")
+        .key("h.txt")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        hold.legal_hold().and_then(|h| h.status()),
+        Some(&ObjectLockLegalHoldStatus::On)
+    );
+    let r = del("h.txt", &v3, true).await;
+    assert_eq!(code(r), "AccessDenied");
+    c.put_object_legal_hold()
+        .bucket("vault")
+        .key("h.txt")
+        .version_id(&v3)
+        .legal_hold(
+            ObjectLockLegalHold::builder()
+                .status(ObjectLockLegalHoldStatus::Off)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    del("h.txt", &v3, false).await.unwrap();
+
+    // A default retention reaches every new version, multipart ones included; a lock given
+    // when an upload starts reaches the object it completes.
+    c.put_object_lock_configuration()
+        .bucket("vault")
+        .object_lock_configuration(
+            ObjectLockConfiguration::builder()
+                .object_lock_enabled(ObjectLockEnabled::Enabled)
+                .rule(
+                    ObjectLockRule::builder()
+                        .default_retention(
+                            DefaultRetention::builder()
+                                .mode(ObjectLockRetentionMode::Governance)
+                                .days(1)
+                                .build(),
+                        )
+                        .build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let cfg = c
+        .get_object_lock_configuration()
+        .bucket("vault")
+        .send()
+        .await
+        .unwrap();
+    let rule = cfg
+        .object_lock_configuration()
+        .and_then(|c| c.rule())
+        .unwrap();
+    assert_eq!(rule.default_retention().and_then(|d| d.days()), Some(1));
+    put("vault", "d.txt").send().await.unwrap();
+    let got = c
+        .get_object_retention()
+        .bucket("vault")
+        .key("d.txt")
+        .send()
+        .await
+        .unwrap();
+    let until = got
+        .retention()
+        .and_then(|r| r.retain_until_date())
+        .unwrap()
+        .secs();
+    let day_from_now = in_secs(86_400).secs();
+    assert!(
+        (day_from_now - 120..=day_from_now).contains(&until),
+        "{until}"
+    );
+    let up = c
+        .create_multipart_upload()
+        .bucket("vault")
+        .key("big.bin")
+        .object_lock_mode(ObjectLockMode::Compliance)
+        .object_lock_retain_until_date(in_secs(3600))
+        .send()
+        .await
+        .unwrap();
+    let id = up.upload_id().unwrap();
+    let part = c
+        .upload_part()
+        .bucket("vault")
+        .key("big.bin")
+        .upload_id(id)
+        .part_number(1)
+        .body(ByteStream::from_static(b"one small last part"))
+        .send()
+        .await
+        .unwrap();
+    let done = c
+        .complete_multipart_upload()
+        .bucket("vault")
+        .key("big.bin")
+        .upload_id(id)
+        .multipart_upload(
+            CompletedMultipartUpload::builder()
+                .parts(
+                    CompletedPart::builder()
+                        .part_number(1)
+                        .e_tag(part.e_tag().unwrap())
+                        .build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let r = del("big.bin", done.version_id().unwrap(), true).await;
+    assert_eq!(code(r), "AccessDenied");
+    let head = c
+        .head_object()
+        .bucket("vault")
+        .key("big.bin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.object_lock_mode(), Some(&ObjectLockMode::Compliance));
+
+    // A retention that has run out no longer holds (the leader's clock decides).
+    let v4 = put("vault", "short.txt")
+        .object_lock_mode(ObjectLockMode::Compliance)
+        .object_lock_retain_until_date(in_secs(2))
+        .send()
+        .await
+        .unwrap()
+        .version_id()
+        .unwrap()
+        .to_owned();
+    assert_eq!(code(del("short.txt", &v4, false).await), "AccessDenied");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    del("short.txt", &v4, false).await.unwrap();
+
+    // The bucket cannot go while locked versions remain.
+    let r = c.delete_bucket().bucket("vault").send().await;
+    assert_eq!(code(r), "BucketNotEmpty");
+}

@@ -15,24 +15,28 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use cairn_engine::state::TypedService;
+use cairn_master::bucket_policy::{BucketPolicy, Caller, Context, PolicyRequest, Verdict};
 use cairn_master::buckets::{BucketQuery, BucketQueryResponse};
 use cairn_master::buckets::{BucketRecord, Version, VersionRef};
 use cairn_master::dataplane::command;
 use cairn_master::identity::{IdentityQuery, IdentityQueryResponse, IdentityService};
 use cairn_master::keys::{AccessKey, KeyCommand, KeyQuery, KeyQueryResponse, KeyService};
 use cairn_master::policy::{Decision, Request, Role, Statement, decide, s3_action};
-use cairn_master::tenancy::{DEFAULT_TENANT, bucket_tenant};
+use cairn_master::tenancy::{DEFAULT_TENANT, bucket_tenant, tenant_hex};
 use cairn_proto::Consistency;
 use parking_lot::Mutex;
 use s3s::access::{S3Access, S3AccessContext};
 use s3s::auth::{S3Auth, SecretKey};
-use s3s::dto::{CopyObjectInput, CopySource, DeleteObjectsInput, UploadPartCopyInput};
+use s3s::dto::{
+    CopyObjectInput, CopySource, DeleteObjectsInput, PutObjectTaggingInput, UploadPartCopyInput,
+};
 use s3s::path::S3Path;
 use s3s::{S3Error, S3ErrorCode, S3Request, S3Result};
 
+use crate::kernel::context::request_context;
 use crate::{Gateway, propose_error};
 
 /// The purpose S3 secrets are sealed under.
@@ -212,12 +216,22 @@ fn no_such_bucket() -> S3Error {
 }
 
 /// Decide on one S3 operation by `principal` (`None`: anonymous) on `bucket` (its record, if
-/// it exists) and `key`. Pure, so the rules are tested without a cluster.
+/// it exists) and `key`, with the request's condition keys `cx`. Pure, so the rules are tested
+/// without a cluster.
+///
+/// How the parts combine, as S3 does: a `Deny` of the bucket policy (or of the caller's own
+/// IAM policies) refuses; otherwise a member of the bucket's tenant is allowed by their role
+/// or IAM policies, or by the bucket policy; anyone else (anonymous, another tenant) only by
+/// the bucket policy or a public ACL. The public access block takes public ACLs away
+/// (`IgnorePublicAcls`) and, with `RestrictPublicBuckets`, a public policy's grants to anyone
+/// outside the tenant. A tenant's owner may always read, change and delete the bucket policy,
+/// so a policy that denies everyone can be undone.
 pub fn judge(
     principal: Option<&Principal>,
     op: &str,
     bucket: Option<(&str, Option<&BucketRecord>)>,
     key: Option<&str>,
+    cx: &Context,
 ) -> S3Result<()> {
     let (action, class) = s3_action(op);
     let denied = || {
@@ -264,24 +278,135 @@ pub fn judge(
             anonymous_denied()
         });
     };
+    let tenant = bucket_tenant(&rec.owner);
+    let block = rec.access_block();
+    let member = principal.is_some_and(|p| p.tenant == tenant && p.role.is_some());
+    let policy = policy_verdict(
+        principal, op, &action, rec, name, &resource, tenant, member, cx,
+    )?;
     // An unlisted bucket (namespace visibility 1) is readable by object name only.
     let public = rec.public_read
+        && !block.ignore_public_acls
         && PUBLIC_READS.contains(&op)
         && (!rec.unlisted || matches!(op, "GetObject" | "HeadObject"));
+    let by_policy = || {
+        S3Error::with_message(
+            S3ErrorCode::AccessDenied,
+            format!("{action} on {resource} is denied by the bucket policy"),
+        )
+    };
     let Some(p) = principal else {
-        return if public {
-            Ok(())
-        } else {
-            Err(anonymous_denied())
+        return match policy {
+            Verdict::Deny => Err(by_policy()),
+            Verdict::Allow => Ok(()),
+            Verdict::Silent if public => Ok(()),
+            Verdict::Silent => Err(anonymous_denied()),
         };
     };
-    match verdict(p, &resource, bucket_tenant(&rec.owner)) {
+    if policy == Verdict::Deny {
+        return Err(by_policy());
+    }
+    match verdict(p, &resource, tenant) {
         Decision::Allow => Ok(()),
-        Decision::NotMember if public => Ok(()),
+        Decision::ExplicitDeny => Err(denied()),
+        Decision::ImplicitDeny if policy == Verdict::Allow => Ok(()),
+        Decision::ImplicitDeny => Err(denied()),
+        Decision::NotMember if policy == Verdict::Allow || public => Ok(()),
         // Another tenant's bucket is answered like one that does not exist.
         Decision::NotMember => Err(no_such_bucket()),
-        Decision::ExplicitDeny | Decision::ImplicitDeny => Err(denied()),
     }
+}
+
+/// Operations on the bucket policy itself, which a tenant's owner may always run.
+const POLICY_OPS: &[&str] = &["GetBucketPolicy", "PutBucketPolicy", "DeleteBucketPolicy"];
+
+/// What the bucket's policy says about the request.
+#[allow(clippy::too_many_arguments)]
+fn policy_verdict(
+    principal: Option<&Principal>,
+    op: &str,
+    action: &str,
+    rec: &BucketRecord,
+    bucket: &str,
+    resource: &str,
+    tenant: u128,
+    member: bool,
+    cx: &Context,
+) -> S3Result<Verdict> {
+    let Some(text) = &rec.policy else {
+        return Ok(Verdict::Silent);
+    };
+    let owner = member && principal.is_some_and(|p| p.role == Some(Role::Owner));
+    if owner && POLICY_OPS.contains(&op) {
+        return Ok(Verdict::Silent);
+    }
+    // The bucket service checked the policy when it was set; one this build cannot read any
+    // more refuses everything rather than being ignored.
+    let policy = BucketPolicy::parse(text, bucket).map_err(|why| {
+        S3Error::with_message(
+            S3ErrorCode::AccessDenied,
+            format!("the bucket policy cannot be read ({why}): its owner must set it again"),
+        )
+    })?;
+    let caller = match principal {
+        Some(p) => Caller {
+            tenant: Some(tenant_hex(p.tenant)),
+            user: p.user.map(crate::kernel::hex_id),
+            access_key: Some(p.access_key.clone()),
+        },
+        None => Caller::anonymous(),
+    };
+    let mut cx = cx.clone();
+    match &caller.tenant {
+        Some(t) => {
+            cx.set("aws:PrincipalType", "User");
+            cx.set("aws:PrincipalAccount", t.clone());
+            let arn = match &caller.user {
+                Some(u) => format!("arn:aws:iam::{t}:user/{u}"),
+                None => format!("arn:aws:iam::{t}:root"),
+            };
+            cx.set("aws:PrincipalArn", arn);
+            if let Some(u) = &caller.user {
+                cx.set("aws:userid", u.clone());
+            }
+        }
+        None => cx.set("aws:PrincipalType", "Anonymous"),
+    }
+    cx.set("s3:ResourceAccount", tenant_hex(tenant));
+    let versioned = cx.get("s3:VersionId").is_some();
+    let action = policy_action(action, versioned);
+    let verdict = policy.evaluate(&PolicyRequest {
+        action: &action,
+        resource: &format!("arn:aws:s3:::{resource}"),
+        caller: &caller,
+        context: &cx,
+    });
+    if verdict == Verdict::Allow
+        && !member
+        && rec.access_block().restrict_public_buckets
+        && policy.is_public()
+    {
+        return Ok(Verdict::Silent);
+    }
+    Ok(verdict)
+}
+
+/// The action a bucket policy sees: requests naming a version are S3's `...Version` actions.
+fn policy_action(action: &str, versioned: bool) -> String {
+    if !versioned {
+        return action.to_owned();
+    }
+    match action {
+        "s3:GetObject" => "s3:GetObjectVersion",
+        "s3:DeleteObject" => "s3:DeleteObjectVersion",
+        "s3:GetObjectTagging" => "s3:GetObjectVersionTagging",
+        "s3:PutObjectTagging" => "s3:PutObjectVersionTagging",
+        "s3:DeleteObjectTagging" => "s3:DeleteObjectVersionTagging",
+        "s3:GetObjectAcl" => "s3:GetObjectVersionAcl",
+        "s3:PutObjectAcl" => "s3:PutObjectVersionAcl",
+        other => other,
+    }
+    .to_owned()
 }
 
 impl Access {
@@ -343,6 +468,7 @@ impl Access {
 
     /// [`judge`], with every refusal of a signed request recorded in the audit log as
     /// `denied` (the access key, the action, `bucket/key`, the address).
+    #[allow(clippy::too_many_arguments)]
     async fn judged(
         &self,
         principal: Option<&Principal>,
@@ -350,8 +476,9 @@ impl Access {
         bucket: Option<(&str, Option<&BucketRecord>)>,
         key: Option<&str>,
         ip: &str,
+        cx: &Context,
     ) -> S3Result<()> {
-        let verdict = judge(principal, op, bucket, key);
+        let verdict = judge(principal, op, bucket, key, cx);
         if let (Err(_), Some(p)) = (&verdict, principal) {
             let resource = match (bucket, key) {
                 (Some((b, _)), Some(k)) => format!("{b}/{k}"),
@@ -375,15 +502,82 @@ impl Access {
         };
         let p = self.principal_of_request(req).await?;
         let rec = self.bucket_record(bucket).await?;
+        let mut cx = request_context_of(req);
+        if let Some(r) = &rec {
+            self.existing_tags(r, bucket, key, None, &mut cx).await?;
+        }
         self.judged(
             p.as_ref(),
             "GetObject",
             Some((bucket, rec.as_ref())),
             Some(key),
             &client_ip(&req.extensions),
+            &cx,
         )
         .await
     }
+
+    /// Add the object's current tags (`s3:ExistingObjectTag/<key>`) to `cx` when the bucket's
+    /// policy reads them (one more query, only then). `found` is the version if the caller
+    /// already has it.
+    async fn existing_tags(
+        &self,
+        rec: &BucketRecord,
+        bucket: &str,
+        key: &str,
+        found: Option<&Option<Version>>,
+        cx: &mut Context,
+    ) -> S3Result<()> {
+        let Some(text) = &rec.policy else {
+            return Ok(());
+        };
+        if !BucketPolicy::parse(text, bucket).is_ok_and(|p| p.reads_existing_tags()) {
+            return Ok(());
+        }
+        let version = match found {
+            Some(v) => v.clone(),
+            None => {
+                let asked = cx
+                    .get("s3:VersionId")
+                    .and_then(|v| v.first())
+                    .and_then(|v| VersionRef::parse(v));
+                match self
+                    .gateway
+                    .query(&BucketQuery::ObjectWithBucket {
+                        bucket: bucket.to_owned(),
+                        key: key.to_owned(),
+                        version: asked,
+                    })
+                    .await?
+                {
+                    BucketQueryResponse::ObjectWithBucket(f) => f.and_then(|(_, v)| v),
+                    _ => return Err(internal("unexpected answer")),
+                }
+            }
+        };
+        if let Some(d) = version.as_ref().and_then(Version::data) {
+            for (k, v) in &d.tags {
+                cx.set(&format!("s3:ExistingObjectTag/{k}"), v.clone());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The condition keys of a request, for a hook that judges it again (its copy source, each key
+/// of a multi-delete, the tags it sets).
+fn request_context_of<T>(req: &S3Request<T>) -> Context {
+    request_context(
+        &req.headers,
+        req.uri.query(),
+        peer_of(&req.extensions),
+        SystemTime::now(),
+    )
+}
+
+fn peer_of(ext: &http::Extensions) -> Option<std::net::SocketAddr> {
+    ext.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0)
 }
 
 #[async_trait::async_trait]
@@ -421,6 +615,7 @@ impl S3Access for Access {
                                     key: k.clone(),
                                     version,
                                     found,
+                                    lock_enabled: rec.object_lock.is_some(),
                                 });
                                 Some(rec)
                             }
@@ -436,14 +631,52 @@ impl S3Access for Access {
             _ => None,
         };
         let ip = client_ip(cx.extensions_mut());
-        self.judged(
-            principal.as_ref(),
-            &op,
-            bucket.as_deref().map(|b| (b, rec.as_ref())),
-            key.as_deref(),
-            &ip,
-        )
-        .await?;
+        // Condition keys matter only to a bucket policy: a bucket without one costs nothing.
+        let mut context = if rec.as_ref().is_some_and(|r| r.policy.is_some()) {
+            let peer = peer_of(cx.extensions_mut());
+            request_context(cx.headers(), cx.uri().query(), peer, SystemTime::now())
+        } else {
+            Context::new()
+        };
+        if let (Some(r), Some(b), Some(k)) = (&rec, &bucket, &key) {
+            let found = prefetched.as_ref().map(|p| &p.found);
+            self.existing_tags(r, b, k, found, &mut context).await?;
+        }
+        // Overriding a GOVERNANCE retention takes its own permission too.
+        let bypass = cx
+            .headers()
+            .get("x-amz-bypass-governance-retention")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        if bypass
+            && matches!(
+                op.as_str(),
+                "DeleteObject" | "DeleteObjects" | "PutObjectRetention"
+            )
+        {
+            self.judged(
+                principal.as_ref(),
+                "BypassGovernanceRetention",
+                bucket.as_deref().map(|b| (b, rec.as_ref())),
+                key.as_deref(),
+                &ip,
+                &context,
+            )
+            .await?;
+        }
+        // A tagging request is judged by its hook below, once its tags (the condition keys
+        // `s3:RequestObjectTag/...`) are read from the body.
+        if op != "PutObjectTagging" {
+            self.judged(
+                principal.as_ref(),
+                &op,
+                bucket.as_deref().map(|b| (b, rec.as_ref())),
+                key.as_deref(),
+                &ip,
+                &context,
+            )
+            .await?;
+        }
         if let Some(p) = principal {
             cx.extensions_mut().insert(p);
         }
@@ -463,19 +696,65 @@ impl S3Access for Access {
         self.check_copy_source(req, &source).await
     }
 
+    /// A tagging request is judged with the tags it sets (`s3:RequestObjectTag/<key>` and
+    /// `s3:RequestObjectTagKeys`), which are in its body.
+    async fn put_object_tagging(&self, req: &mut S3Request<PutObjectTaggingInput>) -> S3Result<()> {
+        let p = self.principal_of_request(req).await?;
+        let bucket = req.input.bucket.clone();
+        let key = req.input.key.clone();
+        let rec = self.bucket_record(&bucket).await?;
+        let mut cx = request_context_of(req);
+        let tags = &req.input.tagging.tag_set;
+        for t in tags {
+            if let (Some(k), Some(v)) = (&t.key, &t.value) {
+                cx.set(&format!("s3:RequestObjectTag/{k}"), v.clone());
+            }
+        }
+        cx.set_many(
+            "s3:RequestObjectTagKeys",
+            tags.iter().filter_map(|t| t.key.clone()).collect(),
+        );
+        if let Some(r) = &rec {
+            self.existing_tags(r, &bucket, &key, None, &mut cx).await?;
+        }
+        self.judged(
+            p.as_ref(),
+            "PutObjectTagging",
+            Some((&bucket, rec.as_ref())),
+            Some(&key),
+            &client_ip(&req.extensions),
+            &cx,
+        )
+        .await?;
+        if let Some(p) = p {
+            req.extensions.insert(p);
+        }
+        Ok(())
+    }
+
     /// Each key of a multi-delete is checked (a policy may deny some prefixes); one denied key
     /// refuses the whole request, before anything is deleted.
     async fn delete_objects(&self, req: &mut S3Request<DeleteObjectsInput>) -> S3Result<()> {
         let p = self.principal_of_request(req).await?;
         let rec = self.bucket_record(&req.input.bucket).await?;
         let ip = client_ip(&req.extensions);
+        let base = if rec.as_ref().is_some_and(|r| r.policy.is_some()) {
+            request_context_of(req)
+        } else {
+            Context::new()
+        };
         for o in &req.input.delete.objects {
+            let mut cx = base.clone();
+            if let Some(v) = &o.version_id {
+                cx.set("s3:VersionId", v.clone());
+            }
             self.judged(
                 p.as_ref(),
                 "DeleteObject",
                 Some((&req.input.bucket, rec.as_ref())),
                 Some(&o.key),
                 &ip,
+                &cx,
             )
             .await?;
         }
@@ -484,9 +763,7 @@ impl S3Access for Access {
 }
 
 fn client_ip(ext: &http::Extensions) -> String {
-    ext.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip().to_string())
-        .unwrap_or_default()
+    peer_of(ext).map(|p| p.ip().to_string()).unwrap_or_default()
 }
 
 /// A key's version read with its bucket's record while authorising a GET or HEAD, for the
@@ -497,6 +774,8 @@ pub struct Prefetched {
     pub key: String,
     pub version: Option<VersionRef>,
     pub found: Option<Version>,
+    /// The bucket has object lock (GET and HEAD then report the version's lock).
+    pub lock_enabled: bool,
 }
 
 /// The `versionId` of a request's query string: `Ok(None)` without one, `Err` when malformed.

@@ -149,6 +149,11 @@ pub fn rejection_error(r: &Rejection) -> S3Error {
         Some(B::TooManyShares) => S3ErrorCode::Custom("TooManyShareLinks".into()),
         Some(B::NoSuchShare) => S3ErrorCode::Custom("NoSuchShareLink".into()),
         Some(B::InvalidArgument) => S3ErrorCode::InvalidArgument,
+        Some(B::MalformedPolicy) => S3ErrorCode::MalformedPolicy,
+        Some(B::PublicAccessBlocked) => S3ErrorCode::AccessDenied,
+        Some(B::ObjectLocked) => S3ErrorCode::AccessDenied,
+        Some(B::InvalidRequest) => S3ErrorCode::InvalidRequest,
+        Some(B::InvalidBucketState) => S3ErrorCode::InvalidBucketState,
         // The envelope's refusals (a command this build cannot read) and any code a newer
         // master sends: the request is what was refused.
         None => S3ErrorCode::InvalidArgument,

@@ -33,6 +33,7 @@ use serde_json::{Value, json};
 
 use crate::Gateway;
 use crate::auth::{Principal, judge};
+use crate::kernel::context::current;
 use crate::kernel::{
     ApiError, ApiResult, Caller, authenticate, authenticate_optional, json_body, rfc3339,
 };
@@ -282,7 +283,8 @@ async fn readable(
     path: Option<&str>,
 ) -> ApiResult<BucketRecord> {
     let rec = record(g, name).await?;
-    judge(p, op, Some((name, rec.as_ref())), path).map_err(|e| hidden(e, p.is_none()))?;
+    judge(p, op, Some((name, rec.as_ref())), path, &current())
+        .map_err(|e| hidden(e, p.is_none()))?;
     rec.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such namespace"))
 }
 
@@ -352,7 +354,14 @@ async fn create_namespace(State(g): State<Arc<Gateway>>, req: Request) -> ApiRes
     check_namespace_name(&body.name).map_err(ApiError::bad)?;
     let change = visibility_change(body.visibility)?;
     let p = principal(&g, &caller, "CreateBucket").await?;
-    judge(Some(&p), "CreateBucket", Some((&body.name, None)), None).map_err(from_s3)?;
+    judge(
+        Some(&p),
+        "CreateBucket",
+        Some((&body.name, None)),
+        None,
+        &current(),
+    )
+    .map_err(from_s3)?;
     // Made private, then opened: never briefly more visible than asked.
     g.command(&BucketCommand::CreateBucket {
         name: body.name.clone(),
@@ -810,8 +819,14 @@ async fn direct(
         _ => return Err(ApiError::internal("unexpected answer")),
     };
     let rec = found.as_ref().map(|(r, _)| r);
-    judge(p.as_ref(), "GetObject", Some((namespace, rec)), Some(path))
-        .map_err(|e| hidden(e, p.is_none()))?;
+    judge(
+        p.as_ref(),
+        "GetObject",
+        Some((namespace, rec)),
+        Some(path),
+        &current(),
+    )
+    .map_err(|e| hidden(e, p.is_none()))?;
     let version = found.and_then(|(_, v)| v);
     serve(g, method, headers, path, version, attachment)
 }

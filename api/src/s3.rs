@@ -8,10 +8,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use cairn_master::bucket_policy::BucketPolicy;
 use cairn_master::buckets::{
     BucketChange, BucketCommand, BucketQuery, BucketQueryResponse, BucketRecord, BucketRefusal,
-    BucketResponse, Conditions, Content, CorsRule, LifecycleRule, ListPage, ListRequest,
-    ObjectData, ObjectMeta, Version, VersionRef, Versioning, parse_upload, upload_string,
+    BucketResponse, Conditions, Content, CorsRule, DefaultRetention, LifecycleRule, ListPage,
+    ListRequest, LockChange, LockConfig, LockMode, ObjectData, ObjectLock, ObjectMeta,
+    PublicAccessBlock, Retention, Version, VersionRef, Versioning, parse_upload, upload_string,
     version_string,
 };
 use cairn_proto::dataplane::Extent;
@@ -638,6 +640,63 @@ impl CairnS3 {
         }
     }
 
+    /// The object lock of a version, as GET and HEAD report it (only on object-lock buckets).
+    async fn lock_headers(
+        &self,
+        enabled: bool,
+        bucket: &str,
+        key: &str,
+        version: &Version,
+    ) -> S3Result<LockHeaders> {
+        if !enabled {
+            return Ok((None, None, None));
+        }
+        let (_, lock) = self
+            .version_lock(bucket, key, Some(version.reference()))
+            .await?;
+        Ok((
+            lock.retention
+                .map(|r| ObjectLockMode::from(r.mode.as_str().to_owned())),
+            lock.retention.map(|r| ts(r.until_ms)),
+            Some(ObjectLockLegalHoldStatus::from(
+                if lock.legal_hold { "ON" } else { "OFF" }.to_owned(),
+            )),
+        ))
+    }
+
+    /// A version's id and object lock (`None`: the newest); S3's errors for a missing bucket,
+    /// key or version.
+    async fn version_lock(
+        &self,
+        bucket: &str,
+        key: &str,
+        version: Option<VersionRef>,
+    ) -> S3Result<(Option<u128>, ObjectLock)> {
+        match self
+            .g
+            .query(&BucketQuery::ObjectLock {
+                bucket: bucket.to_owned(),
+                key: key.to_owned(),
+                version,
+            })
+            .await?
+        {
+            BucketQueryResponse::ObjectLock(None) => Err(s3_error!(
+                NoSuchBucket,
+                "The specified bucket does not exist"
+            )),
+            BucketQueryResponse::ObjectLock(Some(None)) if version.is_some() => Err(s3_error!(
+                NoSuchVersion,
+                "The specified version does not exist."
+            )),
+            BucketQueryResponse::ObjectLock(Some(None)) => {
+                Err(s3_error!(NoSuchKey, "The specified key does not exist."))
+            }
+            BucketQueryResponse::ObjectLock(Some(Some(found))) => Ok(found),
+            _ => Err(internal("unexpected answer")),
+        }
+    }
+
     /// Change a bucket's configuration and record the change in the audit log.
     async fn configure(
         &self,
@@ -662,6 +721,91 @@ impl CairnS3 {
             .audit(&who.actor, action, bucket, &who.ip, "success")
             .await;
     }
+}
+
+/// What GET and HEAD say about a version's object lock: mode, retain-until date, legal hold.
+type LockHeaders = (
+    Option<ObjectLockMode>,
+    Option<ObjectLockRetainUntilDate>,
+    Option<ObjectLockLegalHoldStatus>,
+);
+
+/// The object lock a write asks for with `x-amz-object-lock-*` (mode and date go together).
+fn requested_lock(
+    mode: &Option<ObjectLockMode>,
+    until: &Option<ObjectLockRetainUntilDate>,
+    hold: &Option<ObjectLockLegalHoldStatus>,
+) -> S3Result<Option<ObjectLock>> {
+    let retention = match (mode, until) {
+        (None, None) => None,
+        (Some(m), Some(u)) => Some(Retention {
+            mode: lock_mode(m.as_str())?,
+            until_ms: u64::try_from(ms_of(u)).unwrap_or(0),
+        }),
+        _ => {
+            return Err(s3_error!(
+                InvalidArgument,
+                "x-amz-object-lock-retain-until-date and x-amz-object-lock-mode must both be supplied"
+            ));
+        }
+    };
+    let legal_hold = match hold.as_ref().map(ObjectLockLegalHoldStatus::as_str) {
+        None => None,
+        Some("ON") => Some(true),
+        Some("OFF") => Some(false),
+        Some(other) => {
+            return Err(S3Error::with_message(
+                S3ErrorCode::InvalidArgument,
+                format!("Legal Hold must be either of 'ON' or 'OFF', not {other:?}"),
+            ));
+        }
+    };
+    if retention.is_none() && legal_hold.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(ObjectLock {
+        retention,
+        legal_hold: legal_hold.unwrap_or(false),
+    }))
+}
+
+fn lock_mode(s: &str) -> S3Result<LockMode> {
+    LockMode::parse(s).ok_or_else(|| {
+        S3Error::with_message(
+            S3ErrorCode::InvalidArgument,
+            format!("Unknown wormMode directive {s:?}: GOVERNANCE or COMPLIANCE"),
+        )
+    })
+}
+
+/// `c`, carrying `lock` for the version it makes when the write asks for one.
+fn locked(lock: Option<ObjectLock>, c: BucketCommand) -> BucketCommand {
+    match lock {
+        Some(lock) => BucketCommand::Locked {
+            lock,
+            command: Box::new(c),
+        },
+        None => c,
+    }
+}
+
+fn no_lock_configuration() -> S3Error {
+    custom_status(
+        "ObjectLockConfigurationNotFoundError",
+        "Object Lock configuration does not exist for this bucket",
+        http::StatusCode::NOT_FOUND,
+    )
+}
+
+fn no_bucket_policy() -> S3Error {
+    s3_error!(NoSuchBucketPolicy, "The bucket policy does not exist")
+}
+
+/// An error code s3s does not know, with its status.
+fn custom_status(code: &'static str, message: &str, status: http::StatusCode) -> S3Error {
+    let mut e = S3Error::with_message(S3ErrorCode::Custom(code.into()), message.to_owned());
+    e.set_status_code(status);
+    e
 }
 
 fn owner(id: &str) -> Owner {
@@ -872,13 +1016,21 @@ impl S3 for CairnS3 {
                 ));
             }
         };
-        self.g
-            .command(&BucketCommand::CreateBucket {
+        let owner = cairn_master::tenancy::tenant_hex(tenant);
+        let c = if input.object_lock_enabled_for_bucket == Some(true) {
+            BucketCommand::CreateLockedBucket {
                 name: input.bucket.clone(),
-                owner: cairn_master::tenancy::tenant_hex(tenant),
+                owner,
                 public_read,
-            })
-            .await?;
+            }
+        } else {
+            BucketCommand::CreateBucket {
+                name: input.bucket.clone(),
+                owner,
+                public_read,
+            }
+        };
+        self.g.command(&c).await?;
         self.audit(&audit_who, "s3:CreateBucket", &audited).await;
         Ok(S3Response::new(CreateBucketOutput {
             location: Some(format!("/{}", input.bucket)),
@@ -1155,6 +1307,346 @@ impl S3 for CairnS3 {
         Ok(S3Response::new(DeleteBucketTaggingOutput {}))
     }
 
+    async fn put_bucket_policy(
+        &self,
+        req: S3Request<PutBucketPolicyInput>,
+    ) -> S3Result<S3Response<PutBucketPolicyOutput>> {
+        let audit_who = who(&req);
+        let input = req.input;
+        // Checked here too, for the message; the bucket service checks again when it applies
+        // (with the public access block in force at that moment).
+        if let Err(why) = BucketPolicy::parse(&input.policy, &input.bucket) {
+            return Err(S3Error::with_message(S3ErrorCode::MalformedPolicy, why));
+        }
+        self.configure(
+            &audit_who,
+            "s3:PutBucketPolicy",
+            &input.bucket,
+            BucketChange::Policy(Some(input.policy)),
+        )
+        .await?;
+        Ok(S3Response::new(PutBucketPolicyOutput {}))
+    }
+
+    async fn get_bucket_policy(
+        &self,
+        req: S3Request<GetBucketPolicyInput>,
+    ) -> S3Result<S3Response<GetBucketPolicyOutput>> {
+        let b = self.bucket(&req.input.bucket).await?;
+        let policy = b.policy.ok_or_else(no_bucket_policy)?;
+        Ok(S3Response::new(GetBucketPolicyOutput {
+            policy: Some(policy),
+        }))
+    }
+
+    async fn delete_bucket_policy(
+        &self,
+        req: S3Request<DeleteBucketPolicyInput>,
+    ) -> S3Result<S3Response<DeleteBucketPolicyOutput>> {
+        let audit_who = who(&req);
+        self.configure(
+            &audit_who,
+            "s3:DeleteBucketPolicy",
+            &req.input.bucket,
+            BucketChange::Policy(None),
+        )
+        .await?;
+        Ok(S3Response::new(DeleteBucketPolicyOutput {}))
+    }
+
+    async fn get_bucket_policy_status(
+        &self,
+        req: S3Request<GetBucketPolicyStatusInput>,
+    ) -> S3Result<S3Response<GetBucketPolicyStatusOutput>> {
+        let b = self.bucket(&req.input.bucket).await?;
+        let text = b.policy.ok_or_else(no_bucket_policy)?;
+        let is_public = BucketPolicy::parse(&text, &req.input.bucket)
+            .map(|p| p.is_public())
+            .map_err(internal)?;
+        Ok(S3Response::new(GetBucketPolicyStatusOutput {
+            policy_status: Some(PolicyStatus {
+                is_public: Some(is_public),
+            }),
+        }))
+    }
+
+    async fn put_public_access_block(
+        &self,
+        req: S3Request<PutPublicAccessBlockInput>,
+    ) -> S3Result<S3Response<PutPublicAccessBlockOutput>> {
+        let audit_who = who(&req);
+        let input = req.input;
+        let c = input.public_access_block_configuration;
+        let block = PublicAccessBlock {
+            block_public_acls: c.block_public_acls.unwrap_or(false),
+            ignore_public_acls: c.ignore_public_acls.unwrap_or(false),
+            block_public_policy: c.block_public_policy.unwrap_or(false),
+            restrict_public_buckets: c.restrict_public_buckets.unwrap_or(false),
+        };
+        self.configure(
+            &audit_who,
+            "s3:PutBucketPublicAccessBlock",
+            &input.bucket,
+            BucketChange::PublicAccessBlock(Some(block)),
+        )
+        .await?;
+        Ok(S3Response::new(PutPublicAccessBlockOutput {}))
+    }
+
+    async fn get_public_access_block(
+        &self,
+        req: S3Request<GetPublicAccessBlockInput>,
+    ) -> S3Result<S3Response<GetPublicAccessBlockOutput>> {
+        let b = self.bucket(&req.input.bucket).await?;
+        let block = b.public_access_block.ok_or_else(|| {
+            custom_status(
+                "NoSuchPublicAccessBlockConfiguration",
+                "The public access block configuration was not found",
+                http::StatusCode::NOT_FOUND,
+            )
+        })?;
+        Ok(S3Response::new(GetPublicAccessBlockOutput {
+            public_access_block_configuration: Some(PublicAccessBlockConfiguration {
+                block_public_acls: Some(block.block_public_acls),
+                ignore_public_acls: Some(block.ignore_public_acls),
+                block_public_policy: Some(block.block_public_policy),
+                restrict_public_buckets: Some(block.restrict_public_buckets),
+            }),
+        }))
+    }
+
+    async fn delete_public_access_block(
+        &self,
+        req: S3Request<DeletePublicAccessBlockInput>,
+    ) -> S3Result<S3Response<DeletePublicAccessBlockOutput>> {
+        let audit_who = who(&req);
+        self.configure(
+            &audit_who,
+            "s3:DeleteBucketPublicAccessBlock",
+            &req.input.bucket,
+            BucketChange::PublicAccessBlock(None),
+        )
+        .await?;
+        Ok(S3Response::new(DeletePublicAccessBlockOutput {}))
+    }
+
+    async fn put_object_lock_configuration(
+        &self,
+        req: S3Request<PutObjectLockConfigurationInput>,
+    ) -> S3Result<S3Response<PutObjectLockConfigurationOutput>> {
+        let audit_who = who(&req);
+        let input = req.input;
+        let cfg = input.object_lock_configuration.ok_or_else(|| {
+            s3_error!(
+                MalformedXML,
+                "the request carries no ObjectLockConfiguration"
+            )
+        })?;
+        if cfg
+            .object_lock_enabled
+            .as_ref()
+            .map(ObjectLockEnabled::as_str)
+            != Some("Enabled")
+        {
+            return Err(s3_error!(
+                MalformedXML,
+                "ObjectLockEnabled must be Enabled (object lock cannot be turned off)"
+            ));
+        }
+        let default = match cfg.rule.and_then(|r| r.default_retention) {
+            None => None,
+            Some(d) => {
+                let mode = d
+                    .mode
+                    .as_ref()
+                    .ok_or_else(|| s3_error!(MalformedXML, "DefaultRetention needs a Mode"))
+                    .and_then(|m| lock_mode(m.as_str()))?;
+                let (period, years) = match (d.days, d.years) {
+                    (Some(n), None) => (n, false),
+                    (None, Some(n)) => (n, true),
+                    _ => {
+                        return Err(s3_error!(
+                            MalformedXML,
+                            "DefaultRetention takes either Days or Years"
+                        ));
+                    }
+                };
+                let period = u32::try_from(period)
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .ok_or_else(|| {
+                        s3_error!(
+                            InvalidArgument,
+                            "Default retention period must be a positive integer value"
+                        )
+                    })?;
+                Some(DefaultRetention {
+                    mode,
+                    period,
+                    years,
+                })
+            }
+        };
+        self.configure(
+            &audit_who,
+            "s3:PutBucketObjectLockConfiguration",
+            &input.bucket,
+            BucketChange::ObjectLock(LockConfig { default }),
+        )
+        .await?;
+        Ok(S3Response::new(PutObjectLockConfigurationOutput::default()))
+    }
+
+    async fn get_object_lock_configuration(
+        &self,
+        req: S3Request<GetObjectLockConfigurationInput>,
+    ) -> S3Result<S3Response<GetObjectLockConfigurationOutput>> {
+        let b = self.bucket(&req.input.bucket).await?;
+        let cfg = b.object_lock.ok_or_else(no_lock_configuration)?;
+        let rule = cfg.default.map(|d| ObjectLockRule {
+            default_retention: Some(s3s::dto::DefaultRetention {
+                mode: Some(ObjectLockRetentionMode::from(d.mode.as_str().to_owned())),
+                days: (!d.years).then(|| i32::try_from(d.period).unwrap_or(i32::MAX)),
+                years: d.years.then(|| i32::try_from(d.period).unwrap_or(i32::MAX)),
+            }),
+        });
+        Ok(S3Response::new(GetObjectLockConfigurationOutput {
+            object_lock_configuration: Some(ObjectLockConfiguration {
+                object_lock_enabled: Some(ObjectLockEnabled::from("Enabled".to_owned())),
+                rule,
+            }),
+        }))
+    }
+
+    async fn put_object_retention(
+        &self,
+        req: S3Request<PutObjectRetentionInput>,
+    ) -> S3Result<S3Response<PutObjectRetentionOutput>> {
+        let who = who(&req);
+        let input = req.input;
+        let version = parse_version(input.version_id.as_deref())?;
+        let retention = match input.retention {
+            None => None,
+            Some(r) => match (r.mode, r.retain_until_date) {
+                (None, None) => None,
+                (Some(m), Some(u)) => Some(Retention {
+                    mode: lock_mode(m.as_str())?,
+                    until_ms: u64::try_from(ms_of(&u)).unwrap_or(0),
+                }),
+                _ => {
+                    return Err(s3_error!(
+                        MalformedXML,
+                        "Retention takes both Mode and RetainUntilDate"
+                    ));
+                }
+            },
+        };
+        self.write(
+            &who,
+            BucketCommand::SetObjectLock {
+                bucket: input.bucket,
+                key: input.key,
+                version,
+                change: LockChange::Retention(retention),
+                bypass_governance: input.bypass_governance_retention == Some(true),
+            },
+        )
+        .await?;
+        Ok(S3Response::new(PutObjectRetentionOutput::default()))
+    }
+
+    async fn get_object_retention(
+        &self,
+        req: S3Request<GetObjectRetentionInput>,
+    ) -> S3Result<S3Response<GetObjectRetentionOutput>> {
+        let input = req.input;
+        let b = self.bucket(&input.bucket).await?;
+        if b.object_lock.is_none() {
+            return Err(s3_error!(
+                InvalidRequest,
+                "Bucket is missing Object Lock Configuration"
+            ));
+        }
+        let version = parse_version(input.version_id.as_deref())?;
+        let (_, lock) = self
+            .version_lock(&input.bucket, &input.key, version)
+            .await?;
+        let r = lock.retention.ok_or_else(|| {
+            custom_status(
+                "NoSuchObjectLockConfiguration",
+                "The specified object does not have a ObjectLock configuration",
+                http::StatusCode::NOT_FOUND,
+            )
+        })?;
+        Ok(S3Response::new(GetObjectRetentionOutput {
+            retention: Some(ObjectLockRetention {
+                mode: Some(ObjectLockRetentionMode::from(r.mode.as_str().to_owned())),
+                retain_until_date: Some(ts(r.until_ms)),
+            }),
+        }))
+    }
+
+    async fn put_object_legal_hold(
+        &self,
+        req: S3Request<PutObjectLegalHoldInput>,
+    ) -> S3Result<S3Response<PutObjectLegalHoldOutput>> {
+        let who = who(&req);
+        let input = req.input;
+        let version = parse_version(input.version_id.as_deref())?;
+        let on = match input
+            .legal_hold
+            .and_then(|h| h.status)
+            .as_ref()
+            .map(ObjectLockLegalHoldStatus::as_str)
+        {
+            Some("ON") => true,
+            Some("OFF") => false,
+            _ => {
+                return Err(s3_error!(
+                    MalformedXML,
+                    "LegalHold takes a Status of ON or OFF"
+                ));
+            }
+        };
+        self.write(
+            &who,
+            BucketCommand::SetObjectLock {
+                bucket: input.bucket,
+                key: input.key,
+                version,
+                change: LockChange::LegalHold(on),
+                bypass_governance: false,
+            },
+        )
+        .await?;
+        Ok(S3Response::new(PutObjectLegalHoldOutput::default()))
+    }
+
+    async fn get_object_legal_hold(
+        &self,
+        req: S3Request<GetObjectLegalHoldInput>,
+    ) -> S3Result<S3Response<GetObjectLegalHoldOutput>> {
+        let input = req.input;
+        let b = self.bucket(&input.bucket).await?;
+        if b.object_lock.is_none() {
+            return Err(s3_error!(
+                InvalidRequest,
+                "Bucket is missing Object Lock Configuration"
+            ));
+        }
+        let version = parse_version(input.version_id.as_deref())?;
+        let (_, lock) = self
+            .version_lock(&input.bucket, &input.key, version)
+            .await?;
+        Ok(S3Response::new(GetObjectLegalHoldOutput {
+            legal_hold: Some(ObjectLockLegalHold {
+                status: Some(ObjectLockLegalHoldStatus::from(
+                    if lock.legal_hold { "ON" } else { "OFF" }.to_owned(),
+                )),
+            }),
+        }))
+    }
+
     async fn put_bucket_acl(
         &self,
         req: S3Request<PutBucketAclInput>,
@@ -1252,6 +1744,12 @@ impl S3 for CairnS3 {
             input.metadata.clone(),
         )?;
         let tags = parse_tagging(input.tagging.as_deref())?;
+        // Checked before the body is stored: a refused request leaves nothing behind.
+        let lock = requested_lock(
+            &input.object_lock_mode,
+            &input.object_lock_retain_until_date,
+            &input.object_lock_legal_hold_status,
+        )?;
         let stored = self
             .store_body(input.body, &headers, trailers, &input.bucket, true)
             .await?;
@@ -1259,19 +1757,22 @@ impl S3 for CairnS3 {
         let resp = self
             .write(
                 &who,
-                BucketCommand::PutObject {
-                    bucket: input.bucket.clone(),
-                    key: input.key.clone(),
-                    data: ObjectData {
-                        size: stored.size,
-                        etag: stored.md5.clone(),
-                        parts: Vec::new(),
-                        content: stored.content,
-                        meta: m,
-                        tags,
+                locked(
+                    lock,
+                    BucketCommand::PutObject {
+                        bucket: input.bucket.clone(),
+                        key: input.key.clone(),
+                        data: ObjectData {
+                            size: stored.size,
+                            etag: stored.md5.clone(),
+                            parts: Vec::new(),
+                            content: stored.content,
+                            meta: m,
+                            tags,
+                        },
+                        conditions,
                     },
-                    conditions,
-                },
+                ),
             )
             .await?;
         let version = match resp {
@@ -1293,6 +1794,7 @@ impl S3 for CairnS3 {
         mut req: S3Request<GetObjectInput>,
     ) -> S3Result<S3Response<GetObjectOutput>> {
         let prefetched = req.extensions.remove::<crate::auth::Prefetched>();
+        let lock_enabled = prefetched.as_ref().is_some_and(|p| p.lock_enabled);
         let input = req.input;
         let plan = self
             .plan_read(
@@ -1312,10 +1814,18 @@ impl S3 for CairnS3 {
         let body = self.body_of(&plan.data, plan.offset, plan.len);
         let whole = plan.content_range.is_none();
         let checksum = plan.data.meta.checksum.clone();
+        let lock = self
+            .lock_headers(lock_enabled, &input.bucket, &input.key, &plan.version)
+            .await?;
         let mut out = read_output!(GetObjectOutput, input, plan,
             body: Some(body),
             tag_count: (!plan.data.tags.is_empty()).then_some(plan.data.tags.len() as i32),
         );
+        (
+            out.object_lock_mode,
+            out.object_lock_retain_until_date,
+            out.object_lock_legal_hold_status,
+        ) = lock;
         if whole
             && input
                 .checksum_mode
@@ -1336,6 +1846,7 @@ impl S3 for CairnS3 {
         mut req: S3Request<HeadObjectInput>,
     ) -> S3Result<S3Response<HeadObjectOutput>> {
         let prefetched = req.extensions.remove::<crate::auth::Prefetched>();
+        let lock_enabled = prefetched.as_ref().is_some_and(|p| p.lock_enabled);
         let input = req.input;
         let plan = self
             .plan_read(
@@ -1353,7 +1864,15 @@ impl S3 for CairnS3 {
             )
             .await?;
         let partial = plan.content_range.is_some();
-        let out = read_output!(HeadObjectOutput, input, plan,);
+        let lock = self
+            .lock_headers(lock_enabled, &input.bucket, &input.key, &plan.version)
+            .await?;
+        let mut out = read_output!(HeadObjectOutput, input, plan,);
+        (
+            out.object_lock_mode,
+            out.object_lock_retain_until_date,
+            out.object_lock_legal_hold_status,
+        ) = lock;
         let mut resp = S3Response::new(out);
         if partial {
             resp.status = Some(http::StatusCode::PARTIAL_CONTENT);
@@ -1368,16 +1887,20 @@ impl S3 for CairnS3 {
         let who = who(&req);
         let input = req.input;
         let version = parse_version(input.version_id.as_deref())?;
-        let r = self
-            .write(
-                &who,
-                BucketCommand::DeleteObject {
-                    bucket: input.bucket,
-                    key: input.key,
-                    version,
-                },
-            )
-            .await?;
+        let c = if input.bypass_governance_retention == Some(true) {
+            BucketCommand::DeleteObjectBypassing {
+                bucket: input.bucket,
+                key: input.key,
+                version,
+            }
+        } else {
+            BucketCommand::DeleteObject {
+                bucket: input.bucket,
+                key: input.key,
+                version,
+            }
+        };
+        let r = self.write(&who, c).await?;
         let out = match r {
             BucketResponse::Deleted { version, marker } => DeleteObjectOutput {
                 delete_marker: marker.then_some(true),
@@ -1404,6 +1927,7 @@ impl S3 for CairnS3 {
         self.bucket(&input.bucket).await?;
         let quiet = input.delete.quiet.unwrap_or(false);
         let bucket = input.bucket.clone();
+        let bypass = input.bypass_governance_retention == Some(true);
         let who = &who;
         let results: Vec<(ObjectIdentifier, S3Result<BucketResponse>)> =
             futures::stream::iter(input.delete.objects.into_iter().map(|o| {
@@ -1411,15 +1935,21 @@ impl S3 for CairnS3 {
                 async move {
                     let r = match parse_version(o.version_id.as_deref()) {
                         Ok(version) => {
-                            self.write(
-                                who,
+                            let key = o.key.clone();
+                            let c = if bypass {
+                                BucketCommand::DeleteObjectBypassing {
+                                    bucket,
+                                    key,
+                                    version,
+                                }
+                            } else {
                                 BucketCommand::DeleteObject {
                                     bucket,
-                                    key: o.key.clone(),
+                                    key,
                                     version,
-                                },
-                            )
-                            .await
+                                }
+                            };
+                            self.write(who, c).await
                         }
                         Err(e) => Err(e),
                     };
@@ -1525,22 +2055,30 @@ impl S3 for CairnS3 {
         } else {
             sd.tags.clone()
         };
+        let lock = requested_lock(
+            &input.object_lock_mode,
+            &input.object_lock_retain_until_date,
+            &input.object_lock_legal_hold_status,
+        )?;
         let r = objects::write_or_refusal(
             &self.g,
             &who,
-            BucketCommand::PutObject {
-                bucket: input.bucket.clone(),
-                key: input.key.clone(),
-                data: ObjectData {
-                    size: sd.size,
-                    etag: sd.etag.clone(),
-                    parts: sd.parts.clone(),
-                    content: sd.content.clone(),
-                    meta: m,
-                    tags,
+            locked(
+                lock,
+                BucketCommand::PutObject {
+                    bucket: input.bucket.clone(),
+                    key: input.key.clone(),
+                    data: ObjectData {
+                        size: sd.size,
+                        etag: sd.etag.clone(),
+                        parts: sd.parts.clone(),
+                        content: sd.content.clone(),
+                        meta: m,
+                        tags,
+                    },
+                    conditions: Conditions::default(),
                 },
-                conditions: Conditions::default(),
-            },
+            ),
         )
         .await?
         .map_err(|r| {
@@ -1848,16 +2386,24 @@ impl S3 for CairnS3 {
             input.metadata.clone(),
         )?;
         let tags = parse_tagging(input.tagging.as_deref())?;
+        let lock = requested_lock(
+            &input.object_lock_mode,
+            &input.object_lock_retain_until_date,
+            &input.object_lock_legal_hold_status,
+        )?;
         let r = self
             .write(
                 &who,
-                BucketCommand::CreateUpload {
-                    bucket: input.bucket.clone(),
-                    key: input.key.clone(),
-                    owner,
-                    meta: m,
-                    tags,
-                },
+                locked(
+                    lock,
+                    BucketCommand::CreateUpload {
+                        bucket: input.bucket.clone(),
+                        key: input.key.clone(),
+                        owner,
+                        meta: m,
+                        tags,
+                    },
+                ),
             )
             .await?;
         let BucketResponse::Upload { id } = r else {

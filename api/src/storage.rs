@@ -12,13 +12,15 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
+use cairn_master::bucket_policy::BucketPolicy;
 use cairn_master::buckets::{
     BucketChange, BucketCommand, BucketQuery, BucketQueryResponse, BucketRecord, Conditions,
-    ListPage, ListRequest, ObjectData, ObjectMeta, Version, VersionRef, Versioning, version_string,
+    DefaultRetention, ListPage, ListRequest, LockChange, LockConfig, LockMode, ObjectData,
+    ObjectMeta, PublicAccessBlock, Retention, Version, VersionRef, Versioning, version_string,
 };
 use cairn_master::policy::{ActionClass, s3_action};
 use cairn_master::tenancy::{bucket_tenant, tenant_hex};
@@ -27,6 +29,7 @@ use serde_json::{Value, json};
 
 use crate::Gateway;
 use crate::auth::{Principal, judge};
+use crate::kernel::context::current;
 use crate::kernel::{
     ApiError, ApiResult, Caller, authenticate, client_ip, from_s3, hex_id, json_body, rfc3339,
 };
@@ -77,7 +80,7 @@ pub(crate) async fn authorised(
 ) -> ApiResult<(Principal, BucketRecord)> {
     let p = principal(g, caller, op).await?;
     let rec = record(g, name).await?;
-    judge(Some(&p), op, Some((name, rec.as_ref())), key).map_err(from_s3)?;
+    judge(Some(&p), op, Some((name, rec.as_ref())), key, &current()).map_err(from_s3)?;
     let rec = rec.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such bucket"))?;
     Ok((p, rec))
 }
@@ -102,7 +105,7 @@ fn bucket_json(name: &str, b: &BucketRecord) -> Value {
 async fn list(State(g): State<Arc<Gateway>>, headers: HeaderMap) -> ApiResult<Response> {
     let caller = authenticate(&g, &headers).await?;
     let p = principal(&g, &caller, "ListBuckets").await?;
-    judge(Some(&p), "ListBuckets", None, None).map_err(from_s3)?;
+    judge(Some(&p), "ListBuckets", None, None, &current()).map_err(from_s3)?;
     let BucketQueryResponse::Buckets(all) =
         g.query(&BucketQuery::Buckets).await.map_err(from_s3)?
     else {
@@ -132,7 +135,14 @@ async fn create(State(g): State<Arc<Gateway>>, req: Request) -> ApiResult<Respon
         return Err(ApiError::bad("this bucket name is reserved by the gateway"));
     }
     let p = principal(&g, &caller, "CreateBucket").await?;
-    judge(Some(&p), "CreateBucket", Some((&body.name, None)), None).map_err(from_s3)?;
+    judge(
+        Some(&p),
+        "CreateBucket",
+        Some((&body.name, None)),
+        None,
+        &current(),
+    )
+    .map_err(from_s3)?;
     g.command(&BucketCommand::CreateBucket {
         name: body.name.clone(),
         owner: tenant_hex(p.tenant),
@@ -214,6 +224,7 @@ pub(crate) async fn empty_bucket(
                 "DeleteObject",
                 Some((bucket, rec.as_ref())),
                 Some(&o.key),
+                &current(),
             )
             .map_err(from_s3)?;
             let version = Some(match o.version.id {
@@ -883,6 +894,365 @@ async fn delete_rule(
     Ok(axum::Json(json!({"status": "deleted"})).into_response())
 }
 
+/// The bucket policy as the REST API shows it: the document and whether it is public.
+fn policy_json(name: &str, text: &str) -> ApiResult<Value> {
+    let doc: Value = serde_json::from_str(text)
+        .map_err(|e| ApiError::internal(format!("stored policy is not JSON: {e}")))?;
+    let public = BucketPolicy::parse(text, name).is_ok_and(|p| p.is_public());
+    Ok(json!({"bucket": name, "policy": doc, "is_public": public}))
+}
+
+/// `GET /api/storage/buckets/{name}/policy`: the bucket policy (the S3 `GetBucketPolicy`).
+#[utoipa::path(get, path = "/api/storage/buckets/{name}/policy", params(("name" = String, Path, description = "The bucket")), responses((status = 200, description = "bucket, policy (the document), is_public"), (status = 404, description = "The bucket has no policy")))]
+async fn get_policy(
+    State(g): State<Arc<Gateway>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let caller = authenticate(&g, &headers).await?;
+    let (_, rec) = authorised(&g, &caller, "GetBucketPolicy", &name, None).await?;
+    let text = rec
+        .policy
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "the bucket has no policy"))?;
+    Ok(axum::Json(policy_json(&name, &text)?).into_response())
+}
+
+/// `PUT /api/storage/buckets/{name}/policy` (the body is the policy document, as S3's
+/// `PutBucketPolicy` takes it): checked as S3 does, 400 with the reason when it is malformed,
+/// 403 when the public access block refuses a public policy.
+#[utoipa::path(put, path = "/api/storage/buckets/{name}/policy", params(("name" = String, Path, description = "The bucket")), request_body(content = Object, description = "An S3 bucket policy document"), responses((status = 200, description = "bucket, policy, is_public"), (status = 400, description = "Malformed policy, with the reason"), (status = 403, description = "Refused by the public access block")))]
+async fn put_policy(
+    State(g): State<Arc<Gateway>>,
+    Path(name): Path<String>,
+    req: Request,
+) -> ApiResult<Response> {
+    let caller = authenticate(&g, req.headers()).await?;
+    let doc: Value = json_body(req).await?;
+    let text = doc.to_string();
+    authorised(&g, &caller, "PutBucketPolicy", &name, None).await?;
+    BucketPolicy::parse(&text, &name)
+        .map_err(|why| ApiError::bad(format!("malformed policy: {why}")))?;
+    g.command(&BucketCommand::Configure {
+        name: name.clone(),
+        change: BucketChange::Policy(Some(text.clone())),
+    })
+    .await
+    .map_err(from_s3)?;
+    Ok(axum::Json(policy_json(&name, &text)?).into_response())
+}
+
+/// `DELETE /api/storage/buckets/{name}/policy`.
+#[utoipa::path(delete, path = "/api/storage/buckets/{name}/policy", params(("name" = String, Path, description = "The bucket")), responses((status = 200, description = "Deleted")))]
+async fn delete_policy(
+    State(g): State<Arc<Gateway>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let caller = authenticate(&g, &headers).await?;
+    authorised(&g, &caller, "DeleteBucketPolicy", &name, None).await?;
+    g.command(&BucketCommand::Configure {
+        name,
+        change: BucketChange::Policy(None),
+    })
+    .await
+    .map_err(from_s3)?;
+    Ok(axum::Json(json!({"status": "deleted"})).into_response())
+}
+
+/// The four flags of S3's public access block (absent flags are off).
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct AccessBlockBody {
+    #[serde(default)]
+    block_public_acls: bool,
+    #[serde(default)]
+    ignore_public_acls: bool,
+    #[serde(default)]
+    block_public_policy: bool,
+    #[serde(default)]
+    restrict_public_buckets: bool,
+}
+
+fn access_block_json(b: &PublicAccessBlock) -> Value {
+    json!({
+        "block_public_acls": b.block_public_acls,
+        "ignore_public_acls": b.ignore_public_acls,
+        "block_public_policy": b.block_public_policy,
+        "restrict_public_buckets": b.restrict_public_buckets,
+    })
+}
+
+/// `GET /api/storage/buckets/{name}/public-access-block`: the flags in force (all off, and
+/// `configured: false`, without one).
+#[utoipa::path(get, path = "/api/storage/buckets/{name}/public-access-block", params(("name" = String, Path, description = "The bucket")), responses((status = 200, description = "The four flags and whether a block is configured")))]
+async fn get_access_block(
+    State(g): State<Arc<Gateway>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let caller = authenticate(&g, &headers).await?;
+    let (_, rec) = authorised(&g, &caller, "GetPublicAccessBlock", &name, None).await?;
+    let mut v = access_block_json(&rec.access_block());
+    v["configured"] = json!(rec.public_access_block.is_some());
+    Ok(axum::Json(v).into_response())
+}
+
+/// `PUT /api/storage/buckets/{name}/public-access-block`.
+#[utoipa::path(put, path = "/api/storage/buckets/{name}/public-access-block", params(("name" = String, Path, description = "The bucket")), request_body = AccessBlockBody, responses((status = 200, description = "The flags")))]
+async fn put_access_block(
+    State(g): State<Arc<Gateway>>,
+    Path(name): Path<String>,
+    req: Request,
+) -> ApiResult<Response> {
+    let caller = authenticate(&g, req.headers()).await?;
+    let body: AccessBlockBody = json_body(req).await?;
+    authorised(&g, &caller, "PutPublicAccessBlock", &name, None).await?;
+    let block = PublicAccessBlock {
+        block_public_acls: body.block_public_acls,
+        ignore_public_acls: body.ignore_public_acls,
+        block_public_policy: body.block_public_policy,
+        restrict_public_buckets: body.restrict_public_buckets,
+    };
+    g.command(&BucketCommand::Configure {
+        name,
+        change: BucketChange::PublicAccessBlock(Some(block)),
+    })
+    .await
+    .map_err(from_s3)?;
+    let mut v = access_block_json(&block);
+    v["configured"] = json!(true);
+    Ok(axum::Json(v).into_response())
+}
+
+/// `DELETE /api/storage/buckets/{name}/public-access-block`.
+#[utoipa::path(delete, path = "/api/storage/buckets/{name}/public-access-block", params(("name" = String, Path, description = "The bucket")), responses((status = 200, description = "Deleted")))]
+async fn delete_access_block(
+    State(g): State<Arc<Gateway>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let caller = authenticate(&g, &headers).await?;
+    authorised(&g, &caller, "DeletePublicAccessBlock", &name, None).await?;
+    g.command(&BucketCommand::Configure {
+        name,
+        change: BucketChange::PublicAccessBlock(None),
+    })
+    .await
+    .map_err(from_s3)?;
+    Ok(axum::Json(json!({"status": "deleted"})).into_response())
+}
+
+fn lock_config_json(name: &str, b: &BucketRecord) -> Value {
+    let default = b.object_lock.and_then(|c| c.default).map(|d| {
+        let unit = if d.years { "years" } else { "days" };
+        json!({"mode": d.mode.as_str(), unit: d.period})
+    });
+    json!({"bucket": name, "enabled": b.object_lock.is_some(), "default_retention": default})
+}
+
+/// `GET /api/storage/buckets/{name}/object-lock`: whether object lock is on, and the default
+/// retention.
+#[utoipa::path(get, path = "/api/storage/buckets/{name}/object-lock", params(("name" = String, Path, description = "The bucket")), responses((status = 200, description = "bucket, enabled, default_retention ({mode, days|years} or null)")))]
+async fn get_object_lock(
+    State(g): State<Arc<Gateway>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let caller = authenticate(&g, &headers).await?;
+    let (_, rec) = authorised(&g, &caller, "GetObjectLockConfiguration", &name, None).await?;
+    Ok(axum::Json(lock_config_json(&name, &rec)).into_response())
+}
+
+/// A bucket's default retention (`{}`: none).
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct LockConfigBody {
+    /// `GOVERNANCE` or `COMPLIANCE`.
+    mode: Option<String>,
+    days: Option<u32>,
+    years: Option<u32>,
+}
+
+/// `PUT /api/storage/buckets/{name}/object-lock`: turn object lock on (versioning must be
+/// enabled; it cannot be turned off) and set or clear the default retention.
+#[utoipa::path(put, path = "/api/storage/buckets/{name}/object-lock", params(("name" = String, Path, description = "The bucket")), request_body = LockConfigBody, responses((status = 200, description = "The configuration"), (status = 409, description = "Versioning is not enabled")))]
+async fn put_object_lock(
+    State(g): State<Arc<Gateway>>,
+    Path(name): Path<String>,
+    req: Request,
+) -> ApiResult<Response> {
+    let caller = authenticate(&g, req.headers()).await?;
+    let body: LockConfigBody = json_body(req).await?;
+    let default = match (body.mode.as_deref(), body.days, body.years) {
+        (None, None, None) => None,
+        (Some(m), days, years) => {
+            let mode = LockMode::parse(m)
+                .ok_or_else(|| ApiError::bad("mode is GOVERNANCE or COMPLIANCE"))?;
+            let (period, years) = match (days, years) {
+                (Some(d), None) => (d, false),
+                (None, Some(y)) => (y, true),
+                _ => return Err(ApiError::bad("give either days or years")),
+            };
+            Some(DefaultRetention {
+                mode,
+                period,
+                years,
+            })
+        }
+        (None, _, _) => return Err(ApiError::bad("a default retention needs a mode")),
+    };
+    authorised(&g, &caller, "PutObjectLockConfiguration", &name, None).await?;
+    g.command(&BucketCommand::Configure {
+        name: name.clone(),
+        change: BucketChange::ObjectLock(LockConfig { default }),
+    })
+    .await
+    .map_err(from_s3)?;
+    let rec = record(&g, &name)
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such bucket"))?;
+    Ok(axum::Json(lock_config_json(&name, &rec)).into_response())
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+struct VersionQuery {
+    /// A version id (the newest version without one).
+    version_id: Option<String>,
+}
+
+fn version_ref(v: Option<&str>) -> ApiResult<Option<VersionRef>> {
+    v.map(|s| VersionRef::parse(s).ok_or_else(|| ApiError::bad("malformed version_id")))
+        .transpose()
+}
+
+/// `GET /api/storage/buckets/{name}/retention/{key}`: a version's retention and legal hold.
+#[utoipa::path(get, path = "/api/storage/buckets/{name}/retention/{key}", params(("name" = String, Path, description = "The bucket"), ("key" = String, Path, description = "The object key"), VersionQuery), responses((status = 200, description = "version_id, mode, retain_until, legal_hold"), (status = 404, description = "No such object or version")))]
+async fn get_retention(
+    State(g): State<Arc<Gateway>>,
+    Path((name, key)): Path<(String, String)>,
+    Query(q): Query<VersionQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let caller = authenticate(&g, &headers).await?;
+    authorised(&g, &caller, "GetObjectRetention", &name, Some(&key)).await?;
+    let version = version_ref(q.version_id.as_deref())?;
+    let BucketQueryResponse::ObjectLock(found) = g
+        .query(&BucketQuery::ObjectLock {
+            bucket: name.clone(),
+            key: key.clone(),
+            version,
+        })
+        .await
+        .map_err(from_s3)?
+    else {
+        return Err(ApiError::internal("unexpected answer"));
+    };
+    let (id, lock) = found
+        .flatten()
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such object or version"))?;
+    Ok(axum::Json(json!({
+        "bucket": name,
+        "key": key,
+        "version_id": version_string(id),
+        "mode": lock.retention.map(|r| r.mode.as_str()),
+        "retain_until": lock.retention.map(|r| rfc3339(r.until_ms)),
+        "legal_hold": lock.legal_hold,
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct RetentionBody {
+    /// `GOVERNANCE` or `COMPLIANCE`; with `retain_until` (both absent: remove the retention).
+    mode: Option<String>,
+    /// RFC 3339.
+    retain_until: Option<String>,
+    version_id: Option<String>,
+    /// Shorten or remove a GOVERNANCE retention (takes `s3:BypassGovernanceRetention`).
+    #[serde(default)]
+    bypass_governance: bool,
+}
+
+/// `PUT /api/storage/buckets/{name}/retention/{key}`: set a version's retention (S3's rules:
+/// COMPLIANCE only grows; GOVERNANCE shrinks with `bypass_governance`).
+#[utoipa::path(put, path = "/api/storage/buckets/{name}/retention/{key}", params(("name" = String, Path, description = "The bucket"), ("key" = String, Path, description = "The object key")), request_body = RetentionBody, responses((status = 200, description = "Set"), (status = 403, description = "The lock in force refuses the change")))]
+async fn put_retention(
+    State(g): State<Arc<Gateway>>,
+    Path((name, key)): Path<(String, String)>,
+    req: Request,
+) -> ApiResult<Response> {
+    let caller = authenticate(&g, req.headers()).await?;
+    let ip = client_ip(&req);
+    let body: RetentionBody = json_body(req).await?;
+    let retention = match (body.mode.as_deref(), body.retain_until.as_deref()) {
+        (None, None) => None,
+        (Some(m), Some(u)) => Some(Retention {
+            mode: LockMode::parse(m)
+                .ok_or_else(|| ApiError::bad("mode is GOVERNANCE or COMPLIANCE"))?,
+            until_ms: crate::kernel::time::parse_time(u)
+                .ok_or_else(|| ApiError::bad("retain_until is an RFC 3339 time"))?,
+        }),
+        _ => return Err(ApiError::bad("give mode and retain_until together")),
+    };
+    let version = version_ref(body.version_id.as_deref())?;
+    let (p, _) = authorised(&g, &caller, "PutObjectRetention", &name, Some(&key)).await?;
+    if body.bypass_governance {
+        authorised(&g, &caller, "BypassGovernanceRetention", &name, Some(&key)).await?;
+    }
+    let who = writer(&caller, &p, ip);
+    crate::objects::write(
+        &g,
+        &who,
+        BucketCommand::SetObjectLock {
+            bucket: name,
+            key,
+            version,
+            change: LockChange::Retention(retention),
+            bypass_governance: body.bypass_governance,
+        },
+    )
+    .await
+    .map_err(from_s3)?;
+    Ok(axum::Json(json!({"status": "set"})).into_response())
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct LegalHoldBody {
+    on: bool,
+    version_id: Option<String>,
+}
+
+/// `PUT /api/storage/buckets/{name}/legal-hold/{key}` (`{"on": bool}`).
+#[utoipa::path(put, path = "/api/storage/buckets/{name}/legal-hold/{key}", params(("name" = String, Path, description = "The bucket"), ("key" = String, Path, description = "The object key")), request_body = LegalHoldBody, responses((status = 200, description = "Set")))]
+async fn put_legal_hold(
+    State(g): State<Arc<Gateway>>,
+    Path((name, key)): Path<(String, String)>,
+    req: Request,
+) -> ApiResult<Response> {
+    let caller = authenticate(&g, req.headers()).await?;
+    let ip = client_ip(&req);
+    let body: LegalHoldBody = json_body(req).await?;
+    let version = version_ref(body.version_id.as_deref())?;
+    let (p, _) = authorised(&g, &caller, "PutObjectLegalHold", &name, Some(&key)).await?;
+    let who = writer(&caller, &p, ip);
+    crate::objects::write(
+        &g,
+        &who,
+        BucketCommand::SetObjectLock {
+            bucket: name,
+            key,
+            version,
+            change: LockChange::LegalHold(body.on),
+            bypass_governance: false,
+        },
+    )
+    .await
+    .map_err(from_s3)?;
+    Ok(axum::Json(json!({"status": "set", "legal_hold": body.on})).into_response())
+}
+
 /// `GET /api/storage/health`: chunkservers, capacity and replication health.
 #[utoipa::path(get, path = "/api/storage/health", responses((status = 200, description = "Cluster health: chunkservers, capacity, the replication backlog and repair progress (`repair`: replicas and bytes left, copies running, replicas and bytes per second over the last 10 s, estimated seconds left)")))]
 async fn health(State(g): State<Arc<Gateway>>, headers: HeaderMap) -> ApiResult<Response> {
@@ -925,6 +1295,28 @@ pub fn routes() -> Router<Arc<Gateway>> {
             axum::routing::delete(delete_bucket),
         )
         .route("/storage/buckets/{name}/versioning", put(versioning))
+        .route(
+            "/storage/buckets/{name}/policy",
+            get(get_policy).put(put_policy).delete(delete_policy),
+        )
+        .route(
+            "/storage/buckets/{name}/object-lock",
+            get(get_object_lock).put(put_object_lock),
+        )
+        .route(
+            "/storage/buckets/{name}/retention/{*key}",
+            get(get_retention).put(put_retention),
+        )
+        .route(
+            "/storage/buckets/{name}/legal-hold/{*key}",
+            put(put_legal_hold),
+        )
+        .route(
+            "/storage/buckets/{name}/public-access-block",
+            get(get_access_block)
+                .put(put_access_block)
+                .delete(delete_access_block),
+        )
         .route("/storage/buckets/{name}/objects", get(list_objects))
         .route("/storage/buckets/{name}/versions", get(list_versions))
         .route(
@@ -952,6 +1344,17 @@ pub fn routes() -> Router<Arc<Gateway>> {
     lifecycle,
     add_rule,
     delete_rule,
+    get_policy,
+    put_policy,
+    delete_policy,
+    get_access_block,
+    put_access_block,
+    delete_access_block,
+    get_object_lock,
+    put_object_lock,
+    get_retention,
+    put_retention,
+    put_legal_hold,
     health
 ))]
 pub(crate) struct StorageDoc;

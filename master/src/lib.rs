@@ -6,6 +6,7 @@
 //! - [`objects`]: object key → extents, service 3, retired (kept so old logs replay); its
 //!   `Extent` is what bucket versions and parts are made of.
 //! - [`buckets`]: S3 buckets, versions, multipart uploads, lifecycle, service 4.
+//!   [`bucket_policy`] parses, checks and evaluates their S3 bucket policies.
 //! - [`keys`]: S3 access keys with sealed secrets, service 5.
 //! - [`identity`]: users, login sessions and the token signing key, service 6.
 //!   [`tenancy`] holds its tenants, members and policies; [`policy`] decides what a member may do.
@@ -18,6 +19,7 @@
 //! - [`dataplane`]: the RPC handlers and the planner tick on a master node.
 
 pub mod audit;
+pub mod bucket_policy;
 pub mod buckets;
 pub mod chunks;
 pub mod cluster;

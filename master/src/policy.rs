@@ -292,11 +292,18 @@ pub fn s3_action(op: &str) -> (String, ActionClass) {
         "GetBucketCors" => "GetBucketCORS",
         "PutBucketCors" | "DeleteBucketCors" => "PutBucketCORS",
         "DeleteBucketTagging" => "PutBucketTagging",
+        "GetPublicAccessBlock" => "GetBucketPublicAccessBlock",
+        "GetObjectLockConfiguration" => "GetBucketObjectLockConfiguration",
+        "PutObjectLockConfiguration" => "PutBucketObjectLockConfiguration",
+        "PutPublicAccessBlock" | "DeletePublicAccessBlock" => "PutBucketPublicAccessBlock",
         other => other,
     };
     let class = if ["Get", "Head", "List"].iter().any(|p| op.starts_with(p)) {
         ActionClass::Read
     } else if op == "DeleteBucket"
+        || op.contains("PublicAccessBlock")
+        || op == "PutObjectLockConfiguration"
+        || op == "BypassGovernanceRetention"
         || (op.contains("Bucket") && op != "CreateBucket" && op != "DeleteObjects")
     {
         ActionClass::Manage
@@ -443,6 +450,24 @@ mod tests {
             ("DeleteBucketCors", "s3:PutBucketCORS", Manage),
             ("PutBucketAcl", "s3:PutBucketAcl", Manage),
             ("PutObjectTagging", "s3:PutObjectTagging", Write),
+            ("PutBucketPolicy", "s3:PutBucketPolicy", Manage),
+            ("DeleteBucketPolicy", "s3:DeleteBucketPolicy", Manage),
+            ("GetBucketPolicyStatus", "s3:GetBucketPolicyStatus", Read),
+            (
+                "GetPublicAccessBlock",
+                "s3:GetBucketPublicAccessBlock",
+                Read,
+            ),
+            (
+                "PutPublicAccessBlock",
+                "s3:PutBucketPublicAccessBlock",
+                Manage,
+            ),
+            (
+                "DeletePublicAccessBlock",
+                "s3:PutBucketPublicAccessBlock",
+                Manage,
+            ),
         ] {
             assert_eq!(s3_action(op), (action.to_owned(), class), "{op}");
         }

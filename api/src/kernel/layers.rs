@@ -137,6 +137,7 @@ pub(crate) fn with_layers(routes: Router<Arc<Gateway>>, g: Arc<Gateway>) -> Rout
         .layer(axum::middleware::from_fn_with_state(g.clone(), audit_layer))
         .layer(axum::middleware::from_fn(caller_rate_headers))
         .layer(axum::middleware::from_fn(json_method_errors))
+        .layer(axum::middleware::from_fn(super::context::context_layer))
         .fallback(not_found)
         .with_state(g)
 }

@@ -3,6 +3,7 @@
 //!
 //! - [`error`]: `ApiError`, the JSON error of every route.
 //! - [`caller`]: authentication (access tokens, API keys) and the identity service calls.
+//! - [`context`]: a request's condition keys, as bucket policies read them.
 //! - [`limits`]: rate limits.
 //! - [`layers`]: audit entries, rate-limit headers, JSON 404/405s, client addresses.
 //! - [`crypto`], [`ids`], [`json`]: hashing and tokens, ids, JSON bodies.
@@ -10,6 +11,7 @@
 //! - [`time`]: timestamps as RFC 3339.
 
 pub mod caller;
+pub mod context;
 pub mod crypto;
 pub mod error;
 pub mod ids;

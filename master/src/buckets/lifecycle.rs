@@ -7,6 +7,7 @@ use cairn_engine::state::{ApplyContext, ApplyError};
 use redb::WriteTransaction;
 
 use super::keys::{object_key, split_upload_key};
+use super::locks;
 use super::multipart::{UPLOADS, drop_upload};
 use super::settings::{self, LifecycleRule, Versioning};
 use super::versions::{self, OBJECTS, Version, VersionKind, set_history};
@@ -127,11 +128,29 @@ pub(super) fn expire(
             if applicable.is_empty() {
                 continue;
             }
+            let before = bucket.object_lock.is_some().then(|| history.0.clone());
             let Outcome {
                 mut keep,
-                gone,
+                mut gone,
                 add_marker,
             } = judge(history.0, &applicable, bucket.versioning, now);
+            // Object lock: a held version stays where it was, whatever the rules say.
+            if let Some(before) = before {
+                let mut held = Vec::new();
+                for g in &gone {
+                    if locks::held(txn, &k, g.id, now)? {
+                        held.push(g.id);
+                    }
+                }
+                if !held.is_empty() {
+                    gone.retain(|g| !held.contains(&g.id));
+                    let kept: Vec<Option<u128>> = keep.iter().map(|v| v.id).collect();
+                    keep = before
+                        .into_iter()
+                        .filter(|v| kept.contains(&v.id) || held.contains(&v.id))
+                        .collect();
+                }
+            }
             if add_marker {
                 keep.insert(
                     0,

@@ -8,6 +8,8 @@
 //! One room per noun, each owning its table, from the bottom up (a module uses only the ones
 //! above it in this list; this file, on top, dispatches commands and queries to them):
 //! - `keys`: how the tables' keys are composed. [`refusal`]: why a command is refused.
+//! - [`locks`]: object lock (retention, legal holds) of versions, in `s3.locks`, and the
+//!   rules that keep a locked version.
 //! - [`settings`]: the bucket record and its configuration (versioning, visibility, lifecycle
 //!   rules, CORS, tags) in `s3.buckets`; creating and configuring buckets.
 //! - [`content`]: what a version of an object holds, and the checks a write passes.
@@ -25,6 +27,7 @@ pub mod content;
 mod keys;
 pub mod lifecycle;
 pub mod listing;
+pub mod locks;
 pub mod multipart;
 pub mod objects;
 pub mod refusal;
@@ -41,14 +44,15 @@ use serde::{Deserialize, Serialize};
 pub use content::{Conditions, Content, KEY_LEN_MAX, ObjectData, ObjectMeta, hex};
 pub use lifecycle::EXPIRE_BATCH;
 pub use listing::{LIST_MAX, ListPage, ListRequest, ListedObject, ListedUpload};
+pub use locks::{DefaultRetention, LockConfig, LockMode, ObjectLock, Retention};
 pub use multipart::{
     PART_NUMBER_MAX, PART_SIZE_MIN, Part, Upload, multipart_etag, parse_upload, upload_string,
 };
-pub use objects::{USAGE_SCAN_MAX, Usage};
+pub use objects::{LockChange, USAGE_SCAN_MAX, Usage};
 pub use refusal::BucketRefusal;
 pub use settings::{
-    BucketChange, BucketRecord, CorsRule, LifecycleRule, SYSTEM_BUCKET, SYSTEM_OWNER, Versioning,
-    check_bucket_name,
+    BucketChange, BucketRecord, CorsRule, LifecycleRule, PublicAccessBlock, SYSTEM_BUCKET,
+    SYSTEM_OWNER, Versioning, check_bucket_name,
 };
 pub use versions::{VERSIONS_MAX, Version, VersionKind, VersionRef, version_string};
 
@@ -145,6 +149,34 @@ pub enum BucketCommand {
         tenant: u128,
         id: u128,
     },
+    /// `CreateBucket` with object lock enabled (and so versioning).
+    CreateLockedBucket {
+        name: String,
+        owner: String,
+        public_read: bool,
+    },
+    /// An object write (`PutObject`, `CompleteUpload`, or `CreateUpload` for the object the
+    /// upload will make) whose new version gets `lock` instead of the bucket's default
+    /// retention. Refused on buckets without object lock.
+    Locked {
+        lock: ObjectLock,
+        command: Box<BucketCommand>,
+    },
+    /// `DeleteObject` that may override a GOVERNANCE retention (the gateway has checked the
+    /// caller's `s3:BypassGovernanceRetention`).
+    DeleteObjectBypassing {
+        bucket: String,
+        key: String,
+        version: Option<VersionRef>,
+    },
+    /// Change the retention or legal hold of a version (`None`: the newest).
+    SetObjectLock {
+        bucket: String,
+        key: String,
+        version: Option<VersionRef>,
+        change: LockChange,
+        bypass_governance: bool,
+    },
 }
 
 impl BucketCommand {
@@ -165,6 +197,23 @@ impl BucketCommand {
             BucketCommand::AbortUpload { bucket, key, .. } => {
                 ("s3:AbortMultipartUpload", bucket, key)
             }
+            BucketCommand::DeleteObjectBypassing { bucket, key, .. } => {
+                ("s3:DeleteObject", bucket, key)
+            }
+            BucketCommand::SetObjectLock {
+                bucket,
+                key,
+                change,
+                ..
+            } => (
+                match change {
+                    LockChange::Retention(_) => "s3:PutObjectRetention",
+                    LockChange::LegalHold(_) => "s3:PutObjectLegalHold",
+                },
+                bucket,
+                key,
+            ),
+            BucketCommand::Locked { command, .. } => return command.audit_of(),
             _ => return None,
         };
         Some((action, bucket, format!("{bucket}/{key}")))
@@ -241,6 +290,12 @@ pub enum BucketQuery {
     Shares {
         tenant: u128,
     },
+    /// The object lock of a version (`None`: the newest).
+    ObjectLock {
+        bucket: String,
+        key: String,
+        version: Option<VersionRef>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -258,6 +313,76 @@ pub enum BucketQueryResponse {
     Usage(Option<Usage>),
     Share(Option<crate::shares::ShareRecord>),
     Shares(Vec<(u128, crate::shares::ShareRecord)>),
+    /// `None` if the bucket does not exist; `Some(None)` without such a version (or for a
+    /// delete marker); else the version's id and lock.
+    ObjectLock(Option<Option<objects::VersionLock>>),
+}
+
+/// An object write whose new version gets `lock` (see [`BucketCommand::Locked`]).
+fn apply_locked(
+    txn: &WriteTransaction,
+    ctx: &ApplyContext,
+    lock: ObjectLock,
+    command: BucketCommand,
+) -> Result<BucketResponse, ApplyError> {
+    let put = |w: objects::Written| BucketResponse::Put {
+        version: w.version,
+        etag: w.etag,
+    };
+    let check = |bucket: &str| -> Result<(), ApplyError> {
+        let b = settings::get(txn, bucket)?;
+        locks::check_requested(b.object_lock, &lock, ctx.time_ms)
+    };
+    match command {
+        BucketCommand::PutObject {
+            bucket,
+            key,
+            data,
+            conditions,
+        } => objects::put(txn, ctx, &bucket, &key, data, &conditions, Some(lock)).map(put),
+        BucketCommand::CompleteUpload {
+            bucket,
+            key,
+            upload,
+            parts,
+            conditions,
+        } => {
+            check(&bucket)?;
+            multipart::complete(
+                txn,
+                ctx,
+                &bucket,
+                &key,
+                upload,
+                &parts,
+                &conditions,
+                Some(lock),
+            )
+            .map(put)
+        }
+        BucketCommand::CreateUpload {
+            bucket,
+            key,
+            owner,
+            meta,
+            tags,
+        } => {
+            check(&bucket)?;
+            let upload = Upload {
+                initiated_ms: ctx.time_ms,
+                owner,
+                meta,
+                tags,
+            };
+            let id = multipart::create(txn, ctx, &bucket, &key, upload)?;
+            locks::put_for_upload(txn, &upload_key(&bucket, &key, id), &lock)?;
+            Ok(BucketResponse::Upload { id })
+        }
+        _ => Err(reject(
+            BucketRefusal::InvalidArgument,
+            "only PutObject, CreateMultipartUpload and CompleteMultipartUpload take an object lock",
+        )),
+    }
 }
 
 /// Delete an empty bucket (versions and delete markers count); incomplete uploads go with it.
@@ -292,6 +417,7 @@ impl TypedService for BucketService {
     fn init(&self, txn: &WriteTransaction) -> Result<(), StateError> {
         settings::init(txn)?;
         versions::init(txn)?;
+        locks::init(txn)?;
         multipart::init(txn)?;
         crate::shares::init(txn)?;
         Ok(())
@@ -346,7 +472,31 @@ impl TypedService for BucketService {
                 name,
                 owner,
                 public_read,
-            } => settings::create(txn, now, name, owner, public_read).map(done),
+            } => settings::create(txn, now, name, owner, public_read, false).map(done),
+            BucketCommand::CreateLockedBucket {
+                name,
+                owner,
+                public_read,
+            } => settings::create(txn, now, name, owner, public_read, true).map(done),
+            BucketCommand::Locked { lock, command } => apply_locked(txn, ctx, lock, *command),
+            BucketCommand::DeleteObjectBypassing {
+                bucket,
+                key,
+                version,
+            } => objects::delete(txn, ctx, &bucket, &key, version, true).map(|r| {
+                BucketResponse::Deleted {
+                    version: r.version,
+                    marker: r.marker,
+                }
+            }),
+            BucketCommand::SetObjectLock {
+                bucket,
+                key,
+                version,
+                change,
+                bypass_governance,
+            } => objects::set_lock(txn, now, &bucket, &key, version, change, bypass_governance)
+                .map(done),
             BucketCommand::DeleteBucket { name } => delete_bucket(txn, now, &name).map(done),
             BucketCommand::Configure { name, change } => {
                 settings::configure(txn, &name, change).map(done)
@@ -356,17 +506,17 @@ impl TypedService for BucketService {
                 key,
                 data,
                 conditions,
-            } => objects::put(txn, ctx, &bucket, &key, data, &conditions).map(put),
+            } => objects::put(txn, ctx, &bucket, &key, data, &conditions, None).map(put),
             BucketCommand::DeleteObject {
                 bucket,
                 key,
                 version,
-            } => {
-                objects::delete(txn, ctx, &bucket, &key, version).map(|r| BucketResponse::Deleted {
+            } => objects::delete(txn, ctx, &bucket, &key, version, false).map(|r| {
+                BucketResponse::Deleted {
                     version: r.version,
                     marker: r.marker,
-                })
-            }
+                }
+            }),
             BucketCommand::SetObjectTags {
                 bucket,
                 key,
@@ -424,7 +574,8 @@ impl TypedService for BucketService {
                 upload,
                 parts,
                 conditions,
-            } => multipart::complete(txn, ctx, &bucket, &key, upload, &parts, &conditions).map(put),
+            } => multipart::complete(txn, ctx, &bucket, &key, upload, &parts, &conditions, None)
+                .map(put),
             BucketCommand::AbortUpload {
                 bucket,
                 key,
@@ -508,6 +659,11 @@ impl TypedService for BucketService {
                 BucketQueryResponse::Usage(objects::usage(txn, &bucket)?)
             }
             BucketQuery::Share { id } => BucketQueryResponse::Share(crate::shares::get(txn, id)?),
+            BucketQuery::ObjectLock {
+                bucket,
+                key,
+                version,
+            } => BucketQueryResponse::ObjectLock(objects::lock_of(txn, &bucket, &key, version)?),
             BucketQuery::Shares { tenant } => {
                 BucketQueryResponse::Shares(crate::shares::list(txn, tenant)?)
             }

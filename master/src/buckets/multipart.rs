@@ -14,6 +14,7 @@ use super::content::{
     hex_decode,
 };
 use super::keys::{object_key, part_key, part_number, upload_key};
+use super::locks;
 use super::objects::Written;
 use super::refusal::BucketRefusal;
 use super::settings::{self, check_tags};
@@ -171,6 +172,7 @@ pub(super) fn drop_upload(txn: &WriteTransaction, k: &[u8], now_ms: u64) -> Resu
         }
     }
     UPLOADS.open(txn)?.remove(&k.to_vec())?;
+    locks::take_for_upload(txn, k)?;
     Ok(())
 }
 
@@ -239,6 +241,9 @@ pub(super) fn put_part(
 }
 
 /// Complete an upload from the parts the client names, (number, ETag) in ascending order.
+/// The new version gets `lock`, else the lock given when the upload began, else the bucket's
+/// default retention.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn complete(
     txn: &WriteTransaction,
     ctx: &ApplyContext,
@@ -247,6 +252,7 @@ pub(super) fn complete(
     id: u128,
     named: &[(u32, String)],
     conditions: &Conditions,
+    lock: Option<locks::ObjectLock>,
 ) -> Result<Written, ApplyError> {
     check_key(key)?;
     let b = settings::get(txn, bucket)?;
@@ -309,6 +315,8 @@ pub(super) fn complete(
     // The object takes its own references, then the upload (every part, chosen or not)
     // releases its.
     let now = ctx.time_ms;
+    let kept = locks::take_for_upload(txn, &uk)?;
+    let own = lock.or(kept);
     ChunkService::add_refs(txn, &handles(&extents))?;
     drop_upload(txn, &uk, now)?;
     let version = new_id(&b, ctx);
@@ -331,6 +339,9 @@ pub(super) fn complete(
         },
         now,
     )?;
+    if let Some(l) = locks::for_new_version(b.object_lock, own, now) {
+        locks::put(txn, &k, version, &l)?;
+    }
     Ok(Written { version, etag })
 }
 

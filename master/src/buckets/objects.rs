@@ -7,11 +7,12 @@ use serde::{Deserialize, Serialize};
 
 use super::content::{Conditions, ObjectData, check_conditions, check_data, check_key};
 use super::keys::object_key;
+use super::locks::{self, ObjectLock, Retention, check_retention_change};
 use super::refusal::BucketRefusal;
 use super::settings::{self, BucketRecord, Versioning, check_tags};
 use super::versions::{
-    self, OBJECTS, Version, VersionKind, VersionRef, check_room, history, install, new_id,
-    set_history,
+    self, OBJECTS, Version, VersionKind, VersionRef, check_room, history, history_in, install,
+    new_id, set_history,
 };
 use crate::chunks::ChunkService;
 
@@ -41,6 +42,9 @@ pub(super) struct Removed {
     pub marker: bool,
 }
 
+/// Write a new version of `bucket/key`; `lock` is the object lock the write asks for (else
+/// the bucket's default retention applies, on object-lock buckets).
+#[allow(clippy::too_many_arguments)]
 pub(super) fn put(
     txn: &WriteTransaction,
     ctx: &ApplyContext,
@@ -48,11 +52,15 @@ pub(super) fn put(
     key: &str,
     data: ObjectData,
     conditions: &Conditions,
+    lock: Option<ObjectLock>,
 ) -> Result<Written, ApplyError> {
     check_key(key)?;
     check_data(&data)?;
     check_tags(&data.tags)?;
     let b = settings::get(txn, bucket)?;
+    if let Some(l) = &lock {
+        locks::check_requested(b.object_lock, l, ctx.time_ms)?;
+    }
     let k = object_key(bucket, key);
     let versions = history(txn, &k)?;
     check_conditions(versions.first().and_then(Version::data), conditions)?;
@@ -75,17 +83,23 @@ pub(super) fn put(
         },
         now,
     )?;
+    if let Some(l) = locks::for_new_version(b.object_lock, lock, now) {
+        locks::put(txn, &k, id, &l)?;
+    }
     Ok(Written { version: id, etag })
 }
 
 /// Delete a version (`version` named), or the key: all of it when unversioned, else by
 /// stacking a delete marker.
+/// ... unless object lock holds the version named (`bypass_governance`: the request may
+/// override a GOVERNANCE retention).
 pub(super) fn delete(
     txn: &WriteTransaction,
     ctx: &ApplyContext,
     bucket: &str,
     key: &str,
     version: Option<VersionRef>,
+    bypass_governance: bool,
 ) -> Result<Removed, ApplyError> {
     check_key(key)?;
     let b = settings::get(txn, bucket)?;
@@ -100,6 +114,7 @@ pub(super) fn delete(
                 marker: false,
             });
         };
+        locks::release_for_delete(txn, &k, versions[i].id, now, bypass_governance)?;
         let old = versions.remove(i);
         versions::release(txn, &old, now)?;
         set_history(txn, &k, versions)?;
@@ -230,4 +245,102 @@ pub(super) fn usage(txn: &ReadTransaction, bucket: &str) -> Result<Option<Usage>
         }
     }
     Ok(Some(u))
+}
+
+/// A change to a version's object lock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LockChange {
+    /// Set (or, with `None`, remove) the retention.
+    Retention(Option<Retention>),
+    LegalHold(bool),
+}
+
+/// Change the object lock of a version (`None`: the newest), in a bucket with object lock.
+pub(super) fn set_lock(
+    txn: &WriteTransaction,
+    now_ms: u64,
+    bucket: &str,
+    key: &str,
+    version: Option<VersionRef>,
+    change: LockChange,
+    bypass_governance: bool,
+) -> Result<(), ApplyError> {
+    check_key(key)?;
+    let b = settings::get(txn, bucket)?;
+    if b.object_lock.is_none() {
+        return Err(reject(
+            BucketRefusal::InvalidRequest,
+            "Bucket is missing Object Lock Configuration",
+        ));
+    }
+    let k = object_key(bucket, key);
+    let versions = history(txn, &k)?;
+    let found = match version {
+        Some(r) => versions.iter().find(|v| r.matches(v.id)),
+        None => versions.first(),
+    };
+    let v = match found {
+        Some(v) if v.is_marker() => {
+            return Err(reject(
+                BucketRefusal::MethodNotAllowed,
+                "a delete marker cannot be locked",
+            ));
+        }
+        Some(v) => v,
+        None if version.is_some() => {
+            return Err(reject(
+                BucketRefusal::NoSuchVersion,
+                "The specified version does not exist.",
+            ));
+        }
+        None => {
+            return Err(reject(
+                BucketRefusal::NoSuchKey,
+                "The specified key does not exist.",
+            ));
+        }
+    };
+    let mut lock = locks::get(txn, &k, v.id)?;
+    match change {
+        LockChange::Retention(new) => {
+            if new.is_some_and(|r| r.until_ms <= now_ms) {
+                return Err(reject(
+                    BucketRefusal::InvalidArgument,
+                    "The retain until date must be in the future!",
+                ));
+            }
+            check_retention_change(lock.retention, new, now_ms, bypass_governance)
+                .map_err(|why| reject(BucketRefusal::ObjectLocked, why))?;
+            lock.retention = new;
+        }
+        LockChange::LegalHold(on) => lock.legal_hold = on,
+    }
+    locks::put(txn, &k, v.id, &lock)?;
+    Ok(())
+}
+
+/// A version's id and its object lock.
+pub type VersionLock = (Option<u128>, ObjectLock);
+
+/// The object lock of a version (`None`: the newest): `None` when the bucket does not exist,
+/// `Some(None)` when there is no such version (or it is a delete marker).
+pub(super) fn lock_of(
+    txn: &ReadTransaction,
+    bucket: &str,
+    key: &str,
+    version: Option<VersionRef>,
+) -> Result<Option<Option<VersionLock>>, StateError> {
+    if settings::read(txn, bucket)?.is_none() {
+        return Ok(None);
+    }
+    let k = object_key(bucket, key);
+    let versions = history_in(txn, &k)?;
+    let found = match version {
+        Some(r) => versions.iter().find(|v| r.matches(v.id)),
+        None => versions.first(),
+    };
+    match found {
+        Some(v) if !v.is_marker() => Ok(Some(Some((v.id, locks::read(txn, &k, v.id)?)))),
+        _ => Ok(Some(None)),
+    }
 }

@@ -45,5 +45,15 @@ cairn_engine::refusals! {
         NoSuchShare = "no_such_share",
         /// The tenant has the most unexpired share links it may.
         TooManyShares = "too_many_shares",
+        /// A bucket policy S3 would refuse (the message says why).
+        MalformedPolicy = "malformed_policy",
+        /// The bucket's public access block refuses a public policy or ACL.
+        PublicAccessBlocked = "public_access_blocked",
+        /// Object lock (a retention or legal hold) keeps the version.
+        ObjectLocked = "object_locked",
+        /// A request S3 answers `InvalidRequest` (object lock on a bucket without it...).
+        InvalidRequest = "invalid_request",
+        /// The bucket's state does not allow the change (versioning of an object-lock bucket).
+        InvalidBucketState = "invalid_bucket_state",
     }
 }

@@ -6,7 +6,9 @@ use cairn_engine::state::{ApplyError, Record, Rejection, StateError, TypedTable,
 use redb::{ReadTransaction, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
+use super::locks::{DEFAULT_DAYS_MAX, LockConfig};
 use super::refusal::BucketRefusal;
+use crate::bucket_policy::BucketPolicy;
 
 /// Bucket name → record.
 const BUCKETS: TypedTable<String, BucketRecord> = TypedTable::new("s3.buckets");
@@ -70,6 +72,66 @@ pub struct BucketRecord {
     /// With `public_read`: anyone may read an object by its name, but not list the bucket
     /// (a namespace of visibility 1, "unlisted"). Records from before this field read `false`.
     pub unlisted: bool,
+    /// The S3 bucket policy, as the JSON text `PutBucketPolicy` sent (checked by
+    /// [`crate::bucket_policy::BucketPolicy::parse`] when it was set).
+    pub policy: Option<String>,
+    /// The bucket's public access block; `None` when none is set (every flag off).
+    pub public_access_block: Option<PublicAccessBlock>,
+    /// Object lock, once enabled (never turned off again; versioning stays enabled).
+    pub object_lock: Option<LockConfig>,
+}
+
+/// S3's public access block, the four flags of `PutPublicAccessBlock`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct PublicAccessBlock {
+    /// Refuse ACLs that grant public access (canned `public-read`...).
+    pub block_public_acls: bool,
+    /// Treat public ACLs as if they were private.
+    pub ignore_public_acls: bool,
+    /// Refuse a bucket policy that grants public access.
+    pub block_public_policy: bool,
+    /// With a public policy, only callers of the bucket's tenant get access through it.
+    pub restrict_public_buckets: bool,
+}
+
+impl BucketRecord {
+    /// The public access block in force (every flag off without one).
+    pub fn access_block(&self) -> PublicAccessBlock {
+        self.public_access_block.unwrap_or_default()
+    }
+}
+
+/// A bucket record of layout version 1 (before policies and the public access block).
+#[derive(Deserialize)]
+struct BucketRecordV1 {
+    created_ms: u64,
+    owner: String,
+    versioning: Versioning,
+    public_read: bool,
+    lifecycle: Option<Vec<LifecycleRule>>,
+    cors: Option<Vec<CorsRule>>,
+    tags: Option<Vec<(String, String)>>,
+    replication: Option<u8>,
+    unlisted: bool,
+}
+
+impl From<BucketRecordV1> for BucketRecord {
+    fn from(v: BucketRecordV1) -> BucketRecord {
+        BucketRecord {
+            created_ms: v.created_ms,
+            owner: v.owner,
+            versioning: v.versioning,
+            public_read: v.public_read,
+            lifecycle: v.lifecycle,
+            cors: v.cors,
+            tags: v.tags,
+            replication: v.replication,
+            unlisted: v.unlisted,
+            policy: None,
+            public_access_block: None,
+            object_lock: None,
+        }
+    }
 }
 
 /// A bucket record as written before `unlisted` existed.
@@ -87,31 +149,38 @@ struct BucketRecordNoUnlisted {
 
 impl Record for BucketRecord {
     const NAME: &'static str = "bucket record";
-    const VERSION: u8 = 1;
+    const VERSION: u8 = 2;
 
-    /// Version 0 (before records carried versions) holds either layout: the current one, or
-    /// the one from before `unlisted`, which postcard cannot tell apart except by trying.
+    /// Version 1 lacks the policy and the public access block. Version 0 (before records
+    /// carried versions) holds either the version 1 layout or the one from before `unlisted`,
+    /// which postcard cannot tell apart except by trying.
     fn migrate(version: u8, bytes: &[u8]) -> Result<Self, StateError> {
-        if version != 0 {
-            return Err(StateError::Corrupt(format!(
+        match version {
+            1 => Ok(decode::<BucketRecordV1>(Self::NAME, bytes)?.into()),
+            0 => {
+                if let Ok(r) = postcard::from_bytes::<BucketRecordV1>(bytes) {
+                    return Ok(r.into());
+                }
+                let v: BucketRecordNoUnlisted = decode(Self::NAME, bytes)?;
+                Ok(BucketRecord {
+                    created_ms: v.created_ms,
+                    owner: v.owner,
+                    versioning: v.versioning,
+                    public_read: v.public_read,
+                    lifecycle: v.lifecycle,
+                    cors: v.cors,
+                    tags: v.tags,
+                    replication: v.replication,
+                    unlisted: false,
+                    policy: None,
+                    public_access_block: None,
+                    object_lock: None,
+                })
+            }
+            _ => Err(StateError::Corrupt(format!(
                 "bucket record: layout version {version} is unknown"
-            )));
+            ))),
         }
-        if let Ok(r) = postcard::from_bytes::<BucketRecord>(bytes) {
-            return Ok(r);
-        }
-        let v: BucketRecordNoUnlisted = decode(Self::NAME, bytes)?;
-        Ok(BucketRecord {
-            created_ms: v.created_ms,
-            owner: v.owner,
-            versioning: v.versioning,
-            public_read: v.public_read,
-            lifecycle: v.lifecycle,
-            cors: v.cors,
-            tags: v.tags,
-            replication: v.replication,
-            unlisted: false,
-        })
     }
 }
 
@@ -128,6 +197,13 @@ pub enum BucketChange {
         public_read: bool,
         unlisted: bool,
     },
+    /// Set (checked as S3 does) or remove the bucket policy.
+    Policy(Option<String>),
+    /// Set or remove the public access block.
+    PublicAccessBlock(Option<PublicAccessBlock>),
+    /// Enable object lock (on a bucket with versioning enabled) or change its default
+    /// retention.
+    ObjectLock(LockConfig),
 }
 
 /// S3 bucket naming rules (the common subset: 3-63 of `a-z 0-9 . -`, starting and ending with
@@ -230,6 +306,7 @@ pub(super) fn create(
     name: String,
     owner: String,
     public_read: bool,
+    object_lock: bool,
 ) -> Result<(), ApplyError> {
     check_bucket_name(&name)?;
     if name == SYSTEM_BUCKET && owner != SYSTEM_OWNER {
@@ -260,9 +337,27 @@ pub(super) fn create(
             created_ms: now,
             owner,
             public_read,
+            // Object lock keeps versioning on from the start.
+            versioning: if object_lock {
+                Versioning::Enabled
+            } else {
+                Versioning::Unversioned
+            },
+            object_lock: object_lock.then(LockConfig::default),
             ..BucketRecord::default()
         },
     )?;
+    Ok(())
+}
+
+/// A public ACL under a public access block with `BlockPublicAcls` is refused.
+fn refuse_public_acl(b: &BucketRecord, public: bool) -> Result<(), ApplyError> {
+    if public && b.access_block().block_public_acls {
+        return Err(reject(
+            BucketRefusal::PublicAccessBlocked,
+            "the bucket's public access block (BlockPublicAcls) refuses a public ACL",
+        ));
+    }
     Ok(())
 }
 
@@ -280,6 +375,12 @@ pub(super) fn configure(
                     "versioning can be enabled or suspended, not turned off",
                 ));
             }
+            if b.object_lock.is_some() && v != Versioning::Enabled {
+                return Err(reject(
+                    BucketRefusal::InvalidBucketState,
+                    "An Object Lock configuration is present on this bucket, so the versioning state cannot be changed.",
+                ));
+            }
             b.versioning = v;
         }
         BucketChange::Lifecycle(rules) => b.lifecycle = rules,
@@ -291,6 +392,7 @@ pub(super) fn configure(
             b.tags = tags;
         }
         BucketChange::PublicRead(p) => {
+            refuse_public_acl(&b, p)?;
             b.public_read = p;
             b.unlisted = false;
         }
@@ -298,10 +400,92 @@ pub(super) fn configure(
             public_read,
             unlisted,
         } => {
+            refuse_public_acl(&b, public_read)?;
             b.public_read = public_read;
             b.unlisted = public_read && unlisted;
+        }
+        BucketChange::Policy(None) => b.policy = None,
+        BucketChange::Policy(Some(text)) => {
+            let policy = BucketPolicy::parse(&text, name)
+                .map_err(|why| reject(BucketRefusal::MalformedPolicy, why))?;
+            if b.access_block().block_public_policy && policy.is_public() {
+                return Err(reject(
+                    BucketRefusal::PublicAccessBlocked,
+                    "the bucket's public access block (BlockPublicPolicy) refuses a public policy",
+                ));
+            }
+            b.policy = Some(text);
+        }
+        BucketChange::PublicAccessBlock(block) => b.public_access_block = block,
+        BucketChange::ObjectLock(config) => {
+            if b.versioning != Versioning::Enabled {
+                return Err(reject(
+                    BucketRefusal::InvalidBucketState,
+                    "Versioning must be 'Enabled' on the bucket to apply a Object Lock configuration",
+                ));
+            }
+            if let Some(d) = config.default {
+                let days = u64::from(d.period) * if d.years { 365 } else { 1 };
+                if d.period == 0 || days > u64::from(DEFAULT_DAYS_MAX) {
+                    return Err(reject(
+                        BucketRefusal::InvalidArgument,
+                        format!(
+                            "Default retention period must be a positive integer value of at most {DEFAULT_DAYS_MAX} days (100 years)"
+                        ),
+                    ));
+                }
+            }
+            b.object_lock = Some(config);
         }
     }
     put(txn, name, &b)?;
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// The layout-1 record as an older release wrote it.
+    #[derive(Serialize)]
+    struct Written {
+        created_ms: u64,
+        owner: String,
+        versioning: Versioning,
+        public_read: bool,
+        lifecycle: Option<Vec<LifecycleRule>>,
+        cors: Option<Vec<CorsRule>>,
+        tags: Option<Vec<(String, String)>>,
+        replication: Option<u8>,
+        unlisted: bool,
+    }
+
+    #[test]
+    fn a_layout_1_record_reads_without_policy_or_access_block() {
+        let old = Written {
+            created_ms: 7,
+            owner: "ab".repeat(16),
+            versioning: Versioning::Enabled,
+            public_read: true,
+            lifecycle: None,
+            cors: None,
+            tags: Some(vec![("k".into(), "v".into())]),
+            replication: Some(2),
+            unlisted: true,
+        };
+        let bytes = postcard::to_allocvec(&old).unwrap();
+        for version in [0, 1] {
+            let r = BucketRecord::migrate(version, &bytes).unwrap();
+            assert_eq!(r.created_ms, 7);
+            assert_eq!(r.versioning, Versioning::Enabled);
+            assert!(r.public_read && r.unlisted);
+            assert_eq!(r.replication, Some(2));
+            assert_eq!(r.policy, None);
+            assert_eq!(r.public_access_block, None);
+            assert_eq!(r.object_lock, None);
+            assert_eq!(r.access_block(), PublicAccessBlock::default());
+        }
+        assert!(BucketRecord::migrate(9, &bytes).is_err());
+    }
 }

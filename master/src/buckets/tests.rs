@@ -451,3 +451,224 @@ fn lifecycle_expires_noncurrent_versions_markers_and_stale_uploads() {
     assert_eq!(keys, vec!["keep/1", "keep/1", "logs/1"]);
     assert!(matches!(db.chunk(h).state, ChunkState::Released { .. }));
 }
+
+fn version_of(r: BucketResponse) -> Option<u128> {
+    match r {
+        BucketResponse::Put { version, .. } => version,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn delete_version(bucket: &str, key: &str, v: Option<u128>, bypass: bool) -> BucketCommand {
+    let version = Some(v.map_or(VersionRef::Null, VersionRef::Id));
+    if bypass {
+        BucketCommand::DeleteObjectBypassing {
+            bucket: bucket.into(),
+            key: key.into(),
+            version,
+        }
+    } else {
+        BucketCommand::DeleteObject {
+            bucket: bucket.into(),
+            key: key.into(),
+            version,
+        }
+    }
+}
+
+#[test]
+fn object_lock_keeps_versions_from_deletes_and_lifecycle() {
+    let mut db = Db::new();
+    db.ok(BucketCommand::CreateLockedBucket {
+        name: "vault".into(),
+        owner: "me".into(),
+        public_read: false,
+    });
+    create(&mut db, "plain");
+    // Versioning is on and stays on.
+    assert_eq!(
+        db.code(BucketCommand::Configure {
+            name: "vault".into(),
+            change: BucketChange::Versioning(Versioning::Suspended),
+        }),
+        "invalid_bucket_state"
+    );
+    let lock = |mode, until_ms| ObjectLock {
+        retention: Some(Retention { mode, until_ms }),
+        legal_hold: false,
+    };
+    let locked_put = |bucket: &str, key: &str, l: ObjectLock| BucketCommand::Locked {
+        lock: l,
+        command: Box::new(BucketCommand::PutObject {
+            bucket: bucket.into(),
+            key: key.into(),
+            data: inline(b"x"),
+            conditions: Conditions::default(),
+        }),
+    };
+    let day = db.clock + DAY_MS;
+    // A lock needs an object-lock bucket and a date to come.
+    assert_eq!(
+        db.code(locked_put("plain", "k", lock(LockMode::Governance, day))),
+        "invalid_request"
+    );
+    assert_eq!(
+        db.code(locked_put("vault", "k", lock(LockMode::Governance, 5))),
+        "invalid_argument"
+    );
+    // COMPLIANCE: nobody deletes the version, bypass or not; the key may get a marker.
+    let c = version_of(db.ok(locked_put("vault", "c", lock(LockMode::Compliance, day))));
+    assert_eq!(
+        db.code(delete_version("vault", "c", c, false)),
+        "object_locked"
+    );
+    assert_eq!(
+        db.code(delete_version("vault", "c", c, true)),
+        "object_locked"
+    );
+    db.ok(BucketCommand::DeleteObject {
+        bucket: "vault".into(),
+        key: "c".into(),
+        version: None,
+    });
+    let set = |key: &str, v: Option<u128>, change, bypass| BucketCommand::SetObjectLock {
+        bucket: "vault".into(),
+        key: key.into(),
+        version: Some(v.map_or(VersionRef::Null, VersionRef::Id)),
+        change,
+        bypass_governance: bypass,
+    };
+    let shorter = LockChange::Retention(Some(Retention {
+        mode: LockMode::Compliance,
+        until_ms: day - 1,
+    }));
+    assert_eq!(db.code(set("c", c, shorter, true)), "object_locked");
+    let longer = LockChange::Retention(Some(Retention {
+        mode: LockMode::Compliance,
+        until_ms: day + DAY_MS,
+    }));
+    db.ok(set("c", c, longer, false));
+    // GOVERNANCE: deleting takes the bypass.
+    let g = version_of(db.ok(locked_put("vault", "g", lock(LockMode::Governance, day))));
+    assert_eq!(
+        db.code(delete_version("vault", "g", g, false)),
+        "object_locked"
+    );
+    db.ok(delete_version("vault", "g", g, true));
+    // A legal hold holds until it is lifted.
+    let h = version_of(put(&mut db, "vault", "h"));
+    db.ok(set("h", h, LockChange::LegalHold(true), false));
+    assert_eq!(
+        db.code(delete_version("vault", "h", h, true)),
+        "object_locked"
+    );
+    db.ok(set("h", h, LockChange::LegalHold(false), false));
+    db.ok(delete_version("vault", "h", h, false));
+    // Default retention applies to plain writes, and a lock given to an upload reaches the
+    // object it completes.
+    db.ok(BucketCommand::Configure {
+        name: "vault".into(),
+        change: BucketChange::ObjectLock(LockConfig {
+            default: Some(DefaultRetention {
+                mode: LockMode::Governance,
+                period: 1,
+                years: false,
+            }),
+        }),
+    });
+    let d = version_of(put(&mut db, "vault", "d"));
+    match db.q(BucketQuery::ObjectLock {
+        bucket: "vault".into(),
+        key: "d".into(),
+        version: None,
+    }) {
+        BucketQueryResponse::ObjectLock(Some(Some((v, l)))) => {
+            assert_eq!(v, d);
+            let r = l.retention.unwrap();
+            assert_eq!(r.mode, LockMode::Governance);
+            assert_eq!(r.until_ms, db.clock + DAY_MS);
+        }
+        other => panic!("{other:?}"),
+    }
+    let up = match db.ok(BucketCommand::Locked {
+        lock: lock(LockMode::Compliance, day),
+        command: Box::new(BucketCommand::CreateUpload {
+            bucket: "vault".into(),
+            key: "big".into(),
+            owner: "me".into(),
+            meta: ObjectMeta::default(),
+            tags: Vec::new(),
+        }),
+    }) {
+        BucketResponse::Upload { id } => id,
+        other => panic!("{other:?}"),
+    };
+    let h1 = db.alloc();
+    db.ok(BucketCommand::PutPart {
+        bucket: "vault".into(),
+        key: "big".into(),
+        upload: up,
+        number: 1,
+        etag: "00".repeat(16),
+        size: 5,
+        extents: vec![Extent {
+            handle: h1,
+            offset: 0,
+            len: 5,
+        }],
+    });
+    let big = version_of(db.ok(BucketCommand::CompleteUpload {
+        bucket: "vault".into(),
+        key: "big".into(),
+        upload: up,
+        parts: vec![(1, "00".repeat(16))],
+        conditions: Conditions::default(),
+    }));
+    assert_eq!(
+        db.code(delete_version("vault", "big", big, true)),
+        "object_locked"
+    );
+
+    // Lifecycle leaves held versions alone and removes them once the retention has passed.
+    put(&mut db, "vault", "c");
+    db.ok(BucketCommand::Configure {
+        name: "vault".into(),
+        change: BucketChange::Lifecycle(Some(vec![LifecycleRule {
+            id: Some("r".into()),
+            enabled: true,
+            prefix: String::new(),
+            noncurrent_days: Some(1),
+            ..LifecycleRule::default()
+        }])),
+    });
+    db.clock = day + DAY_MS / 2;
+    db.ok(BucketCommand::Expire {
+        bucket: "vault".into(),
+    });
+    let versions_of = |db: &Db, key: &str| -> Vec<Option<u128>> {
+        list(
+            db,
+            ListRequest {
+                bucket: "vault".into(),
+                prefix: key.into(),
+                limit: 100,
+                ..ListRequest::default()
+            },
+            true,
+        )
+        .objects
+        .iter()
+        .filter(|o| o.key == key)
+        .map(|o| o.version.id)
+        .collect()
+    };
+    assert!(versions_of(&db, "c").contains(&c), "a held version expired");
+    db.clock = day + 3 * DAY_MS;
+    db.ok(BucketCommand::Expire {
+        bucket: "vault".into(),
+    });
+    assert!(
+        !versions_of(&db, "c").contains(&c),
+        "an expired retention still held"
+    );
+}
