@@ -677,6 +677,15 @@ impl S3Access for Access {
             )
             .await?;
         }
+        // Writes and reads of objects report the lifecycle expiry (`x-amz-expiration`).
+        if let Some(rules) = rec.as_ref().and_then(|r| r.lifecycle.clone())
+            && matches!(
+                op.as_str(),
+                "PutObject" | "CopyObject" | "CompleteMultipartUpload" | "GetObject" | "HeadObject"
+            )
+        {
+            cx.extensions_mut().insert(BucketLifecycle(rules));
+        }
         if let Some(p) = principal {
             cx.extensions_mut().insert(p);
         }
@@ -789,6 +798,11 @@ fn version_param(uri: &http::Uri) -> Result<Option<VersionRef>, ()> {
         Some((_, v)) => VersionRef::parse(v).map(Some).ok_or(()),
     }
 }
+
+/// The lifecycle rules of the bucket a request writes or reads an object of (set by
+/// [`Access::check`] when the bucket has any).
+#[derive(Clone, Debug)]
+pub struct BucketLifecycle(pub Vec<cairn_master::buckets::LifecycleRule>);
 
 /// The principal a handler runs for (set by [`Access::check`]).
 pub fn principal<T>(req: &S3Request<T>) -> Option<&Principal> {

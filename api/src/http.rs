@@ -383,13 +383,65 @@ async fn preflight(g: &Gateway, h: &HeaderMap, path: &str, id: &str) -> Response
     }
 }
 
-/// Put `<RequestId>` into an S3 error body that lacks one.
+/// Longest validity of a presigned URL AWS accepts: 7 days.
+const PRESIGN_MAX_S: u64 = 604_800;
+
+/// Why a presigned URL's `X-Amz-Expires` is refused (as AWS words it), if it is.
+fn presign_expiry_error(query: Option<&str>) -> Option<&'static str> {
+    let q = query?;
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(q).ok()?;
+    let (_, v) = pairs.iter().find(|(k, _)| k == "X-Amz-Expires")?;
+    match v.parse::<u64>() {
+        Ok(n) if n <= PRESIGN_MAX_S => None,
+        Ok(_) => Some("X-Amz-Expires must be less than a week (in seconds) that is; 604800"),
+        Err(_) => Some("X-Amz-Expires should be a number"),
+    }
+}
+
+/// The message an S3 error gets when it was made without one (clients print "Unknown"
+/// otherwise): AWS's words for the common codes, else the code in words.
+fn default_message(code: &str) -> String {
+    let known = match code {
+        "InvalidAccessKeyId" => "The AWS Access Key Id you provided does not exist in our records.",
+        "SignatureDoesNotMatch" => {
+            "The request signature we calculated does not match the signature you provided."
+        }
+        "AccessDenied" => "Access Denied",
+        "NoSuchBucket" => "The specified bucket does not exist",
+        "NoSuchKey" => "The specified key does not exist.",
+        "NoSuchUpload" => "The specified upload does not exist.",
+        "InvalidArgument" => "Invalid Argument",
+        "MalformedXML" => {
+            "The XML you provided was not well-formed or did not validate against our published schema"
+        }
+        "NotImplemented" => "A header you provided implies functionality that is not implemented",
+        "InternalError" => "We encountered an internal error. Please try again.",
+        _ => "",
+    };
+    if !known.is_empty() {
+        return known.to_owned();
+    }
+    // `SomeErrorCode` → "Some error code".
+    let mut words = String::new();
+    for (i, c) in code.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            words.push(' ');
+            words.push(c.to_ascii_lowercase());
+        } else {
+            words.push(c);
+        }
+    }
+    words
+}
+
+/// Put `<RequestId>` into an S3 error body that lacks one, and a `<Message>` when there is
+/// none (or an empty one).
 async fn with_request_id(resp: Response, id: &str) -> Response {
     let (parts, body) = resp.into_parts();
     match axum::body::to_bytes(body, ERROR_BODY_MAX).await {
         Ok(bytes) => {
             let text = String::from_utf8_lossy(&bytes);
-            let body = if text.contains("<Error>") && !text.contains("<RequestId>") {
+            let mut body = if text.contains("<Error>") && !text.contains("<RequestId>") {
                 text.replacen(
                     "</Error>",
                     &format!("<RequestId>{id}</RequestId></Error>"),
@@ -398,6 +450,23 @@ async fn with_request_id(resp: Response, id: &str) -> Response {
             } else {
                 text.into_owned()
             };
+            let no_message = !body.contains("<Message>") || body.contains("<Message></Message>");
+            if body.contains("<Error>") && no_message {
+                let code = body
+                    .split_once("<Code>")
+                    .and_then(|(_, r)| r.split_once("</Code>"))
+                    .map(|(c, _)| c.to_owned())
+                    .unwrap_or_default();
+                let message = format!("<Message>{}</Message>", default_message(&code));
+                body = body.replacen("<Message></Message>", "", 1);
+                body = match body.find("</Code>") {
+                    Some(at) => {
+                        let at = at + "</Code>".len();
+                        format!("{}{message}{}", &body[..at], &body[at..])
+                    }
+                    None => body.replacen("</Error>", &format!("{message}</Error>"), 1),
+                };
+            }
             let mut parts = parts;
             parts.headers.remove(header::CONTENT_LENGTH);
             Response::from_parts(parts, Body::from(body))
@@ -461,6 +530,13 @@ async fn observe(State(g): State<Arc<Gateway>>, req: Request, next: Next) -> Res
         let headers = req.headers().clone();
         drop(req);
         preflight(&g, &headers, &path, &id).await
+    } else if let Some(why) = presign_expiry_error(req.uri().query()) {
+        s3_error_xml(
+            StatusCode::BAD_REQUEST,
+            "AuthorizationQueryParametersError",
+            why,
+            &id,
+        )
     } else {
         next.run(req).await
     };
@@ -511,4 +587,28 @@ async fn observe(State(g): State<Arc<Gateway>>, req: Request, next: Next) -> Res
         ms = took.as_secs_f64() * 1000.0,
     );
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presigned_urls_live_a_week_at_most() {
+        assert_eq!(presign_expiry_error(None), None);
+        assert_eq!(presign_expiry_error(Some("list-type=2")), None);
+        assert_eq!(presign_expiry_error(Some("X-Amz-Expires=604800")), None);
+        assert!(presign_expiry_error(Some("X-Amz-Expires=604801")).is_some());
+        assert!(presign_expiry_error(Some("a=b&X-Amz-Expires=-5")).is_some());
+    }
+
+    #[test]
+    fn errors_without_a_message_get_one() {
+        assert_eq!(
+            default_message("InvalidAccessKeyId"),
+            "The AWS Access Key Id you provided does not exist in our records."
+        );
+        assert_eq!(default_message("SlowDownPlease"), "Slow down please");
+        assert_eq!(default_message(""), "");
+    }
 }

@@ -107,13 +107,50 @@ fn parse_tagging(s: Option<&str>) -> S3Result<Vec<(String, String)>> {
             .map(|c| c.into_owned())
             .map_err(|_| s3_error!(InvalidTag, "tags are not valid URL encoding"))
     };
-    s.split('&')
+    let tags: Vec<(String, String)> = s
+        .split('&')
         .filter(|kv| !kv.is_empty())
         .map(|kv| {
             let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
             Ok((dec(k)?, dec(v)?))
         })
-        .collect()
+        .collect::<S3Result<_>>()?;
+    check_object_tags(&tags)?;
+    Ok(tags)
+}
+
+/// Most tags one object carries (buckets carry up to 50).
+const OBJECT_TAGS_MAX: usize = 10;
+
+/// S3's limits on an object's tags, checked by the gateway (the bucket service keeps the
+/// bucket limits it has always applied, so that older log entries replay the same).
+fn check_object_tags(tags: &[(String, String)]) -> S3Result<()> {
+    if tags.len() > OBJECT_TAGS_MAX {
+        return Err(custom_status(
+            "BadRequest",
+            "Object tags cannot be greater than 10",
+            http::StatusCode::BAD_REQUEST,
+        ));
+    }
+    if let Some((k, _)) = tags
+        .iter()
+        .find(|(k, v)| k.is_empty() || k.chars().count() > 128 || v.chars().count() > 256)
+    {
+        return Err(S3Error::with_message(
+            S3ErrorCode::InvalidTag,
+            format!("The TagKey you have provided is invalid or its value is too long: {k:?}"),
+        ));
+    }
+    let mut keys: Vec<&String> = tags.iter().map(|(k, _)| k).collect();
+    keys.sort();
+    keys.dedup();
+    if keys.len() != tags.len() {
+        return Err(s3_error!(
+            InvalidTag,
+            "Cannot provide multiple Tags with the same key"
+        ));
+    }
+    Ok(())
 }
 
 fn tag_set(tags: &[(String, String)]) -> TagSet {
@@ -204,7 +241,7 @@ fn meta(
     }
     Ok(ObjectMeta {
         content_type,
-        content_encoding,
+        content_encoding: content_encoding.and_then(|e| stored_encoding(&e)),
         content_disposition,
         content_language,
         cache_control,
@@ -212,6 +249,18 @@ fn meta(
         user,
         checksum: None,
     })
+}
+
+/// The `Content-Encoding` an object keeps: the request's without `aws-chunked`, which only
+/// says how this request's body travelled (`gzip, aws-chunked` is stored as `gzip`, as AWS
+/// does); `None` when nothing else is left.
+fn stored_encoding(e: &str) -> Option<String> {
+    let kept: Vec<&str> = e
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case("aws-chunked"))
+        .collect();
+    (!kept.is_empty()).then(|| kept.join(", "))
 }
 
 fn user_metadata(m: &ObjectMeta) -> Option<Metadata> {
@@ -664,6 +713,24 @@ impl CairnS3 {
         ))
     }
 
+    /// The object lock of a version in a bucket that has object lock (`InvalidRequest` in one
+    /// that does not, as S3 answers GetObjectRetention and GetObjectLegalHold there).
+    async fn lock_in_lock_bucket(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: Option<&str>,
+    ) -> S3Result<ObjectLock> {
+        if self.bucket(bucket).await?.object_lock.is_none() {
+            return Err(s3_error!(
+                InvalidRequest,
+                "Bucket is missing Object Lock Configuration"
+            ));
+        }
+        let version = parse_version(version_id)?;
+        Ok(self.version_lock(bucket, key, version).await?.1)
+    }
+
     /// A version's id and object lock (`None`: the newest); S3's errors for a missing bucket,
     /// key or version.
     async fn version_lock(
@@ -723,6 +790,18 @@ impl CairnS3 {
     }
 }
 
+/// `x-amz-expiration` for a current version of `key` written at `modified_ms`: when the
+/// bucket's lifecycle rules expire it, and by which rule.
+fn expiration_header(ext: &http::Extensions, key: &str, modified_ms: u64) -> Option<String> {
+    let rules = ext.get::<crate::auth::BucketLifecycle>()?;
+    let (at, id) = cairn_master::buckets::expiration(&rules.0, key, modified_ms)?;
+    let date = httpdate::fmt_http_date(std::time::UNIX_EPOCH + Duration::from_millis(at));
+    Some(match id {
+        Some(id) => format!("expiry-date=\"{date}\", rule-id=\"{id}\""),
+        None => format!("expiry-date=\"{date}\""),
+    })
+}
+
 /// What GET and HEAD say about a version's object lock: mode, retain-until date, legal hold.
 type LockHeaders = (
     Option<ObjectLockMode>,
@@ -776,6 +855,32 @@ fn lock_mode(s: &str) -> S3Result<LockMode> {
             format!("Unknown wormMode directive {s:?}: GOVERNANCE or COMPLIANCE"),
         )
     })
+}
+
+/// The command for a delete: plain `DeleteObject` unless it overrides governance or is
+/// conditional.
+fn delete_command(
+    bucket: String,
+    key: String,
+    version: Option<VersionRef>,
+    bypass_governance: bool,
+    if_match: Option<Vec<String>>,
+) -> BucketCommand {
+    if bypass_governance || if_match.is_some() {
+        BucketCommand::DeleteObjectChecked {
+            bucket,
+            key,
+            version,
+            bypass_governance,
+            if_match,
+        }
+    } else {
+        BucketCommand::DeleteObject {
+            bucket,
+            key,
+            version,
+        }
+    }
 }
 
 /// `c`, carrying `lock` for the version it makes when the write asks for one.
@@ -952,17 +1057,37 @@ impl S3 for CairnS3 {
         let tenant = crate::auth::principal(&req)
             .map(|p| p.tenant)
             .ok_or_else(|| s3_error!(AccessDenied, "sign the request"))?;
-        let who = req.credentials.map(|c| c.access_key).unwrap_or_default();
+        let input = req.input;
+        // Paging as AWS: up to `max-buckets` (1 to 10,000) in name order, then a token.
+        let limit = match input.max_buckets {
+            None => usize::MAX,
+            Some(n) if (1..=10_000).contains(&n) => n as usize,
+            Some(n) => {
+                return Err(S3Error::with_message(
+                    S3ErrorCode::InvalidArgument,
+                    format!("max-buckets must be between 1 and 10000, not {n}"),
+                ));
+            }
+        };
+        let after = match input.continuation_token.as_deref() {
+            None | Some("") => None,
+            Some(t) => Some(unhex_token(t)?),
+        };
         let all = match self.g.query(&BucketQuery::Buckets).await? {
             BucketQueryResponse::Buckets(b) => b,
             _ => return Err(internal("unexpected answer")),
         };
-        let prefix = req.input.prefix.unwrap_or_default();
-        let buckets = all
+        let prefix = input.prefix.unwrap_or_default();
+        let mut mine = all.into_iter().filter(|(n, b)| {
+            cairn_master::tenancy::bucket_tenant(&b.owner) == tenant
+                && n.starts_with(&prefix)
+                && after.as_ref().is_none_or(|a| n > a)
+        });
+        let page: Vec<(String, BucketRecord)> = mine.by_ref().take(limit).collect();
+        let more = mine.next().is_some();
+        let next = page.last().filter(|_| more).map(|(n, _)| hex_token(n));
+        let buckets = page
             .into_iter()
-            .filter(|(n, b)| {
-                cairn_master::tenancy::bucket_tenant(&b.owner) == tenant && n.starts_with(&prefix)
-            })
             .map(|(name, b)| Bucket {
                 bucket_region: Some(self.g.options.region.clone()),
                 creation_date: Some(ts(b.created_ms)),
@@ -971,8 +1096,8 @@ impl S3 for CairnS3 {
             .collect();
         Ok(S3Response::new(ListBucketsOutput {
             buckets: Some(buckets),
-            continuation_token: None,
-            owner: Some(owner(&who)),
+            continuation_token: next,
+            owner: Some(owner(&cairn_master::tenancy::tenant_hex(tenant))),
             prefix: (!prefix.is_empty()).then_some(prefix),
         }))
     }
@@ -1030,7 +1155,20 @@ impl S3 for CairnS3 {
                 public_read,
             }
         };
-        self.g.command(&c).await?;
+        match self.g.command(&c).await {
+            Ok(_) => {}
+            // us-east-1, AWS's legacy region, answers 200 to creating a bucket you already
+            // own (every other region says BucketAlreadyOwnedByYou); nothing changes.
+            Err(e)
+                if *e.code() == S3ErrorCode::BucketAlreadyOwnedByYou
+                    && self.g.options.region == "us-east-1" =>
+            {
+                return Ok(S3Response::new(CreateBucketOutput {
+                    location: Some(format!("/{}", input.bucket)),
+                }));
+            }
+            Err(e) => return Err(e),
+        }
         self.audit(&audit_who, "s3:CreateBucket", &audited).await;
         Ok(S3Response::new(CreateBucketOutput {
             location: Some(format!("/{}", input.bucket)),
@@ -1560,16 +1698,8 @@ impl S3 for CairnS3 {
         req: S3Request<GetObjectRetentionInput>,
     ) -> S3Result<S3Response<GetObjectRetentionOutput>> {
         let input = req.input;
-        let b = self.bucket(&input.bucket).await?;
-        if b.object_lock.is_none() {
-            return Err(s3_error!(
-                InvalidRequest,
-                "Bucket is missing Object Lock Configuration"
-            ));
-        }
-        let version = parse_version(input.version_id.as_deref())?;
-        let (_, lock) = self
-            .version_lock(&input.bucket, &input.key, version)
+        let lock = self
+            .lock_in_lock_bucket(&input.bucket, &input.key, input.version_id.as_deref())
             .await?;
         let r = lock.retention.ok_or_else(|| {
             custom_status(
@@ -1627,16 +1757,8 @@ impl S3 for CairnS3 {
         req: S3Request<GetObjectLegalHoldInput>,
     ) -> S3Result<S3Response<GetObjectLegalHoldOutput>> {
         let input = req.input;
-        let b = self.bucket(&input.bucket).await?;
-        if b.object_lock.is_none() {
-            return Err(s3_error!(
-                InvalidRequest,
-                "Bucket is missing Object Lock Configuration"
-            ));
-        }
-        let version = parse_version(input.version_id.as_deref())?;
-        let (_, lock) = self
-            .version_lock(&input.bucket, &input.key, version)
+        let lock = self
+            .lock_in_lock_bucket(&input.bucket, &input.key, input.version_id.as_deref())
             .await?;
         Ok(S3Response::new(GetObjectLegalHoldOutput {
             legal_hold: Some(ObjectLockLegalHold {
@@ -1645,6 +1767,109 @@ impl S3 for CairnS3 {
                 )),
             }),
         }))
+    }
+
+    async fn get_object_attributes(
+        &self,
+        req: S3Request<GetObjectAttributesInput>,
+    ) -> S3Result<S3Response<GetObjectAttributesOutput>> {
+        let input = req.input;
+        let wants = |a: &str| input.object_attributes.iter().any(|x| x.as_str() == a);
+        if input.object_attributes.is_empty()
+            || input.object_attributes.iter().any(|a| {
+                ![
+                    ObjectAttributes::CHECKSUM,
+                    ObjectAttributes::ETAG,
+                    ObjectAttributes::OBJECT_PARTS,
+                    ObjectAttributes::OBJECT_SIZE,
+                    ObjectAttributes::STORAGE_CLASS,
+                ]
+                .contains(&a.as_str())
+            })
+        {
+            return Err(s3_error!(
+                InvalidArgument,
+                "Invalid attribute name specified: x-amz-object-attributes takes ETag, Checksum, ObjectParts, StorageClass, ObjectSize"
+            ));
+        }
+        let (v, d) = self
+            .object(&input.bucket, &input.key, input.version_id.as_deref())
+            .await?;
+        let mut out = GetObjectAttributesOutput {
+            last_modified: Some(ts(v.modified_ms)),
+            version_id: v.id.map(|x| version_string(Some(x))),
+            ..Default::default()
+        };
+        if wants(ObjectAttributes::ETAG) {
+            out.e_tag = Some(etag(&d.etag));
+        }
+        if wants(ObjectAttributes::OBJECT_SIZE) {
+            out.object_size = i64::try_from(d.size).ok();
+        }
+        if wants(ObjectAttributes::STORAGE_CLASS) {
+            out.storage_class = Some(StorageClass::from_static(StorageClass::STANDARD));
+        }
+        if wants(ObjectAttributes::CHECKSUM) && d.meta.checksum.is_some() {
+            let mut c = Checksum {
+                checksum_type: Some(ChecksumType::from_static(if d.parts.is_empty() {
+                    ChecksumType::FULL_OBJECT
+                } else {
+                    ChecksumType::COMPOSITE
+                })),
+                ..Default::default()
+            };
+            set_checksum!(c, d.meta.checksum.clone());
+            out.checksum = Some(c);
+        }
+        if wants(ObjectAttributes::OBJECT_PARTS) && !d.parts.is_empty() {
+            let max = match input.max_parts {
+                None => 1000,
+                Some(n) if (0..=1000).contains(&n) => n as usize,
+                Some(_) => {
+                    return Err(s3_error!(
+                        InvalidArgument,
+                        "max-parts must be between 0 and 1000"
+                    ));
+                }
+            };
+            let marker = match input.part_number_marker {
+                None => 0,
+                Some(n) if n >= 0 => n as usize,
+                Some(_) => {
+                    return Err(s3_error!(
+                        InvalidArgument,
+                        "part-number-marker must not be negative"
+                    ));
+                }
+            };
+            let rest: Vec<(usize, u64)> = d
+                .parts
+                .iter()
+                .enumerate()
+                .map(|(i, size)| (i + 1, *size))
+                .filter(|(n, _)| *n > marker)
+                .collect();
+            let shown = &rest[..rest.len().min(max)];
+            let truncated = rest.len() > shown.len();
+            out.object_parts = Some(GetObjectAttributesParts {
+                is_truncated: Some(truncated),
+                max_parts: Some(max as i32),
+                part_number_marker: Some(marker as i32),
+                next_part_number_marker: shown.last().map(|(n, _)| *n as i32),
+                total_parts_count: i32::try_from(d.parts.len()).ok(),
+                parts: Some(
+                    shown
+                        .iter()
+                        .map(|(n, size)| ObjectPart {
+                            part_number: Some(*n as i32),
+                            size: i64::try_from(*size).ok(),
+                            ..Default::default()
+                        })
+                        .collect(),
+                ),
+            });
+        }
+        Ok(S3Response::new(out))
     }
 
     async fn put_bucket_acl(
@@ -1711,6 +1936,7 @@ impl S3 for CairnS3 {
         req: S3Request<PutObjectInput>,
     ) -> S3Result<S3Response<PutObjectOutput>> {
         let who = who(&req);
+        let expiration = expiration_header(&req.extensions, &req.input.key, crate_now_ms());
         let headers = req.headers;
         let trailers = req.trailing_headers;
         let input = req.input;
@@ -1783,6 +2009,7 @@ impl S3 for CairnS3 {
             e_tag: Some(etag(&stored.md5)),
             version_id: version.map(|v| version_string(Some(v))),
             size: i64::try_from(stored.size).ok(),
+            expiration,
             ..Default::default()
         };
         set_checksum!(out, stored.checksum);
@@ -1817,10 +2044,12 @@ impl S3 for CairnS3 {
         let lock = self
             .lock_headers(lock_enabled, &input.bucket, &input.key, &plan.version)
             .await?;
+        let expiration = expiration_header(&req.extensions, &input.key, plan.version.modified_ms);
         let mut out = read_output!(GetObjectOutput, input, plan,
             body: Some(body),
             tag_count: (!plan.data.tags.is_empty()).then_some(plan.data.tags.len() as i32),
         );
+        out.expiration = expiration;
         (
             out.object_lock_mode,
             out.object_lock_retain_until_date,
@@ -1867,7 +2096,9 @@ impl S3 for CairnS3 {
         let lock = self
             .lock_headers(lock_enabled, &input.bucket, &input.key, &plan.version)
             .await?;
+        let expiration = expiration_header(&req.extensions, &input.key, plan.version.modified_ms);
         let mut out = read_output!(HeadObjectOutput, input, plan,);
+        out.expiration = expiration;
         (
             out.object_lock_mode,
             out.object_lock_retain_until_date,
@@ -1887,19 +2118,14 @@ impl S3 for CairnS3 {
         let who = who(&req);
         let input = req.input;
         let version = parse_version(input.version_id.as_deref())?;
-        let c = if input.bypass_governance_retention == Some(true) {
-            BucketCommand::DeleteObjectBypassing {
-                bucket: input.bucket,
-                key: input.key,
-                version,
-            }
-        } else {
-            BucketCommand::DeleteObject {
-                bucket: input.bucket,
-                key: input.key,
-                version,
-            }
-        };
+        let if_match = condition_strings(&input.if_match);
+        let c = delete_command(
+            input.bucket,
+            input.key,
+            version,
+            input.bypass_governance_retention == Some(true),
+            if_match,
+        );
         let r = self.write(&who, c).await?;
         let out = match r {
             BucketResponse::Deleted { version, marker } => DeleteObjectOutput {
@@ -1935,20 +2161,9 @@ impl S3 for CairnS3 {
                 async move {
                     let r = match parse_version(o.version_id.as_deref()) {
                         Ok(version) => {
-                            let key = o.key.clone();
-                            let c = if bypass {
-                                BucketCommand::DeleteObjectBypassing {
-                                    bucket,
-                                    key,
-                                    version,
-                                }
-                            } else {
-                                BucketCommand::DeleteObject {
-                                    bucket,
-                                    key,
-                                    version,
-                                }
-                            };
+                            let if_match = o.e_tag.as_ref().map(|e| vec![e.value().to_owned()]);
+                            let c =
+                                delete_command(bucket, o.key.clone(), version, bypass, if_match);
                             self.write(who, c).await
                         }
                         Err(e) => Err(e),
@@ -2131,6 +2346,7 @@ impl S3 for CairnS3 {
         let input = req.input;
         let version = parse_version(input.version_id.as_deref())?;
         let tags = tags_from(input.tagging.tag_set)?;
+        check_object_tags(&tags)?;
         self.write(
             &who,
             BucketCommand::SetObjectTags {
@@ -2172,7 +2388,9 @@ impl S3 for CairnS3 {
         &self,
         req: S3Request<ListObjectsInput>,
     ) -> S3Result<S3Response<ListObjectsOutput>> {
-        let input = req.input;
+        let mut input = req.input;
+        // An empty delimiter is no delimiter, and is not echoed (as AWS answers).
+        input.delimiter = input.delimiter.filter(|d| !d.is_empty());
         let url = wants_url(&input.encoding_type)?;
         let limit = max_keys(input.max_keys)?;
         let page = self
@@ -2227,7 +2445,9 @@ impl S3 for CairnS3 {
         &self,
         req: S3Request<ListObjectsV2Input>,
     ) -> S3Result<S3Response<ListObjectsV2Output>> {
-        let input = req.input;
+        let mut input = req.input;
+        // An empty delimiter is no delimiter, and is not echoed (as AWS answers).
+        input.delimiter = input.delimiter.filter(|d| !d.is_empty());
         let url = wants_url(&input.encoding_type)?;
         let limit = max_keys(input.max_keys)?;
         let after = match &input.continuation_token {
@@ -2291,7 +2511,9 @@ impl S3 for CairnS3 {
         &self,
         req: S3Request<ListObjectVersionsInput>,
     ) -> S3Result<S3Response<ListObjectVersionsOutput>> {
-        let input = req.input;
+        let mut input = req.input;
+        // An empty delimiter is no delimiter, and is not echoed (as AWS answers).
+        input.delimiter = input.delimiter.filter(|d| !d.is_empty());
         let url = wants_url(&input.encoding_type)?;
         let limit = max_keys(input.max_keys)?;
         let mut lr = Self::list_request(
@@ -2615,6 +2837,7 @@ impl S3 for CairnS3 {
         req: S3Request<CompleteMultipartUploadInput>,
     ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
         let who = who(&req);
+        let expiration = expiration_header(&req.extensions, &req.input.key, crate_now_ms());
         let input = req.input;
         let upload = parse_upload(&input.upload_id)
             .ok_or_else(|| s3_error!(NoSuchUpload, "The specified upload does not exist."))?;
@@ -2651,6 +2874,7 @@ impl S3 for CairnS3 {
             return Err(internal("unexpected answer"));
         };
         Ok(S3Response::new(CompleteMultipartUploadOutput {
+            expiration,
             bucket: Some(input.bucket.clone()),
             e_tag: Some(etag(&tag)),
             key: Some(input.key.clone()),
@@ -2754,7 +2978,9 @@ impl S3 for CairnS3 {
         &self,
         req: S3Request<ListMultipartUploadsInput>,
     ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
-        let input = req.input;
+        let mut input = req.input;
+        // An empty delimiter is no delimiter, and is not echoed (as AWS answers).
+        input.delimiter = input.delimiter.filter(|d| !d.is_empty());
         let url = wants_url(&input.encoding_type)?;
         let limit = match input.max_uploads {
             None => 1000,

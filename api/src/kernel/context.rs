@@ -72,6 +72,14 @@ pub fn request_context(
             cx.set(&format!("s3:{h}"), v);
         }
     }
+    for (h, key) in [
+        ("if-match", "s3:if-match"),
+        ("if-none-match", "s3:if-none-match"),
+    ] {
+        if let Some(v) = text(h) {
+            cx.set(key, v);
+        }
+    }
     if let Some(v) = text("x-amz-object-lock-mode") {
         cx.set("s3:object-lock-mode", v);
     }

@@ -18,6 +18,33 @@ pub const EXPIRE_BATCH: usize = 1000;
 const SCAN_MAX: usize = 20_000;
 pub(super) const DAY_MS: u64 = 86_400_000;
 
+/// When a current version of `key` written at `modified_ms` expires under `rules` (ms since
+/// the epoch, the same instant the lifecycle pass uses), and the id of the rule that expires
+/// it first: what `x-amz-expiration` reports.
+pub fn expiration(
+    rules: &[LifecycleRule],
+    key: &str,
+    modified_ms: u64,
+) -> Option<(u64, Option<String>)> {
+    rules
+        .iter()
+        .filter(|r| r.enabled && key.starts_with(&r.prefix))
+        .filter_map(|r| {
+            let by_days = r
+                .expiration_days
+                .map(|d| modified_ms.saturating_add(u64::from(d) * DAY_MS));
+            let by_date = r
+                .expiration_date_ms
+                .map(|at| u64::try_from(at).unwrap_or(0));
+            let at = match (by_days, by_date) {
+                (Some(a), Some(b)) => a.min(b),
+                (a, b) => a.or(b)?,
+            };
+            Some((at, r.id.clone()))
+        })
+        .min_by_key(|(at, _)| *at)
+}
+
 /// What happens to one key's versions: the ones kept, the ones removed, and whether the
 /// current version expired into a new delete marker (versioned buckets).
 struct Outcome {
@@ -206,4 +233,42 @@ pub(super) fn expire(
     }
     removed = removed.saturating_add(abort.len() as u32);
     Ok(Expired { removed, more })
+}
+
+#[cfg(test)]
+mod expiration_tests {
+    use super::*;
+
+    #[test]
+    fn the_earliest_enabled_matching_rule_names_the_expiry() {
+        let rule =
+            |id: &str, prefix: &str, days: Option<u32>, date: Option<i64>, enabled| LifecycleRule {
+                id: Some(id.into()),
+                enabled,
+                prefix: prefix.into(),
+                expiration_days: days,
+                expiration_date_ms: date,
+                ..LifecycleRule::default()
+            };
+        let rules = [
+            rule("logs", "logs/", Some(7), None, true),
+            rule("all", "", Some(30), None, true),
+            rule("off", "", Some(1), None, false),
+            rule("date", "tmp/", None, Some(5 * DAY_MS as i64), true),
+        ];
+        assert_eq!(
+            expiration(&rules, "logs/a", 0),
+            Some((7 * DAY_MS, Some("logs".into())))
+        );
+        assert_eq!(
+            expiration(&rules, "photos/a", DAY_MS),
+            Some((31 * DAY_MS, Some("all".into())))
+        );
+        assert_eq!(
+            expiration(&rules, "tmp/x", 0),
+            Some((5 * DAY_MS, Some("date".into())))
+        );
+        assert_eq!(expiration(&rules[2..3], "x", 0), None);
+        assert_eq!(expiration(&[], "x", 0), None);
+    }
 }

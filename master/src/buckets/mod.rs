@@ -42,7 +42,7 @@ use redb::{ReadTransaction, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 pub use content::{Conditions, Content, KEY_LEN_MAX, ObjectData, ObjectMeta, hex};
-pub use lifecycle::EXPIRE_BATCH;
+pub use lifecycle::{EXPIRE_BATCH, expiration};
 pub use listing::{LIST_MAX, ListPage, ListRequest, ListedObject, ListedUpload};
 pub use locks::{DefaultRetention, LockConfig, LockMode, ObjectLock, Retention};
 pub use multipart::{
@@ -162,12 +162,17 @@ pub enum BucketCommand {
         lock: ObjectLock,
         command: Box<BucketCommand>,
     },
-    /// `DeleteObject` that may override a GOVERNANCE retention (the gateway has checked the
-    /// caller's `s3:BypassGovernanceRetention`).
-    DeleteObjectBypassing {
+    /// `DeleteObject` with what plain `DeleteObject` cannot say: `bypass_governance` overrides
+    /// a GOVERNANCE retention (the gateway has checked the caller's
+    /// `s3:BypassGovernanceRetention`); `if_match` deletes only while the current version's
+    /// ETag is one of these (`*`: any object), else `precondition_failed`, or `no_such_key`
+    /// when there is no current object.
+    DeleteObjectChecked {
         bucket: String,
         key: String,
         version: Option<VersionRef>,
+        bypass_governance: bool,
+        if_match: Option<Vec<String>>,
     },
     /// Change the retention or legal hold of a version (`None`: the newest).
     SetObjectLock {
@@ -197,7 +202,7 @@ impl BucketCommand {
             BucketCommand::AbortUpload { bucket, key, .. } => {
                 ("s3:AbortMultipartUpload", bucket, key)
             }
-            BucketCommand::DeleteObjectBypassing { bucket, key, .. } => {
+            BucketCommand::DeleteObjectChecked { bucket, key, .. } => {
                 ("s3:DeleteObject", bucket, key)
             }
             BucketCommand::SetObjectLock {
@@ -479,15 +484,24 @@ impl TypedService for BucketService {
                 public_read,
             } => settings::create(txn, now, name, owner, public_read, true).map(done),
             BucketCommand::Locked { lock, command } => apply_locked(txn, ctx, lock, *command),
-            BucketCommand::DeleteObjectBypassing {
+            BucketCommand::DeleteObjectChecked {
                 bucket,
                 key,
                 version,
-            } => objects::delete(txn, ctx, &bucket, &key, version, true).map(|r| {
-                BucketResponse::Deleted {
-                    version: r.version,
-                    marker: r.marker,
-                }
+                bypass_governance,
+                if_match,
+            } => objects::delete(
+                txn,
+                ctx,
+                &bucket,
+                &key,
+                version,
+                bypass_governance,
+                if_match.as_deref(),
+            )
+            .map(|r| BucketResponse::Deleted {
+                version: r.version,
+                marker: r.marker,
             }),
             BucketCommand::SetObjectLock {
                 bucket,
@@ -511,7 +525,7 @@ impl TypedService for BucketService {
                 bucket,
                 key,
                 version,
-            } => objects::delete(txn, ctx, &bucket, &key, version, false).map(|r| {
+            } => objects::delete(txn, ctx, &bucket, &key, version, false, None).map(|r| {
                 BucketResponse::Deleted {
                     version: r.version,
                     marker: r.marker,

@@ -92,7 +92,8 @@ pub(super) fn put(
 /// Delete a version (`version` named), or the key: all of it when unversioned, else by
 /// stacking a delete marker.
 /// ... unless object lock holds the version named (`bypass_governance`: the request may
-/// override a GOVERNANCE retention).
+/// override a GOVERNANCE retention), or `if_match` is given and the current version's ETag is
+/// not among it (no current object: `no_such_key`).
 pub(super) fn delete(
     txn: &WriteTransaction,
     ctx: &ApplyContext,
@@ -100,11 +101,27 @@ pub(super) fn delete(
     key: &str,
     version: Option<VersionRef>,
     bypass_governance: bool,
+    if_match: Option<&[String]>,
 ) -> Result<Removed, ApplyError> {
     check_key(key)?;
     let b = settings::get(txn, bucket)?;
     let k = object_key(bucket, key);
     let mut versions = history(txn, &k)?;
+    if let Some(wanted) = if_match {
+        let Some(current) = versions.first().and_then(Version::data) else {
+            return Err(reject(
+                BucketRefusal::NoSuchKey,
+                "The specified key does not exist.",
+            ));
+        };
+        check_conditions(
+            Some(current),
+            &Conditions {
+                if_match: Some(wanted.to_vec()),
+                if_none_match_any: false,
+            },
+        )?;
+    }
     let now = ctx.time_ms;
     if let Some(r) = version {
         let Some(i) = versions.iter().position(|v| r.matches(v.id)) else {

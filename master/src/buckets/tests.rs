@@ -462,10 +462,12 @@ fn version_of(r: BucketResponse) -> Option<u128> {
 fn delete_version(bucket: &str, key: &str, v: Option<u128>, bypass: bool) -> BucketCommand {
     let version = Some(v.map_or(VersionRef::Null, VersionRef::Id));
     if bypass {
-        BucketCommand::DeleteObjectBypassing {
+        BucketCommand::DeleteObjectChecked {
             bucket: bucket.into(),
             key: key.into(),
             version,
+            bypass_governance: true,
+            if_match: None,
         }
     } else {
         BucketCommand::DeleteObject {
@@ -671,4 +673,24 @@ fn object_lock_keeps_versions_from_deletes_and_lifecycle() {
         !versions_of(&db, "c").contains(&c),
         "an expired retention still held"
     );
+}
+
+#[test]
+fn conditional_deletes_check_the_current_etag() {
+    let mut db = Db::new();
+    create(&mut db, "bkt");
+    put(&mut db, "bkt", "k");
+    let del = |if_match: &[&str]| BucketCommand::DeleteObjectChecked {
+        bucket: "bkt".into(),
+        key: "k".into(),
+        version: None,
+        bypass_governance: false,
+        if_match: Some(if_match.iter().map(|s| (*s).to_owned()).collect()),
+    };
+    assert_eq!(db.code(del(&["\"other\""])), "precondition_failed");
+    db.ok(del(&["\"e\""]));
+    // Nothing there any more: a conditional delete says so.
+    assert_eq!(db.code(del(&["*"])), "no_such_key");
+    put(&mut db, "bkt", "k");
+    db.ok(del(&["*"]));
 }
