@@ -4914,3 +4914,295 @@ async fn object_lock_over_the_rest_api() {
         assert_eq!(s, 400, "{v}");
     }
 }
+
+#[tokio::test]
+#[allow(clippy::too_many_lines)]
+async fn bucket_acls_grants_and_ownership_controls() {
+    use aws_sdk_s3::primitives::ByteStream;
+    use aws_sdk_s3::types::{
+        AccessControlPolicy, BucketCannedAcl, Grant, Grantee, ObjectOwnership, OwnershipControls,
+        OwnershipControlsRule, Permission, Type,
+    };
+    let api = Api::start(&[("CAIRN_API_AUTH_RATE_LIMIT", "1000")]);
+    let ada = first_admin(&api).await;
+    let ada_t = ada["access_token"].as_str().unwrap().to_owned();
+    let bob = register(&api, &ada_t, "bob@example.com", "Bob").await;
+    let bob_t = bob["access_token"].as_str().unwrap().to_owned();
+    let (_, tenants) = api.call("GET", "/tenants", Some(&bob_t), None).await;
+    let bob_tenant = tenants["current"].as_str().unwrap().to_owned();
+    let (_, tenants) = api.call("GET", "/tenants", Some(&ada_t), None).await;
+    let ada_tenant = tenants["current"].as_str().unwrap().to_owned();
+    let (_, ada_s3) = s3_key(&api, &ada_t).await;
+    let (_, bob_s3) = s3_key(&api, &bob_t).await;
+    ada_s3.create_bucket().bucket("acl").send().await.unwrap();
+    ada_s3
+        .put_object()
+        .bucket("acl")
+        .key("a.txt")
+        .body(ByteStream::from_static(b"a"))
+        .send()
+        .await
+        .unwrap();
+    let bob_put = |key: &'static str| {
+        bob_s3
+            .put_object()
+            .bucket("acl")
+            .key(key)
+            .body(ByteStream::from_static(b"from bob"))
+            .send()
+    };
+
+    // Grants to Bob's tenant by header: READ lets him list, WRITE lets him write.
+    assert!(s3_code(&bob_s3.list_objects_v2().bucket("acl").send().await).is_some());
+    ada_s3
+        .put_bucket_acl()
+        .bucket("acl")
+        .grant_read(format!("id=\"{bob_tenant}\""))
+        .send()
+        .await
+        .unwrap();
+    let listed = bob_s3.list_objects_v2().bucket("acl").send().await.unwrap();
+    assert_eq!(listed.key_count(), Some(1));
+    assert!(
+        s3_code(&bob_put("bob.txt").await).is_some(),
+        "READ let Bob write"
+    );
+    ada_s3
+        .put_bucket_acl()
+        .bucket("acl")
+        .grant_read(format!("id=\"{bob_tenant}\""))
+        .grant_write(format!("id=\"{bob_tenant}\""))
+        .send()
+        .await
+        .unwrap();
+    bob_put("bob.txt").await.unwrap();
+    let acl = ada_s3.get_bucket_acl().bucket("acl").send().await.unwrap();
+    assert_eq!(acl.owner().and_then(|o| o.id()), Some(ada_tenant.as_str()));
+    let mut seen: Vec<(String, String)> = acl
+        .grants()
+        .iter()
+        .map(|g| {
+            (
+                g.grantee().and_then(|e| e.id()).unwrap_or("").to_owned(),
+                g.permission()
+                    .map(|p| p.as_str().to_owned())
+                    .unwrap_or_default(),
+            )
+        })
+        .collect();
+    seen.sort();
+    let mut want = vec![
+        (ada_tenant.clone(), "FULL_CONTROL".to_owned()),
+        (bob_tenant.clone(), "READ".to_owned()),
+        (bob_tenant.clone(), "WRITE".to_owned()),
+    ];
+    want.sort();
+    assert_eq!(seen, want);
+    // Bob may not read Ada's ACL (no READ_ACP) or change it.
+    assert!(s3_code(&bob_s3.get_bucket_acl().bucket("acl").send().await).is_some());
+    let r = bob_s3
+        .put_bucket_acl()
+        .bucket("acl")
+        .acl(BucketCannedAcl::PublicReadWrite)
+        .send()
+        .await;
+    assert!(s3_code(&r).is_some());
+
+    // Canned ACLs: authenticated-read lets any signed caller list, not anonymous ones;
+    // public-read-write lets anyone write.
+    ada_s3
+        .put_bucket_acl()
+        .bucket("acl")
+        .acl(BucketCannedAcl::AuthenticatedRead)
+        .send()
+        .await
+        .unwrap();
+    bob_s3.list_objects_v2().bucket("acl").send().await.unwrap();
+    assert!(s3_code(&bob_put("again.txt").await).is_some());
+    let anon_list = || async {
+        api.http
+            .get(format!("http://{}/acl?list-type=2", api.addr))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(anon_list().await, 403);
+    ada_s3
+        .put_bucket_acl()
+        .bucket("acl")
+        .acl(BucketCannedAcl::PublicReadWrite)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anon_list().await, 200);
+    let r = api
+        .http
+        .put(format!("http://{}/acl/anonymous.txt", api.addr))
+        .body("dropped in")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+
+    // An AccessControlPolicy body, and the refusals.
+    let policy = AccessControlPolicy::builder()
+        .grants(
+            Grant::builder()
+                .grantee(
+                    Grantee::builder()
+                        .r#type(Type::Group)
+                        .uri("http://acs.amazonaws.com/groups/global/AllUsers")
+                        .build()
+                        .unwrap(),
+                )
+                .permission(Permission::Read)
+                .build(),
+        )
+        .owner(aws_sdk_s3::types::Owner::builder().id(&ada_tenant).build())
+        .build();
+    ada_s3
+        .put_bucket_acl()
+        .bucket("acl")
+        .access_control_policy(policy)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anon_list().await, 200);
+    let r = api
+        .http
+        .put(format!("http://{}/acl/anonymous2.txt", api.addr))
+        .body("no")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    let r = ada_s3
+        .put_bucket_acl()
+        .bucket("acl")
+        .grant_read("emailAddress=\"bob@example.com\"")
+        .send()
+        .await;
+    assert_eq!(
+        s3_code(&r).as_deref(),
+        Some("UnresolvableGrantByEmailAddress")
+    );
+    let r = ada_s3
+        .put_bucket_acl()
+        .bucket("acl")
+        .acl(BucketCannedAcl::Private)
+        .grant_read(format!("id=\"{bob_tenant}\""))
+        .send()
+        .await;
+    assert_eq!(s3_code(&r).as_deref(), Some("InvalidRequest"));
+    let r = ada_s3
+        .put_bucket_acl()
+        .bucket("acl")
+        .grant_read("id=\"not-a-tenant\"")
+        .send()
+        .await;
+    assert_eq!(s3_code(&r).as_deref(), Some("InvalidArgument"));
+
+    // Ownership controls: BucketOwnerEnforced needs a private ACL, then refuses grants.
+    let controls = |o: ObjectOwnership| {
+        OwnershipControls::builder()
+            .rules(
+                OwnershipControlsRule::builder()
+                    .object_ownership(o)
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap()
+    };
+    let r = ada_s3
+        .get_bucket_ownership_controls()
+        .bucket("acl")
+        .send()
+        .await;
+    assert_eq!(
+        s3_code(&r).as_deref(),
+        Some("OwnershipControlsNotFoundError")
+    );
+    let r = ada_s3
+        .put_bucket_ownership_controls()
+        .bucket("acl")
+        .ownership_controls(controls(ObjectOwnership::BucketOwnerEnforced))
+        .send()
+        .await;
+    assert_eq!(
+        s3_code(&r).as_deref(),
+        Some("InvalidBucketAclWithObjectOwnership"),
+        "{}",
+        s3_said(&r)
+    );
+    ada_s3
+        .put_bucket_acl()
+        .bucket("acl")
+        .acl(BucketCannedAcl::Private)
+        .send()
+        .await
+        .unwrap();
+    ada_s3
+        .put_bucket_ownership_controls()
+        .bucket("acl")
+        .ownership_controls(controls(ObjectOwnership::BucketOwnerEnforced))
+        .send()
+        .await
+        .unwrap();
+    let r = ada_s3
+        .put_bucket_acl()
+        .bucket("acl")
+        .grant_read(format!("id=\"{bob_tenant}\""))
+        .send()
+        .await;
+    assert_eq!(
+        s3_code(&r).as_deref(),
+        Some("AccessControlListNotSupported"),
+        "{}",
+        s3_said(&r)
+    );
+    let got = ada_s3
+        .get_bucket_ownership_controls()
+        .bucket("acl")
+        .send()
+        .await
+        .unwrap();
+    let rule = &got.ownership_controls().unwrap().rules()[0];
+    assert_eq!(
+        rule.object_ownership(),
+        &ObjectOwnership::BucketOwnerEnforced
+    );
+    ada_s3
+        .delete_bucket_ownership_controls()
+        .bucket("acl")
+        .send()
+        .await
+        .unwrap();
+    // A bucket made with grants and an ownership setting.
+    ada_s3
+        .create_bucket()
+        .bucket("acl2")
+        .grant_read(format!("id=\"{bob_tenant}\""))
+        .object_ownership(ObjectOwnership::ObjectWriter)
+        .send()
+        .await
+        .unwrap();
+    bob_s3
+        .list_objects_v2()
+        .bucket("acl2")
+        .send()
+        .await
+        .unwrap();
+    let got = ada_s3
+        .get_bucket_ownership_controls()
+        .bucket("acl2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        got.ownership_controls().unwrap().rules()[0].object_ownership(),
+        &ObjectOwnership::ObjectWriter
+    );
+}

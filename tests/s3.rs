@@ -3233,9 +3233,21 @@ async fn aws_edges_paging_delimiters_encodings_tags_expiry_and_messages() {
         .await
         .unwrap();
     let exp = put.expiration().unwrap_or_default().to_owned();
-    assert!(exp.starts_with("expiry-date=\"") && exp.ends_with("rule-id=\"tmp-week\""), "{exp}");
-    let head = c.head_object().bucket("page-b").key("tmp/scratch").send().await.unwrap();
-    assert!(head.expiration().is_some_and(|e| e.contains("tmp-week")), "{head:?}");
+    assert!(
+        exp.starts_with("expiry-date=\"") && exp.ends_with("rule-id=\"tmp-week\""),
+        "{exp}"
+    );
+    let head = c
+        .head_object()
+        .bucket("page-b")
+        .key("tmp/scratch")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        head.expiration().is_some_and(|e| e.contains("tmp-week")),
+        "{head:?}"
+    );
     let kept = c
         .put_object()
         .bucket("page-b")
@@ -3305,7 +3317,11 @@ async fn aws_edges_paging_delimiters_encodings_tags_expiry_and_messages() {
         .await
         .unwrap();
     assert_eq!(attrs.object_size(), Some(10 * 1024 * 1024 + 4));
-    assert!(attrs.e_tag().is_some_and(|e| e.ends_with("-3") || e.ends_with("-3\"")));
+    assert!(
+        attrs
+            .e_tag()
+            .is_some_and(|e| e.ends_with("-3") || e.ends_with("-3\""))
+    );
     let parts = attrs.object_parts().unwrap();
     assert_eq!(parts.total_parts_count(), Some(3));
     assert_eq!(parts.is_truncated(), Some(true));

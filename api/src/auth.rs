@@ -19,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use cairn_engine::state::TypedService;
 use cairn_master::bucket_policy::{BucketPolicy, Caller, Context, PolicyRequest, Verdict};
+use cairn_master::buckets::acl::{self, Permission as AclPermission};
 use cairn_master::buckets::{BucketQuery, BucketQueryResponse};
 use cairn_master::buckets::{BucketRecord, Version, VersionRef};
 use cairn_master::dataplane::command;
@@ -289,6 +290,18 @@ pub fn judge(
         && !block.ignore_public_acls
         && PUBLIC_READS.contains(&op)
         && (!rec.unlisted || matches!(op, "GetObject" | "HeadObject"));
+    // The bucket's other ACL grants (to tenants, AuthenticatedUsers, AllUsers).
+    let caller_tenant = principal.map(|p| tenant_hex(p.tenant));
+    let granted = match (&rec.acl, acl_permission(op)) {
+        (Some(grants), Some(needed)) => acl::allows(
+            grants,
+            caller_tenant.as_deref(),
+            needed,
+            block.ignore_public_acls,
+        ),
+        _ => false,
+    };
+    let public = public || granted;
     let by_policy = || {
         S3Error::with_message(
             S3ErrorCode::AccessDenied,
@@ -315,6 +328,29 @@ pub fn judge(
         // Another tenant's bucket is answered like one that does not exist.
         Decision::NotMember => Err(no_such_bucket()),
     }
+}
+
+/// The bucket ACL permission an operation needs, for operations a bucket ACL can grant.
+fn acl_permission(op: &str) -> Option<AclPermission> {
+    Some(match op {
+        "ListObjects"
+        | "ListObjectsV2"
+        | "ListObjectVersions"
+        | "ListMultipartUploads"
+        | "HeadBucket" => AclPermission::Read,
+        "PutObject"
+        | "CopyObject"
+        | "CreateMultipartUpload"
+        | "UploadPart"
+        | "UploadPartCopy"
+        | "CompleteMultipartUpload"
+        | "AbortMultipartUpload"
+        | "DeleteObject"
+        | "DeleteObjects" => AclPermission::Write,
+        "GetBucketAcl" => AclPermission::ReadAcp,
+        "PutBucketAcl" => AclPermission::WriteAcp,
+        _ => return None,
+    })
 }
 
 /// Operations on the bucket policy itself, which a tenant's owner may always run.
@@ -677,6 +713,13 @@ impl S3Access for Access {
             )
             .await?;
         }
+        // The tenant the bucket belonged to when the request was authorised: an object write
+        // is committed only while the bucket still belongs to it (a write that a bucket policy
+        // or ACL lets in from another tenant, or anonymously, is checked against it too).
+        if let Some(r) = &rec {
+            cx.extensions_mut()
+                .insert(BucketTenant(bucket_tenant(&r.owner)));
+        }
         // Writes and reads of objects report the lifecycle expiry (`x-amz-expiration`).
         if let Some(rules) = rec.as_ref().and_then(|r| r.lifecycle.clone())
             && matches!(
@@ -798,6 +841,10 @@ fn version_param(uri: &http::Uri) -> Result<Option<VersionRef>, ()> {
         Some((_, v)) => VersionRef::parse(v).map(Some).ok_or(()),
     }
 }
+
+/// The tenant of the bucket a request was authorised on (set by [`Access::check`]).
+#[derive(Clone, Copy, Debug)]
+pub struct BucketTenant(pub u128);
 
 /// The lifecycle rules of the bucket a request writes or reads an object of (set by
 /// [`Access::check`] when the bucket has any).

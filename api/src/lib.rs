@@ -154,11 +154,26 @@ pub fn rejection_error(r: &Rejection) -> S3Error {
         Some(B::ObjectLocked) => S3ErrorCode::AccessDenied,
         Some(B::InvalidRequest) => S3ErrorCode::InvalidRequest,
         Some(B::InvalidBucketState) => S3ErrorCode::InvalidBucketState,
+        Some(B::AclNotSupported) => S3ErrorCode::Custom("AccessControlListNotSupported".into()),
+        Some(B::AclWithOwnership) => {
+            S3ErrorCode::Custom("InvalidBucketAclWithObjectOwnership".into())
+        }
         // The envelope's refusals (a command this build cannot read) and any code a newer
         // master sends: the request is what was refused.
         None => S3ErrorCode::InvalidArgument,
     };
-    S3Error::with_message(c, r.message.clone())
+    // Codes s3s does not know carry no status of their own (s3s would answer 500).
+    let status = match r.kind::<BucketRefusal>() {
+        Some(B::TooManyShares) => Some(::http::StatusCode::CONFLICT),
+        Some(B::NoSuchShare) => Some(::http::StatusCode::NOT_FOUND),
+        Some(B::AclNotSupported | B::AclWithOwnership) => Some(::http::StatusCode::BAD_REQUEST),
+        _ => None,
+    };
+    let mut e = S3Error::with_message(c, r.message.clone());
+    if let Some(s) = status {
+        e.set_status_code(s);
+    }
+    e
 }
 
 /// The S3 error for a control-plane failure: no quorum or leader right now is a 503 the client

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use cairn_master::bucket_policy::BucketPolicy;
+use cairn_master::buckets::acl::{self, Grant as AclGrant};
 use cairn_master::buckets::{
     BucketChange, BucketCommand, BucketQuery, BucketQueryResponse, BucketRecord, BucketRefusal,
     BucketResponse, Conditions, Content, CorsRule, DefaultRetention, LifecycleRule, ListPage,
@@ -475,7 +476,11 @@ fn who<T>(req: &S3Request<T>) -> Who {
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
             .map(|c| c.0.ip().to_string())
             .unwrap_or_default(),
-        tenant: crate::auth::principal(req).map(|p| p.tenant),
+        tenant: req
+            .extensions
+            .get::<crate::auth::BucketTenant>()
+            .map(|t| t.0)
+            .or_else(|| crate::auth::principal(req).map(|p| p.tenant)),
     }
 }
 
@@ -894,6 +899,192 @@ fn locked(lock: Option<ObjectLock>, c: BucketCommand) -> BucketCommand {
     }
 }
 
+/// The `x-amz-grant-*` headers of a request.
+struct GrantHeaders<'a> {
+    full_control: Option<&'a str>,
+    read: Option<&'a str>,
+    read_acp: Option<&'a str>,
+    write: Option<&'a str>,
+    write_acp: Option<&'a str>,
+}
+
+impl GrantHeaders<'_> {
+    fn any(&self) -> bool {
+        [
+            self.full_control,
+            self.read,
+            self.read_acp,
+            self.write,
+            self.write_acp,
+        ]
+        .iter()
+        .any(Option::is_some)
+    }
+
+    /// The grants they make: `id="TENANT"`, `uri="http://acs.amazonaws.com/groups/..."`
+    /// (`emailAddress=` grants are refused as AWS's newer regions do).
+    fn grants(&self) -> S3Result<Vec<AclGrant>> {
+        let mut out = Vec::new();
+        for (header, permission) in [
+            (self.full_control, acl::Permission::FullControl),
+            (self.read, acl::Permission::Read),
+            (self.read_acp, acl::Permission::ReadAcp),
+            (self.write, acl::Permission::Write),
+            (self.write_acp, acl::Permission::WriteAcp),
+        ] {
+            let Some(h) = header else { continue };
+            for item in h.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+                let (kind, value) = item.split_once('=').ok_or_else(|| {
+                    S3Error::with_message(
+                        S3ErrorCode::InvalidArgument,
+                        format!("a grant is id=\"...\", uri=\"...\" or emailAddress=\"...\", not {item:?}"),
+                    )
+                })?;
+                let value = value.trim().trim_matches('"');
+                let grantee = match kind.trim() {
+                    "id" => tenant_grantee(value)?,
+                    "uri" => group_grantee(value)?,
+                    "emailAddress" => return Err(unresolvable_email(value)),
+                    other => {
+                        return Err(S3Error::with_message(
+                            S3ErrorCode::InvalidArgument,
+                            format!("unknown grantee type {other:?}"),
+                        ));
+                    }
+                };
+                out.push(AclGrant {
+                    grantee,
+                    permission,
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn tenant_grantee(id: &str) -> S3Result<acl::Grantee> {
+    if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(acl::Grantee::Tenant(id.to_ascii_lowercase()))
+    } else {
+        Err(S3Error::with_message(
+            S3ErrorCode::InvalidArgument,
+            format!("Invalid id {id:?}: a canonical id is a tenant's 32 hex digits"),
+        ))
+    }
+}
+
+fn group_grantee(uri: &str) -> S3Result<acl::Grantee> {
+    acl::Grantee::group(uri).ok_or_else(|| {
+        S3Error::with_message(
+            S3ErrorCode::InvalidArgument,
+            format!("Invalid group uri {uri:?}"),
+        )
+    })
+}
+
+fn unresolvable_email(email: &str) -> S3Error {
+    custom_status(
+        "UnresolvableGrantByEmailAddress",
+        &format!(
+            "The e-mail address you provided ({email}) does not match any account on record: grant by canonical id"
+        ),
+        http::StatusCode::BAD_REQUEST,
+    )
+}
+
+/// The grants of a canned ACL (`owner` owns the resource, `bucket_owner` its bucket).
+fn canned_grants(name: &str, owner: &str, bucket_owner: &str) -> S3Result<Vec<AclGrant>> {
+    let c = acl::Canned::parse(name).ok_or_else(|| {
+        S3Error::with_message(
+            S3ErrorCode::InvalidArgument,
+            format!("{name:?} is not a canned ACL"),
+        )
+    })?;
+    Ok(c.grants(owner, bucket_owner))
+}
+
+/// The grants of an `AccessControlPolicy` body.
+fn policy_grants(policy: AccessControlPolicy) -> S3Result<Vec<AclGrant>> {
+    let mut out = Vec::new();
+    for g in policy.grants.unwrap_or_default() {
+        let permission = g
+            .permission
+            .as_ref()
+            .and_then(|p| acl::Permission::parse(p.as_str()))
+            .ok_or_else(|| s3_error!(MalformedACLError, "a Grant needs a valid Permission"))?;
+        let grantee = g
+            .grantee
+            .ok_or_else(|| s3_error!(MalformedACLError, "a Grant needs a Grantee"))?;
+        let grantee = match grantee.type_.as_str() {
+            Type::CANONICAL_USER => tenant_grantee(grantee.id.as_deref().unwrap_or(""))?,
+            Type::GROUP => group_grantee(grantee.uri.as_deref().unwrap_or(""))?,
+            Type::AMAZON_CUSTOMER_BY_EMAIL => {
+                return Err(unresolvable_email(
+                    grantee.email_address.as_deref().unwrap_or(""),
+                ));
+            }
+            other => {
+                return Err(S3Error::with_message(
+                    S3ErrorCode::MalformedACLError,
+                    format!("unknown Grantee type {other:?}"),
+                ));
+            }
+        };
+        out.push(AclGrant {
+            grantee,
+            permission,
+        });
+    }
+    Ok(out)
+}
+
+/// A bucket ACL as the bucket record keeps it: AllUsers READ as `public_read`, the owner's
+/// FULL_CONTROL implicit, every other grant listed.
+fn split_acl(grants: Vec<AclGrant>, owner: &str) -> (bool, Vec<AclGrant>) {
+    let mut public_read = false;
+    let mut rest = Vec::new();
+    for g in grants {
+        match (&g.grantee, g.permission) {
+            (acl::Grantee::AllUsers, acl::Permission::Read) => public_read = true,
+            (acl::Grantee::Tenant(t), acl::Permission::FullControl) if t == owner => {}
+            _ => rest.push(g),
+        }
+    }
+    (public_read, rest)
+}
+
+fn s3_grant(g: &AclGrant) -> Grant {
+    let grantee = match &g.grantee {
+        acl::Grantee::Tenant(t) => Grantee {
+            display_name: Some(t.clone()),
+            email_address: None,
+            id: Some(t.clone()),
+            type_: Type::from_static(Type::CANONICAL_USER),
+            uri: None,
+        },
+        group => Grantee {
+            display_name: None,
+            email_address: None,
+            id: None,
+            type_: Type::from_static(Type::GROUP),
+            uri: group.uri().map(str::to_owned),
+        },
+    };
+    Grant {
+        grantee: Some(grantee),
+        permission: Some(Permission::from(g.permission.as_str().to_owned())),
+    }
+}
+
+fn ownership(s: &str) -> S3Result<acl::Ownership> {
+    acl::Ownership::parse(s).ok_or_else(|| {
+        S3Error::with_message(
+            S3ErrorCode::MalformedXML,
+            format!("{s:?} is not BucketOwnerEnforced, BucketOwnerPreferred or ObjectWriter"),
+        )
+    })
+}
+
 fn no_lock_configuration() -> S3Error {
     custom_status(
         "ObjectLockConfigurationNotFoundError",
@@ -1131,17 +1322,43 @@ impl S3 for CairnS3 {
                 format!("this endpoint serves region {}", self.g.options.region),
             ));
         }
-        let public_read = match input.acl.as_ref().map(BucketCannedACL::as_str) {
-            None | Some(BucketCannedACL::PRIVATE) => false,
-            Some(BucketCannedACL::PUBLIC_READ) => true,
-            Some(other) => {
-                return Err(S3Error::with_message(
-                    S3ErrorCode::NotImplemented,
-                    format!("canned ACL {other} is not supported (private or public-read)"),
+        let owner = cairn_master::tenancy::tenant_hex(tenant);
+        let headers = GrantHeaders {
+            full_control: input.grant_full_control.as_deref(),
+            read: input.grant_read.as_deref(),
+            read_acp: input.grant_read_acp.as_deref(),
+            write: input.grant_write.as_deref(),
+            write_acp: input.grant_write_acp.as_deref(),
+        };
+        let grants = match (
+            input.acl.as_ref().map(BucketCannedACL::as_str),
+            headers.any(),
+        ) {
+            (Some(_), true) => {
+                return Err(s3_error!(
+                    InvalidRequest,
+                    "Specifying both Canned ACLs and Header Grants is not allowed"
                 ));
             }
+            (Some(c), false) => canned_grants(c, &owner, &owner)?,
+            (None, true) => headers.grants()?,
+            (None, false) => Vec::new(),
         };
-        let owner = cairn_master::tenancy::tenant_hex(tenant);
+        let (public_read, grants) = split_acl(grants, &owner);
+        let object_ownership = input
+            .object_ownership
+            .as_ref()
+            .map(|o| ownership(o.as_str()))
+            .transpose()?;
+        if object_ownership == Some(acl::Ownership::BucketOwnerEnforced)
+            && (public_read || !grants.is_empty())
+        {
+            return Err(custom_status(
+                "InvalidBucketAclWithObjectOwnership",
+                "Bucket cannot have ACLs set with ObjectOwnership's BucketOwnerEnforced setting",
+                http::StatusCode::BAD_REQUEST,
+            ));
+        }
         let c = if input.object_lock_enabled_for_bucket == Some(true) {
             BucketCommand::CreateLockedBucket {
                 name: input.bucket.clone(),
@@ -1168,6 +1385,26 @@ impl S3 for CairnS3 {
                 }));
             }
             Err(e) => return Err(e),
+        }
+        // What CreateBucket cannot carry goes in right after, as S3 applies it with the bucket.
+        if !grants.is_empty() {
+            self.g
+                .command(&BucketCommand::Configure {
+                    name: input.bucket.clone(),
+                    change: BucketChange::Acl {
+                        public_read,
+                        grants,
+                    },
+                })
+                .await?;
+        }
+        if let Some(o) = object_ownership {
+            self.g
+                .command(&BucketCommand::Configure {
+                    name: input.bucket.clone(),
+                    change: BucketChange::Ownership(Some(o)),
+                })
+                .await?;
         }
         self.audit(&audit_who, "s3:CreateBucket", &audited).await;
         Ok(S3Response::new(CreateBucketOutput {
@@ -1878,21 +2115,45 @@ impl S3 for CairnS3 {
     ) -> S3Result<S3Response<PutBucketAclOutput>> {
         let audit_who = who(&req);
         let input = req.input;
-        let public = match input.acl.as_ref().map(BucketCannedACL::as_str) {
-            Some(BucketCannedACL::PRIVATE) => false,
-            Some(BucketCannedACL::PUBLIC_READ) => true,
-            _ => {
-                return Err(s3_error!(
-                    NotImplemented,
-                    "only the canned ACLs private and public-read are supported"
-                ));
-            }
+        let b = self.bucket(&input.bucket).await?;
+        let headers = GrantHeaders {
+            full_control: input.grant_full_control.as_deref(),
+            read: input.grant_read.as_deref(),
+            read_acp: input.grant_read_acp.as_deref(),
+            write: input.grant_write.as_deref(),
+            write_acp: input.grant_write_acp.as_deref(),
         };
+        let canned = input.acl.as_ref().map(BucketCannedACL::as_str);
+        let sources = usize::from(canned.is_some())
+            + usize::from(headers.any())
+            + usize::from(input.access_control_policy.is_some());
+        if sources > 1 {
+            return Err(s3_error!(
+                InvalidRequest,
+                "Specifying more than one of a canned ACL, x-amz-grant-* headers and an AccessControlPolicy body is not allowed"
+            ));
+        }
+        let grants = if let Some(c) = canned {
+            canned_grants(c, &b.owner, &b.owner)?
+        } else if headers.any() {
+            headers.grants()?
+        } else if let Some(policy) = input.access_control_policy {
+            policy_grants(policy)?
+        } else {
+            return Err(s3_error!(
+                MissingSecurityHeader,
+                "PutBucketAcl takes a canned ACL, x-amz-grant-* headers or an AccessControlPolicy body"
+            ));
+        };
+        let (public_read, grants) = split_acl(grants, &b.owner);
         self.configure(
             &audit_who,
             "s3:PutBucketAcl",
             &input.bucket,
-            BucketChange::PublicRead(public),
+            BucketChange::Acl {
+                public_read,
+                grants,
+            },
         )
         .await?;
         Ok(S3Response::new(PutBucketAclOutput {}))
@@ -1903,32 +2164,80 @@ impl S3 for CairnS3 {
         req: S3Request<GetBucketAclInput>,
     ) -> S3Result<S3Response<GetBucketAclOutput>> {
         let b = self.bucket(&req.input.bucket).await?;
-        let mut grants = vec![Grant {
-            grantee: Some(Grantee {
-                display_name: Some(b.owner.clone()),
-                email_address: None,
-                id: Some(b.owner.clone()),
-                type_: Type::from_static(Type::CANONICAL_USER),
-                uri: None,
-            }),
-            permission: Some(Permission::from_static(Permission::FULL_CONTROL)),
+        let mut grants = vec![AclGrant {
+            grantee: acl::Grantee::Tenant(b.owner.clone()),
+            permission: acl::Permission::FullControl,
         }];
         if b.public_read {
-            grants.push(Grant {
-                grantee: Some(Grantee {
-                    display_name: None,
-                    email_address: None,
-                    id: None,
-                    type_: Type::from_static(Type::GROUP),
-                    uri: Some("http://acs.amazonaws.com/groups/global/AllUsers".into()),
-                }),
-                permission: Some(Permission::from_static(Permission::READ)),
+            grants.push(AclGrant {
+                grantee: acl::Grantee::AllUsers,
+                permission: acl::Permission::Read,
             });
         }
+        grants.extend(b.acl.iter().flatten().cloned());
         Ok(S3Response::new(GetBucketAclOutput {
-            grants: Some(grants),
+            grants: Some(grants.iter().map(s3_grant).collect()),
             owner: Some(owner(&b.owner)),
         }))
+    }
+
+    async fn put_bucket_ownership_controls(
+        &self,
+        req: S3Request<PutBucketOwnershipControlsInput>,
+    ) -> S3Result<S3Response<PutBucketOwnershipControlsOutput>> {
+        let audit_who = who(&req);
+        let input = req.input;
+        let [rule] = input.ownership_controls.rules.as_slice() else {
+            return Err(s3_error!(
+                MalformedXML,
+                "OwnershipControls takes exactly one Rule"
+            ));
+        };
+        let o = ownership(rule.object_ownership.as_str())?;
+        self.configure(
+            &audit_who,
+            "s3:PutBucketOwnershipControls",
+            &input.bucket,
+            BucketChange::Ownership(Some(o)),
+        )
+        .await?;
+        Ok(S3Response::new(PutBucketOwnershipControlsOutput {}))
+    }
+
+    async fn get_bucket_ownership_controls(
+        &self,
+        req: S3Request<GetBucketOwnershipControlsInput>,
+    ) -> S3Result<S3Response<GetBucketOwnershipControlsOutput>> {
+        let b = self.bucket(&req.input.bucket).await?;
+        let o = b.ownership.ok_or_else(|| {
+            custom_status(
+                "OwnershipControlsNotFoundError",
+                "The bucket ownership controls were not found",
+                http::StatusCode::NOT_FOUND,
+            )
+        })?;
+        Ok(S3Response::new(GetBucketOwnershipControlsOutput {
+            ownership_controls: Some(OwnershipControls {
+                rules: vec![OwnershipControlsRule {
+                    object_ownership: ObjectOwnership::from(o.as_str().to_owned()),
+                }],
+            }),
+        }))
+    }
+
+    async fn delete_bucket_ownership_controls(
+        &self,
+        req: S3Request<DeleteBucketOwnershipControlsInput>,
+    ) -> S3Result<S3Response<DeleteBucketOwnershipControlsOutput>> {
+        let audit_who = who(&req);
+        self.configure(
+            &audit_who,
+            "s3:PutBucketOwnershipControls",
+            &req.input.bucket,
+            BucketChange::Ownership(None),
+        )
+        .await?;
+        Ok(S3Response::new(DeleteBucketOwnershipControlsOutput {}))
     }
 
     async fn put_object(

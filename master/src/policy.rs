@@ -294,6 +294,7 @@ pub fn s3_action(op: &str) -> (String, ActionClass) {
         "DeleteBucketTagging" => "PutBucketTagging",
         "GetPublicAccessBlock" => "GetBucketPublicAccessBlock",
         "GetObjectLockConfiguration" => "GetBucketObjectLockConfiguration",
+        "DeleteBucketOwnershipControls" => "PutBucketOwnershipControls",
         "PutObjectLockConfiguration" => "PutBucketObjectLockConfiguration",
         "PutPublicAccessBlock" | "DeletePublicAccessBlock" => "PutBucketPublicAccessBlock",
         other => other,

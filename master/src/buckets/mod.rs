@@ -8,6 +8,7 @@
 //! One room per noun, each owning its table, from the bottom up (a module uses only the ones
 //! above it in this list; this file, on top, dispatches commands and queries to them):
 //! - `keys`: how the tables' keys are composed. [`refusal`]: why a command is refused.
+//! - [`acl`]: access control lists (grants, canned ACLs, object ownership); pure.
 //! - [`locks`]: object lock (retention, legal holds) of versions, in `s3.locks`, and the
 //!   rules that keep a locked version.
 //! - [`settings`]: the bucket record and its configuration (versioning, visibility, lifecycle
@@ -23,6 +24,7 @@
 //! Version and upload ids come from the command's deterministic id source, so every replica
 //! names them alike. Times come from the proposer's stamp.
 
+pub mod acl;
 pub mod content;
 mod keys;
 pub mod lifecycle;

@@ -55,5 +55,9 @@ cairn_engine::refusals! {
         InvalidRequest = "invalid_request",
         /// The bucket's state does not allow the change (versioning of an object-lock bucket).
         InvalidBucketState = "invalid_bucket_state",
+        /// ACLs are disabled on the bucket (ownership `BucketOwnerEnforced`).
+        AclNotSupported = "acl_not_supported",
+        /// `BucketOwnerEnforced` asked for while the bucket's ACL grants something.
+        AclWithOwnership = "acl_with_ownership",
     }
 }

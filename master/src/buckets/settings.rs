@@ -6,6 +6,7 @@ use cairn_engine::state::{ApplyError, Record, Rejection, StateError, TypedTable,
 use redb::{ReadTransaction, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
+use super::acl::{self, Grant, Ownership};
 use super::locks::{DEFAULT_DAYS_MAX, LockConfig};
 use super::refusal::BucketRefusal;
 use crate::bucket_policy::BucketPolicy;
@@ -79,6 +80,10 @@ pub struct BucketRecord {
     pub public_access_block: Option<PublicAccessBlock>,
     /// Object lock, once enabled (never turned off again; versioning stays enabled).
     pub object_lock: Option<LockConfig>,
+    /// ACL grants besides the owner's FULL_CONTROL and `public_read` (AllUsers READ).
+    pub acl: Option<Vec<Grant>>,
+    /// Object ownership (`None`: none set, which behaves as `ObjectWriter`).
+    pub ownership: Option<Ownership>,
 }
 
 /// S3's public access block, the four flags of `PutPublicAccessBlock`.
@@ -130,6 +135,8 @@ impl From<BucketRecordV1> for BucketRecord {
             policy: None,
             public_access_block: None,
             object_lock: None,
+            acl: None,
+            ownership: None,
         }
     }
 }
@@ -175,6 +182,8 @@ impl Record for BucketRecord {
                     policy: None,
                     public_access_block: None,
                     object_lock: None,
+                    acl: None,
+                    ownership: None,
                 })
             }
             _ => Err(StateError::Corrupt(format!(
@@ -204,6 +213,14 @@ pub enum BucketChange {
     /// Enable object lock (on a bucket with versioning enabled) or change its default
     /// retention.
     ObjectLock(LockConfig),
+    /// The bucket's whole ACL: `public_read` (AllUsers READ) and every other grant besides
+    /// the owner's FULL_CONTROL.
+    Acl {
+        public_read: bool,
+        grants: Vec<Grant>,
+    },
+    /// Set or remove the object ownership setting.
+    Ownership(Option<Ownership>),
 }
 
 /// S3 bucket naming rules (the common subset: 3-63 of `a-z 0-9 . -`, starting and ending with
@@ -417,6 +434,32 @@ pub(super) fn configure(
             b.policy = Some(text);
         }
         BucketChange::PublicAccessBlock(block) => b.public_access_block = block,
+        BucketChange::Acl {
+            public_read,
+            grants,
+        } => {
+            refuse_public_acl(&b, public_read || acl::is_public(&grants))?;
+            if b.ownership == Some(Ownership::BucketOwnerEnforced)
+                && (public_read || !grants.is_empty())
+            {
+                return Err(reject(
+                    BucketRefusal::AclNotSupported,
+                    "The bucket does not allow ACLs",
+                ));
+            }
+            b.public_read = public_read;
+            b.unlisted = false;
+            b.acl = (!grants.is_empty()).then(|| acl::normalise(grants));
+        }
+        BucketChange::Ownership(o) => {
+            if o == Some(Ownership::BucketOwnerEnforced) && (b.public_read || b.acl.is_some()) {
+                return Err(reject(
+                    BucketRefusal::AclWithOwnership,
+                    "Bucket cannot have ACLs set with ObjectOwnership's BucketOwnerEnforced setting",
+                ));
+            }
+            b.ownership = o;
+        }
         BucketChange::ObjectLock(config) => {
             if b.versioning != Versioning::Enabled {
                 return Err(reject(
@@ -484,6 +527,7 @@ mod tests {
             assert_eq!(r.policy, None);
             assert_eq!(r.public_access_block, None);
             assert_eq!(r.object_lock, None);
+            assert_eq!((&r.acl, r.ownership), (&None, None));
             assert_eq!(r.access_block(), PublicAccessBlock::default());
         }
         assert!(BucketRecord::migrate(9, &bytes).is_err());
