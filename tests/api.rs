@@ -5206,3 +5206,209 @@ async fn bucket_acls_grants_and_ownership_controls() {
         &ObjectOwnership::ObjectWriter
     );
 }
+
+#[tokio::test]
+#[allow(clippy::too_many_lines)]
+async fn object_acls_grant_reads_and_follow_their_version() {
+    use aws_sdk_s3::primitives::ByteStream;
+    use aws_sdk_s3::types::{
+        BucketVersioningStatus, ObjectCannedAcl, ObjectOwnership, OwnershipControls,
+        OwnershipControlsRule, VersioningConfiguration,
+    };
+    let api = Api::start(&[("CAIRN_API_AUTH_RATE_LIMIT", "1000")]);
+    let ada = first_admin(&api).await;
+    let ada_t = ada["access_token"].as_str().unwrap().to_owned();
+    let bob = register(&api, &ada_t, "bob@example.com", "Bob").await;
+    let bob_t = bob["access_token"].as_str().unwrap().to_owned();
+    let (_, tenants) = api.call("GET", "/tenants", Some(&bob_t), None).await;
+    let bob_tenant = tenants["current"].as_str().unwrap().to_owned();
+    let (_, tenants) = api.call("GET", "/tenants", Some(&ada_t), None).await;
+    let ada_tenant = tenants["current"].as_str().unwrap().to_owned();
+    let (_, ada_s3) = s3_key(&api, &ada_t).await;
+    let (_, bob_s3) = s3_key(&api, &bob_t).await;
+    ada_s3
+        .create_bucket()
+        .bucket("objacl")
+        .send()
+        .await
+        .unwrap();
+    let anon_get = |key: &'static str| {
+        let url = format!("http://{}/objacl/{key}", api.addr);
+        let http = api.http.clone();
+        async move { http.get(url).send().await.unwrap().status().as_u16() }
+    };
+
+    // A canned ACL on PUT: anyone reads that object, not its neighbours.
+    ada_s3
+        .put_object()
+        .bucket("objacl")
+        .key("open.txt")
+        .acl(ObjectCannedAcl::PublicRead)
+        .body(ByteStream::from_static(b"open"))
+        .send()
+        .await
+        .unwrap();
+    ada_s3
+        .put_object()
+        .bucket("objacl")
+        .key("closed.txt")
+        .body(ByteStream::from_static(b"closed"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anon_get("open.txt").await, 200);
+    assert_eq!(anon_get("closed.txt").await, 403);
+    let acl = ada_s3
+        .get_object_acl()
+        .bucket("objacl")
+        .key("open.txt")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(acl.owner().and_then(|o| o.id()), Some(ada_tenant.as_str()));
+    assert_eq!(acl.grants().len(), 2);
+    // A grant to Bob's tenant by PutObjectAcl (the public object he could read already).
+    ada_s3
+        .put_object_acl()
+        .bucket("objacl")
+        .key("closed.txt")
+        .grant_read(format!("id=\"{bob_tenant}\""))
+        .send()
+        .await
+        .unwrap();
+    let body = bob_s3
+        .get_object()
+        .bucket("objacl")
+        .key("closed.txt")
+        .send()
+        .await
+        .unwrap()
+        .body
+        .collect()
+        .await
+        .unwrap()
+        .into_bytes();
+    assert_eq!(body.as_ref(), b"closed");
+    assert_eq!(anon_get("closed.txt").await, 403);
+    assert!(
+        s3_code(
+            &bob_s3
+                .get_object()
+                .bucket("objacl")
+                .key("open.txt")
+                .send()
+                .await
+        )
+        .is_none()
+    );
+    // Overwriting an object (unversioned) makes a new, private version.
+    ada_s3
+        .put_object()
+        .bucket("objacl")
+        .key("open.txt")
+        .body(ByteStream::from_static(b"now private"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anon_get("open.txt").await, 403);
+    // Versioned: an ACL belongs to one version.
+    ada_s3
+        .put_bucket_versioning()
+        .bucket("objacl")
+        .versioning_configuration(
+            VersioningConfiguration::builder()
+                .status(BucketVersioningStatus::Enabled)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let v1 = ada_s3
+        .put_object()
+        .bucket("objacl")
+        .key("doc")
+        .acl(ObjectCannedAcl::PublicRead)
+        .body(ByteStream::from_static(b"v1"))
+        .send()
+        .await
+        .unwrap()
+        .version_id()
+        .unwrap()
+        .to_owned();
+    ada_s3
+        .put_object()
+        .bucket("objacl")
+        .key("doc")
+        .body(ByteStream::from_static(b"v2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anon_get("doc").await, 403);
+    let r = api
+        .http
+        .get(format!("http://{}/objacl/doc?versionId={v1}", api.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), b"v1");
+    // Refusals: e-mail grantees, ACLs under BucketOwnerEnforced, a missing key.
+    let r = ada_s3
+        .put_object_acl()
+        .bucket("objacl")
+        .key("doc")
+        .grant_read("emailAddress=\"x@example.com\"")
+        .send()
+        .await;
+    assert_eq!(
+        s3_code(&r).as_deref(),
+        Some("UnresolvableGrantByEmailAddress")
+    );
+    let r = ada_s3
+        .get_object_acl()
+        .bucket("objacl")
+        .key("nothing")
+        .send()
+        .await;
+    assert_eq!(s3_code(&r).as_deref(), Some("NoSuchKey"));
+    ada_s3
+        .put_bucket_ownership_controls()
+        .bucket("objacl")
+        .ownership_controls(
+            OwnershipControls::builder()
+                .rules(
+                    OwnershipControlsRule::builder()
+                        .object_ownership(ObjectOwnership::BucketOwnerEnforced)
+                        .build()
+                        .unwrap(),
+                )
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let r = ada_s3
+        .put_object()
+        .bucket("objacl")
+        .key("new")
+        .acl(ObjectCannedAcl::PublicRead)
+        .body(ByteStream::from_static(b"x"))
+        .send()
+        .await;
+    assert_eq!(
+        s3_code(&r).as_deref(),
+        Some("AccessControlListNotSupported"),
+        "{}",
+        s3_said(&r)
+    );
+    ada_s3
+        .put_object()
+        .bucket("objacl")
+        .key("new")
+        .acl(ObjectCannedAcl::BucketOwnerFullControl)
+        .body(ByteStream::from_static(b"x"))
+        .send()
+        .await
+        .unwrap();
+}

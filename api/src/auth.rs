@@ -234,6 +234,19 @@ pub fn judge(
     key: Option<&str>,
     cx: &Context,
 ) -> S3Result<()> {
+    judge_with(principal, op, bucket, key, cx, None)
+}
+
+/// [`judge`], with the grants of the object's own ACL (for the object operations an object
+/// ACL can grant: reads, and reading or changing the ACL).
+pub fn judge_with(
+    principal: Option<&Principal>,
+    op: &str,
+    bucket: Option<(&str, Option<&BucketRecord>)>,
+    key: Option<&str>,
+    cx: &Context,
+    object_grants: Option<&[acl::Grant]>,
+) -> S3Result<()> {
     let (action, class) = s3_action(op);
     let denied = || {
         S3Error::with_message(
@@ -301,7 +314,16 @@ pub fn judge(
         ),
         _ => false,
     };
-    let public = public || granted;
+    let object_granted = match (object_grants, object_acl_permission(op)) {
+        (Some(grants), Some(needed)) => acl::allows(
+            grants,
+            caller_tenant.as_deref(),
+            needed,
+            block.ignore_public_acls,
+        ),
+        _ => false,
+    };
+    let public = public || granted || object_granted;
     let by_policy = || {
         S3Error::with_message(
             S3ErrorCode::AccessDenied,
@@ -349,6 +371,16 @@ fn acl_permission(op: &str) -> Option<AclPermission> {
         | "DeleteObjects" => AclPermission::Write,
         "GetBucketAcl" => AclPermission::ReadAcp,
         "PutBucketAcl" => AclPermission::WriteAcp,
+        _ => return None,
+    })
+}
+
+/// The object ACL permission an operation needs, for operations an object ACL can grant.
+fn object_acl_permission(op: &str) -> Option<AclPermission> {
+    Some(match op {
+        "GetObject" | "HeadObject" | "GetObjectAttributes" => AclPermission::Read,
+        "GetObjectAcl" => AclPermission::ReadAcp,
+        "PutObjectAcl" => AclPermission::WriteAcp,
         _ => return None,
     })
 }
@@ -514,7 +546,16 @@ impl Access {
         ip: &str,
         cx: &Context,
     ) -> S3Result<()> {
-        let verdict = judge(principal, op, bucket, key, cx);
+        let mut verdict = judge(principal, op, bucket, key, cx);
+        // Refused by everything else: the object's own ACL may still grant it (one more read,
+        // only for refused object reads and ACL operations).
+        if verdict.is_err()
+            && object_acl_permission(op).is_some()
+            && let (Some((b, Some(_))), Some(k)) = (bucket, key)
+            && let Some(grants) = self.object_grants(b, k, cx).await?
+        {
+            verdict = judge_with(principal, op, bucket, key, cx, Some(&grants));
+        }
         if let (Err(_), Some(p)) = (&verdict, principal) {
             let resource = match (bucket, key) {
                 (Some((b, _)), Some(k)) => format!("{b}/{k}"),
@@ -526,6 +567,35 @@ impl Access {
                 .await;
         }
         verdict
+    }
+
+    /// The grants of an object version's ACL (the version the request names, else the newest);
+    /// `None` when there are none.
+    async fn object_grants(
+        &self,
+        bucket: &str,
+        key: &str,
+        cx: &Context,
+    ) -> S3Result<Option<Vec<acl::Grant>>> {
+        let version = cx
+            .get("s3:VersionId")
+            .and_then(|v| v.first())
+            .and_then(|v| VersionRef::parse(v));
+        match self
+            .gateway
+            .query(&BucketQuery::ObjectAcl {
+                bucket: bucket.to_owned(),
+                key: key.to_owned(),
+                version,
+            })
+            .await?
+        {
+            BucketQueryResponse::ObjectAcl(Some(Some((_, a)))) if !a.grants.is_empty() => {
+                Ok(Some(a.grants))
+            }
+            BucketQueryResponse::ObjectAcl(_) => Ok(None),
+            _ => Err(internal("unexpected answer")),
+        }
     }
 
     /// A copy reads its source: the caller must be allowed `s3:GetObject` there too.
@@ -674,6 +744,19 @@ impl S3Access for Access {
         } else {
             Context::new()
         };
+        // An object ACL belongs to the version the request names.
+        if object_acl_permission(&op).is_some()
+            && context.get("s3:VersionId").is_none()
+            && let Ok(Some(v)) = version_param(cx.uri())
+        {
+            context.set(
+                "s3:VersionId",
+                match v {
+                    VersionRef::Null => "null".to_owned(),
+                    VersionRef::Id(id) => cairn_master::buckets::version_string(Some(id)),
+                },
+            );
+        }
         if let (Some(r), Some(b), Some(k)) = (&rec, &bucket, &key) {
             let found = prefetched.as_ref().map(|p| &p.found);
             self.existing_tags(r, b, k, found, &mut context).await?;

@@ -13,7 +13,7 @@ use cairn_master::buckets::acl::{self, Grant as AclGrant};
 use cairn_master::buckets::{
     BucketChange, BucketCommand, BucketQuery, BucketQueryResponse, BucketRecord, BucketRefusal,
     BucketResponse, Conditions, Content, CorsRule, DefaultRetention, LifecycleRule, ListPage,
-    ListRequest, LockChange, LockConfig, LockMode, ObjectData, ObjectLock, ObjectMeta,
+    ListRequest, LockChange, LockConfig, LockMode, ObjectAcl, ObjectData, ObjectLock, ObjectMeta,
     PublicAccessBlock, Retention, Version, VersionRef, Versioning, parse_upload, upload_string,
     version_string,
 };
@@ -736,6 +736,38 @@ impl CairnS3 {
         Ok(self.version_lock(bucket, key, version).await?.1)
     }
 
+    /// A version's id and ACL (`None`: the newest), with S3's errors as [`Self::version_lock`].
+    async fn version_acl(
+        &self,
+        bucket: &str,
+        key: &str,
+        version: Option<VersionRef>,
+    ) -> S3Result<(Option<u128>, ObjectAcl)> {
+        match self
+            .g
+            .query(&BucketQuery::ObjectAcl {
+                bucket: bucket.to_owned(),
+                key: key.to_owned(),
+                version,
+            })
+            .await?
+        {
+            BucketQueryResponse::ObjectAcl(None) => Err(s3_error!(
+                NoSuchBucket,
+                "The specified bucket does not exist"
+            )),
+            BucketQueryResponse::ObjectAcl(Some(None)) if version.is_some() => Err(s3_error!(
+                NoSuchVersion,
+                "The specified version does not exist."
+            )),
+            BucketQueryResponse::ObjectAcl(Some(None)) => {
+                Err(s3_error!(NoSuchKey, "The specified key does not exist."))
+            }
+            BucketQueryResponse::ObjectAcl(Some(Some(found))) => Ok(found),
+            _ => Err(internal("unexpected answer")),
+        }
+    }
+
     /// A version's id and object lock (`None`: the newest); S3's errors for a missing bucket,
     /// key or version.
     async fn version_lock(
@@ -1036,6 +1068,88 @@ fn policy_grants(policy: AccessControlPolicy) -> S3Result<Vec<AclGrant>> {
         });
     }
     Ok(out)
+}
+
+/// The tenant a request writes for and the tenant of the bucket it writes into, as canonical
+/// ids (an anonymous writer writes for the bucket's owner).
+fn writer_and_owner<T>(req: &S3Request<T>) -> (String, String) {
+    let owner = req
+        .extensions
+        .get::<crate::auth::BucketTenant>()
+        .map(|t| cairn_master::tenancy::tenant_hex(t.0))
+        .unwrap_or_default();
+    let writer = crate::auth::principal(req).map_or_else(
+        || owner.clone(),
+        |p| cairn_master::tenancy::tenant_hex(p.tenant),
+    );
+    (writer, owner)
+}
+
+/// The ACL of an object write's input fields (`x-amz-acl`, `x-amz-grant-*`).
+macro_rules! input_acl {
+    ($input:expr, $writer:expr, $owner:expr) => {
+        requested_acl(
+            $input.acl.as_ref().map(ObjectCannedACL::as_str),
+            &GrantHeaders {
+                full_control: $input.grant_full_control.as_deref(),
+                read: $input.grant_read.as_deref(),
+                read_acp: $input.grant_read_acp.as_deref(),
+                write: None,
+                write_acp: $input.grant_write_acp.as_deref(),
+            },
+            &$writer,
+            &$owner,
+        )
+    };
+}
+
+/// An object ACL's grants as stored: the owner's FULL_CONTROL implicit, the rest listed.
+fn object_grants(grants: Vec<AclGrant>, owner: &str) -> Vec<AclGrant> {
+    acl::normalise(
+        grants
+            .into_iter()
+            .filter(|g| {
+                !(g.permission == acl::Permission::FullControl
+                    && g.grantee == acl::Grantee::Tenant(owner.to_owned()))
+            })
+            .collect(),
+    )
+}
+
+/// The ACL a write asks for with `x-amz-acl` or `x-amz-grant-*` (`None`: none, or one that
+/// grants nothing, which every new version has anyway). The writer's tenant owns the object.
+fn requested_acl(
+    canned: Option<&str>,
+    headers: &GrantHeaders<'_>,
+    writer: &str,
+    bucket_owner: &str,
+) -> S3Result<Option<ObjectAcl>> {
+    let grants = match (canned, headers.any()) {
+        (Some(_), true) => {
+            return Err(s3_error!(
+                InvalidRequest,
+                "Specifying both Canned ACLs and Header Grants is not allowed"
+            ));
+        }
+        (Some(c), false) => canned_grants(c, writer, bucket_owner)?,
+        (None, true) => headers.grants()?,
+        (None, false) => return Ok(None),
+    };
+    let grants = object_grants(grants, writer);
+    let owner = (writer != bucket_owner).then(|| writer.to_owned());
+    let a = ObjectAcl { owner, grants };
+    Ok((!a.is_empty()).then_some(a))
+}
+
+/// `c`, carrying `acl` for the version it makes when the write asks for one.
+fn with_acl(acl: Option<ObjectAcl>, c: BucketCommand) -> BucketCommand {
+    match acl {
+        Some(acl) => BucketCommand::WithAcl {
+            acl,
+            command: Box::new(c),
+        },
+        None => c,
+    }
 }
 
 /// A bucket ACL as the bucket record keeps it: AllUsers READ as `public_read`, the owner's
@@ -2181,6 +2295,83 @@ impl S3 for CairnS3 {
         }))
     }
 
+    async fn get_object_acl(
+        &self,
+        req: S3Request<GetObjectAclInput>,
+    ) -> S3Result<S3Response<GetObjectAclOutput>> {
+        let input = req.input;
+        let b = self.bucket(&input.bucket).await?;
+        let version = parse_version(input.version_id.as_deref())?;
+        let (_, a) = self.version_acl(&input.bucket, &input.key, version).await?;
+        let owner_id = a.owner.clone().unwrap_or_else(|| b.owner.clone());
+        let mut grants = vec![AclGrant {
+            grantee: acl::Grantee::Tenant(owner_id.clone()),
+            permission: acl::Permission::FullControl,
+        }];
+        grants.extend(a.grants);
+        Ok(S3Response::new(GetObjectAclOutput {
+            grants: Some(grants.iter().map(s3_grant).collect()),
+            owner: Some(owner(&owner_id)),
+            request_charged: None,
+        }))
+    }
+
+    async fn put_object_acl(
+        &self,
+        req: S3Request<PutObjectAclInput>,
+    ) -> S3Result<S3Response<PutObjectAclOutput>> {
+        let who = who(&req);
+        let input = req.input;
+        let b = self.bucket(&input.bucket).await?;
+        let version = parse_version(input.version_id.as_deref())?;
+        let (_, current) = self.version_acl(&input.bucket, &input.key, version).await?;
+        let owner_id = current.owner.clone().unwrap_or_else(|| b.owner.clone());
+        let headers = GrantHeaders {
+            full_control: input.grant_full_control.as_deref(),
+            read: input.grant_read.as_deref(),
+            read_acp: input.grant_read_acp.as_deref(),
+            write: input.grant_write.as_deref(),
+            write_acp: input.grant_write_acp.as_deref(),
+        };
+        let canned = input.acl.as_ref().map(ObjectCannedACL::as_str);
+        let sources = usize::from(canned.is_some())
+            + usize::from(headers.any())
+            + usize::from(input.access_control_policy.is_some());
+        if sources > 1 {
+            return Err(s3_error!(
+                InvalidRequest,
+                "Specifying more than one of a canned ACL, x-amz-grant-* headers and an AccessControlPolicy body is not allowed"
+            ));
+        }
+        let grants = if let Some(c) = canned {
+            canned_grants(c, &owner_id, &b.owner)?
+        } else if headers.any() {
+            headers.grants()?
+        } else if let Some(policy) = input.access_control_policy {
+            policy_grants(policy)?
+        } else {
+            return Err(s3_error!(
+                MissingSecurityHeader,
+                "PutObjectAcl takes a canned ACL, x-amz-grant-* headers or an AccessControlPolicy body"
+            ));
+        };
+        let grants = object_grants(grants, &owner_id);
+        self.write(
+            &who,
+            BucketCommand::SetObjectAcl {
+                bucket: input.bucket,
+                key: input.key,
+                version,
+                acl: ObjectAcl {
+                    owner: current.owner,
+                    grants,
+                },
+            },
+        )
+        .await?;
+        Ok(S3Response::new(PutObjectAclOutput::default()))
+    }
+
     async fn put_bucket_ownership_controls(
         &self,
         req: S3Request<PutBucketOwnershipControlsInput>,
@@ -2246,6 +2437,7 @@ impl S3 for CairnS3 {
     ) -> S3Result<S3Response<PutObjectOutput>> {
         let who = who(&req);
         let expiration = expiration_header(&req.extensions, &req.input.key, crate_now_ms());
+        let (writer, bucket_owner) = writer_and_owner(&req);
         let headers = req.headers;
         let trailers = req.trailing_headers;
         let input = req.input;
@@ -2280,6 +2472,7 @@ impl S3 for CairnS3 {
         )?;
         let tags = parse_tagging(input.tagging.as_deref())?;
         // Checked before the body is stored: a refused request leaves nothing behind.
+        let acl = input_acl!(input, writer, bucket_owner)?;
         let lock = requested_lock(
             &input.object_lock_mode,
             &input.object_lock_retain_until_date,
@@ -2292,21 +2485,24 @@ impl S3 for CairnS3 {
         let resp = self
             .write(
                 &who,
-                locked(
-                    lock,
-                    BucketCommand::PutObject {
-                        bucket: input.bucket.clone(),
-                        key: input.key.clone(),
-                        data: ObjectData {
-                            size: stored.size,
-                            etag: stored.md5.clone(),
-                            parts: Vec::new(),
-                            content: stored.content,
-                            meta: m,
-                            tags,
+                with_acl(
+                    acl,
+                    locked(
+                        lock,
+                        BucketCommand::PutObject {
+                            bucket: input.bucket.clone(),
+                            key: input.key.clone(),
+                            data: ObjectData {
+                                size: stored.size,
+                                etag: stored.md5.clone(),
+                                parts: Vec::new(),
+                                content: stored.content,
+                                meta: m,
+                                tags,
+                            },
+                            conditions,
                         },
-                        conditions,
-                    },
+                    ),
                 ),
             )
             .await?;
@@ -2522,7 +2718,9 @@ impl S3 for CairnS3 {
         req: S3Request<CopyObjectInput>,
     ) -> S3Result<S3Response<CopyObjectOutput>> {
         let who = who(&req);
+        let (writer, bucket_owner) = writer_and_owner(&req);
         let input = req.input;
+        let acl = input_acl!(input, writer, bucket_owner)?;
         let (sv, sd, src_bucket, src_key) = self
             .copy_source(
                 &input.copy_source,
@@ -2587,21 +2785,24 @@ impl S3 for CairnS3 {
         let r = objects::write_or_refusal(
             &self.g,
             &who,
-            locked(
-                lock,
-                BucketCommand::PutObject {
-                    bucket: input.bucket.clone(),
-                    key: input.key.clone(),
-                    data: ObjectData {
-                        size: sd.size,
-                        etag: sd.etag.clone(),
-                        parts: sd.parts.clone(),
-                        content: sd.content.clone(),
-                        meta: m,
-                        tags,
+            with_acl(
+                acl,
+                locked(
+                    lock,
+                    BucketCommand::PutObject {
+                        bucket: input.bucket.clone(),
+                        key: input.key.clone(),
+                        data: ObjectData {
+                            size: sd.size,
+                            etag: sd.etag.clone(),
+                            parts: sd.parts.clone(),
+                            content: sd.content.clone(),
+                            meta: m,
+                            tags,
+                        },
+                        conditions: Conditions::default(),
                     },
-                    conditions: Conditions::default(),
-                },
+                ),
             ),
         )
         .await?
@@ -2905,8 +3106,10 @@ impl S3 for CairnS3 {
         req: S3Request<CreateMultipartUploadInput>,
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
         let who = who(&req);
+        let (writer, bucket_owner) = writer_and_owner(&req);
         let owner = req.credentials.map(|c| c.access_key).unwrap_or_default();
         let input = req.input;
+        let acl = input_acl!(input, writer, bucket_owner)?;
         let m = meta(
             input.content_type.clone(),
             input.content_encoding.clone(),
@@ -2925,15 +3128,18 @@ impl S3 for CairnS3 {
         let r = self
             .write(
                 &who,
-                locked(
-                    lock,
-                    BucketCommand::CreateUpload {
-                        bucket: input.bucket.clone(),
-                        key: input.key.clone(),
-                        owner,
-                        meta: m,
-                        tags,
-                    },
+                with_acl(
+                    acl,
+                    locked(
+                        lock,
+                        BucketCommand::CreateUpload {
+                            bucket: input.bucket.clone(),
+                            key: input.key.clone(),
+                            owner,
+                            meta: m,
+                            tags,
+                        },
+                    ),
                 ),
             )
             .await?;

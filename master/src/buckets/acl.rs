@@ -1,15 +1,109 @@
 //! S3 access control lists: grants of READ, WRITE, READ_ACP, WRITE_ACP and FULL_CONTROL to a
 //! tenant (by its canonical id, the 32-hex-digit tenant id S3 reports as an owner's id) or to
-//! the groups AllUsers and AuthenticatedUsers; canned ACLs; object ownership. Pure: the gateway
-//! decides with [`allows`], the bucket service stores what [`Canned::grants`] and the grant
-//! headers make.
+//! the groups AllUsers and AuthenticatedUsers; canned ACLs; object ownership; and the tables of
+//! object ACLs. The rules are pure: the gateway decides with [`allows`], the bucket service
+//! stores what [`Canned::grants`] and the grant headers make.
 //!
 //! The owner's FULL_CONTROL is implicit and not stored. A bucket's `public-read` (AllUsers
 //! READ) stays the `public_read` flag of its record, which namespaces share; every other grant
 //! is in `BucketRecord::acl`. An object's ACL is an entry of `s3.acls` (with its owner) only
 //! when it grants something beyond its owner's FULL_CONTROL, or its owner is not the bucket's.
 
+use cairn_engine::state::{StateError, TypedTable};
+use redb::{ReadTransaction, WriteTransaction};
 use serde::{Deserialize, Serialize};
+
+/// `bucket / key ‖ version id (16 BE)` → the version's ACL, for versions whose ACL grants
+/// something (no entry: private, owned by the bucket's owner).
+const ACLS: TypedTable<Vec<u8>, ObjectAcl> = TypedTable::new("s3.acls");
+/// Upload key → the ACL its object gets when the upload completes.
+const UPLOAD_ACLS: TypedTable<Vec<u8>, ObjectAcl> = TypedTable::new("s3.upload_acls");
+
+/// An object version's ACL: its owner (`None`: the bucket's) and its grants besides the
+/// owner's FULL_CONTROL.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectAcl {
+    pub owner: Option<String>,
+    pub grants: Vec<Grant>,
+}
+
+cairn_engine::records! { ObjectAcl = "object acl" }
+
+impl ObjectAcl {
+    pub fn is_empty(&self) -> bool {
+        self.owner.is_none() && self.grants.is_empty()
+    }
+}
+
+/// The null version (unversioned or suspended) is id 0 here, as in `s3.locks`.
+fn version_key(object_key: &[u8], version: Option<u128>) -> Vec<u8> {
+    let mut k = object_key.to_vec();
+    k.extend_from_slice(&version.unwrap_or(0).to_be_bytes());
+    k
+}
+
+pub(super) fn init(txn: &WriteTransaction) -> Result<(), StateError> {
+    ACLS.init(txn)?;
+    UPLOAD_ACLS.init(txn)
+}
+
+/// A version's ACL (empty: private, the bucket owner's).
+pub(super) fn read(
+    txn: &ReadTransaction,
+    object_key: &[u8],
+    version: Option<u128>,
+) -> Result<ObjectAcl, StateError> {
+    Ok(ACLS
+        .read(txn)?
+        .get(&version_key(object_key, version))?
+        .unwrap_or_default())
+}
+
+/// Store a version's ACL; an empty one removes the entry (a new null version, a deletion).
+pub(super) fn put(
+    txn: &WriteTransaction,
+    object_key: &[u8],
+    version: Option<u128>,
+    acl: &ObjectAcl,
+) -> Result<(), StateError> {
+    let mut t = ACLS.open(txn)?;
+    let k = version_key(object_key, version);
+    if acl.is_empty() {
+        t.remove(&k)?;
+    } else {
+        t.insert(&k, acl)?;
+    }
+    Ok(())
+}
+
+/// Forget the ACL of a version that goes.
+pub(super) fn forget(
+    txn: &WriteTransaction,
+    object_key: &[u8],
+    version: Option<u128>,
+) -> Result<(), StateError> {
+    put(txn, object_key, version, &ObjectAcl::default())
+}
+
+pub(super) fn put_for_upload(
+    txn: &WriteTransaction,
+    upload_key: &[u8],
+    acl: &ObjectAcl,
+) -> Result<(), StateError> {
+    UPLOAD_ACLS.open(txn)?.insert(&upload_key.to_vec(), acl)
+}
+
+pub(super) fn take_for_upload(
+    txn: &WriteTransaction,
+    upload_key: &[u8],
+) -> Result<Option<ObjectAcl>, StateError> {
+    let mut t = UPLOAD_ACLS.open(txn)?;
+    let a = t.get(&upload_key.to_vec())?;
+    if a.is_some() {
+        t.remove(&upload_key.to_vec())?;
+    }
+    Ok(a)
+}
 
 /// The group of every caller, signed or not.
 pub const ALL_USERS: &str = "http://acs.amazonaws.com/groups/global/AllUsers";

@@ -6,6 +6,7 @@
 use cairn_engine::state::{ApplyContext, ApplyError};
 use redb::WriteTransaction;
 
+use super::acl;
 use super::keys::{object_key, split_upload_key};
 use super::locks;
 use super::multipart::{UPLOADS, drop_upload};
@@ -197,6 +198,7 @@ pub(super) fn expire(
     for (k, keep, gone) in changes {
         for g in &gone {
             versions::release(txn, g, now)?;
+            acl::forget(txn, &k, g.id)?;
         }
         set_history(txn, &k, keep)?;
     }

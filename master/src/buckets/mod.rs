@@ -43,6 +43,7 @@ use cairn_engine::state::{ApplyContext, ApplyError, ServiceId, StateError, Typed
 use redb::{ReadTransaction, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
+pub use acl::ObjectAcl;
 pub use content::{Conditions, Content, KEY_LEN_MAX, ObjectData, ObjectMeta, hex};
 pub use lifecycle::{EXPIRE_BATCH, expiration};
 pub use listing::{LIST_MAX, ListPage, ListRequest, ListedObject, ListedUpload};
@@ -176,6 +177,19 @@ pub enum BucketCommand {
         bypass_governance: bool,
         if_match: Option<Vec<String>>,
     },
+    /// An object write (`PutObject`, `CompleteUpload`, `CreateUpload`, or one of them in
+    /// `Locked`) whose new version gets `acl`.
+    WithAcl {
+        acl: ObjectAcl,
+        command: Box<BucketCommand>,
+    },
+    /// Replace the ACL of a version (`None`: the newest).
+    SetObjectAcl {
+        bucket: String,
+        key: String,
+        version: Option<VersionRef>,
+        acl: ObjectAcl,
+    },
     /// Change the retention or legal hold of a version (`None`: the newest).
     SetObjectLock {
         bucket: String,
@@ -187,6 +201,17 @@ pub enum BucketCommand {
 }
 
 impl BucketCommand {
+    /// The bucket and key an object write (possibly wrapped in `Locked`) makes a version of.
+    fn write_target(&self) -> Option<(&str, &str)> {
+        match self {
+            BucketCommand::PutObject { bucket, key, .. }
+            | BucketCommand::CompleteUpload { bucket, key, .. }
+            | BucketCommand::CreateUpload { bucket, key, .. } => Some((bucket, key)),
+            BucketCommand::Locked { command, .. } => command.write_target(),
+            _ => None,
+        }
+    }
+
     /// The audit action and resource of an audited write.
     fn audit_of(&self) -> Option<(&'static str, &str, String)> {
         let (action, bucket, key) = match self {
@@ -220,7 +245,10 @@ impl BucketCommand {
                 bucket,
                 key,
             ),
-            BucketCommand::Locked { command, .. } => return command.audit_of(),
+            BucketCommand::Locked { command, .. } | BucketCommand::WithAcl { command, .. } => {
+                return command.audit_of();
+            }
+            BucketCommand::SetObjectAcl { bucket, key, .. } => ("s3:PutObjectAcl", bucket, key),
             _ => return None,
         };
         Some((action, bucket, format!("{bucket}/{key}")))
@@ -297,6 +325,12 @@ pub enum BucketQuery {
     Shares {
         tenant: u128,
     },
+    /// The ACL of a version (`None`: the newest).
+    ObjectAcl {
+        bucket: String,
+        key: String,
+        version: Option<VersionRef>,
+    },
     /// The object lock of a version (`None`: the newest).
     ObjectLock {
         bucket: String,
@@ -323,6 +357,8 @@ pub enum BucketQueryResponse {
     /// `None` if the bucket does not exist; `Some(None)` without such a version (or for a
     /// delete marker); else the version's id and lock.
     ObjectLock(Option<Option<objects::VersionLock>>),
+    /// As `ObjectLock`, for the version's ACL.
+    ObjectAcl(Option<Option<objects::VersionAcl>>),
 }
 
 /// An object write whose new version gets `lock` (see [`BucketCommand::Locked`]).
@@ -425,6 +461,7 @@ impl TypedService for BucketService {
         settings::init(txn)?;
         versions::init(txn)?;
         locks::init(txn)?;
+        acl::init(txn)?;
         multipart::init(txn)?;
         crate::shares::init(txn)?;
         Ok(())
@@ -486,6 +523,33 @@ impl TypedService for BucketService {
                 public_read,
             } => settings::create(txn, now, name, owner, public_read, true).map(done),
             BucketCommand::Locked { lock, command } => apply_locked(txn, ctx, lock, *command),
+            BucketCommand::WithAcl { acl, command } => {
+                let Some((bucket, key)) = command.write_target() else {
+                    return Err(reject(
+                        BucketRefusal::InvalidArgument,
+                        "only object writes take an ACL",
+                    ));
+                };
+                let (bucket, key) = (bucket.to_owned(), key.to_owned());
+                objects::check_object_acl(txn, &bucket, &acl)?;
+                let r = self.apply(txn, ctx, *command)?;
+                match &r {
+                    BucketResponse::Put { version, .. } => {
+                        acl::put(txn, &keys::object_key(&bucket, &key), *version, &acl)?;
+                    }
+                    BucketResponse::Upload { id } => {
+                        acl::put_for_upload(txn, &upload_key(&bucket, &key, *id), &acl)?;
+                    }
+                    _ => {}
+                }
+                Ok(r)
+            }
+            BucketCommand::SetObjectAcl {
+                bucket,
+                key,
+                version,
+                acl,
+            } => objects::set_acl(txn, &bucket, &key, version, acl).map(done),
             BucketCommand::DeleteObjectChecked {
                 bucket,
                 key,
@@ -675,6 +739,11 @@ impl TypedService for BucketService {
                 BucketQueryResponse::Usage(objects::usage(txn, &bucket)?)
             }
             BucketQuery::Share { id } => BucketQueryResponse::Share(crate::shares::get(txn, id)?),
+            BucketQuery::ObjectAcl {
+                bucket,
+                key,
+                version,
+            } => BucketQueryResponse::ObjectAcl(objects::acl_of(txn, &bucket, &key, version)?),
             BucketQuery::ObjectLock {
                 bucket,
                 key,

@@ -9,6 +9,7 @@ use md5::Digest;
 use redb::{ReadTransaction, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
+use super::acl;
 use super::content::{
     Conditions, Content, ObjectData, ObjectMeta, check_conditions, check_key, etag_matches, hex,
     hex_decode,
@@ -173,6 +174,7 @@ pub(super) fn drop_upload(txn: &WriteTransaction, k: &[u8], now_ms: u64) -> Resu
     }
     UPLOADS.open(txn)?.remove(&k.to_vec())?;
     locks::take_for_upload(txn, k)?;
+    acl::take_for_upload(txn, k)?;
     Ok(())
 }
 
@@ -317,6 +319,7 @@ pub(super) fn complete(
     let now = ctx.time_ms;
     let kept = locks::take_for_upload(txn, &uk)?;
     let own = lock.or(kept);
+    let kept_acl = acl::take_for_upload(txn, &uk)?;
     ChunkService::add_refs(txn, &handles(&extents))?;
     drop_upload(txn, &uk, now)?;
     let version = new_id(&b, ctx);
@@ -342,6 +345,8 @@ pub(super) fn complete(
     if let Some(l) = locks::for_new_version(b.object_lock, own, now) {
         locks::put(txn, &k, version, &l)?;
     }
+    // The ACL given when the upload began, or private (which a new null version must be).
+    acl::put(txn, &k, version, &kept_acl.unwrap_or_default())?;
     Ok(Written { version, etag })
 }
 

@@ -5,6 +5,7 @@ use cairn_engine::state::{ApplyContext, ApplyError, StateError, reject};
 use redb::{ReadTransaction, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
+use super::acl::{self, ObjectAcl, Ownership};
 use super::content::{Conditions, ObjectData, check_conditions, check_data, check_key};
 use super::keys::object_key;
 use super::locks::{self, ObjectLock, Retention, check_retention_change};
@@ -86,6 +87,10 @@ pub(super) fn put(
     if let Some(l) = locks::for_new_version(b.object_lock, lock, now) {
         locks::put(txn, &k, id, &l)?;
     }
+    if id.is_none() {
+        // A new null version starts private (a `WithAcl` around this write sets its ACL).
+        acl::forget(txn, &k, None)?;
+    }
     Ok(Written { version: id, etag })
 }
 
@@ -132,6 +137,7 @@ pub(super) fn delete(
             });
         };
         locks::release_for_delete(txn, &k, versions[i].id, now, bypass_governance)?;
+        acl::forget(txn, &k, versions[i].id)?;
         let old = versions.remove(i);
         versions::release(txn, &old, now)?;
         set_history(txn, &k, versions)?;
@@ -145,6 +151,7 @@ pub(super) fn delete(
             for v in &versions {
                 versions::release(txn, v, now)?;
             }
+            acl::forget(txn, &k, None)?;
             set_history(txn, &k, Vec::new())?;
             Ok(Removed {
                 version: None,
@@ -358,6 +365,95 @@ pub(super) fn lock_of(
     };
     match found {
         Some(v) if !v.is_marker() => Ok(Some(Some((v.id, locks::read(txn, &k, v.id)?)))),
+        _ => Ok(Some(None)),
+    }
+}
+
+/// An object ACL a write or `PutObjectAcl` asks for: refused when the bucket's ownership
+/// disables ACLs and it grants something, or when it is public under `BlockPublicAcls`.
+pub(super) fn check_object_acl(
+    txn: &WriteTransaction,
+    bucket: &str,
+    a: &ObjectAcl,
+) -> Result<(), ApplyError> {
+    let b = settings::get(txn, bucket)?;
+    if b.ownership == Some(Ownership::BucketOwnerEnforced) && !a.grants.is_empty() {
+        return Err(reject(
+            BucketRefusal::AclNotSupported,
+            "The bucket does not allow ACLs",
+        ));
+    }
+    if acl::is_public(&a.grants) && b.access_block().block_public_acls {
+        return Err(reject(
+            BucketRefusal::PublicAccessBlocked,
+            "the bucket's public access block (BlockPublicAcls) refuses a public ACL",
+        ));
+    }
+    Ok(())
+}
+
+/// Replace the ACL of a version (`None`: the newest).
+pub(super) fn set_acl(
+    txn: &WriteTransaction,
+    bucket: &str,
+    key: &str,
+    version: Option<VersionRef>,
+    a: ObjectAcl,
+) -> Result<(), ApplyError> {
+    check_key(key)?;
+    check_object_acl(txn, bucket, &a)?;
+    let k = object_key(bucket, key);
+    let versions = history(txn, &k)?;
+    let found = match version {
+        Some(r) => versions.iter().find(|v| r.matches(v.id)),
+        None => versions.first(),
+    };
+    let v = match found {
+        Some(v) if v.is_marker() => {
+            return Err(reject(
+                BucketRefusal::MethodNotAllowed,
+                "a delete marker has no ACL",
+            ));
+        }
+        Some(v) => v,
+        None if version.is_some() => {
+            return Err(reject(
+                BucketRefusal::NoSuchVersion,
+                "The specified version does not exist.",
+            ));
+        }
+        None => {
+            return Err(reject(
+                BucketRefusal::NoSuchKey,
+                "The specified key does not exist.",
+            ));
+        }
+    };
+    acl::put(txn, &k, v.id, &a)?;
+    Ok(())
+}
+
+/// A version's id and its ACL.
+pub type VersionAcl = (Option<u128>, ObjectAcl);
+
+/// The ACL of a version (`None`: the newest), answered like [`lock_of`].
+pub(super) fn acl_of(
+    txn: &ReadTransaction,
+    bucket: &str,
+    key: &str,
+    version: Option<VersionRef>,
+) -> Result<Option<Option<VersionAcl>>, StateError> {
+    if settings::read(txn, bucket)?.is_none() {
+        return Ok(None);
+    }
+    let k = object_key(bucket, key);
+    let versions = history_in(txn, &k)?;
+    let found = match version {
+        Some(r) => versions.iter().find(|v| r.matches(v.id)),
+        None => versions.first(),
+    };
+    match found {
+        Some(v) if !v.is_marker() => Ok(Some(Some((v.id, acl::read(txn, &k, v.id)?)))),
         _ => Ok(Some(None)),
     }
 }

@@ -694,3 +694,75 @@ fn conditional_deletes_check_the_current_etag() {
     put(&mut db, "bkt", "k");
     db.ok(del(&["*"]));
 }
+
+#[test]
+fn object_acls_belong_to_one_version_and_go_with_it() {
+    use super::acl::{Grant, Grantee, Ownership, Permission};
+    let mut db = Db::new();
+    create(&mut db, "bkt");
+    db.ok(BucketCommand::Configure {
+        name: "bkt".into(),
+        change: BucketChange::Versioning(Versioning::Enabled),
+    });
+    let public = ObjectAcl {
+        owner: None,
+        grants: vec![Grant {
+            grantee: Grantee::AllUsers,
+            permission: Permission::Read,
+        }],
+    };
+    let v1 = version_of(db.ok(BucketCommand::WithAcl {
+        acl: public.clone(),
+        command: Box::new(BucketCommand::PutObject {
+            bucket: "bkt".into(),
+            key: "k".into(),
+            data: inline(b"1"),
+            conditions: Conditions::default(),
+        }),
+    }));
+    let v2 = version_of(put(&mut db, "bkt", "k"));
+    let acl_of = |db: &Db, v: Option<u128>| match db.q(BucketQuery::ObjectAcl {
+        bucket: "bkt".into(),
+        key: "k".into(),
+        version: Some(v.map_or(VersionRef::Null, VersionRef::Id)),
+    }) {
+        BucketQueryResponse::ObjectAcl(Some(Some((_, a)))) => a,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(acl_of(&db, v1), public);
+    assert_eq!(acl_of(&db, v2), ObjectAcl::default());
+    db.ok(BucketCommand::SetObjectAcl {
+        bucket: "bkt".into(),
+        key: "k".into(),
+        version: None,
+        acl: public.clone(),
+    });
+    assert_eq!(acl_of(&db, v2), public);
+    // Deleting the version takes its ACL with it.
+    db.ok(delete_version("bkt", "k", v1, false));
+    let v3 = version_of(put(&mut db, "bkt", "k"));
+    assert_eq!(acl_of(&db, v3), ObjectAcl::default());
+    assert_eq!(
+        db.code(BucketCommand::SetObjectAcl {
+            bucket: "bkt".into(),
+            key: "none".into(),
+            version: None,
+            acl: public.clone(),
+        }),
+        "no_such_key"
+    );
+    // BucketOwnerEnforced refuses grants (after the bucket's own ACL is private).
+    db.ok(BucketCommand::Configure {
+        name: "bkt".into(),
+        change: BucketChange::Ownership(Some(Ownership::BucketOwnerEnforced)),
+    });
+    assert_eq!(
+        db.code(BucketCommand::SetObjectAcl {
+            bucket: "bkt".into(),
+            key: "k".into(),
+            version: None,
+            acl: public,
+        }),
+        "acl_not_supported"
+    );
+}
