@@ -5258,6 +5258,51 @@ async fn object_acls_grant_reads_and_follow_their_version() {
         .unwrap();
     assert_eq!(anon_get("open.txt").await, 200);
     assert_eq!(anon_get("closed.txt").await, 403);
+    // Owners are the tenant's canonical id everywhere.
+    let listed = ada_s3
+        .list_objects_v2()
+        .bucket("objacl")
+        .fetch_owner(true)
+        .send()
+        .await
+        .unwrap();
+    for o in listed.contents() {
+        assert_eq!(o.owner().and_then(|o| o.id()), Some(ada_tenant.as_str()));
+    }
+    let versions = ada_s3
+        .list_object_versions()
+        .bucket("objacl")
+        .send()
+        .await
+        .unwrap();
+    for v in versions.versions() {
+        assert_eq!(v.owner().and_then(|o| o.id()), Some(ada_tenant.as_str()));
+    }
+    let up = ada_s3
+        .create_multipart_upload()
+        .bucket("objacl")
+        .key("pending")
+        .send()
+        .await
+        .unwrap();
+    let uploads = ada_s3
+        .list_multipart_uploads()
+        .bucket("objacl")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        uploads.uploads()[0].owner().and_then(|o| o.id()),
+        Some(ada_tenant.as_str())
+    );
+    ada_s3
+        .abort_multipart_upload()
+        .bucket("objacl")
+        .key("pending")
+        .upload_id(up.upload_id().unwrap())
+        .send()
+        .await
+        .unwrap();
     let acl = ada_s3
         .get_object_acl()
         .bucket("objacl")

@@ -752,18 +752,7 @@ impl CairnS3 {
             })
             .await?
         {
-            BucketQueryResponse::ObjectAcl(None) => Err(s3_error!(
-                NoSuchBucket,
-                "The specified bucket does not exist"
-            )),
-            BucketQueryResponse::ObjectAcl(Some(None)) if version.is_some() => Err(s3_error!(
-                NoSuchVersion,
-                "The specified version does not exist."
-            )),
-            BucketQueryResponse::ObjectAcl(Some(None)) => {
-                Err(s3_error!(NoSuchKey, "The specified key does not exist."))
-            }
-            BucketQueryResponse::ObjectAcl(Some(Some(found))) => Ok(found),
+            BucketQueryResponse::ObjectAcl(found) => found_object(found, version.is_some()),
             _ => Err(internal("unexpected answer")),
         }
     }
@@ -785,18 +774,7 @@ impl CairnS3 {
             })
             .await?
         {
-            BucketQueryResponse::ObjectLock(None) => Err(s3_error!(
-                NoSuchBucket,
-                "The specified bucket does not exist"
-            )),
-            BucketQueryResponse::ObjectLock(Some(None)) if version.is_some() => Err(s3_error!(
-                NoSuchVersion,
-                "The specified version does not exist."
-            )),
-            BucketQueryResponse::ObjectLock(Some(None)) => {
-                Err(s3_error!(NoSuchKey, "The specified key does not exist."))
-            }
-            BucketQueryResponse::ObjectLock(Some(Some(found))) => Ok(found),
+            BucketQueryResponse::ObjectLock(found) => found_object(found, version.is_some()),
             _ => Err(internal("unexpected answer")),
         }
     }
@@ -837,6 +815,31 @@ fn expiration_header(ext: &http::Extensions, key: &str, modified_ms: u64) -> Opt
         Some(id) => format!("expiry-date=\"{date}\", rule-id=\"{id}\""),
         None => format!("expiry-date=\"{date}\""),
     })
+}
+
+/// The canonical id of the owner of the bucket a request was authorised on (its tenant).
+fn bucket_owner_of<T>(req: &S3Request<T>) -> String {
+    req.extensions
+        .get::<crate::auth::BucketTenant>()
+        .map(|t| cairn_master::tenancy::tenant_hex(t.0))
+        .unwrap_or_default()
+}
+
+/// What a query about one object version found (`None`: no bucket; `Some(None)`: no such
+/// key, version, or a delete marker), with S3's errors.
+fn found_object<T>(found: Option<Option<T>>, versioned: bool) -> S3Result<T> {
+    match found {
+        None => Err(s3_error!(
+            NoSuchBucket,
+            "The specified bucket does not exist"
+        )),
+        Some(None) if versioned => Err(s3_error!(
+            NoSuchVersion,
+            "The specified version does not exist."
+        )),
+        Some(None) => Err(s3_error!(NoSuchKey, "The specified key does not exist.")),
+        Some(Some(f)) => Ok(f),
+    }
 }
 
 /// What GET and HEAD say about a version's object lock: mode, retain-until date, legal hold.
@@ -1073,11 +1076,7 @@ fn policy_grants(policy: AccessControlPolicy) -> S3Result<Vec<AclGrant>> {
 /// The tenant a request writes for and the tenant of the bucket it writes into, as canonical
 /// ids (an anonymous writer writes for the bucket's owner).
 fn writer_and_owner<T>(req: &S3Request<T>) -> (String, String) {
-    let owner = req
-        .extensions
-        .get::<crate::auth::BucketTenant>()
-        .map(|t| cairn_master::tenancy::tenant_hex(t.0))
-        .unwrap_or_default();
+    let owner = bucket_owner_of(req);
     let writer = crate::auth::principal(req).map_or_else(
         || owner.clone(),
         |p| cairn_master::tenancy::tenant_hex(p.tenant),
@@ -2955,6 +2954,7 @@ impl S3 for CairnS3 {
         &self,
         req: S3Request<ListObjectsV2Input>,
     ) -> S3Result<S3Response<ListObjectsV2Output>> {
+        let bucket_owner = bucket_owner_of(&req);
         let mut input = req.input;
         // An empty delimiter is no delimiter, and is not echoed (as AWS answers).
         input.delimiter = input.delimiter.filter(|d| !d.is_empty());
@@ -2987,7 +2987,7 @@ impl S3 for CairnS3 {
                     storage_class: Some(ObjectStorageClass::from_static(
                         ObjectStorageClass::STANDARD,
                     )),
-                    owner: fetch_owner.then(|| owner("cairn")),
+                    owner: fetch_owner.then(|| owner(&bucket_owner)),
                     ..Default::default()
                 })
             })
@@ -3021,6 +3021,7 @@ impl S3 for CairnS3 {
         &self,
         req: S3Request<ListObjectVersionsInput>,
     ) -> S3Result<S3Response<ListObjectVersionsOutput>> {
+        let bucket_owner = bucket_owner_of(&req);
         let mut input = req.input;
         // An empty delimiter is no delimiter, and is not echoed (as AWS answers).
         input.delimiter = input.delimiter.filter(|d| !d.is_empty());
@@ -3056,7 +3057,7 @@ impl S3 for CairnS3 {
                     is_latest: Some(o.latest),
                     key: Some(enc(&o.key, url)),
                     last_modified: Some(ts(o.version.modified_ms)),
-                    owner: Some(owner("cairn")),
+                    owner: Some(owner(&bucket_owner)),
                     size: i64::try_from(d.size).ok(),
                     storage_class: Some(ObjectVersionStorageClass::from_static(
                         ObjectVersionStorageClass::STANDARD,
@@ -3068,7 +3069,7 @@ impl S3 for CairnS3 {
                     is_latest: Some(o.latest),
                     key: Some(enc(&o.key, url)),
                     last_modified: Some(ts(o.version.modified_ms)),
-                    owner: Some(owner("cairn")),
+                    owner: Some(owner(&bucket_owner)),
                     version_id: vid,
                 }),
             }
@@ -3493,6 +3494,7 @@ impl S3 for CairnS3 {
         &self,
         req: S3Request<ListMultipartUploadsInput>,
     ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
+        let bucket_owner = bucket_owner_of(&req);
         let mut input = req.input;
         // An empty delimiter is no delimiter, and is not echoed (as AWS answers).
         input.delimiter = input.delimiter.filter(|d| !d.is_empty());
@@ -3526,7 +3528,7 @@ impl S3 for CairnS3 {
                     id: Some(u.upload.owner.clone()),
                 }),
                 key: Some(enc(&u.key, url)),
-                owner: Some(owner(&u.upload.owner)),
+                owner: Some(owner(&bucket_owner)),
                 storage_class: Some(StorageClass::from_static(StorageClass::STANDARD)),
                 upload_id: Some(upload_string(u.id)),
                 ..Default::default()

@@ -299,31 +299,7 @@ pub(super) fn set_lock(
     }
     let k = object_key(bucket, key);
     let versions = history(txn, &k)?;
-    let found = match version {
-        Some(r) => versions.iter().find(|v| r.matches(v.id)),
-        None => versions.first(),
-    };
-    let v = match found {
-        Some(v) if v.is_marker() => {
-            return Err(reject(
-                BucketRefusal::MethodNotAllowed,
-                "a delete marker cannot be locked",
-            ));
-        }
-        Some(v) => v,
-        None if version.is_some() => {
-            return Err(reject(
-                BucketRefusal::NoSuchVersion,
-                "The specified version does not exist.",
-            ));
-        }
-        None => {
-            return Err(reject(
-                BucketRefusal::NoSuchKey,
-                "The specified key does not exist.",
-            ));
-        }
-    };
+    let v = object_version(&versions, version, "a delete marker cannot be locked")?;
     let mut lock = locks::get(txn, &k, v.id)?;
     match change {
         LockChange::Retention(new) => {
@@ -358,15 +334,10 @@ pub(super) fn lock_of(
         return Ok(None);
     }
     let k = object_key(bucket, key);
-    let versions = history_in(txn, &k)?;
-    let found = match version {
-        Some(r) => versions.iter().find(|v| r.matches(v.id)),
-        None => versions.first(),
-    };
-    match found {
-        Some(v) if !v.is_marker() => Ok(Some(Some((v.id, locks::read(txn, &k, v.id)?)))),
-        _ => Ok(Some(None)),
-    }
+    Ok(Some(match object_version_in(txn, &k, version)? {
+        Some(id) => Some((id, locks::read(txn, &k, id)?)),
+        None => None,
+    }))
 }
 
 /// An object ACL a write or `PutObjectAcl` asks for: refused when the bucket's ownership
@@ -404,31 +375,7 @@ pub(super) fn set_acl(
     check_object_acl(txn, bucket, &a)?;
     let k = object_key(bucket, key);
     let versions = history(txn, &k)?;
-    let found = match version {
-        Some(r) => versions.iter().find(|v| r.matches(v.id)),
-        None => versions.first(),
-    };
-    let v = match found {
-        Some(v) if v.is_marker() => {
-            return Err(reject(
-                BucketRefusal::MethodNotAllowed,
-                "a delete marker has no ACL",
-            ));
-        }
-        Some(v) => v,
-        None if version.is_some() => {
-            return Err(reject(
-                BucketRefusal::NoSuchVersion,
-                "The specified version does not exist.",
-            ));
-        }
-        None => {
-            return Err(reject(
-                BucketRefusal::NoSuchKey,
-                "The specified key does not exist.",
-            ));
-        }
-    };
+    let v = object_version(&versions, version, "a delete marker has no ACL")?;
     acl::put(txn, &k, v.id, &a)?;
     Ok(())
 }
@@ -447,13 +394,48 @@ pub(super) fn acl_of(
         return Ok(None);
     }
     let k = object_key(bucket, key);
-    let versions = history_in(txn, &k)?;
+    Ok(Some(match object_version_in(txn, &k, version)? {
+        Some(id) => Some((id, acl::read(txn, &k, id)?)),
+        None => None,
+    }))
+}
+
+/// The version a request names (`None`: the newest), which must be an object: S3's errors for
+/// a delete marker (`marker`), a missing version or a missing key.
+fn object_version<'a>(
+    versions: &'a [Version],
+    version: Option<VersionRef>,
+    marker: &str,
+) -> Result<&'a Version, ApplyError> {
     let found = match version {
         Some(r) => versions.iter().find(|v| r.matches(v.id)),
         None => versions.first(),
     };
     match found {
-        Some(v) if !v.is_marker() => Ok(Some(Some((v.id, acl::read(txn, &k, v.id)?)))),
-        _ => Ok(Some(None)),
+        Some(v) if v.is_marker() => Err(reject(BucketRefusal::MethodNotAllowed, marker)),
+        Some(v) => Ok(v),
+        None if version.is_some() => Err(reject(
+            BucketRefusal::NoSuchVersion,
+            "The specified version does not exist.",
+        )),
+        None => Err(reject(
+            BucketRefusal::NoSuchKey,
+            "The specified key does not exist.",
+        )),
     }
+}
+
+/// In a read: the id of the object version a request names (`None`: the newest), `None`
+/// when there is none or it is a delete marker.
+fn object_version_in(
+    txn: &ReadTransaction,
+    k: &[u8],
+    version: Option<VersionRef>,
+) -> Result<Option<Option<u128>>, StateError> {
+    let versions = history_in(txn, k)?;
+    let found = match version {
+        Some(r) => versions.iter().find(|v| r.matches(v.id)),
+        None => versions.first(),
+    };
+    Ok(found.filter(|v| !v.is_marker()).map(|v| v.id))
 }
