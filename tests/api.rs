@@ -5295,6 +5295,19 @@ async fn object_acls_grant_reads_and_follow_their_version() {
         uploads.uploads()[0].owner().and_then(|o| o.id()),
         Some(ada_tenant.as_str())
     );
+    let parts = ada_s3
+        .list_parts()
+        .bucket("objacl")
+        .key("pending")
+        .upload_id(up.upload_id().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        parts.owner().and_then(|o| o.id()),
+        Some(ada_tenant.as_str())
+    );
+    assert!(parts.initiator().and_then(|i| i.id()).is_some());
     ada_s3
         .abort_multipart_upload()
         .bucket("objacl")
@@ -5303,6 +5316,27 @@ async fn object_acls_grant_reads_and_follow_their_version() {
         .send()
         .await
         .unwrap();
+    // x-amz-expected-bucket-owner: the right owner passes, another is refused.
+    ada_s3
+        .head_bucket()
+        .bucket("objacl")
+        .expected_bucket_owner(&ada_tenant)
+        .send()
+        .await
+        .unwrap();
+    let r = ada_s3
+        .get_object()
+        .bucket("objacl")
+        .key("open.txt")
+        .expected_bucket_owner(&bob_tenant)
+        .send()
+        .await;
+    assert_eq!(
+        s3_code(&r).as_deref(),
+        Some("AccessDenied"),
+        "{}",
+        s3_said(&r)
+    );
     let acl = ada_s3
         .get_object_acl()
         .bucket("objacl")

@@ -796,6 +796,20 @@ impl S3Access for Access {
             )
             .await?;
         }
+        // `x-amz-expected-bucket-owner`: the request is refused unless the bucket belongs to
+        // that tenant (its canonical id), as S3 answers a bucket of another account.
+        if let (Some(r), Some(expected)) = (
+            &rec,
+            cx.headers()
+                .get("x-amz-expected-bucket-owner")
+                .and_then(|v| v.to_str().ok()),
+        ) && !expected.eq_ignore_ascii_case(&tenant_hex(bucket_tenant(&r.owner)))
+        {
+            return Err(S3Error::with_message(
+                S3ErrorCode::AccessDenied,
+                "The bucket is not owned by the expected bucket owner (x-amz-expected-bucket-owner)",
+            ));
+        }
         // The tenant the bucket belonged to when the request was authorised: an object write
         // is committed only while the bucket still belongs to it (a write that a bucket policy
         // or ACL lets in from another tenant, or anonymously, is checked against it too).

@@ -3424,6 +3424,12 @@ impl S3 for CairnS3 {
         &self,
         req: S3Request<ListPartsInput>,
     ) -> S3Result<S3Response<ListPartsOutput>> {
+        let bucket_owner = bucket_owner_of(&req);
+        let initiator = req
+            .credentials
+            .as_ref()
+            .map(|c| c.access_key.clone())
+            .unwrap_or_else(|| bucket_owner.clone());
         let input = req.input;
         let upload = parse_upload(&input.upload_id)
             .ok_or_else(|| s3_error!(NoSuchUpload, "The specified upload does not exist."))?;
@@ -3486,6 +3492,11 @@ impl S3 for CairnS3 {
             ),
             upload_id: Some(input.upload_id),
             storage_class: Some(StorageClass::from_static(StorageClass::STANDARD)),
+            owner: Some(owner(&bucket_owner)),
+            initiator: Some(Initiator {
+                display_name: Some(initiator.clone()),
+                id: Some(initiator),
+            }),
             ..Default::default()
         }))
     }
