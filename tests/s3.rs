@@ -3224,6 +3224,33 @@ async fn aws_edges_paging_delimiters_encodings_tags_expiry_and_messages() {
         .send()
         .await
         .unwrap();
+    // Rule IDs are at most 255 characters and unique.
+    let rule = |id: String| {
+        LifecycleRule::builder()
+            .id(id)
+            .status(ExpirationStatus::Enabled)
+            .filter(LifecycleRuleFilter::builder().prefix("x/").build())
+            .expiration(LifecycleExpiration::builder().days(1).build())
+            .build()
+            .unwrap()
+    };
+    for rules in [
+        vec![rule("x".repeat(256))],
+        vec![rule("same".into()), rule("same".into())],
+    ] {
+        let r = c
+            .put_bucket_lifecycle_configuration()
+            .bucket("page-b")
+            .lifecycle_configuration(
+                BucketLifecycleConfiguration::builder()
+                    .set_rules(Some(rules))
+                    .build()
+                    .unwrap(),
+            )
+            .send()
+            .await;
+        assert_eq!(code(r), "InvalidArgument");
+    }
     let put = c
         .put_object()
         .bucket("page-b")

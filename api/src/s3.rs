@@ -1226,7 +1226,30 @@ fn owner(id: &str) -> Owner {
 
 fn lifecycle_to_rules(cfg: BucketLifecycleConfiguration) -> S3Result<Vec<LifecycleRule>> {
     let mut out = Vec::new();
+    let mut ids: Vec<String> = Vec::new();
     for r in cfg.rules {
+        // S3's own checks of a rule's ID and Status.
+        if !matches!(r.status.as_str(), "Enabled" | "Disabled") {
+            return Err(s3_error!(
+                MalformedXML,
+                "a lifecycle rule's Status is Enabled or Disabled"
+            ));
+        }
+        if let Some(id) = &r.id {
+            if id.chars().count() > 255 {
+                return Err(s3_error!(
+                    InvalidArgument,
+                    "ID length should not exceed allowed limit of 255"
+                ));
+            }
+            if ids.contains(id) {
+                return Err(s3_error!(
+                    InvalidArgument,
+                    "Rule ID must be unique. Found same ID for more than one rule"
+                ));
+            }
+            ids.push(id.clone());
+        }
         if r.transitions.as_ref().is_some_and(|t| !t.is_empty())
             || r.noncurrent_version_transitions
                 .as_ref()
