@@ -410,7 +410,7 @@ fn policy_verdict(
     }
     // The bucket service checked the policy when it was set; one this build cannot read any
     // more refuses everything rather than being ignored.
-    let policy = BucketPolicy::parse(text, bucket).map_err(|why| {
+    let policy = stored_policy(bucket, text).map_err(|why| {
         S3Error::with_message(
             S3ErrorCode::AccessDenied,
             format!("the bucket policy cannot be read ({why}): its owner must set it again"),
@@ -457,6 +457,37 @@ fn policy_verdict(
         return Ok(Verdict::Silent);
     }
     Ok(verdict)
+}
+
+/// The version a request names (its `s3:VersionId` condition key), if any.
+fn version_in(cx: &Context) -> Option<VersionRef> {
+    cx.get("s3:VersionId")
+        .and_then(|v| v.first())
+        .and_then(|v| VersionRef::parse(v))
+}
+
+/// Most parsed bucket policies kept (one per bucket).
+const POLICIES_KEPT: usize = 1024;
+
+/// A bucket's stored policy, parsed once per text and kept: a request on a bucket with a
+/// policy would otherwise parse its JSON once or twice. The stored text was checked when it
+/// was set; one this build cannot read is an error the caller refuses on.
+fn stored_policy(bucket: &str, text: &str) -> Result<Arc<BucketPolicy>, String> {
+    type Kept = HashMap<String, (String, Arc<BucketPolicy>)>;
+    static KEPT: std::sync::OnceLock<Mutex<Kept>> = std::sync::OnceLock::new();
+    let kept = KEPT.get_or_init(|| Mutex::new(HashMap::new()));
+    if let Some((t, p)) = kept.lock().get(bucket)
+        && t == text
+    {
+        return Ok(p.clone());
+    }
+    let parsed = Arc::new(BucketPolicy::parse(text, bucket)?);
+    let mut kept = kept.lock();
+    if kept.len() >= POLICIES_KEPT {
+        kept.clear();
+    }
+    kept.insert(bucket.to_owned(), (text.to_owned(), parsed.clone()));
+    Ok(parsed)
 }
 
 /// The action a bucket policy sees: requests naming a version are S3's `...Version` actions.
@@ -577,10 +608,7 @@ impl Access {
         key: &str,
         cx: &Context,
     ) -> S3Result<Option<Vec<acl::Grant>>> {
-        let version = cx
-            .get("s3:VersionId")
-            .and_then(|v| v.first())
-            .and_then(|v| VersionRef::parse(v));
+        let version = version_in(cx);
         match self
             .gateway
             .query(&BucketQuery::ObjectAcl {
@@ -637,16 +665,13 @@ impl Access {
         let Some(text) = &rec.policy else {
             return Ok(());
         };
-        if !BucketPolicy::parse(text, bucket).is_ok_and(|p| p.reads_existing_tags()) {
+        if !stored_policy(bucket, text).is_ok_and(|p| p.reads_existing_tags()) {
             return Ok(());
         }
         let version = match found {
             Some(v) => v.clone(),
             None => {
-                let asked = cx
-                    .get("s3:VersionId")
-                    .and_then(|v| v.first())
-                    .and_then(|v| VersionRef::parse(v));
+                let asked = version_in(cx);
                 match self
                     .gateway
                     .query(&BucketQuery::ObjectWithBucket {
