@@ -1089,6 +1089,12 @@ async fn openapi_document_lists_every_route() {
         ("/api/storage/buckets/{name}/retention/{key}", "get"),
         ("/api/storage/buckets/{name}/retention/{key}", "put"),
         ("/api/storage/buckets/{name}/legal-hold/{key}", "put"),
+        ("/api/kms/keys", "get"),
+        ("/api/kms/keys", "post"),
+        ("/api/kms/keys/{id}", "get"),
+        ("/api/kms/keys/{id}/rotate", "post"),
+        ("/api/kms/keys/{id}/disable", "post"),
+        ("/api/kms/keys/{id}/enable", "post"),
     ] {
         assert!(
             paths.get(path).and_then(|p| p.get(method)).is_some(),
@@ -5490,4 +5496,190 @@ async fn object_acls_grant_reads_and_follow_their_version() {
         .send()
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn kms_keys_encrypt_objects_rotate_disable_and_stay_in_their_tenant() {
+    use aws_sdk_s3::primitives::ByteStream;
+    use aws_sdk_s3::types::ServerSideEncryption;
+    let api = Api::start(&[("CAIRN_API_AUTH_RATE_LIMIT", "1000")]);
+    let ada = first_admin(&api).await;
+    let ada_t = ada["access_token"].as_str().unwrap().to_owned();
+    let bob = register(&api, &ada_t, "bob@example.com", "Bob").await;
+    let bob_t = bob["access_token"].as_str().unwrap().to_owned();
+
+    let (s, key) = api
+        .call(
+            "POST",
+            "/kms/keys",
+            Some(&ada_t),
+            Some(json!({"name": "app-data", "description": "the app's objects"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{key}");
+    let id = key["id"].as_str().unwrap().to_owned();
+    assert_eq!(key["enabled"], true);
+    assert_eq!(key["current_version"], 1);
+    assert!(key.get("material").is_none() && !key.to_string().contains("sealed"));
+    let arn = key["arn"].as_str().unwrap().to_owned();
+    let (s, v) = api
+        .call(
+            "POST",
+            "/kms/keys",
+            Some(&ada_t),
+            Some(json!({"name": "app-data"})),
+        )
+        .await;
+    assert_eq!(s, 409, "{v}");
+    let (s, v) = api
+        .call(
+            "POST",
+            "/kms/keys",
+            Some(&ada_t),
+            Some(json!({"name": "no spaces"})),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+
+    let (_, ada_s3) = s3_key(&api, &ada_t).await;
+    ada_s3.create_bucket().bucket("vault").send().await.unwrap();
+    let put = |key_id: String, k: &'static str, body: &'static [u8]| {
+        ada_s3
+            .put_object()
+            .bucket("vault")
+            .key(k)
+            .server_side_encryption(ServerSideEncryption::AwsKms)
+            .ssekms_key_id(key_id)
+            .body(ByteStream::from_static(body))
+            .send()
+    };
+    // By id, by alias and by ARN.
+    let r = put(id.clone(), "by-id", b"one").await.unwrap();
+    assert_eq!(r.ssekms_key_id(), Some(arn.as_str()));
+    put("alias/app-data".into(), "by-alias", b"two")
+        .await
+        .unwrap();
+    put(arn.clone(), "by-arn", b"three").await.unwrap();
+    let read = |k: &'static str| {
+        let c = ada_s3.clone();
+        async move {
+            let r = c.get_object().bucket("vault").key(k).send().await;
+            match r {
+                Ok(o) => Ok(o.body.collect().await.unwrap().into_bytes().to_vec()),
+                Err(e) => Err(s3_code::<(), _>(&Err(e)).unwrap()),
+            }
+        }
+    };
+    assert_eq!(read("by-alias").await.unwrap(), b"two");
+
+    // Rotation: new objects use version 2; objects under version 1 still read.
+    let (s, k) = api
+        .call(
+            "POST",
+            &format!("/kms/keys/{id}/rotate"),
+            Some(&ada_t),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{k}");
+    assert_eq!(k["current_version"], 2);
+    put(id.clone(), "after-rotation", b"four").await.unwrap();
+    assert_eq!(read("by-id").await.unwrap(), b"one");
+    assert_eq!(read("after-rotation").await.unwrap(), b"four");
+
+    // Disabled: neither writes nor reads under it.
+    let (s, k) = api
+        .call(
+            "POST",
+            &format!("/kms/keys/{id}/disable"),
+            Some(&ada_t),
+            None,
+        )
+        .await;
+    assert_eq!((s, &k["enabled"]), (200, &json!(false)), "{k}");
+    let r = put(id.clone(), "refused", b"x").await;
+    assert_eq!(
+        s3_code(&r).as_deref(),
+        Some("KMS.DisabledException"),
+        "{}",
+        s3_said(&r)
+    );
+    assert_eq!(read("by-id").await.unwrap_err(), "KMS.DisabledException");
+    let (s, _) = api
+        .call(
+            "POST",
+            &format!("/kms/keys/{id}/enable"),
+            Some(&ada_t),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(read("by-arn").await.unwrap(), b"three");
+
+    // Another tenant neither sees nor uses the key.
+    let (s, v) = api.call("GET", "/kms/keys", Some(&bob_t), None).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["keys"].as_array().unwrap().len(), 0, "{v}");
+    let (s, _) = api
+        .call("GET", &format!("/kms/keys/{id}"), Some(&bob_t), None)
+        .await;
+    assert_eq!(s, 404);
+    let (s, _) = api
+        .call(
+            "POST",
+            &format!("/kms/keys/{id}/disable"),
+            Some(&bob_t),
+            None,
+        )
+        .await;
+    assert_eq!(s, 404);
+    let (_, bob_s3) = s3_key(&api, &bob_t).await;
+    bob_s3.create_bucket().bucket("bobs").send().await.unwrap();
+    let r = bob_s3
+        .put_object()
+        .bucket("bobs")
+        .key("k")
+        .server_side_encryption(ServerSideEncryption::AwsKms)
+        .ssekms_key_id(id.clone())
+        .body(ByteStream::from_static(b"x"))
+        .send()
+        .await;
+    assert_eq!(s3_code(&r).as_deref(), Some("KMS.NotFoundException"));
+
+    // Ada's list shows her key with its versions, and the default key S3 made for `aws:kms`
+    // without a key id once it is used.
+    ada_s3
+        .put_object()
+        .bucket("vault")
+        .key("default-key")
+        .server_side_encryption(ServerSideEncryption::AwsKms)
+        .body(ByteStream::from_static(b"d"))
+        .send()
+        .await
+        .unwrap();
+    let (_, v) = api.call("GET", "/kms/keys", Some(&ada_t), None).await;
+    let mut names: Vec<&str> = v["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["name"].as_str().unwrap())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, ["app-data", "aws/s3"], "{v}");
+    // Every change is in the audit log.
+    let (_, log) = api.call("GET", "/audit/logs", Some(&ada_t), None).await;
+    let entries = log["entries"].as_array().unwrap();
+    for action in [
+        "POST /api/kms/keys",
+        "POST /api/kms/keys/{id}/rotate",
+        "POST /api/kms/keys/{id}/disable",
+        "POST /api/kms/keys/{id}/enable",
+    ] {
+        assert!(
+            entries
+                .iter()
+                .any(|e| e["action"] == action && e["outcome"] == "success"),
+            "no {action} in {log}"
+        );
+    }
 }

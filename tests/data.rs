@@ -287,7 +287,7 @@ async fn stat(client: &DataClient, key: &str) -> Option<Written> {
     let data = version.data()?;
     let extents = match &data.content {
         Content::Chunks(e) => e.clone(),
-        Content::Inline(_) => panic!("the data plane tests store chunks"),
+        Content::Inline(_) | Content::Encrypted(_) => panic!("the data plane tests store chunks"),
     };
     Some(Written {
         size: data.size,

@@ -3387,3 +3387,701 @@ async fn aws_edges_paging_delimiters_encodings_tags_expiry_and_messages() {
         Ok(v) => panic!("{v:?}"),
     }
 }
+
+fn md5_of(b: &[u8]) -> [u8; 16] {
+    use md5::Digest;
+    md5::Md5::digest(b).into()
+}
+
+/// `n` bytes that repeat `marker` with a counter, so any 64-byte window of them names it.
+fn marked(marker: &str, n: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(n + 64);
+    let mut i = 0u64;
+    while out.len() < n {
+        out.extend_from_slice(format!("{marker}{i:08}|").as_bytes());
+        i += 1;
+    }
+    out.truncate(n);
+    out
+}
+
+/// Whether any file under `dir` holds `needle`.
+fn any_file_holds(dir: &Path, needle: &[u8]) -> bool {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(bytes) = std::fs::read(&p)
+                && bytes.windows(needle.len()).any(|w| w == needle)
+            {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+async fn get_range(c: &Client, bucket: &str, key: &str, range: &str) -> Vec<u8> {
+    c.get_object()
+        .bucket(bucket)
+        .key(key)
+        .range(range)
+        .send()
+        .await
+        .unwrap()
+        .body
+        .collect()
+        .await
+        .unwrap()
+        .into_bytes()
+        .to_vec()
+}
+
+#[tokio::test]
+async fn encrypted_objects_read_back_whole_by_range_and_part_and_no_file_holds_their_plaintext() {
+    use aws_sdk_s3::types::ServerSideEncryption;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let s = serve_in(dir, &data, &[], &[]);
+    let c = client(s.addr);
+    wait_ready(s.addr).await;
+    c.create_bucket().bucket("sse").send().await.unwrap();
+
+    // A plain object, to show the scan below finds plaintext where there is some.
+    let plain = marked("PLAIN-CONTROL-", 3 << 20);
+    c.put_object()
+        .bucket("sse")
+        .key("plain")
+        .body(ByteStream::from(plain.clone()))
+        .send()
+        .await
+        .unwrap();
+
+    // SSE-S3, through the chunkservers.
+    let big = marked("SSE-S3-SECRET-", 3 * (1 << 20) + 12_345);
+    let put = c
+        .put_object()
+        .bucket("sse")
+        .key("big")
+        .server_side_encryption(ServerSideEncryption::Aes256)
+        .body(ByteStream::from(big.clone()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        put.server_side_encryption(),
+        Some(&ServerSideEncryption::Aes256)
+    );
+    // SSE-S3's ETag is the MD5 of the plaintext, as S3's.
+    assert_eq!(put.e_tag().unwrap().trim_matches('"'), md5_hex(&big));
+    let head = c
+        .head_object()
+        .bucket("sse")
+        .key("big")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.content_length(), Some(big.len() as i64));
+    assert_eq!(
+        head.server_side_encryption(),
+        Some(&ServerSideEncryption::Aes256)
+    );
+    assert_eq!(get_bytes(&c, "sse", "big").await, big);
+    // Ranges that start and end inside blocks, on block edges, and across many blocks.
+    for (a, b) in [
+        (0usize, 0usize),
+        (1, 100),
+        (65_535, 65_536),
+        (65_536, 131_071),
+        (100_000, 2_000_000),
+        (big.len() - 10, big.len() - 1),
+    ] {
+        assert_eq!(
+            get_range(&c, "sse", "big", &format!("bytes={a}-{b}")).await,
+            big[a..=b],
+            "range {a}-{b}"
+        );
+    }
+    assert_eq!(
+        get_range(&c, "sse", "big", "bytes=-70000").await,
+        big[big.len() - 70_000..]
+    );
+
+    // A small SSE-S3 object lives inline in the metadata, sealed too.
+    let small = marked("SSE-INLINE-SECRET-", 5_000);
+    c.put_object()
+        .bucket("sse")
+        .key("small")
+        .server_side_encryption(ServerSideEncryption::Aes256)
+        .body(ByteStream::from(small.clone()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get_bytes(&c, "sse", "small").await, small);
+    assert_eq!(
+        get_range(&c, "sse", "small", "bytes=10-19").await,
+        small[10..20]
+    );
+
+    // SSE-KMS multipart (the tenant's default key, made on first use), read by part and by
+    // ranges across the part boundary.
+    let part1 = marked("SSE-KMS-PART-ONE-", 5 << 20);
+    let part2 = marked("SSE-KMS-PART-TWO-", 1_000_000);
+    let up = c
+        .create_multipart_upload()
+        .bucket("sse")
+        .key("kms")
+        .server_side_encryption(ServerSideEncryption::AwsKms)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        up.server_side_encryption(),
+        Some(&ServerSideEncryption::AwsKms)
+    );
+    let key_arn = up.ssekms_key_id().unwrap().to_owned();
+    assert!(key_arn.starts_with("arn:aws:kms:us-east-1:"), "{key_arn}");
+    let id = up.upload_id().unwrap();
+    let mut parts = Vec::new();
+    for (n, body) in [(1, &part1), (2, &part2)] {
+        let r = c
+            .upload_part()
+            .bucket("sse")
+            .key("kms")
+            .upload_id(id)
+            .part_number(n)
+            .body(ByteStream::from(body.clone()))
+            .send()
+            .await
+            .unwrap();
+        // SSE-KMS ETags are not the MD5 of the data, as S3's are not.
+        assert_ne!(r.e_tag().unwrap().trim_matches('"'), md5_hex(body));
+        parts.push(
+            CompletedPart::builder()
+                .part_number(n)
+                .e_tag(r.e_tag().unwrap())
+                .build(),
+        );
+    }
+    let done = c
+        .complete_multipart_upload()
+        .bucket("sse")
+        .key("kms")
+        .upload_id(id)
+        .multipart_upload(
+            CompletedMultipartUpload::builder()
+                .set_parts(Some(parts))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        done.server_side_encryption(),
+        Some(&ServerSideEncryption::AwsKms)
+    );
+    let whole: Vec<u8> = [part1.clone(), part2.clone()].concat();
+    assert_eq!(get_bytes(&c, "sse", "kms").await, whole);
+    let p2 = c
+        .get_object()
+        .bucket("sse")
+        .key("kms")
+        .part_number(2)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(p2.ssekms_key_id(), Some(key_arn.as_str()));
+    assert_eq!(
+        p2.body.collect().await.unwrap().into_bytes().to_vec(),
+        part2
+    );
+    let edge = part1.len();
+    assert_eq!(
+        get_range(
+            &c,
+            "sse",
+            "kms",
+            &format!("bytes={}-{}", edge - 5, edge + 70_000)
+        )
+        .await,
+        whole[edge - 5..=edge + 70_000]
+    );
+
+    // A copy of an encrypted object to a plain one opens it (its bytes are then plaintext on
+    // disk, as asked: so it has markers of its own); a copy of a KMS object to SSE-S3 seals
+    // it again without moving a byte.
+    let to_open = marked("COPY-OPENS-THIS-", 300_000);
+    c.put_object()
+        .bucket("sse")
+        .key("to-open")
+        .server_side_encryption(ServerSideEncryption::Aes256)
+        .body(ByteStream::from(to_open.clone()))
+        .send()
+        .await
+        .unwrap();
+    c.copy_object()
+        .bucket("sse")
+        .key("opened")
+        .copy_source("sse/to-open")
+        .send()
+        .await
+        .unwrap();
+    let opened = c
+        .head_object()
+        .bucket("sse")
+        .key("opened")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(opened.server_side_encryption(), None);
+    assert_eq!(get_bytes(&c, "sse", "opened").await, to_open);
+    c.copy_object()
+        .bucket("sse")
+        .key("resealed")
+        .copy_source("sse/kms")
+        .server_side_encryption(ServerSideEncryption::Aes256)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get_bytes(&c, "sse", "resealed").await, whole);
+
+    // GET and HEAD take no x-amz-server-side-encryption.
+    let r = c
+        .get_object()
+        .bucket("sse")
+        .key("big")
+        .customize()
+        .mutate_request(|r| {
+            r.headers_mut()
+                .insert("x-amz-server-side-encryption", "AES256");
+        })
+        .send()
+        .await;
+    assert_eq!(code(r), "InvalidArgument");
+    let r = c
+        .put_object()
+        .bucket("sse")
+        .key("x")
+        .server_side_encryption(ServerSideEncryption::from("AES512"))
+        .body(ByteStream::from_static(b"x"))
+        .send()
+        .await;
+    assert_eq!(code(r), "InvalidArgument");
+
+    // Stop the server so every file is whole, then look for plaintext everywhere.
+    drop(c);
+    let Server { process, _dir, .. } = s;
+    drop(process);
+    assert!(
+        any_file_holds(&data, b"PLAIN-CONTROL-00000042|"),
+        "the scan must find a plain object's bytes"
+    );
+    for secret in [
+        "SSE-S3-SECRET-00000042|",
+        "SSE-S3-SECRET-00040000|",
+        "SSE-INLINE-SECRET-00000042|",
+        "SSE-KMS-PART-ONE-00000042|",
+        "SSE-KMS-PART-TWO-00000042|",
+    ] {
+        assert!(
+            !any_file_holds(&data, secret.as_bytes()),
+            "{secret} is stored in plaintext under {}",
+            data.display()
+        );
+    }
+    drop(_dir);
+}
+
+#[tokio::test]
+async fn customer_keys_are_needed_checked_and_never_stored() {
+    use aws_sdk_s3::types::ServerSideEncryption;
+    use base64::Engine;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let key = [7u8; 32];
+    let other = [9u8; 32];
+    let (k, k_md5) = (b64(&key), b64(&md5_of(&key)));
+    let (o, o_md5) = (b64(&other), b64(&md5_of(&other)));
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let s = serve_in(dir, &data, &[], &[]);
+    let c = client(s.addr);
+    wait_ready(s.addr).await;
+    c.create_bucket().bucket("ssec").send().await.unwrap();
+    let body = marked("SSE-C-SECRET-", 200_000);
+    let put = c
+        .put_object()
+        .bucket("ssec")
+        .key("obj")
+        .sse_customer_algorithm("AES256")
+        .sse_customer_key(&k)
+        .sse_customer_key_md5(&k_md5)
+        .body(ByteStream::from(body.clone()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.sse_customer_algorithm(), Some("AES256"));
+    assert_eq!(put.sse_customer_key_md5(), Some(k_md5.as_str()));
+
+    // Without the key: 400; another key: 403; HEAD the same.
+    let r = c.get_object().bucket("ssec").key("obj").send().await;
+    assert_eq!((status(&r), code(r)), (400, "InvalidRequest".into()));
+    let r = c
+        .get_object()
+        .bucket("ssec")
+        .key("obj")
+        .sse_customer_algorithm("AES256")
+        .sse_customer_key(&o)
+        .sse_customer_key_md5(&o_md5)
+        .send()
+        .await;
+    assert_eq!((status(&r), code(r)), (403, "AccessDenied".into()));
+    let r = c.head_object().bucket("ssec").key("obj").send().await;
+    assert_eq!(status(&r), 400);
+    // A key whose MD5 is not the one sent, or a key of the wrong length.
+    let r = c
+        .get_object()
+        .bucket("ssec")
+        .key("obj")
+        .sse_customer_algorithm("AES256")
+        .sse_customer_key(&k)
+        .sse_customer_key_md5(&o_md5)
+        .send()
+        .await;
+    assert_eq!(code(r), "InvalidArgument");
+    let r = c
+        .put_object()
+        .bucket("ssec")
+        .key("short")
+        .sse_customer_algorithm("AES256")
+        .sse_customer_key(b64(b"too short"))
+        .sse_customer_key_md5(b64(&md5_of(b"too short")))
+        .body(ByteStream::from_static(b"x"))
+        .send()
+        .await;
+    assert_eq!(code(r), "InvalidArgument");
+    // With the key: the object, whole and by range.
+    let got = c
+        .get_object()
+        .bucket("ssec")
+        .key("obj")
+        .range("bytes=70000-140000")
+        .sse_customer_algorithm("AES256")
+        .sse_customer_key(&k)
+        .sse_customer_key_md5(&k_md5)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.sse_customer_key_md5(), Some(k_md5.as_str()));
+    assert_eq!(
+        got.body.collect().await.unwrap().into_bytes().to_vec(),
+        body[70_000..=140_000]
+    );
+    // Customer key headers on a plain object are refused.
+    c.put_object()
+        .bucket("ssec")
+        .key("plain")
+        .body(ByteStream::from_static(b"plain"))
+        .send()
+        .await
+        .unwrap();
+    let r = c
+        .get_object()
+        .bucket("ssec")
+        .key("plain")
+        .sse_customer_algorithm("AES256")
+        .sse_customer_key(&k)
+        .sse_customer_key_md5(&k_md5)
+        .send()
+        .await;
+    assert_eq!(code(r), "InvalidRequest");
+
+    // Copies: SSE-C to SSE-S3 needs the source's key; SSE-S3 to SSE-C under another key.
+    let r = c
+        .copy_object()
+        .bucket("ssec")
+        .key("as-s3")
+        .copy_source("ssec/obj")
+        .server_side_encryption(ServerSideEncryption::Aes256)
+        .send()
+        .await;
+    assert_eq!(code(r), "InvalidRequest");
+    c.copy_object()
+        .bucket("ssec")
+        .key("as-s3")
+        .copy_source("ssec/obj")
+        .copy_source_sse_customer_algorithm("AES256")
+        .copy_source_sse_customer_key(&k)
+        .copy_source_sse_customer_key_md5(&k_md5)
+        .server_side_encryption(ServerSideEncryption::Aes256)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get_bytes(&c, "ssec", "as-s3").await, body);
+    c.copy_object()
+        .bucket("ssec")
+        .key("as-other")
+        .copy_source("ssec/as-s3")
+        .sse_customer_algorithm("AES256")
+        .sse_customer_key(&o)
+        .sse_customer_key_md5(&o_md5)
+        .send()
+        .await
+        .unwrap();
+    let got = c
+        .get_object()
+        .bucket("ssec")
+        .key("as-other")
+        .sse_customer_algorithm("AES256")
+        .sse_customer_key(&o)
+        .sse_customer_key_md5(&o_md5)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        got.body.collect().await.unwrap().into_bytes().to_vec(),
+        body
+    );
+
+    // SSE-C multipart: each part brings the key; a part under another key is refused; a
+    // part copied from an SSE-S3 object is sealed under the upload's key.
+    let up = c
+        .create_multipart_upload()
+        .bucket("ssec")
+        .key("mp")
+        .sse_customer_algorithm("AES256")
+        .sse_customer_key(&k)
+        .sse_customer_key_md5(&k_md5)
+        .send()
+        .await
+        .unwrap();
+    let id = up.upload_id().unwrap();
+    let part1 = marked("SSE-C-PART-", 5 << 20);
+    let r = c
+        .upload_part()
+        .bucket("ssec")
+        .key("mp")
+        .upload_id(id)
+        .part_number(1)
+        .body(ByteStream::from(part1.clone()))
+        .send()
+        .await;
+    assert_eq!(status(&r), 400);
+    let r = c
+        .upload_part()
+        .bucket("ssec")
+        .key("mp")
+        .upload_id(id)
+        .part_number(1)
+        .sse_customer_algorithm("AES256")
+        .sse_customer_key(&o)
+        .sse_customer_key_md5(&o_md5)
+        .body(ByteStream::from(part1.clone()))
+        .send()
+        .await;
+    assert_eq!(status(&r), 403);
+    let p1 = c
+        .upload_part()
+        .bucket("ssec")
+        .key("mp")
+        .upload_id(id)
+        .part_number(1)
+        .sse_customer_algorithm("AES256")
+        .sse_customer_key(&k)
+        .sse_customer_key_md5(&k_md5)
+        .body(ByteStream::from(part1.clone()))
+        .send()
+        .await
+        .unwrap();
+    let p2 = c
+        .upload_part_copy()
+        .bucket("ssec")
+        .key("mp")
+        .upload_id(id)
+        .part_number(2)
+        .copy_source("ssec/as-s3")
+        .copy_source_range("bytes=100-65636")
+        .sse_customer_algorithm("AES256")
+        .sse_customer_key(&k)
+        .sse_customer_key_md5(&k_md5)
+        .send()
+        .await
+        .unwrap();
+    c.complete_multipart_upload()
+        .bucket("ssec")
+        .key("mp")
+        .upload_id(id)
+        .multipart_upload(
+            CompletedMultipartUpload::builder()
+                .parts(
+                    CompletedPart::builder()
+                        .part_number(1)
+                        .e_tag(p1.e_tag().unwrap())
+                        .build(),
+                )
+                .parts(
+                    CompletedPart::builder()
+                        .part_number(2)
+                        .e_tag(p2.copy_part_result().unwrap().e_tag().unwrap())
+                        .build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let got = c
+        .get_object()
+        .bucket("ssec")
+        .key("mp")
+        .sse_customer_algorithm("AES256")
+        .sse_customer_key(&k)
+        .sse_customer_key_md5(&k_md5)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        got.body.collect().await.unwrap().into_bytes().to_vec(),
+        [part1, body[100..=65_636].to_vec()].concat()
+    );
+    let r = c.get_object().bucket("ssec").key("mp").send().await;
+    assert_eq!(code(r), "InvalidRequest");
+
+    // The customer key is nowhere on disk, nor the plaintext.
+    drop(c);
+    let Server { process, _dir, .. } = s;
+    drop(process);
+    assert!(!any_file_holds(&data, &key), "the customer key is stored");
+    assert!(!any_file_holds(&data, b"SSE-C-SECRET-00000042|"));
+    assert!(!any_file_holds(&data, b"SSE-C-PART-00000042|"));
+    drop(_dir);
+}
+
+#[tokio::test]
+async fn bucket_default_encryption_applies_to_writes_without_headers() {
+    use aws_sdk_s3::types::{
+        ServerSideEncryption, ServerSideEncryptionByDefault, ServerSideEncryptionConfiguration,
+        ServerSideEncryptionRule,
+    };
+    let s = serve(&[], &[]);
+    let c = client(s.addr);
+    wait_ready(s.addr).await;
+    c.create_bucket().bucket("enc").send().await.unwrap();
+    let r = c.get_bucket_encryption().bucket("enc").send().await;
+    assert_eq!(
+        (status(&r), code(r)),
+        (404, "ServerSideEncryptionConfigurationNotFoundError".into())
+    );
+    let config = |alg: ServerSideEncryption, key: Option<&str>| {
+        ServerSideEncryptionConfiguration::builder()
+            .rules(
+                ServerSideEncryptionRule::builder()
+                    .apply_server_side_encryption_by_default(
+                        ServerSideEncryptionByDefault::builder()
+                            .sse_algorithm(alg)
+                            .set_kms_master_key_id(key.map(str::to_owned))
+                            .build()
+                            .unwrap(),
+                    )
+                    .build(),
+            )
+            .build()
+            .unwrap()
+    };
+    c.put_bucket_encryption()
+        .bucket("enc")
+        .server_side_encryption_configuration(config(ServerSideEncryption::Aes256, None))
+        .send()
+        .await
+        .unwrap();
+    let got = c
+        .get_bucket_encryption()
+        .bucket("enc")
+        .send()
+        .await
+        .unwrap();
+    let rule = &got.server_side_encryption_configuration().unwrap().rules()[0];
+    assert_eq!(
+        rule.apply_server_side_encryption_by_default()
+            .unwrap()
+            .sse_algorithm(),
+        &ServerSideEncryption::Aes256
+    );
+    let put = c
+        .put_object()
+        .bucket("enc")
+        .key("a")
+        .body(ByteStream::from_static(b"defaulted"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        put.server_side_encryption(),
+        Some(&ServerSideEncryption::Aes256)
+    );
+    assert_eq!(get_bytes(&c, "enc", "a").await, b"defaulted");
+    // A KMS key that does not exist is refused when the configuration names it.
+    let r = c
+        .put_bucket_encryption()
+        .bucket("enc")
+        .server_side_encryption_configuration(config(
+            ServerSideEncryption::AwsKms,
+            Some("alias/nope"),
+        ))
+        .send()
+        .await;
+    assert_eq!(code(r), "KMS.NotFoundException");
+    c.put_bucket_encryption()
+        .bucket("enc")
+        .server_side_encryption_configuration(config(ServerSideEncryption::AwsKms, None))
+        .send()
+        .await
+        .unwrap();
+    let head = c
+        .put_object()
+        .bucket("enc")
+        .key("b")
+        .body(ByteStream::from_static(b"kms"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        head.server_side_encryption(),
+        Some(&ServerSideEncryption::AwsKms)
+    );
+    // A request's own headers win over the default.
+    let plain_c = c
+        .put_object()
+        .bucket("enc")
+        .key("c")
+        .server_side_encryption(ServerSideEncryption::Aes256)
+        .body(ByteStream::from_static(b"s3"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        plain_c.server_side_encryption(),
+        Some(&ServerSideEncryption::Aes256)
+    );
+    c.delete_bucket_encryption()
+        .bucket("enc")
+        .send()
+        .await
+        .unwrap();
+    let put = c
+        .put_object()
+        .bucket("enc")
+        .key("d")
+        .body(ByteStream::from_static(b"plain"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.server_side_encryption(), None);
+    for k in ["a", "b", "c"] {
+        assert!(!get_bytes(&c, "enc", k).await.is_empty());
+    }
+}

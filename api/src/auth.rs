@@ -841,6 +841,9 @@ impl S3Access for Access {
         if let Some(r) = &rec {
             cx.extensions_mut()
                 .insert(BucketTenant(bucket_tenant(&r.owner)));
+            if let Some(e) = &r.encryption {
+                cx.extensions_mut().insert(BucketSse(e.clone()));
+            }
         }
         // Writes and reads of objects report the lifecycle expiry (`x-amz-expiration`).
         if let Some(rules) = rec.as_ref().and_then(|r| r.lifecycle.clone())
@@ -967,6 +970,10 @@ fn version_param(uri: &http::Uri) -> Result<Option<VersionRef>, ()> {
 /// The tenant of the bucket a request was authorised on (set by [`Access::check`]).
 #[derive(Clone, Copy, Debug)]
 pub struct BucketTenant(pub u128);
+
+/// The default encryption of the bucket a request was authorised on, when it has one.
+#[derive(Clone, Debug)]
+pub struct BucketSse(pub cairn_master::buckets::BucketEncryption);
 
 /// The lifecycle rules of the bucket a request writes or reads an object of (set by
 /// [`Access::check`] when the bucket has any).

@@ -370,7 +370,7 @@ async fn download(
     };
     let ext = img.content.as_ref().map_or("img", |c| c.format.as_str());
     let name = format!("{}.{ext}", img.meta.name.replace(['/', '\\'], "_"));
-    serve(&g, req.method(), req.headers(), &name, version, true)
+    serve(&g, req.method(), req.headers(), &name, version, true).await
 }
 
 /// Counts what passes, keeps the first [`HEAD_LEN`] bytes, takes the BLAKE3 digest that names

@@ -32,6 +32,7 @@ pub mod http;
 pub mod images;
 pub mod kernel;
 pub mod keys;
+pub mod kms;
 pub mod mail;
 pub mod metrics;
 pub mod namespaces;
@@ -40,6 +41,7 @@ pub mod router;
 pub mod s3;
 pub mod sessions;
 pub mod shares;
+pub mod sse;
 pub mod storage;
 pub mod tenants;
 
@@ -121,6 +123,8 @@ pub struct Gateway {
     pub mailer: Option<Arc<mail::Mailer>>,
     /// File uploads in flight on this gateway (for progress reports).
     pub uploads: namespaces::Uploads,
+    /// Opened key versions of the key service (SSE-S3 and SSE-KMS), kept a few seconds.
+    pub kms_cache: sse::KeyCache,
 }
 
 /// The S3 error for a refusal from the bucket service: each [`BucketRefusal`] maps here, once
@@ -217,6 +221,7 @@ impl Gateway {
             api_keys: kernel::ApiKeyCache::default(),
             mailer: None,
             uploads: namespaces::Uploads::default(),
+            kms_cache: Default::default(),
         }
     }
 

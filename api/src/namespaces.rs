@@ -624,7 +624,18 @@ async fn upload(State(g): State<Arc<Gateway>>, req: Request) -> ApiResult<Respon
     };
     let body = s3s::dto::StreamingBlob::wrap(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)));
     let no_headers = HeaderMap::new();
-    let store = crate::objects::store_body(&g, Some(body), &no_headers, None, &q.namespace, true);
+    let (tenant, sse) = crate::objects::default_sse(&g, &q.namespace)
+        .await
+        .map_err(from_s3)?;
+    let store = crate::objects::store_object(
+        &g,
+        Some(body),
+        &no_headers,
+        None,
+        (q.namespace.as_str(), path.as_str()),
+        tenant,
+        sse.as_ref(),
+    );
     let ((), stored) = tokio::join!(pump, store);
     let stored = stored.map_err(from_s3)?;
     drop(form);
@@ -641,7 +652,7 @@ async fn upload(State(g): State<Arc<Gateway>>, req: Request) -> ApiResult<Respon
             key: path.clone(),
             data: ObjectData {
                 size: stored.size,
-                etag: stored.md5.clone(),
+                etag: stored.etag.clone(),
                 parts: Vec::new(),
                 content: stored.content,
                 meta: ObjectMeta {
@@ -828,12 +839,12 @@ async fn direct(
     )
     .map_err(|e| hidden(e, p.is_none()))?;
     let version = found.and_then(|(_, v)| v);
-    serve(g, method, headers, path, version, attachment)
+    serve(g, method, headers, path, version, attachment).await
 }
 
 /// Answer a read of one object version: 404 when there is none (or it is a delete marker),
 /// 304/412 from the validators, 206/416 for a `Range`, else the whole object, streamed.
-pub(crate) fn serve(
+pub(crate) async fn serve(
     g: &Arc<Gateway>,
     method: &Method,
     headers: &HeaderMap,
@@ -903,7 +914,11 @@ pub(crate) fn serve(
     let body = if method == Method::HEAD || len == 0 {
         axum::body::Body::empty()
     } else {
-        axum::body::Body::from_stream(crate::objects::body_of(g, d, first, len))
+        axum::body::Body::from_stream(
+            crate::objects::read_body(g, d, None, first, len)
+                .await
+                .map_err(from_s3)?,
+        )
     };
     let mut r = validators(status);
     *r.body_mut() = body;

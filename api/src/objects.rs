@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use cairn_master::buckets::{
     BucketCommand, BucketQuery, BucketQueryResponse, BucketRecord, BucketResponse, Content,
-    ObjectData,
+    Encrypted, ObjectData,
 };
 use s3s::checksum::ChecksumHasher;
 use s3s::dto::*;
@@ -18,6 +18,7 @@ use cairn_engine::state::Rejection;
 
 use crate::Gateway;
 use crate::body::{BodyError, Hashing, chain_prefix, object_stream, read_prefix};
+use crate::sse::{Sealer, SseRequest};
 
 /// An S3 error code s3s does not list, with its status.
 pub(crate) fn custom_error(
@@ -115,10 +116,14 @@ fn decode_base64(s: &str) -> Option<Vec<u8>> {
 
 /// What a stored body turned into.
 pub(crate) struct Stored {
+    /// Plaintext bytes.
     pub(crate) size: u64,
     pub(crate) md5: String,
     pub(crate) checksum: Option<(String, String)>,
+    /// Where the bytes are: sealed when the body was stored encrypted.
     pub(crate) content: Content,
+    /// The ETag (the MD5, except for SSE-KMS and SSE-C objects).
+    pub(crate) etag: String,
 }
 
 /// Who made a request, for the audit log: the access key and the client address; and the
@@ -174,7 +179,37 @@ pub(crate) async fn bucket_record(g: &Gateway, name: &str) -> S3Result<BucketRec
     }
 }
 
-/// Stream a request body into storage, hashing it on the way.
+/// Stream a request body into storage as a new object of `bucket/key` (whose bucket belongs
+/// to `tenant`), hashing it on the way and, when `sse` asks, encrypting it under a new data
+/// key.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn store_object(
+    g: &Gateway,
+    body: Option<StreamingBlob>,
+    headers: &http::HeaderMap,
+    trailers: Option<TrailingHeaders>,
+    (bucket, key): (&str, &str),
+    tenant: u128,
+    sse: Option<&SseRequest>,
+) -> S3Result<Stored> {
+    let Some(req) = sse else {
+        return store_body(g, body, headers, trailers, bucket, true, None).await;
+    };
+    let (kept, data) = crate::sse::new_data_key(g, tenant, bucket, key, req).await?;
+    let salt = crate::sse::new_salt()?;
+    let sealer = Sealer::new(&data, &salt);
+    let mut s = store_body(g, body, headers, trailers, bucket, true, Some(sealer)).await?;
+    s.etag = crate::sse::etag(&kept, &s.md5, &salt);
+    s.content = Content::Encrypted(Box::new(Encrypted {
+        sse: kept,
+        salts: vec![salt],
+        body: s.content,
+    }));
+    Ok(s)
+}
+
+/// Stream a request body into storage, hashing it on the way (and sealing it with `seal`,
+/// whose caller wraps the sealed content).
 pub(crate) async fn store_body(
     g: &Gateway,
     body: Option<StreamingBlob>,
@@ -182,6 +217,7 @@ pub(crate) async fn store_body(
     trailers: Option<TrailingHeaders>,
     bucket: &str,
     allow_inline: bool,
+    seal: Option<Sealer>,
 ) -> S3Result<Stored> {
     let inline_max = if allow_inline {
         g.options.inline_max
@@ -219,7 +255,10 @@ pub(crate) async fn store_body(
         };
         if allow_inline && prefix.len() <= inline_max {
             drop(reader);
-            Content::Inline(prefix)
+            match &seal {
+                Some(s) => Content::Inline(crate::sse::seal_all(s, &prefix)),
+                None => Content::Inline(prefix),
+            }
         } else {
             // Large body: the bucket must exist before any chunk is written (a small one
             // needs no lookup: the commit itself refuses a missing bucket).
@@ -230,11 +269,19 @@ pub(crate) async fn store_body(
                     return Err(e);
                 }
             };
-            let mut src = chain_prefix(prefix, reader);
+            let src = chain_prefix(prefix, reader);
             let mut dc = g.data.clone();
             dc.replication = replication;
-            let written = dc.put(&mut src).await;
-            drop(src);
+            let written = match seal {
+                Some(s) => {
+                    let mut sealed = crate::sse::sealing(src, s);
+                    dc.put(&mut sealed).await
+                }
+                None => {
+                    let mut src = src;
+                    dc.put(&mut src).await
+                }
+            };
             match written {
                 Ok(w) => Content::Chunks(w.extents),
                 Err(cairn_client::DataError::Source(e)) => {
@@ -269,13 +316,34 @@ pub(crate) async fn store_body(
     let checksum = verify_checksums(&sums, headers, trailer_map.as_ref())?;
     Ok(Stored {
         size,
+        etag: md5.clone(),
         md5,
         checksum,
         content,
     })
 }
 
-pub(crate) fn body_of(g: &Gateway, d: &ObjectData, offset: u64, len: u64) -> StreamingBlob {
+/// `len` bytes at `offset` of an object's plaintext, opened with its data key when it is
+/// encrypted (`customer`: the SSE-C key the request gave).
+pub(crate) async fn read_body(
+    g: &Gateway,
+    d: &ObjectData,
+    customer: Option<&[u8; 32]>,
+    offset: u64,
+    len: u64,
+) -> S3Result<StreamingBlob> {
+    crate::sse::check_read(g, d, customer)?;
+    match &d.content {
+        Content::Encrypted(e) => {
+            let key = crate::sse::open_data_key(g, &e.sse, customer).await?;
+            Ok(crate::sse::open_stream(g, d, e, &key, offset, len))
+        }
+        _ => Ok(body_of(g, d, offset, len)),
+    }
+}
+
+/// `len` bytes at `offset` of an unencrypted object (see [`read_body`]).
+fn body_of(g: &Gateway, d: &ObjectData, offset: u64, len: u64) -> StreamingBlob {
     match &d.content {
         Content::Inline(b) => {
             let lo = usize::try_from(offset).unwrap_or(usize::MAX).min(b.len());
@@ -288,5 +356,114 @@ pub(crate) fn body_of(g: &Gateway, d: &ObjectData, offset: u64, len: u64) -> Str
             }))
         }
         Content::Chunks(e) => object_stream(&g.data, Arc::new(e.clone()), offset, len),
+        Content::Encrypted(_) => StreamingBlob::wrap(futures::stream::once(async {
+            Err::<Bytes, _>(std::io::Error::other("the object is encrypted"))
+        })),
+    }
+}
+
+/// What encryption a write to `bucket` gets without asking: the bucket's default; and the
+/// bucket's tenant.
+pub(crate) async fn default_sse(g: &Gateway, bucket: &str) -> S3Result<(u128, Option<SseRequest>)> {
+    let b = bucket_record(g, bucket).await?;
+    let tenant = cairn_master::tenancy::bucket_tenant(&b.owner);
+    Ok((
+        tenant,
+        crate::sse::write_request(&http::HeaderMap::new(), b.encryption.as_ref())?,
+    ))
+}
+
+/// Store part `number` of an upload: sealed with the upload's data key (opened with the SSE-C
+/// key the request gave, for SSE-C uploads) when the upload was begun encrypted. Returns what
+/// was stored and the command that commits the part; the upload must exist.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn store_part(
+    g: &Gateway,
+    body: Option<StreamingBlob>,
+    headers: &http::HeaderMap,
+    trailers: Option<TrailingHeaders>,
+    (bucket, key, upload, number): (&str, &str, u128, u32),
+    customer: Option<&[u8; 32]>,
+) -> S3Result<(Stored, BucketCommand, Option<cairn_master::buckets::Sse>)> {
+    let sse = upload_sse(g, bucket, key, upload).await?;
+    let (stored, salt) = match &sse {
+        None => {
+            if customer.is_some() {
+                return Err(s3_error!(
+                    InvalidRequest,
+                    "The encryption parameters are not applicable to this upload: it was not begun with a customer key."
+                ));
+            }
+            (
+                store_body(g, body, headers, trailers, bucket, false, None).await?,
+                None,
+            )
+        }
+        Some(s) => {
+            let data = crate::sse::open_data_key(g, s, customer).await?;
+            let salt = crate::sse::new_salt()?;
+            let mut st = store_body(
+                g,
+                body,
+                headers,
+                trailers,
+                bucket,
+                false,
+                Some(Sealer::new(&data, &salt)),
+            )
+            .await?;
+            st.etag = crate::sse::etag(s, &st.md5, &salt);
+            (st, Some(salt))
+        }
+    };
+    let extents = match &stored.content {
+        Content::Chunks(e) => e.clone(),
+        _ => Vec::new(),
+    };
+    let (bucket, key) = (bucket.to_owned(), key.to_owned());
+    let c = match salt {
+        None => BucketCommand::PutPart {
+            bucket,
+            key,
+            upload,
+            number,
+            etag: stored.etag.clone(),
+            size: stored.size,
+            extents,
+        },
+        Some(salt) => BucketCommand::PutSealedPart {
+            bucket,
+            key,
+            upload,
+            number,
+            etag: stored.etag.clone(),
+            size: stored.size,
+            extents,
+            salt,
+        },
+    };
+    Ok((stored, c, sse))
+}
+
+/// How an upload's data key is kept (`None`: not encrypted); `NoSuchUpload` without it.
+pub(crate) async fn upload_sse(
+    g: &Gateway,
+    bucket: &str,
+    key: &str,
+    upload: u128,
+) -> S3Result<Option<cairn_master::buckets::Sse>> {
+    match g
+        .query(&BucketQuery::UploadSse {
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
+            upload,
+        })
+        .await?
+    {
+        BucketQueryResponse::UploadSse(Some((_, sse))) => Ok(sse),
+        _ => Err(s3_error!(
+            NoSuchUpload,
+            "The specified upload does not exist."
+        )),
     }
 }

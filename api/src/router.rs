@@ -35,6 +35,7 @@ pub fn openapi_doc() -> utoipa::openapi::OpenApi {
     doc.merge(crate::storage::StorageDoc::openapi());
     doc.merge(crate::shares::SharesDoc::openapi());
     doc.merge(crate::images::ImagesDoc::openapi());
+    doc.merge(crate::kms::KmsDoc::openapi());
     doc
 }
 
@@ -58,7 +59,8 @@ pub fn api(g: Arc<Gateway>) -> Router {
         .merge(crate::tenants::routes())
         .merge(crate::storage::routes())
         .merge(crate::shares::routes())
-        .merge(crate::images::routes());
+        .merge(crate::images::routes())
+        .merge(crate::kms::routes());
     with_layers(routes, g)
 }
 

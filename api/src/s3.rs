@@ -11,20 +11,22 @@ use std::time::{Duration, SystemTime};
 use cairn_master::bucket_policy::BucketPolicy;
 use cairn_master::buckets::acl::{self, Grant as AclGrant};
 use cairn_master::buckets::{
-    BucketChange, BucketCommand, BucketQuery, BucketQueryResponse, BucketRecord, BucketRefusal,
-    BucketResponse, Conditions, Content, CorsRule, DefaultRetention, LifecycleRule, ListPage,
-    ListRequest, LockChange, LockConfig, LockMode, ObjectAcl, ObjectData, ObjectLock, ObjectMeta,
-    PublicAccessBlock, Retention, Version, VersionRef, Versioning, parse_upload, upload_string,
-    version_string,
+    BucketChange, BucketCommand, BucketEncryption, BucketQuery, BucketQueryResponse, BucketRecord,
+    BucketRefusal, BucketResponse, Conditions, Content, CorsRule, DefaultRetention, DefaultSse,
+    LifecycleRule, ListPage, ListRequest, LockChange, LockConfig, LockMode, ObjectAcl, ObjectData,
+    ObjectLock, ObjectMeta, PublicAccessBlock, Retention, Version, VersionRef, Versioning,
+    parse_upload, upload_string, version_string,
 };
 use cairn_proto::dataplane::Extent;
 use futures::StreamExt;
 use s3s::crypto::{Checksum as _, Md5};
 use s3s::dto::*;
-use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, TrailingHeaders, s3_error};
+use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
 
 use crate::Gateway;
-use crate::objects::{self, Stored, Who, custom_error};
+use crate::objects::{self, Who, custom_error};
+use crate::set_sse;
+use crate::sse::{self, SseHeaders, SseRequest};
 
 #[derive(Debug, Clone)]
 pub struct CairnS3 {
@@ -494,19 +496,26 @@ impl CairnS3 {
         objects::bucket_record(&self.g, name).await
     }
 
-    async fn store_body(
+    /// The tenant of a request's bucket and the encryption a write asks for (its headers,
+    /// else the bucket's default).
+    async fn write_sse<T>(
         &self,
-        body: Option<StreamingBlob>,
-        headers: &http::HeaderMap,
-        trailers: Option<TrailingHeaders>,
+        req: &S3Request<T>,
         bucket: &str,
-        allow_inline: bool,
-    ) -> S3Result<Stored> {
-        objects::store_body(&self.g, body, headers, trailers, bucket, allow_inline).await
-    }
-
-    fn body_of(&self, d: &ObjectData, offset: u64, len: u64) -> StreamingBlob {
-        objects::body_of(&self.g, d, offset, len)
+    ) -> S3Result<(u128, Option<SseRequest>)> {
+        match req.extensions.get::<crate::auth::BucketTenant>() {
+            Some(t) => {
+                let default = req.extensions.get::<crate::auth::BucketSse>().map(|d| &d.0);
+                Ok((t.0, sse::write_request(&req.headers, default)?))
+            }
+            None => {
+                let b = self.bucket(bucket).await?;
+                Ok((
+                    cairn_master::tenancy::bucket_tenant(&b.owner),
+                    sse::write_request(&req.headers, b.encryption.as_ref())?,
+                ))
+            }
+        }
     }
 
     /// Find the version, check the preconditions, resolve the range or part.
@@ -2438,6 +2447,112 @@ impl S3 for CairnS3 {
         }))
     }
 
+    async fn put_bucket_encryption(
+        &self,
+        req: S3Request<PutBucketEncryptionInput>,
+    ) -> S3Result<S3Response<PutBucketEncryptionOutput>> {
+        let audit_who = who(&req);
+        let tenant = req
+            .extensions
+            .get::<crate::auth::BucketTenant>()
+            .map_or(0, |t| t.0);
+        let input = req.input;
+        let rules = input.server_side_encryption_configuration.rules;
+        let [rule] = rules.as_slice() else {
+            return Err(s3_error!(
+                MalformedXML,
+                "A server-side encryption configuration has exactly one rule."
+            ));
+        };
+        let Some(by_default) = &rule.apply_server_side_encryption_by_default else {
+            return Err(s3_error!(
+                MalformedXML,
+                "The rule has no ApplyServerSideEncryptionByDefault."
+            ));
+        };
+        let default = match by_default.sse_algorithm.as_str() {
+            "AES256" => {
+                if by_default.kms_master_key_id.is_some() {
+                    return Err(s3_error!(
+                        InvalidArgument,
+                        "a KMSMasterKeyID is only valid with SSEAlgorithm aws:kms"
+                    ));
+                }
+                DefaultSse::S3
+            }
+            "aws:kms" | "aws:kms:dsse" => {
+                if let Some(k) = &by_default.kms_master_key_id {
+                    // The key must be one of the bucket's tenant (or its default, made later).
+                    sse::resolve_key(&self.g, tenant, Some(k), false).await?;
+                }
+                DefaultSse::Kms {
+                    key: by_default.kms_master_key_id.clone(),
+                }
+            }
+            _ => {
+                return Err(s3_error!(
+                    InvalidArgument,
+                    "SSEAlgorithm must be AES256 or aws:kms"
+                ));
+            }
+        };
+        self.configure(
+            &audit_who,
+            "s3:PutEncryptionConfiguration",
+            &input.bucket,
+            BucketChange::Encryption(Some(BucketEncryption {
+                default,
+                bucket_key: rule.bucket_key_enabled == Some(true),
+            })),
+        )
+        .await?;
+        Ok(S3Response::new(PutBucketEncryptionOutput {}))
+    }
+
+    async fn get_bucket_encryption(
+        &self,
+        req: S3Request<GetBucketEncryptionInput>,
+    ) -> S3Result<S3Response<GetBucketEncryptionOutput>> {
+        let b = self.bucket(&req.input.bucket).await?;
+        let e = b.encryption.ok_or_else(|| {
+            custom_status(
+                "ServerSideEncryptionConfigurationNotFoundError",
+                "The server side encryption configuration was not found",
+                http::StatusCode::NOT_FOUND,
+            )
+        })?;
+        let (alg, key) = match e.default {
+            DefaultSse::S3 => ("AES256", None),
+            DefaultSse::Kms { key } => ("aws:kms", key),
+        };
+        Ok(S3Response::new(GetBucketEncryptionOutput {
+            server_side_encryption_configuration: Some(ServerSideEncryptionConfiguration {
+                rules: vec![ServerSideEncryptionRule {
+                    apply_server_side_encryption_by_default: Some(ServerSideEncryptionByDefault {
+                        kms_master_key_id: key,
+                        sse_algorithm: ServerSideEncryption::from(alg.to_owned()),
+                    }),
+                    bucket_key_enabled: Some(e.bucket_key),
+                }],
+            }),
+        }))
+    }
+
+    async fn delete_bucket_encryption(
+        &self,
+        req: S3Request<DeleteBucketEncryptionInput>,
+    ) -> S3Result<S3Response<DeleteBucketEncryptionOutput>> {
+        let audit_who = who(&req);
+        self.configure(
+            &audit_who,
+            "s3:PutEncryptionConfiguration",
+            &req.input.bucket,
+            BucketChange::Encryption(None),
+        )
+        .await?;
+        Ok(S3Response::new(DeleteBucketEncryptionOutput {}))
+    }
+
     async fn delete_bucket_ownership_controls(
         &self,
         req: S3Request<DeleteBucketOwnershipControlsInput>,
@@ -2460,6 +2575,11 @@ impl S3 for CairnS3 {
         let who = who(&req);
         let expiration = expiration_header(&req.extensions, &req.input.key, crate_now_ms());
         let (writer, bucket_owner) = writer_and_owner(&req);
+        let (tenant, sse_req) = self.write_sse(&req, &req.input.bucket).await?;
+        let customer = match &sse_req {
+            Some(SseRequest::Customer { key }) => Some(*key),
+            _ => None,
+        };
         let headers = req.headers;
         let trailers = req.trailing_headers;
         let input = req.input;
@@ -2500,10 +2620,18 @@ impl S3 for CairnS3 {
             &input.object_lock_retain_until_date,
             &input.object_lock_legal_hold_status,
         )?;
-        let stored = self
-            .store_body(input.body, &headers, trailers, &input.bucket, true)
-            .await?;
+        let stored = objects::store_object(
+            &self.g,
+            input.body,
+            &headers,
+            trailers,
+            (&input.bucket, &input.key),
+            tenant,
+            sse_req.as_ref(),
+        )
+        .await?;
         m.checksum = stored.checksum.clone();
+        let sse_out = SseHeaders::of(&self.g, tenant, stored.content.sse(), customer.as_ref());
         let resp = self
             .write(
                 &who,
@@ -2516,7 +2644,7 @@ impl S3 for CairnS3 {
                             key: input.key.clone(),
                             data: ObjectData {
                                 size: stored.size,
-                                etag: stored.md5.clone(),
+                                etag: stored.etag.clone(),
                                 parts: Vec::new(),
                                 content: stored.content,
                                 meta: m,
@@ -2533,12 +2661,14 @@ impl S3 for CairnS3 {
             _ => None,
         };
         let mut out = PutObjectOutput {
-            e_tag: Some(etag(&stored.md5)),
+            e_tag: Some(etag(&stored.etag)),
             version_id: version.map(|v| version_string(Some(v))),
             size: i64::try_from(stored.size).ok(),
             expiration,
+            ssekms_encryption_context: sse_out.context.clone(),
             ..Default::default()
         };
+        set_sse!(out, sse_out);
         set_checksum!(out, stored.checksum);
         Ok(S3Response::new(out))
     }
@@ -2549,6 +2679,12 @@ impl S3 for CairnS3 {
     ) -> S3Result<S3Response<GetObjectOutput>> {
         let prefetched = req.extensions.remove::<crate::auth::Prefetched>();
         let lock_enabled = prefetched.as_ref().is_some_and(|p| p.lock_enabled);
+        let customer = sse::object_customer_key(&req.headers)?;
+        sse::refuse_on_read(&req.headers)?;
+        let tenant = req
+            .extensions
+            .get::<crate::auth::BucketTenant>()
+            .map_or(0, |t| t.0);
         let input = req.input;
         let plan = self
             .plan_read(
@@ -2565,7 +2701,15 @@ impl S3 for CairnS3 {
                 prefetched,
             )
             .await?;
-        let body = self.body_of(&plan.data, plan.offset, plan.len);
+        let body = objects::read_body(
+            &self.g,
+            &plan.data,
+            customer.as_ref(),
+            plan.offset,
+            plan.len,
+        )
+        .await?;
+        let sse_out = SseHeaders::of(&self.g, tenant, plan.data.content.sse(), customer.as_ref());
         let whole = plan.content_range.is_none();
         let checksum = plan.data.meta.checksum.clone();
         let lock = self
@@ -2577,6 +2721,7 @@ impl S3 for CairnS3 {
             tag_count: (!plan.data.tags.is_empty()).then_some(plan.data.tags.len() as i32),
         );
         out.expiration = expiration;
+        set_sse!(out, sse_out);
         (
             out.object_lock_mode,
             out.object_lock_retain_until_date,
@@ -2603,6 +2748,12 @@ impl S3 for CairnS3 {
     ) -> S3Result<S3Response<HeadObjectOutput>> {
         let prefetched = req.extensions.remove::<crate::auth::Prefetched>();
         let lock_enabled = prefetched.as_ref().is_some_and(|p| p.lock_enabled);
+        let customer = sse::object_customer_key(&req.headers)?;
+        sse::refuse_on_read(&req.headers)?;
+        let tenant = req
+            .extensions
+            .get::<crate::auth::BucketTenant>()
+            .map_or(0, |t| t.0);
         let input = req.input;
         let plan = self
             .plan_read(
@@ -2620,12 +2771,15 @@ impl S3 for CairnS3 {
             )
             .await?;
         let partial = plan.content_range.is_some();
+        sse::check_read(&self.g, &plan.data, customer.as_ref())?;
+        let sse_out = SseHeaders::of(&self.g, tenant, plan.data.content.sse(), customer.as_ref());
         let lock = self
             .lock_headers(lock_enabled, &input.bucket, &input.key, &plan.version)
             .await?;
         let expiration = expiration_header(&req.extensions, &input.key, plan.version.modified_ms);
         let mut out = read_output!(HeadObjectOutput, input, plan,);
         out.expiration = expiration;
+        set_sse!(out, sse_out);
         (
             out.object_lock_mode,
             out.object_lock_retain_until_date,
@@ -2741,6 +2895,19 @@ impl S3 for CairnS3 {
     ) -> S3Result<S3Response<CopyObjectOutput>> {
         let who = who(&req);
         let (writer, bucket_owner) = writer_and_owner(&req);
+        let (tenant, sse_req) = self.write_sse(&req, &req.input.bucket).await?;
+        let asks_sse = req.headers.contains_key("x-amz-server-side-encryption")
+            || req
+                .headers
+                .contains_key("x-amz-server-side-encryption-customer-algorithm");
+        let source_customer = sse::customer_key(
+            &req.headers,
+            "x-amz-copy-source-server-side-encryption-customer-",
+        )?;
+        let customer = match &sse_req {
+            Some(SseRequest::Customer { key }) => Some(*key),
+            _ => None,
+        };
         let input = req.input;
         let acl = input_acl!(input, writer, bucket_owner)?;
         let (sv, sd, src_bucket, src_key) = self
@@ -2773,6 +2940,7 @@ impl S3 for CairnS3 {
             )
             && !replace_meta
             && !replace_tags
+            && !asks_sse
         {
             return Err(s3_error!(
                 InvalidRequest,
@@ -2804,6 +2972,50 @@ impl S3 for CairnS3 {
             &input.object_lock_retain_until_date,
             &input.object_lock_legal_hold_status,
         )?;
+        sse::check_read(&self.g, &sd, source_customer.as_ref())?;
+        let (size, new_etag, parts, content) = match (&sd.content, &sse_req) {
+            // Neither side encrypted: the copy shares the source's chunks.
+            (Content::Inline(_) | Content::Chunks(_), None) => (
+                sd.size,
+                sd.etag.clone(),
+                sd.parts.clone(),
+                sd.content.clone(),
+            ),
+            // Both encrypted: the data key is wrapped again for the destination; the sealed
+            // bytes are shared, no byte moves.
+            (Content::Encrypted(e), Some(r)) => {
+                let data = sse::open_data_key(&self.g, &e.sse, source_customer.as_ref()).await?;
+                let kept =
+                    sse::rewrap(&self.g, tenant, &input.bucket, &input.key, r, &data).await?;
+                (
+                    sd.size,
+                    sd.etag.clone(),
+                    sd.parts.clone(),
+                    Content::Encrypted(Box::new(cairn_master::buckets::Encrypted {
+                        sse: kept,
+                        salts: e.salts.clone(),
+                        body: e.body.clone(),
+                    })),
+                )
+            }
+            // One side encrypted: the bytes are opened or sealed on their way through.
+            _ => {
+                let body =
+                    objects::read_body(&self.g, &sd, source_customer.as_ref(), 0, sd.size).await?;
+                let stored = objects::store_object(
+                    &self.g,
+                    Some(body),
+                    &http::HeaderMap::new(),
+                    None,
+                    (&input.bucket, &input.key),
+                    tenant,
+                    sse_req.as_ref(),
+                )
+                .await?;
+                (stored.size, stored.etag, Vec::new(), stored.content)
+            }
+        };
+        let sse_out = SseHeaders::of(&self.g, tenant, content.sse(), customer.as_ref());
         let r = objects::write_or_refusal(
             &self.g,
             &who,
@@ -2815,10 +3027,10 @@ impl S3 for CairnS3 {
                         bucket: input.bucket.clone(),
                         key: input.key.clone(),
                         data: ObjectData {
-                            size: sd.size,
-                            etag: sd.etag.clone(),
-                            parts: sd.parts.clone(),
-                            content: sd.content.clone(),
+                            size,
+                            etag: new_etag.clone(),
+                            parts,
+                            content,
                             meta: m,
                             tags,
                         },
@@ -2840,9 +3052,9 @@ impl S3 for CairnS3 {
             BucketResponse::Put { version, .. } => (version, crate_now_ms()),
             _ => (None, crate_now_ms()),
         };
-        Ok(S3Response::new(CopyObjectOutput {
+        let mut out = CopyObjectOutput {
             copy_object_result: Some(CopyObjectResult {
-                e_tag: Some(etag(&sd.etag)),
+                e_tag: Some(etag(&new_etag)),
                 last_modified: Some(ts(modified)),
                 ..Default::default()
             }),
@@ -2852,8 +3064,11 @@ impl S3 for CairnS3 {
             } else {
                 None
             },
+            ssekms_encryption_context: sse_out.context.clone(),
             ..Default::default()
-        }))
+        };
+        set_sse!(out, sse_out);
+        Ok(S3Response::new(out))
     }
 
     async fn get_object_tagging(
@@ -3131,6 +3346,7 @@ impl S3 for CairnS3 {
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
         let who = who(&req);
         let (writer, bucket_owner) = writer_and_owner(&req);
+        let (tenant, sse_req) = self.write_sse(&req, &req.input.bucket).await?;
         let owner = req.credentials.map(|c| c.access_key).unwrap_or_default();
         let input = req.input;
         let acl = input_acl!(input, writer, bucket_owner)?;
@@ -3149,39 +3365,61 @@ impl S3 for CairnS3 {
             &input.object_lock_retain_until_date,
             &input.object_lock_legal_hold_status,
         )?;
-        let r = self
-            .write(
-                &who,
-                with_acl(
-                    acl,
-                    locked(
-                        lock,
-                        BucketCommand::CreateUpload {
-                            bucket: input.bucket.clone(),
-                            key: input.key.clone(),
-                            owner,
-                            meta: m,
-                            tags,
-                        },
-                    ),
-                ),
-            )
-            .await?;
+        let create = with_acl(
+            acl,
+            locked(
+                lock,
+                BucketCommand::CreateUpload {
+                    bucket: input.bucket.clone(),
+                    key: input.key.clone(),
+                    owner,
+                    meta: m,
+                    tags,
+                },
+            ),
+        );
+        let (create, sse_out) = match &sse_req {
+            None => (create, SseHeaders::default()),
+            Some(r) => {
+                let (kept, _) =
+                    sse::new_data_key(&self.g, tenant, &input.bucket, &input.key, r).await?;
+                let customer = match r {
+                    SseRequest::Customer { key } => Some(*key),
+                    _ => None,
+                };
+                let h = SseHeaders::of(&self.g, tenant, Some(&kept), customer.as_ref());
+                (
+                    BucketCommand::Sealed {
+                        sse: kept,
+                        command: Box::new(create),
+                    },
+                    h,
+                )
+            }
+        };
+        let r = self.write(&who, create).await?;
         let BucketResponse::Upload { id } = r else {
             return Err(internal("unexpected answer"));
         };
-        Ok(S3Response::new(CreateMultipartUploadOutput {
+        let mut out = CreateMultipartUploadOutput {
             bucket: Some(input.bucket),
             key: Some(input.key),
             upload_id: Some(upload_string(id)),
+            ssekms_encryption_context: sse_out.context.clone(),
             ..Default::default()
-        }))
+        };
+        set_sse!(out, sse_out);
+        Ok(S3Response::new(out))
     }
 
     async fn upload_part(
         &self,
         req: S3Request<UploadPartInput>,
     ) -> S3Result<S3Response<UploadPartOutput>> {
+        let tenant = req
+            .extensions
+            .get::<crate::auth::BucketTenant>()
+            .map_or(0, |t| t.0);
         let headers = req.headers;
         let trailers = req.trailing_headers;
         let input = req.input;
@@ -3196,46 +3434,26 @@ impl S3 for CairnS3 {
                     "Part number must be an integer between 1 and 10000, inclusive"
                 )
             })?;
-        // The upload must exist before any byte is stored.
-        match self
-            .g
-            .query(&BucketQuery::Upload {
-                bucket: input.bucket.clone(),
-                key: input.key.clone(),
-                upload,
-            })
-            .await?
-        {
-            BucketQueryResponse::Upload(Some(_)) => {}
-            _ => {
-                return Err(s3_error!(
-                    NoSuchUpload,
-                    "The specified upload does not exist."
-                ));
-            }
-        }
-        let stored = self
-            .store_body(input.body, &headers, trailers, &input.bucket, false)
-            .await?;
-        let extents = match stored.content {
-            Content::Chunks(e) => e,
-            Content::Inline(_) => Vec::new(),
-        };
-        self.g
-            .command(&BucketCommand::PutPart {
-                bucket: input.bucket,
-                key: input.key,
-                upload,
-                number,
-                etag: stored.md5.clone(),
-                size: stored.size,
-                extents,
-            })
-            .await?;
+        // The upload must exist (and its encryption be known) before any byte is stored.
+        let customer = sse::object_customer_key(&headers)?;
+        let (stored, c, kept) = objects::store_part(
+            &self.g,
+            input.body,
+            &headers,
+            trailers,
+            (&input.bucket, &input.key, upload, number),
+            customer.as_ref(),
+        )
+        .await?;
+        self.g.command(&c).await?;
         let mut out = UploadPartOutput {
-            e_tag: Some(etag(&stored.md5)),
+            e_tag: Some(etag(&stored.etag)),
             ..Default::default()
         };
+        set_sse!(
+            out,
+            SseHeaders::of(&self.g, tenant, kept.as_ref(), customer.as_ref())
+        );
         set_checksum!(out, stored.checksum);
         Ok(S3Response::new(out))
     }
@@ -3244,6 +3462,15 @@ impl S3 for CairnS3 {
         &self,
         req: S3Request<UploadPartCopyInput>,
     ) -> S3Result<S3Response<UploadPartCopyOutput>> {
+        let tenant = req
+            .extensions
+            .get::<crate::auth::BucketTenant>()
+            .map_or(0, |t| t.0);
+        let source_customer = sse::customer_key(
+            &req.headers,
+            "x-amz-copy-source-server-side-encryption-customer-",
+        )?;
+        let customer = sse::object_customer_key(&req.headers)?;
         let input = req.input;
         let upload = parse_upload(&input.upload_id)
             .ok_or_else(|| s3_error!(NoSuchUpload, "The specified upload does not exist."))?;
@@ -3294,22 +3521,42 @@ impl S3 for CairnS3 {
                 (a, b - a + 1)
             }
         };
-        match self
-            .g
-            .query(&BucketQuery::Upload {
-                bucket: input.bucket.clone(),
-                key: input.key.clone(),
-                upload,
-            })
-            .await?
-        {
-            BucketQueryResponse::Upload(Some(_)) => {}
-            _ => {
-                return Err(s3_error!(
-                    NoSuchUpload,
-                    "The specified upload does not exist."
-                ));
-            }
+        sse::check_read(&self.g, &sd, source_customer.as_ref())?;
+        let upload_sse = objects::upload_sse(&self.g, &input.bucket, &input.key, upload).await?;
+        if upload_sse.is_some() || sd.content.sse().is_some() {
+            // Encrypted on either side: the bytes are opened and sealed again on their way.
+            let body =
+                objects::read_body(&self.g, &sd, source_customer.as_ref(), offset, len).await?;
+            let (stored, c, kept) = objects::store_part(
+                &self.g,
+                Some(body),
+                &http::HeaderMap::new(),
+                None,
+                (&input.bucket, &input.key, upload, number),
+                customer.as_ref(),
+            )
+            .await?;
+            self.g.command(&c).await?;
+            let mut out = UploadPartCopyOutput {
+                copy_part_result: Some(CopyPartResult {
+                    e_tag: Some(etag(&stored.etag)),
+                    last_modified: Some(ts(crate_now_ms())),
+                    ..Default::default()
+                }),
+                copy_source_version_id: sv.id.map(|x| version_string(Some(x))),
+                ..Default::default()
+            };
+            set_sse!(
+                out,
+                SseHeaders::of(&self.g, tenant, kept.as_ref(), customer.as_ref())
+            );
+            return Ok(S3Response::new(out));
+        }
+        if customer.is_some() {
+            return Err(s3_error!(
+                InvalidRequest,
+                "The encryption parameters are not applicable to this upload: it was not begun with a customer key."
+            ));
         }
         // The part shares the source's chunks; its ETag is the MD5 of the copied bytes.
         let (md5, extents) = match &sd.content {
@@ -3348,6 +3595,9 @@ impl S3 for CairnS3 {
                     slice_extents(e, offset, len),
                 )
             }
+            Content::Encrypted(_) => {
+                return Err(internal("an encrypted source took the plain path"));
+            }
         };
         self.g
             .command(&BucketCommand::PutPart {
@@ -3377,6 +3627,10 @@ impl S3 for CairnS3 {
     ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
         let who = who(&req);
         let expiration = expiration_header(&req.extensions, &req.input.key, crate_now_ms());
+        let tenant = req
+            .extensions
+            .get::<crate::auth::BucketTenant>()
+            .map_or(0, |t| t.0);
         let input = req.input;
         let upload = parse_upload(&input.upload_id)
             .ok_or_else(|| s3_error!(NoSuchUpload, "The specified upload does not exist."))?;
@@ -3397,6 +3651,8 @@ impl S3 for CairnS3 {
             parts.push((n, e));
         }
         let conditions = write_conditions(&input.if_match, &input.if_none_match)?;
+        let kept = objects::upload_sse(&self.g, &input.bucket, &input.key, upload).await?;
+        let sse_out = SseHeaders::of(&self.g, tenant, kept.as_ref(), None);
         let r = self
             .write(
                 &who,
@@ -3412,7 +3668,7 @@ impl S3 for CairnS3 {
         let BucketResponse::Put { version, etag: tag } = r else {
             return Err(internal("unexpected answer"));
         };
-        Ok(S3Response::new(CompleteMultipartUploadOutput {
+        let mut out = CompleteMultipartUploadOutput {
             expiration,
             bucket: Some(input.bucket.clone()),
             e_tag: Some(etag(&tag)),
@@ -3420,7 +3676,11 @@ impl S3 for CairnS3 {
             location: Some(format!("/{}/{}", input.bucket, input.key)),
             version_id: version.map(|v| version_string(Some(v))),
             ..Default::default()
-        }))
+        };
+        out.server_side_encryption = sse_out.algorithm.map(s3s::dto::ServerSideEncryption::from);
+        out.ssekms_key_id = sse_out.kms_key_id;
+        out.bucket_key_enabled = sse_out.bucket_key;
+        Ok(S3Response::new(out))
     }
 
     async fn abort_multipart_upload(

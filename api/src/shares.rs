@@ -290,6 +290,7 @@ pub(crate) async fn open(
         version,
         params.download,
     )
+    .await
 }
 
 /// The routes, to merge into the `/api` router.

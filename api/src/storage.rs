@@ -421,9 +421,20 @@ async fn upload(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let body = sync_body(req.into_body());
-    let stored = crate::objects::store_body(&g, Some(body), &HeaderMap::new(), None, &name, true)
+    let (tenant, sse) = crate::objects::default_sse(&g, &name)
         .await
         .map_err(from_s3)?;
+    let stored = crate::objects::store_object(
+        &g,
+        Some(body),
+        &HeaderMap::new(),
+        None,
+        (name.as_str(), key.as_str()),
+        tenant,
+        sse.as_ref(),
+    )
+    .await
+    .map_err(from_s3)?;
     let meta = ObjectMeta {
         content_type,
         checksum: stored.checksum.clone(),
@@ -437,7 +448,7 @@ async fn upload(
             key: key.clone(),
             data: ObjectData {
                 size: stored.size,
-                etag: stored.md5.clone(),
+                etag: stored.etag.clone(),
                 parts: Vec::new(),
                 content: stored.content,
                 meta,
@@ -503,7 +514,11 @@ async fn download(
     let Some(d) = v.data() else {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "no such object"));
     };
-    let body = axum::body::Body::from_stream(crate::objects::body_of(&g, d, 0, d.size));
+    let body = axum::body::Body::from_stream(
+        crate::objects::read_body(&g, d, None, 0, d.size)
+            .await
+            .map_err(from_s3)?,
+    );
     let mut resp = Response::new(body);
     let h = resp.headers_mut();
     let ct = d
@@ -597,22 +612,35 @@ async fn initiate(
     let body: NewUpload = json_body(req).await?;
     let (p, _) = authorised(&g, &caller, "CreateMultipartUpload", &name, Some(&body.key)).await?;
     let who = writer(&caller, &p, ip);
-    let r = crate::objects::write(
-        &g,
-        &who,
-        BucketCommand::CreateUpload {
-            bucket: name.clone(),
-            key: body.key.clone(),
-            owner: format!("user:{}", hex_id(caller.user)),
-            meta: ObjectMeta {
-                content_type: body.content_type,
-                ..ObjectMeta::default()
-            },
-            tags: Vec::new(),
+    let create = BucketCommand::CreateUpload {
+        bucket: name.clone(),
+        key: body.key.clone(),
+        owner: format!("user:{}", hex_id(caller.user)),
+        meta: ObjectMeta {
+            content_type: body.content_type,
+            ..ObjectMeta::default()
         },
-    )
-    .await
-    .map_err(from_s3)?;
+        tags: Vec::new(),
+    };
+    // The bucket's default encryption applies to uploads as to single writes.
+    let (tenant, sse) = crate::objects::default_sse(&g, &name)
+        .await
+        .map_err(from_s3)?;
+    let create = match sse {
+        None => create,
+        Some(req) => {
+            let (kept, _) = crate::sse::new_data_key(&g, tenant, &name, &body.key, &req)
+                .await
+                .map_err(from_s3)?;
+            BucketCommand::Sealed {
+                sse: kept,
+                command: Box::new(create),
+            }
+        }
+    };
+    let r = crate::objects::write(&g, &who, create)
+        .await
+        .map_err(from_s3)?;
     let BucketResponse::Upload { id } = r else {
         return Err(ApiError::internal("unexpected answer"));
     };
@@ -649,46 +677,26 @@ async fn put_part(
         return Err(ApiError::bad("a part number is 1 to 10000"));
     }
     authorised(&g, &caller, "UploadPart", &name, Some(&key)).await?;
-    match g
-        .query(&BucketQuery::Upload {
-            bucket: name.clone(),
-            key: key.clone(),
-            upload,
-        })
-        .await
-        .map_err(from_s3)?
-    {
-        BucketQueryResponse::Upload(Some(_)) => {}
-        _ => return Err(ApiError::new(StatusCode::NOT_FOUND, "no such upload")),
-    }
-    let stored = crate::objects::store_body(
+    let (stored, c, _) = crate::objects::store_part(
         &g,
         Some(sync_body(req.into_body())),
         &HeaderMap::new(),
         None,
-        &name,
-        false,
+        (name.as_str(), key.as_str(), upload, number),
+        None,
     )
     .await
-    .map_err(from_s3)?;
-    let extents = match stored.content {
-        cairn_master::buckets::Content::Chunks(e) => e,
-        cairn_master::buckets::Content::Inline(_) => Vec::new(),
-    };
-    g.command(&BucketCommand::PutPart {
-        bucket: name,
-        key,
-        upload,
-        number,
-        etag: stored.md5.clone(),
-        size: stored.size,
-        extents,
-    })
-    .await
-    .map_err(upload_error)?;
+    .map_err(|e| {
+        if *e.code() == s3s::S3ErrorCode::NoSuchUpload {
+            ApiError::new(StatusCode::NOT_FOUND, "no such upload")
+        } else {
+            from_s3(e)
+        }
+    })?;
+    g.command(&c).await.map_err(upload_error)?;
     Ok(axum::Json(json!({
         "part_number": number,
-        "etag": stored.md5,
+        "etag": stored.etag,
         "size_bytes": stored.size,
     }))
     .into_response())

@@ -12,6 +12,7 @@
 //!   [`tenancy`] holds its tenants, members and policies; [`policy`] decides what a member may do.
 //! - [`audit`]: the append-only audit log, service 7.
 //! - [`images`]: the image store's records, service 8 (content in the system bucket).
+//! - [`kms`]: encryption keys for SSE-KMS and the cluster's SSE-S3 key, service 9.
 //! - [`shares`]: share links, in the bucket service's transactions.
 //!   The RPCs chunkservers and data clients send to the master group are `cairn_proto::dataplane`.
 //! - [`planner`]: pure planning functions (placement, re-replication, GC, rebalancing).
@@ -27,6 +28,7 @@ pub mod dataplane;
 pub mod identity;
 pub mod images;
 pub mod keys;
+pub mod kms;
 pub mod objects;
 pub mod planner;
 pub mod policy;
@@ -54,6 +56,7 @@ pub fn registry() -> Result<Registry, StateError> {
     r.register(Typed(identity::IdentityService))?;
     r.register(Typed(audit::AuditService))?;
     r.register(Typed(images::ImageService))?;
+    r.register(Typed(kms::KmsService))?;
     Ok(r)
 }
 

@@ -295,6 +295,8 @@ pub fn s3_action(op: &str) -> (String, ActionClass) {
         "GetPublicAccessBlock" => "GetBucketPublicAccessBlock",
         "GetObjectLockConfiguration" => "GetBucketObjectLockConfiguration",
         "DeleteBucketOwnershipControls" => "PutBucketOwnershipControls",
+        "GetBucketEncryption" => "GetEncryptionConfiguration",
+        "PutBucketEncryption" | "DeleteBucketEncryption" => "PutEncryptionConfiguration",
         "PutObjectLockConfiguration" => "PutBucketObjectLockConfiguration",
         "PutPublicAccessBlock" | "DeletePublicAccessBlock" => "PutBucketPublicAccessBlock",
         other => other,

@@ -94,7 +94,7 @@ impl State {
         }) {
             BucketQueryResponse::Object(Some(Some(v))) => match &v.data()?.content {
                 Content::Inline(b) => Some(b.clone()),
-                Content::Chunks(_) => panic!("inline expected"),
+                Content::Chunks(_) | Content::Encrypted(_) => panic!("inline expected"),
             },
             _ => None,
         }

@@ -7,6 +7,7 @@ use cairn_proto::ChunkHandle;
 use serde::{Deserialize, Serialize};
 
 use super::refusal::BucketRefusal;
+use super::sse::{Sse, sealed_len};
 use crate::objects::{Extent, check_extents, handles};
 
 /// S3's limit on key length, in bytes.
@@ -33,6 +34,8 @@ pub enum Content {
     /// Small objects live in the metadata itself: one log entry, no chunk round trips.
     Inline(#[serde(with = "serde_bytes")] Vec<u8>),
     Chunks(Vec<Extent>),
+    /// Encrypted at rest: the sealed bytes are inline or in chunks (see [`super::sse`]).
+    Encrypted(Box<Encrypted>),
 }
 
 impl Content {
@@ -40,6 +43,15 @@ impl Content {
         match self {
             Content::Inline(_) => Vec::new(),
             Content::Chunks(e) => handles(e),
+            Content::Encrypted(e) => e.body.handles(),
+        }
+    }
+
+    /// How the object is encrypted, if it is.
+    pub fn sse(&self) -> Option<&Sse> {
+        match self {
+            Content::Encrypted(e) => Some(&e.sse),
+            _ => None,
         }
     }
 }
@@ -54,6 +66,17 @@ pub struct ObjectData {
     pub content: Content,
     pub meta: ObjectMeta,
     pub tags: Vec<(String, String)>,
+}
+
+/// An encrypted object's body: how its data key is kept, each stream's salt, and the stored
+/// (sealed) bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Encrypted {
+    pub sse: Sse,
+    /// One per stream: one for a single put, one per part of a multipart object.
+    pub salts: Vec<[u8; 16]>,
+    /// The sealed bytes, inline or in chunks (never itself encrypted).
+    pub body: Content,
 }
 
 /// Conditions a write checks atomically against the current version.
@@ -76,9 +99,38 @@ pub(super) fn check_key(key: &str) -> Result<(), Rejection> {
 }
 
 pub(super) fn check_data(data: &ObjectData) -> Result<(), Rejection> {
-    match &data.content {
+    check_body(&data.content, data.size)?;
+    if let Content::Encrypted(e) = &data.content {
+        let bad = |why: &str| {
+            Err(Rejection::new(
+                BucketRefusal::InvalidArgument,
+                why.to_owned(),
+            ))
+        };
+        let streams = if data.parts.is_empty() {
+            vec![data.size]
+        } else {
+            data.parts.clone()
+        };
+        if e.salts.len() != streams.len() {
+            return bad("an encrypted object has one salt per stream");
+        }
+        if streams.iter().sum::<u64>() != data.size {
+            return bad("the part sizes do not add up to the size");
+        }
+        if matches!(e.body, Content::Encrypted(_)) {
+            return bad("an encrypted body is inline or in chunks");
+        }
+        check_body(&e.body, streams.into_iter().map(sealed_len).sum())?;
+    }
+    Ok(())
+}
+
+/// Whether `content` holds `size` bytes (an encrypted body is checked by [`check_data`]).
+fn check_body(content: &Content, size: u64) -> Result<(), Rejection> {
+    match content {
         Content::Inline(b) => {
-            if b.len() as u64 != data.size {
+            if b.len() as u64 != size {
                 return Err(Rejection::new(
                     BucketRefusal::InvalidArgument,
                     "inline bytes do not match the size",
@@ -86,7 +138,8 @@ pub(super) fn check_data(data: &ObjectData) -> Result<(), Rejection> {
             }
             Ok(())
         }
-        Content::Chunks(e) => check_extents(data.size, e),
+        Content::Chunks(e) => check_extents(size, e),
+        Content::Encrypted(_) => Ok(()),
     }
 }
 

@@ -34,6 +34,7 @@ pub mod multipart;
 pub mod objects;
 pub mod refusal;
 pub mod settings;
+pub mod sse;
 pub mod versions;
 
 #[cfg(test)]
@@ -44,7 +45,7 @@ use redb::{ReadTransaction, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 pub use acl::ObjectAcl;
-pub use content::{Conditions, Content, KEY_LEN_MAX, ObjectData, ObjectMeta, hex};
+pub use content::{Conditions, Content, Encrypted, KEY_LEN_MAX, ObjectData, ObjectMeta, hex};
 pub use lifecycle::{EXPIRE_BATCH, expiration};
 pub use listing::{LIST_MAX, ListPage, ListRequest, ListedObject, ListedUpload};
 pub use locks::{DefaultRetention, LockConfig, LockMode, ObjectLock, Retention};
@@ -57,6 +58,7 @@ pub use settings::{
     BucketChange, BucketRecord, CorsRule, LifecycleRule, PublicAccessBlock, SYSTEM_BUCKET,
     SYSTEM_OWNER, Versioning, check_bucket_name,
 };
+pub use sse::{BucketEncryption, DefaultSse, SEAL_BLOCK, SEAL_TAG, Sse, sealed_len};
 pub use versions::{VERSIONS_MAX, Version, VersionKind, VersionRef, version_string};
 
 use crate::objects::Extent;
@@ -198,6 +200,24 @@ pub enum BucketCommand {
         change: LockChange,
         bypass_governance: bool,
     },
+    /// `CreateUpload` (possibly in `Locked` or `WithAcl`) for an upload whose parts are
+    /// encrypted under the data key `sse` keeps.
+    Sealed {
+        sse: Sse,
+        command: Box<BucketCommand>,
+    },
+    /// `PutPart` for an upload begun encrypted: `extents` hold the sealed bytes of `size`
+    /// plaintext bytes, sealed with the stream salt `salt`.
+    PutSealedPart {
+        bucket: String,
+        key: String,
+        upload: u128,
+        number: u32,
+        etag: String,
+        size: u64,
+        extents: Vec<Extent>,
+        salt: [u8; 16],
+    },
 }
 
 impl BucketCommand {
@@ -207,7 +227,9 @@ impl BucketCommand {
             BucketCommand::PutObject { bucket, key, .. }
             | BucketCommand::CompleteUpload { bucket, key, .. }
             | BucketCommand::CreateUpload { bucket, key, .. } => Some((bucket, key)),
-            BucketCommand::Locked { command, .. } => command.write_target(),
+            BucketCommand::Locked { command, .. }
+            | BucketCommand::Sealed { command, .. }
+            | BucketCommand::WithAcl { command, .. } => command.write_target(),
             _ => None,
         }
     }
@@ -245,7 +267,9 @@ impl BucketCommand {
                 bucket,
                 key,
             ),
-            BucketCommand::Locked { command, .. } | BucketCommand::WithAcl { command, .. } => {
+            BucketCommand::Locked { command, .. }
+            | BucketCommand::WithAcl { command, .. }
+            | BucketCommand::Sealed { command, .. } => {
                 return command.audit_of();
             }
             BucketCommand::SetObjectAcl { bucket, key, .. } => ("s3:PutObjectAcl", bucket, key),
@@ -337,9 +361,16 @@ pub enum BucketQuery {
         key: String,
         version: Option<VersionRef>,
     },
+    /// An upload and how its data key is kept (`None` inside: not encrypted).
+    UploadSse {
+        bucket: String,
+        key: String,
+        upload: u128,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(clippy::large_enum_variant)] // one answer at a time, decoded and used at once
 pub enum BucketQueryResponse {
     Bucket(Option<BucketRecord>),
     Buckets(Vec<(String, BucketRecord)>),
@@ -359,6 +390,8 @@ pub enum BucketQueryResponse {
     ObjectLock(Option<Option<objects::VersionLock>>),
     /// As `ObjectLock`, for the version's ACL.
     ObjectAcl(Option<Option<objects::VersionAcl>>),
+    /// `None` without such an upload.
+    UploadSse(Option<(Upload, Option<Sse>)>),
 }
 
 /// An object write whose new version gets `lock` (see [`BucketCommand::Locked`]).
@@ -463,6 +496,7 @@ impl TypedService for BucketService {
         locks::init(txn)?;
         acl::init(txn)?;
         multipart::init(txn)?;
+        sse::init(txn)?;
         crate::shares::init(txn)?;
         Ok(())
     }
@@ -643,11 +677,58 @@ impl TypedService for BucketService {
                     extents,
                     modified_ms: now,
                 },
+                None,
             )
             .map(|etag| BucketResponse::Put {
                 version: None,
                 etag,
             }),
+            BucketCommand::PutSealedPart {
+                bucket,
+                key,
+                upload,
+                number,
+                etag,
+                size,
+                extents,
+                salt,
+            } => multipart::put_part(
+                txn,
+                now,
+                &bucket,
+                &key,
+                upload,
+                number,
+                Part {
+                    etag,
+                    size,
+                    extents,
+                    modified_ms: now,
+                },
+                Some(salt),
+            )
+            .map(|etag| BucketResponse::Put {
+                version: None,
+                etag,
+            }),
+            BucketCommand::Sealed { sse, command } => {
+                let Some((bucket, key)) = command.write_target() else {
+                    return Err(reject(
+                        BucketRefusal::InvalidArgument,
+                        "only CreateMultipartUpload is sealed this way",
+                    ));
+                };
+                let (bucket, key) = (bucket.to_owned(), key.to_owned());
+                let r = self.apply(txn, ctx, *command)?;
+                let BucketResponse::Upload { id } = r else {
+                    return Err(reject(
+                        BucketRefusal::InvalidArgument,
+                        "only CreateMultipartUpload is sealed this way",
+                    ));
+                };
+                sse::put_for_upload(txn, &upload_key(&bucket, &key, id), &sse)?;
+                Ok(r)
+            }
             BucketCommand::CompleteUpload {
                 bucket,
                 key,
@@ -767,6 +848,17 @@ impl TypedService for BucketService {
                 txn,
                 &upload_key(&bucket, &key, upload),
             )?),
+            BucketQuery::UploadSse {
+                bucket,
+                key,
+                upload,
+            } => {
+                let uk = upload_key(&bucket, &key, upload);
+                BucketQueryResponse::UploadSse(match multipart::upload_in(txn, &uk)? {
+                    Some(u) => Some((u, sse::of_upload_in(txn, &uk)?)),
+                    None => None,
+                })
+            }
             BucketQuery::Parts {
                 bucket,
                 key,

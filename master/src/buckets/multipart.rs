@@ -11,14 +11,15 @@ use serde::{Deserialize, Serialize};
 
 use super::acl;
 use super::content::{
-    Conditions, Content, ObjectData, ObjectMeta, check_conditions, check_key, etag_matches, hex,
-    hex_decode,
+    Conditions, Content, Encrypted, ObjectData, ObjectMeta, check_conditions, check_key,
+    etag_matches, hex, hex_decode,
 };
 use super::keys::{object_key, part_key, part_number, upload_key};
 use super::locks;
 use super::objects::Written;
 use super::refusal::BucketRefusal;
 use super::settings::{self, check_tags};
+use super::sse::{self, sealed_len};
 use super::versions::{Version, VersionKind, check_room, history, install, new_id};
 use crate::chunks::ChunkService;
 use crate::objects::{Extent, check_extents, handles};
@@ -175,6 +176,7 @@ pub(super) fn drop_upload(txn: &WriteTransaction, k: &[u8], now_ms: u64) -> Resu
     UPLOADS.open(txn)?.remove(&k.to_vec())?;
     locks::take_for_upload(txn, k)?;
     acl::take_for_upload(txn, k)?;
+    sse::drop_upload(txn, k, parts.iter().map(|(n, _)| *n))?;
     Ok(())
 }
 
@@ -197,7 +199,10 @@ pub(super) fn create(
 }
 
 /// Store part `number` of an upload (replacing one uploaded before under that number); its
-/// ETag.
+/// ETag. A part of an upload begun encrypted comes sealed, with its stream's `salt` (its
+/// extents hold the sealed bytes of `part.size` plaintext bytes); a part of any other upload
+/// comes without.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn put_part(
     txn: &WriteTransaction,
     now: u64,
@@ -206,6 +211,7 @@ pub(super) fn put_part(
     id: u128,
     number: u32,
     part: Part,
+    salt: Option<[u8; 16]>,
 ) -> Result<String, ApplyError> {
     check_key(key)?;
     if !(1..=PART_NUMBER_MAX).contains(&number) {
@@ -214,8 +220,13 @@ pub(super) fn put_part(
             format!("part numbers are 1 to {PART_NUMBER_MAX}"),
         ));
     }
-    if part.size > 0 {
-        check_extents(part.size, &part.extents)?;
+    let stored = if salt.is_some() {
+        sealed_len(part.size)
+    } else {
+        part.size
+    };
+    if stored > 0 {
+        check_extents(stored, &part.extents)?;
     } else if !part.extents.is_empty() {
         return Err(reject(
             BucketRefusal::InvalidArgument,
@@ -225,6 +236,17 @@ pub(super) fn put_part(
     settings::get(txn, bucket)?;
     let uk = upload_key(bucket, key, id);
     upload(txn, &uk)?;
+    if sse::of_upload(txn, &uk)?.is_some() != salt.is_some() {
+        return Err(reject(
+            BucketRefusal::InvalidRequest,
+            if salt.is_some() {
+                "the upload was not begun encrypted"
+            } else {
+                "the upload was begun encrypted: its parts are sealed by the gateway"
+            },
+        ));
+    }
+    sse::set_part_salt(txn, &uk, number, salt)?;
     let new = handles(&part.extents);
     ChunkService::check_referable(txn, &new)?;
     ChunkService::add_refs(txn, &new)?;
@@ -312,8 +334,25 @@ pub(super) fn complete(
         .flat_map(|p| p.extents.iter().copied())
         .collect();
     let size: u64 = chosen.iter().map(|p| p.size).sum();
-    check_extents(size, &extents)?;
-    let part_sizes = chosen.iter().map(|p| p.size).collect();
+    let part_sizes: Vec<u64> = chosen.iter().map(|p| p.size).collect();
+    let content = match sse::of_upload(txn, &uk)? {
+        None => {
+            check_extents(size, &extents)?;
+            Content::Chunks(extents.clone())
+        }
+        Some(key) => {
+            check_extents(part_sizes.iter().copied().map(sealed_len).sum(), &extents)?;
+            let mut salts = Vec::with_capacity(named.len());
+            for (n, _) in named {
+                salts.push(sse::part_salt(txn, &uk, *n)?);
+            }
+            Content::Encrypted(Box::new(Encrypted {
+                sse: key,
+                salts,
+                body: Content::Chunks(extents.clone()),
+            }))
+        }
+    };
     // The object takes its own references, then the upload (every part, chosen or not)
     // releases its.
     let now = ctx.time_ms;
@@ -335,7 +374,7 @@ pub(super) fn complete(
                 size,
                 etag: etag.clone(),
                 parts: part_sizes,
-                content: Content::Chunks(extents),
+                content,
                 meta: u.meta,
                 tags: u.tags,
             }),

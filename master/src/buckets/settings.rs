@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::acl::{self, Grant, Ownership};
 use super::locks::{DEFAULT_DAYS_MAX, LockConfig};
 use super::refusal::BucketRefusal;
+use super::sse::BucketEncryption;
 use crate::bucket_policy::BucketPolicy;
 
 /// Bucket name → record.
@@ -84,6 +85,9 @@ pub struct BucketRecord {
     pub acl: Option<Vec<Grant>>,
     /// Object ownership (`None`: none set, which behaves as `ObjectWriter`).
     pub ownership: Option<Ownership>,
+    /// Default encryption of new objects (`PutBucketEncryption`); `None`: unencrypted unless
+    /// a request asks.
+    pub encryption: Option<BucketEncryption>,
 }
 
 /// S3's public access block, the four flags of `PutPublicAccessBlock`.
@@ -137,6 +141,48 @@ impl From<BucketRecordV1> for BucketRecord {
             object_lock: None,
             acl: None,
             ownership: None,
+            encryption: None,
+        }
+    }
+}
+
+/// A bucket record of layout version 2 (before default encryption).
+#[derive(Deserialize)]
+struct BucketRecordV2 {
+    created_ms: u64,
+    owner: String,
+    versioning: Versioning,
+    public_read: bool,
+    lifecycle: Option<Vec<LifecycleRule>>,
+    cors: Option<Vec<CorsRule>>,
+    tags: Option<Vec<(String, String)>>,
+    replication: Option<u8>,
+    unlisted: bool,
+    policy: Option<String>,
+    public_access_block: Option<PublicAccessBlock>,
+    object_lock: Option<LockConfig>,
+    acl: Option<Vec<Grant>>,
+    ownership: Option<Ownership>,
+}
+
+impl From<BucketRecordV2> for BucketRecord {
+    fn from(v: BucketRecordV2) -> BucketRecord {
+        BucketRecord {
+            created_ms: v.created_ms,
+            owner: v.owner,
+            versioning: v.versioning,
+            public_read: v.public_read,
+            lifecycle: v.lifecycle,
+            cors: v.cors,
+            tags: v.tags,
+            replication: v.replication,
+            unlisted: v.unlisted,
+            policy: v.policy,
+            public_access_block: v.public_access_block,
+            object_lock: v.object_lock,
+            acl: v.acl,
+            ownership: v.ownership,
+            encryption: None,
         }
     }
 }
@@ -156,13 +202,14 @@ struct BucketRecordNoUnlisted {
 
 impl Record for BucketRecord {
     const NAME: &'static str = "bucket record";
-    const VERSION: u8 = 2;
+    const VERSION: u8 = 3;
 
-    /// Version 1 lacks the policy and the public access block. Version 0 (before records
+    /// Version 2 lacks default encryption. Version 1 also lacks the policy and the public access block. Version 0 (before records
     /// carried versions) holds either the version 1 layout or the one from before `unlisted`,
     /// which postcard cannot tell apart except by trying.
     fn migrate(version: u8, bytes: &[u8]) -> Result<Self, StateError> {
         match version {
+            2 => Ok(decode::<BucketRecordV2>(Self::NAME, bytes)?.into()),
             1 => Ok(decode::<BucketRecordV1>(Self::NAME, bytes)?.into()),
             0 => {
                 if let Ok(r) = postcard::from_bytes::<BucketRecordV1>(bytes) {
@@ -184,6 +231,7 @@ impl Record for BucketRecord {
                     object_lock: None,
                     acl: None,
                     ownership: None,
+                    encryption: None,
                 })
             }
             _ => Err(StateError::Corrupt(format!(
@@ -221,6 +269,8 @@ pub enum BucketChange {
     },
     /// Set or remove the object ownership setting.
     Ownership(Option<Ownership>),
+    /// Set or remove the bucket's default encryption.
+    Encryption(Option<BucketEncryption>),
 }
 
 /// S3 bucket naming rules (the common subset: 3-63 of `a-z 0-9 . -`, starting and ending with
@@ -460,6 +510,7 @@ pub(super) fn configure(
             }
             b.ownership = o;
         }
+        BucketChange::Encryption(e) => b.encryption = e,
         BucketChange::ObjectLock(config) => {
             if b.versioning != Versioning::Enabled {
                 return Err(reject(
@@ -531,5 +582,47 @@ mod tests {
             assert_eq!(r.access_block(), PublicAccessBlock::default());
         }
         assert!(BucketRecord::migrate(9, &bytes).is_err());
+    }
+
+    #[test]
+    fn a_layout_2_record_reads_without_default_encryption() {
+        #[derive(serde::Serialize)]
+        struct Written2 {
+            created_ms: u64,
+            owner: String,
+            versioning: Versioning,
+            public_read: bool,
+            lifecycle: Option<Vec<LifecycleRule>>,
+            cors: Option<Vec<CorsRule>>,
+            tags: Option<Vec<(String, String)>>,
+            replication: Option<u8>,
+            unlisted: bool,
+            policy: Option<String>,
+            public_access_block: Option<PublicAccessBlock>,
+            object_lock: Option<LockConfig>,
+            acl: Option<Vec<Grant>>,
+            ownership: Option<Ownership>,
+        }
+        let old = Written2 {
+            created_ms: 7,
+            owner: "ab".repeat(16),
+            versioning: Versioning::Enabled,
+            public_read: false,
+            lifecycle: None,
+            cors: None,
+            tags: None,
+            replication: None,
+            unlisted: false,
+            policy: Some("{}".into()),
+            public_access_block: None,
+            object_lock: None,
+            acl: None,
+            ownership: Some(Ownership::BucketOwnerEnforced),
+        };
+        let bytes = postcard::to_allocvec(&old).unwrap();
+        let r = BucketRecord::migrate(2, &bytes).unwrap();
+        assert_eq!(r.policy.as_deref(), Some("{}"));
+        assert_eq!(r.ownership, Some(Ownership::BucketOwnerEnforced));
+        assert_eq!(r.encryption, None);
     }
 }

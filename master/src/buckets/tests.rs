@@ -766,3 +766,162 @@ fn object_acls_belong_to_one_version_and_go_with_it() {
         "acl_not_supported"
     );
 }
+
+#[test]
+fn encrypted_uploads_take_only_sealed_parts_and_complete_into_an_encrypted_object() {
+    let mut db = Db::new();
+    create(&mut db, "enc");
+    let sse = Sse::S3 {
+        key_version: 1,
+        wrapped: vec![1; 60],
+    };
+    // An encrypted single put: the sealed bytes must be exactly what the sizes call for.
+    let sealed_put = |stored: usize| BucketCommand::PutObject {
+        bucket: "enc".into(),
+        key: "small".into(),
+        data: ObjectData {
+            size: 10,
+            etag: "e".into(),
+            parts: Vec::new(),
+            content: Content::Encrypted(Box::new(Encrypted {
+                sse: sse.clone(),
+                salts: vec![[2; 16]],
+                body: Content::Inline(vec![0; stored]),
+            })),
+            meta: ObjectMeta::default(),
+            tags: Vec::new(),
+        },
+        conditions: Conditions::default(),
+    };
+    assert_eq!(db.code(sealed_put(10)), "invalid_argument");
+    db.ok(sealed_put(26));
+    let BucketQueryResponse::Object(Some(Some(v))) = db.q(BucketQuery::Object {
+        bucket: "enc".into(),
+        key: "small".into(),
+        version: None,
+    }) else {
+        panic!()
+    };
+    assert_eq!(v.data().unwrap().content.sse(), Some(&sse));
+
+    let up = match db.ok(BucketCommand::Sealed {
+        sse: sse.clone(),
+        command: Box::new(BucketCommand::CreateUpload {
+            bucket: "enc".into(),
+            key: "big".into(),
+            owner: "me".into(),
+            meta: ObjectMeta::default(),
+            tags: Vec::new(),
+        }),
+    }) {
+        BucketResponse::Upload { id } => id,
+        other => panic!("{other:?}"),
+    };
+    let BucketQueryResponse::UploadSse(Some((_, Some(kept)))) = db.q(BucketQuery::UploadSse {
+        bucket: "enc".into(),
+        key: "big".into(),
+        upload: up,
+    }) else {
+        panic!()
+    };
+    assert_eq!(kept, sse);
+    let h1 = db.alloc();
+    let h2 = db.alloc();
+    let plain = |h: ChunkHandle| BucketCommand::PutPart {
+        bucket: "enc".into(),
+        key: "big".into(),
+        upload: up,
+        number: 1,
+        etag: "00".repeat(16),
+        size: 5,
+        extents: vec![Extent {
+            handle: h,
+            offset: 0,
+            len: 5,
+        }],
+    };
+    // A plain part cannot join an encrypted upload.
+    assert_eq!(db.code(plain(h1)), "invalid_request");
+    let sealed = |n: u32, h: ChunkHandle, size: u64, salt: u8| BucketCommand::PutSealedPart {
+        bucket: "enc".into(),
+        key: "big".into(),
+        upload: up,
+        number: n,
+        etag: format!("{n:032x}"),
+        size,
+        extents: vec![Extent {
+            handle: h,
+            offset: 0,
+            len: sealed_len(size),
+        }],
+        salt: [salt; 16],
+    };
+    let first = PART_SIZE_MIN;
+    db.ok(sealed(1, h1, first, 1));
+    db.ok(sealed(2, h2, 5, 2));
+    match db.ok(BucketCommand::CompleteUpload {
+        bucket: "enc".into(),
+        key: "big".into(),
+        upload: up,
+        parts: vec![(1, format!("{:032x}", 1)), (2, format!("{:032x}", 2))],
+        conditions: Conditions::default(),
+    }) {
+        BucketResponse::Put { .. } => {}
+        other => panic!("{other:?}"),
+    }
+    let BucketQueryResponse::Object(Some(Some(v))) = db.q(BucketQuery::Object {
+        bucket: "enc".into(),
+        key: "big".into(),
+        version: None,
+    }) else {
+        panic!()
+    };
+    let d = v.data().unwrap();
+    assert_eq!(d.size, first + 5);
+    assert_eq!(d.parts, vec![first, 5]);
+    let Content::Encrypted(e) = &d.content else {
+        panic!("{:?}", d.content)
+    };
+    assert_eq!(e.salts, vec![[1; 16], [2; 16]]);
+    assert_eq!(e.sse, sse);
+    // The object holds the parts' chunks; the upload and its salts are gone.
+    assert_eq!(db.chunk(h1).state, ChunkState::Live { refs: 1 });
+    assert!(matches!(
+        db.q(BucketQuery::UploadSse {
+            bucket: "enc".into(),
+            key: "big".into(),
+            upload: up,
+        }),
+        BucketQueryResponse::UploadSse(None)
+    ));
+
+    // A sealed part cannot join a plain upload.
+    let plain_up = match db.ok(BucketCommand::CreateUpload {
+        bucket: "enc".into(),
+        key: "p".into(),
+        owner: "me".into(),
+        meta: ObjectMeta::default(),
+        tags: Vec::new(),
+    }) {
+        BucketResponse::Upload { id } => id,
+        other => panic!("{other:?}"),
+    };
+    let h3 = db.alloc();
+    assert_eq!(
+        db.code(BucketCommand::PutSealedPart {
+            bucket: "enc".into(),
+            key: "p".into(),
+            upload: plain_up,
+            number: 1,
+            etag: "00".repeat(16),
+            size: 5,
+            extents: vec![Extent {
+                handle: h3,
+                offset: 0,
+                len: sealed_len(5),
+            }],
+            salt: [0; 16],
+        }),
+        "invalid_request"
+    );
+}
