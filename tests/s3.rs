@@ -3673,6 +3673,21 @@ async fn encrypted_objects_read_back_whole_by_range_and_part_and_no_file_holds_t
         .await;
     assert_eq!(code(r), "InvalidArgument");
 
+    // /metrics counts sealed writes and opened reads by type.
+    let m = reqwest::get(format!("http://{}/metrics", s.addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "cairn_sse_total{type=\"SSE-S3\",event=\"sealed\"}",
+        "cairn_sse_total{type=\"SSE-S3\",event=\"opened\"}",
+        "cairn_sse_total{type=\"SSE-KMS\",event=\"sealed\"}",
+    ] {
+        assert!(m.contains(line), "{line} missing from /metrics");
+    }
+
     // Stop the server so every file is whole, then look for plaintext everywhere.
     drop(c);
     let Server { process, _dir, .. } = s;

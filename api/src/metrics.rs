@@ -25,6 +25,8 @@ struct Inner {
     latency: BTreeMap<String, Histogram>,
     bytes_in: u64,
     bytes_out: u64,
+    /// (encryption type, "sealed" | "opened") → count.
+    sse: BTreeMap<(&'static str, &'static str), u64>,
 }
 
 #[derive(Debug, Default)]
@@ -51,6 +53,12 @@ impl Metrics {
         let mut m = self.inner.lock();
         m.bytes_in += inbound;
         m.bytes_out += outbound;
+    }
+
+    /// An object or part sealed (written encrypted), or an encrypted object's key opened for a
+    /// read, by type (`SSE-S3`, `SSE-KMS`, `SSE-C`).
+    pub fn sse(&self, kind: &'static str, event: &'static str) {
+        *self.inner.lock().sse.entry((kind, event)).or_default() += 1;
     }
 
     /// The text exposition, with `extra` gauges appended (name, help, value).
@@ -98,6 +106,17 @@ impl Metrics {
         let _ = writeln!(s, "# HELP cairn_bytes_out_total Response body bytes sent.");
         let _ = writeln!(s, "# TYPE cairn_bytes_out_total counter");
         let _ = writeln!(s, "cairn_bytes_out_total {}", m.bytes_out);
+        let _ = writeln!(
+            s,
+            "# HELP cairn_sse_total Objects and parts written encrypted (sealed) and encrypted objects read (opened), by type."
+        );
+        let _ = writeln!(s, "# TYPE cairn_sse_total counter");
+        for ((kind, event), n) in &m.sse {
+            let _ = writeln!(
+                s,
+                "cairn_sse_total{{type=\"{kind}\",event=\"{event}\"}} {n}"
+            );
+        }
         for (name, help, v) in extra {
             let _ = writeln!(s, "# HELP {name} {help}");
             let _ = writeln!(s, "# TYPE {name} gauge");

@@ -200,6 +200,7 @@ pub(crate) async fn store_object(
     let sealer = Sealer::new(&data, &salt);
     let mut s = store_body(g, body, headers, trailers, bucket, true, Some(sealer)).await?;
     s.etag = crate::sse::etag(&kept, &s.md5, &salt);
+    g.metrics.sse(crate::sse::kind(&kept), "sealed");
     s.content = Content::Encrypted(Box::new(Encrypted {
         sse: kept,
         salts: vec![salt],
@@ -336,6 +337,7 @@ pub(crate) async fn read_body(
     match &d.content {
         Content::Encrypted(e) => {
             let key = crate::sse::open_data_key(g, &e.sse, customer).await?;
+            g.metrics.sse(crate::sse::kind(&e.sse), "opened");
             Ok(crate::sse::open_stream(g, d, e, &key, offset, len))
         }
         _ => Ok(body_of(g, d, offset, len)),
@@ -413,6 +415,7 @@ pub(crate) async fn store_part(
             )
             .await?;
             st.etag = crate::sse::etag(s, &st.md5, &salt);
+            g.metrics.sse(crate::sse::kind(s), "sealed");
             (st, Some(salt))
         }
     };

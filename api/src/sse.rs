@@ -13,7 +13,7 @@
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use cairn_engine::state::{Rejection, TypedService};
 use cairn_master::buckets::{
     BucketEncryption, Content, DefaultSse, Encrypted, ObjectData, SEAL_BLOCK, SEAL_TAG, Sse,
@@ -42,6 +42,13 @@ pub const DEFAULT_KMS_KEY: &str = "aws/s3";
 /// An object's data key, opened.
 #[derive(Clone)]
 pub struct DataKey([u8; 32]);
+
+impl DataKey {
+    /// A data key from its bytes (tests and benchmarks; objects draw theirs at random).
+    pub fn from_bytes(b: [u8; 32]) -> DataKey {
+        DataKey(b)
+    }
+}
 
 impl std::fmt::Debug for DataKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -587,6 +594,15 @@ pub async fn open_data_key(g: &Gateway, sse: &Sse, given: Option<&[u8; 32]>) -> 
     }
 }
 
+/// The name metrics count an encryption type by.
+pub fn kind(sse: &Sse) -> &'static str {
+    match sse {
+        Sse::S3 { .. } => "SSE-S3",
+        Sse::Kms { .. } => "SSE-KMS",
+        Sse::Customer { .. } => "SSE-C",
+    }
+}
+
 /// The ETag of an encrypted stream: the MD5 of its plaintext for SSE-S3 (as S3 gives), and for
 /// SSE-KMS and SSE-C a digest that is not the plaintext's MD5 (as S3's is not).
 pub fn etag(sse: &Sse, md5_hex: &str, salt: &[u8; 16]) -> String {
@@ -780,11 +796,11 @@ fn open_blocks(
     futures::stream::try_unfold(
         (
             raw,
-            BytesMut::new(),
+            Bytes::new(),
             segments.into_iter(),
             None::<(Segment, u64)>,
         ),
-        |(mut raw, mut buf, mut rest, mut at)| async move {
+        |(mut raw, mut pending, mut rest, mut at)| async move {
             loop {
                 let (seg, index) = match at.take() {
                     Some(x) => x,
@@ -802,27 +818,35 @@ fn open_blocks(
                 let start = index * SEAL_BLOCK;
                 let plain = SEAL_BLOCK.min(seg.len - start);
                 let sealed = usize::try_from(plain + SEAL_TAG).unwrap_or(usize::MAX);
-                while buf.len() < sealed {
-                    match raw.next().await {
-                        Some(Ok(b)) => buf.extend_from_slice(&b),
-                        Some(Err(e)) => return Err(e),
-                        None => {
-                            return Err(std::io::Error::other(
-                                "object stream ended early: sealed bytes missing",
-                            ));
-                        }
+                // The one copy: out of the data plane's (shared, read-only) buffers into a
+                // block of its own, opened in place and handed on without another.
+                let mut block = Vec::with_capacity(sealed);
+                while block.len() < sealed {
+                    if pending.is_empty() {
+                        pending = match raw.next().await {
+                            Some(Ok(b)) => b,
+                            Some(Err(e)) => return Err(e),
+                            None => {
+                                return Err(std::io::Error::other(
+                                    "object stream ended early: sealed bytes missing",
+                                ));
+                            }
+                        };
                     }
+                    let take = (sealed - block.len()).min(pending.len());
+                    block.extend_from_slice(&pending[..take]);
+                    pending = pending.slice(take..);
                 }
-                let mut block = buf.split_to(sealed);
-                let Some(opened) = seg.sealer.open(index, &mut block) else {
+                let Some(opened) = seg.sealer.open(index, &mut block).map(|p| p.len()) else {
                     return Err(std::io::Error::other(
                         "a sealed block of the object failed authentication (damaged data)",
                     ));
                 };
+                block.truncate(opened);
                 let lo = usize::try_from(seg.from.max(start) - start).unwrap_or(0);
                 let hi = usize::try_from(seg.to.min(start + plain) - start).unwrap_or(0);
-                let out = Bytes::copy_from_slice(&opened[lo..hi]);
-                return Ok(Some((out, (raw, buf, rest, Some((seg, index + 1))))));
+                let out = Bytes::from(block).slice(lo..hi);
+                return Ok(Some((out, (raw, pending, rest, Some((seg, index + 1))))));
             }
         },
     )

@@ -116,6 +116,10 @@ enum Command {
         /// Print one JSON document instead of the table.
         #[arg(long)]
         json: bool,
+        /// Skip the SSE-S3 runs (by default every workload also runs encrypted, reported
+        /// against the same workload unencrypted).
+        #[arg(long)]
+        no_sse: bool,
     },
     /// A null S3 endpoint (answers GETs with bytes, drops PUTs): the client's ceiling.
     NullServer {
@@ -497,8 +501,10 @@ fn main() -> ExitCode {
                 seconds,
                 dir,
                 json,
+                no_sse,
             } => {
                 let load = s3::Load {
+                    sse: !no_sse,
                     bucket,
                     large_size,
                     large_count,

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::ServerSideEncryption;
 use bytes::Bytes;
 use serde_json::json;
 
@@ -34,6 +35,9 @@ pub struct Load {
     /// The small workloads run once at each of these concurrencies.
     pub concurrency: Vec<usize>,
     pub seconds: u64,
+    /// Also run every workload with SSE-S3 (`x-amz-server-side-encryption: AES256`) against
+    /// the endpoint, reported as a ratio of the same workload unencrypted.
+    pub sse: bool,
 }
 
 fn client(endpoint: &str, ak: &str, sk: &str) -> Client {
@@ -109,8 +113,10 @@ fn progress(label: &str, done: u64, total: Option<u64>) {
     let _ = e.flush();
 }
 
-/// `count` objects of `size` bytes, `conc` at a time; PUT then GET.
-async fn large(c: &Client, l: &Load, label: &str) -> anyhow::Result<(Figure, Figure)> {
+/// `count` objects of `size` bytes, `conc` at a time; PUT then GET (`sse`: written with
+/// SSE-S3, under keys of their own).
+async fn large(c: &Client, l: &Load, label: &str, sse: bool) -> anyhow::Result<(Figure, Figure)> {
+    let prefix = if sse { "sse-large" } else { "large" };
     let data = body(l.large_size, 42);
     let next = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));
@@ -128,11 +134,12 @@ async fn large(c: &Client, l: &Load, label: &str) -> anyhow::Result<(Figure, Fig
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= l.large_count as u64 {
-                    return Ok::<_, anyhow::Error>(());
+                    return Ok::<_, anyhow::Error>(Instant::now());
                 }
                 c.put_object()
                     .bucket(&l.bucket)
-                    .key(format!("large/{i}"))
+                    .key(format!("{prefix}/{i}"))
+                    .set_server_side_encryption(sse.then_some(ServerSideEncryption::Aes256))
                     .body(ByteStream::from(data.clone()))
                     .send()
                     .await?;
@@ -149,13 +156,15 @@ async fn large(c: &Client, l: &Load, label: &str) -> anyhow::Result<(Figure, Fig
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // Timed to the last task's own finish, not to the progress loop's 200 ms ticks.
+    let mut end = start;
     for t in tasks {
-        t.await??;
+        end = end.max(t.await??);
     }
     let put = Figure {
         ops: total,
         bytes: total * l.large_size,
-        secs: start.elapsed().as_secs_f64(),
+        secs: (end - start).as_secs_f64(),
         ..Figure::default()
     };
     let next = Arc::new(AtomicU64::new(0));
@@ -169,12 +178,12 @@ async fn large(c: &Client, l: &Load, label: &str) -> anyhow::Result<(Figure, Fig
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= l.large_count as u64 {
-                    return Ok::<_, anyhow::Error>(bytes);
+                    return Ok::<_, anyhow::Error>((bytes, Instant::now()));
                 }
                 let mut b = c
                     .get_object()
                     .bucket(&l.bucket)
-                    .key(format!("large/{i}"))
+                    .key(format!("{prefix}/{i}"))
                     .send()
                     .await?
                     .body;
@@ -194,8 +203,11 @@ async fn large(c: &Client, l: &Load, label: &str) -> anyhow::Result<(Figure, Fig
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let mut bytes = 0;
+    let mut end = start;
     for t in tasks {
-        bytes += t.await??;
+        let (b, done_at) = t.await??;
+        bytes += b;
+        end = end.max(done_at);
     }
     anyhow::ensure!(
         bytes == total * l.large_size,
@@ -205,7 +217,7 @@ async fn large(c: &Client, l: &Load, label: &str) -> anyhow::Result<(Figure, Fig
     let get = Figure {
         ops: total,
         bytes,
-        secs: start.elapsed().as_secs_f64(),
+        secs: (end - start).as_secs_f64(),
         ..Figure::default()
     };
     eprintln!();
@@ -214,8 +226,15 @@ async fn large(c: &Client, l: &Load, label: &str) -> anyhow::Result<(Figure, Fig
 
 /// Small objects for `seconds` at `conc` requests in flight: PUT (fresh keys), then GET of
 /// what was put.
-async fn small(c: &Client, l: &Load, conc: usize, label: &str) -> anyhow::Result<(Figure, Figure)> {
+async fn small(
+    c: &Client,
+    l: &Load,
+    conc: usize,
+    label: &str,
+    sse: bool,
+) -> anyhow::Result<(Figure, Figure)> {
     let data = body(l.small_size, 7);
+    let prefix = if sse { "sse-small" } else { "small" };
     let run = |get: bool, keys: u64| {
         let (c, data, l) = (c.clone(), data.clone(), l.clone());
         async move {
@@ -238,7 +257,7 @@ async fn small(c: &Client, l: &Load, conc: usize, label: &str) -> anyhow::Result
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let t0 = Instant::now();
                         let ok = if get {
-                            let key = format!("small/c{conc}/{}", i % keys.max(1));
+                            let key = format!("{prefix}/c{conc}/{}", i % keys.max(1));
                             match c.get_object().bucket(&l.bucket).key(key).send().await {
                                 Ok(r) => {
                                     f.ttfb.push(t0.elapsed().as_secs_f64() * 1e3);
@@ -255,7 +274,10 @@ async fn small(c: &Client, l: &Load, conc: usize, label: &str) -> anyhow::Result
                         } else {
                             c.put_object()
                                 .bucket(&l.bucket)
-                                .key(format!("small/c{conc}/{i}"))
+                                .key(format!("{prefix}/c{conc}/{i}"))
+                                .set_server_side_encryption(
+                                    sse.then_some(ServerSideEncryption::Aes256),
+                                )
                                 .body(ByteStream::from(data.clone()))
                                 .send()
                                 .await
@@ -272,7 +294,7 @@ async fn small(c: &Client, l: &Load, conc: usize, label: &str) -> anyhow::Result
                             f.errors += 1;
                         }
                     }
-                    f
+                    (f, Instant::now())
                 }));
             }
             let what = if get { "small GET" } else { "small PUT" };
@@ -286,15 +308,17 @@ async fn small(c: &Client, l: &Load, conc: usize, label: &str) -> anyhow::Result
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             let mut all = Figure::default();
+            let mut end = start;
             for t in tasks {
-                let f = t.await?;
+                let (f, done_at) = t.await?;
+                end = end.max(done_at);
                 all.ops += f.ops;
                 all.bytes += f.bytes;
                 all.errors += f.errors;
                 all.ttfb.extend(f.ttfb);
                 all.whole.extend(f.whole);
             }
-            all.secs = start.elapsed().as_secs_f64();
+            all.secs = (end - start).as_secs_f64();
             all.ttfb.sort_by(f64::total_cmp);
             all.whole.sort_by(f64::total_cmp);
             eprintln!();
@@ -314,7 +338,7 @@ struct Measured {
     small: Vec<(usize, Figure, Figure)>,
 }
 
-async fn measure(c: &Client, l: &Load, label: &str) -> anyhow::Result<Measured> {
+async fn measure(c: &Client, l: &Load, label: &str, sse: bool) -> anyhow::Result<Measured> {
     match c.create_bucket().bucket(&l.bucket).send().await {
         Ok(_) => {}
         Err(e) => {
@@ -330,10 +354,10 @@ async fn measure(c: &Client, l: &Load, label: &str) -> anyhow::Result<Measured> 
             }
         }
     }
-    let (large_put, large_get) = large(c, l, label).await?;
+    let (large_put, large_get) = large(c, l, label, sse).await?;
     let mut small_figures = Vec::new();
     for &conc in &l.concurrency {
-        let (put, get) = small(c, l, conc, label).await?;
+        let (put, get) = small(c, l, conc, label, sse).await?;
         small_figures.push((conc, put, get));
     }
     Ok(Measured {
@@ -436,9 +460,15 @@ pub async fn run(
     }
 
     eprintln!("endpoint under test: {endpoint}");
-    let target = measure(&client(&endpoint, &ak, &sk), &load, "target").await?;
+    let target = measure(&client(&endpoint, &ak, &sk), &load, "target", false).await?;
+    let sse = if load.sse {
+        eprintln!("endpoint under test, SSE-S3: {endpoint}");
+        Some(measure(&client(&endpoint, &ak, &sk), &load, "target SSE-S3", true).await?)
+    } else {
+        None
+    };
     eprintln!("null ceiling: {null_url}");
-    let nul = measure(&client(&null_url, "null", "null"), &load, "null").await?;
+    let nul = measure(&client(&null_url, "null", "null"), &load, "null", false).await?;
     let dir = dir.unwrap_or_else(std::env::temp_dir);
     let disk = raw_disk_write(&dir, load.large_size * load.large_count as u64)?;
     let floor = hashing_floor(1 << 30);
@@ -477,7 +507,48 @@ pub async fn run(
             "null GET",
         ));
     }
-    let errors = target.large_put.errors
+    if let Some(e) = &sse {
+        rows.push((
+            "large PUT SSE".to_owned(),
+            e.large_put.gib_s(),
+            "GiB/s",
+            target.large_put.gib_s(),
+            "the same PUT unencrypted",
+        ));
+        rows.push((
+            "large GET SSE".to_owned(),
+            e.large_get.gib_s(),
+            "GiB/s",
+            target.large_get.gib_s(),
+            "the same GET unencrypted",
+        ));
+        for ((conc, put, get), (_, pput, pget)) in e.small.iter().zip(&target.small) {
+            rows.push((
+                format!("small PUT SSE c{conc}"),
+                put.ops_s(),
+                "ops/s",
+                pput.ops_s(),
+                "the same PUT unencrypted",
+            ));
+            rows.push((
+                format!("small GET SSE c{conc}"),
+                get.ops_s(),
+                "ops/s",
+                pget.ops_s(),
+                "the same GET unencrypted",
+            ));
+        }
+    }
+    let sse_errors = sse.as_ref().map_or(0, |e| {
+        e.large_put.errors
+            + e.large_get.errors
+            + e.small
+                .iter()
+                .map(|(_, p, g)| p.errors + g.errors)
+                .sum::<u64>()
+    });
+    let errors = sse_errors
+        + target.large_put.errors
         + target.large_get.errors
         + target
             .small
@@ -509,6 +580,18 @@ pub async fn run(
                     .collect::<Vec<_>>()
             ),
         );
+        if let Some(e) = &sse {
+            out.insert(
+                "sse_s3".into(),
+                json!({
+                    "large PUT": e.large_put.json(),
+                    "large GET": e.large_get.json(),
+                    "small": e.small.iter().map(|(conc, put, get)| json!({
+                        "concurrency": conc, "PUT": put.json(), "GET": get.json(),
+                    })).collect::<Vec<_>>(),
+                }),
+            );
+        }
         out.insert("raw_disk_write_gib_per_s".into(), json!(disk));
         out.insert("hashing_floor_gib_per_s".into(), json!(floor));
         out.insert("errors".into(), json!(errors));
@@ -538,12 +621,12 @@ pub async fn run(
         load.concurrency
     );
     println!(
-        "{:<15} {:>12} {:>14} {:>7}   ceiling",
+        "{:<20} {:>12} {:>14} {:>7}   ceiling",
         "workload", "endpoint", "ceiling", "ratio"
     );
     for (n, v, unit, c, what) in &rows {
         println!(
-            "{n:<15} {v:>8.2} {unit:<5} {c:>8.2} {unit:<5} {:>6.1}%   {what}",
+            "{n:<20} {v:>8.2} {unit:<5} {c:>8.2} {unit:<5} {:>6.1}%   {what}",
             100.0 * ratio(*v, *c)
         );
     }
