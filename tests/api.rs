@@ -5343,6 +5343,30 @@ async fn object_acls_grant_reads_and_follow_their_version() {
         "{}",
         s3_said(&r)
     );
+    // x-amz-source-expected-bucket-owner: the same for a copy's source.
+    let r = ada_s3
+        .copy_object()
+        .bucket("objacl")
+        .key("copied.txt")
+        .copy_source("objacl/open.txt")
+        .expected_source_bucket_owner(&bob_tenant)
+        .send()
+        .await;
+    assert_eq!(
+        s3_code(&r).as_deref(),
+        Some("AccessDenied"),
+        "{}",
+        s3_said(&r)
+    );
+    ada_s3
+        .copy_object()
+        .bucket("objacl")
+        .key("copied.txt")
+        .copy_source("objacl/open.txt")
+        .expected_source_bucket_owner(&ada_tenant)
+        .send()
+        .await
+        .unwrap();
     let acl = ada_s3
         .get_object_acl()
         .bucket("objacl")
@@ -5682,4 +5706,98 @@ async fn kms_keys_encrypt_objects_rotate_disable_and_stay_in_their_tenant() {
             "no {action} in {log}"
         );
     }
+}
+
+#[tokio::test]
+async fn bucket_owner_preferred_takes_objects_written_with_bucket_owner_full_control() {
+    use aws_sdk_s3::primitives::ByteStream;
+    use aws_sdk_s3::types::{
+        ObjectCannedAcl, ObjectOwnership, OwnershipControls, OwnershipControlsRule,
+    };
+    let api = Api::start(&[("CAIRN_API_AUTH_RATE_LIMIT", "1000")]);
+    let ada = first_admin(&api).await;
+    let ada_t = ada["access_token"].as_str().unwrap().to_owned();
+    let bob = register(&api, &ada_t, "bob@example.com", "Bob").await;
+    let bob_t = bob["access_token"].as_str().unwrap().to_owned();
+    let (_, t) = api.call("GET", "/tenants", Some(&ada_t), None).await;
+    let ada_tenant = t["current"].as_str().unwrap().to_owned();
+    let (_, t) = api.call("GET", "/tenants", Some(&bob_t), None).await;
+    let bob_tenant = t["current"].as_str().unwrap().to_owned();
+    let (_, ada_s3) = s3_key(&api, &ada_t).await;
+    let (_, bob_s3) = s3_key(&api, &bob_t).await;
+    ada_s3.create_bucket().bucket("inbox").send().await.unwrap();
+    // Bob may write into Ada's bucket.
+    ada_s3
+        .put_bucket_acl()
+        .bucket("inbox")
+        .grant_write(format!("id={bob_tenant}"))
+        .send()
+        .await
+        .unwrap();
+    let owner_of = |key: &'static str| {
+        let c = ada_s3.clone();
+        async move {
+            c.get_object_acl()
+                .bucket("inbox")
+                .key(key)
+                .send()
+                .await
+                .map(|a| {
+                    a.owner()
+                        .and_then(|o| o.id())
+                        .unwrap_or_default()
+                        .to_owned()
+                })
+        }
+    };
+    // ObjectWriter (no setting): the writer keeps what it wrote with an ACL.
+    bob_s3
+        .put_object()
+        .bucket("inbox")
+        .key("written")
+        .acl(ObjectCannedAcl::BucketOwnerFullControl)
+        .body(ByteStream::from_static(b"x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(owner_of("written").await.unwrap(), bob_tenant);
+    ada_s3
+        .put_bucket_ownership_controls()
+        .bucket("inbox")
+        .ownership_controls(
+            OwnershipControls::builder()
+                .rules(
+                    OwnershipControlsRule::builder()
+                        .object_ownership(ObjectOwnership::BucketOwnerPreferred)
+                        .build()
+                        .unwrap(),
+                )
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    // BucketOwnerPreferred: with bucket-owner-full-control the bucket's owner owns it...
+    bob_s3
+        .put_object()
+        .bucket("inbox")
+        .key("preferred")
+        .acl(ObjectCannedAcl::BucketOwnerFullControl)
+        .body(ByteStream::from_static(b"x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(owner_of("preferred").await.unwrap(), ada_tenant);
+    // ... with another ACL the writer still does.
+    bob_s3
+        .put_object()
+        .bucket("inbox")
+        .key("other-acl")
+        .acl(ObjectCannedAcl::BucketOwnerRead)
+        .body(ByteStream::from_static(b"x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(owner_of("other-acl").await.unwrap(), bob_tenant);
 }

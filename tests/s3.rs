@@ -1777,6 +1777,44 @@ async fn multipart_uploads_copies_and_errors() {
         ),
         416
     );
+    // A part number outside 1..=10000 is no part number at all.
+    let r = c
+        .get_object()
+        .bucket("mpu")
+        .key("obj")
+        .part_number(0)
+        .send()
+        .await;
+    assert_eq!(code(r), "InvalidArgument");
+    // An object not uploaded in parts is its own part 1, without a parts count.
+    c.put_object()
+        .bucket("mpu")
+        .key("single")
+        .body(ByteStream::from_static(b"one piece"))
+        .send()
+        .await
+        .unwrap();
+    let one = c
+        .get_object()
+        .bucket("mpu")
+        .key("single")
+        .part_number(1)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(one.parts_count(), None);
+    assert_eq!(
+        one.body.collect().await.unwrap().into_bytes().as_ref(),
+        b"one piece"
+    );
+    let r = c
+        .get_object()
+        .bucket("mpu")
+        .key("single")
+        .part_number(2)
+        .send()
+        .await;
+    assert_eq!((status(&r), code(r)), (416, "InvalidPartNumber".to_owned()));
     // The upload is gone once completed.
     assert_eq!(
         code(
@@ -4098,5 +4136,307 @@ async fn bucket_default_encryption_applies_to_writes_without_headers() {
     assert_eq!(put.server_side_encryption(), None);
     for k in ["a", "b", "c"] {
         assert!(!get_bytes(&c, "enc", k).await.is_empty());
+    }
+}
+
+/// A browser form upload (POST object) to `bucket`: the policy document, signed with the
+/// root key as SigV4 POST policies are, and the fields; the status and body.
+async fn post_form(
+    addr: std::net::SocketAddr,
+    bucket: &str,
+    policy: serde_json::Value,
+    fields: &[(&str, &str)],
+    file: Vec<u8>,
+    sign_with: &str,
+) -> (u16, String, Option<String>) {
+    use aws_sigv4::sign::v4::{calculate_signature, generate_signing_key};
+    use base64::Engine;
+    let now = SystemTime::now();
+    let stamp = aws_sdk_s3::primitives::DateTime::from(now)
+        .fmt(aws_sdk_s3::primitives::DateTimeFormat::DateTime)
+        .unwrap()
+        .replace(['-', ':'], "");
+    let amz_date = format!("{}Z", &stamp[..15]);
+    let day = &stamp[..8];
+    let credential = format!("{AK}/{day}/us-east-1/s3/aws4_request");
+    let mut policy = policy;
+    let conditions = policy["conditions"].as_array_mut().unwrap();
+    conditions.push(serde_json::json!({"x-amz-algorithm": "AWS4-HMAC-SHA256"}));
+    conditions.push(serde_json::json!({"x-amz-credential": credential}));
+    conditions.push(serde_json::json!({"x-amz-date": amz_date}));
+    let encoded = base64::engine::general_purpose::STANDARD.encode(policy.to_string());
+    let key = generate_signing_key(sign_with, now, "us-east-1", "s3");
+    let signature = calculate_signature(key, encoded.as_bytes());
+    let mut form = reqwest::multipart::Form::new();
+    for (k, v) in fields {
+        form = form.text((*k).to_owned(), (*v).to_owned());
+    }
+    form = form
+        .text("x-amz-algorithm", "AWS4-HMAC-SHA256")
+        .text("x-amz-credential", credential)
+        .text("x-amz-date", amz_date)
+        .text("policy", encoded)
+        .text("x-amz-signature", signature)
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(file).file_name("hello.txt"),
+        );
+    let resp = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .post(format!("http://{addr}/{bucket}"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let location = resp
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    (status, resp.text().await.unwrap(), location)
+}
+
+#[tokio::test]
+async fn browser_form_uploads_follow_their_policy_document() {
+    let s = serve(&[], &[]);
+    let c = client(s.addr);
+    wait_ready(s.addr).await;
+    c.create_bucket().bucket("forms").send().await.unwrap();
+    let in_an_hour =
+        aws_sdk_s3::primitives::DateTime::from(SystemTime::now() + Duration::from_secs(3600))
+            .fmt(aws_sdk_s3::primitives::DateTimeFormat::DateTime)
+            .unwrap();
+    let policy = |expiration: &str| {
+        serde_json::json!({
+            "expiration": expiration,
+            "conditions": [
+                {"bucket": "forms"},
+                ["starts-with", "$key", "uploads/"],
+                ["starts-with", "$Content-Type", "text/"],
+                {"success_action_status": "201"},
+                ["content-length-range", 1, 1000],
+            ]
+        })
+    };
+    let fields = |key: &'static str| {
+        vec![
+            ("key", key),
+            ("Content-Type", "text/plain"),
+            ("success_action_status", "201"),
+        ]
+    };
+    let (status, body, _) = post_form(
+        s.addr,
+        "forms",
+        policy(&in_an_hour),
+        &fields("uploads/hello.txt"),
+        b"hello from a form".to_vec(),
+        SK,
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    assert!(body.contains("<Key>uploads/hello.txt</Key>"), "{body}");
+    assert!(body.contains("<Bucket>forms</Bucket>"), "{body}");
+    assert_eq!(
+        get_bytes(&c, "forms", "uploads/hello.txt").await,
+        b"hello from a form"
+    );
+    let head = c
+        .head_object()
+        .bucket("forms")
+        .key("uploads/hello.txt")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.content_type(), Some("text/plain"));
+
+    // A key outside the policy's prefix, a body over its length range, a policy signed with
+    // another secret, and an expired policy store nothing.
+    let (status, body, _) = post_form(
+        s.addr,
+        "forms",
+        policy(&in_an_hour),
+        &fields("elsewhere/x.txt"),
+        b"x".to_vec(),
+        SK,
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    let (status, body, _) = post_form(
+        s.addr,
+        "forms",
+        policy(&in_an_hour),
+        &fields("uploads/big.txt"),
+        vec![b'x'; 2000],
+        SK,
+    )
+    .await;
+    assert!(status == 400 || status == 403, "{status} {body}");
+    let (status, body, _) = post_form(
+        s.addr,
+        "forms",
+        policy(&in_an_hour),
+        &fields("uploads/forged.txt"),
+        b"x".to_vec(),
+        "not-the-secret",
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("SignatureDoesNotMatch"), "{body}");
+    let (status, body, _) = post_form(
+        s.addr,
+        "forms",
+        policy("2020-01-01T00:00:00Z"),
+        &fields("uploads/late.txt"),
+        b"x".to_vec(),
+        SK,
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    for k in [
+        "elsewhere/x.txt",
+        "uploads/big.txt",
+        "uploads/forged.txt",
+        "uploads/late.txt",
+    ] {
+        let r = c.head_object().bucket("forms").key(k).send().await;
+        assert_eq!(status_of_head(&r), 404, "{k} was stored");
+    }
+
+    // Encryption given as a form field applies as the header would.
+    let mut sse_policy = policy(&in_an_hour);
+    sse_policy["conditions"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"x-amz-server-side-encryption": "AES256"}));
+    let mut sse_fields = fields("uploads/sealed.txt");
+    sse_fields.push(("x-amz-server-side-encryption", "AES256"));
+    let (status, body, _) = post_form(
+        s.addr,
+        "forms",
+        sse_policy,
+        &sse_fields,
+        b"sealed by a form".to_vec(),
+        SK,
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let head = c
+        .head_object()
+        .bucket("forms")
+        .key("uploads/sealed.txt")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        head.server_side_encryption(),
+        Some(&aws_sdk_s3::types::ServerSideEncryption::Aes256)
+    );
+
+    // success_action_redirect: 303 to the page, with the bucket, key and ETag.
+    let mut redirect_policy = policy(&in_an_hour);
+    redirect_policy["conditions"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|c| c.get("success_action_status").is_none());
+    redirect_policy["conditions"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"success_action_redirect": "https://example.com/done"}));
+    let (status, body, location) = post_form(
+        s.addr,
+        "forms",
+        redirect_policy,
+        &[
+            ("key", "uploads/redirected.txt"),
+            ("Content-Type", "text/plain"),
+            ("success_action_redirect", "https://example.com/done"),
+        ],
+        b"redirected".to_vec(),
+        SK,
+    )
+    .await;
+    assert_eq!(status, 303, "{body}");
+    let location = location.unwrap();
+    assert!(
+        location.starts_with("https://example.com/done?"),
+        "{location}"
+    );
+    assert!(
+        location.contains("key=uploads%2Fredirected.txt"),
+        "{location}"
+    );
+    assert_eq!(
+        get_bytes(&c, "forms", "uploads/redirected.txt").await,
+        b"redirected"
+    );
+}
+
+fn status_of_head<T: std::fmt::Debug, E>(
+    r: &Result<T, SdkError<E, aws_sdk_s3::config::http::HttpResponse>>,
+) -> u16 {
+    status(r)
+}
+
+/// A metadata value as S3 returns non-ASCII ones (RFC 2047, `=?UTF-8?B?...?=`), decoded.
+fn rfc2047(v: &str) -> String {
+    use base64::Engine;
+    match v
+        .strip_prefix("=?UTF-8?B?")
+        .and_then(|r| r.strip_suffix("?="))
+    {
+        Some(b) => {
+            String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b).unwrap()).unwrap()
+        }
+        None => v.to_owned(),
+    }
+}
+
+#[tokio::test]
+async fn unicode_user_metadata_is_kept_and_returned_as_s3_returns_it() {
+    let s = serve(&[], &[]);
+    let c = client(s.addr);
+    wait_ready(s.addr).await;
+    c.create_bucket().bucket("meta").send().await.unwrap();
+    // Sent as raw UTF-8, and as RFC 2047 (which S3 decodes before storing).
+    c.put_object()
+        .bucket("meta")
+        .key("k")
+        .metadata("greeting", "Hello World\u{e9}")
+        .metadata("mark", "=?UTF-8?B?4pyTIGTDqWrDoCB2dQ==?=")
+        .metadata("plain", "ascii only")
+        .body(ByteStream::from_static(b"x"))
+        .send()
+        .await
+        .unwrap();
+    for m in [
+        c.head_object()
+            .bucket("meta")
+            .key("k")
+            .send()
+            .await
+            .unwrap()
+            .metadata()
+            .unwrap()
+            .clone(),
+        c.get_object()
+            .bucket("meta")
+            .key("k")
+            .send()
+            .await
+            .unwrap()
+            .metadata()
+            .unwrap()
+            .clone(),
+    ] {
+        // Non-ASCII values come back RFC 2047-encoded (mail-safe), as S3 documents; ASCII
+        // ones as they are.
+        assert!(m["greeting"].starts_with("=?UTF-8?B?"), "{m:?}");
+        assert_eq!(rfc2047(&m["greeting"]), "Hello World\u{e9}");
+        assert_eq!(rfc2047(&m["mark"]), "\u{2713} d\u{e9}j\u{e0} vu");
+        assert_eq!(m["plain"], "ascii only");
     }
 }

@@ -636,6 +636,20 @@ impl Access {
         };
         let p = self.principal_of_request(req).await?;
         let rec = self.bucket_record(bucket).await?;
+        // `x-amz-source-expected-bucket-owner`: the copy is refused unless the source bucket
+        // belongs to that tenant.
+        if let (Some(r), Some(expected)) = (
+            &rec,
+            req.headers
+                .get("x-amz-source-expected-bucket-owner")
+                .and_then(|v| v.to_str().ok()),
+        ) && !expected.eq_ignore_ascii_case(&tenant_hex(bucket_tenant(&r.owner)))
+        {
+            return Err(S3Error::with_message(
+                S3ErrorCode::AccessDenied,
+                "The source bucket is not owned by the expected bucket owner (x-amz-source-expected-bucket-owner)",
+            ));
+        }
         let mut cx = request_context_of(req);
         if let Some(r) = &rec {
             self.existing_tags(r, bucket, key, None, &mut cx).await?;
@@ -844,6 +858,9 @@ impl S3Access for Access {
             if let Some(e) = &r.encryption {
                 cx.extensions_mut().insert(BucketSse(e.clone()));
             }
+            if let Some(o) = r.ownership {
+                cx.extensions_mut().insert(BucketOwnership(o));
+            }
         }
         // Writes and reads of objects report the lifecycle expiry (`x-amz-expiration`).
         if let Some(rules) = rec.as_ref().and_then(|r| r.lifecycle.clone())
@@ -970,6 +987,10 @@ fn version_param(uri: &http::Uri) -> Result<Option<VersionRef>, ()> {
 /// The tenant of the bucket a request was authorised on (set by [`Access::check`]).
 #[derive(Clone, Copy, Debug)]
 pub struct BucketTenant(pub u128);
+
+/// The object ownership setting of the bucket a request was authorised on, when it has one.
+#[derive(Clone, Copy, Debug)]
+pub struct BucketOwnership(pub cairn_master::buckets::acl::Ownership);
 
 /// The default encryption of the bucket a request was authorised on, when it has one.
 #[derive(Clone, Debug)]

@@ -435,7 +435,7 @@ fn default_message(code: &str) -> String {
 }
 
 /// Put `<RequestId>` into an S3 error body that lacks one, and a `<Message>` when there is
-/// none (or an empty one).
+/// none (or an empty one); a POST policy's failed condition is answered as S3 answers it.
 async fn with_request_id(resp: Response, id: &str) -> Response {
     let (parts, body) = resp.into_parts();
     match axum::body::to_bytes(body, ERROR_BODY_MAX).await {
@@ -468,6 +468,25 @@ async fn with_request_id(resp: Response, id: &str) -> Response {
                 };
             }
             let mut parts = parts;
+            // A browser form (POST object) that breaks a condition of its policy document is
+            // refused by S3 with 403 AccessDenied, "Invalid according to Policy"; s3s answers
+            // 400 InvalidPolicyDocument, which AWS keeps for a document it cannot read.
+            if body.contains("<Code>InvalidPolicyDocument</Code>")
+                && body.contains("<Message>Policy condition")
+            {
+                body = body
+                    .replacen(
+                        "<Code>InvalidPolicyDocument</Code>",
+                        "<Code>AccessDenied</Code>",
+                        1,
+                    )
+                    .replacen(
+                        "<Message>Policy condition",
+                        "<Message>Invalid according to Policy: Policy condition",
+                        1,
+                    );
+                parts.status = StatusCode::FORBIDDEN;
+            }
             parts.headers.remove(header::CONTENT_LENGTH);
             Response::from_parts(parts, Body::from(body))
         }

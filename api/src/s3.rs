@@ -646,6 +646,12 @@ impl CairnS3 {
             } else {
                 d.parts.clone()
             };
+            if !(1..=10_000).contains(&n) {
+                return Err(s3_error!(
+                    InvalidArgument,
+                    "Part number must be an integer between 1 and 10000, inclusive"
+                ));
+            }
             let idx = usize::try_from(n)
                 .ok()
                 .filter(|&i| i >= 1 && i <= sizes.len())
@@ -659,7 +665,9 @@ impl CairnS3 {
             let offset: u64 = sizes[..idx - 1].iter().sum();
             let len = sizes[idx - 1];
             let cr = (len > 0).then(|| format!("bytes {}-{}/{}", offset, offset + len - 1, d.size));
-            return Ok((offset, len, cr, Some(sizes.len() as i32)));
+            // S3 reports a parts count only for objects uploaded in parts.
+            let count = (!d.parts.is_empty()).then_some(sizes.len() as i32);
+            return Ok((offset, len, cr, count));
         }
         match range {
             None => Ok((0, d.size, None, None)),
@@ -1084,12 +1092,60 @@ fn policy_grants(policy: AccessControlPolicy) -> S3Result<Vec<AclGrant>> {
 
 /// The tenant a request writes for and the tenant of the bucket it writes into, as canonical
 /// ids (an anonymous writer writes for the bucket's owner).
+/// A browser form (POST object) carries its encryption as form fields, which s3s puts in the
+/// input; the encryption rules read headers, so the fields become the headers they stand for.
+fn sse_fields_as_headers(req: &mut S3Request<PutObjectInput>) {
+    let i = &req.input;
+    let fields = [
+        (
+            "x-amz-server-side-encryption",
+            i.server_side_encryption
+                .as_ref()
+                .map(|v| v.as_str().to_owned()),
+        ),
+        (
+            "x-amz-server-side-encryption-aws-kms-key-id",
+            i.ssekms_key_id.clone(),
+        ),
+        (
+            "x-amz-server-side-encryption-customer-algorithm",
+            i.sse_customer_algorithm.clone(),
+        ),
+        (
+            "x-amz-server-side-encryption-customer-key",
+            i.sse_customer_key.clone(),
+        ),
+        (
+            "x-amz-server-side-encryption-customer-key-md5",
+            i.sse_customer_key_md5.clone(),
+        ),
+    ];
+    for (name, value) in fields {
+        if let Some(v) = value
+            && !req.headers.contains_key(name)
+            && let Ok(v) = http::HeaderValue::from_str(&v)
+        {
+            req.headers.insert(name, v);
+        }
+    }
+}
+
 fn writer_and_owner<T>(req: &S3Request<T>) -> (String, String) {
     let owner = bucket_owner_of(req);
-    let writer = crate::auth::principal(req).map_or_else(
-        || owner.clone(),
-        |p| cairn_master::tenancy::tenant_hex(p.tenant),
-    );
+    // `BucketOwnerPreferred`: an object written with `bucket-owner-full-control` belongs to
+    // the bucket's owner, whoever wrote it.
+    let preferred = req
+        .extensions
+        .get::<crate::auth::BucketOwnership>()
+        .is_some_and(|o| o.0 == acl::Ownership::BucketOwnerPreferred)
+        && req
+            .headers
+            .get("x-amz-acl")
+            .is_some_and(|v| v.as_bytes() == b"bucket-owner-full-control");
+    let writer = match crate::auth::principal(req) {
+        Some(p) if !preferred => cairn_master::tenancy::tenant_hex(p.tenant),
+        _ => owner.clone(),
+    };
     (writer, owner)
 }
 
@@ -2570,8 +2626,9 @@ impl S3 for CairnS3 {
 
     async fn put_object(
         &self,
-        req: S3Request<PutObjectInput>,
+        mut req: S3Request<PutObjectInput>,
     ) -> S3Result<S3Response<PutObjectOutput>> {
+        sse_fields_as_headers(&mut req);
         let who = who(&req);
         let expiration = expiration_header(&req.extensions, &req.input.key, crate_now_ms());
         let (writer, bucket_owner) = writer_and_owner(&req);
