@@ -120,6 +120,9 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "images.max_size",
     },
+    Key {
+        name: "gateway.allow_sse_c_over_http",
+    },
 ];
 
 pub const DEFAULT_DATA: &str = "./cairn-data";
@@ -527,6 +530,12 @@ impl Layers {
                 }
             })
         })?;
+        let allow_sse_c_over_http =
+            self.parse("gateway.allow_sse_c_over_http", "false", |s| match s {
+                "true" => Ok(true),
+                "false" => Ok(false),
+                _ => Err(format!("{s:?} is not true or false")),
+            })?;
         let nonempty = |s: &str| -> Result<Option<String>, String> {
             Ok(Some(s.to_owned()).filter(|s| !s.is_empty()))
         };
@@ -549,6 +558,7 @@ impl Layers {
             });
         }
         Ok(ServeConfig {
+            allow_sse_c_over_http,
             share_links_max,
             share_ttl_max_s,
             image_max,
@@ -687,6 +697,9 @@ pub struct ServeConfig {
     pub share_ttl_max_s: u64,
     /// Largest image the image store takes.
     pub image_max: u64,
+    /// Take SSE-C customer keys from remote clients over plain HTTP (else only from loopback
+    /// clients, such as a TLS-terminating proxy on the same host).
+    pub allow_sse_c_over_http: bool,
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ pub fn options(config: &ServeConfig) -> GatewayOptions {
         share_links_max: config.share_links_max,
         share_ttl_max_s: config.share_ttl_max_s,
         image_max: config.image_max,
+        allow_sse_c_over_http: config.allow_sse_c_over_http,
         ..GatewayOptions::default()
     }
 }

@@ -634,6 +634,11 @@ impl Access {
                 "copy sources are bucket/key",
             ));
         };
+        crate::sse::refuse_insecure_customer_key(
+            &self.gateway,
+            &req.headers,
+            peer_of(&req.extensions),
+        )?;
         let p = self.principal_of_request(req).await?;
         let rec = self.bucket_record(bucket).await?;
         // `x-amz-source-expected-bucket-owner`: the copy is refused unless the source bucket
@@ -728,6 +733,8 @@ fn peer_of(ext: &http::Extensions) -> Option<std::net::SocketAddr> {
 #[async_trait::async_trait]
 impl S3Access for Access {
     async fn check(&self, cx: &mut S3AccessContext<'_>) -> S3Result<()> {
+        let peer = peer_of(cx.extensions_mut());
+        crate::sse::refuse_insecure_customer_key(&self.gateway, cx.headers(), peer)?;
         let principal = match cx.credentials() {
             Some(c) => Some(self.principal(&c.access_key).await?),
             None => None,

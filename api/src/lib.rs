@@ -84,6 +84,10 @@ pub struct GatewayOptions {
     pub share_ttl_max_s: u64,
     /// Largest image the image store takes (upload or import).
     pub image_max: u64,
+    /// Take SSE-C customer keys over plain HTTP from remote clients. Off by default: a key is
+    /// taken only from a loopback client (a TLS-terminating proxy on this host, or a local
+    /// program), as S3 takes them only over TLS.
+    pub allow_sse_c_over_http: bool,
 }
 
 impl Default for GatewayOptions {
@@ -99,6 +103,7 @@ impl Default for GatewayOptions {
             share_links_max: 1000,
             share_ttl_max_s: 365 * 24 * 3600,
             image_max: 64 << 30,
+            allow_sse_c_over_http: false,
         }
     }
 }

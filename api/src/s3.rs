@@ -2629,6 +2629,12 @@ impl S3 for CairnS3 {
         mut req: S3Request<PutObjectInput>,
     ) -> S3Result<S3Response<PutObjectOutput>> {
         sse_fields_as_headers(&mut req);
+        // (again: a browser form's key fields became headers only now)
+        let peer = req
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0);
+        sse::refuse_insecure_customer_key(&self.g, &req.headers, peer)?;
         let who = who(&req);
         let expiration = expiration_header(&req.extensions, &req.input.key, crate_now_ms());
         let (writer, bucket_owner) = writer_and_owner(&req);

@@ -146,6 +146,39 @@ pub fn customer_key(h: &http::HeaderMap, prefix: &str) -> S3Result<Option<[u8; 3
     }
 }
 
+/// Whether a request may carry a customer key: S3 takes them only over TLS. The gateway
+/// speaks plain HTTP, so a key is taken from a loopback client (a program on this host, or a
+/// TLS-terminating proxy here that did not say it received plain HTTP) unless the operator
+/// allows plain HTTP (`gateway.allow_sse_c_over_http`).
+pub fn customer_key_transport_ok(
+    h: &http::HeaderMap,
+    peer: Option<std::net::SocketAddr>,
+    allow_plain: bool,
+) -> bool {
+    let carries = h.contains_key("x-amz-server-side-encryption-customer-key")
+        || h.contains_key("x-amz-copy-source-server-side-encryption-customer-key");
+    if !carries || allow_plain {
+        return true;
+    }
+    peer.is_some_and(|p| p.ip().is_loopback())
+        && header(h, "x-forwarded-proto").is_none_or(|p| p.eq_ignore_ascii_case("https"))
+}
+
+/// [`customer_key_transport_ok`] as S3's refusal.
+pub fn refuse_insecure_customer_key(
+    g: &Gateway,
+    h: &http::HeaderMap,
+    peer: Option<std::net::SocketAddr>,
+) -> S3Result<()> {
+    if customer_key_transport_ok(h, peer, g.options.allow_sse_c_over_http) {
+        return Ok(());
+    }
+    Err(S3Error::with_message(
+        S3ErrorCode::InvalidRequest,
+        "Requests specifying Server Side Encryption with Customer provided keys must be made over a secure connection.",
+    ))
+}
+
 /// The object customer key of a request (`x-amz-server-side-encryption-customer-*`).
 pub fn object_customer_key(h: &http::HeaderMap) -> S3Result<Option<[u8; 32]>> {
     customer_key(h, "x-amz-server-side-encryption-customer-")
@@ -980,6 +1013,53 @@ mod tests {
             assert_eq!(out, seal_all(&Sealer::new(&key, &salt), &plain), "{n}");
             assert_eq!(out.len() as u64, sealed_len(n as u64));
         }
+    }
+
+    #[test]
+    fn customer_keys_travel_only_where_they_stay_private() {
+        let peer = |ip: &str| Some(std::net::SocketAddr::new(ip.parse().unwrap(), 5000));
+        let with = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = http::HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(*k, http::HeaderValue::from_static(v));
+            }
+            h
+        };
+        let key = with(&[("x-amz-server-side-encryption-customer-key", "k")]);
+        let source = with(&[("x-amz-copy-source-server-side-encryption-customer-key", "k")]);
+        // No key: nothing to protect.
+        assert!(customer_key_transport_ok(
+            &with(&[]),
+            peer("203.0.113.9"),
+            false
+        ));
+        // A key from a remote client over plain HTTP is refused, unless allowed.
+        assert!(!customer_key_transport_ok(&key, peer("203.0.113.9"), false));
+        assert!(!customer_key_transport_ok(&source, peer("10.1.2.3"), false));
+        assert!(!customer_key_transport_ok(&key, None, false));
+        assert!(customer_key_transport_ok(&key, peer("203.0.113.9"), true));
+        // From this host, or a local TLS proxy; not a local proxy that received plain HTTP.
+        assert!(customer_key_transport_ok(&key, peer("127.0.0.1"), false));
+        assert!(customer_key_transport_ok(&key, peer("::1"), false));
+        let mut proxied = key.clone();
+        proxied.insert("x-forwarded-proto", http::HeaderValue::from_static("https"));
+        assert!(customer_key_transport_ok(
+            &proxied,
+            peer("127.0.0.1"),
+            false
+        ));
+        proxied.insert("x-forwarded-proto", http::HeaderValue::from_static("http"));
+        assert!(!customer_key_transport_ok(
+            &proxied,
+            peer("127.0.0.1"),
+            false
+        ));
+        // A remote client cannot claim TLS with the header.
+        assert!(!customer_key_transport_ok(
+            &proxied,
+            peer("203.0.113.9"),
+            false
+        ));
     }
 
     #[test]
