@@ -725,7 +725,8 @@ fn request_context_of<T>(req: &S3Request<T>) -> Context {
     )
 }
 
-fn peer_of(ext: &http::Extensions) -> Option<std::net::SocketAddr> {
+/// The client's address, from the connection.
+pub(crate) fn peer_of(ext: &http::Extensions) -> Option<std::net::SocketAddr> {
     ext.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0)
 }

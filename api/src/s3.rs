@@ -842,6 +842,13 @@ fn bucket_owner_of<T>(req: &S3Request<T>) -> String {
         .unwrap_or_default()
 }
 
+/// The tenant of the bucket a request was authorised on (0, no tenant, when there is none).
+fn bucket_tenant_of<T>(req: &S3Request<T>) -> u128 {
+    req.extensions
+        .get::<crate::auth::BucketTenant>()
+        .map_or(0, |t| t.0)
+}
+
 /// What a query about one object version found (`None`: no bucket; `Some(None)`: no such
 /// key, version, or a delete marker), with S3's errors.
 fn found_object<T>(found: Option<Option<T>>, versioned: bool) -> S3Result<T> {
@@ -2508,10 +2515,7 @@ impl S3 for CairnS3 {
         req: S3Request<PutBucketEncryptionInput>,
     ) -> S3Result<S3Response<PutBucketEncryptionOutput>> {
         let audit_who = who(&req);
-        let tenant = req
-            .extensions
-            .get::<crate::auth::BucketTenant>()
-            .map_or(0, |t| t.0);
+        let tenant = bucket_tenant_of(&req);
         let input = req.input;
         let rules = input.server_side_encryption_configuration.rules;
         let [rule] = rules.as_slice() else {
@@ -2630,10 +2634,7 @@ impl S3 for CairnS3 {
     ) -> S3Result<S3Response<PutObjectOutput>> {
         sse_fields_as_headers(&mut req);
         // (again: a browser form's key fields became headers only now)
-        let peer = req
-            .extensions
-            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-            .map(|c| c.0);
+        let peer = crate::auth::peer_of(&req.extensions);
         sse::refuse_insecure_customer_key(&self.g, &req.headers, peer)?;
         let who = who(&req);
         let expiration = expiration_header(&req.extensions, &req.input.key, crate_now_ms());
@@ -2744,10 +2745,7 @@ impl S3 for CairnS3 {
         let lock_enabled = prefetched.as_ref().is_some_and(|p| p.lock_enabled);
         let customer = sse::object_customer_key(&req.headers)?;
         sse::refuse_on_read(&req.headers)?;
-        let tenant = req
-            .extensions
-            .get::<crate::auth::BucketTenant>()
-            .map_or(0, |t| t.0);
+        let tenant = bucket_tenant_of(&req);
         let input = req.input;
         let plan = self
             .plan_read(
@@ -2813,10 +2811,7 @@ impl S3 for CairnS3 {
         let lock_enabled = prefetched.as_ref().is_some_and(|p| p.lock_enabled);
         let customer = sse::object_customer_key(&req.headers)?;
         sse::refuse_on_read(&req.headers)?;
-        let tenant = req
-            .extensions
-            .get::<crate::auth::BucketTenant>()
-            .map_or(0, |t| t.0);
+        let tenant = bucket_tenant_of(&req);
         let input = req.input;
         let plan = self
             .plan_read(
@@ -3479,10 +3474,7 @@ impl S3 for CairnS3 {
         &self,
         req: S3Request<UploadPartInput>,
     ) -> S3Result<S3Response<UploadPartOutput>> {
-        let tenant = req
-            .extensions
-            .get::<crate::auth::BucketTenant>()
-            .map_or(0, |t| t.0);
+        let tenant = bucket_tenant_of(&req);
         let headers = req.headers;
         let trailers = req.trailing_headers;
         let input = req.input;
@@ -3525,10 +3517,7 @@ impl S3 for CairnS3 {
         &self,
         req: S3Request<UploadPartCopyInput>,
     ) -> S3Result<S3Response<UploadPartCopyOutput>> {
-        let tenant = req
-            .extensions
-            .get::<crate::auth::BucketTenant>()
-            .map_or(0, |t| t.0);
+        let tenant = bucket_tenant_of(&req);
         let source_customer = sse::customer_key(
             &req.headers,
             "x-amz-copy-source-server-side-encryption-customer-",
@@ -3690,10 +3679,7 @@ impl S3 for CairnS3 {
     ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
         let who = who(&req);
         let expiration = expiration_header(&req.extensions, &req.input.key, crate_now_ms());
-        let tenant = req
-            .extensions
-            .get::<crate::auth::BucketTenant>()
-            .map_or(0, |t| t.0);
+        let tenant = bucket_tenant_of(&req);
         let input = req.input;
         let upload = parse_upload(&input.upload_id)
             .ok_or_else(|| s3_error!(NoSuchUpload, "The specified upload does not exist."))?;

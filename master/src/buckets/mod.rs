@@ -461,6 +461,30 @@ fn apply_locked(
     }
 }
 
+/// Store a part (plain, or sealed with its stream `salt`): the response is its ETag.
+fn put_part(
+    txn: &WriteTransaction,
+    now: u64,
+    (bucket, key, upload, number): (String, String, u128, u32),
+    etag: String,
+    size: u64,
+    extents: Vec<Extent>,
+    salt: Option<[u8; 16]>,
+) -> Result<BucketResponse, ApplyError> {
+    let part = Part {
+        etag,
+        size,
+        extents,
+        modified_ms: now,
+    };
+    multipart::put_part(txn, now, &bucket, &key, upload, number, part, salt).map(|etag| {
+        BucketResponse::Put {
+            version: None,
+            etag,
+        }
+    })
+}
+
 /// Delete an empty bucket (versions and delete markers count); incomplete uploads go with it.
 fn delete_bucket(txn: &WriteTransaction, now: u64, name: &str) -> Result<(), ApplyError> {
     settings::get(txn, name)?;
@@ -664,25 +688,15 @@ impl TypedService for BucketService {
                 etag,
                 size,
                 extents,
-            } => multipart::put_part(
+            } => put_part(
                 txn,
                 now,
-                &bucket,
-                &key,
-                upload,
-                number,
-                Part {
-                    etag,
-                    size,
-                    extents,
-                    modified_ms: now,
-                },
-                None,
-            )
-            .map(|etag| BucketResponse::Put {
-                version: None,
+                (bucket, key, upload, number),
                 etag,
-            }),
+                size,
+                extents,
+                None,
+            ),
             BucketCommand::PutSealedPart {
                 bucket,
                 key,
@@ -692,25 +706,15 @@ impl TypedService for BucketService {
                 size,
                 extents,
                 salt,
-            } => multipart::put_part(
+            } => put_part(
                 txn,
                 now,
-                &bucket,
-                &key,
-                upload,
-                number,
-                Part {
-                    etag,
-                    size,
-                    extents,
-                    modified_ms: now,
-                },
-                Some(salt),
-            )
-            .map(|etag| BucketResponse::Put {
-                version: None,
+                (bucket, key, upload, number),
                 etag,
-            }),
+                size,
+                extents,
+                Some(salt),
+            ),
             BucketCommand::Sealed { sse, command } => {
                 let Some((bucket, key)) = command.write_target() else {
                     return Err(reject(
