@@ -4440,3 +4440,610 @@ async fn unicode_user_metadata_is_kept_and_returned_as_s3_returns_it() {
         assert_eq!(m["plain"], "ascii only");
     }
 }
+
+fn b64(raw: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(raw)
+}
+
+fn unb64(v: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.decode(v).unwrap()
+}
+
+/// CRC of `bytes` as S3 writes it: big-endian, base64.
+fn crc_of(alg: crc_fast::CrcAlgorithm, width: usize, bytes: &[u8]) -> String {
+    b64(&crc_fast::checksum(alg, bytes).to_be_bytes()[8 - width..])
+}
+
+#[tokio::test]
+async fn multipart_checksums_composite_full_object_per_part_and_their_errors() {
+    use aws_sdk_s3::config::RequestChecksumCalculation;
+    use aws_sdk_s3::types::{
+        ChecksumAlgorithm, ChecksumMode, ChecksumType, CompletedMultipartUpload, ObjectAttributes,
+    };
+    use crc_fast::CrcAlgorithm::{Crc32Iscsi, Crc32IsoHdlc, Crc64Nvme};
+    let s = serve(&[], &[]);
+    wait_ready(s.addr).await;
+    let c = client(s.addr);
+    // A client that sends no checksum it is not asked for.
+    let bare = Client::from_conf(
+        c.config()
+            .to_builder()
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .build(),
+    );
+    c.create_bucket().bucket("sums").send().await.unwrap();
+
+    // S3's combinations only.
+    for (alg, kind) in [
+        (ChecksumAlgorithm::Sha256, Some(ChecksumType::FullObject)),
+        (ChecksumAlgorithm::Crc64Nvme, Some(ChecksumType::Composite)),
+    ] {
+        let mut r = c
+            .create_multipart_upload()
+            .bucket("sums")
+            .key("bad")
+            .checksum_algorithm(alg);
+        if let Some(k) = kind {
+            r = r.checksum_type(k);
+        }
+        assert_eq!(code(r.send().await), "InvalidRequest");
+    }
+    let r = c
+        .create_multipart_upload()
+        .bucket("sums")
+        .key("bad")
+        .checksum_type(ChecksumType::Composite)
+        .send()
+        .await;
+    assert_eq!(code(r), "InvalidRequest");
+
+    // Composite CRC32C: every part carries its checksum, the object's is the CRC32C of the
+    // parts' CRC32Cs, "-N".
+    let created = c
+        .create_multipart_upload()
+        .bucket("sums")
+        .key("composite")
+        .checksum_algorithm(ChecksumAlgorithm::Crc32C)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        created.checksum_algorithm(),
+        Some(&ChecksumAlgorithm::Crc32C)
+    );
+    assert_eq!(created.checksum_type(), Some(&ChecksumType::Composite));
+    let id = created.upload_id().unwrap().to_owned();
+    let p1 = pattern(71, 5 << 20);
+    let p2 = pattern(72, 1000);
+    let mut sums = Vec::new();
+    let mut etags = Vec::new();
+    for (n, data) in [(1, &p1), (2, &p2)] {
+        let r = c
+            .upload_part()
+            .bucket("sums")
+            .key("composite")
+            .upload_id(&id)
+            .part_number(n)
+            .checksum_algorithm(ChecksumAlgorithm::Crc32C)
+            .body(ByteStream::from(data.clone()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.checksum_crc32_c(),
+            Some(crc_of(Crc32Iscsi, 4, data).as_str())
+        );
+        sums.push(r.checksum_crc32_c().unwrap().to_owned());
+        etags.push(r.e_tag().unwrap().to_owned());
+    }
+    // Another algorithm, or none, for a part of a composite upload is refused and stores
+    // nothing.
+    let r = c
+        .upload_part()
+        .bucket("sums")
+        .key("composite")
+        .upload_id(&id)
+        .part_number(3)
+        .checksum_algorithm(ChecksumAlgorithm::Sha256)
+        .body(ByteStream::from_static(b"three"))
+        .send()
+        .await;
+    assert_eq!(code(r), "InvalidRequest");
+    let r = bare
+        .upload_part()
+        .bucket("sums")
+        .key("composite")
+        .upload_id(&id)
+        .part_number(3)
+        .body(ByteStream::from_static(b"three"))
+        .send()
+        .await;
+    let e = r.unwrap_err();
+    assert_eq!(e.code(), Some("InvalidRequest"));
+    assert!(e.message().unwrap_or_default().contains("null"), "{e:?}");
+    // ListParts shows each part's checksum and the upload's settings.
+    let listed = c
+        .list_parts()
+        .bucket("sums")
+        .key("composite")
+        .upload_id(&id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        listed.checksum_algorithm(),
+        Some(&ChecksumAlgorithm::Crc32C)
+    );
+    assert_eq!(listed.checksum_type(), Some(&ChecksumType::Composite));
+    let listed_sums: Vec<_> = listed
+        .parts()
+        .iter()
+        .map(|p| p.checksum_crc32_c().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(listed_sums, sums);
+    let uploads = c
+        .list_multipart_uploads()
+        .bucket("sums")
+        .send()
+        .await
+        .unwrap();
+    let u = &uploads.uploads()[0];
+    assert_eq!(u.key(), Some("composite"));
+    assert_eq!(u.checksum_algorithm(), Some(&ChecksumAlgorithm::Crc32C));
+    assert_eq!(u.checksum_type(), Some(&ChecksumType::Composite));
+    let part = |n: usize, sum: Option<&str>| {
+        let mut b = CompletedPart::builder()
+            .part_number(n as i32 + 1)
+            .e_tag(&etags[n]);
+        if let Some(s) = sum {
+            b = b.checksum_crc32_c(s);
+        }
+        b.build()
+    };
+    let complete = |parts: Vec<CompletedPart>| {
+        c.complete_multipart_upload()
+            .bucket("sums")
+            .key("composite")
+            .upload_id(&id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+    };
+    // A composite completion lists every part's checksum, and the right ones.
+    let e = complete(vec![part(0, None), part(1, None)])
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("InvalidRequest"));
+    assert!(
+        e.message()
+            .unwrap_or_default()
+            .contains("missing for part 1"),
+        "{e:?}"
+    );
+    let r = complete(vec![part(0, Some(&sums[1])), part(1, Some(&sums[1]))])
+        .send()
+        .await;
+    assert_eq!(code(r), "InvalidPart");
+    let r = complete(vec![part(0, Some(&sums[0])), part(1, Some(&sums[1]))])
+        .checksum_crc32_c("AAAAAA==")
+        .send()
+        .await;
+    assert_eq!(code(r), "BadDigest");
+    let r = complete(vec![part(0, Some(&sums[0])), part(1, Some(&sums[1]))])
+        .mpu_object_size(1)
+        .send()
+        .await;
+    assert_eq!(code(r), "InvalidRequest");
+    let r = complete(vec![part(0, Some(&sums[0])), part(1, Some(&sums[1]))])
+        .checksum_type(ChecksumType::FullObject)
+        .send()
+        .await;
+    assert_eq!(code(r), "InvalidRequest");
+    let raw: Vec<u8> = sums.iter().flat_map(|s| unb64(s)).collect();
+    let want = format!("{}-2", crc_of(Crc32Iscsi, 4, &raw));
+    let done = complete(vec![part(0, Some(&sums[0])), part(1, Some(&sums[1]))])
+        .mpu_object_size((p1.len() + p2.len()) as i64)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.checksum_crc32_c(), Some(want.as_str()));
+    assert_eq!(done.checksum_type(), Some(&ChecksumType::Composite));
+    // HEAD and GET report it when asked; a part read reports the part's (which the SDK
+    // checks against the part's bytes).
+    let head = c
+        .head_object()
+        .bucket("sums")
+        .key("composite")
+        .checksum_mode(ChecksumMode::Enabled)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.checksum_crc32_c(), Some(want.as_str()));
+    assert_eq!(head.checksum_type(), Some(&ChecksumType::Composite));
+    let plain_head = c
+        .head_object()
+        .bucket("sums")
+        .key("composite")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plain_head.checksum_crc32_c(), None);
+    let got = c
+        .get_object()
+        .bucket("sums")
+        .key("composite")
+        .part_number(2)
+        .checksum_mode(ChecksumMode::Enabled)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.checksum_crc32_c(), Some(sums[1].as_str()));
+    assert_eq!(got.body.collect().await.unwrap().into_bytes().as_ref(), p2);
+    let got = c
+        .get_object()
+        .bucket("sums")
+        .key("composite")
+        .checksum_mode(ChecksumMode::Enabled)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.checksum_crc32_c(), Some(want.as_str()));
+    let whole = got.body.collect().await.unwrap().into_bytes();
+    assert_eq!(whole.len(), p1.len() + p2.len());
+    // GetObjectAttributes: the checksum, its type and each part's.
+    let attrs = c
+        .get_object_attributes()
+        .bucket("sums")
+        .key("composite")
+        .object_attributes(ObjectAttributes::Checksum)
+        .object_attributes(ObjectAttributes::ObjectParts)
+        .send()
+        .await
+        .unwrap();
+    let cs = attrs.checksum().unwrap();
+    assert_eq!(cs.checksum_crc32_c(), Some(want.as_str()));
+    assert_eq!(cs.checksum_type(), Some(&ChecksumType::Composite));
+    let parts = attrs.object_parts().unwrap();
+    assert_eq!(parts.total_parts_count(), Some(2));
+    let part_sums: Vec<_> = parts
+        .parts()
+        .iter()
+        .map(|p| p.checksum_crc32_c().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(part_sums, sums);
+
+    // Full-object CRC64NVME (its default type): parts may come without checksums (the
+    // gateway computes them); the object's is the CRC64NVME of all its bytes, which the SDK
+    // checks on a whole GET.
+    let created = c
+        .create_multipart_upload()
+        .bucket("sums")
+        .key("full")
+        .checksum_algorithm(ChecksumAlgorithm::Crc64Nvme)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.checksum_type(), Some(&ChecksumType::FullObject));
+    let id = created.upload_id().unwrap().to_owned();
+    let data = pattern(73, (10 << 20) + 12_345);
+    let mut parts = Vec::new();
+    for (i, piece) in data.chunks(5 << 20).enumerate() {
+        let r = bare
+            .upload_part()
+            .bucket("sums")
+            .key("full")
+            .upload_id(&id)
+            .part_number(i as i32 + 1)
+            .body(ByteStream::from(piece.to_vec()))
+            .send()
+            .await
+            .unwrap();
+        parts.push(
+            CompletedPart::builder()
+                .part_number(i as i32 + 1)
+                .e_tag(r.e_tag().unwrap())
+                .build(),
+        );
+    }
+    let want = crc_of(Crc64Nvme, 8, &data);
+    let done = c
+        .complete_multipart_upload()
+        .bucket("sums")
+        .key("full")
+        .upload_id(&id)
+        .checksum_crc64_nvme(&want)
+        .multipart_upload(
+            CompletedMultipartUpload::builder()
+                .set_parts(Some(parts))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.checksum_crc64_nvme(), Some(want.as_str()));
+    assert_eq!(done.checksum_type(), Some(&ChecksumType::FullObject));
+    let got = c
+        .get_object()
+        .bucket("sums")
+        .key("full")
+        .checksum_mode(ChecksumMode::Enabled)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.checksum_crc64_nvme(), Some(want.as_str()));
+    assert_eq!(got.checksum_type(), Some(&ChecksumType::FullObject));
+    assert_eq!(
+        got.body.collect().await.unwrap().into_bytes().as_ref(),
+        data
+    );
+
+    // A copied part gets the upload's checksum over the bytes copied.
+    c.put_object()
+        .bucket("sums")
+        .key("source")
+        .body(ByteStream::from(p1.clone()))
+        .send()
+        .await
+        .unwrap();
+    let id = c
+        .create_multipart_upload()
+        .bucket("sums")
+        .key("copied")
+        .checksum_algorithm(ChecksumAlgorithm::Crc32)
+        .send()
+        .await
+        .unwrap()
+        .upload_id()
+        .unwrap()
+        .to_owned();
+    let copied = c
+        .upload_part_copy()
+        .bucket("sums")
+        .key("copied")
+        .upload_id(&id)
+        .part_number(1)
+        .copy_source("sums/source")
+        .send()
+        .await
+        .unwrap();
+    let result = copied.copy_part_result().unwrap();
+    let part_sum = crc_of(Crc32IsoHdlc, 4, &p1);
+    assert_eq!(result.checksum_crc32(), Some(part_sum.as_str()));
+    let done = c
+        .complete_multipart_upload()
+        .bucket("sums")
+        .key("copied")
+        .upload_id(&id)
+        .multipart_upload(
+            CompletedMultipartUpload::builder()
+                .parts(
+                    CompletedPart::builder()
+                        .part_number(1)
+                        .e_tag(result.e_tag().unwrap())
+                        .checksum_crc32(&part_sum)
+                        .build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let want = format!("{}-1", crc_of(Crc32IsoHdlc, 4, &unb64(&part_sum)));
+    assert_eq!(done.checksum_crc32(), Some(want.as_str()));
+}
+
+#[tokio::test]
+async fn lifecycle_filters_round_trip_as_written_and_expire_by_tags_and_size() {
+    use aws_sdk_s3::types::{
+        AbortIncompleteMultipartUpload, LifecycleRuleAndOperator, NoncurrentVersionExpiration,
+    };
+    let s = serve(&[], &[("CAIRN_MASTER_LIFECYCLE_MS", "200")]);
+    wait_ready(s.addr).await;
+    let c = client(s.addr);
+    c.create_bucket().bucket("filters").send().await.unwrap();
+    let tag = |k: &str, v: &str| Tag::builder().key(k).value(v).build().unwrap();
+    let past = aws_sdk_s3::primitives::DateTime::from_secs(1_577_836_800);
+    #[allow(deprecated)]
+    let legacy = LifecycleRule::builder()
+        .id("legacy-prefix")
+        .status(ExpirationStatus::Enabled)
+        .prefix("old/")
+        .expiration(LifecycleExpiration::builder().days(30).build())
+        .build()
+        .unwrap();
+    let rules = vec![
+        legacy,
+        LifecycleRule::builder()
+            .id("by-tag")
+            .status(ExpirationStatus::Enabled)
+            .filter(
+                LifecycleRuleFilter::builder()
+                    .tag(tag("class", "scratch"))
+                    .build(),
+            )
+            .expiration(LifecycleExpiration::builder().date(past).build())
+            .build()
+            .unwrap(),
+        LifecycleRule::builder()
+            .id("and")
+            .status(ExpirationStatus::Disabled)
+            .filter(
+                LifecycleRuleFilter::builder()
+                    .and(
+                        LifecycleRuleAndOperator::builder()
+                            .prefix("logs/")
+                            .tags(tag("a", "1"))
+                            .tags(tag("b", "2"))
+                            .object_size_greater_than(10)
+                            .object_size_less_than(1000)
+                            .build(),
+                    )
+                    .build(),
+            )
+            .noncurrent_version_expiration(
+                NoncurrentVersionExpiration::builder()
+                    .noncurrent_days(3)
+                    .newer_noncurrent_versions(2)
+                    .build(),
+            )
+            .build()
+            .unwrap(),
+        LifecycleRule::builder()
+            .id("big-uploads")
+            .status(ExpirationStatus::Enabled)
+            .filter(
+                LifecycleRuleFilter::builder()
+                    .object_size_greater_than(1 << 20)
+                    .build(),
+            )
+            .abort_incomplete_multipart_upload(
+                AbortIncompleteMultipartUpload::builder()
+                    .days_after_initiation(2)
+                    .build(),
+            )
+            .build()
+            .unwrap(),
+    ];
+    let put_rules = |rules: Vec<LifecycleRule>| {
+        c.put_bucket_lifecycle_configuration()
+            .bucket("filters")
+            .lifecycle_configuration(
+                BucketLifecycleConfiguration::builder()
+                    .set_rules(Some(rules))
+                    .build()
+                    .unwrap(),
+            )
+            .send()
+    };
+    put_rules(rules.clone()).await.unwrap();
+    let got = c
+        .get_bucket_lifecycle_configuration()
+        .bucket("filters")
+        .send()
+        .await
+        .unwrap();
+    // Read back exactly as written: the older Prefix form, a single Filter condition, And.
+    assert_eq!(got.rules(), rules.as_slice());
+
+    // What S3 refuses.
+    let one = |f: LifecycleRuleFilter, exp: LifecycleExpiration| {
+        LifecycleRule::builder()
+            .id("x")
+            .status(ExpirationStatus::Enabled)
+            .filter(f)
+            .expiration(exp)
+            .build()
+            .unwrap()
+    };
+    let days = LifecycleExpiration::builder().days(1).build();
+    let cases = [
+        (
+            one(
+                LifecycleRuleFilter::builder()
+                    .prefix("p/")
+                    .tag(tag("k", "v"))
+                    .build(),
+                days.clone(),
+            ),
+            "MalformedXML",
+        ),
+        (
+            one(
+                LifecycleRuleFilter::builder().tag(tag("k", "v")).build(),
+                LifecycleExpiration::builder()
+                    .expired_object_delete_marker(true)
+                    .build(),
+            ),
+            "InvalidRequest",
+        ),
+        (
+            one(
+                LifecycleRuleFilter::builder()
+                    .and(
+                        LifecycleRuleAndOperator::builder()
+                            .object_size_greater_than(100)
+                            .object_size_less_than(100)
+                            .build(),
+                    )
+                    .build(),
+                days.clone(),
+            ),
+            "InvalidRequest",
+        ),
+        (
+            one(
+                LifecycleRuleFilter::builder()
+                    .and(
+                        LifecycleRuleAndOperator::builder()
+                            .tags(tag("k", "1"))
+                            .tags(tag("k", "2"))
+                            .build(),
+                    )
+                    .build(),
+                days.clone(),
+            ),
+            "InvalidRequest",
+        ),
+    ];
+    for (rule, want) in cases {
+        assert_eq!(code(put_rules(vec![rule.clone()]).await), want, "{rule:?}");
+    }
+    // A refused configuration leaves the one in force.
+    let got = c
+        .get_bucket_lifecycle_configuration()
+        .bucket("filters")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.rules().len(), 4);
+
+    // x-amz-expiration and the planner follow the tags: only the tagged object goes.
+    let tagged = c
+        .put_object()
+        .bucket("filters")
+        .key("a")
+        .tagging("class=scratch")
+        .body(ByteStream::from_static(b"scratch"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        tagged.expiration().is_some_and(|e| e.contains("by-tag")),
+        "{tagged:?}"
+    );
+    let plain = c
+        .put_object()
+        .bucket("filters")
+        .key("b")
+        .body(ByteStream::from_static(b"kept"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plain.expiration(), None);
+    let deadline = std::time::Instant::now() + cairn_tests::PATIENCE;
+    loop {
+        let keys: Vec<String> = c
+            .list_objects_v2()
+            .bucket("filters")
+            .send()
+            .await
+            .unwrap()
+            .contents()
+            .iter()
+            .filter_map(|o| o.key().map(str::to_owned))
+            .collect();
+        if keys == vec!["b".to_string()] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "lifecycle never ran: {keys:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -10,7 +10,6 @@ use cairn_master::buckets::{
     BucketCommand, BucketQuery, BucketQueryResponse, BucketRecord, BucketResponse, Content,
     Encrypted, ObjectData,
 };
-use s3s::checksum::ChecksumHasher;
 use s3s::dto::*;
 use s3s::{S3Error, S3ErrorCode, S3Result, TrailingHeaders, s3_error};
 
@@ -31,80 +30,8 @@ pub(crate) fn custom_error(
     e
 }
 
-const CHECKSUMS: [(&str, &str); 5] = [
-    ("CRC32", "x-amz-checksum-crc32"),
-    ("CRC32C", "x-amz-checksum-crc32c"),
-    ("CRC64NVME", "x-amz-checksum-crc64nvme"),
-    ("SHA1", "x-amz-checksum-sha1"),
-    ("SHA256", "x-amz-checksum-sha256"),
-];
-
 fn header_str<'a>(h: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
     h.get(name).and_then(|v| v.to_str().ok())
-}
-
-/// The checksums a write asks for: a value header, the SDK's algorithm header, or a trailer.
-fn checksum_plan(h: &http::HeaderMap) -> ChecksumHasher {
-    let mut c = ChecksumHasher::default();
-    let algo = header_str(h, "x-amz-sdk-checksum-algorithm").map(str::to_ascii_uppercase);
-    let trailer = header_str(h, "x-amz-trailer").map(str::to_ascii_lowercase);
-    for (alg, name) in CHECKSUMS {
-        let on = h.contains_key(name)
-            || algo.as_deref() == Some(alg)
-            || trailer
-                .as_deref()
-                .is_some_and(|t| t.split(',').any(|x| x.trim() == name));
-        if on {
-            match alg {
-                "CRC32" => c.crc32 = Some(Default::default()),
-                "CRC32C" => c.crc32c = Some(Default::default()),
-                "CRC64NVME" => c.crc64nvme = Some(Default::default()),
-                "SHA1" => c.sha1 = Some(Default::default()),
-                _ => c.sha256 = Some(Default::default()),
-            }
-        }
-    }
-    c
-}
-
-fn computed<'a>(c: &'a s3s::dto::Checksum, alg: &str) -> Option<&'a String> {
-    match alg {
-        "CRC32" => c.checksum_crc32.as_ref(),
-        "CRC32C" => c.checksum_crc32c.as_ref(),
-        "CRC64NVME" => c.checksum_crc64nvme.as_ref(),
-        "SHA1" => c.checksum_sha1.as_ref(),
-        _ => c.checksum_sha256.as_ref(),
-    }
-}
-
-/// Check every checksum the client sent (header or trailer) against the bytes received;
-/// returns the one to keep with the object.
-fn verify_checksums(
-    sums: &s3s::dto::Checksum,
-    h: &http::HeaderMap,
-    trailers: Option<&http::HeaderMap>,
-) -> S3Result<Option<(String, String)>> {
-    let mut keep = None;
-    for (alg, name) in CHECKSUMS {
-        let sent = trailers
-            .and_then(|t| header_str(t, name))
-            .or_else(|| header_str(h, name));
-        let got = computed(sums, alg);
-        if let Some(sent) = sent
-            && got.map(String::as_str) != Some(sent.trim())
-        {
-            return Err(S3Error::with_message(
-                S3ErrorCode::BadDigest,
-                format!("The {alg} you specified did not match the calculated checksum."),
-            ));
-        }
-        if keep.is_none()
-            && let Some(g) = got
-        {
-            keep = Some((alg.to_owned(), g.clone()));
-        }
-    }
-    Ok(keep)
 }
 
 fn decode_base64(s: &str) -> Option<Vec<u8>> {
@@ -193,12 +120,21 @@ pub(crate) async fn store_object(
     sse: Option<&SseRequest>,
 ) -> S3Result<Stored> {
     let Some(req) = sse else {
-        return store_body(g, body, headers, trailers, bucket, true, None).await;
+        return store_body(g, body, headers, trailers, bucket, BodyKind::Object, None).await;
     };
     let (kept, data) = crate::sse::new_data_key(g, tenant, bucket, key, req).await?;
     let salt = crate::sse::new_salt()?;
     let sealer = Sealer::new(&data, &salt);
-    let mut s = store_body(g, body, headers, trailers, bucket, true, Some(sealer)).await?;
+    let mut s = store_body(
+        g,
+        body,
+        headers,
+        trailers,
+        bucket,
+        BodyKind::Object,
+        Some(sealer),
+    )
+    .await?;
     s.etag = crate::sse::etag(&kept, &s.md5, &salt);
     g.metrics.sse(crate::sse::kind(&kept), "sealed");
     s.content = Content::Encrypted(Box::new(Encrypted {
@@ -209,6 +145,16 @@ pub(crate) async fn store_object(
     Ok(s)
 }
 
+/// What a stored body becomes.
+#[derive(Clone, Copy)]
+pub(crate) enum BodyKind<'a> {
+    /// An object: inline in its metadata when small.
+    Object,
+    /// A part of an upload: always in chunks, and checksummed with the upload's algorithm
+    /// (when it has one) whether or not the client sent that checksum.
+    Part { checksum: Option<&'a str> },
+}
+
 /// Stream a request body into storage, hashing it on the way (and sealing it with `seal`,
 /// whose caller wraps the sealed content).
 pub(crate) async fn store_body(
@@ -217,15 +163,20 @@ pub(crate) async fn store_body(
     headers: &http::HeaderMap,
     trailers: Option<TrailingHeaders>,
     bucket: &str,
-    allow_inline: bool,
+    kind: BodyKind<'_>,
     seal: Option<Sealer>,
 ) -> S3Result<Stored> {
+    let (allow_inline, also) = match kind {
+        BodyKind::Object => (true, None),
+        BodyKind::Part { checksum } => (false, checksum),
+    };
     let inline_max = if allow_inline {
         g.options.inline_max
     } else {
         0
     };
-    let mut hashing = Hashing::new(body, checksum_plan(headers), g.options.put_max);
+    let plan = crate::checksums::plan(headers, also);
+    let mut hashing = Hashing::new(body, plan, g.options.put_max);
     let body_error = |e: &std::io::Error| match BodyError::of_io(e) {
         Some(BodyError::TooLarge) => s3_error!(
             EntityTooLarge,
@@ -314,7 +265,7 @@ pub(crate) async fn store_body(
         }
     }
     let trailer_map = trailers.and_then(|t| t.take());
-    let checksum = verify_checksums(&sums, headers, trailer_map.as_ref())?;
+    let checksum = crate::checksums::verify(&sums, headers, trailer_map.as_ref(), also)?;
     Ok(Stored {
         size,
         etag: md5.clone(),
@@ -376,9 +327,11 @@ pub(crate) async fn default_sse(g: &Gateway, bucket: &str) -> S3Result<(u128, Op
 }
 
 /// Store part `number` of an upload: sealed with the upload's data key (opened with the SSE-C
-/// key the request gave, for SSE-C uploads) when the upload was begun encrypted. Returns what
+/// key the request gave, for SSE-C uploads) when the upload was begun encrypted, and
+/// checksummed with the upload's algorithm. A part must not name another algorithm than the
+/// upload's; one that names none is refused for a composite upload unless
+/// `compute_missing` (copies and REST uploads, whose clients cannot send one). Returns what
 /// was stored and the command that commits the part; the upload must exist.
-#[allow(clippy::too_many_arguments)]
 pub(crate) async fn store_part(
     g: &Gateway,
     body: Option<StreamingBlob>,
@@ -386,9 +339,28 @@ pub(crate) async fn store_part(
     trailers: Option<TrailingHeaders>,
     (bucket, key, upload, number): (&str, &str, u128, u32),
     customer: Option<&[u8; 32]>,
+    compute_missing: bool,
 ) -> S3Result<(Stored, BucketCommand, Option<cairn_master::buckets::Sse>)> {
-    let sse = upload_sse(g, bucket, key, upload).await?;
-    let (stored, salt) = match &sse {
+    let state = upload_state(g, bucket, key, upload).await?;
+    let algorithm = state.checksum.as_ref().map(|c| c.algorithm.as_str());
+    if let Some(u) = &state.checksum {
+        let named = crate::checksums::requested(headers);
+        let other = named.iter().find(|a| **a != u.algorithm);
+        if other.is_some() || (named.is_empty() && !u.full_object && !compute_missing) {
+            return Err(S3Error::with_message(
+                S3ErrorCode::InvalidRequest,
+                format!(
+                    "Checksum Type mismatch occurred, expected checksum Type: {}, actual checksum Type: {}",
+                    u.algorithm.to_ascii_lowercase(),
+                    other.map_or("null".to_owned(), |a| a.to_ascii_lowercase())
+                ),
+            ));
+        }
+    }
+    let kind = BodyKind::Part {
+        checksum: algorithm,
+    };
+    let (stored, salt) = match &state.sse {
         None => {
             if customer.is_some() {
                 return Err(s3_error!(
@@ -397,7 +369,7 @@ pub(crate) async fn store_part(
                 ));
             }
             (
-                store_body(g, body, headers, trailers, bucket, false, None).await?,
+                store_body(g, body, headers, trailers, bucket, kind, None).await?,
                 None,
             )
         }
@@ -410,7 +382,7 @@ pub(crate) async fn store_part(
                 headers,
                 trailers,
                 bucket,
-                false,
+                kind,
                 Some(Sealer::new(&data, &salt)),
             )
             .await?;
@@ -445,25 +417,37 @@ pub(crate) async fn store_part(
             salt,
         },
     };
-    Ok((stored, c, sse))
+    let c = checked_part(c, stored.checksum.clone());
+    Ok((stored, c, state.sse))
 }
 
-/// How an upload's data key is kept (`None`: not encrypted); `NoSuchUpload` without it.
-pub(crate) async fn upload_sse(
+/// A part write that records the part's checksum, when it has one.
+pub(crate) fn checked_part(c: BucketCommand, checksum: Option<(String, String)>) -> BucketCommand {
+    match checksum {
+        None => c,
+        Some((algorithm, value)) => BucketCommand::CheckedPart {
+            checksum: cairn_master::buckets::PartChecksum { algorithm, value },
+            command: Box::new(c),
+        },
+    }
+}
+
+/// What a gateway needs to store a part of an upload; `NoSuchUpload` without it.
+pub(crate) async fn upload_state(
     g: &Gateway,
     bucket: &str,
     key: &str,
     upload: u128,
-) -> S3Result<Option<cairn_master::buckets::Sse>> {
+) -> S3Result<cairn_master::buckets::UploadState> {
     match g
-        .query(&BucketQuery::UploadSse {
+        .query(&BucketQuery::UploadState {
             bucket: bucket.to_owned(),
             key: key.to_owned(),
             upload,
         })
         .await?
     {
-        BucketQueryResponse::UploadSse(Some((_, sse))) => Ok(sse),
+        BucketQueryResponse::UploadState(Some(s)) => Ok(s),
         _ => Err(s3_error!(
             NoSuchUpload,
             "The specified upload does not exist."

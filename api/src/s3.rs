@@ -13,9 +13,9 @@ use cairn_master::buckets::acl::{self, Grant as AclGrant};
 use cairn_master::buckets::{
     BucketChange, BucketCommand, BucketEncryption, BucketQuery, BucketQueryResponse, BucketRecord,
     BucketRefusal, BucketResponse, Conditions, Content, CorsRule, DefaultRetention, DefaultSse,
-    LifecycleRule, ListPage, ListRequest, LockChange, LockConfig, LockMode, ObjectAcl, ObjectData,
-    ObjectLock, ObjectMeta, PublicAccessBlock, Retention, Version, VersionRef, Versioning,
-    parse_upload, upload_string, version_string,
+    FilterForm, LifecycleFilter, LifecycleRule, ListPage, ListRequest, LockChange, LockConfig,
+    LockMode, ObjectAcl, ObjectData, ObjectLock, ObjectMeta, PublicAccessBlock, Retention, Version,
+    VersionRef, Versioning, parse_upload, upload_string, version_string,
 };
 use cairn_proto::dataplane::Extent;
 use futures::StreamExt;
@@ -292,15 +292,17 @@ fn slice_extents(extents: &[Extent], offset: u64, len: u64) -> Vec<Extent> {
 }
 
 /// An `AsyncWrite` that only hashes (for the MD5 of copied ranges).
-struct Md5Sink(Md5);
+/// The MD5 (and the checksum an upload asks for) of bytes copied through it.
+struct DigestSink(Md5, s3s::checksum::ChecksumHasher);
 
-impl tokio::io::AsyncWrite for Md5Sink {
+impl tokio::io::AsyncWrite for DigestSink {
     fn poll_write(
         mut self: std::pin::Pin<&mut Self>,
         _: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
         self.0.update(buf);
+        self.1.update(buf);
         std::task::Poll::Ready(Ok(buf.len()))
     }
     fn poll_flush(
@@ -382,6 +384,65 @@ fn not_found_marker(v: &Version, versioned_request: bool) -> S3Error {
 
 /// Put a kept checksum, `Option<(algorithm, value)>`, into the output field its algorithm
 /// names (the put, part and get outputs share these field names).
+/// `x-amz-checksum-type` of an object checksum: composite values end in `-N`.
+fn checksum_type(sum: &Option<(String, String)>) -> Option<ChecksumType> {
+    sum.as_ref().map(|(_, v)| {
+        ChecksumType::from_static(if cairn_master::buckets::checksums::is_composite(v) {
+            ChecksumType::COMPOSITE
+        } else {
+            ChecksumType::FULL_OBJECT
+        })
+    })
+}
+
+/// `x-amz-checksum-type` of an upload.
+fn upload_checksum_type(c: &cairn_master::buckets::UploadChecksum) -> ChecksumType {
+    ChecksumType::from_static(if c.full_object {
+        ChecksumType::FULL_OBJECT
+    } else {
+        ChecksumType::COMPOSITE
+    })
+}
+
+/// The checksum settings `CreateMultipartUpload` asks for, checked as S3 checks them.
+fn upload_checksum(
+    algorithm: Option<&ChecksumAlgorithm>,
+    kind: Option<&ChecksumType>,
+) -> S3Result<Option<cairn_master::buckets::UploadChecksum>> {
+    let Some(algorithm) = algorithm else {
+        if kind.is_some() {
+            return Err(s3_error!(
+                InvalidRequest,
+                "The x-amz-checksum-type header can only be used with the x-amz-checksum-algorithm header."
+            ));
+        }
+        return Ok(None);
+    };
+    let a = algorithm.as_str().to_ascii_uppercase();
+    if !cairn_master::buckets::checksums::ALGORITHMS.contains(&a.as_str()) {
+        return Err(s3_error!(
+            InvalidRequest,
+            "Checksum algorithm provided is unsupported. Please try again with any of the valid types: [CRC32, CRC32C, CRC64NVME, SHA1, SHA256]"
+        ));
+    }
+    let mut c = cairn_master::buckets::UploadChecksum::default_for(&a);
+    match kind.map(|k| k.as_str().to_ascii_uppercase()).as_deref() {
+        None => {}
+        Some("COMPOSITE") => c.full_object = false,
+        Some("FULL_OBJECT") => c.full_object = true,
+        Some(other) => {
+            return Err(S3Error::with_message(
+                S3ErrorCode::InvalidRequest,
+                format!(
+                    "Value for x-amz-checksum-type header is invalid: {other} (COMPOSITE or FULL_OBJECT)"
+                ),
+            ));
+        }
+    }
+    c.check().map_err(|r| crate::rejection_error(&r))?;
+    Ok(Some(c))
+}
+
 macro_rules! set_checksum {
     ($out:expr, $sum:expr) => {
         if let Some((alg, v)) = $sum {
@@ -498,6 +559,181 @@ impl CairnS3 {
 
     /// The tenant of a request's bucket and the encryption a write asks for (its headers,
     /// else the bucket's default).
+    /// The checksum a GET or HEAD with `x-amz-checksum-mode: ENABLED` reports: the object's
+    /// for the whole object (or part 1 of a single-part one), the part's for `partNumber` of
+    /// a multipart object that kept its parts' checksums, none for a range.
+    async fn read_checksum(
+        &self,
+        mode: Option<&ChecksumMode>,
+        (bucket, key): (&str, &str),
+        plan: &ReadPlan,
+        part_number: Option<i32>,
+    ) -> S3Result<Option<(String, String)>> {
+        if mode.is_none_or(|c| c.as_str() != ChecksumMode::ENABLED) {
+            return Ok(None);
+        }
+        let d = &plan.data;
+        let Some((alg, _)) = &d.meta.checksum else {
+            return Ok(None);
+        };
+        if plan.content_range.is_none() || (d.parts.is_empty() && part_number == Some(1)) {
+            return Ok(d.meta.checksum.clone());
+        }
+        let Some(n) = part_number.and_then(|n| usize::try_from(n).ok()) else {
+            return Ok(None);
+        };
+        let sums = match self
+            .g
+            .query(&BucketQuery::VersionPartSums {
+                bucket: bucket.to_owned(),
+                key: key.to_owned(),
+                version: Some(plan.version.id.map_or(VersionRef::Null, VersionRef::Id)),
+            })
+            .await?
+        {
+            BucketQueryResponse::VersionPartSums(s) => s,
+            _ => return Err(internal("unexpected answer")),
+        };
+        Ok(sums
+            .and_then(|s| s.0.get(n.wrapping_sub(1)).cloned())
+            .map(|v| (alg.clone(), v)))
+    }
+
+    /// The checksums a completion gives its object, when the upload was begun with an
+    /// algorithm: each named part's stored checksum (checked against the one the client
+    /// lists, which a composite upload must list) and their combination (checked against the
+    /// object checksum the client sends). Also checks `x-amz-mp-object-size`.
+    async fn completion_checksums(
+        &self,
+        input: &CompleteMultipartUploadInput,
+        upload: u128,
+        listed: &[CompletedPart],
+        named: &[(u32, String)],
+    ) -> S3Result<(Option<cairn_master::buckets::ObjectChecksums>, u64)> {
+        let (upload_sum, stored) = match self
+            .g
+            .query(&BucketQuery::UploadChecksums {
+                bucket: input.bucket.clone(),
+                key: input.key.clone(),
+                upload,
+            })
+            .await?
+        {
+            BucketQueryResponse::UploadChecksums(Some(x)) => x,
+            _ => {
+                return Err(s3_error!(
+                    NoSuchUpload,
+                    "The specified upload does not exist."
+                ));
+            }
+        };
+        let stored: std::collections::BTreeMap<
+            u32,
+            (u64, Option<cairn_master::buckets::PartChecksum>),
+        > = stored
+            .into_iter()
+            .map(|(n, size, c)| (n, (size, c)))
+            .collect();
+        let no_part = || {
+            s3_error!(
+                InvalidPart,
+                "One or more of the specified parts could not be found. The part may not have been uploaded, or the specified entity tag may not have matched the part's entity tag."
+            )
+        };
+        let mut total = 0u64;
+        for (n, _) in named {
+            total += stored.get(n).ok_or_else(no_part)?.0;
+        }
+        if let Some(want) = input.mpu_object_size
+            && u64::try_from(want).ok() != Some(total)
+        {
+            return Err(S3Error::with_message(
+                S3ErrorCode::InvalidRequest,
+                format!(
+                    "The provided 'x-amz-mp-object-size' header value {want} does not match what was computed: {total}"
+                ),
+            ));
+        }
+        let Some(u) = upload_sum else {
+            return Ok((None, total));
+        };
+        let mode = if u.full_object {
+            ChecksumType::FULL_OBJECT
+        } else {
+            ChecksumType::COMPOSITE
+        };
+        if let Some(t) = &input.checksum_type
+            && !t.as_str().eq_ignore_ascii_case(mode)
+        {
+            return Err(S3Error::with_message(
+                S3ErrorCode::InvalidRequest,
+                format!(
+                    "The upload was created using the {mode} checksum mode. The complete request must use the same checksum mode."
+                ),
+            ));
+        }
+        let alg = u.algorithm.as_str();
+        let lower = alg.to_ascii_lowercase();
+        let mut values = Vec::with_capacity(named.len());
+        for (p, (n, _)) in listed.iter().zip(named) {
+            let (size, c) = stored.get(n).ok_or_else(no_part)?;
+            let have = c.as_ref().filter(|c| c.algorithm == alg).map(|c| &c.value);
+            match crate::checksums::of_completed_part(p, alg) {
+                Some(given) if Some(given.trim()) != have.map(String::as_str) => {
+                    return Err(no_part());
+                }
+                None if !u.full_object => {
+                    return Err(S3Error::with_message(
+                        S3ErrorCode::InvalidRequest,
+                        format!(
+                            "The upload was created using a {lower} checksum. The complete request must include the checksum for each part. It was missing for part {n} in the request."
+                        ),
+                    ));
+                }
+                _ => {}
+            }
+            let have = have.ok_or_else(|| {
+                S3Error::with_message(
+                    S3ErrorCode::InvalidPart,
+                    format!("part {n} has no {lower} checksum: upload it again"),
+                )
+            })?;
+            values.push((have.clone(), *size));
+        }
+        let object = if u.full_object {
+            let refs: Vec<(&str, u64)> = values.iter().map(|(v, n)| (v.as_str(), *n)).collect();
+            crate::checksums::full_object(alg, &refs)
+        } else {
+            let refs: Vec<&str> = values.iter().map(|(v, _)| v.as_str()).collect();
+            crate::checksums::composite(alg, &refs)
+        }
+        .ok_or_else(|| internal("a stored part checksum is not one of its algorithm"))?;
+        let sent = match alg {
+            "CRC32" => input.checksum_crc32.as_ref(),
+            "CRC32C" => input.checksum_crc32c.as_ref(),
+            "CRC64NVME" => input.checksum_crc64nvme.as_ref(),
+            "SHA1" => input.checksum_sha1.as_ref(),
+            _ => input.checksum_sha256.as_ref(),
+        };
+        if let Some(sent) = sent {
+            // A composite value may be sent with or without its `-N`.
+            let bare = object.split('-').next().unwrap_or(&object);
+            if sent.trim() != object && sent.trim() != bare {
+                return Err(S3Error::with_message(
+                    S3ErrorCode::BadDigest,
+                    format!("The {lower} you specified did not match the calculated checksum."),
+                ));
+            }
+        }
+        Ok((
+            Some(cairn_master::buckets::ObjectChecksums {
+                object: (u.algorithm.clone(), object),
+                parts: values.into_iter().map(|(v, _)| Some(v)).collect(),
+            }),
+            total,
+        ))
+    }
+
     async fn write_sse<T>(
         &self,
         req: &S3Request<T>,
@@ -822,11 +1058,15 @@ impl CairnS3 {
     }
 }
 
-/// `x-amz-expiration` for a current version of `key` written at `modified_ms`: when the
-/// bucket's lifecycle rules expire it, and by which rule.
-fn expiration_header(ext: &http::Extensions, key: &str, modified_ms: u64) -> Option<String> {
-    let rules = ext.get::<crate::auth::BucketLifecycle>()?;
-    let (at, id) = cairn_master::buckets::expiration(&rules.0, key, modified_ms)?;
+/// `x-amz-expiration` for a current version of `key` (`size` bytes, `tags`) written at
+/// `modified_ms`: when the bucket's lifecycle rules expire it, and by which rule.
+fn expiration_header(
+    rules: Option<&crate::auth::BucketLifecycle>,
+    object: (&str, u64, &[(String, String)]),
+    modified_ms: u64,
+) -> Option<String> {
+    let rules = rules?;
+    let (at, id) = cairn_master::buckets::expiration(&rules.0, object, modified_ms)?;
     let date = httpdate::fmt_http_date(std::time::UNIX_EPOCH + Duration::from_millis(at));
     Some(match id {
         Some(id) => format!("expiry-date=\"{date}\", rule-id=\"{id}\""),
@@ -1332,28 +1572,7 @@ fn lifecycle_to_rules(cfg: BucketLifecycleConfiguration) -> S3Result<Vec<Lifecyc
                 "Cairn has one storage class: transitions are not supported"
             ));
         }
-        let mut prefix = r.prefix.clone().unwrap_or_default();
-        if let Some(f) = &r.filter {
-            if f.tag.is_some()
-                || f.object_size_greater_than.is_some()
-                || f.object_size_less_than.is_some()
-                || f.and.as_ref().is_some_and(|a| {
-                    a.tags.as_ref().is_some_and(|t| !t.is_empty())
-                        || a.object_size_greater_than.is_some()
-                        || a.object_size_less_than.is_some()
-                })
-            {
-                return Err(s3_error!(
-                    NotImplemented,
-                    "lifecycle filters on tags or sizes are not supported; filter by prefix"
-                ));
-            }
-            if let Some(p) = &f.prefix {
-                prefix = p.clone();
-            } else if let Some(p) = f.and.as_ref().and_then(|a| a.prefix.clone()) {
-                prefix = p;
-            }
-        }
+        let filter = lifecycle_filter(r.prefix.as_ref(), r.filter.as_ref())?;
         let days = |d: Option<i32>, what: &str| -> S3Result<Option<u32>> {
             match d {
                 None => Ok(None),
@@ -1365,21 +1584,28 @@ fn lifecycle_to_rules(cfg: BucketLifecycleConfiguration) -> S3Result<Vec<Lifecyc
             }
         };
         let exp = r.expiration.as_ref();
+        let noncurrent = r.noncurrent_version_expiration.as_ref();
+        let newer_noncurrent_versions = match noncurrent.and_then(|n| n.newer_noncurrent_versions) {
+            None => None,
+            Some(n) if (1..=100).contains(&n) => Some(n as u32),
+            Some(_) => {
+                return Err(s3_error!(
+                    InvalidArgument,
+                    "NewerNoncurrentVersions must be between 1 and 100"
+                ));
+            }
+        };
         let rule = LifecycleRule {
             id: r.id.clone(),
             enabled: r.status.as_str() == ExpirationStatus::ENABLED,
-            prefix,
+            filter,
+            newer_noncurrent_versions,
             expiration_days: days(exp.and_then(|e| e.days), "Expiration Days")?,
             expiration_date_ms: exp.and_then(|e| e.date.as_ref()).map(ms_of),
             expired_object_delete_marker: exp
                 .and_then(|e| e.expired_object_delete_marker)
                 .unwrap_or(false),
-            noncurrent_days: days(
-                r.noncurrent_version_expiration
-                    .as_ref()
-                    .and_then(|n| n.noncurrent_days),
-                "NoncurrentDays",
-            )?,
+            noncurrent_days: days(noncurrent.and_then(|n| n.noncurrent_days), "NoncurrentDays")?,
             abort_incomplete_days: days(
                 r.abort_incomplete_multipart_upload
                     .as_ref()
@@ -1398,9 +1624,170 @@ fn lifecycle_to_rules(cfg: BucketLifecycleConfiguration) -> S3Result<Vec<Lifecyc
                 "a lifecycle rule needs at least one action"
             ));
         }
+        if !rule.filter.tags.is_empty() {
+            if rule.expired_object_delete_marker {
+                return Err(s3_error!(
+                    InvalidRequest,
+                    "ExpiredObjectDeleteMarker cannot be specified with Tags."
+                ));
+            }
+            if rule.abort_incomplete_days.is_some() {
+                return Err(s3_error!(
+                    InvalidRequest,
+                    "AbortIncompleteMultipartUpload cannot be specified with Tags."
+                ));
+            }
+        }
         out.push(rule);
     }
     Ok(out)
+}
+
+/// A rule's filter from its `Prefix` (S3's older form) or `Filter` (exactly one of `Prefix`,
+/// `Tag`, `ObjectSizeGreaterThan`, `ObjectSizeLessThan` or `And`), checked as S3 checks it.
+fn lifecycle_filter(
+    rule_prefix: Option<&String>,
+    filter: Option<&LifecycleRuleFilter>,
+) -> S3Result<LifecycleFilter> {
+    let malformed = || {
+        s3_error!(
+            MalformedXML,
+            "The XML you provided was not well-formed or did not validate against our published schema"
+        )
+    };
+    let size = |v: Option<i64>, what: &str| -> S3Result<Option<u64>> {
+        v.map(|n| {
+            u64::try_from(n).map_err(|_| {
+                S3Error::with_message(
+                    S3ErrorCode::InvalidArgument,
+                    format!("{what} must be a non-negative number of bytes"),
+                )
+            })
+        })
+        .transpose()
+    };
+    let tag = |t: &Tag| -> S3Result<(String, String)> {
+        let k = t
+            .key
+            .clone()
+            .filter(|k| !k.is_empty())
+            .ok_or_else(malformed)?;
+        let v = t.value.clone().unwrap_or_default();
+        if k.chars().count() > 128 || v.chars().count() > 256 {
+            return Err(s3_error!(
+                InvalidTag,
+                "A tag key is at most 128 characters and a value at most 256"
+            ));
+        }
+        Ok((k, v))
+    };
+    let f = match (rule_prefix, filter) {
+        (Some(_), Some(_)) => return Err(malformed()),
+        (Some(p), None) => LifecycleFilter {
+            prefix: p.clone(),
+            form: FilterForm::RulePrefix,
+            ..LifecycleFilter::default()
+        },
+        (None, None) => LifecycleFilter::default(),
+        (None, Some(f)) => {
+            let given = [
+                f.prefix.is_some(),
+                f.tag.is_some(),
+                f.object_size_greater_than.is_some(),
+                f.object_size_less_than.is_some(),
+                f.and.is_some(),
+            ];
+            if given.iter().filter(|g| **g).count() > 1 {
+                return Err(malformed());
+            }
+            match &f.and {
+                Some(a) => {
+                    let tags = a
+                        .tags
+                        .iter()
+                        .flatten()
+                        .map(tag)
+                        .collect::<S3Result<Vec<_>>>()?;
+                    let mut keys: Vec<&String> = tags.iter().map(|(k, _)| k).collect();
+                    keys.sort();
+                    if keys.windows(2).any(|w| w[0] == w[1]) {
+                        return Err(s3_error!(
+                            InvalidRequest,
+                            "Duplicate Tag Keys are not allowed."
+                        ));
+                    }
+                    LifecycleFilter {
+                        prefix: a.prefix.clone().unwrap_or_default(),
+                        tags,
+                        size_greater_than: size(
+                            a.object_size_greater_than,
+                            "ObjectSizeGreaterThan",
+                        )?,
+                        size_less_than: size(a.object_size_less_than, "ObjectSizeLessThan")?,
+                        form: FilterForm::And,
+                    }
+                }
+                None => LifecycleFilter {
+                    prefix: f.prefix.clone().unwrap_or_default(),
+                    tags: f.tag.as_ref().map(tag).transpose()?.into_iter().collect(),
+                    size_greater_than: size(f.object_size_greater_than, "ObjectSizeGreaterThan")?,
+                    size_less_than: size(f.object_size_less_than, "ObjectSizeLessThan")?,
+                    form: FilterForm::Filter,
+                },
+            }
+        }
+    };
+    if f.prefix.len() > cairn_master::buckets::KEY_LEN_MAX {
+        return Err(s3_error!(
+            InvalidArgument,
+            "The prefix is longer than a key may be"
+        ));
+    }
+    if let (Some(gt), Some(lt)) = (f.size_greater_than, f.size_less_than)
+        && gt >= lt
+    {
+        return Err(s3_error!(
+            InvalidRequest,
+            "ObjectSizeLessThan must be greater than ObjectSizeGreaterThan"
+        ));
+    }
+    Ok(f)
+}
+
+/// A rule's filter as it was written.
+fn filter_to_lifecycle(f: &LifecycleFilter) -> (Option<String>, Option<LifecycleRuleFilter>) {
+    let tag = |(k, v): &(String, String)| Tag {
+        key: Some(k.clone()),
+        value: Some(v.clone()),
+    };
+    match f.form {
+        FilterForm::RulePrefix => (Some(f.prefix.clone()), None),
+        FilterForm::And => (
+            None,
+            Some(LifecycleRuleFilter {
+                and: Some(LifecycleRuleAndOperator {
+                    prefix: (!f.prefix.is_empty()).then(|| f.prefix.clone()),
+                    tags: (!f.tags.is_empty()).then(|| f.tags.iter().map(tag).collect()),
+                    object_size_greater_than: f.size_greater_than.map(|n| n as i64),
+                    object_size_less_than: f.size_less_than.map(|n| n as i64),
+                }),
+                ..Default::default()
+            }),
+        ),
+        FilterForm::Filter => {
+            let mut out = LifecycleRuleFilter::default();
+            if let Some(t) = f.tags.first() {
+                out.tag = Some(tag(t));
+            } else if let Some(n) = f.size_greater_than {
+                out.object_size_greater_than = Some(n as i64);
+            } else if let Some(n) = f.size_less_than {
+                out.object_size_less_than = Some(n as i64);
+            } else {
+                out.prefix = Some(f.prefix.clone());
+            }
+            (None, Some(out))
+        }
+    }
 }
 
 fn rules_to_lifecycle(rules: &[LifecycleRule]) -> Vec<s3s::dto::LifecycleRule> {
@@ -1415,6 +1802,7 @@ fn rules_to_lifecycle(rules: &[LifecycleRule]) -> Vec<s3s::dto::LifecycleRule> {
                     days: r.expiration_days.map(|d| d as i32),
                     expired_object_delete_marker: r.expired_object_delete_marker.then_some(true),
                 });
+            let (prefix, filter) = filter_to_lifecycle(&r.filter);
             s3s::dto::LifecycleRule {
                 abort_incomplete_multipart_upload: r.abort_incomplete_days.map(|d| {
                     AbortIncompleteMultipartUpload {
@@ -1422,19 +1810,16 @@ fn rules_to_lifecycle(rules: &[LifecycleRule]) -> Vec<s3s::dto::LifecycleRule> {
                     }
                 }),
                 expiration,
-                filter: Some(LifecycleRuleFilter {
-                    prefix: Some(r.prefix.clone()),
-                    ..Default::default()
-                }),
+                filter,
                 id: r.id.clone(),
                 noncurrent_version_expiration: r.noncurrent_days.map(|d| {
                     NoncurrentVersionExpiration {
-                        newer_noncurrent_versions: None,
+                        newer_noncurrent_versions: r.newer_noncurrent_versions.map(|n| n as i32),
                         noncurrent_days: Some(d as i32),
                     }
                 }),
                 noncurrent_version_transitions: None,
-                prefix: None,
+                prefix,
                 status: ExpirationStatus::from_static(if r.enabled {
                     ExpirationStatus::ENABLED
                 } else {
@@ -1741,7 +2126,7 @@ impl S3 for CairnS3 {
             &audit_who,
             "s3:PutBucketLifecycle",
             &input.bucket,
-            BucketChange::Lifecycle(Some(rules)),
+            BucketChange::LifecycleRules(Some(rules)),
         )
         .await?;
         Ok(S3Response::new(
@@ -1758,7 +2143,7 @@ impl S3 for CairnS3 {
             &audit_who,
             "s3:DeleteBucketLifecycle",
             &req.input.bucket,
-            BucketChange::Lifecycle(None),
+            BucketChange::LifecycleRules(None),
         )
         .await?;
         Ok(S3Response::new(DeleteBucketLifecycleOutput {}))
@@ -2256,11 +2641,7 @@ impl S3 for CairnS3 {
         }
         if wants(ObjectAttributes::CHECKSUM) && d.meta.checksum.is_some() {
             let mut c = Checksum {
-                checksum_type: Some(ChecksumType::from_static(if d.parts.is_empty() {
-                    ChecksumType::FULL_OBJECT
-                } else {
-                    ChecksumType::COMPOSITE
-                })),
+                checksum_type: checksum_type(&d.meta.checksum),
                 ..Default::default()
             };
             set_checksum!(c, d.meta.checksum.clone());
@@ -2296,6 +2677,21 @@ impl S3 for CairnS3 {
                 .collect();
             let shown = &rest[..rest.len().min(max)];
             let truncated = rest.len() > shown.len();
+            let part_sums = match (&d.meta.checksum, shown.is_empty()) {
+                (Some((alg, _)), false) => match self
+                    .g
+                    .query(&BucketQuery::VersionPartSums {
+                        bucket: input.bucket.clone(),
+                        key: input.key.clone(),
+                        version: Some(v.id.map_or(VersionRef::Null, VersionRef::Id)),
+                    })
+                    .await?
+                {
+                    BucketQueryResponse::VersionPartSums(Some(s)) => Some((alg.clone(), s.0)),
+                    _ => None,
+                },
+                _ => None,
+            };
             out.object_parts = Some(GetObjectAttributesParts {
                 is_truncated: Some(truncated),
                 max_parts: Some(max as i32),
@@ -2305,10 +2701,19 @@ impl S3 for CairnS3 {
                 parts: Some(
                     shown
                         .iter()
-                        .map(|(n, size)| ObjectPart {
-                            part_number: Some(*n as i32),
-                            size: i64::try_from(*size).ok(),
-                            ..Default::default()
+                        .map(|(n, size)| {
+                            let mut part = ObjectPart {
+                                part_number: Some(*n as i32),
+                                size: i64::try_from(*size).ok(),
+                                ..Default::default()
+                            };
+                            if let Some((alg, sums)) = &part_sums {
+                                set_checksum!(
+                                    part,
+                                    sums.get(n - 1).map(|v| (alg.clone(), v.clone()))
+                                );
+                            }
+                            part
                         })
                         .collect(),
                 ),
@@ -2637,7 +3042,11 @@ impl S3 for CairnS3 {
         let peer = crate::auth::peer_of(&req.extensions);
         sse::refuse_insecure_customer_key(&self.g, &req.headers, peer)?;
         let who = who(&req);
-        let expiration = expiration_header(&req.extensions, &req.input.key, crate_now_ms());
+        let lifecycle = req
+            .extensions
+            .get::<crate::auth::BucketLifecycle>()
+            .cloned();
+        let now = crate_now_ms();
         let (writer, bucket_owner) = writer_and_owner(&req);
         let (tenant, sse_req) = self.write_sse(&req, &req.input.bucket).await?;
         let customer = match &sse_req {
@@ -2695,6 +3104,8 @@ impl S3 for CairnS3 {
         )
         .await?;
         m.checksum = stored.checksum.clone();
+        let expiration =
+            expiration_header(lifecycle.as_ref(), (&input.key, stored.size, &tags), now);
         let sse_out = SseHeaders::of(&self.g, tenant, stored.content.sse(), customer.as_ref());
         let resp = self
             .write(
@@ -2733,6 +3144,7 @@ impl S3 for CairnS3 {
             ..Default::default()
         };
         set_sse!(out, sse_out);
+        out.checksum_type = checksum_type(&stored.checksum);
         set_checksum!(out, stored.checksum);
         Ok(S3Response::new(out))
     }
@@ -2772,11 +3184,23 @@ impl S3 for CairnS3 {
         .await?;
         let sse_out = SseHeaders::of(&self.g, tenant, plan.data.content.sse(), customer.as_ref());
         let whole = plan.content_range.is_none();
-        let checksum = plan.data.meta.checksum.clone();
+        let checksum = self
+            .read_checksum(
+                input.checksum_mode.as_ref(),
+                (&input.bucket, &input.key),
+                &plan,
+                input.part_number,
+            )
+            .await?;
+        let kind = checksum_type(&plan.data.meta.checksum);
         let lock = self
             .lock_headers(lock_enabled, &input.bucket, &input.key, &plan.version)
             .await?;
-        let expiration = expiration_header(&req.extensions, &input.key, plan.version.modified_ms);
+        let expiration = expiration_header(
+            req.extensions.get(),
+            (&input.key, plan.data.size, &plan.data.tags),
+            plan.version.modified_ms,
+        );
         let mut out = read_output!(GetObjectOutput, input, plan,
             body: Some(body),
             tag_count: (!plan.data.tags.is_empty()).then_some(plan.data.tags.len() as i32),
@@ -2788,14 +3212,10 @@ impl S3 for CairnS3 {
             out.object_lock_retain_until_date,
             out.object_lock_legal_hold_status,
         ) = lock;
-        if whole
-            && input
-                .checksum_mode
-                .as_ref()
-                .is_some_and(|c| c.as_str() == ChecksumMode::ENABLED)
-        {
-            set_checksum!(out, checksum);
+        if checksum.is_some() {
+            out.checksum_type = kind;
         }
+        set_checksum!(out, checksum);
         let mut resp = S3Response::new(out);
         if !whole {
             resp.status = Some(http::StatusCode::PARTIAL_CONTENT);
@@ -2834,8 +3254,25 @@ impl S3 for CairnS3 {
         let lock = self
             .lock_headers(lock_enabled, &input.bucket, &input.key, &plan.version)
             .await?;
-        let expiration = expiration_header(&req.extensions, &input.key, plan.version.modified_ms);
+        let expiration = expiration_header(
+            req.extensions.get(),
+            (&input.key, plan.data.size, &plan.data.tags),
+            plan.version.modified_ms,
+        );
+        let checksum = self
+            .read_checksum(
+                input.checksum_mode.as_ref(),
+                (&input.bucket, &input.key),
+                &plan,
+                input.part_number,
+            )
+            .await?;
+        let kind = checksum_type(&plan.data.meta.checksum);
         let mut out = read_output!(HeadObjectOutput, input, plan,);
+        if checksum.is_some() {
+            out.checksum_type = kind;
+        }
+        set_checksum!(out, checksum);
         out.expiration = expiration;
         set_sse!(out, sse_out);
         (
@@ -3073,6 +3510,14 @@ impl S3 for CairnS3 {
                 (stored.size, stored.etag, Vec::new(), stored.content)
             }
         };
+        if parts.is_empty()
+            && m.checksum
+                .as_ref()
+                .is_some_and(|(_, v)| cairn_master::buckets::checksums::is_composite(v))
+        {
+            // A composite checksum describes parts; a copy stored whole has none.
+            m.checksum = None;
+        }
         let sse_out = SseHeaders::of(&self.g, tenant, content.sse(), customer.as_ref());
         let r = objects::write_or_refusal(
             &self.g,
@@ -3418,6 +3863,10 @@ impl S3 for CairnS3 {
             input.metadata.clone(),
         )?;
         let tags = parse_tagging(input.tagging.as_deref())?;
+        let checksum = upload_checksum(
+            input.checksum_algorithm.as_ref(),
+            input.checksum_type.as_ref(),
+        )?;
         let lock = requested_lock(
             &input.object_lock_mode,
             &input.object_lock_retain_until_date,
@@ -3455,6 +3904,13 @@ impl S3 for CairnS3 {
                 )
             }
         };
+        let create = match &checksum {
+            None => create,
+            Some(c) => BucketCommand::Checksummed {
+                checksum: c.clone(),
+                command: Box::new(create),
+            },
+        };
         let r = self.write(&who, create).await?;
         let BucketResponse::Upload { id } = r else {
             return Err(internal("unexpected answer"));
@@ -3464,6 +3920,10 @@ impl S3 for CairnS3 {
             key: Some(input.key),
             upload_id: Some(upload_string(id)),
             ssekms_encryption_context: sse_out.context.clone(),
+            checksum_algorithm: checksum
+                .as_ref()
+                .map(|c| ChecksumAlgorithm::from(c.algorithm.clone())),
+            checksum_type: checksum.as_ref().map(upload_checksum_type),
             ..Default::default()
         };
         set_sse!(out, sse_out);
@@ -3498,6 +3958,7 @@ impl S3 for CairnS3 {
             trailers,
             (&input.bucket, &input.key, upload, number),
             customer.as_ref(),
+            false,
         )
         .await?;
         self.g.command(&c).await?;
@@ -3574,8 +4035,8 @@ impl S3 for CairnS3 {
             }
         };
         sse::check_read(&self.g, &sd, source_customer.as_ref())?;
-        let upload_sse = objects::upload_sse(&self.g, &input.bucket, &input.key, upload).await?;
-        if upload_sse.is_some() || sd.content.sse().is_some() {
+        let state = objects::upload_state(&self.g, &input.bucket, &input.key, upload).await?;
+        if state.sse.is_some() || sd.content.sse().is_some() {
             // Encrypted on either side: the bytes are opened and sealed again on their way.
             let body =
                 objects::read_body(&self.g, &sd, source_customer.as_ref(), offset, len).await?;
@@ -3586,15 +4047,18 @@ impl S3 for CairnS3 {
                 None,
                 (&input.bucket, &input.key, upload, number),
                 customer.as_ref(),
+                true,
             )
             .await?;
             self.g.command(&c).await?;
+            let mut result = CopyPartResult {
+                e_tag: Some(etag(&stored.etag)),
+                last_modified: Some(ts(crate_now_ms())),
+                ..Default::default()
+            };
+            set_checksum!(result, stored.checksum);
             let mut out = UploadPartCopyOutput {
-                copy_part_result: Some(CopyPartResult {
-                    e_tag: Some(etag(&stored.etag)),
-                    last_modified: Some(ts(crate_now_ms())),
-                    ..Default::default()
-                }),
+                copy_part_result: Some(result),
                 copy_source_version_id: sv.id.map(|x| version_string(Some(x))),
                 ..Default::default()
             };
@@ -3610,12 +4074,19 @@ impl S3 for CairnS3 {
                 "The encryption parameters are not applicable to this upload: it was not begun with a customer key."
             ));
         }
-        // The part shares the source's chunks; its ETag is the MD5 of the copied bytes.
+        // The part shares the source's chunks; its ETag is the MD5 of the copied bytes, and
+        // its checksum the upload's algorithm over them.
+        let algorithm = state.checksum.as_ref().map(|c| c.algorithm.clone());
+        let mut sums = algorithm
+            .as_deref()
+            .map(crate::checksums::hasher)
+            .unwrap_or_default();
         let (md5, extents) = match &sd.content {
             Content::Inline(b) => {
                 let lo = offset as usize;
                 let bytes = b.get(lo..lo + len as usize).unwrap_or(&[]).to_vec();
                 let md5 = cairn_master::buckets::hex(&Md5::checksum(&bytes));
+                sums.update(&bytes);
                 let extents = if bytes.is_empty() {
                     Vec::new()
                 } else {
@@ -3632,7 +4103,7 @@ impl S3 for CairnS3 {
                 (md5, extents)
             }
             Content::Chunks(e) => {
-                let mut sink = Md5Sink(Md5::new());
+                let mut sink = DigestSink(Md5::new(), sums);
                 if len > 0 {
                     self.g
                         .data
@@ -3642,6 +4113,7 @@ impl S3 for CairnS3 {
                             S3Error::with_message(S3ErrorCode::ServiceUnavailable, e.to_string())
                         })?;
                 }
+                sums = sink.1;
                 (
                     cairn_master::buckets::hex(&sink.0.finalize()),
                     slice_extents(e, offset, len),
@@ -3651,23 +4123,33 @@ impl S3 for CairnS3 {
                 return Err(internal("an encrypted source took the plain path"));
             }
         };
+        let checksum = algorithm.and_then(|a| {
+            crate::checksums::value(&sums.finalize(), &a)
+                .cloned()
+                .map(|v| (a, v))
+        });
         self.g
-            .command(&BucketCommand::PutPart {
-                bucket: input.bucket,
-                key: input.key,
-                upload,
-                number,
-                etag: md5.clone(),
-                size: len,
-                extents,
-            })
+            .command(&objects::checked_part(
+                BucketCommand::PutPart {
+                    bucket: input.bucket,
+                    key: input.key,
+                    upload,
+                    number,
+                    etag: md5.clone(),
+                    size: len,
+                    extents,
+                },
+                checksum.clone(),
+            ))
             .await?;
+        let mut result = CopyPartResult {
+            e_tag: Some(etag(&md5)),
+            last_modified: Some(ts(crate_now_ms())),
+            ..Default::default()
+        };
+        set_checksum!(result, checksum);
         Ok(S3Response::new(UploadPartCopyOutput {
-            copy_part_result: Some(CopyPartResult {
-                e_tag: Some(etag(&md5)),
-                last_modified: Some(ts(crate_now_ms())),
-                ..Default::default()
-            }),
+            copy_part_result: Some(result),
             copy_source_version_id: sv.id.map(|x| version_string(Some(x))),
             ..Default::default()
         }))
@@ -3678,42 +4160,60 @@ impl S3 for CairnS3 {
         req: S3Request<CompleteMultipartUploadInput>,
     ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
         let who = who(&req);
-        let expiration = expiration_header(&req.extensions, &req.input.key, crate_now_ms());
+        let lifecycle = req
+            .extensions
+            .get::<crate::auth::BucketLifecycle>()
+            .cloned();
+        let now = crate_now_ms();
         let tenant = bucket_tenant_of(&req);
-        let input = req.input;
+        let mut input = req.input;
         let upload = parse_upload(&input.upload_id)
             .ok_or_else(|| s3_error!(NoSuchUpload, "The specified upload does not exist."))?;
         let listed = input
             .multipart_upload
+            .take()
             .and_then(|m| m.parts)
             .ok_or_else(|| s3_error!(MalformedXML, "The XML you provided was not well-formed or did not validate against our published schema."))?;
         let mut parts = Vec::with_capacity(listed.len());
-        for p in listed {
+        for p in &listed {
             let n = p
                 .part_number
                 .and_then(|n| u32::try_from(n).ok())
                 .ok_or_else(|| s3_error!(InvalidPart, "a part has no valid part number"))?;
             let e = p
                 .e_tag
+                .as_ref()
                 .map(|e| e.value().to_owned())
                 .ok_or_else(|| s3_error!(InvalidPart, "a part has no ETag"))?;
             parts.push((n, e));
         }
         let conditions = write_conditions(&input.if_match, &input.if_none_match)?;
-        let kept = objects::upload_sse(&self.g, &input.bucket, &input.key, upload).await?;
-        let sse_out = SseHeaders::of(&self.g, tenant, kept.as_ref(), None);
-        let r = self
-            .write(
-                &who,
-                BucketCommand::CompleteUpload {
-                    bucket: input.bucket.clone(),
-                    key: input.key.clone(),
-                    upload,
-                    parts,
-                    conditions,
-                },
-            )
+        let state = objects::upload_state(&self.g, &input.bucket, &input.key, upload).await?;
+        let sse_out = SseHeaders::of(&self.g, tenant, state.sse.as_ref(), None);
+        let (sums, size) = self
+            .completion_checksums(&input, upload, &listed, &parts)
             .await?;
+        let expiration = expiration_header(
+            lifecycle.as_ref(),
+            (&input.key, size, &state.upload.tags),
+            now,
+        );
+        let object_sum = sums.as_ref().map(|s| s.object.clone());
+        let complete = BucketCommand::CompleteUpload {
+            bucket: input.bucket.clone(),
+            key: input.key.clone(),
+            upload,
+            parts,
+            conditions,
+        };
+        let command = match sums {
+            None => complete,
+            Some(sums) => BucketCommand::CheckedComplete {
+                sums,
+                command: Box::new(complete),
+            },
+        };
+        let r = self.write(&who, command).await?;
         let BucketResponse::Put { version, etag: tag } = r else {
             return Err(internal("unexpected answer"));
         };
@@ -3729,6 +4229,8 @@ impl S3 for CairnS3 {
         out.server_side_encryption = sse_out.algorithm.map(s3s::dto::ServerSideEncryption::from);
         out.ssekms_key_id = sse_out.kms_key_id;
         out.bucket_key_enabled = sse_out.bucket_key;
+        out.checksum_type = checksum_type(&object_sum);
+        set_checksum!(out, object_sum);
         Ok(S3Response::new(out))
     }
 
@@ -3796,6 +4298,24 @@ impl S3 for CairnS3 {
                 ));
             }
         };
+        // The upload's checksum settings and its parts' checksums, for the parts shown.
+        let (upload_sum, mut part_sums) = match self
+            .g
+            .query(&BucketQuery::UploadChecksums {
+                bucket: input.bucket.clone(),
+                key: input.key.clone(),
+                upload,
+            })
+            .await?
+        {
+            BucketQueryResponse::UploadChecksums(Some((u, all))) => (
+                u,
+                all.into_iter()
+                    .filter_map(|(n, _, c)| Some((n, c?)))
+                    .collect::<std::collections::BTreeMap<_, _>>(),
+            ),
+            _ => (None, Default::default()),
+        };
         let truncated = parts.len() > limit as usize;
         let shown: Vec<_> = parts.into_iter().take(limit as usize).collect();
         let next = if truncated {
@@ -3813,16 +4333,24 @@ impl S3 for CairnS3 {
             parts: Some(
                 shown
                     .into_iter()
-                    .map(|(n, p)| Part {
-                        e_tag: Some(etag(&p.etag)),
-                        last_modified: Some(ts(p.modified_ms)),
-                        part_number: Some(n as i32),
-                        size: i64::try_from(p.size).ok(),
-                        ..Default::default()
+                    .map(|(n, p)| {
+                        let mut part = Part {
+                            e_tag: Some(etag(&p.etag)),
+                            last_modified: Some(ts(p.modified_ms)),
+                            part_number: Some(n as i32),
+                            size: i64::try_from(p.size).ok(),
+                            ..Default::default()
+                        };
+                        set_checksum!(part, part_sums.remove(&n).map(|c| (c.algorithm, c.value)));
+                        part
                     })
                     .collect(),
             ),
             upload_id: Some(input.upload_id),
+            checksum_algorithm: upload_sum
+                .as_ref()
+                .map(|c| ChecksumAlgorithm::from(c.algorithm.clone())),
+            checksum_type: upload_sum.as_ref().map(upload_checksum_type),
             storage_class: Some(StorageClass::from_static(StorageClass::STANDARD)),
             owner: Some(owner(&bucket_owner)),
             initiator: Some(Initiator {
@@ -3874,7 +4402,11 @@ impl S3 for CairnS3 {
                 owner: Some(owner(&bucket_owner)),
                 storage_class: Some(StorageClass::from_static(StorageClass::STANDARD)),
                 upload_id: Some(upload_string(u.id)),
-                ..Default::default()
+                checksum_algorithm: u
+                    .checksum
+                    .as_ref()
+                    .map(|c| ChecksumAlgorithm::from(c.algorithm.clone())),
+                checksum_type: u.checksum.as_ref().map(upload_checksum_type),
             })
             .collect();
         let prefixes: Vec<CommonPrefix> = page

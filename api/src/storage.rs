@@ -684,6 +684,7 @@ async fn put_part(
         None,
         (name.as_str(), key.as_str(), upload, number),
         None,
+        true,
     )
     .await
     .map_err(|e| {
@@ -793,7 +794,7 @@ async fn abort(
 fn rule_json(r: &cairn_master::buckets::LifecycleRule) -> Value {
     json!({
         "id": r.id,
-        "prefix": r.prefix,
+        "prefix": r.filter.prefix,
         "expiration_days": r.expiration_days,
         "enabled": r.enabled,
     })
@@ -863,7 +864,10 @@ async fn add_rule(
     let rule = cairn_master::buckets::LifecycleRule {
         id: Some(id),
         enabled: true,
-        prefix: body.prefix,
+        filter: cairn_master::buckets::LifecycleFilter {
+            prefix: body.prefix,
+            ..Default::default()
+        },
         expiration_days: Some(body.expiration_days),
         ..cairn_master::buckets::LifecycleRule::default()
     };
@@ -871,7 +875,7 @@ async fn add_rule(
     rules.push(rule);
     g.command(&BucketCommand::Configure {
         name,
-        change: BucketChange::Lifecycle(Some(rules)),
+        change: BucketChange::LifecycleRules(Some(rules)),
     })
     .await
     .map_err(from_s3)?;
@@ -895,7 +899,7 @@ async fn delete_rule(
     }
     g.command(&BucketCommand::Configure {
         name,
-        change: BucketChange::Lifecycle((!rules.is_empty()).then_some(rules)),
+        change: BucketChange::LifecycleRules((!rules.is_empty()).then_some(rules)),
     })
     .await
     .map_err(from_s3)?;

@@ -436,7 +436,7 @@ fn bucket_records_from_before_visibility_still_read() {
         owner: String,
         versioning: cairn_master::buckets::Versioning,
         public_read: bool,
-        lifecycle: Option<Vec<cairn_master::buckets::LifecycleRule>>,
+        lifecycle: Option<Vec<cairn_master::buckets::LifecycleRuleV1>>,
         cors: Option<Vec<cairn_master::buckets::CorsRule>>,
         tags: Option<Vec<(String, String)>>,
         replication: Option<u8>,

@@ -13,6 +13,8 @@ use cairn_engine::state::{StateError, TypedTable};
 use redb::{ReadTransaction, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
+use super::keys::version_key;
+
 /// `bucket / key ‖ version id (16 BE)` → the version's ACL, for versions whose ACL grants
 /// something (no entry: private, owned by the bucket's owner).
 const ACLS: TypedTable<Vec<u8>, ObjectAcl> = TypedTable::new("s3.acls");
@@ -33,13 +35,6 @@ impl ObjectAcl {
     pub fn is_empty(&self) -> bool {
         self.owner.is_none() && self.grants.is_empty()
     }
-}
-
-/// The null version (unversioned or suspended) is id 0 here, as in `s3.locks`.
-fn version_key(object_key: &[u8], version: Option<u128>) -> Vec<u8> {
-    let mut k = object_key.to_vec();
-    k.extend_from_slice(&version.unwrap_or(0).to_be_bytes());
-    k
 }
 
 pub(super) fn init(txn: &WriteTransaction) -> Result<(), StateError> {

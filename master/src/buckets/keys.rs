@@ -5,6 +5,8 @@
 //!   bucket in S3's key order (UTF-8 bytes).
 //! - `s3.uploads`: `bucket / key \0 upload-id (16 BE)`.
 //! - `s3.parts`: upload key ‖ part number (4 BE).
+//! - per-version side tables (`s3.acls`, `s3.version_part_sums`): object key ‖ version id
+//!   (16 BE), the null version being id 0.
 
 /// Bytes an upload key holds after its object key: `\0` and the 16-byte id.
 pub(super) const UPLOAD_SUFFIX: usize = 17;
@@ -14,6 +16,14 @@ pub(super) fn object_key(bucket: &str, key: &str) -> Vec<u8> {
     k.extend_from_slice(bucket.as_bytes());
     k.push(b'/');
     k.extend_from_slice(key.as_bytes());
+    k
+}
+
+/// A version's key in the per-version side tables: the null version (unversioned or
+/// suspended) is id 0, as in `s3.locks`.
+pub(super) fn version_key(object_key: &[u8], version: Option<u128>) -> Vec<u8> {
+    let mut k = object_key.to_vec();
+    k.extend_from_slice(&version.unwrap_or(0).to_be_bytes());
     k
 }
 

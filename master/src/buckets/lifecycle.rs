@@ -6,7 +6,6 @@
 use cairn_engine::state::{ApplyContext, ApplyError};
 use redb::WriteTransaction;
 
-use super::acl;
 use super::keys::{object_key, split_upload_key};
 use super::locks;
 use super::multipart::{UPLOADS, drop_upload};
@@ -19,17 +18,17 @@ pub const EXPIRE_BATCH: usize = 1000;
 const SCAN_MAX: usize = 20_000;
 pub(super) const DAY_MS: u64 = 86_400_000;
 
-/// When a current version of `key` written at `modified_ms` expires under `rules` (ms since
-/// the epoch, the same instant the lifecycle pass uses), and the id of the rule that expires
-/// it first: what `x-amz-expiration` reports.
+/// When a current version of `key` (`size` bytes, `tags`) written at `modified_ms` expires
+/// under `rules` (ms since the epoch, the same instant the lifecycle pass uses), and the id of
+/// the rule that expires it first: what `x-amz-expiration` reports.
 pub fn expiration(
     rules: &[LifecycleRule],
-    key: &str,
+    (key, size, tags): (&str, u64, &[(String, String)]),
     modified_ms: u64,
 ) -> Option<(u64, Option<String>)> {
     rules
         .iter()
-        .filter(|r| r.enabled && key.starts_with(&r.prefix))
+        .filter(|r| r.enabled && r.filter.matches(key, size, tags))
         .filter_map(|r| {
             let by_days = r
                 .expiration_days
@@ -54,8 +53,18 @@ struct Outcome {
     add_marker: bool,
 }
 
-/// Judge one key's versions (newest first) against the rules that apply to it.
+/// Whether a rule applies to a version of `key`: by its tags and size for an object, by key
+/// alone for a delete marker.
+fn applies(r: &LifecycleRule, key: &str, v: &Version) -> bool {
+    match &v.kind {
+        VersionKind::Object(d) => r.filter.matches(key, d.size, &d.tags),
+        VersionKind::DeleteMarker => r.filter.by_key_only() && key.starts_with(&r.filter.prefix),
+    }
+}
+
+/// Judge one key's versions (newest first) against the rules whose prefix it has.
 fn judge(
+    key: &str,
     versions: Vec<Version>,
     rules: &[&LifecycleRule],
     versioning: Versioning,
@@ -66,10 +75,11 @@ fn judge(
     let mut add_marker = false;
     let mut newer_ms: Option<u64> = None;
     for (i, ver) in versions.into_iter().enumerate() {
+        let mut rules = rules.iter().filter(|r| applies(r, key, &ver));
         let expire = match newer_ms {
             None => {
                 !ver.is_marker()
-                    && rules.iter().any(|r| {
+                    && rules.any(|r| {
                         r.expiration_days.is_some_and(|d| {
                             ver.modified_ms.saturating_add(u64::from(d) * DAY_MS) <= now
                         }) || r
@@ -77,10 +87,12 @@ fn judge(
                             .is_some_and(|at| i64::try_from(now).is_ok_and(|n| n >= at))
                     })
             }
-            // Noncurrent since the newer version was written.
-            Some(since) => rules.iter().any(|r| {
+            // Noncurrent since the newer version was written; the newest
+            // `newer_noncurrent_versions` noncurrent ones stay (`i - 1` are newer than this).
+            Some(since) => rules.any(|r| {
                 r.noncurrent_days
                     .is_some_and(|d| since.saturating_add(u64::from(d) * DAY_MS) <= now)
+                    && r.newer_noncurrent_versions.is_none_or(|n| i > n as usize)
             }),
         };
         newer_ms = Some(ver.modified_ms);
@@ -97,7 +109,9 @@ fn judge(
     // A lone delete marker with nothing beneath it.
     if keep.len() == 1
         && keep[0].is_marker()
-        && rules.iter().any(|r| r.expired_object_delete_marker)
+        && rules
+            .iter()
+            .any(|r| r.expired_object_delete_marker && applies(r, key, &keep[0]))
     {
         gone.push(keep.remove(0));
     }
@@ -151,7 +165,7 @@ pub(super) fn expire(
             let key = std::str::from_utf8(&k[start.len()..]).unwrap_or("");
             let applicable: Vec<&LifecycleRule> = rules
                 .iter()
-                .filter(|r| key.starts_with(&r.prefix))
+                .filter(|r| key.starts_with(&r.filter.prefix))
                 .collect();
             if applicable.is_empty() {
                 continue;
@@ -161,7 +175,7 @@ pub(super) fn expire(
                 mut keep,
                 mut gone,
                 add_marker,
-            } = judge(history.0, &applicable, bucket.versioning, now);
+            } = judge(key, history.0, &applicable, bucket.versioning, now);
             // Object lock: a held version stays where it was, whatever the rules say.
             if let Some(before) = before {
                 let mut held = Vec::new();
@@ -198,7 +212,7 @@ pub(super) fn expire(
     for (k, keep, gone) in changes {
         for g in &gone {
             versions::release(txn, g, now)?;
-            acl::forget(txn, &k, g.id)?;
+            versions::forget_extras(txn, &k, g.id)?;
         }
         set_history(txn, &k, keep)?;
     }
@@ -220,7 +234,8 @@ pub(super) fn expire(
                 .and_then(|key| std::str::from_utf8(key).ok())
                 .unwrap_or("");
             let due = rules.iter().any(|r| {
-                key.starts_with(&r.prefix)
+                r.filter.by_key_only()
+                    && key.starts_with(&r.filter.prefix)
                     && r.abort_incomplete_days.is_some_and(|d| {
                         u.initiated_ms.saturating_add(u64::from(d) * DAY_MS) <= now
                     })
@@ -247,7 +262,10 @@ mod expiration_tests {
             |id: &str, prefix: &str, days: Option<u32>, date: Option<i64>, enabled| LifecycleRule {
                 id: Some(id.into()),
                 enabled,
-                prefix: prefix.into(),
+                filter: crate::buckets::LifecycleFilter {
+                    prefix: prefix.into(),
+                    ..Default::default()
+                },
                 expiration_days: days,
                 expiration_date_ms: date,
                 ..LifecycleRule::default()
@@ -259,18 +277,18 @@ mod expiration_tests {
             rule("date", "tmp/", None, Some(5 * DAY_MS as i64), true),
         ];
         assert_eq!(
-            expiration(&rules, "logs/a", 0),
+            expiration(&rules, ("logs/a", 1, &[]), 0),
             Some((7 * DAY_MS, Some("logs".into())))
         );
         assert_eq!(
-            expiration(&rules, "photos/a", DAY_MS),
+            expiration(&rules, ("photos/a", 1, &[]), DAY_MS),
             Some((31 * DAY_MS, Some("all".into())))
         );
         assert_eq!(
-            expiration(&rules, "tmp/x", 0),
+            expiration(&rules, ("tmp/x", 1, &[]), 0),
             Some((5 * DAY_MS, Some("date".into())))
         );
-        assert_eq!(expiration(&rules[2..3], "x", 0), None);
-        assert_eq!(expiration(&[], "x", 0), None);
+        assert_eq!(expiration(&rules[2..3], ("x", 1, &[]), 0), None);
+        assert_eq!(expiration(&[], ("x", 1, &[]), 0), None);
     }
 }

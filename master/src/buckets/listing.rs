@@ -7,6 +7,7 @@ use cairn_engine::state::{ApplyError, Record, StateError, TypedTable};
 use redb::ReadTransaction;
 use serde::{Deserialize, Serialize};
 
+use super::checksums::{self, UploadChecksum};
 use super::keys::{after_prefix, object_key, split_upload_key};
 use super::multipart::{UPLOADS, Upload};
 use super::settings;
@@ -45,6 +46,8 @@ pub struct ListedUpload {
     pub key: String,
     pub id: u128,
     pub upload: Upload,
+    /// How its checksums are made, when it was begun with an algorithm.
+    pub checksum: Option<UploadChecksum>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -275,6 +278,7 @@ pub(super) fn uploads(txn: &ReadTransaction, req: &ListRequest) -> Result<ListPa
             key: key.to_owned(),
             id,
             upload,
+            checksum: checksums::of_upload_in(txn, k)?,
         });
         pager.took(key, None, Some(id));
         Ok(Flow::Next)

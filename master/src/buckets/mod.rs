@@ -17,6 +17,8 @@
 //! - [`versions`]: versions and delete markers in `s3.objects`, how requests name them, and
 //!   installing a new one under the bucket's versioning.
 //! - [`objects`]: writing, deleting, tagging and reading objects.
+//! - [`sse`], [`checksums`]: what encrypted uploads and uploads with checksums keep beside
+//!   them, and the per-part checksums of the objects those make.
 //! - [`multipart`]: uploads and parts in `s3.uploads` and `s3.parts`.
 //! - [`lifecycle`]: carrying out lifecycle rules.
 //! - [`listing`]: objects, versions and uploads a page at a time (the pagination, once).
@@ -25,6 +27,7 @@
 //! names them alike. Times come from the proposer's stamp.
 
 pub mod acl;
+pub mod checksums;
 pub mod content;
 mod keys;
 pub mod lifecycle;
@@ -45,6 +48,7 @@ use redb::{ReadTransaction, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 pub use acl::ObjectAcl;
+pub use checksums::{ObjectChecksums, PartChecksum, PartSums, UploadChecksum};
 pub use content::{Conditions, Content, Encrypted, KEY_LEN_MAX, ObjectData, ObjectMeta, hex};
 pub use lifecycle::{EXPIRE_BATCH, expiration};
 pub use listing::{LIST_MAX, ListPage, ListRequest, ListedObject, ListedUpload};
@@ -55,8 +59,8 @@ pub use multipart::{
 pub use objects::{LockChange, USAGE_SCAN_MAX, Usage};
 pub use refusal::BucketRefusal;
 pub use settings::{
-    BucketChange, BucketRecord, CorsRule, LifecycleRule, PublicAccessBlock, SYSTEM_BUCKET,
-    SYSTEM_OWNER, Versioning, check_bucket_name,
+    BucketChange, BucketRecord, CorsRule, FilterForm, LifecycleFilter, LifecycleRule,
+    LifecycleRuleV1, PublicAccessBlock, SYSTEM_BUCKET, SYSTEM_OWNER, Versioning, check_bucket_name,
 };
 pub use sse::{BucketEncryption, DefaultSse, SEAL_BLOCK, SEAL_TAG, Sse, sealed_len};
 pub use versions::{VERSIONS_MAX, Version, VersionKind, VersionRef, version_string};
@@ -218,6 +222,25 @@ pub enum BucketCommand {
         extents: Vec<Extent>,
         salt: [u8; 16],
     },
+    /// `CreateUpload` (possibly in `Locked`, `WithAcl` or `Sealed`) for an upload whose parts
+    /// carry `checksum.algorithm` checksums, combined as `checksum` says at completion.
+    Checksummed {
+        checksum: UploadChecksum,
+        command: Box<BucketCommand>,
+    },
+    /// `PutPart` or `PutSealedPart` of a part whose plaintext has `checksum` (the gateway
+    /// computed or verified it). Refused when the upload was begun with another algorithm.
+    CheckedPart {
+        checksum: PartChecksum,
+        command: Box<BucketCommand>,
+    },
+    /// `CompleteUpload` whose object gets `sums.object` and keeps each part's checksum;
+    /// refused (`InvalidPart`) when a named part's stored checksum is not the one in
+    /// `sums.parts`.
+    CheckedComplete {
+        sums: ObjectChecksums,
+        command: Box<BucketCommand>,
+    },
 }
 
 impl BucketCommand {
@@ -229,7 +252,30 @@ impl BucketCommand {
             | BucketCommand::CreateUpload { bucket, key, .. } => Some((bucket, key)),
             BucketCommand::Locked { command, .. }
             | BucketCommand::Sealed { command, .. }
+            | BucketCommand::Checksummed { command, .. }
+            | BucketCommand::CheckedComplete { command, .. }
             | BucketCommand::WithAcl { command, .. } => command.write_target(),
+            _ => None,
+        }
+    }
+
+    /// The upload key and part number of a part write.
+    fn part_target(&self) -> Option<(Vec<u8>, u32)> {
+        match self {
+            BucketCommand::PutPart {
+                bucket,
+                key,
+                upload,
+                number,
+                ..
+            }
+            | BucketCommand::PutSealedPart {
+                bucket,
+                key,
+                upload,
+                number,
+                ..
+            } => Some((upload_key(bucket, key, *upload), *number)),
             _ => None,
         }
     }
@@ -269,7 +315,9 @@ impl BucketCommand {
             ),
             BucketCommand::Locked { command, .. }
             | BucketCommand::WithAcl { command, .. }
-            | BucketCommand::Sealed { command, .. } => {
+            | BucketCommand::Sealed { command, .. }
+            | BucketCommand::Checksummed { command, .. }
+            | BucketCommand::CheckedComplete { command, .. } => {
                 return command.audit_of();
             }
             BucketCommand::SetObjectAcl { bucket, key, .. } => ("s3:PutObjectAcl", bucket, key),
@@ -361,11 +409,23 @@ pub enum BucketQuery {
         key: String,
         version: Option<VersionRef>,
     },
-    /// An upload and how its data key is kept (`None` inside: not encrypted).
-    UploadSse {
+    /// An upload, how its data key is kept and how its checksums are made.
+    UploadState {
         bucket: String,
         key: String,
         upload: u128,
+    },
+    /// An upload's checksum settings and every part it has: number, size, checksum.
+    UploadChecksums {
+        bucket: String,
+        key: String,
+        upload: u128,
+    },
+    /// The per-part checksums of a multipart object's version (`None`: the newest).
+    VersionPartSums {
+        bucket: String,
+        key: String,
+        version: Option<VersionRef>,
     },
 }
 
@@ -391,7 +451,25 @@ pub enum BucketQueryResponse {
     /// As `ObjectLock`, for the version's ACL.
     ObjectAcl(Option<Option<objects::VersionAcl>>),
     /// `None` without such an upload.
-    UploadSse(Option<(Upload, Option<Sse>)>),
+    UploadState(Option<UploadState>),
+    /// `None` without such an upload; else its checksum settings and every part as
+    /// (number, size, checksum).
+    UploadChecksums(Option<(Option<UploadChecksum>, Vec<PartSum>)>),
+    /// `None` when the version has no kept part checksums.
+    VersionPartSums(Option<PartSums>),
+}
+
+/// A part of an upload as a completion's checksums need it: number, size, checksum.
+pub type PartSum = (u32, u64, Option<PartChecksum>);
+
+/// What a gateway needs to store a part of an upload.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadState {
+    pub upload: Upload,
+    /// How its data key is kept (`None`: not encrypted).
+    pub sse: Option<Sse>,
+    /// How its checksums are made (`None`: no algorithm was given).
+    pub checksum: Option<UploadChecksum>,
 }
 
 /// An object write whose new version gets `lock` (see [`BucketCommand::Locked`]).
@@ -427,12 +505,11 @@ fn apply_locked(
             multipart::complete(
                 txn,
                 ctx,
-                &bucket,
-                &key,
-                upload,
+                (&bucket, &key, upload),
                 &parts,
                 &conditions,
                 Some(lock),
+                None,
             )
             .map(put)
         }
@@ -521,6 +598,7 @@ impl TypedService for BucketService {
         acl::init(txn)?;
         multipart::init(txn)?;
         sse::init(txn)?;
+        checksums::init(txn)?;
         crate::shares::init(txn)?;
         Ok(())
     }
@@ -739,8 +817,83 @@ impl TypedService for BucketService {
                 upload,
                 parts,
                 conditions,
-            } => multipart::complete(txn, ctx, &bucket, &key, upload, &parts, &conditions, None)
-                .map(put),
+            } => multipart::complete(
+                txn,
+                ctx,
+                (&bucket, &key, upload),
+                &parts,
+                &conditions,
+                None,
+                None,
+            )
+            .map(put),
+            BucketCommand::Checksummed { checksum, command } => {
+                let only = || {
+                    reject(
+                        BucketRefusal::InvalidArgument,
+                        "only CreateMultipartUpload takes an upload checksum",
+                    )
+                };
+                let Some((bucket, key)) = command.write_target() else {
+                    return Err(only());
+                };
+                let (bucket, key) = (bucket.to_owned(), key.to_owned());
+                checksum.check()?;
+                let r = self.apply(txn, ctx, *command)?;
+                let BucketResponse::Upload { id } = r else {
+                    return Err(only());
+                };
+                checksums::put_for_upload(txn, &upload_key(&bucket, &key, id), &checksum)?;
+                Ok(r)
+            }
+            BucketCommand::CheckedPart { checksum, command } => {
+                let Some((uk, number)) = command.part_target() else {
+                    return Err(reject(
+                        BucketRefusal::InvalidArgument,
+                        "only a part write takes a part checksum",
+                    ));
+                };
+                if let Some(u) = checksums::of_upload(txn, &uk)?
+                    && u.algorithm != checksum.algorithm
+                {
+                    return Err(reject(
+                        BucketRefusal::InvalidRequest,
+                        format!(
+                            "Checksum Type mismatch occurred, expected checksum Type: {}, actual checksum Type: {}",
+                            u.algorithm.to_ascii_lowercase(),
+                            checksum.algorithm.to_ascii_lowercase()
+                        ),
+                    ));
+                }
+                let r = self.apply(txn, ctx, *command)?;
+                checksums::set_part(txn, &uk, number, Some(&checksum))?;
+                Ok(r)
+            }
+            BucketCommand::CheckedComplete { sums, command } => {
+                let BucketCommand::CompleteUpload {
+                    bucket,
+                    key,
+                    upload,
+                    parts,
+                    conditions,
+                } = *command
+                else {
+                    return Err(reject(
+                        BucketRefusal::InvalidArgument,
+                        "only CompleteMultipartUpload takes object checksums",
+                    ));
+                };
+                multipart::complete(
+                    txn,
+                    ctx,
+                    (&bucket, &key, upload),
+                    &parts,
+                    &conditions,
+                    None,
+                    Some(sums),
+                )
+                .map(put)
+            }
             BucketCommand::AbortUpload {
                 bucket,
                 key,
@@ -852,17 +1005,51 @@ impl TypedService for BucketService {
                 txn,
                 &upload_key(&bucket, &key, upload),
             )?),
-            BucketQuery::UploadSse {
+            BucketQuery::UploadState {
                 bucket,
                 key,
                 upload,
             } => {
                 let uk = upload_key(&bucket, &key, upload);
-                BucketQueryResponse::UploadSse(match multipart::upload_in(txn, &uk)? {
-                    Some(u) => Some((u, sse::of_upload_in(txn, &uk)?)),
+                BucketQueryResponse::UploadState(match multipart::upload_in(txn, &uk)? {
+                    Some(upload) => Some(UploadState {
+                        upload,
+                        sse: sse::of_upload_in(txn, &uk)?,
+                        checksum: checksums::of_upload_in(txn, &uk)?,
+                    }),
                     None => None,
                 })
             }
+            BucketQuery::UploadChecksums {
+                bucket,
+                key,
+                upload,
+            } => {
+                let uk = upload_key(&bucket, &key, upload);
+                BucketQueryResponse::UploadChecksums(match multipart::upload_in(txn, &uk)? {
+                    Some(_) => {
+                        let mut sums = checksums::parts_in(txn, &uk)?;
+                        let parts = multipart::parts_in(txn, &uk, 1, usize::MAX)?
+                            .into_iter()
+                            .map(|(n, p)| (n, p.size, sums.remove(&n)))
+                            .collect();
+                        Some((checksums::of_upload_in(txn, &uk)?, parts))
+                    }
+                    None => None,
+                })
+            }
+            BucketQuery::VersionPartSums {
+                bucket,
+                key,
+                version,
+            } => BucketQueryResponse::VersionPartSums(
+                match objects::object_in(txn, &bucket, &key, version)? {
+                    Some((_, Some(v))) => {
+                        checksums::of_version_in(txn, &object_key(&bucket, &key), v.id)?
+                    }
+                    _ => None,
+                },
+            ),
             BucketQuery::Parts {
                 bucket,
                 key,

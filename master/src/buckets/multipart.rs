@@ -10,6 +10,7 @@ use redb::{ReadTransaction, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use super::acl;
+use super::checksums::{self, ObjectChecksums, PartSums};
 use super::content::{
     Conditions, Content, Encrypted, ObjectData, ObjectMeta, check_conditions, check_key,
     etag_matches, hex, hex_decode,
@@ -177,6 +178,7 @@ pub(super) fn drop_upload(txn: &WriteTransaction, k: &[u8], now_ms: u64) -> Resu
     locks::take_for_upload(txn, k)?;
     acl::take_for_upload(txn, k)?;
     sse::drop_upload(txn, k, parts.iter().map(|(n, _)| *n))?;
+    checksums::drop_upload(txn, k, parts.iter().map(|(n, _)| *n))?;
     Ok(())
 }
 
@@ -247,6 +249,9 @@ pub(super) fn put_part(
         ));
     }
     sse::set_part_salt(txn, &uk, number, salt)?;
+    // A part stored again loses the checksum of the one it replaces (`CheckedPart` sets the
+    // new one's).
+    checksums::set_part(txn, &uk, number, None)?;
     let new = handles(&part.extents);
     ChunkService::check_referable(txn, &new)?;
     ChunkService::add_refs(txn, &new)?;
@@ -266,17 +271,15 @@ pub(super) fn put_part(
 
 /// Complete an upload from the parts the client names, (number, ETag) in ascending order.
 /// The new version gets `lock`, else the lock given when the upload began, else the bucket's
-/// default retention.
-#[allow(clippy::too_many_arguments)]
+/// default retention; and the checksums `sums` carries, when the gateway combined them.
 pub(super) fn complete(
     txn: &WriteTransaction,
     ctx: &ApplyContext,
-    bucket: &str,
-    key: &str,
-    id: u128,
+    (bucket, key, id): (&str, &str, u128),
     named: &[(u32, String)],
     conditions: &Conditions,
     lock: Option<locks::ObjectLock>,
+    sums: Option<ObjectChecksums>,
 ) -> Result<Written, ApplyError> {
     check_key(key)?;
     let b = settings::get(txn, bucket)?;
@@ -310,6 +313,29 @@ pub(super) fn complete(
             ));
         }
         chosen.push(p);
+    }
+    let mut meta = u.meta;
+    let mut part_sums = None;
+    if let Some(sums) = sums {
+        if sums.parts.len() != named.len() {
+            return Err(reject(
+                BucketRefusal::InvalidArgument,
+                "one part checksum (or none) per part named",
+            ));
+        }
+        for ((n, _), given) in named.iter().zip(&sums.parts) {
+            let stored = checksums::part(txn, &uk, *n)?
+                .filter(|c| c.algorithm == sums.object.0)
+                .map(|c| c.value);
+            if stored.as_ref() != given.as_ref() {
+                return Err(reject(
+                    BucketRefusal::InvalidPart,
+                    format!("part {n}'s checksum does not match"),
+                ));
+            }
+        }
+        part_sums = sums.parts.into_iter().collect::<Option<Vec<_>>>();
+        meta.checksum = Some(sums.object);
     }
     // Every named part exists and matches before sizes are judged.
     for (i, p) in chosen.iter().enumerate() {
@@ -375,7 +401,7 @@ pub(super) fn complete(
                 etag: etag.clone(),
                 parts: part_sizes,
                 content,
-                meta: u.meta,
+                meta,
                 tags: u.tags,
             }),
         },
@@ -386,6 +412,7 @@ pub(super) fn complete(
     }
     // The ACL given when the upload began, or private (which a new null version must be).
     acl::put(txn, &k, version, &kept_acl.unwrap_or_default())?;
+    checksums::put_for_version(txn, &k, version, part_sums.map(PartSums).as_ref())?;
     Ok(Written { version, etag })
 }
 

@@ -89,7 +89,7 @@ pub(super) fn put(
     }
     if id.is_none() {
         // A new null version starts private (a `WithAcl` around this write sets its ACL).
-        acl::forget(txn, &k, None)?;
+        versions::forget_extras(txn, &k, None)?;
     }
     Ok(Written { version: id, etag })
 }
@@ -137,7 +137,7 @@ pub(super) fn delete(
             });
         };
         locks::release_for_delete(txn, &k, versions[i].id, now, bypass_governance)?;
-        acl::forget(txn, &k, versions[i].id)?;
+        versions::forget_extras(txn, &k, versions[i].id)?;
         let old = versions.remove(i);
         versions::release(txn, &old, now)?;
         set_history(txn, &k, versions)?;
@@ -151,7 +151,7 @@ pub(super) fn delete(
             for v in &versions {
                 versions::release(txn, v, now)?;
             }
-            acl::forget(txn, &k, None)?;
+            versions::forget_extras(txn, &k, None)?;
             set_history(txn, &k, Vec::new())?;
             Ok(Removed {
                 version: None,

@@ -34,6 +34,70 @@ pub enum Versioning {
 pub struct LifecycleRule {
     pub id: Option<String>,
     pub enabled: bool,
+    /// Which objects it applies to.
+    pub filter: LifecycleFilter,
+    /// Current versions expire this many days after they were written.
+    pub expiration_days: Option<u32>,
+    /// Current versions expire at this time (ms since the epoch).
+    pub expiration_date_ms: Option<i64>,
+    /// Remove delete markers that have no older versions left.
+    pub expired_object_delete_marker: bool,
+    /// Noncurrent versions are removed this many days after they became noncurrent...
+    pub noncurrent_days: Option<u32>,
+    /// ... except the newest this many of them.
+    pub newer_noncurrent_versions: Option<u32>,
+    /// Incomplete multipart uploads are aborted this many days after they began.
+    pub abort_incomplete_days: Option<u32>,
+}
+
+/// The objects a lifecycle rule applies to: every condition holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct LifecycleFilter {
+    pub prefix: String,
+    /// Tags the version must carry, each with this value.
+    pub tags: Vec<(String, String)>,
+    /// Only versions larger than this many bytes.
+    pub size_greater_than: Option<u64>,
+    /// Only versions smaller than this many bytes.
+    pub size_less_than: Option<u64>,
+    /// How the configuration wrote it, so it reads back as it was written.
+    pub form: FilterForm,
+}
+
+/// How a lifecycle rule's filter was written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum FilterForm {
+    /// `<Filter>` with at most one condition.
+    #[default]
+    Filter,
+    /// `<Filter><And>...</And></Filter>`.
+    And,
+    /// The rule's own `<Prefix>` (S3's older form).
+    RulePrefix,
+}
+
+impl LifecycleFilter {
+    /// Whether an object version of `key` with `size` bytes and `tags` matches.
+    pub fn matches(&self, key: &str, size: u64, tags: &[(String, String)]) -> bool {
+        key.starts_with(&self.prefix)
+            && self.size_greater_than.is_none_or(|n| size > n)
+            && self.size_less_than.is_none_or(|n| size < n)
+            && self.tags.iter().all(|t| tags.contains(t))
+    }
+
+    /// Whether it asks anything of an object beyond its key (delete markers and uploads,
+    /// which have no tags or size, match only filters that do not).
+    pub fn by_key_only(&self) -> bool {
+        self.tags.is_empty() && self.size_greater_than.is_none() && self.size_less_than.is_none()
+    }
+}
+
+/// A lifecycle rule as bucket records of layout 3 and before, and `BucketChange::Lifecycle`
+/// log entries, hold it: a prefix is its whole filter.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct LifecycleRuleV1 {
+    pub id: Option<String>,
+    pub enabled: bool,
     pub prefix: String,
     /// Current versions expire this many days after they were written.
     pub expiration_days: Option<u32>,
@@ -45,6 +109,29 @@ pub struct LifecycleRule {
     pub noncurrent_days: Option<u32>,
     /// Incomplete multipart uploads are aborted this many days after they began.
     pub abort_incomplete_days: Option<u32>,
+}
+
+impl From<LifecycleRuleV1> for LifecycleRule {
+    fn from(r: LifecycleRuleV1) -> LifecycleRule {
+        LifecycleRule {
+            id: r.id,
+            enabled: r.enabled,
+            filter: LifecycleFilter {
+                prefix: r.prefix,
+                ..LifecycleFilter::default()
+            },
+            expiration_days: r.expiration_days,
+            expiration_date_ms: r.expiration_date_ms,
+            expired_object_delete_marker: r.expired_object_delete_marker,
+            noncurrent_days: r.noncurrent_days,
+            newer_noncurrent_versions: None,
+            abort_incomplete_days: r.abort_incomplete_days,
+        }
+    }
+}
+
+fn upgrade_rules(rules: Option<Vec<LifecycleRuleV1>>) -> Option<Vec<LifecycleRule>> {
+    rules.map(|r| r.into_iter().map(LifecycleRule::from).collect())
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -117,7 +204,7 @@ struct BucketRecordV1 {
     owner: String,
     versioning: Versioning,
     public_read: bool,
-    lifecycle: Option<Vec<LifecycleRule>>,
+    lifecycle: Option<Vec<LifecycleRuleV1>>,
     cors: Option<Vec<CorsRule>>,
     tags: Option<Vec<(String, String)>>,
     replication: Option<u8>,
@@ -131,7 +218,7 @@ impl From<BucketRecordV1> for BucketRecord {
             owner: v.owner,
             versioning: v.versioning,
             public_read: v.public_read,
-            lifecycle: v.lifecycle,
+            lifecycle: upgrade_rules(v.lifecycle),
             cors: v.cors,
             tags: v.tags,
             replication: v.replication,
@@ -153,7 +240,7 @@ struct BucketRecordV2 {
     owner: String,
     versioning: Versioning,
     public_read: bool,
-    lifecycle: Option<Vec<LifecycleRule>>,
+    lifecycle: Option<Vec<LifecycleRuleV1>>,
     cors: Option<Vec<CorsRule>>,
     tags: Option<Vec<(String, String)>>,
     replication: Option<u8>,
@@ -172,7 +259,7 @@ impl From<BucketRecordV2> for BucketRecord {
             owner: v.owner,
             versioning: v.versioning,
             public_read: v.public_read,
-            lifecycle: v.lifecycle,
+            lifecycle: upgrade_rules(v.lifecycle),
             cors: v.cors,
             tags: v.tags,
             replication: v.replication,
@@ -187,6 +274,48 @@ impl From<BucketRecordV2> for BucketRecord {
     }
 }
 
+/// A bucket record of layout version 3 (before lifecycle filters on tags and sizes).
+#[derive(Deserialize)]
+struct BucketRecordV3 {
+    created_ms: u64,
+    owner: String,
+    versioning: Versioning,
+    public_read: bool,
+    lifecycle: Option<Vec<LifecycleRuleV1>>,
+    cors: Option<Vec<CorsRule>>,
+    tags: Option<Vec<(String, String)>>,
+    replication: Option<u8>,
+    unlisted: bool,
+    policy: Option<String>,
+    public_access_block: Option<PublicAccessBlock>,
+    object_lock: Option<LockConfig>,
+    acl: Option<Vec<Grant>>,
+    ownership: Option<Ownership>,
+    encryption: Option<BucketEncryption>,
+}
+
+impl From<BucketRecordV3> for BucketRecord {
+    fn from(v: BucketRecordV3) -> BucketRecord {
+        BucketRecord {
+            created_ms: v.created_ms,
+            owner: v.owner,
+            versioning: v.versioning,
+            public_read: v.public_read,
+            lifecycle: upgrade_rules(v.lifecycle),
+            cors: v.cors,
+            tags: v.tags,
+            replication: v.replication,
+            unlisted: v.unlisted,
+            policy: v.policy,
+            public_access_block: v.public_access_block,
+            object_lock: v.object_lock,
+            acl: v.acl,
+            ownership: v.ownership,
+            encryption: v.encryption,
+        }
+    }
+}
+
 /// A bucket record as written before `unlisted` existed.
 #[derive(Deserialize)]
 struct BucketRecordNoUnlisted {
@@ -194,7 +323,7 @@ struct BucketRecordNoUnlisted {
     owner: String,
     versioning: Versioning,
     public_read: bool,
-    lifecycle: Option<Vec<LifecycleRule>>,
+    lifecycle: Option<Vec<LifecycleRuleV1>>,
     cors: Option<Vec<CorsRule>>,
     tags: Option<Vec<(String, String)>>,
     replication: Option<u8>,
@@ -202,13 +331,15 @@ struct BucketRecordNoUnlisted {
 
 impl Record for BucketRecord {
     const NAME: &'static str = "bucket record";
-    const VERSION: u8 = 3;
+    const VERSION: u8 = 4;
 
-    /// Version 2 lacks default encryption. Version 1 also lacks the policy and the public access block. Version 0 (before records
+    /// Version 3 holds lifecycle rules whose filter is a prefix only. Version 2 also lacks
+    /// default encryption. Version 1 also lacks the policy and the public access block. Version 0 (before records
     /// carried versions) holds either the version 1 layout or the one from before `unlisted`,
     /// which postcard cannot tell apart except by trying.
     fn migrate(version: u8, bytes: &[u8]) -> Result<Self, StateError> {
         match version {
+            3 => Ok(decode::<BucketRecordV3>(Self::NAME, bytes)?.into()),
             2 => Ok(decode::<BucketRecordV2>(Self::NAME, bytes)?.into()),
             1 => Ok(decode::<BucketRecordV1>(Self::NAME, bytes)?.into()),
             0 => {
@@ -221,7 +352,7 @@ impl Record for BucketRecord {
                     owner: v.owner,
                     versioning: v.versioning,
                     public_read: v.public_read,
-                    lifecycle: v.lifecycle,
+                    lifecycle: upgrade_rules(v.lifecycle),
                     cors: v.cors,
                     tags: v.tags,
                     replication: v.replication,
@@ -244,7 +375,8 @@ impl Record for BucketRecord {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BucketChange {
     Versioning(Versioning),
-    Lifecycle(Option<Vec<LifecycleRule>>),
+    /// Lifecycle rules as log entries written before filters on tags and sizes hold them.
+    Lifecycle(Option<Vec<LifecycleRuleV1>>),
     Cors(Option<Vec<CorsRule>>),
     Tags(Option<Vec<(String, String)>>),
     PublicRead(bool),
@@ -271,6 +403,8 @@ pub enum BucketChange {
     Ownership(Option<Ownership>),
     /// Set or remove the bucket's default encryption.
     Encryption(Option<BucketEncryption>),
+    /// Set or remove the lifecycle rules.
+    LifecycleRules(Option<Vec<LifecycleRule>>),
 }
 
 /// S3 bucket naming rules (the common subset: 3-63 of `a-z 0-9 . -`, starting and ending with
@@ -450,7 +584,8 @@ pub(super) fn configure(
             }
             b.versioning = v;
         }
-        BucketChange::Lifecycle(rules) => b.lifecycle = rules,
+        BucketChange::Lifecycle(rules) => b.lifecycle = upgrade_rules(rules),
+        BucketChange::LifecycleRules(rules) => b.lifecycle = rules,
         BucketChange::Cors(rules) => b.cors = rules,
         BucketChange::Tags(tags) => {
             if let Some(t) = &tags {
@@ -548,7 +683,7 @@ mod tests {
         owner: String,
         versioning: Versioning,
         public_read: bool,
-        lifecycle: Option<Vec<LifecycleRule>>,
+        lifecycle: Option<Vec<LifecycleRuleV1>>,
         cors: Option<Vec<CorsRule>>,
         tags: Option<Vec<(String, String)>>,
         replication: Option<u8>,
@@ -592,7 +727,7 @@ mod tests {
             owner: String,
             versioning: Versioning,
             public_read: bool,
-            lifecycle: Option<Vec<LifecycleRule>>,
+            lifecycle: Option<Vec<LifecycleRuleV1>>,
             cors: Option<Vec<CorsRule>>,
             tags: Option<Vec<(String, String)>>,
             replication: Option<u8>,
@@ -624,5 +759,81 @@ mod tests {
         assert_eq!(r.policy.as_deref(), Some("{}"));
         assert_eq!(r.ownership, Some(Ownership::BucketOwnerEnforced));
         assert_eq!(r.encryption, None);
+    }
+
+    #[test]
+    fn a_layout_3_record_reads_its_prefix_rules_as_filters() {
+        // Layout 3 is today's record with prefix-only rules: build it field by field.
+        #[derive(serde::Serialize)]
+        struct Written3 {
+            created_ms: u64,
+            owner: String,
+            versioning: Versioning,
+            public_read: bool,
+            lifecycle: Option<Vec<LifecycleRuleV1>>,
+            cors: Option<Vec<CorsRule>>,
+            tags: Option<Vec<(String, String)>>,
+            replication: Option<u8>,
+            unlisted: bool,
+            policy: Option<String>,
+            public_access_block: Option<PublicAccessBlock>,
+            object_lock: Option<LockConfig>,
+            acl: Option<Vec<Grant>>,
+            ownership: Option<Ownership>,
+            encryption: Option<BucketEncryption>,
+        }
+        let old = Written3 {
+            created_ms: 9,
+            owner: "cd".repeat(16),
+            versioning: Versioning::Suspended,
+            public_read: false,
+            lifecycle: Some(vec![LifecycleRuleV1 {
+                id: Some("logs".into()),
+                enabled: true,
+                prefix: "logs/".into(),
+                expiration_days: Some(3),
+                noncurrent_days: Some(1),
+                ..LifecycleRuleV1::default()
+            }]),
+            cors: None,
+            tags: None,
+            replication: None,
+            unlisted: false,
+            policy: None,
+            public_access_block: None,
+            object_lock: None,
+            acl: None,
+            ownership: None,
+            encryption: None,
+        };
+        let bytes = postcard::to_allocvec(&old).unwrap();
+        let r = BucketRecord::migrate(3, &bytes).unwrap();
+        let rules = r.lifecycle.unwrap();
+        assert_eq!(rules.len(), 1);
+        assert_eq!(rules[0].filter.prefix, "logs/");
+        assert!(rules[0].filter.by_key_only());
+        assert_eq!(rules[0].expiration_days, Some(3));
+        assert_eq!(rules[0].noncurrent_days, Some(1));
+        assert_eq!(rules[0].newer_noncurrent_versions, None);
+        assert_eq!(r.versioning, Versioning::Suspended);
+    }
+
+    #[test]
+    fn lifecycle_filters_match_prefix_tags_and_sizes() {
+        let f = LifecycleFilter {
+            prefix: "a/".into(),
+            tags: vec![("t".into(), "1".into())],
+            size_greater_than: Some(10),
+            size_less_than: Some(100),
+            form: FilterForm::And,
+        };
+        let t = vec![("t".to_owned(), "1".to_owned()), ("u".into(), "2".into())];
+        assert!(f.matches("a/x", 50, &t));
+        assert!(!f.matches("b/x", 50, &t));
+        assert!(!f.matches("a/x", 10, &t));
+        assert!(!f.matches("a/x", 100, &t));
+        assert!(!f.matches("a/x", 50, &t[1..]));
+        assert!(!f.by_key_only());
+        assert!(LifecycleFilter::default().matches("anything", 0, &[]));
     }
 }

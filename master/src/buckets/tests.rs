@@ -397,14 +397,14 @@ fn lifecycle_expires_noncurrent_versions_markers_and_stale_uploads() {
     });
     db.ok(BucketCommand::Configure {
         name: "bkt".into(),
-        change: BucketChange::Lifecycle(Some(vec![LifecycleRule {
+        change: BucketChange::Lifecycle(Some(vec![LifecycleRuleV1 {
             id: Some("r".into()),
             enabled: true,
             prefix: "logs/".into(),
             noncurrent_days: Some(1),
             expired_object_delete_marker: true,
             abort_incomplete_days: Some(2),
-            ..LifecycleRule::default()
+            ..LifecycleRuleV1::default()
         }])),
     });
     // At once: only the lone delete marker (nothing beneath it) is due.
@@ -635,12 +635,12 @@ fn object_lock_keeps_versions_from_deletes_and_lifecycle() {
     put(&mut db, "vault", "c");
     db.ok(BucketCommand::Configure {
         name: "vault".into(),
-        change: BucketChange::Lifecycle(Some(vec![LifecycleRule {
+        change: BucketChange::Lifecycle(Some(vec![LifecycleRuleV1 {
             id: Some("r".into()),
             enabled: true,
             prefix: String::new(),
             noncurrent_days: Some(1),
-            ..LifecycleRule::default()
+            ..LifecycleRuleV1::default()
         }])),
     });
     db.clock = day + DAY_MS / 2;
@@ -817,11 +817,14 @@ fn encrypted_uploads_take_only_sealed_parts_and_complete_into_an_encrypted_objec
         BucketResponse::Upload { id } => id,
         other => panic!("{other:?}"),
     };
-    let BucketQueryResponse::UploadSse(Some((_, Some(kept)))) = db.q(BucketQuery::UploadSse {
+    let BucketQueryResponse::UploadState(Some(UploadState {
+        sse: Some(kept), ..
+    })) = db.q(BucketQuery::UploadState {
         bucket: "enc".into(),
         key: "big".into(),
         upload: up,
-    }) else {
+    })
+    else {
         panic!()
     };
     assert_eq!(kept, sse);
@@ -887,12 +890,12 @@ fn encrypted_uploads_take_only_sealed_parts_and_complete_into_an_encrypted_objec
     // The object holds the parts' chunks; the upload and its salts are gone.
     assert_eq!(db.chunk(h1).state, ChunkState::Live { refs: 1 });
     assert!(matches!(
-        db.q(BucketQuery::UploadSse {
+        db.q(BucketQuery::UploadState {
             bucket: "enc".into(),
             key: "big".into(),
             upload: up,
         }),
-        BucketQueryResponse::UploadSse(None)
+        BucketQueryResponse::UploadState(None)
     ));
 
     // A sealed part cannot join a plain upload.
@@ -924,4 +927,225 @@ fn encrypted_uploads_take_only_sealed_parts_and_complete_into_an_encrypted_objec
         }),
         "invalid_request"
     );
+}
+
+#[test]
+fn upload_checksums_are_kept_checked_at_completion_and_go_with_the_version() {
+    let mut db = Db::new();
+    create(&mut db, "sums");
+    let create_upload = |key: &str| BucketCommand::CreateUpload {
+        bucket: "sums".into(),
+        key: key.into(),
+        owner: "me".into(),
+        meta: ObjectMeta::default(),
+        tags: Vec::new(),
+    };
+    // S3's combinations only.
+    assert_eq!(
+        db.code(BucketCommand::Checksummed {
+            checksum: UploadChecksum {
+                algorithm: "SHA256".into(),
+                full_object: true,
+            },
+            command: Box::new(create_upload("k")),
+        }),
+        "invalid_request"
+    );
+    let up = match db.ok(BucketCommand::Checksummed {
+        checksum: UploadChecksum::default_for("CRC32"),
+        command: Box::new(create_upload("k")),
+    }) {
+        BucketResponse::Upload { id } => id,
+        other => panic!("{other:?}"),
+    };
+    let part = |n: u32, h: ChunkHandle, size: u64| BucketCommand::PutPart {
+        bucket: "sums".into(),
+        key: "k".into(),
+        upload: up,
+        number: n,
+        etag: format!("{n:032x}"),
+        size,
+        extents: vec![Extent {
+            handle: h,
+            offset: 0,
+            len: size,
+        }],
+    };
+    let checked = |alg: &str, value: &str, c: BucketCommand| BucketCommand::CheckedPart {
+        checksum: PartChecksum {
+            algorithm: alg.into(),
+            value: value.into(),
+        },
+        command: Box::new(c),
+    };
+    let (h1, h2, h3) = (db.alloc(), db.alloc(), db.alloc());
+    // Another algorithm than the upload's is refused and stores nothing.
+    assert_eq!(
+        db.code(checked("SHA1", "x", part(1, h1, PART_SIZE_MIN))),
+        "invalid_request"
+    );
+    db.ok(checked("CRC32", "AAAAAQ==", part(1, h1, PART_SIZE_MIN)));
+    db.ok(checked("CRC32", "AAAAAg==", part(2, h2, 5)));
+    let BucketQueryResponse::UploadChecksums(Some((Some(u), parts))) =
+        db.q(BucketQuery::UploadChecksums {
+            bucket: "sums".into(),
+            key: "k".into(),
+            upload: up,
+        })
+    else {
+        panic!()
+    };
+    assert_eq!(u, UploadChecksum::default_for("CRC32"));
+    assert_eq!(parts.len(), 2);
+    assert_eq!(parts[1].1, 5);
+    assert_eq!(
+        parts[1].2.as_ref().map(|c| c.value.as_str()),
+        Some("AAAAAg==")
+    );
+    let complete = |sums: Vec<Option<&str>>| BucketCommand::CheckedComplete {
+        sums: ObjectChecksums {
+            object: ("CRC32".into(), "AAAAAw==-2".into()),
+            parts: sums.into_iter().map(|s| s.map(String::from)).collect(),
+        },
+        command: Box::new(BucketCommand::CompleteUpload {
+            bucket: "sums".into(),
+            key: "k".into(),
+            upload: up,
+            parts: vec![(1, format!("{:032x}", 1)), (2, format!("{:032x}", 2))],
+            conditions: Conditions::default(),
+        }),
+    };
+    // Part 2 stored again without a checksum loses its old one, so a completion that
+    // combined the old one is refused.
+    db.ok(part(2, h3, 5));
+    assert_eq!(
+        db.code(complete(vec![Some("AAAAAQ=="), Some("AAAAAg==")])),
+        "invalid_part"
+    );
+    let h4 = db.alloc();
+    db.ok(checked("CRC32", "AAAAAg==", part(2, h4, 5)));
+    assert_eq!(
+        db.code(complete(vec![Some("AAAAAQ==")])),
+        "invalid_argument"
+    );
+    db.ok(complete(vec![Some("AAAAAQ=="), Some("AAAAAg==")]));
+    let BucketQueryResponse::Object(Some(Some(v))) = db.q(BucketQuery::Object {
+        bucket: "sums".into(),
+        key: "k".into(),
+        version: None,
+    }) else {
+        panic!()
+    };
+    assert_eq!(
+        v.data().unwrap().meta.checksum,
+        Some(("CRC32".into(), "AAAAAw==-2".into()))
+    );
+    let sums = |db: &Db| match db.q(BucketQuery::VersionPartSums {
+        bucket: "sums".into(),
+        key: "k".into(),
+        version: None,
+    }) {
+        BucketQueryResponse::VersionPartSums(s) => s,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        sums(&db),
+        Some(PartSums(vec!["AAAAAQ==".into(), "AAAAAg==".into()]))
+    );
+    // A plain put replacing the null version takes its part checksums with it.
+    put(&mut db, "sums", "k");
+    assert_eq!(sums(&db), None);
+}
+
+#[test]
+fn lifecycle_filters_on_tags_and_sizes_and_newer_noncurrent_versions() {
+    let mut db = Db::new();
+    create(&mut db, "bkt");
+    let put_with = |db: &mut Db, key: &str, size: usize, tags: &[(&str, &str)]| {
+        let mut data = inline(&vec![7u8; size]);
+        data.tags = tags
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        db.ok(BucketCommand::PutObject {
+            bucket: "bkt".into(),
+            key: key.into(),
+            data,
+            conditions: Conditions::default(),
+        })
+    };
+    put_with(&mut db, "tmp/tagged-small", 10, &[("class", "scratch")]);
+    put_with(&mut db, "tmp/tagged-big", 500, &[("class", "scratch")]);
+    put_with(&mut db, "tmp/untagged-small", 10, &[]);
+    put_with(&mut db, "other/tagged-small", 10, &[("class", "scratch")]);
+    db.ok(BucketCommand::Configure {
+        name: "bkt".into(),
+        change: BucketChange::LifecycleRules(Some(vec![LifecycleRule {
+            id: Some("scratch".into()),
+            enabled: true,
+            filter: LifecycleFilter {
+                prefix: "tmp/".into(),
+                tags: vec![("class".into(), "scratch".into())],
+                size_less_than: Some(100),
+                form: FilterForm::And,
+                ..LifecycleFilter::default()
+            },
+            expiration_days: Some(1),
+            ..LifecycleRule::default()
+        }])),
+    });
+    // The header's answer agrees with the pass: only the small tagged object under tmp/.
+    let BucketQueryResponse::Bucket(Some(b)) = db.q(BucketQuery::Bucket { name: "bkt".into() })
+    else {
+        panic!()
+    };
+    let rules = b.lifecycle.unwrap();
+    let tags = vec![("class".to_owned(), "scratch".to_owned())];
+    assert!(expiration(&rules, ("tmp/a", 10, &tags), 0).is_some());
+    assert!(expiration(&rules, ("tmp/a", 500, &tags), 0).is_none());
+    assert!(expiration(&rules, ("tmp/a", 10, &[]), 0).is_none());
+    db.clock += 2 * DAY_MS;
+    db.ok(BucketCommand::Expire {
+        bucket: "bkt".into(),
+    });
+    let keys = walk(&db, "", None, 100);
+    assert_eq!(
+        keys,
+        vec!["other/tagged-small", "tmp/tagged-big", "tmp/untagged-small"]
+    );
+
+    // NewerNoncurrentVersions keeps the newest noncurrent versions however old they are.
+    db.ok(BucketCommand::Configure {
+        name: "bkt".into(),
+        change: BucketChange::Versioning(Versioning::Enabled),
+    });
+    for _ in 0..4 {
+        put(&mut db, "bkt", "v");
+    }
+    db.ok(BucketCommand::Configure {
+        name: "bkt".into(),
+        change: BucketChange::LifecycleRules(Some(vec![LifecycleRule {
+            id: Some("two".into()),
+            enabled: true,
+            noncurrent_days: Some(1),
+            newer_noncurrent_versions: Some(2),
+            ..LifecycleRule::default()
+        }])),
+    });
+    db.clock += 2 * DAY_MS;
+    db.ok(BucketCommand::Expire {
+        bucket: "bkt".into(),
+    });
+    let page = list(
+        &db,
+        ListRequest {
+            bucket: "bkt".into(),
+            prefix: "v".into(),
+            limit: 100,
+            ..ListRequest::default()
+        },
+        true,
+    );
+    // The current version and the two newest noncurrent ones.
+    assert_eq!(page.objects.len(), 3);
 }

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::content::ObjectData;
 use super::refusal::BucketRefusal;
 use super::settings::{BucketRecord, Versioning};
+use super::{acl, checksums};
 use crate::chunks::ChunkService;
 
 /// `bucket / key` (see `keys::object_key`) → the key's versions, newest first.
@@ -139,6 +140,17 @@ pub(super) fn any_under(txn: &WriteTransaction, start: &[u8]) -> Result<bool, St
 }
 
 /// Release the chunks a version holds.
+/// Forget what the per-version side tables keep of a version that goes (or of a null version
+/// being replaced): its ACL and its part checksums.
+pub(super) fn forget_extras(
+    txn: &WriteTransaction,
+    object_key: &[u8],
+    version: Option<u128>,
+) -> Result<(), StateError> {
+    acl::forget(txn, object_key, version)?;
+    checksums::put_for_version(txn, object_key, version, None)
+}
+
 pub(super) fn release(txn: &WriteTransaction, v: &Version, now_ms: u64) -> Result<(), ApplyError> {
     if let VersionKind::Object(d) = &v.kind {
         ChunkService::release(txn, &d.content.handles(), now_ms)?;
