@@ -80,6 +80,10 @@ impl Api {
         let resp = req.send().await.unwrap();
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap();
+        // A 204 has no body.
+        if status == 204 && text.is_empty() {
+            return (status, Value::Null);
+        }
         let v =
             serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"));
         (status, v)
@@ -1095,6 +1099,25 @@ async fn openapi_document_lists_every_route() {
         ("/api/kms/keys/{id}/rotate", "post"),
         ("/api/kms/keys/{id}/disable", "post"),
         ("/api/kms/keys/{id}/enable", "post"),
+        ("/api/queues", "get"),
+        ("/api/queues", "post"),
+        ("/api/queues/{id}", "get"),
+        ("/api/queues/{id}", "put"),
+        ("/api/queues/{id}", "delete"),
+        ("/api/queues/{id}/purge", "post"),
+        ("/api/queues/{id}/messages", "post"),
+        ("/api/queues/{id}/messages", "get"),
+        ("/api/queues/{id}/messages/{receipt}", "delete"),
+        ("/api/queues/{id}/messages/{receipt}/visibility", "post"),
+        ("/api/queues/{id}/ack", "post"),
+        ("/api/topics", "get"),
+        ("/api/topics", "post"),
+        ("/api/topics/{id}", "get"),
+        ("/api/topics/{id}", "delete"),
+        ("/api/topics/{id}/publish", "post"),
+        ("/api/topics/{id}/subscriptions", "get"),
+        ("/api/topics/{id}/subscriptions", "post"),
+        ("/api/topics/{id}/subscriptions/{subscription}", "delete"),
     ] {
         assert!(
             paths.get(path).and_then(|p| p.get(method)).is_some(),
@@ -2771,6 +2794,10 @@ impl Api {
         let resp = req.send().await.unwrap();
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap();
+        // A 204 has no body.
+        if status == 204 && text.is_empty() {
+            return (status, Value::Null);
+        }
         let v =
             serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"));
         (status, v)
@@ -5801,3 +5828,497 @@ async fn bucket_owner_preferred_takes_objects_written_with_bucket_owner_full_con
         .unwrap();
     assert_eq!(owner_of("other-acl").await.unwrap(), bob_tenant);
 }
+
+#[tokio::test]
+async fn queues_send_receive_ack_long_poll_fifo_dead_letters_and_tenants() {
+    let api = Api::start(&[
+        ("CAIRN_API_AUTH_RATE_LIMIT", "1000"),
+        ("CAIRN_API_RATE_LIMIT", "0"),
+    ]);
+    let ada = first_admin(&api).await;
+    let t = ada["access_token"].as_str().unwrap().to_owned();
+    let bob = register(&api, &t, "bob@example.com", "Bob").await;
+    let bob_t = bob["access_token"].as_str().unwrap().to_owned();
+    let t = t.as_str();
+
+    let (s, dead) = api
+        .call(
+            "POST",
+            "/queues",
+            Some(t),
+            Some(json!({"name": "jobs-dead"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{dead}");
+    let dead_id = dead["id"].as_str().unwrap().to_owned();
+    let (s, q) = api
+        .call(
+            "POST",
+            "/queues",
+            Some(t),
+            Some(json!({"name": "jobs", "visibility_timeout_seconds": 30})),
+        )
+        .await;
+    assert_eq!(s, 201, "{q}");
+    assert_eq!(q["settings"]["visibility_timeout_seconds"], 30);
+    assert_eq!(q["messages"], 0);
+    let id = q["id"].as_str().unwrap().to_owned();
+    let path = |rest: &str| format!("/queues/{id}{rest}");
+    let (s, v) = api
+        .call("POST", "/queues", Some(t), Some(json!({"name": "jobs"})))
+        .await;
+    assert_eq!(s, 409, "{v}");
+
+    // Bad input: a clear 4xx, nothing stored.
+    for (body, what) in [
+        (json!({"name": "bad name!"}), "name"),
+        (json!({"name": "x.fifo"}), "fifo name on a standard queue"),
+        (json!({"name": "y", "colour": "red"}), "unknown field"),
+        (json!({"name": "z", "retention_seconds": 5}), "retention"),
+        (
+            json!({"name": "w", "dead_letter_queue": "nowhere", "max_receives": 2}),
+            "unknown dead-letter queue",
+        ),
+    ] {
+        let (s, v) = api.call("POST", "/queues", Some(t), Some(body)).await;
+        assert_eq!(s, 400, "{what}: {v}");
+        assert!(v["error"].is_string(), "{v}");
+    }
+    let big = "x".repeat(300 * 1024);
+    let (s, v) = api
+        .call(
+            "POST",
+            &path("/messages"),
+            Some(t),
+            Some(json!({"body": big})),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    let (s, v) = api
+        .call("GET", &path("/messages?count=11"), Some(t), None)
+        .await;
+    assert_eq!(s, 400, "{v}");
+    let (s, v) = api
+        .call("GET", &path("/messages?wait=21"), Some(t), None)
+        .await;
+    assert_eq!(s, 400, "{v}");
+    let (_, q) = api.call("GET", &path(""), Some(t), None).await;
+    assert_eq!(q["messages"], 0, "{q}");
+    let (_, all) = api.call("GET", "/queues", Some(t), None).await;
+    assert_eq!(all["queues"].as_array().unwrap().len(), 2, "{all}");
+
+    // Send, receive (hidden while in flight), redelivery, stale receipts, ack.
+    let (s, sent) = api
+        .call(
+            "POST",
+            &path("/messages"),
+            Some(t),
+            Some(json!({"body": "resize 42", "attributes": {"kind": "resize"}})),
+        )
+        .await;
+    assert_eq!(s, 201, "{sent}");
+    assert_eq!(sent["duplicate"], false);
+    let receive = |query: &'static str| {
+        let api = &api;
+        let p = path(&format!("/messages{query}"));
+        async move {
+            let (s, v) = api.call("GET", &p, Some(t), None).await;
+            assert_eq!(s, 200, "{v}");
+            v["messages"].as_array().unwrap().clone()
+        }
+    };
+    let got = receive("?count=10&visibility=0").await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["body"], "resize 42");
+    assert_eq!(got[0]["attributes"]["kind"], "resize");
+    assert_eq!(got[0]["receive_count"], 1);
+    let first = got[0]["receipt"].as_str().unwrap().to_owned();
+    // Visibility 0: receivable again at once, with a new receipt.
+    let got = receive("?count=10").await;
+    assert_eq!(got[0]["receive_count"], 2, "{got:?}");
+    let second = got[0]["receipt"].as_str().unwrap().to_owned();
+    assert_ne!(first, second);
+    // In flight for 30 s now: nothing to receive.
+    assert!(receive("?count=10").await.is_empty());
+    let (s, v) = api
+        .call(
+            "DELETE",
+            &path(&format!("/messages/{first}")),
+            Some(t),
+            None,
+        )
+        .await;
+    assert_eq!(s, 404, "a stale receipt acks nothing: {v}");
+    let (s, v) = api
+        .call(
+            "POST",
+            &path(&format!("/messages/{second}/visibility")),
+            Some(t),
+            Some(json!({"timeout_seconds": 600})),
+        )
+        .await;
+    assert_eq!(s, 204, "{v}");
+    let (s, _) = api
+        .call(
+            "DELETE",
+            &path(&format!("/messages/{second}")),
+            Some(t),
+            None,
+        )
+        .await;
+    assert_eq!(s, 204);
+    let (_, q) = api.call("GET", &path(""), Some(t), None).await;
+    assert_eq!(q["messages"], 0, "an acked message is gone: {q}");
+
+    // Long polling: a receive waiting for up to 10 s gets a message sent after it began.
+    let waiting = {
+        let http = api.http.clone();
+        let url = format!("{}{}", api.base, path("/messages?wait=10"));
+        let t = t.to_owned();
+        tokio::spawn(async move {
+            let v: Value = http
+                .get(url)
+                .header("authorization", format!("Bearer {t}"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let (s, _) = api
+        .call(
+            "POST",
+            &path("/messages"),
+            Some(t),
+            Some(json!({"body": "late"})),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let v = waiting.await.unwrap();
+    assert_eq!(v["messages"][0]["body"], "late", "{v}");
+    let late = v["messages"][0]["receipt"].as_str().unwrap().to_owned();
+
+    // Batch send and batch ack (a bad receipt is answered, the others acked).
+    let (s, v) = api
+        .call(
+            "POST",
+            &path("/messages"),
+            Some(t),
+            Some(json!({"messages": [{"body": "a"}, {"body": "b"}]})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["messages"].as_array().unwrap().len(), 2);
+    let got = receive("?count=10").await;
+    let mut receipts: Vec<String> = got
+        .iter()
+        .map(|m| m["receipt"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(receipts.len(), 2, "{got:?}");
+    receipts.push(late);
+    receipts.push("not-a-receipt".into());
+    let (s, v) = api
+        .call(
+            "POST",
+            &path("/ack"),
+            Some(t),
+            Some(json!({"receipts": receipts})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let acked: Vec<bool> = v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["acked"].as_bool().unwrap())
+        .collect();
+    assert_eq!(acked, vec![true, true, true, false]);
+
+    // Dead letters: after two receives the third moves the message.
+    let (s, v) = api
+        .call(
+            "PUT",
+            &path(""),
+            Some(t),
+            Some(json!({"dead_letter_queue": "jobs-dead", "max_receives": 2})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["settings"]["dead_letter_queue"], dead_id.as_str());
+    api.call(
+        "POST",
+        &path("/messages"),
+        Some(t),
+        Some(json!({"body": "poison"})),
+    )
+    .await;
+    for n in 1..=2 {
+        let got = receive("?visibility=0").await;
+        assert_eq!(got[0]["receive_count"], n, "{got:?}");
+    }
+    assert!(receive("?visibility=0").await.is_empty());
+    let (s, v) = api
+        .call("GET", &format!("/queues/{dead_id}/messages"), Some(t), None)
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(v["messages"][0]["body"], "poison", "{v}");
+
+    // FIFO with content-based deduplication.
+    let (s, f) = api
+        .call(
+            "POST",
+            "/queues",
+            Some(t),
+            Some(json!({"name": "orders.fifo", "fifo": true, "content_based_deduplication": true})),
+        )
+        .await;
+    assert_eq!(s, 201, "{f}");
+    let fid = f["id"].as_str().unwrap().to_owned();
+    let fpath = format!("/queues/{fid}/messages");
+    let (s, v) = api
+        .call("POST", &fpath, Some(t), Some(json!({"body": "no group"})))
+        .await;
+    assert_eq!(s, 400, "{v}");
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let (s, v) = api
+            .call(
+                "POST",
+                &fpath,
+                Some(t),
+                Some(json!({"body": "order 1", "group": "customer-7"})),
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+        ids.push((v["id"].clone(), v["duplicate"].clone()));
+    }
+    assert_eq!(ids[0].0, ids[1].0);
+    assert_eq!((&ids[0].1, &ids[1].1), (&json!(false), &json!(true)));
+
+    // Another tenant sees nothing and touches nothing.
+    let (_, theirs) = api.call("GET", "/queues", Some(&bob_t), None).await;
+    assert!(theirs["queues"].as_array().unwrap().is_empty(), "{theirs}");
+    for (method, p, body) in [
+        ("GET", path(""), None),
+        ("POST", path("/messages"), Some(json!({"body": "x"}))),
+        ("GET", path("/messages"), None),
+        ("POST", path("/purge"), None),
+        ("DELETE", path(""), None),
+    ] {
+        let (s, v) = api.call(method, &p, Some(&bob_t), body).await;
+        assert_eq!(s, 404, "{method} {p}: {v}");
+    }
+
+    // Metrics and the audit log.
+    let metrics = api
+        .http
+        .get(format!("http://{}/metrics", api.addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("cairn_queue_messages{") && metrics.contains("queue=\"orders.fifo\""),
+        "{metrics}"
+    );
+    assert!(metrics.contains("cairn_queue_operations_total{op=\"send\"}"));
+    let (_, log) = api
+        .call(
+            "GET",
+            "/audit/logs?action=POST%20/api/queues",
+            Some(t),
+            None,
+        )
+        .await;
+    assert!(
+        !log["entries"].as_array().unwrap().is_empty(),
+        "queue creation is audited: {log}"
+    );
+
+    // Purge and delete.
+    let (s, v) = api.call("POST", &path("/purge"), Some(t), None).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, _) = api.call("DELETE", &path(""), Some(t), None).await;
+    assert_eq!(s, 204);
+    let (s, _) = api.call("GET", &path(""), Some(t), None).await;
+    assert_eq!(s, 404);
+}
+
+#[tokio::test]
+async fn topics_fan_out_to_queues_atomically_by_filter_policy() {
+    let api = Api::start(&[
+        ("CAIRN_API_AUTH_RATE_LIMIT", "1000"),
+        ("CAIRN_API_RATE_LIMIT", "0"),
+    ]);
+    let ada = first_admin(&api).await;
+    let t = ada["access_token"].as_str().unwrap().to_owned();
+    let bob = register(&api, &t, "bob@example.com", "Bob").await;
+    let bob_t = bob["access_token"].as_str().unwrap().to_owned();
+    let t = t.as_str();
+    let mut queues = Vec::new();
+    for name in ["all", "big-orders", "refunds"] {
+        let (s, q) = api
+            .call("POST", "/queues", Some(t), Some(json!({"name": name})))
+            .await;
+        assert_eq!(s, 201, "{q}");
+        queues.push(q["id"].as_str().unwrap().to_owned());
+    }
+    let (s, fifo) = api
+        .call(
+            "POST",
+            "/queues",
+            Some(t),
+            Some(json!({"name": "f.fifo", "fifo": true})),
+        )
+        .await;
+    assert_eq!(s, 201, "{fifo}");
+    let (s, topic) = api
+        .call("POST", "/topics", Some(t), Some(json!({"name": "orders"})))
+        .await;
+    assert_eq!(s, 201, "{topic}");
+    let tid = topic["id"].as_str().unwrap().to_owned();
+    let subscribe = |queue: &str, policy: Option<Value>| {
+        let mut body = json!({"protocol": "queue", "queue": queue});
+        if let Some(p) = policy {
+            body["filter_policy"] = p;
+        }
+        body
+    };
+    for body in [
+        subscribe("all", None),
+        subscribe(
+            "big-orders",
+            Some(json!({"kind": ["order"], "amount": [{"numeric": [">", 100]}]})),
+        ),
+        subscribe(&queues[2], Some(json!({"kind": [{"prefix": "refund"}]}))),
+    ] {
+        let (s, v) = api
+            .call(
+                "POST",
+                &format!("/topics/{tid}/subscriptions"),
+                Some(t),
+                Some(body),
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+    }
+    // What a subscription cannot be: a FIFO queue, a queue of nobody, a broken policy.
+    for body in [
+        subscribe(fifo["id"].as_str().unwrap(), None),
+        subscribe("nowhere", None),
+        subscribe("all", Some(json!({"kind": [{"between": [1, 2]}]}))),
+        subscribe("all", Some(json!(["not", "an", "object"]))),
+        json!({"protocol": "carrier-pigeon", "queue": "all"}),
+    ] {
+        let (s, v) = api
+            .call(
+                "POST",
+                &format!("/topics/{tid}/subscriptions"),
+                Some(t),
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(s, 400, "{body}: {v}");
+    }
+    let publish = |body: &str, attrs: Value| json!({"body": body, "attributes": attrs});
+    let (s, v) = api
+        .call(
+            "POST",
+            &format!("/topics/{tid}/publish"),
+            Some(t),
+            Some(publish(
+                "order 7",
+                json!({"kind": "order", "amount": "250"}),
+            )),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["delivered"].as_array().unwrap().len(), 2, "{v}");
+    for (body, attrs) in [
+        ("order 8", json!({"kind": "order", "amount": "20"})),
+        ("refund 3", json!({"kind": "refund-partial"})),
+    ] {
+        let (s, v) = api
+            .call(
+                "POST",
+                &format!("/topics/{tid}/publish"),
+                Some(t),
+                Some(publish(body, attrs)),
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+    }
+    let bodies = |q: String| {
+        let api = &api;
+        async move {
+            let (s, v) = api
+                .call(
+                    "GET",
+                    &format!("/queues/{q}/messages?count=10"),
+                    Some(t),
+                    None,
+                )
+                .await;
+            assert_eq!(s, 200, "{v}");
+            let mut b: Vec<String> = v["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["body"].as_str().unwrap().to_owned())
+                .collect();
+            b.sort();
+            b
+        }
+    };
+    assert_eq!(
+        bodies(queues[0].clone()).await,
+        vec!["order 7", "order 8", "refund 3"]
+    );
+    assert_eq!(bodies(queues[1].clone()).await, vec!["order 7"]);
+    assert_eq!(bodies(queues[2].clone()).await, vec!["refund 3"]);
+    let (_, shown) = api
+        .call("GET", &format!("/topics/{tid}"), Some(t), None)
+        .await;
+    assert_eq!(shown["published"], 3, "{shown}");
+    assert_eq!(shown["subscriptions"].as_array().unwrap().len(), 3);
+
+    // Another tenant sees and touches nothing.
+    let (_, theirs) = api.call("GET", "/topics", Some(&bob_t), None).await;
+    assert!(theirs["topics"].as_array().unwrap().is_empty(), "{theirs}");
+    let (s, _) = api
+        .call(
+            "POST",
+            &format!("/topics/{tid}/publish"),
+            Some(&bob_t),
+            Some(publish("x", json!({}))),
+        )
+        .await;
+    assert_eq!(s, 404);
+
+    // Unsubscribe and delete.
+    let sid = shown["subscriptions"][0]["id"].as_str().unwrap().to_owned();
+    let (s, _) = api
+        .call(
+            "DELETE",
+            &format!("/topics/{tid}/subscriptions/{sid}"),
+            Some(t),
+            None,
+        )
+        .await;
+    assert_eq!(s, 204);
+    let (s, _) = api
+        .call("DELETE", &format!("/topics/{tid}"), Some(t), None)
+        .await;
+    assert_eq!(s, 204);
+    let (s, _) = api
+        .call("GET", &format!("/topics/{tid}"), Some(t), None)
+        .await;
+    assert_eq!(s, 404);
+}
+

@@ -2802,3 +2802,274 @@ async fn writes_go_on_with_one_of_three_chunkservers_down() {
         "{repair}"
     );
 }
+
+/// A queue message's life as the clients saw it.
+#[derive(Clone, Debug, Default)]
+struct Sent {
+    /// When the send was answered 201 (`None`: its answer was lost, it may or may not exist).
+    acknowledged: Option<Duration>,
+    /// (asked, answered) of every receive that returned it.
+    received: Vec<(Duration, Duration)>,
+    /// When an ack of it was answered 204.
+    acked: Option<Duration>,
+}
+
+/// POST/GET/DELETE on a gateway's REST API, JSON in and out; the status (0: no answer).
+async fn rest(
+    http: &reqwest::Client,
+    gw: SocketAddr,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let mut req = http
+        .request(method.parse().unwrap(), format!("http://{gw}/api{path}"))
+        .header("authorization", format!("Bearer {token}"));
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    match req.send().await {
+        Ok(r) => {
+            let s = r.status().as_u16();
+            let v = r.json().await.unwrap_or(serde_json::Value::Null);
+            (s, v)
+        }
+        Err(_) => (0, serde_json::Value::Null),
+    }
+}
+
+#[tokio::test]
+async fn queue_messages_survive_leader_kills_and_acked_ones_never_return() {
+    let _one = ONE_CLUSTER.lock().await;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let kills: usize = std::env::var("CAIRN_QUEUE_KILLS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), false, &bin());
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    // The first admin, through a gateway once the group answers.
+    let deadline = Instant::now() + PATIENCE;
+    let token = loop {
+        let r = http
+            .post(format!("http://{}/api/auth/setup", cluster.gateways[0]))
+            .json(&serde_json::json!({"email": "ops@example.com", "password": "correct horse battery", "name": "Ops"}))
+            .send()
+            .await;
+        if let Ok(r) = r
+            && r.status().as_u16() == 201
+        {
+            let v: serde_json::Value = r.json().await.unwrap();
+            break v["access_token"].as_str().unwrap().to_owned();
+        }
+        assert!(Instant::now() < deadline, "setup never succeeded");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let (s, q) = rest(
+        &http,
+        cluster.gateways[0],
+        "POST",
+        "/queues",
+        &token,
+        Some(serde_json::json!({"name": "jobs", "visibility_timeout_seconds": 2})),
+    )
+    .await;
+    assert_eq!(s, 201, "{q}");
+    let qid = q["id"].as_str().unwrap().to_owned();
+
+    let began = Instant::now();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let book = Arc::new(Mutex::new(BTreeMap::<String, Sent>::new()));
+    let gateways = cluster.gateways.clone();
+    let mut tasks = Vec::new();
+    // Two producers and two consumers, alternating gateways.
+    for p in 0..2u64 {
+        let (http, token, qid, stop, book, gws) = (
+            http.clone(),
+            token.clone(),
+            qid.clone(),
+            stop.clone(),
+            book.clone(),
+            gateways.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                let body = format!("p{p}-{n}");
+                book.lock().entry(body.clone()).or_default();
+                let gw = gws[(n % gws.len() as u64) as usize];
+                let (s, _) = rest(
+                    &http,
+                    gw,
+                    "POST",
+                    &format!("/queues/{qid}/messages"),
+                    &token,
+                    Some(serde_json::json!({ "body": body })),
+                )
+                .await;
+                if s == 201 {
+                    book.lock().get_mut(&body).unwrap().acknowledged = Some(began.elapsed());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }));
+    }
+    let consume = |http: reqwest::Client,
+                   token: String,
+                   qid: String,
+                   book: Arc<Mutex<BTreeMap<String, Sent>>>,
+                   gws: Vec<SocketAddr>,
+                   stop: Arc<std::sync::atomic::AtomicBool>,
+                   c: usize| async move {
+        let mut n = 0usize;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            n += 1;
+            let gw = gws[(n + c) % gws.len()];
+            let asked = began.elapsed();
+            let (s, v) = rest(
+                &http,
+                gw,
+                "GET",
+                &format!("/queues/{qid}/messages?count=5&wait=1"),
+                &token,
+                None,
+            )
+            .await;
+            let answered = began.elapsed();
+            if s != 200 {
+                continue;
+            }
+            for m in v["messages"].as_array().cloned().unwrap_or_default() {
+                let body = m["body"].as_str().unwrap().to_owned();
+                // Producers enter a message in the book before they send it: anything else
+                // was never sent.
+                book.lock()
+                    .get_mut(&body)
+                    .unwrap_or_else(|| panic!("{body} received but never sent"))
+                    .received
+                    .push((asked, answered));
+                let receipt = m["receipt"].as_str().unwrap();
+                let (s, _) = rest(
+                    &http,
+                    gw,
+                    "DELETE",
+                    &format!("/queues/{qid}/messages/{receipt}"),
+                    &token,
+                    None,
+                )
+                .await;
+                if s == 204 {
+                    let mut b = book.lock();
+                    let e = b.get_mut(&body).unwrap();
+                    e.acked.get_or_insert(began.elapsed());
+                }
+            }
+        }
+    };
+    let consumers_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for c in 0..2 {
+        tasks.push(tokio::spawn(consume(
+            http.clone(),
+            token.clone(),
+            qid.clone(),
+            book.clone(),
+            gateways.clone(),
+            consumers_stop.clone(),
+            c,
+        )));
+    }
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for k in 0..kills {
+        let deadline = Instant::now() + PATIENCE;
+        let leader = loop {
+            if let Some(l) = leader_of(&cluster) {
+                break l;
+            }
+            assert!(Instant::now() < deadline, "kill {k}: no leader to kill");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let i = (leader - 1) as usize;
+        cluster.masters[i].kill();
+        eprintln!(
+            "queue kill {}: master {leader} at {:?}",
+            k + 1,
+            began.elapsed()
+        );
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        cluster.masters[i].start(&cluster.root.clone());
+        let deadline = Instant::now() + PATIENCE;
+        while !cluster.status().is_some_and(|v| v["healthy"] == true) {
+            assert!(
+                Instant::now() < deadline,
+                "kill {k}: the group did not heal"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    // Stop sending; let the consumers drain what is left (in-flight messages whose ack was
+    // lost come back after their 2 s timeout).
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (s, q) = rest(
+            &http,
+            gateways[0],
+            "GET",
+            &format!("/queues/{qid}"),
+            &token,
+            None,
+        )
+        .await;
+        if s == 200 && q["messages"] == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the queue never drained: {q}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    consumers_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+
+    let book = book.lock().clone();
+    let acknowledged: Vec<(&String, &Sent)> = book
+        .iter()
+        .filter(|(_, s)| s.acknowledged.is_some())
+        .collect();
+    assert!(
+        acknowledged.len() > 50,
+        "the producers made progress: {}",
+        acknowledged.len()
+    );
+    let mut redelivered = 0;
+    for (body, s) in &book {
+        // Every acknowledged send was received.
+        if s.acknowledged.is_some() {
+            assert!(
+                !s.received.is_empty(),
+                "{body} was sent (201) and never received"
+            );
+        }
+        // An acked message never comes back: no receive asked after its ack was answered.
+        if let Some(acked) = s.acked {
+            assert!(
+                s.received.iter().all(|(asked, _)| *asked < acked),
+                "{body} was received after its ack was answered: {s:?}"
+            );
+        }
+        redelivered += s.received.len().saturating_sub(1);
+    }
+    eprintln!(
+        "queue under {kills} leader kills: {} messages acknowledged, {} received again (at-least-once)",
+        acknowledged.len(),
+        redelivered
+    );
+}

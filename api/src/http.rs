@@ -198,11 +198,61 @@ pub(crate) async fn metrics(State(g): State<Arc<Gateway>>) -> Response {
             ),
         ]);
     }
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        g.metrics.render(&extra),
-    )
-        .into_response()
+    let mut text = g.metrics.render(&extra);
+    text.push_str(&queue_metrics(&g).await);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+/// Every queue's depth and oldest message's age, labelled by tenant and name (nothing when the
+/// master group cannot answer).
+async fn queue_metrics(g: &Gateway) -> String {
+    use cairn_engine::state::TypedService;
+    use cairn_master::queues::{QueueQuery, QueueQueryResponse, QueueService};
+    use cairn_proto::Consistency;
+    use std::fmt::Write;
+    let Ok(payload) = QueueService::encode_query(&QueueQuery::Stats) else {
+        return String::new();
+    };
+    let stats = match g
+        .master
+        .query(QueueService::ID, payload, Consistency::Linearizable)
+        .await
+    {
+        Ok(Ok(b)) => match QueueService::query_response(&b) {
+            Ok(QueueQueryResponse::Stats(s)) => s,
+            _ => return String::new(),
+        },
+        _ => return String::new(),
+    };
+    let now = cairn_master::dataplane::wall_ms();
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "# HELP cairn_queue_messages Messages stored in a queue (receivable, delayed and in flight).\n# TYPE cairn_queue_messages gauge"
+    );
+    for (_, q, _) in &stats {
+        let _ = writeln!(
+            s,
+            "cairn_queue_messages{{tenant=\"{}\",queue=\"{}\"}} {}",
+            cairn_master::tenancy::tenant_hex(q.tenant),
+            q.name,
+            q.depth
+        );
+    }
+    let _ = writeln!(
+        s,
+        "# HELP cairn_queue_oldest_message_age_seconds Age of a queue's oldest stored message (0 when empty).\n# TYPE cairn_queue_oldest_message_age_seconds gauge"
+    );
+    for (_, q, oldest) in &stats {
+        let age = oldest.map_or(0.0, |t| now.saturating_sub(t) as f64 / 1000.0);
+        let _ = writeln!(
+            s,
+            "cairn_queue_oldest_message_age_seconds{{tenant=\"{}\",queue=\"{}\"}} {age}",
+            cairn_master::tenancy::tenant_hex(q.tenant),
+            q.name
+        );
+    }
+    s
 }
 
 /// A short label for metrics: the method, what the path names and the first sub-resource.

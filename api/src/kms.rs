@@ -16,29 +16,14 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use cairn_master::kms::{KmsCommand, KmsKey, KmsQuery, KmsQueryResponse, KmsRefusal, KmsResponse};
-use cairn_master::policy::{ActionClass, Decision, Request as PolicyRequest, decide};
+use cairn_master::policy::ActionClass;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::Gateway;
 use crate::auth::Principal;
 use crate::kernel::{ApiError, ApiResult, authenticate, from_s3, hex_id, json_body, rfc3339};
-use crate::storage::principal;
-
-fn may(p: &Principal, action: &str, class: ActionClass, resource: &str) -> ApiResult<()> {
-    let req = PolicyRequest {
-        action,
-        class,
-        resource,
-    };
-    match decide(p.role, p.statements.iter(), &req) {
-        Decision::Allow => Ok(()),
-        _ => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!("your role or policies do not allow {action} here"),
-        )),
-    }
-}
+use crate::storage::{may, principal};
 
 async fn command(g: &Gateway, c: &KmsCommand) -> ApiResult<KmsResponse> {
     match crate::sse::kms_command(g, c).await.map_err(from_s3)? {

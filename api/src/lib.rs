@@ -38,6 +38,7 @@ pub mod mail;
 pub mod metrics;
 pub mod namespaces;
 pub mod objects;
+pub mod queues;
 pub mod router;
 pub mod s3;
 pub mod sessions;
@@ -45,6 +46,7 @@ pub mod shares;
 pub mod sse;
 pub mod storage;
 pub mod tenants;
+pub mod topics;
 
 use std::sync::Arc;
 
@@ -131,6 +133,8 @@ pub struct Gateway {
     pub uploads: namespaces::Uploads,
     /// Opened key versions of the key service (SSE-S3 and SSE-KMS), kept a few seconds.
     pub kms_cache: sse::KeyCache,
+    /// Long polls of queues waiting here, woken by sends through this gateway.
+    pub queue_waiters: queues::Waiters,
 }
 
 /// The S3 error for a refusal from the bucket service: each [`BucketRefusal`] maps here, once
@@ -228,6 +232,7 @@ impl Gateway {
             mailer: None,
             uploads: namespaces::Uploads::default(),
             kms_cache: Default::default(),
+            queue_waiters: Default::default(),
         }
     }
 

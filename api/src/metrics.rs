@@ -27,6 +27,8 @@ struct Inner {
     bytes_out: u64,
     /// (encryption type, "sealed" | "opened") → count.
     sse: BTreeMap<(&'static str, &'static str), u64>,
+    /// Queue messages by operation ("send", "receive", "ack").
+    queue_ops: BTreeMap<&'static str, u64>,
 }
 
 #[derive(Debug, Default)]
@@ -59,6 +61,11 @@ impl Metrics {
     /// read, by type (`SSE-S3`, `SSE-KMS`, `SSE-C`).
     pub fn sse(&self, kind: &'static str, event: &'static str) {
         *self.inner.lock().sse.entry((kind, event)).or_default() += 1;
+    }
+
+    /// `n` queue messages sent, received or acked through this gateway.
+    pub fn queue_op(&self, op: &'static str, n: u64) {
+        *self.inner.lock().queue_ops.entry(op).or_default() += n;
     }
 
     /// The text exposition, with `extra` gauges appended (name, help, value).
@@ -116,6 +123,14 @@ impl Metrics {
                 s,
                 "cairn_sse_total{{type=\"{kind}\",event=\"{event}\"}} {n}"
             );
+        }
+        let _ = writeln!(
+            s,
+            "# HELP cairn_queue_operations_total Queue messages sent, received and acked through this gateway."
+        );
+        let _ = writeln!(s, "# TYPE cairn_queue_operations_total counter");
+        for (op, n) in &m.queue_ops {
+            let _ = writeln!(s, "cairn_queue_operations_total{{op=\"{op}\"}} {n}");
         }
         for (name, help, v) in extra {
             let _ = writeln!(s, "# HELP {name} {help}");

@@ -36,6 +36,8 @@ pub fn openapi_doc() -> utoipa::openapi::OpenApi {
     doc.merge(crate::shares::SharesDoc::openapi());
     doc.merge(crate::images::ImagesDoc::openapi());
     doc.merge(crate::kms::KmsDoc::openapi());
+    doc.merge(crate::queues::QueuesDoc::openapi());
+    doc.merge(crate::topics::TopicsDoc::openapi());
     doc
 }
 
@@ -60,7 +62,9 @@ pub fn api(g: Arc<Gateway>) -> Router {
         .merge(crate::storage::routes())
         .merge(crate::shares::routes())
         .merge(crate::images::routes())
-        .merge(crate::kms::routes());
+        .merge(crate::kms::routes())
+        .merge(crate::queues::routes())
+        .merge(crate::topics::routes());
     with_layers(routes, g)
 }
 

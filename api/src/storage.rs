@@ -56,6 +56,57 @@ pub(crate) async fn principal(g: &Gateway, caller: &Caller, op: &str) -> ApiResu
     })
 }
 
+/// The caller of a platform-service route as a principal of its tenant, its API key holding
+/// the scope `class` needs (`storage:read` to read, `storage:write` for the rest).
+pub(crate) async fn caller(
+    g: &Gateway,
+    headers: &HeaderMap,
+    class: ActionClass,
+) -> ApiResult<Principal> {
+    let caller = authenticate(g, headers).await?;
+    let op = match class {
+        ActionClass::Read => "GetObject",
+        ActionClass::Write => "PutObject",
+        ActionClass::Manage => "PutBucketPolicy",
+    };
+    principal(g, &caller, op).await
+}
+
+/// [`caller`], allowed `action` (of `class`) on `resource`.
+pub(crate) async fn allowed(
+    g: &Gateway,
+    headers: &HeaderMap,
+    action: &str,
+    class: ActionClass,
+    resource: &str,
+) -> ApiResult<Principal> {
+    let p = caller(g, headers, class).await?;
+    may(&p, action, class, resource)?;
+    Ok(p)
+}
+
+/// Whether the principal's role and policies allow `action` (of `class`) on `resource`
+/// (`kms/ID`, `queues/NAME`...): a 403 naming the action when not.
+pub(crate) fn may(
+    p: &Principal,
+    action: &str,
+    class: ActionClass,
+    resource: &str,
+) -> ApiResult<()> {
+    let req = cairn_master::policy::Request {
+        action,
+        class,
+        resource,
+    };
+    match cairn_master::policy::decide(p.role, p.statements.iter(), &req) {
+        cairn_master::policy::Decision::Allow => Ok(()),
+        _ => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("your role or policies do not allow {action} here"),
+        )),
+    }
+}
+
 pub(crate) async fn record(g: &Gateway, name: &str) -> ApiResult<Option<BucketRecord>> {
     match g
         .query(&BucketQuery::Bucket {

@@ -424,7 +424,49 @@ impl DataPlane {
             if let Err(e) = self.lifecycle_pass().await {
                 tracing::warn!(error = %e, "lifecycle pass failed");
             }
+            if let Err(e) = self.queue_sweep().await {
+                tracing::warn!(error = %e, "queue sweep failed");
+            }
         }
+    }
+
+    /// The queue service's housekeeping, while it reports more: messages past their
+    /// retention, stale deduplication ids, queues being deleted.
+    async fn queue_sweep(&self) -> Result<(), ProposeError> {
+        use crate::queues::{
+            QueueCommand, QueueQuery, QueueQueryResponse, QueueResponse, QueueService,
+        };
+        let any = self
+            .read_state(|txn| match QueueService.query(txn, QueueQuery::Stats) {
+                Ok(QueueQueryResponse::Stats(s)) => Ok(!s.is_empty()),
+                Ok(_) => Ok(false),
+                Err(cairn_engine::state::ApplyError::Storage(e)) => Err(e),
+                Err(cairn_engine::state::ApplyError::Rejected(r)) => {
+                    Err(cairn_engine::state::StateError::Corrupt(r.to_string()))
+                }
+            })
+            .await?;
+        if !any {
+            return Ok(());
+        }
+        for _ in 0..100 {
+            let bytes = command::<QueueService>(&QueueCommand::Sweep)?;
+            match self.node.propose(bytes).await? {
+                Ok(b) => match QueueService::response(&b) {
+                    Ok(QueueResponse::Removed { removed, more }) => {
+                        if removed > 0 {
+                            tracing::info!(removed, "queue sweep removed expired messages");
+                        }
+                        if !more {
+                            break;
+                        }
+                    }
+                    _ => break,
+                },
+                Err(_) => break,
+            }
+        }
+        Ok(())
     }
 
     async fn lifecycle_pass(&self) -> Result<(), ProposeError> {

@@ -32,8 +32,10 @@ pub mod kms;
 pub mod objects;
 pub mod planner;
 pub mod policy;
+pub mod queues;
 pub mod shares;
 pub mod tenancy;
+pub mod topics;
 
 pub use dataplane::{DataOptions, DataPlane};
 
@@ -57,6 +59,8 @@ pub fn registry() -> Result<Registry, StateError> {
     r.register(Typed(audit::AuditService))?;
     r.register(Typed(images::ImageService))?;
     r.register(Typed(kms::KmsService))?;
+    r.register(Typed(queues::QueueService))?;
+    r.register(Typed(topics::TopicService))?;
     Ok(r)
 }
 

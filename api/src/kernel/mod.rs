@@ -26,7 +26,7 @@ pub(crate) use caller::{
 };
 pub(crate) use error::{ApiError, ApiResult, from_s3, not_found};
 pub(crate) use ids::{hex_id, parse_id};
-pub(crate) use json::json_body;
+pub(crate) use json::{json_body, json_body_max};
 pub(crate) use layers::{client_ip, with_layers};
 pub(crate) use limits::RateLimiter;
 pub(crate) use time::rfc3339;

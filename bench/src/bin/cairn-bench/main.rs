@@ -7,6 +7,9 @@
 //!
 //! `cairn-bench raft-memory --keys N`: resident memory of a one-node master holding N keys.
 //!
+//! `cairn-bench queues`: send + receive + ack cycles through the queue service beside the raw
+//! commit rate of the same group at the same concurrency.
+//!
 //! `cairn-bench s3 --endpoint URL`: S3 PUT/GET throughput, ops/s and latency against any S3
 //! endpoint, beside a null endpoint (`cairn-bench null-server`) and the raw disk, the ceilings
 //! measured in the same run with the same client.
@@ -25,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use cairn_client::MasterClient;
 use cairn_engine::state::settings::{ClusterSettings, SettingsCommand};
-use cairn_engine::state::{Registry, StateError, Typed, TypedService};
+use cairn_engine::state::{Registry, StateError, TypedService};
 use cairn_proto::{ClusterCa, TransportOptions};
 use cairn_raft::{AdminRequest, RaftNode, RaftOptions};
 use clap::{Parser, Subcommand};
@@ -55,6 +58,18 @@ enum Command {
         #[arg(long, value_delimiter = ',', default_value = "1,3")]
         nodes: Vec<u64>,
         /// Folder for the nodes' data (default: the system temp folder).
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
+    /// Queue send + receive + ack cycles beside the raw commit rate, at each concurrency.
+    Queues {
+        /// Seconds of load per (group, concurrency) point, for each of the two loads.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        #[arg(long, value_delimiter = ',', default_value = "1,32,256")]
+        clients: Vec<usize>,
+        #[arg(long, value_delimiter = ',', default_value = "1,3")]
+        nodes: Vec<u64>,
         #[arg(long)]
         dir: Option<std::path::PathBuf>,
     },
@@ -181,10 +196,9 @@ fn parse_size(s: &str) -> Result<u64, String> {
     n.checked_mul(mult).ok_or_else(|| "too large".to_string())
 }
 
+/// Every service (the raft load uses only the settings service; the queue load its own).
 fn registry() -> Result<Registry, StateError> {
-    let mut r = Registry::new();
-    r.register(Typed(ClusterSettings))?;
-    Ok(r)
+    cairn_master::registry()
 }
 
 fn proposal(n: u64) -> Result<Vec<u8>, StateError> {
@@ -456,6 +470,7 @@ async fn raft_memory(
 }
 
 mod data;
+mod queues;
 mod s3;
 
 fn main() -> ExitCode {
@@ -475,6 +490,12 @@ fn main() -> ExitCode {
                 nodes,
                 dir,
             } => raft(seconds, clients, nodes, dir).await,
+            Command::Queues {
+                seconds,
+                clients,
+                nodes,
+                dir,
+            } => queues::run(seconds, clients, nodes, dir).await,
             Command::Data {
                 size,
                 replication,
