@@ -1118,6 +1118,13 @@ async fn openapi_document_lists_every_route() {
         ("/api/topics/{id}/subscriptions", "get"),
         ("/api/topics/{id}/subscriptions", "post"),
         ("/api/topics/{id}/subscriptions/{subscription}", "delete"),
+        ("/api/cron", "get"),
+        ("/api/cron", "post"),
+        ("/api/cron/{id}", "get"),
+        ("/api/cron/{id}", "delete"),
+        ("/api/cron/{id}/pause", "post"),
+        ("/api/cron/{id}/resume", "post"),
+        ("/api/cron/{id}/runs", "get"),
     ] {
         assert!(
             paths.get(path).and_then(|p| p.get(method)).is_some(),
@@ -6322,3 +6329,127 @@ async fn topics_fan_out_to_queues_atomically_by_filter_policy() {
     assert_eq!(s, 404);
 }
 
+#[tokio::test]
+async fn cron_jobs_fire_into_queues_pause_resume_and_refuse_bad_schedules() {
+    let api = Api::start(&[
+        ("CAIRN_API_AUTH_RATE_LIMIT", "1000"),
+        ("CAIRN_API_RATE_LIMIT", "0"),
+    ]);
+    let ada = first_admin(&api).await;
+    let t = ada["access_token"].as_str().unwrap().to_owned();
+    let bob = register(&api, &t, "bob@example.com", "Bob").await;
+    let bob_t = bob["access_token"].as_str().unwrap().to_owned();
+    let t = t.as_str();
+    let (s, q) = api
+        .call("POST", "/queues", Some(t), Some(json!({"name": "ticks"})))
+        .await;
+    assert_eq!(s, 201, "{q}");
+    let qid = q["id"].as_str().unwrap().to_owned();
+    let job = |schedule: &str, tz: &str, target: Value| json!({"name": "tick", "schedule": schedule, "timezone": tz, "target": target});
+    let to_queue = json!({"type": "queue", "queue": "ticks", "body": "tick"});
+    for (body, what) in [
+        (job("* * * *", "UTC", to_queue.clone()), "four fields"),
+        (job("61 * * * *", "UTC", to_queue.clone()), "minute 61"),
+        (
+            job("* * * * *", "Mars/Olympus", to_queue.clone()),
+            "unknown zone",
+        ),
+        (
+            job(
+                "* * * * *",
+                "UTC",
+                json!({"type": "http", "url": "http://example.com", "body": "x"}),
+            ),
+            "http target",
+        ),
+        (
+            job(
+                "* * * * *",
+                "UTC",
+                json!({"type": "queue", "queue": "nowhere", "body": "x"}),
+            ),
+            "unknown queue",
+        ),
+    ] {
+        let (s, v) = api.call("POST", "/cron", Some(t), Some(body)).await;
+        assert_eq!(s, 400, "{what}: {v}");
+    }
+    let (s, j) = api
+        .call(
+            "POST",
+            "/cron",
+            Some(t),
+            Some(job("* * * * *", "Europe/Paris", to_queue.clone())),
+        )
+        .await;
+    assert_eq!(s, 201, "{j}");
+    assert!(j["next_at"].is_string(), "{j}");
+    let id = j["id"].as_str().unwrap().to_owned();
+    // Bob's tenant has no queue "ticks": his job cannot reach Ada's.
+    let (s, v) = api
+        .call(
+            "POST",
+            "/cron",
+            Some(&bob_t),
+            Some(job("* * * * *", "UTC", to_queue)),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    let (s, _) = api
+        .call("GET", &format!("/cron/{id}"), Some(&bob_t), None)
+        .await;
+    assert_eq!(s, 404);
+
+    // The next minute's instant fires once, into the queue.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let runs = loop {
+        let (s, v) = api
+            .call("GET", &format!("/cron/{id}/runs"), Some(t), None)
+            .await;
+        assert_eq!(s, 200, "{v}");
+        let runs = v["runs"].as_array().unwrap().clone();
+        if !runs.is_empty() {
+            break runs;
+        }
+        assert!(std::time::Instant::now() < deadline, "the job never fired");
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    };
+    assert_eq!(runs[0]["status"], "delivered", "{runs:?}");
+    assert!(
+        runs[0]["scheduled_at"].as_str().unwrap().ends_with(":00Z"),
+        "{runs:?}"
+    );
+    let (_, got) = api
+        .call(
+            "GET",
+            &format!("/queues/{qid}/messages?count=10"),
+            Some(t),
+            None,
+        )
+        .await;
+    let msgs = got["messages"].as_array().unwrap();
+    assert_eq!(msgs.len(), runs.len(), "one message per firing: {got}");
+    assert_eq!(msgs[0]["body"], "tick");
+    assert_eq!(msgs[0]["attributes"]["cron-job"], "tick");
+
+    // Pause, resume, delete.
+    let (s, v) = api
+        .call("POST", &format!("/cron/{id}/pause"), Some(t), None)
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["paused"], true);
+    assert!(v["next_at"].is_null());
+    let (s, v) = api
+        .call("POST", &format!("/cron/{id}/resume"), Some(t), None)
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert!(v["next_at"].is_string(), "{v}");
+    let (_, list) = api.call("GET", "/cron", Some(t), None).await;
+    assert_eq!(list["jobs"].as_array().unwrap().len(), 1, "{list}");
+    let (s, _) = api
+        .call("DELETE", &format!("/cron/{id}"), Some(t), None)
+        .await;
+    assert_eq!(s, 204);
+    let (s, _) = api.call("GET", &format!("/cron/{id}"), Some(t), None).await;
+    assert_eq!(s, 404);
+}

@@ -2839,6 +2839,49 @@ async fn rest(
     }
 }
 
+/// The first admin's access token, through a gateway once the group answers.
+async fn admin_token(cluster: &Cluster, http: &reqwest::Client) -> String {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let r = http
+            .post(format!("http://{}/api/auth/setup", cluster.gateways[0]))
+            .json(&serde_json::json!({"email": "ops@example.com", "password": "correct horse battery", "name": "Ops"}))
+            .send()
+            .await;
+        if let Ok(r) = r
+            && r.status().as_u16() == 201
+        {
+            let v: serde_json::Value = r.json().await.unwrap();
+            return v["access_token"].as_str().unwrap().to_owned();
+        }
+        assert!(Instant::now() < deadline, "setup never succeeded");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Kill the master that leads now, let the group elect another, start it again and wait until
+/// the group is healthy; the killed master's id.
+async fn kill_leader_and_heal(cluster: &mut Cluster, down: Duration) -> u64 {
+    let deadline = Instant::now() + PATIENCE;
+    let leader = loop {
+        if let Some(l) = leader_of(cluster) {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "no leader to kill");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let i = (leader - 1) as usize;
+    cluster.masters[i].kill();
+    tokio::time::sleep(down).await;
+    cluster.masters[i].start(&cluster.root.clone());
+    let deadline = Instant::now() + PATIENCE;
+    while !cluster.status().is_some_and(|v| v["healthy"] == true) {
+        assert!(Instant::now() < deadline, "the group did not heal");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    leader
+}
+
 #[tokio::test]
 async fn queue_messages_survive_leader_kills_and_acked_ones_never_return() {
     let _one = ONE_CLUSTER.lock().await;
@@ -2853,23 +2896,7 @@ async fn queue_messages_survive_leader_kills_and_acked_ones_never_return() {
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap();
-    // The first admin, through a gateway once the group answers.
-    let deadline = Instant::now() + PATIENCE;
-    let token = loop {
-        let r = http
-            .post(format!("http://{}/api/auth/setup", cluster.gateways[0]))
-            .json(&serde_json::json!({"email": "ops@example.com", "password": "correct horse battery", "name": "Ops"}))
-            .send()
-            .await;
-        if let Ok(r) = r
-            && r.status().as_u16() == 201
-        {
-            let v: serde_json::Value = r.json().await.unwrap();
-            break v["access_token"].as_str().unwrap().to_owned();
-        }
-        assert!(Instant::now() < deadline, "setup never succeeded");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let token = admin_token(&cluster, &http).await;
     let (s, q) = rest(
         &http,
         cluster.gateways[0],
@@ -2987,31 +3014,12 @@ async fn queue_messages_survive_leader_kills_and_acked_ones_never_return() {
 
     tokio::time::sleep(Duration::from_secs(2)).await;
     for k in 0..kills {
-        let deadline = Instant::now() + PATIENCE;
-        let leader = loop {
-            if let Some(l) = leader_of(&cluster) {
-                break l;
-            }
-            assert!(Instant::now() < deadline, "kill {k}: no leader to kill");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
-        let i = (leader - 1) as usize;
-        cluster.masters[i].kill();
+        let leader = kill_leader_and_heal(&mut cluster, Duration::from_secs(3)).await;
         eprintln!(
-            "queue kill {}: master {leader} at {:?}",
+            "queue kill {}: master {leader}, healed at {:?}",
             k + 1,
             began.elapsed()
         );
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        cluster.masters[i].start(&cluster.root.clone());
-        let deadline = Instant::now() + PATIENCE;
-        while !cluster.status().is_some_and(|v| v["healthy"] == true) {
-            assert!(
-                Instant::now() < deadline,
-                "kill {k}: the group did not heal"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     // Stop sending; let the consumers drain what is left (in-flight messages whose ack was
@@ -3072,4 +3080,115 @@ async fn queue_messages_survive_leader_kills_and_acked_ones_never_return() {
         acknowledged.len(),
         redelivered
     );
+}
+
+/// An RFC 3339 time as ms since the epoch.
+fn rfc3339_ms(t: &str) -> Option<u64> {
+    let t = time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()?;
+    u64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[tokio::test]
+async fn cron_fires_every_instant_once_across_leader_kills() {
+    let _one = ONE_CLUSTER.lock().await;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), false, &bin());
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let token = admin_token(&cluster, &http).await;
+    let gw = cluster.gateways[0];
+    let (s, q) = rest(
+        &http,
+        gw,
+        "POST",
+        "/queues",
+        &token,
+        Some(serde_json::json!({"name": "ticks"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{q}");
+    let qid = q["id"].as_str().unwrap().to_owned();
+    let (s, j) = rest(
+        &http,
+        gw,
+        "POST",
+        "/cron",
+        &token,
+        Some(serde_json::json!({
+            "name": "tick", "schedule": "* * * * *",
+            "target": {"type": "queue", "queue": "ticks", "body": "tick"}
+        })),
+    )
+    .await;
+    assert_eq!(s, 201, "{j}");
+    let jid = j["id"].as_str().unwrap().to_owned();
+    // Kill the leader just before two minute boundaries, so each instant falls due while the
+    // group elects a new leader.
+    let kills = 2;
+    for k in 0..kills {
+        let to_boundary = 60_000 - wall_ms() % 60_000;
+        tokio::time::sleep(Duration::from_millis(to_boundary.saturating_sub(800))).await;
+        let leader = kill_leader_and_heal(&mut cluster, Duration::from_secs(3)).await;
+        eprintln!("cron kill {}: master {leader}", k + 1);
+    }
+    // Wait for the instant of the last kill's minute to fire, then judge the history.
+    let last_boundary = wall_ms() / 60_000 * 60_000;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let history = loop {
+        let (s, v) = rest(&http, gw, "GET", &format!("/cron/{jid}/runs"), &token, None).await;
+        let runs = if s == 200 {
+            v["runs"].as_array().cloned().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let newest = runs
+            .first()
+            .and_then(|r| r["scheduled_at"].as_str())
+            .and_then(rfc3339_ms);
+        if newest.is_some_and(|n| n >= last_boundary) {
+            break runs;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no firing after the kills: {runs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let mut instants: Vec<u64> = history
+        .iter()
+        .map(|r| {
+            assert_eq!(r["status"], "delivered", "{history:?}");
+            rfc3339_ms(r["scheduled_at"].as_str().unwrap()).unwrap()
+        })
+        .collect();
+    instants.reverse();
+    // The instants the kills fell on are there (the job was made before the first of them).
+    assert!(instants.len() >= kills, "{instants:?}");
+    // Every minute from the first firing to the last, once each: none twice, none lost.
+    for w in instants.windows(2) {
+        assert_eq!(
+            w[1] - w[0],
+            60_000,
+            "an instant fired twice or was lost: {instants:?}"
+        );
+    }
+    // One queue message per firing (the next minute may fire between the two reads).
+    let (s, q) = rest(&http, gw, "GET", &format!("/queues/{qid}"), &token, None).await;
+    assert_eq!(s, 200);
+    let depth = q["messages"].as_u64().unwrap();
+    let n = instants.len() as u64;
+    assert!(
+        depth == n || depth == n + 1,
+        "{depth} messages for {n} firings"
+    );
+    eprintln!("cron across {kills} leader kills: {n} instants, each once");
 }

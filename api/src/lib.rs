@@ -28,6 +28,7 @@ pub mod audit;
 pub mod auth;
 pub mod body;
 pub mod checksums;
+pub mod cron;
 pub mod fuzzing;
 pub mod http;
 pub mod images;

@@ -18,20 +18,22 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use cairn_engine::state::TypedService;
-use cairn_master::dataplane::{command, wall_ms};
+use cairn_engine::state::Rejection;
+use cairn_master::dataplane::wall_ms;
 use cairn_master::policy::ActionClass;
 use cairn_master::queues::{
     BATCH_MAX, Delivered, MESSAGE_MAX, NewMessage, Queue, QueueCommand, QueueQuery,
     QueueQueryResponse, QueueRefusal, QueueResponse, QueueService, QueueSettings, Receipt,
 };
-use cairn_proto::Consistency;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::Gateway;
 use crate::auth::Principal;
-use crate::kernel::{ApiError, ApiResult, from_s3, hex_id, json_body, json_body_max, rfc3339};
+use crate::kernel::{
+    ApiError, ApiResult, hex_id, json_body, json_body_max, parse_id, rfc3339, service_command,
+    service_query,
+};
 use crate::storage::{allowed, caller, may};
 
 /// Longest long poll (SQS's).
@@ -58,46 +60,33 @@ impl Waiters {
     }
 }
 
-async fn queue_command(g: &Gateway, c: &QueueCommand) -> ApiResult<QueueResponse> {
-    let bytes = command::<QueueService>(c).map_err(|e| from_s3(crate::propose_error(&e)))?;
-    let outcome = g
-        .master
-        .propose(bytes)
-        .await
-        .map_err(|e| from_s3(crate::propose_error(&e)))?;
-    match outcome {
-        Ok(b) => QueueService::response(&b).map_err(ApiError::internal),
-        Err(r) => Err(match r.kind::<QueueRefusal>() {
-            Some(QueueRefusal::NoSuchQueue) => ApiError::new(StatusCode::NOT_FOUND, r.message),
-            Some(QueueRefusal::InvalidReceipt) => ApiError::new(StatusCode::NOT_FOUND, r.message),
-            Some(QueueRefusal::AlreadyExists | QueueRefusal::NotInFlight) => {
-                ApiError::new(StatusCode::CONFLICT, r.message)
-            }
-            Some(QueueRefusal::InvalidArgument | QueueRefusal::LimitExceeded) | None => {
-                ApiError::bad(r.message)
-            }
-        }),
+/// The JSON error of each refusal of the queue service.
+fn refused(r: Rejection) -> ApiError {
+    match r.kind::<QueueRefusal>() {
+        Some(QueueRefusal::NoSuchQueue | QueueRefusal::InvalidReceipt) => {
+            ApiError::new(StatusCode::NOT_FOUND, r.message)
+        }
+        Some(QueueRefusal::AlreadyExists | QueueRefusal::NotInFlight) => {
+            ApiError::new(StatusCode::CONFLICT, r.message)
+        }
+        Some(QueueRefusal::InvalidArgument | QueueRefusal::LimitExceeded) | None => {
+            ApiError::bad(r.message)
+        }
     }
 }
 
+async fn queue_command(g: &Gateway, c: &QueueCommand) -> ApiResult<QueueResponse> {
+    service_command::<QueueService>(g, c, refused).await
+}
+
 pub(crate) async fn queue_query(g: &Gateway, q: &QueueQuery) -> ApiResult<QueueQueryResponse> {
-    let payload = QueueService::encode_query(q).map_err(ApiError::internal)?;
-    let outcome = g
-        .master
-        .query(QueueService::ID, payload, Consistency::Linearizable)
-        .await
-        .map_err(|e| from_s3(crate::propose_error(&e)))?;
-    let bytes = outcome.map_err(|r| ApiError::bad(r.message))?;
-    QueueService::query_response(&bytes).map_err(ApiError::internal)
+    service_query::<QueueService>(g, q).await
 }
 
 /// A queue of the caller's tenant, by id (anything else is "no such queue").
 async fn tenant_queue(g: &Gateway, tenant: u128, id: &str) -> ApiResult<(u128, Queue)> {
     let missing = || ApiError::new(StatusCode::NOT_FOUND, "no such queue");
-    let id = u128::from_str_radix(id, 16)
-        .ok()
-        .filter(|_| id.len() == 32)
-        .ok_or_else(missing)?;
+    let id = parse_id(id).ok_or_else(missing)?;
     match queue_query(g, &QueueQuery::Queue { id }).await? {
         QueueQueryResponse::Queue(Some(q)) if q.tenant == tenant && !q.deleting => Ok((id, q)),
         _ => Err(missing()),

@@ -38,6 +38,7 @@ pub fn openapi_doc() -> utoipa::openapi::OpenApi {
     doc.merge(crate::kms::KmsDoc::openapi());
     doc.merge(crate::queues::QueuesDoc::openapi());
     doc.merge(crate::topics::TopicsDoc::openapi());
+    doc.merge(crate::cron::CronDoc::openapi());
     doc
 }
 
@@ -64,7 +65,8 @@ pub fn api(g: Arc<Gateway>) -> Router {
         .merge(crate::images::routes())
         .merge(crate::kms::routes())
         .merge(crate::queues::routes())
-        .merge(crate::topics::routes());
+        .merge(crate::topics::routes())
+        .merge(crate::cron::routes());
     with_layers(routes, g)
 }
 

@@ -14,56 +14,46 @@ use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
-use cairn_engine::state::TypedService;
-use cairn_master::dataplane::command;
+use cairn_engine::state::Rejection;
 use cairn_master::policy::ActionClass;
 use cairn_master::queues::{QueueQuery, QueueQueryResponse};
 use cairn_master::topics::{
     Matcher, Subscription, Target, Topic, TopicCommand, TopicQuery, TopicQueryResponse,
     TopicRefusal, TopicResponse, TopicService,
 };
-use cairn_proto::Consistency;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::Gateway;
 use crate::auth::Principal;
-use crate::kernel::{ApiError, ApiResult, from_s3, hex_id, json_body, json_body_max, rfc3339};
+use crate::kernel::{
+    ApiError, ApiResult, hex_id, json_body, json_body_max, parse_id, rfc3339, service_command,
+    service_query,
+};
 use crate::storage::{allowed, caller, may};
 
 /// Largest publish request (a 256 KiB message, JSON-escaped).
 const PUBLISH_BODY_MAX: usize = 1 << 20;
 
-async fn topic_command(g: &Gateway, c: &TopicCommand) -> ApiResult<TopicResponse> {
-    let bytes = command::<TopicService>(c).map_err(|e| from_s3(crate::propose_error(&e)))?;
-    let outcome = g
-        .master
-        .propose(bytes)
-        .await
-        .map_err(|e| from_s3(crate::propose_error(&e)))?;
-    match outcome {
-        Ok(b) => TopicService::response(&b).map_err(ApiError::internal),
-        Err(r) => Err(match r.kind::<TopicRefusal>() {
-            Some(TopicRefusal::NoSuchTopic | TopicRefusal::NoSuchSubscription) => {
-                ApiError::new(StatusCode::NOT_FOUND, r.message)
-            }
-            Some(TopicRefusal::AlreadyExists) => ApiError::new(StatusCode::CONFLICT, r.message),
-            Some(TopicRefusal::InvalidArgument | TopicRefusal::LimitExceeded) | None => {
-                ApiError::bad(r.message)
-            }
-        }),
+/// The JSON error of each refusal of the topic service.
+fn refused(r: Rejection) -> ApiError {
+    match r.kind::<TopicRefusal>() {
+        Some(TopicRefusal::NoSuchTopic | TopicRefusal::NoSuchSubscription) => {
+            ApiError::new(StatusCode::NOT_FOUND, r.message)
+        }
+        Some(TopicRefusal::AlreadyExists) => ApiError::new(StatusCode::CONFLICT, r.message),
+        Some(TopicRefusal::InvalidArgument | TopicRefusal::LimitExceeded) | None => {
+            ApiError::bad(r.message)
+        }
     }
 }
 
-async fn topic_query(g: &Gateway, q: &TopicQuery) -> ApiResult<TopicQueryResponse> {
-    let payload = TopicService::encode_query(q).map_err(ApiError::internal)?;
-    let outcome = g
-        .master
-        .query(TopicService::ID, payload, Consistency::Linearizable)
-        .await
-        .map_err(|e| from_s3(crate::propose_error(&e)))?;
-    let bytes = outcome.map_err(|r| ApiError::bad(r.message))?;
-    TopicService::query_response(&bytes).map_err(ApiError::internal)
+async fn topic_command(g: &Gateway, c: &TopicCommand) -> ApiResult<TopicResponse> {
+    service_command::<TopicService>(g, c, refused).await
+}
+
+pub(crate) async fn topic_query(g: &Gateway, q: &TopicQuery) -> ApiResult<TopicQueryResponse> {
+    service_query::<TopicService>(g, q).await
 }
 
 fn topic_json(id: u128, t: &Topic) -> Value {
@@ -191,10 +181,7 @@ fn parse_policy(v: &Value) -> ApiResult<Vec<(String, Vec<Matcher>)>> {
 /// A topic of the caller's tenant, by id (anything else is "no such topic").
 async fn tenant_topic(g: &Gateway, tenant: u128, id: &str) -> ApiResult<(u128, Topic)> {
     let missing = || ApiError::new(StatusCode::NOT_FOUND, "no such topic");
-    let id = u128::from_str_radix(id, 16)
-        .ok()
-        .filter(|_| id.len() == 32)
-        .ok_or_else(missing)?;
+    let id = parse_id(id).ok_or_else(missing)?;
     match topic_query(g, &TopicQuery::Topic { id }).await? {
         TopicQueryResponse::Topic(Some(t)) if t.tenant == tenant => Ok((id, t)),
         _ => Err(missing()),
@@ -438,9 +425,7 @@ async fn unsubscribe(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let (p, id, _) = on_topic(&g, &headers, &id, "topics:unsubscribe", ActionClass::Manage).await?;
-    let sid = u128::from_str_radix(&sub, 16)
-        .ok()
-        .filter(|_| sub.len() == 32)
+    let sid = parse_id(&sub)
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such subscription"))?;
     topic_command(
         &g,

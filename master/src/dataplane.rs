@@ -114,6 +114,8 @@ impl DataPlane {
         tokio::spawn(async move { ticker.run_ticks().await });
         let lifecycle = dp.clone();
         tokio::spawn(async move { lifecycle.run_lifecycle().await });
+        let cron = dp.clone();
+        tokio::spawn(async move { cron.run_cron().await });
         dp
     }
 
@@ -426,6 +428,56 @@ impl DataPlane {
             }
             if let Err(e) = self.queue_sweep().await {
                 tracing::warn!(error = %e, "queue sweep failed");
+            }
+        }
+    }
+
+    /// The cron planner: on the leader, four times a second, every job whose instant is due
+    /// gets its `Fire` (or `Skip`, when missed under the skip policy). The state machine
+    /// fires an instant only while it is the job's due one, so a planner that proposes twice
+    /// (a retry, two leaders for a moment) fires it once.
+    async fn run_cron(&self) {
+        use crate::cron::{CronQuery, CronQueryResponse, CronService, plan};
+        let mut interval = tokio::time::interval(std::time::Duration::from_millis(250));
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            if self.leading().is_err() {
+                continue;
+            }
+            let now = wall_ms();
+            let due = self
+                .read_state(move |txn| {
+                    match CronService.query(txn, CronQuery::Due { now_ms: now }) {
+                        Ok(CronQueryResponse::Due(d)) => Ok(d),
+                        Ok(_) => Ok(Vec::new()),
+                        Err(cairn_engine::state::ApplyError::Storage(e)) => Err(e),
+                        Err(cairn_engine::state::ApplyError::Rejected(r)) => {
+                            Err(cairn_engine::state::StateError::Corrupt(r.to_string()))
+                        }
+                    }
+                })
+                .await;
+            let due = match due {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cron: reading due jobs failed");
+                    continue;
+                }
+            };
+            for (id, job) in due {
+                let Some(c) = plan(id, &job, now) else {
+                    tracing::warn!(job = %job.name, "cron: the schedule no longer parses");
+                    continue;
+                };
+                match command::<CronService>(&c) {
+                    Ok(bytes) => {
+                        if let Err(e) = self.node.propose(bytes).await {
+                            tracing::warn!(error = %e, "cron: proposing a firing failed");
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cron: encoding a firing failed"),
+                }
             }
         }
     }

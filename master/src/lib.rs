@@ -24,6 +24,7 @@ pub mod bucket_policy;
 pub mod buckets;
 pub mod chunks;
 pub mod cluster;
+pub mod cron;
 pub mod dataplane;
 pub mod identity;
 pub mod images;
@@ -61,6 +62,7 @@ pub fn registry() -> Result<Registry, StateError> {
     r.register(Typed(kms::KmsService))?;
     r.register(Typed(queues::QueueService))?;
     r.register(Typed(topics::TopicService))?;
+    r.register(Typed(cron::CronService))?;
     Ok(r)
 }
 

@@ -250,6 +250,81 @@ fn sub_id(k: &[u8]) -> Option<u128> {
     Some(u128::from_be_bytes(k.get(16..32)?.try_into().ok()?))
 }
 
+/// A topic of `tenant`, for the services that publish to topics (cron).
+pub(crate) fn topic_of_tenant(
+    txn: &WriteTransaction,
+    tenant: u128,
+    id: u128,
+) -> Result<Topic, ApplyError> {
+    tenant_topic(txn, tenant, id)
+}
+
+/// Publish inside another service's command: the message's number on the topic and how many
+/// subscriptions got it, or `None` when the topic is gone or refuses the message (nothing is
+/// written then).
+pub(crate) fn publish(
+    txn: &WriteTransaction,
+    now: u64,
+    tenant: u128,
+    topic: u128,
+    body: String,
+    attributes: Vec<(String, String)>,
+) -> Result<Option<(u64, usize)>, ApplyError> {
+    match fan_out(txn, now, tenant, topic, body, attributes) {
+        Ok(TopicResponse::Published { number, delivered }) => Ok(Some((number, delivered.len()))),
+        Ok(_) | Err(ApplyError::Rejected(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Deliver a message to every subscription of `topic` whose filter it passes.
+fn fan_out(
+    txn: &WriteTransaction,
+    now: u64,
+    tenant: u128,
+    topic: u128,
+    body: String,
+    attributes: Vec<(String, String)>,
+) -> Result<TopicResponse, ApplyError> {
+    let mut t = tenant_topic(txn, tenant, topic)?;
+    let message = NewMessage {
+        body,
+        attributes,
+        delay_ms: None,
+        group: None,
+        dedup: None,
+    };
+    if message.body.is_empty() || queues::message_size(&message) > queues::MESSAGE_MAX as usize {
+        return Err(reject(
+            TopicRefusal::InvalidArgument,
+            "a message is 1 byte to 256 KiB (body and attributes)",
+        ));
+    }
+    let subs = subscriptions(SUBS.open(txn)?.range_from(&sub_key(topic, 0))?, topic)?;
+    let mut delivered = Vec::new();
+    for (sid, mut s) in subs {
+        if !s
+            .filter
+            .as_deref()
+            .is_none_or(|f| passes(f, &message.attributes))
+        {
+            continue;
+        }
+        let Target::Queue { queue } = s.target;
+        // A queue that went, or whose limits the message breaks, misses it; the others
+        // still get it.
+        if let Some(seq) = queues::deliver(txn, now, tenant, queue, message.clone())? {
+            s.delivered += 1;
+            SUBS.open(txn)?.insert(&sub_key(topic, sid), &s)?;
+            delivered.push((sid, queue, seq));
+        }
+    }
+    t.published += 1;
+    let number = t.published;
+    TOPICS.open(txn)?.insert(&topic, &t)?;
+    Ok(TopicResponse::Published { number, delivered })
+}
+
 fn tenant_topic(txn: &WriteTransaction, tenant: u128, id: u128) -> Result<Topic, ApplyError> {
     match TOPICS.open(txn)?.get(&id)? {
         Some(t) if t.tenant == tenant => Ok(t),
@@ -404,48 +479,7 @@ impl TypedService for TopicService {
                 topic,
                 body,
                 attributes,
-            } => {
-                let mut t = tenant_topic(txn, tenant, topic)?;
-                let message = NewMessage {
-                    body,
-                    attributes,
-                    delay_ms: None,
-                    group: None,
-                    dedup: None,
-                };
-                if message.body.is_empty()
-                    || queues::message_size(&message) > queues::MESSAGE_MAX as usize
-                {
-                    return Err(reject(
-                        TopicRefusal::InvalidArgument,
-                        "a message is 1 byte to 256 KiB (body and attributes)",
-                    ));
-                }
-                let subs = subscriptions(SUBS.open(txn)?.range_from(&sub_key(topic, 0))?, topic)?;
-                let mut delivered = Vec::new();
-                for (sid, mut s) in subs {
-                    if !s
-                        .filter
-                        .as_deref()
-                        .is_none_or(|f| passes(f, &message.attributes))
-                    {
-                        continue;
-                    }
-                    let Target::Queue { queue } = s.target;
-                    // A queue that went, or whose limits the message breaks, misses it; the
-                    // others still get it.
-                    if let Ok(Some(seq)) = queues::deliver(txn, now, tenant, queue, message.clone())
-                    {
-                        s.delivered += 1;
-                        SUBS.open(txn)?.insert(&sub_key(topic, sid), &s)?;
-                        delivered.push((sid, queue, seq));
-                    }
-                }
-                t.published += 1;
-                let number = t.published;
-                TOPICS.open(txn)?.insert(&topic, &t)?;
-                Ok(TopicResponse::Published { number, delivered })
-            }
+            } => fan_out(txn, now, tenant, topic, body, attributes),
         }
     }
 

@@ -357,6 +357,34 @@ pub(crate) async fn propose(g: &Gateway, c: &IdentityCommand) -> ApiResult<Ident
     }
 }
 
+/// Propose a command of service `S` (the platform services' REST modules); a refusal becomes
+/// the JSON error `refused` maps it to (each service maps its refusal codes once).
+pub(crate) async fn service_command<S: TypedService>(
+    g: &Gateway,
+    c: &S::Command,
+    refused: fn(Rejection) -> ApiError,
+) -> ApiResult<S::Response> {
+    let bytes = command::<S>(c)?;
+    match g.master.propose(bytes).await? {
+        Ok(b) => S::response(&b).map_err(ApiError::internal),
+        Err(r) => Err(refused(r)),
+    }
+}
+
+/// A linearizable query of service `S`.
+pub(crate) async fn service_query<S: TypedService>(
+    g: &Gateway,
+    q: &S::Query,
+) -> ApiResult<S::QueryResponse> {
+    let payload = S::encode_query(q).map_err(ApiError::internal)?;
+    let bytes = g
+        .master
+        .query(S::ID, payload, Consistency::Linearizable)
+        .await?
+        .map_err(|r| ApiError::bad(r.message))?;
+    S::query_response(&bytes).map_err(ApiError::internal)
+}
+
 /// The JSON error for a refusal from the identity service: each [`IdentityRefusal`] maps here,
 /// once.
 pub(crate) fn identity_error(r: Rejection) -> ApiError {

@@ -23,6 +23,7 @@ pub mod time;
 
 pub(crate) use caller::{
     ACCESS_TTL_S, ApiKeyCache, Caller, JwtKeys, ask, authenticate, authenticate_optional, propose,
+    service_command, service_query,
 };
 pub(crate) use error::{ApiError, ApiResult, from_s3, not_found};
 pub(crate) use ids::{hex_id, parse_id};
