@@ -21,8 +21,6 @@ use cairn_master::cron::{
 };
 use cairn_master::dataplane::wall_ms;
 use cairn_master::policy::ActionClass;
-use cairn_master::queues::{QueueQuery, QueueQueryResponse};
-use cairn_master::topics::{TopicQuery, TopicQueryResponse};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -142,38 +140,14 @@ struct NewJob {
 
 async fn target(g: &Gateway, tenant: u128, t: TargetIn) -> ApiResult<CronTarget> {
     match (t.r#type.as_str(), t.queue, t.topic) {
-        ("queue", Some(named), None) => {
-            let QueueQueryResponse::Queues(all) =
-                crate::queues::queue_query(g, &QueueQuery::Queues { tenant }).await?
-            else {
-                return Err(ApiError::internal("unexpected answer"));
-            };
-            let queue = all
-                .iter()
-                .find(|(id, q)| hex_id(*id) == named || q.name == named)
-                .map(|(id, _)| *id)
-                .ok_or_else(|| ApiError::bad(format!("the tenant has no queue {named}")))?;
-            Ok(CronTarget::Queue {
-                queue,
-                body: t.body,
-            })
-        }
-        ("topic", None, Some(named)) => {
-            let TopicQueryResponse::Topics(all) =
-                crate::topics::topic_query(g, &TopicQuery::Topics { tenant }).await?
-            else {
-                return Err(ApiError::internal("unexpected answer"));
-            };
-            let topic = all
-                .iter()
-                .find(|(id, tp)| hex_id(*id) == named || tp.name == named)
-                .map(|(id, _)| *id)
-                .ok_or_else(|| ApiError::bad(format!("the tenant has no topic {named}")))?;
-            Ok(CronTarget::Topic {
-                topic,
-                body: t.body,
-            })
-        }
+        ("queue", Some(named), None) => Ok(CronTarget::Queue {
+            queue: crate::queues::find_queue(g, tenant, &named).await?.0,
+            body: t.body,
+        }),
+        ("topic", None, Some(named)) => Ok(CronTarget::Topic {
+            topic: crate::topics::find_topic(g, tenant, &named).await?.0,
+            body: t.body,
+        }),
         ("http", _, _) => Err(ApiError::bad(
             "HTTP targets come with the webhook workers; use a queue or a topic",
         )),

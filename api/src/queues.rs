@@ -185,17 +185,15 @@ async fn settings(
     })
 }
 
-/// A queue of the tenant by id or name.
-async fn find_queue(g: &Gateway, tenant: u128, named: &str) -> ApiResult<(u128, Queue)> {
-    if let Ok(found) = tenant_queue(g, tenant, named).await {
-        return Ok(found);
-    }
+/// A queue of the tenant by id or name (a 400 naming it when there is none: the caller names
+/// it as a setting or a target).
+pub(crate) async fn find_queue(g: &Gateway, tenant: u128, named: &str) -> ApiResult<(u128, Queue)> {
     let QueueQueryResponse::Queues(all) = queue_query(g, &QueueQuery::Queues { tenant }).await?
     else {
         return Err(ApiError::internal("unexpected answer"));
     };
     all.into_iter()
-        .find(|(_, q)| q.name == named)
+        .find(|(id, q)| hex_id(*id) == named || q.name == named)
         .ok_or_else(|| ApiError::bad(format!("the tenant has no queue {named}")))
 }
 

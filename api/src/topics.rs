@@ -16,7 +16,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use cairn_engine::state::Rejection;
 use cairn_master::policy::ActionClass;
-use cairn_master::queues::{QueueQuery, QueueQueryResponse};
 use cairn_master::topics::{
     Matcher, Subscription, Target, Topic, TopicCommand, TopicQuery, TopicQueryResponse,
     TopicRefusal, TopicResponse, TopicService,
@@ -176,6 +175,18 @@ fn parse_policy(v: &Value) -> ApiResult<Vec<(String, Vec<Matcher>)>> {
         out.push((name.clone(), ms));
     }
     Ok(out)
+}
+
+/// A topic of the tenant by id or name (a 400 naming it when there is none: the caller names
+/// it as a target).
+pub(crate) async fn find_topic(g: &Gateway, tenant: u128, named: &str) -> ApiResult<(u128, Topic)> {
+    let TopicQueryResponse::Topics(all) = topic_query(g, &TopicQuery::Topics { tenant }).await?
+    else {
+        return Err(ApiError::internal("unexpected answer"));
+    };
+    all.into_iter()
+        .find(|(id, t)| hex_id(*id) == named || t.name == named)
+        .ok_or_else(|| ApiError::bad(format!("the tenant has no topic {named}")))
 }
 
 /// A topic of the caller's tenant, by id (anything else is "no such topic").
@@ -385,17 +396,7 @@ async fn subscribe(
         ));
     }
     let filter = body.filter_policy.as_ref().map(parse_policy).transpose()?;
-    // The queue by id, else by name, in the caller's tenant.
-    let QueueQueryResponse::Queues(queues) =
-        crate::queues::queue_query(&g, &QueueQuery::Queues { tenant: p.tenant }).await?
-    else {
-        return Err(ApiError::internal("unexpected answer"));
-    };
-    let queue = queues
-        .iter()
-        .find(|(qid, q)| hex_id(*qid) == body.queue || q.name == body.queue)
-        .map(|(qid, _)| *qid)
-        .ok_or_else(|| ApiError::bad(format!("the tenant has no queue {}", body.queue)))?;
+    let (queue, _) = crate::queues::find_queue(&g, p.tenant, &body.queue).await?;
     let TopicResponse::Created { id: sid } = topic_command(
         &g,
         &TopicCommand::Subscribe {

@@ -6,7 +6,7 @@
 // Test code: a panic here is a failed test, which is what unwrap() should cause.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use cairn_engine::state::{Registry, Rejection, StateStore, TypedService};
+use cairn_engine::state::{Rejection, TypedService};
 use cairn_master::cron::{
     CronCommand, CronQuery, CronQueryResponse, CronResponse, CronService, CronTarget, Missed,
 };
@@ -15,51 +15,30 @@ use cairn_master::queues::{
 };
 use proptest::prelude::*;
 
+mod common;
+
 const T: u128 = 5;
 const MINUTE: u64 = 60_000;
 const START: u64 = 1_796_601_600_000;
 
 struct State {
-    store: StateStore,
-    registry: Registry,
-    index: u64,
-    _dir: tempfile::TempDir,
+    log: common::Log,
 }
 
 impl State {
     fn new() -> State {
-        let dir = tempfile::tempdir().unwrap();
-        let store = StateStore::open(dir.path().join("state.redb")).unwrap();
-        let registry = cairn_master::registry().unwrap();
-        registry.init(&store).unwrap();
         State {
-            store,
-            registry,
-            index: 0,
-            _dir: dir,
+            log: common::Log::new(),
         }
     }
 
     fn run<S: TypedService>(&mut self, c: &S::Command) -> Result<S::Response, Rejection> {
-        self.index += 1;
-        let mut id_seed = [0u8; 16];
-        id_seed[..8].copy_from_slice(&self.index.to_le_bytes());
-        let bytes = S::command(c, START + self.index, id_seed).unwrap().encode();
-        self.registry
-            .apply_batch(&self.store, [(self.index, bytes.as_slice())])
-            .unwrap()
-            .remove(0)
-            .map(|b| S::response(&b).unwrap())
+        let time = START + self.log.next_index();
+        self.log.run::<S>(c, time)
     }
 
     fn ask<S: TypedService>(&self, q: &S::Query) -> S::QueryResponse {
-        let payload = S::encode_query(q).unwrap();
-        let b = self
-            .registry
-            .query(&self.store, S::ID, &payload)
-            .unwrap()
-            .unwrap();
-        S::query_response(&b).unwrap()
+        self.log.ask::<S>(q)
     }
 }
 

@@ -8,51 +8,32 @@
 
 use std::collections::BTreeMap;
 
-use cairn_engine::state::{Registry, Rejection, StateStore, TypedService};
+use cairn_engine::state::Rejection;
 use cairn_master::queues::{
     DEDUP_WINDOW_MS, NewMessage, QueueCommand, QueueQuery, QueueQueryResponse, QueueResponse,
     QueueService, QueueSettings, Receipt,
 };
 use proptest::prelude::*;
 
+mod common;
+
 struct State {
-    store: StateStore,
-    registry: Registry,
-    index: u64,
+    log: common::Log,
     now: u64,
-    _dir: tempfile::TempDir,
 }
 
 const T: u128 = 7;
 
 impl State {
     fn new() -> State {
-        let dir = tempfile::tempdir().unwrap();
-        let store = StateStore::open(dir.path().join("state.redb")).unwrap();
-        let registry = cairn_master::registry().unwrap();
-        registry.init(&store).unwrap();
         State {
-            store,
-            registry,
-            index: 0,
+            log: common::Log::new(),
             now: 1_000_000,
-            _dir: dir,
         }
     }
 
     fn run(&mut self, c: QueueCommand) -> Result<QueueResponse, Rejection> {
-        self.index += 1;
-        let mut id_seed = [0u8; 16];
-        id_seed[..8].copy_from_slice(&self.index.to_le_bytes());
-        let bytes = QueueService::command(&c, self.now, id_seed)
-            .unwrap()
-            .encode();
-        let out = self
-            .registry
-            .apply_batch(&self.store, [(self.index, bytes.as_slice())])
-            .unwrap()
-            .remove(0);
-        out.map(|b| QueueService::response(&b).unwrap())
+        self.log.run::<QueueService>(&c, self.now)
     }
 
     fn ok(&mut self, c: QueueCommand) -> QueueResponse {
@@ -64,13 +45,7 @@ impl State {
     }
 
     fn ask(&self, q: QueueQuery) -> QueueQueryResponse {
-        let payload = QueueService::encode_query(&q).unwrap();
-        let b = self
-            .registry
-            .query(&self.store, QueueService::ID, &payload)
-            .unwrap()
-            .unwrap();
-        QueueService::query_response(&b).unwrap()
+        self.log.ask::<QueueService>(&q)
     }
 
     fn create(&mut self, name: &str, fifo: bool, settings: QueueSettings) -> u128 {

@@ -7,46 +7,29 @@
 
 use std::collections::BTreeMap;
 
-use cairn_engine::state::{Registry, Rejection, StateStore, TypedService};
+use cairn_engine::state::{Rejection, TypedService};
 use cairn_master::queues::{QueueCommand, QueueResponse, QueueService, QueueSettings};
 use cairn_master::topics::{Matcher, Target, TopicCommand, TopicResponse, TopicService};
 use proptest::prelude::*;
 
+mod common;
+
 const T: u128 = 3;
 
 struct State {
-    store: StateStore,
-    registry: Registry,
-    index: u64,
-    _dir: tempfile::TempDir,
+    log: common::Log,
 }
 
 impl State {
     fn new() -> State {
-        let dir = tempfile::tempdir().unwrap();
-        let store = StateStore::open(dir.path().join("state.redb")).unwrap();
-        let registry = cairn_master::registry().unwrap();
-        registry.init(&store).unwrap();
         State {
-            store,
-            registry,
-            index: 0,
-            _dir: dir,
+            log: common::Log::new(),
         }
     }
 
     fn run<S: TypedService>(&mut self, c: &S::Command) -> Result<S::Response, Rejection> {
-        self.index += 1;
-        let mut id_seed = [0u8; 16];
-        id_seed[..8].copy_from_slice(&self.index.to_le_bytes());
-        let bytes = S::command(c, 1_000_000 + self.index, id_seed)
-            .unwrap()
-            .encode();
-        self.registry
-            .apply_batch(&self.store, [(self.index, bytes.as_slice())])
-            .unwrap()
-            .remove(0)
-            .map(|b| S::response(&b).unwrap())
+        let time = 1_000_000 + self.log.next_index();
+        self.log.run::<S>(c, time)
     }
 }
 
